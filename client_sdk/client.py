@@ -1,0 +1,273 @@
+"""``FederatedClient``: enrol, long-poll for tasks, run the registered handler, submit
+the signed result. Outbound connections only; every call has a deadline; transient
+failures (server restart, network) are retried with jittered exponential backoff, and
+resends carry the same signed bytes, so the server counts them once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+from fedsecure import __version__, serde
+from fedsecure.crypto import signing
+from fedsecure.errors import InvalidSubmission, PrivacyBudgetExceeded
+from fedsecure.kit import Kit
+from fedsecure.proto.v1 import federation_pb2, federation_pb2_grpc
+from fedsecure.transport import chunking
+from fedsecure.transport.credentials import channel_credentials
+from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, STREAM_DEADLINE_S, Limits, channel_options
+from fedsecure.transport.retry import Backoff, call_with_retry
+from fedsecure.types import (
+    Capabilities,
+    Decline,
+    DeclineReason,
+    Envelope,
+    LedgerHead,
+    PayloadKind,
+    Role,
+    Task,
+    TaskKind,
+    TaskReport,
+    UpdateManifest,
+)
+
+from client_sdk.outcomes import Handler, Outcome, Scores, TaskContext, Update
+
+log = logging.getLogger("fedsecure.client")
+
+
+@dataclass
+class ClientRunSummary:
+    """What one ``run()`` did: tasks answered per kind, declines, refusals, reconnects."""
+
+    completed: Counter[str] = field(default_factory=Counter)
+    declined: Counter[str] = field(default_factory=Counter)
+    refused: list[str] = field(default_factory=list)
+    retries: int = 0
+    run_state: str = ""
+
+
+def report_ledger_head(provider: Callable[[], LedgerHead]) -> Handler:
+    """Built-in REPORT_LEDGER handler: report the head of the local privacy ledger."""
+
+    def handle(task: Task, ctx: TaskContext) -> Outcome:
+        return provider()
+
+    return handle
+
+
+class FederatedClient:
+    """A federation participant. Register a handler per task kind, then ``run()``."""
+
+    def __init__(
+        self,
+        *,
+        kit: Kit,
+        capabilities: Capabilities = Capabilities(),
+        handlers: Mapping[TaskKind, Handler] | None = None,
+        address: str | None = None,
+        ledger_head: Callable[[], LedgerHead] = LedgerHead,
+        backoff: Backoff = Backoff(),
+        poll_wait_ms: int = 5_000,
+        limits: Limits = DEFAULT_LIMITS,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> None:
+        if kit.role is not Role.CLIENT:
+            raise ValueError(f"FederatedClient needs a client kit, got a {kit.role.value} kit")
+        if poll_wait_ms <= 0:
+            raise ValueError("poll_wait_ms must be positive")
+        self.kit = kit
+        self.name = kit.name
+        self.capabilities = capabilities
+        self.ledger_head = ledger_head
+        self.backoff = backoff
+        self.poll_wait_ms = poll_wait_ms
+        self.limits = limits
+        self._progress = on_progress or (lambda msg: log.info("%s: %s", self.name, msg))
+        self.handlers: dict[TaskKind, Handler] = {TaskKind.REPORT_LEDGER: report_ledger_head(ledger_head)}
+        self.handlers.update(handlers or {})
+        self.address = address or kit.server_address
+        self._channel = grpc.secure_channel(self.address, channel_credentials(kit),
+                                            options=channel_options(limits, target_name=kit.server_name))
+        self._stub = federation_pb2_grpc.FederationStub(self._channel)
+        self._summary = ClientRunSummary()
+
+    def register(self, kind: TaskKind, handler: Handler) -> None:
+        """Handle tasks of ``kind`` with ``handler`` (replacing any earlier one)."""
+        self.handlers[kind] = handler
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> FederatedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- calls ------------------------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], object]) -> object:
+        def on_retry(err: grpc.RpcError, delay: float) -> None:
+            self._summary.retries += 1
+            log.debug("%s: %s, retrying in %.2fs", self.name, err.code().name, delay)
+
+        return call_with_retry(fn, backoff=self.backoff, on_retry=on_retry)
+
+    def hello(self) -> federation_pb2.HelloResponse:
+        """Enrol (idempotent), declaring capabilities and the current ledger head."""
+        req = federation_pb2.HelloRequest(sdk_version=__version__,
+                                          capabilities=serde.capabilities_to_proto(self.capabilities),
+                                          ledger_head=serde.ledger_head_to_proto(self.ledger_head()))
+        return self._retry(lambda: self._stub.Hello(req, timeout=RPC_DEADLINE_S))  # type: ignore[return-value]
+
+    def pull(self) -> federation_pb2.PullTaskResponse:
+        """One long poll; re-enrols if the server does not know this client."""
+        req = federation_pb2.PullTaskRequest(wait_ms=self.poll_wait_ms)
+        timeout = self.poll_wait_ms / 1000 + RPC_DEADLINE_S
+        try:
+            return self._retry(lambda: self._stub.PullTask(req, timeout=timeout))  # type: ignore[return-value]
+        except grpc.RpcError as err:
+            if err.code() is not grpc.StatusCode.NOT_FOUND:
+                raise
+            self.hello()
+            return self._retry(lambda: self._stub.PullTask(req, timeout=timeout))  # type: ignore[return-value]
+
+    def download_aggregate(self, run_id: str, group: str, round_: int) -> bytes:
+        """Fetch a published aggregate, verifying every chunk against the header's digests."""
+        req = federation_pb2.DownloadAggregateRequest(run_id=run_id, round=round_, group=group)
+
+        def fetch() -> bytes:
+            parts: list[bytes] = []
+            digests: list[bytes] = []
+            for i, msg in enumerate(self._stub.DownloadAggregate(req, timeout=STREAM_DEADLINE_S)):
+                if i == 0:
+                    if msg.WhichOneof("part") != "header":
+                        raise InvalidSubmission("aggregate stream did not start with its header")
+                    digests = list(msg.header.chunk_sha256)
+                    continue
+                chunk = serde.chunk_from_proto(msg.chunk)
+                if len(parts) >= len(digests):
+                    raise InvalidSubmission("aggregate stream carries more chunks than announced")
+                chunking.check_chunk(chunk, expected_index=len(parts), expected_sha256=digests[len(parts)])
+                parts.append(chunk.data)
+            if len(parts) != len(digests):
+                raise InvalidSubmission(f"aggregate stream ended after {len(parts)} of {len(digests)} chunks")
+            return b"".join(parts)
+
+        return self._retry(fetch)  # type: ignore[return-value]
+
+    # --- signing and submission ------------------------------------------------------
+
+    def sign(self, task: Task, kind: PayloadKind, payload_sha256: bytes) -> Envelope:
+        """A fresh envelope for ``task`` over a payload digest, signed with the kit key."""
+        env = Envelope(client_id=self.name, run_id=task.run_id, round=task.round, task_id=task.task_id,
+                       nonce=signing.new_nonce(), timestamp_ms=int(time.time() * 1000), payload_kind=kind,
+                       payload_sha256=payload_sha256)
+        sig = signing.sign(self.kit.private_key, signing.envelope_bytes(env))
+        return Envelope(**{**env.__dict__, "signature": sig})
+
+    def submit(self, task: Task, outcome: Outcome) -> object:
+        """Sign and send an outcome; resends (after transient errors) reuse the same bytes."""
+        if isinstance(outcome, Scores):
+            env = self.sign(task, PayloadKind.SCORES, signing.scores_digest(outcome.scores))
+            req = federation_pb2.SubmitScoresRequest(envelope=serde.envelope_to_proto(env),
+                                                     scores=serde.scores_to_proto(outcome.scores))
+            return self._retry(lambda: self._stub.SubmitScores(req, timeout=RPC_DEADLINE_S))
+        if isinstance(outcome, LedgerHead):
+            env = self.sign(task, PayloadKind.LEDGER_HEAD, signing.ledger_head_digest(outcome))
+            req_l = federation_pb2.ReportLedgerRequest(envelope=serde.envelope_to_proto(env),
+                                                       head=serde.ledger_head_to_proto(outcome))
+            return self._retry(lambda: self._stub.ReportLedger(req_l, timeout=RPC_DEADLINE_S))
+        if isinstance(outcome, TaskReport):
+            env = self.sign(task, PayloadKind.TASK_REPORT, signing.task_report_digest(outcome))
+            req_f = federation_pb2.FinishTaskRequest(envelope=serde.envelope_to_proto(env),
+                                                     report=serde.report_to_proto(outcome))
+            return self._retry(lambda: self._stub.FinishTask(req_f, timeout=RPC_DEADLINE_S))
+        if isinstance(outcome, Decline):
+            env = self.sign(task, PayloadKind.DECLINE, signing.decline_digest(outcome))
+            req_d = federation_pb2.FinishTaskRequest(envelope=serde.envelope_to_proto(env),
+                                                     decline=serde.decline_to_proto(outcome))
+            return self._retry(lambda: self._stub.FinishTask(req_d, timeout=RPC_DEADLINE_S))
+        if isinstance(outcome, Update):
+            return self._upload(task, outcome)
+        raise TypeError(f"handler returned {type(outcome).__name__}, not an Outcome")
+
+    def _upload(self, task: Task, update: Update) -> object:
+        for i, c in enumerate(update.chunks):
+            if len(c) > self.limits.max_chunk_bytes:
+                raise ValueError(f"update chunk {i} exceeds {self.limits.max_chunk_bytes} bytes")
+        manifest = UpdateManifest(group=update.group, weight=update.weight, encoding=update.encoding,
+                                  chunk_sha256=tuple(signing.sha256(c) for c in update.chunks),
+                                  total_bytes=sum(len(c) for c in update.chunks))
+        env = self.sign(task, PayloadKind.UPDATE, signing.manifest_digest(manifest))
+        header = federation_pb2.UploadHeader(envelope=serde.envelope_to_proto(env),
+                                             manifest=serde.manifest_to_proto(manifest))
+
+        def stream() -> Iterator[federation_pb2.UploadUpdateRequest]:
+            yield federation_pb2.UploadUpdateRequest(header=header)
+            for index, data in enumerate(update.chunks):
+                chunk = next(chunking.split(data, name=update.group, chunk_bytes=max(1, len(data)),
+                                            start_index=index))
+                yield federation_pb2.UploadUpdateRequest(chunk=serde.chunk_to_proto(chunk))
+
+        return self._retry(lambda: self._stub.UploadUpdate(stream(), timeout=STREAM_DEADLINE_S))
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def handle(self, task: Task) -> Outcome:
+        """Run the handler for a task; failures become typed declines, never silence."""
+        handler = self.handlers.get(task.kind)
+        if handler is None:
+            return Decline(DeclineReason.UNSUPPORTED_TASK, f"no handler for {task.kind.name}")
+        ctx = TaskContext(client_name=self.name, download_aggregate=self.download_aggregate)
+        try:
+            return handler(task, ctx)
+        except PrivacyBudgetExceeded as exc:
+            return Decline(DeclineReason.BUDGET_EXHAUSTED, str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the server as a typed refusal
+            log.exception("%s: handler for %s failed", self.name, task.kind.name)
+            return Decline(DeclineReason.INTERNAL_ERROR, type(exc).__name__)
+
+    def run(self, *, max_tasks: int | None = None, stop: threading.Event | None = None,
+            until_run_finished: bool = True, max_idle_s: float | None = None) -> ClientRunSummary:
+        """Serve tasks until the run ends (or ``max_tasks``, ``stop``, ``max_idle_s``)."""
+        self._summary = summary = ClientRunSummary()
+        self.hello()
+        self._progress(f"enrolled with {self.address}")
+        idle_since = time.monotonic()
+        handled = 0
+        while not (stop is not None and stop.is_set()):
+            if max_tasks is not None and handled >= max_tasks:
+                break
+            resp = self.pull()
+            if resp.WhichOneof("outcome") == "idle":
+                summary.run_state = resp.idle.run_state
+                if until_run_finished and resp.idle.run_finished:
+                    break
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+                continue
+            task = serde.task_from_proto(resp.task)
+            outcome = self.handle(task)
+            try:
+                ack = self.submit(task, outcome)
+            except grpc.RpcError as err:
+                # The server said no (closed phase, conflict...): log it and go on.
+                summary.refused.append(f"{task.task_id}: {err.code().name}: {err.details()}")
+                self._progress(f"round {task.round} {task.kind.name}: refused ({err.code().name})")
+            else:
+                bucket = summary.declined if isinstance(outcome, Decline) else summary.completed
+                bucket[task.kind.name] += 1
+                dup = " (duplicate)" if getattr(ack, "duplicate", False) else ""
+                self._progress(f"round {task.round} {task.kind.name}: submitted{dup}")
+            handled += 1
+            idle_since = time.monotonic()
+        return summary

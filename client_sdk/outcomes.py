@@ -1,0 +1,40 @@
+"""What a task handler returns, and what it is given. Later capabilities plug in by
+registering a handler per task kind; the client loop never changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedsecure.types import Decline, LedgerHead, Score, Task, TaskReport
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores for a SCORE task, one per item, in the task's order."""
+
+    scores: tuple[Score, ...]
+
+
+@dataclass(frozen=True)
+class Update:
+    """An update to stream (e.g. CKKS ciphertext chunks), with its group and weight."""
+
+    group: str
+    weight: float
+    encoding: str
+    chunks: tuple[bytes, ...]
+
+
+Outcome = Scores | Update | TaskReport | LedgerHead | Decline
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler may use besides the task: fetching published aggregates."""
+
+    client_name: str
+    download_aggregate: Callable[[str, str, int], bytes]  # (run_id, group, round) -> bytes
+
+
+Handler = Callable[[Task, TaskContext], Outcome]

@@ -1,0 +1,1 @@
+"""Cryptography: the consortium PKI, canonical signing, and (later) CKKS contexts."""

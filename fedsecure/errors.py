@@ -1,0 +1,55 @@
+"""Typed exceptions shared by the client SDK and the server.
+
+Each is rooted in the stdlib type a caller would naturally catch, so generic code
+keeps working while servicers can map each one to exactly one gRPC status code.
+"""
+
+from __future__ import annotations
+
+
+class FedsecureError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class KitError(FedsecureError, ValueError):
+    """A participant kit is missing, malformed, tampered with or has unsafe permissions."""
+
+
+class CertificateError(FedsecureError, ValueError):
+    """A certificate does not chain to the consortium CA or carries no valid role."""
+
+
+class SignatureError(FedsecureError, ValueError):
+    """A signature does not verify against the claimed signer's key."""
+
+
+class InvalidSubmission(FedsecureError, ValueError):
+    """A submission is malformed, mis-bound (run/round/task), replayed or fails a digest."""
+
+
+class UnknownTask(FedsecureError, LookupError):
+    """A submission names a task that does not exist or is not the caller's."""
+
+
+class TaskClosed(FedsecureError, RuntimeError):
+    """A submission arrives for a task whose phase has already closed."""
+
+
+class ConflictingSubmission(FedsecureError, RuntimeError):
+    """A task already holds a different accepted submission."""
+
+
+class LimitExceeded(FedsecureError, ValueError):
+    """A stream carries more chunks or bytes than the server allows."""
+
+
+class NotFound(FedsecureError, LookupError):
+    """A requested object (aggregate, run, client) does not exist."""
+
+
+class RunStateError(FedsecureError, RuntimeError):
+    """An admin operation does not fit the run's current state."""
+
+
+class PrivacyBudgetExceeded(FedsecureError, RuntimeError):
+    """Training would spend more privacy budget than the client holds."""

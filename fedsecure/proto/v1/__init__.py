@@ -1,0 +1,1 @@
+"""Generated stubs; edit proto/fedsecure/v1/*.proto instead."""

@@ -1,0 +1,251 @@
+"""Protobuf <-> domain dataclasses. Generated types stop here.
+
+Every ``*_from_proto`` validates what the wire may get wrong (unknown enum values,
+missing oneofs) and raises :class:`fedsecure.errors.InvalidSubmission` or
+``ValueError`` with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from fedsecure.errors import InvalidSubmission
+from fedsecure.proto.v1 import admin_pb2, common_pb2
+from fedsecure.types import (
+    Capabilities,
+    ClientInfo,
+    Decline,
+    DeclineReason,
+    Envelope,
+    LedgerHead,
+    Modality,
+    PayloadKind,
+    PersonaliseSpec,
+    PhaseConfig,
+    ReportLedgerSpec,
+    RunConfig,
+    RunStatus,
+    Score,
+    ScoreItem,
+    ScoreSpec,
+    Task,
+    TaskKind,
+    TaskReport,
+    TensorChunk,
+    TrainSpec,
+    UpdateManifest,
+)
+
+
+def _enum(cls: type, value: int, field: str):  # type: ignore[no-untyped-def]
+    try:
+        return cls(value)
+    except ValueError as exc:
+        raise InvalidSubmission(f"{field}: unknown value {value}") from exc
+
+
+# --- envelope, chunks -------------------------------------------------------------
+
+def envelope_to_proto(env: Envelope) -> common_pb2.SignedEnvelope:
+    """Domain envelope -> wire."""
+    return common_pb2.SignedEnvelope(
+        client_id=env.client_id, run_id=env.run_id, round=env.round, task_id=env.task_id,
+        nonce=env.nonce, timestamp_ms=env.timestamp_ms, payload_kind=int(env.payload_kind),
+        payload_sha256=env.payload_sha256, signature=env.signature,
+    )
+
+
+def envelope_from_proto(msg: common_pb2.SignedEnvelope) -> Envelope:
+    """Wire -> domain envelope; raises InvalidSubmission on an unknown payload kind."""
+    return Envelope(
+        client_id=msg.client_id, run_id=msg.run_id, round=msg.round, task_id=msg.task_id,
+        nonce=msg.nonce, timestamp_ms=msg.timestamp_ms,
+        payload_kind=_enum(PayloadKind, msg.payload_kind, "envelope.payload_kind"),
+        payload_sha256=msg.payload_sha256, signature=msg.signature,
+    )
+
+
+def chunk_to_proto(c: TensorChunk) -> common_pb2.TensorChunk:
+    """Domain chunk -> wire."""
+    return common_pb2.TensorChunk(name=c.name, dtype=c.dtype, shape=list(c.shape), index=c.index,
+                                  data=c.data, sha256=c.sha256)
+
+
+def chunk_from_proto(msg: common_pb2.TensorChunk) -> TensorChunk:
+    """Wire -> domain chunk (digest checked by the receiver, not here)."""
+    return TensorChunk(name=msg.name, dtype=msg.dtype, shape=tuple(msg.shape), index=msg.index,
+                       data=msg.data, sha256=msg.sha256)
+
+
+# --- capabilities, ledger head, payloads ---------------------------------------------
+
+def capabilities_to_proto(c: Capabilities) -> common_pb2.Capabilities:
+    """Domain capabilities -> wire."""
+    return common_pb2.Capabilities(modalities=[int(m) for m in c.modalities], sample_counts=dict(c.sample_counts))
+
+
+def capabilities_from_proto(msg: common_pb2.Capabilities) -> Capabilities:
+    """Wire -> domain capabilities (sample counts sorted for a stable value)."""
+    return Capabilities(
+        modalities=tuple(_enum(Modality, m, "capabilities.modalities") for m in msg.modalities),
+        sample_counts=tuple(sorted(msg.sample_counts.items())),
+    )
+
+
+def ledger_head_to_proto(h: LedgerHead) -> common_pb2.LedgerHead:
+    """Domain ledger head -> wire."""
+    return common_pb2.LedgerHead(seq=h.seq, entry_sha256=h.entry_sha256, epsilon=h.epsilon,
+                                 delta=h.delta, epsilon_budget=h.epsilon_budget)
+
+
+def ledger_head_from_proto(msg: common_pb2.LedgerHead) -> LedgerHead:
+    """Wire -> domain ledger head."""
+    return LedgerHead(seq=msg.seq, entry_sha256=msg.entry_sha256, epsilon=msg.epsilon,
+                      delta=msg.delta, epsilon_budget=msg.epsilon_budget)
+
+
+def scores_to_proto(scores: tuple[Score, ...]) -> list[common_pb2.Score]:
+    """Domain scores -> wire."""
+    return [common_pb2.Score(item_id=s.item_id, value=s.value) for s in scores]
+
+
+def scores_from_proto(msgs) -> tuple[Score, ...]:  # type: ignore[no-untyped-def]
+    """Wire -> domain scores."""
+    return tuple(Score(item_id=m.item_id, value=m.value) for m in msgs)
+
+
+def report_to_proto(r: TaskReport) -> common_pb2.TaskReport:
+    """Domain task report -> wire."""
+    return common_pb2.TaskReport(metrics=dict(r.metrics))
+
+
+def report_from_proto(msg: common_pb2.TaskReport) -> TaskReport:
+    """Wire -> domain task report."""
+    return TaskReport(metrics=tuple(sorted(msg.metrics.items())))
+
+
+def decline_to_proto(d: Decline) -> common_pb2.Decline:
+    """Domain decline -> wire."""
+    return common_pb2.Decline(reason=int(d.reason), detail=d.detail)
+
+
+def decline_from_proto(msg: common_pb2.Decline) -> Decline:
+    """Wire -> domain decline."""
+    return Decline(reason=_enum(DeclineReason, msg.reason, "decline.reason"), detail=msg.detail)
+
+
+def manifest_to_proto(m: UpdateManifest) -> common_pb2.UpdateManifest:
+    """Domain manifest -> wire."""
+    return common_pb2.UpdateManifest(group=m.group, weight=m.weight, encoding=m.encoding,
+                                     chunk_sha256=list(m.chunk_sha256), total_bytes=m.total_bytes)
+
+
+def manifest_from_proto(msg: common_pb2.UpdateManifest) -> UpdateManifest:
+    """Wire -> domain manifest."""
+    return UpdateManifest(group=msg.group, weight=msg.weight, encoding=msg.encoding,
+                          chunk_sha256=tuple(msg.chunk_sha256), total_bytes=msg.total_bytes)
+
+
+# --- tasks --------------------------------------------------------------------------
+
+def task_to_proto(t: Task) -> common_pb2.Task:
+    """Domain task -> wire (the spec goes into the oneof matching its kind)."""
+    msg = common_pb2.Task(run_id=t.run_id, round=t.round, task_id=t.task_id, kind=int(t.kind),
+                          deadline_unix_ms=t.deadline_unix_ms, attempt=t.attempt)
+    s = t.spec
+    if isinstance(s, TrainSpec):
+        msg.train.CopyFrom(common_pb2.TrainSpec(
+            local_steps=s.local_steps, learning_rate=s.learning_rate, batch_size=s.batch_size,
+            planned_rounds=s.planned_rounds, download_groups=list(s.download_groups),
+            aux_groups=list(s.aux_groups), compensation=dict(s.compensation), upload_group=s.upload_group))
+    elif isinstance(s, ScoreSpec):
+        msg.score.CopyFrom(common_pb2.ScoreSpec(items=[
+            common_pb2.ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
+                                 question=i.question, completion=i.completion) for i in s.items]))
+    elif isinstance(s, PersonaliseSpec):
+        msg.personalise.CopyFrom(common_pb2.PersonaliseSpec(
+            replace_margin=s.replace_margin, distill_steps=s.distill_steps, distill_weight=s.distill_weight,
+            temperature=s.temperature, download_groups=list(s.download_groups)))
+    elif isinstance(s, ReportLedgerSpec):
+        msg.report_ledger.SetInParent()
+    else:
+        raise TypeError(f"unknown task spec {type(s).__name__}")
+    return msg
+
+
+def task_from_proto(msg: common_pb2.Task) -> Task:
+    """Wire -> domain task; the oneof must match the declared kind."""
+    kind = _enum(TaskKind, msg.kind, "task.kind")
+    which = msg.WhichOneof("spec")
+    expected = {TaskKind.TRAIN: "train", TaskKind.SCORE: "score", TaskKind.PERSONALISE: "personalise",
+                TaskKind.REPORT_LEDGER: "report_ledger"}[kind]
+    if which != expected:
+        raise ValueError(f"task {msg.task_id}: kind {kind.name} carries spec {which!r}")
+    spec: TrainSpec | ScoreSpec | PersonaliseSpec | ReportLedgerSpec
+    if kind is TaskKind.TRAIN:
+        t = msg.train
+        spec = TrainSpec(local_steps=t.local_steps, learning_rate=t.learning_rate, batch_size=t.batch_size,
+                         planned_rounds=t.planned_rounds, download_groups=tuple(t.download_groups),
+                         aux_groups=tuple(t.aux_groups), compensation=tuple(sorted(t.compensation.items())),
+                         upload_group=t.upload_group)
+    elif kind is TaskKind.SCORE:
+        spec = ScoreSpec(items=tuple(ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
+                                               question=i.question, completion=i.completion)
+                                     for i in msg.score.items))
+    elif kind is TaskKind.PERSONALISE:
+        p = msg.personalise
+        spec = PersonaliseSpec(replace_margin=p.replace_margin, distill_steps=p.distill_steps,
+                               distill_weight=p.distill_weight, temperature=p.temperature,
+                               download_groups=tuple(p.download_groups))
+    else:
+        spec = ReportLedgerSpec()
+    return Task(run_id=msg.run_id, round=msg.round, task_id=msg.task_id, kind=kind,
+                deadline_unix_ms=msg.deadline_unix_ms, attempt=msg.attempt, spec=spec)
+
+
+# --- admin ----------------------------------------------------------------------------
+
+def run_config_to_proto(c: RunConfig) -> admin_pb2.RunConfig:
+    """Domain run config -> wire."""
+    return admin_pb2.RunConfig(
+        rounds=c.rounds, sample_rate=c.sample_rate, quorum=c.quorum, min_clients=c.min_clients,
+        phases=[admin_pb2.PhaseConfig(kind=int(p.kind), deadline_s=p.deadline_s) for p in c.phases],
+        max_attempts=c.max_attempts, enroll_timeout_s=c.enroll_timeout_s)
+
+
+def run_config_from_proto(msg: admin_pb2.RunConfig) -> RunConfig:
+    """Wire -> domain run config; RunConfig's own checks raise ValueError on bad values."""
+    return RunConfig(
+        rounds=msg.rounds, sample_rate=msg.sample_rate, quorum=msg.quorum, min_clients=msg.min_clients,
+        phases=tuple(PhaseConfig(kind=_enum(TaskKind, p.kind, "phase.kind"), deadline_s=p.deadline_s)
+                     for p in msg.phases),
+        max_attempts=msg.max_attempts, enroll_timeout_s=msg.enroll_timeout_s)
+
+
+def run_status_to_proto(s: RunStatus) -> admin_pb2.RunStatus:
+    """Domain run status -> wire."""
+    return admin_pb2.RunStatus(
+        run_id=s.run_id, state=s.state, round=s.round, attempt=s.attempt,
+        phase=int(s.phase) if s.phase is not None else 0, config=run_config_to_proto(s.config),
+        tasks_open=s.tasks_open, tasks_done=s.tasks_done, rounds_closed=s.rounds_closed, detail=s.detail)
+
+
+def run_status_from_proto(msg: admin_pb2.RunStatus) -> RunStatus:
+    """Wire -> domain run status (a status with no run carries the default config)."""
+    config = run_config_from_proto(msg.config) if msg.config.rounds else RunConfig()
+    return RunStatus(
+        run_id=msg.run_id, state=msg.state, round=msg.round, attempt=msg.attempt,
+        phase=_enum(TaskKind, msg.phase, "run.phase") if msg.phase else None, config=config,
+        tasks_open=msg.tasks_open, tasks_done=msg.tasks_done, rounds_closed=msg.rounds_closed, detail=msg.detail)
+
+
+def client_info_to_proto(c: ClientInfo) -> admin_pb2.ClientInfo:
+    """Domain client info -> wire."""
+    return admin_pb2.ClientInfo(name=c.name, state=c.state, capabilities=capabilities_to_proto(c.capabilities),
+                                last_seen_ms=c.last_seen_ms, ledger_head=ledger_head_to_proto(c.ledger_head),
+                                sdk_version=c.sdk_version)
+
+
+def client_info_from_proto(msg: admin_pb2.ClientInfo) -> ClientInfo:
+    """Wire -> domain client info."""
+    return ClientInfo(name=msg.name, state=msg.state, capabilities=capabilities_from_proto(msg.capabilities),
+                      last_seen_ms=msg.last_seen_ms, ledger_head=ledger_head_from_proto(msg.ledger_head),
+                      sdk_version=msg.sdk_version)

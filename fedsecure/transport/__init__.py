@@ -1,0 +1,1 @@
+"""Transport: mTLS credentials, channel/server options, authentication, chunking, retries."""

@@ -1,0 +1,161 @@
+"""Admission of client submissions: who signed it, what it is bound to, whether it is
+new. Every check raises a typed error (fail closed); only a submission that passes all
+of them is committed, in one transaction with its task's new state.
+
+Rules:
+- the envelope's client id is the mTLS peer's certificate name, and the signature
+  verifies with that certificate's key (authenticity, DESIGN.md §2);
+- (run, round, task) in the envelope match the task record, and the payload kind fits
+  the task kind (a submission cannot be re-targeted);
+- the payload digest in the signed envelope matches the payload received;
+- an identical resend (same signed bytes) is acknowledged as a duplicate and counted
+  once; a nonce reused with other bytes is a replay; a closed task accepts nothing new.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from dataclasses import dataclass
+
+from fedsecure.crypto import signing
+from fedsecure.errors import (
+    ConflictingSubmission,
+    InvalidSubmission,
+    TaskClosed,
+    UnknownTask,
+)
+from fedsecure.transport.auth import Peer
+from fedsecure.transport.limits import Limits
+from fedsecure.types import (
+    Decline,
+    DeclineReason,
+    Envelope,
+    LedgerHead,
+    PayloadKind,
+    Score,
+    ScoreSpec,
+    SubmitAck,
+    TaskKind,
+)
+
+from server.engine import RoundEngine
+from server.store import Store, TaskRow, now_ms
+
+ALLOWED_PAYLOADS: dict[TaskKind, frozenset[PayloadKind]] = {
+    TaskKind.TRAIN: frozenset({PayloadKind.UPDATE, PayloadKind.TASK_REPORT, PayloadKind.DECLINE}),
+    TaskKind.SCORE: frozenset({PayloadKind.SCORES, PayloadKind.DECLINE}),
+    TaskKind.PERSONALISE: frozenset({PayloadKind.TASK_REPORT, PayloadKind.DECLINE}),
+    TaskKind.REPORT_LEDGER: frozenset({PayloadKind.LEDGER_HEAD, PayloadKind.DECLINE}),
+}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A decoded submission: envelope, digest of the payload as received, and its bytes."""
+
+    envelope: Envelope
+    payload_sha256: bytes
+    payload: bytes
+    ledger_head: LedgerHead | None = None
+    decline: Decline | None = None
+    scores: tuple[Score, ...] | None = None
+
+
+class Admission:
+    """Verifies and records submissions for the round engine."""
+
+    def __init__(self, store: Store, engine: RoundEngine, limits: Limits) -> None:
+        self.store = store
+        self.engine = engine
+        self.limits = limits
+
+    def duplicate_of(self, peer: Peer, env: Envelope) -> SubmitAck | None:
+        """The earlier acknowledgement if this exact signed submission was accepted."""
+        sid = signing.envelope_digest(env).hex()
+        row = self.store.submission(sid)
+        if row is not None and row.client == peer.identity.name:
+            return SubmitAck(submission_id=sid, duplicate=True)
+        return None
+
+    def precheck(self, peer: Peer, env: Envelope) -> TaskRow:
+        """Everything that can be checked before the payload arrives (streams check this
+        on the header, so a bad upload is refused before any chunk is stored)."""
+        name = peer.identity.name
+        if env.client_id != name:
+            raise InvalidSubmission(f"envelope names client {env.client_id!r} but the caller is {name!r}")
+        signing.verify(peer.public_key, signing.envelope_bytes(env), env.signature, what="submission envelope")
+        if abs(now_ms() - env.timestamp_ms) > self.limits.clock_skew_ms:
+            raise InvalidSubmission("envelope timestamp is outside the allowed clock skew")
+        if len(env.nonce) != signing.NONCE_BYTES:
+            raise InvalidSubmission(f"nonce must be {signing.NONCE_BYTES} bytes")
+        row = self.store.task(env.task_id)
+        if row is None or row.client != name:
+            raise UnknownTask(f"task {env.task_id!r} is not a task of {name}")
+        task = row.task
+        if (env.run_id, env.round) != (task.run_id, task.round):
+            raise InvalidSubmission(
+                f"envelope is bound to run {env.run_id!r} round {env.round}, task {task.task_id} belongs to "
+                f"run {task.run_id!r} round {task.round}")
+        if env.payload_kind not in ALLOWED_PAYLOADS[task.kind]:
+            raise InvalidSubmission(f"a {env.payload_kind.name} payload cannot answer a {task.kind.name} task")
+        if self.store.nonce_used(name, env.nonce):
+            raise InvalidSubmission("nonce already used: replayed submission refused")
+        if row.state != "open":
+            raise TaskClosed(f"task {task.task_id} is {row.state}; its phase no longer accepts submissions")
+        if self.store.submission_for_task(task.task_id) is not None:
+            raise ConflictingSubmission(f"task {task.task_id} already holds a different submission")
+        return row
+
+    def accept(self, peer: Peer, sub: Submission) -> SubmitAck:
+        """Verify and commit one submission; returns the acknowledgement."""
+        env = sub.envelope
+        dup = self.duplicate_of(peer, env)
+        if dup is not None:
+            return dup
+        row = self.precheck(peer, env)
+        if not hmac.compare_digest(sub.payload_sha256, env.payload_sha256):
+            raise InvalidSubmission("payload does not match the digest the envelope signs")
+        if sub.scores is not None:
+            self._check_scores(row, sub.scores)
+        if sub.ledger_head is not None:
+            self._check_ledger_head(peer.identity.name, sub.ledger_head)
+        sid = signing.envelope_digest(env).hex()
+        state = "declined" if env.payload_kind is PayloadKind.DECLINE else "done"
+        with self.store.tx() as db:
+            Store.insert_submission(db, submission_id=sid, task_id=env.task_id, client=peer.identity.name,
+                                    nonce=env.nonce, payload_kind=int(env.payload_kind), payload=sub.payload)
+            db.execute("UPDATE tasks SET state=? WHERE task_id=?", (state, env.task_id))
+            if sub.ledger_head is not None:
+                Store.insert_ledger_head(db, peer.identity.name, sub.ledger_head)
+            if sub.decline is not None and sub.decline.reason is DeclineReason.BUDGET_EXHAUSTED:
+                # The client is out of privacy budget: never sample it again.
+                db.execute("UPDATE clients SET state='exhausted' WHERE name=?", (peer.identity.name,))
+        self.engine.poke()
+        return SubmitAck(submission_id=sid)
+
+    def _check_scores(self, row: TaskRow, scores: tuple[Score, ...]) -> None:
+        spec = row.task.spec
+        if not isinstance(spec, ScoreSpec):
+            raise InvalidSubmission("scores can only answer a SCORE task")
+        expected = [i.item_id for i in spec.items]
+        got = [s.item_id for s in scores]
+        if got != expected:
+            raise InvalidSubmission(f"scores must answer the task's {len(expected)} items in order, got {len(got)}")
+        bad = [s.item_id for s in scores if not math.isfinite(s.value)]
+        if bad:
+            raise InvalidSubmission(f"non-finite scores for items {bad[:5]}")
+
+    def check_ledger_head(self, client: str, head: LedgerHead) -> None:
+        """Refuse a head that rolls back or forks what the client reported before."""
+        self._check_ledger_head(client, head)
+
+    def _check_ledger_head(self, client: str, head: LedgerHead) -> None:
+        newest = self.store.ledger_head(client)
+        if head.seq < newest.seq:
+            raise InvalidSubmission(f"ledger rolled back: head seq {head.seq} < reported seq {newest.seq}")
+        same_seq = self.store.find_ledger_head(client, head.seq)
+        if same_seq is not None and not hmac.compare_digest(same_seq.entry_sha256, head.entry_sha256):
+            raise InvalidSubmission(f"ledger forked: entry {head.seq} differs from the one reported before")
+        if not (math.isfinite(head.epsilon) and head.epsilon >= 0):
+            raise InvalidSubmission("ledger epsilon must be a finite non-negative number")

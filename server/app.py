@@ -1,0 +1,107 @@
+"""Assemble and run the server: mTLS grpc.aio server, interceptor, servicers, health,
+round engine. ``start_server`` is what tests, the demo and ``fedsecure server`` use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedsecure.crypto.pki import Identity
+from fedsecure.kit import Kit
+from fedsecure.proto.v1 import admin_pb2_grpc, federation_pb2_grpc
+from fedsecure.transport.auth import AuthInterceptor
+from fedsecure.transport.credentials import server_credentials
+from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
+from fedsecure.types import Role, RunConfig, TaskKind
+
+from server.admin_servicer import AdminServicer
+from server.admission import Admission
+from server.engine import LIVENESS_MS, RoundEngine
+from server.federation_servicer import FederationServicer
+from server.objects import ObjectStore
+from server.phases import PhasePlanner
+from server.store import Store
+
+log = logging.getLogger("fedsecure.server")
+
+SERVICE_ROLES = {
+    "fedsecure.v1.Federation": frozenset({Role.CLIENT}),
+    "fedsecure.v1.Admin": frozenset({Role.ADMIN}),
+    "grpc.health.v1.Health": frozenset(Role),
+}
+
+
+@dataclass
+class RunningServer:
+    """A started server: its port, engine and store, and how to stop it."""
+
+    port: int
+    server: grpc.aio.Server
+    engine: RoundEngine
+    store: Store
+    stop_event: asyncio.Event
+    engine_task: asyncio.Task[None]
+    health: health_async.HealthServicer
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting calls, finish the engine loop, close the database."""
+        await self.health.enter_graceful_shutdown()
+        self.stop_event.set()
+        await self.server.stop(grace)
+        await self.engine_task
+        self.store.close()
+
+
+async def start_server(
+    *,
+    kit: Kit,
+    address: str = "127.0.0.1:0",
+    state_dir: Path,
+    planners: Mapping[TaskKind, PhasePlanner] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    run_config: RunConfig | None = None,
+    liveness_ms: int = LIVENESS_MS,
+) -> RunningServer:
+    """Start the aggregation server on ``address`` (port 0 picks a free port).
+
+    If ``run_config`` is given and no run is active (a restart resumes the active one),
+    a run is started with it before the first client is served.
+    """
+    if kit.role is not Role.SERVER:
+        raise ValueError(f"the server needs a server kit, got a {kit.role.value} kit")
+    store = Store(state_dir / "server.sqlite")
+    objects = ObjectStore(state_dir / "objects")
+    engine = RoundEngine(store, planners, liveness_ms=liveness_ms)
+    if run_config is not None and store.active_run() is None and store.latest_run() is None:
+        engine.start_run(run_config)
+    revoked = store.revoked_names()
+
+    def is_revoked(ident: Identity) -> bool:
+        return ident.name in revoked
+
+    interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES, is_revoked=is_revoked)
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options(limits),
+                             maximum_concurrent_rpcs=1024)
+    federation_pb2_grpc.add_FederationServicer_to_server(
+        FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
+                           objects=objects, limits=limits), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
+    health = health_async.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_secure_port(address, server_credentials(kit))
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    for service in ("", "fedsecure.v1.Federation", "fedsecure.v1.Admin"):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    stop_event = asyncio.Event()
+    engine_task = asyncio.create_task(engine.run_forever(stop_event))
+    log.info("server %s listening on port %d (mTLS)", kit.name, port)
+    return RunningServer(port, server, engine, store, stop_event, engine_task, health)

@@ -1,0 +1,201 @@
+"""The Federation service (client -> server): validate, call the handler, map errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+
+from fedsecure import __version__, serde
+from fedsecure.crypto import signing
+from fedsecure.errors import InvalidSubmission, LimitExceeded, NotFound
+from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+from fedsecure.transport import chunking
+from fedsecure.transport.auth import current_peer
+from fedsecure.transport.limits import Limits
+from fedsecure.types import PayloadKind, TensorChunk
+
+from server.admission import Admission, Submission
+from server.engine import RoundEngine
+from server.objects import ObjectStore
+from server.status_codes import domain_errors
+from server.store import Store, now_ms
+
+HEARTBEAT_INTERVAL_MS = 10_000
+_TERMINAL = ("finished", "stopped", "failed")
+
+
+class FederationServicer(federation_pb2_grpc.FederationServicer):
+    """Thin servicer over the round engine, admission and the object store."""
+
+    def __init__(self, *, store: Store, engine: RoundEngine, admission: Admission, objects: ObjectStore,
+                 limits: Limits) -> None:
+        self.store, self.engine, self.admission, self.objects, self.limits = store, engine, admission, objects, limits
+
+    @domain_errors
+    async def Hello(self, request, context):  # type: ignore[no-untyped-def]
+        peer = current_peer()
+        caps = serde.capabilities_from_proto(request.capabilities)
+        if request.HasField("ledger_head") and request.ledger_head.seq > 0:
+            head = serde.ledger_head_from_proto(request.ledger_head)
+            self.admission.check_ledger_head(peer.identity.name, head)
+        self.store.upsert_client(name=peer.identity.name, capabilities=caps, sdk_version=request.sdk_version,
+                                 fingerprint=peer.identity.fingerprint)
+        run = self.store.active_run()
+        self.engine.poke()
+        return federation_pb2.HelloResponse(
+            client_id=peer.identity.name, server_version=__version__, run_id=run.run_id if run else "",
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, max_chunk_bytes=self.limits.max_chunk_bytes,
+            max_chunks=self.limits.max_chunks_per_stream, server_time_ms=now_ms())
+
+    def _enrolled(self) -> str:
+        name = current_peer().identity.name
+        if not self.store.touch_client(name):
+            raise NotFound(f"client {name} is not enrolled: call Hello first")
+        return name
+
+    @domain_errors
+    async def PullTask(self, request, context):  # type: ignore[no-untyped-def]
+        name = self._enrolled()
+        remaining = context.time_remaining() or 0.0
+        budget_s = max(0.0, min(request.wait_ms, self.limits.max_pull_wait_ms) / 1000.0)
+        budget_s = min(budget_s, max(0.0, remaining - 0.5))  # answer before the caller's deadline
+        loop = asyncio.get_running_loop()
+        until = loop.time() + budget_s
+        event = self.engine.task_event(name)
+        while True:
+            event.clear()
+            run = self.store.active_run()
+            if run is not None:
+                row = self.store.next_open_task(name, run.run_id)
+                if row is not None:
+                    self.store.db.execute("UPDATE tasks SET delivered_ms=? WHERE task_id=?",
+                                          (now_ms(), row.task.task_id))
+                    return federation_pb2.PullTaskResponse(task=serde.task_to_proto(row.task))
+            left = until - loop.time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                break
+        latest = self.store.latest_run()
+        state = latest.state if latest else "none"
+        return federation_pb2.PullTaskResponse(idle=federation_pb2.Idle(
+            retry_after_ms=500, run_finished=state in _TERMINAL, run_state=state))
+
+    @domain_errors
+    async def SubmitScores(self, request, context):  # type: ignore[no-untyped-def]
+        if len(request.scores) > self.limits.max_score_items:
+            raise LimitExceeded(f"{len(request.scores)} scores exceed the limit of {self.limits.max_score_items}")
+        scores = serde.scores_from_proto(request.scores)
+        sub = Submission(envelope=self._envelope(request, PayloadKind.SCORES),
+                         payload_sha256=signing.scores_digest(scores), payload=request.SerializeToString(),
+                         scores=scores)
+        return self._ack(self.admission.accept(current_peer(), sub))
+
+    @domain_errors
+    async def ReportLedger(self, request, context):  # type: ignore[no-untyped-def]
+        head = serde.ledger_head_from_proto(request.head)
+        sub = Submission(envelope=self._envelope(request, PayloadKind.LEDGER_HEAD),
+                         payload_sha256=signing.ledger_head_digest(head), payload=request.SerializeToString(),
+                         ledger_head=head)
+        return self._ack(self.admission.accept(current_peer(), sub))
+
+    @domain_errors
+    async def FinishTask(self, request, context):  # type: ignore[no-untyped-def]
+        which = request.WhichOneof("outcome")
+        if which == "report":
+            report = serde.report_from_proto(request.report)
+            env = self._envelope(request, PayloadKind.TASK_REPORT)
+            sub = Submission(envelope=env, payload_sha256=signing.task_report_digest(report),
+                             payload=request.SerializeToString())
+        elif which == "decline":
+            decline = serde.decline_from_proto(request.decline)
+            env = self._envelope(request, PayloadKind.DECLINE)
+            sub = Submission(envelope=env, payload_sha256=signing.decline_digest(decline),
+                             payload=request.SerializeToString(), decline=decline)
+        else:
+            raise InvalidSubmission("FinishTask needs a report or a decline")
+        return self._ack(self.admission.accept(current_peer(), sub))
+
+    @domain_errors
+    async def UploadUpdate(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        peer = current_peer()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidSubmission("an upload starts with its header")
+        header = first.header
+        env = self._envelope(header, PayloadKind.UPDATE)
+        dup = self.admission.duplicate_of(peer, env)
+        if dup is not None:
+            return self._ack(dup)
+        manifest = serde.manifest_from_proto(header.manifest)
+        if len(manifest.chunk_sha256) > self.limits.max_chunks_per_stream:
+            raise LimitExceeded(f"{len(manifest.chunk_sha256)} chunks exceed the limit of "
+                                f"{self.limits.max_chunks_per_stream}")
+        if manifest.total_bytes > self.limits.max_stream_bytes:
+            raise LimitExceeded(f"{manifest.total_bytes} bytes exceed the limit of {self.limits.max_stream_bytes}")
+        if not manifest.chunk_sha256:
+            raise InvalidSubmission("an upload carries at least one chunk")
+        if signing.manifest_digest(manifest) != env.payload_sha256:
+            raise InvalidSubmission("manifest does not match the digest the envelope signs")
+        self.admission.precheck(peer, env)  # refuse before storing a single chunk
+        received, total = 0, 0
+        async for msg in request_iterator:
+            if msg.WhichOneof("part") != "chunk":
+                raise InvalidSubmission("only chunks may follow the header")
+            if received >= len(manifest.chunk_sha256):
+                raise LimitExceeded(f"more chunks than the {len(manifest.chunk_sha256)} the manifest announces")
+            chunk = serde.chunk_from_proto(msg.chunk)
+            if len(chunk.data) > self.limits.max_chunk_bytes:
+                raise LimitExceeded(f"chunk {chunk.index} is larger than {self.limits.max_chunk_bytes} bytes")
+            chunking.check_chunk(chunk, expected_index=received, expected_sha256=manifest.chunk_sha256[received])
+            total += len(chunk.data)
+            if total > manifest.total_bytes:
+                raise LimitExceeded("chunks carry more bytes than the manifest announces")
+            # Stored under its digest; unreferenced unless the whole upload is accepted.
+            await asyncio.to_thread(self.objects.put, chunk.data)
+            received += 1
+        if received != len(manifest.chunk_sha256) or total != manifest.total_bytes:
+            raise InvalidSubmission(f"upload ended after {received} of {len(manifest.chunk_sha256)} chunks")
+        sub = Submission(envelope=env, payload_sha256=signing.manifest_digest(manifest),
+                         payload=header.SerializeToString())
+        return self._ack(self.admission.accept(peer, sub))
+
+    @domain_errors
+    async def DownloadAggregate(self, request, context) -> AsyncIterator[federation_pb2.DownloadAggregateResponse]:  # type: ignore[no-untyped-def, override]
+        self._enrolled()
+        found = self.store.aggregate(request.run_id, request.round, request.group)
+        if found is None:
+            raise NotFound(f"no aggregate {request.group!r} for run {request.run_id!r} round {request.round}")
+        encoding, digests, contributors = found
+        yield federation_pb2.DownloadAggregateResponse(header=federation_pb2.AggregateHeader(
+            run_id=request.run_id, round=request.round, group=request.group, encoding=encoding,
+            chunk_sha256=digests, contributors=contributors))
+        for index, digest in enumerate(digests):
+            data = await asyncio.to_thread(self.objects.get, digest)
+            chunk = TensorChunk(name=request.group, dtype="bytes", shape=(), index=index, data=data, sha256=digest)
+            yield federation_pb2.DownloadAggregateResponse(chunk=serde.chunk_to_proto(chunk))
+
+    @domain_errors
+    async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+        self._enrolled()
+        status = self.engine.status()
+        return federation_pb2.HeartbeatResponse(server_time_ms=now_ms(), run_id=status.run_id,
+                                                run_state=status.state, round=status.round)
+
+    @staticmethod
+    def _envelope(request, kind: PayloadKind):  # type: ignore[no-untyped-def]
+        if not request.HasField("envelope"):
+            raise InvalidSubmission("submission carries no signed envelope")
+        env = serde.envelope_from_proto(request.envelope)
+        if env.payload_kind is not kind:
+            raise InvalidSubmission(f"envelope declares {env.payload_kind.name}, this RPC carries {kind.name}")
+        return env
+
+    @staticmethod
+    def _ack(ack):  # type: ignore[no-untyped-def]
+        return common_pb2.SubmitResponse(submission_id=ack.submission_id, duplicate=ack.duplicate)
+
+

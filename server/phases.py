@@ -1,0 +1,57 @@
+"""Phase planners: what the server hands out in each phase of a round, and what it does
+when the phase closes. Later capabilities (secure aggregation, scoring, GRPO) plug in
+here as planners; the round engine itself never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedsecure.types import ReportLedgerSpec, RunConfig, TaskKind, TaskSpec
+
+from server.store import Store, SubmissionRow
+
+
+@dataclass(frozen=True)
+class PhaseContext:
+    """Where a phase sits: run, round, attempt, its index and kind, and the store."""
+
+    run_id: str
+    round: int
+    attempt: int
+    phase_index: int
+    kind: TaskKind
+    config: RunConfig
+    store: Store
+
+
+class PhasePlanner(Protocol):
+    """Plans the tasks of one phase kind and finishes the phase when it closes."""
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        """One task spec per participant (a participant left out gets no task)."""
+        ...
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        """Consume the accepted submissions. Must be idempotent: after a crash it runs
+        again on the same submissions. Raising keeps the phase closing and retries later."""
+        ...
+
+
+class ReportLedgerPlanner:
+    """Each participant reports its privacy-ledger head; the server stores the heads
+    as they arrive (DESIGN.md §4, last step of a round)."""
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        """Everyone reports."""
+        return {p: ReportLedgerSpec() for p in participants}
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        """Nothing left to do: heads were recorded when each report was accepted."""
+
+
+def default_planners() -> dict[TaskKind, PhasePlanner]:
+    """Planners the server ships with."""
+    return {TaskKind.REPORT_LEDGER: ReportLedgerPlanner()}
