@@ -1,0 +1,60 @@
+"""Operator-side client of the Admin service (``fedsecure admin``)."""
+
+from __future__ import annotations
+
+import grpc
+
+from fedsecure import serde
+from fedsecure.kit import Kit
+from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc
+from fedsecure.transport.credentials import channel_credentials
+from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, channel_options
+from fedsecure.types import ClientInfo, Role, RunConfig, RunStatus
+
+
+class AdminClient:
+    """Calls the server's Admin service with the admin kit's certificate."""
+
+    def __init__(self, *, kit: Kit, address: str | None = None, timeout_s: float = RPC_DEADLINE_S) -> None:
+        if kit.role is not Role.ADMIN:
+            raise ValueError(f"admin commands need an admin kit, got a {kit.role.value} kit")
+        self._channel = grpc.secure_channel(address or kit.server_address, channel_credentials(kit),
+                                            options=channel_options(DEFAULT_LIMITS, target_name=kit.server_name))
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+        self._timeout = timeout_s
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self) -> tuple[RunStatus, int, int]:
+        """(run status, clients enrolled, clients revoked)."""
+        r = self._stub.Status(admin_pb2.StatusRequest(), timeout=self._timeout)
+        return serde.run_status_from_proto(r.run), r.clients_enrolled, r.clients_revoked
+
+    def start_run(self, config: RunConfig) -> RunStatus:
+        """Start a run with ``config``."""
+        r = self._stub.StartRun(admin_pb2.StartRunRequest(config=serde.run_config_to_proto(config)),
+                                timeout=self._timeout)
+        return serde.run_status_from_proto(r.run)
+
+    def stop_run(self, run_id: str = "") -> RunStatus:
+        """Stop the active run."""
+        r = self._stub.StopRun(admin_pb2.StopRunRequest(run_id=run_id), timeout=self._timeout)
+        return serde.run_status_from_proto(r.run)
+
+    def clients(self) -> list[ClientInfo]:
+        """Every enrolled client."""
+        r = self._stub.ListClients(admin_pb2.ListClientsRequest(), timeout=self._timeout)
+        return [serde.client_info_from_proto(c) for c in r.clients]
+
+    def revoke(self, name: str, reason: str = "") -> bool:
+        """Revoke a client's certificate now; True if it was not revoked before."""
+        r = self._stub.RevokeClient(admin_pb2.RevokeClientRequest(name=name, reason=reason), timeout=self._timeout)
+        return r.newly_revoked

@@ -1,0 +1,149 @@
+"""``fedsecure demo``: provision a consortium and run a whole federation on loopback.
+
+The server and every client run as separate processes over mutual TLS, exactly as
+they would at separate institutions; the demo only launches them, shows progress
+through the Admin service and collects their summaries. It runs every task kind the
+project has real handlers for (today: privacy-ledger reporting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsecure.admin_client import AdminClient
+from fedsecure.kit import load_kit
+from fedsecure.provision import provision
+from fedsecure.types import Role
+
+# Clients of the three kinds of DESIGN.md §5.
+DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"))
+DEMO_PHASES = "report_ledger"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fedsecure demo``."""
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, help="write summary.json (and keep kits and logs) here")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--phase-deadline", type=int, default=60)
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def _spawn(name: str, argv: list[str], logs: Path) -> _Proc:
+    log_path = logs / f"{name}.log"
+    fh = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
+    popen = subprocess.Popen([sys.executable, "-m", "fedsecure.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return _Proc(name, popen, log_path)
+
+
+def _wait_for_file(path: Path, proc: _Proc, timeout_s: float) -> str:
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        if path.exists():
+            return path.read_text().strip()
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early; see {proc.log_path}:\n{proc.log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} did not start within {timeout_s} s")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 only if the run finished with every round closed."""
+    if args.rounds < 1:
+        raise ValueError("--rounds must be >= 1")
+    started = time.monotonic()
+    work = args.out or Path(tempfile.mkdtemp(prefix="fedsecure-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    kits_dir = work / "kits"
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    if kits_dir.exists():
+        raise FileExistsError(f"{kits_dir} exists: the demo provisions a fresh consortium, use a new --out")
+    names = [n for n, _ in DEMO_CLIENTS]
+    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0")
+    print(f"[demo] provisioned CA + server, key holder, admin and {len(names)} client kits in {kits_dir}")
+    port_file = work / "server.port"
+    procs: list[_Proc] = []
+    try:
+        server = _spawn("server", ["server", "--kit", str(kits.server), "--address", "127.0.0.1:0",
+                                   "--port-file", str(port_file), "--rounds", str(args.rounds),
+                                   "--quorum", "2", "--min-clients", str(len(names)),
+                                   "--phases", DEMO_PHASES, "--phase-deadline", str(args.phase_deadline)], logs)
+        procs.append(server)
+        address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
+        print(f"[demo] server listening on {address} (mTLS); the key holder joins with secure aggregation")
+        for name, modality in DEMO_CLIENTS:
+            procs.append(_spawn(name, ["client", "--kit", str(kits.clients[name]), "--address", address,
+                                       "--modalities", modality, "--summary", str(logs / f"{name}.json")], logs))
+        print(f"[demo] started clients {', '.join(names)}")
+        status = _watch(kits.admin, address, procs[1:], started + args.timeout)
+        for p in procs[1:]:
+            p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.popen.poll() is None:
+                p.popen.terminate()
+        for p in procs:
+            try:
+                p.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+    clients = {}
+    for name, modality in DEMO_CLIENTS:
+        path = logs / f"{name}.json"
+        clients[name] = {"modality": modality, **(json.loads(path.read_text()) if path.exists() else {})}
+    summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
+               "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
+               "seconds": round(time.monotonic() - started, 2), "work_dir": str(work)}
+    _print_summary(summary)
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    ok = status["state"] == "finished" and status["rounds_closed"] == args.rounds
+    if not ok:
+        print(f"[demo] FAILED: run {status['state']} ({status['detail']}); logs in {logs}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float) -> dict[str, object]:
+    """Show progress until the run ends (or the deadline); return the final status."""
+    last = ""
+    with AdminClient(kit=load_kit(admin_kit, expected_role=Role.ADMIN), address=address) as admin:
+        while True:
+            run, enrolled, _ = admin.status()
+            line = (f"[demo] run {run.state}: round {run.round}/{run.config.rounds} attempt {run.attempt}, "
+                    f"phase {run.phase.name if run.phase else '-'}, {enrolled} clients enrolled, "
+                    f"{run.rounds_closed} rounds closed")
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if run.state in ("finished", "failed", "stopped") or time.monotonic() > deadline:
+                return {"run_id": run.run_id, "state": run.state, "rounds_closed": run.rounds_closed,
+                        "detail": run.detail}
+            if all(c.popen.poll() is not None for c in clients):
+                return {"run_id": run.run_id, "state": run.state, "rounds_closed": run.rounds_closed,
+                        "detail": "every client exited before the run ended"}
+            time.sleep(0.5)
+
+
+def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
+    print(f"[demo] run {summary['run_id']}: {summary['state']}, {summary['rounds_closed']}/{summary['rounds']}"
+          f" rounds in {summary['seconds']} s")
+    print(f"{'client':<12} {'kind':<11} {'completed':<28} {'declined':<10} refused")
+    for name, c in summary["clients"].items():
+        done = ", ".join(f"{k.lower()} {v}" for k, v in c.get("completed", {}).items()) or "-"
+        print(f"{name:<12} {c['modality']:<11} {done:<28} {sum(c.get('declined', {}).values()):<10} "
+              f"{len(c.get('refused', []))}")

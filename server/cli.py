@@ -1,0 +1,71 @@
+"""``fedsecure server``: run the aggregation server until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from fedsecure.kit import load_kit
+from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
+
+from server.app import start_server
+
+log = logging.getLogger("fedsecure.server")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fedsecure server``."""
+    p.add_argument("--kit", required=True, type=Path, help="the server kit folder")
+    p.add_argument("--address", help="host:port to bind (default: the kit's server_address; port 0 = any)")
+    p.add_argument("--state", type=Path, help="state folder (default: KIT/state)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    run = p.add_argument_group("start a run at start-up (ignored when a run already exists)")
+    run.add_argument("--rounds", type=int, help="rounds of the run; omit to wait for `fedsecure admin start`")
+    run.add_argument("--quorum", type=int, default=2)
+    run.add_argument("--min-clients", type=int, default=2)
+    run.add_argument("--sample-rate", type=float, default=1.0)
+    run.add_argument("--phases", default="report_ledger", help="comma-separated task kinds per round")
+    run.add_argument("--phase-deadline", type=int, default=60, help="seconds per phase")
+    run.add_argument("--max-attempts", type=int, default=3)
+    run.add_argument("--enroll-timeout", type=int, default=120)
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
+    """The run to start, from command-line options (None: wait for the admin)."""
+    if args.rounds is None:
+        return None
+    try:
+        kinds = [TaskKind[k.strip().upper()] for k in args.phases.split(",") if k.strip()]
+    except KeyError as exc:
+        raise ValueError(f"unknown phase kind {exc}; choose from {[k.name.lower() for k in TaskKind]}") from exc
+    return RunConfig(rounds=args.rounds, sample_rate=args.sample_rate, quorum=args.quorum,
+                     min_clients=args.min_clients, phases=tuple(PhaseConfig(k, args.phase_deadline) for k in kinds),
+                     max_attempts=args.max_attempts, enroll_timeout_s=args.enroll_timeout)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve until a termination signal; state survives in the state folder."""
+    kit = load_kit(args.kit, expected_role=Role.SERVER)
+    config = run_config_from_args(args)
+    asyncio.run(_serve(kit, args.address or kit.server_address, args.state or kit.path / "state",
+                       config, args.port_file))
+    return 0
+
+
+async def _serve(kit, address, state_dir, config, port_file) -> None:  # type: ignore[no-untyped-def]
+    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(running.port))
+        os.replace(tmp, port_file)  # readers never see a half-written port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop(grace=2.0)
