@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -97,6 +97,8 @@ class FederatedClient:
                                             options=channel_options(limits, target_name=kit.server_name))
         self._stub = federation_pb2_grpc.FederationStub(self._channel)
         self._summary = ClientRunSummary()
+        # Tasks answered or refused: never handled twice (bounded, newest kept).
+        self._handled: deque[str] = deque(maxlen=64)
 
     def register(self, kind: TaskKind, handler: Handler) -> None:
         """Handle tasks of ``kind`` with ``handler`` (replacing any earlier one)."""
@@ -130,7 +132,7 @@ class FederatedClient:
 
     def pull(self) -> federation_pb2.PullTaskResponse:
         """One long poll; re-enrols if the server does not know this client."""
-        req = federation_pb2.PullTaskRequest(wait_ms=self.poll_wait_ms)
+        req = federation_pb2.PullTaskRequest(wait_ms=self.poll_wait_ms, skip_task_ids=list(self._handled))
         timeout = self.poll_wait_ms / 1000 + RPC_DEADLINE_S
         try:
             return self._retry(lambda: self._stub.PullTask(req, timeout=timeout))  # type: ignore[return-value]
@@ -268,6 +270,7 @@ class FederatedClient:
                 bucket[task.kind.name] += 1
                 dup = " (duplicate)" if getattr(ack, "duplicate", False) else ""
                 self._progress(f"round {task.round} {task.kind.name}: submitted{dup}")
+            self._handled.append(task.task_id)
             handled += 1
             idle_since = time.monotonic()
         return summary

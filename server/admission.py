@@ -101,10 +101,10 @@ class Admission:
             raise InvalidSubmission(f"a {env.payload_kind.name} payload cannot answer a {task.kind.name} task")
         if self.store.nonce_used(name, env.nonce):
             raise InvalidSubmission("nonce already used: replayed submission refused")
-        if row.state != "open":
-            raise TaskClosed(f"task {task.task_id} is {row.state}; its phase no longer accepts submissions")
         if self.store.submission_for_task(task.task_id) is not None:
             raise ConflictingSubmission(f"task {task.task_id} already holds a different submission")
+        if row.state != "open":
+            raise TaskClosed(f"task {task.task_id} is {row.state}; its phase no longer accepts submissions")
         return row
 
     def accept(self, peer: Peer, sub: Submission) -> SubmitAck:

@@ -128,7 +128,12 @@ class RoundEngine:
         phase = cfg.phases[rnd.phase_index]
         ctx = PhaseContext(run.run_id, run.round, run.attempt, rnd.phase_index, phase.kind, cfg, self.store)
         if rnd.phase_state == "planning":
-            self._plan_phase(ctx, rnd.participants)
+            if rnd.phase_index == 0:
+                participants = list(rnd.participants)
+            else:  # later phases go to those who completed the previous one
+                previous = self.store.phase_tasks(run.run_id, run.round, run.attempt, rnd.phase_index - 1)
+                participants = [t.client for t in previous if t.state == "done"]
+            self._plan_phase(ctx, participants)
             return True
         if rnd.phase_state == "closing":
             return await self._finish_phase(ctx, run)
@@ -142,8 +147,7 @@ class RoundEngine:
             with self.store.tx() as db:
                 db.execute("UPDATE tasks SET state='expired' WHERE run_id=? AND round=? AND attempt=? AND"
                            " phase_index=? AND state='open'", (run.run_id, run.round, run.attempt, rnd.phase_index))
-                Store.update_round(db, run.run_id, run.round, run.attempt, phase_state="closing",
-                                   participants=_json([t.client for t in done]))
+                Store.update_round(db, run.run_id, run.round, run.attempt, phase_state="closing")
             log.info("%s round %d: phase %s closing with %d/%d", run.run_id, run.round, phase.kind.name,
                      len(done), len(tasks))
             return True
@@ -205,7 +209,8 @@ class RoundEngine:
                                    closed_ms=now_ms())
                 finished = ctx.round >= cfg.rounds
                 Store.update_run(db, ctx.run_id, rounds_closed=run.rounds_closed + 1,
-                                 round=ctx.round if finished else ctx.round + 1, attempt=1,
+                                 round=ctx.round if finished else ctx.round + 1,
+                                 attempt=ctx.attempt if finished else 1,
                                  state="finished" if finished else "running",
                                  waiting_since_ms=None if finished else now_ms())
                 log.info("%s round %d closed%s", ctx.run_id, ctx.round, "; run finished" if finished else "")
@@ -225,8 +230,3 @@ class RoundEngine:
                                  detail=f"retrying: {reason}")
                 log.warning("%s retrying round %d: %s", run.run_id, run.round, reason)
 
-
-def _json(items: Sequence[str]) -> str:
-    import json
-
-    return json.dumps(list(items))

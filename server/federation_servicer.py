@@ -22,6 +22,7 @@ from server.status_codes import domain_errors
 from server.store import Store, now_ms
 
 HEARTBEAT_INTERVAL_MS = 10_000
+MAX_SKIP_IDS = 64
 _TERMINAL = ("finished", "stopped", "failed")
 
 
@@ -57,6 +58,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     @domain_errors
     async def PullTask(self, request, context):  # type: ignore[no-untyped-def]
         name = self._enrolled()
+        if len(request.skip_task_ids) > MAX_SKIP_IDS:
+            raise LimitExceeded(f"at most {MAX_SKIP_IDS} skip_task_ids")
+        skip = list(request.skip_task_ids)
         remaining = context.time_remaining() or 0.0
         budget_s = max(0.0, min(request.wait_ms, self.limits.max_pull_wait_ms) / 1000.0)
         budget_s = min(budget_s, max(0.0, remaining - 0.5))  # answer before the caller's deadline
@@ -67,7 +71,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             event.clear()
             run = self.store.active_run()
             if run is not None:
-                row = self.store.next_open_task(name, run.run_id)
+                row = self.store.next_open_task(name, run.run_id, skip)
                 if row is not None:
                     self.store.db.execute("UPDATE tasks SET delivered_ms=? WHERE task_id=?",
                                           (now_ms(), row.task.task_id))

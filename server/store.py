@@ -327,11 +327,13 @@ class Store:
         msg.ParseFromString(row[0])
         return TaskRow(serde.task_from_proto(msg), row[1], row[2], row[3])
 
-    def next_open_task(self, client: str, run_id: str) -> TaskRow | None:
-        """The client's oldest open task in the run (re-delivered until answered)."""
+    def next_open_task(self, client: str, run_id: str, skip: Sequence[str] = ()) -> TaskRow | None:
+        """The client's oldest open task in the run not in ``skip`` (re-delivered until answered)."""
+        marks = ",".join("?" * len(skip))
         row = self.db.execute(
             "SELECT task, client, state, phase_index FROM tasks WHERE client=? AND run_id=? AND state='open'"
-            " ORDER BY created_ms, task_id LIMIT 1", (client, run_id)).fetchone()
+            f" AND task_id NOT IN ({marks}) ORDER BY created_ms, task_id LIMIT 1",
+            (client, run_id, *skip)).fetchone()
         return self._task(row) if row else None
 
     def phase_tasks(self, run_id: str, round_: int, attempt: int, phase_index: int) -> list[TaskRow]:

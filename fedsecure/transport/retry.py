@@ -12,10 +12,9 @@ import grpc
 
 T = TypeVar("T")
 
-# Codes worth retrying: the peer is away or busy, not saying "no".
-RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
-)
+# Codes worth retrying: the peer is away or slow, not saying "no". RESOURCE_EXHAUSTED
+# is a refusal here (an upload over the limits), so it is not retried.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _jitter = random.SystemRandom()
 
 

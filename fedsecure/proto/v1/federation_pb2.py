@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedsecure.proto.v1 import common_pb2 as fedsecure_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64secure/v1/federation.proto\x12\x0c\x66\x65\x64secure.v1\x1a\x19\x66\x65\x64secure/v1/common.proto\"\x84\x01\n\x0cHelloRequest\x12\x13\n\x0bsdk_version\x18\x01 \x01(\t\x12\x30\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1a.fedsecure.v1.Capabilities\x12-\n\x0bledger_head\x18\x03 \x01(\x0b\x32\x18.fedsecure.v1.LedgerHead\"\xae\x01\n\rHelloResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\x12\x12\n\nmax_chunks\x18\x06 \x01(\r\x12\x16\n\x0eserver_time_ms\x18\x07 \x01(\x03\"\"\n\x0fPullTaskRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\"G\n\x04Idle\x12\x16\n\x0eretry_after_ms\x18\x01 \x01(\r\x12\x14\n\x0crun_finished\x18\x02 \x01(\x08\x12\x11\n\trun_state\x18\x03 \x01(\t\"e\n\x10PullTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x12.fedsecure.v1.TaskH\x00\x12\"\n\x04idle\x18\x02 \x01(\x0b\x32\x12.fedsecure.v1.IdleH\x00\x42\t\n\x07outcome\"j\n\x13SubmitScoresRequest\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.fedsecure.v1.Score\"n\n\x0cUploadHeader\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12.\n\x08manifest\x18\x02 \x01(\x0b\x32\x1c.fedsecure.v1.UpdateManifest\"w\n\x13UploadUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedsecure.v1.UploadHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x42\x06\n\x04part\"H\n\x18\x44ownloadAggregateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\"}\n\x0f\x41ggregateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x04 \x01(\t\x12\x14\n\x0c\x63hunk_sha256\x18\x05 \x03(\x0c\x12\x14\n\x0c\x63ontributors\x18\x06 \x01(\r\"\x80\x01\n\x19\x44ownloadAggregateResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.fedsecure.v1.AggregateHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x42\x06\n\x04part\"m\n\x13ReportLedgerRequest\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12&\n\x04head\x18\x02 \x01(\x0b\x32\x18.fedsecure.v1.LedgerHead\"\xa4\x01\n\x11\x46inishTaskRequest\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12*\n\x06report\x18\x02 \x01(\x0b\x32\x18.fedsecure.v1.TaskReportH\x00\x12(\n\x07\x64\x65\x63line\x18\x03 \x01(\x0b\x32\x15.fedsecure.v1.DeclineH\x00\x42\t\n\x07outcome\"\x12\n\x10HeartbeatRequest\"]\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\trun_state\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x32\x91\x05\n\nFederation\x12@\n\x05Hello\x12\x1a.fedsecure.v1.HelloRequest\x1a\x1b.fedsecure.v1.HelloResponse\x12I\n\x08PullTask\x12\x1d.fedsecure.v1.PullTaskRequest\x1a\x1e.fedsecure.v1.PullTaskResponse\x12O\n\x0cSubmitScores\x12!.fedsecure.v1.SubmitScoresRequest\x1a\x1c.fedsecure.v1.SubmitResponse\x12Q\n\x0cUploadUpdate\x12!.fedsecure.v1.UploadUpdateRequest\x1a\x1c.fedsecure.v1.SubmitResponse(\x01\x12\x66\n\x11\x44ownloadAggregate\x12&.fedsecure.v1.DownloadAggregateRequest\x1a\'.fedsecure.v1.DownloadAggregateResponse0\x01\x12O\n\x0cReportLedger\x12!.fedsecure.v1.ReportLedgerRequest\x1a\x1c.fedsecure.v1.SubmitResponse\x12K\n\nFinishTask\x12\x1f.fedsecure.v1.FinishTaskRequest\x1a\x1c.fedsecure.v1.SubmitResponse\x12L\n\tHeartbeat\x12\x1e.fedsecure.v1.HeartbeatRequest\x1a\x1f.fedsecure.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64secure/v1/federation.proto\x12\x0c\x66\x65\x64secure.v1\x1a\x19\x66\x65\x64secure/v1/common.proto\"\x84\x01\n\x0cHelloRequest\x12\x13\n\x0bsdk_version\x18\x01 \x01(\t\x12\x30\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1a.fedsecure.v1.Capabilities\x12-\n\x0bledger_head\x18\x03 \x01(\x0b\x32\x18.fedsecure.v1.LedgerHead\"\xae\x01\n\rHelloResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\x12\x12\n\nmax_chunks\x18\x06 \x01(\r\x12\x16\n\x0eserver_time_ms\x18\x07 \x01(\x03\"9\n\x0fPullTaskRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\x12\x15\n\rskip_task_ids\x18\x02 \x03(\t\"G\n\x04Idle\x12\x16\n\x0eretry_after_ms\x18\x01 \x01(\r\x12\x14\n\x0crun_finished\x18\x02 \x01(\x08\x12\x11\n\trun_state\x18\x03 \x01(\t\"e\n\x10PullTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x12.fedsecure.v1.TaskH\x00\x12\"\n\x04idle\x18\x02 \x01(\x0b\x32\x12.fedsecure.v1.IdleH\x00\x42\t\n\x07outcome\"j\n\x13SubmitScoresRequest\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.fedsecure.v1.Score\"n\n\x0cUploadHeader\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12.\n\x08manifest\x18\x02 \x01(\x0b\x32\x1c.fedsecure.v1.UpdateManifest\"w\n\x13UploadUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedsecure.v1.UploadHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x42\x06\n\x04part\"H\n\x18\x44ownloadAggregateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\"}\n\x0f\x41ggregateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x04 \x01(\t\x12\x14\n\x0c\x63hunk_sha256\x18\x05 \x03(\x0c\x12\x14\n\x0c\x63ontributors\x18\x06 \x01(\r\"\x80\x01\n\x19\x44ownloadAggregateResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.fedsecure.v1.AggregateHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x42\x06\n\x04part\"m\n\x13ReportLedgerRequest\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12&\n\x04head\x18\x02 \x01(\x0b\x32\x18.fedsecure.v1.LedgerHead\"\xa4\x01\n\x11\x46inishTaskRequest\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12*\n\x06report\x18\x02 \x01(\x0b\x32\x18.fedsecure.v1.TaskReportH\x00\x12(\n\x07\x64\x65\x63line\x18\x03 \x01(\x0b\x32\x15.fedsecure.v1.DeclineH\x00\x42\t\n\x07outcome\"\x12\n\x10HeartbeatRequest\"]\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\trun_state\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x32\x91\x05\n\nFederation\x12@\n\x05Hello\x12\x1a.fedsecure.v1.HelloRequest\x1a\x1b.fedsecure.v1.HelloResponse\x12I\n\x08PullTask\x12\x1d.fedsecure.v1.PullTaskRequest\x1a\x1e.fedsecure.v1.PullTaskResponse\x12O\n\x0cSubmitScores\x12!.fedsecure.v1.SubmitScoresRequest\x1a\x1c.fedsecure.v1.SubmitResponse\x12Q\n\x0cUploadUpdate\x12!.fedsecure.v1.UploadUpdateRequest\x1a\x1c.fedsecure.v1.SubmitResponse(\x01\x12\x66\n\x11\x44ownloadAggregate\x12&.fedsecure.v1.DownloadAggregateRequest\x1a\'.fedsecure.v1.DownloadAggregateResponse0\x01\x12O\n\x0cReportLedger\x12!.fedsecure.v1.ReportLedgerRequest\x1a\x1c.fedsecure.v1.SubmitResponse\x12K\n\nFinishTask\x12\x1f.fedsecure.v1.FinishTaskRequest\x1a\x1c.fedsecure.v1.SubmitResponse\x12L\n\tHeartbeat\x12\x1e.fedsecure.v1.HeartbeatRequest\x1a\x1f.fedsecure.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLORESPONSE']._serialized_start=210
   _globals['_HELLORESPONSE']._serialized_end=384
   _globals['_PULLTASKREQUEST']._serialized_start=386
-  _globals['_PULLTASKREQUEST']._serialized_end=420
-  _globals['_IDLE']._serialized_start=422
-  _globals['_IDLE']._serialized_end=493
-  _globals['_PULLTASKRESPONSE']._serialized_start=495
-  _globals['_PULLTASKRESPONSE']._serialized_end=596
-  _globals['_SUBMITSCORESREQUEST']._serialized_start=598
-  _globals['_SUBMITSCORESREQUEST']._serialized_end=704
-  _globals['_UPLOADHEADER']._serialized_start=706
-  _globals['_UPLOADHEADER']._serialized_end=816
-  _globals['_UPLOADUPDATEREQUEST']._serialized_start=818
-  _globals['_UPLOADUPDATEREQUEST']._serialized_end=937
-  _globals['_DOWNLOADAGGREGATEREQUEST']._serialized_start=939
-  _globals['_DOWNLOADAGGREGATEREQUEST']._serialized_end=1011
-  _globals['_AGGREGATEHEADER']._serialized_start=1013
-  _globals['_AGGREGATEHEADER']._serialized_end=1138
-  _globals['_DOWNLOADAGGREGATERESPONSE']._serialized_start=1141
-  _globals['_DOWNLOADAGGREGATERESPONSE']._serialized_end=1269
-  _globals['_REPORTLEDGERREQUEST']._serialized_start=1271
-  _globals['_REPORTLEDGERREQUEST']._serialized_end=1380
-  _globals['_FINISHTASKREQUEST']._serialized_start=1383
-  _globals['_FINISHTASKREQUEST']._serialized_end=1547
-  _globals['_HEARTBEATREQUEST']._serialized_start=1549
-  _globals['_HEARTBEATREQUEST']._serialized_end=1567
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1569
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1662
-  _globals['_FEDERATION']._serialized_start=1665
-  _globals['_FEDERATION']._serialized_end=2322
+  _globals['_PULLTASKREQUEST']._serialized_end=443
+  _globals['_IDLE']._serialized_start=445
+  _globals['_IDLE']._serialized_end=516
+  _globals['_PULLTASKRESPONSE']._serialized_start=518
+  _globals['_PULLTASKRESPONSE']._serialized_end=619
+  _globals['_SUBMITSCORESREQUEST']._serialized_start=621
+  _globals['_SUBMITSCORESREQUEST']._serialized_end=727
+  _globals['_UPLOADHEADER']._serialized_start=729
+  _globals['_UPLOADHEADER']._serialized_end=839
+  _globals['_UPLOADUPDATEREQUEST']._serialized_start=841
+  _globals['_UPLOADUPDATEREQUEST']._serialized_end=960
+  _globals['_DOWNLOADAGGREGATEREQUEST']._serialized_start=962
+  _globals['_DOWNLOADAGGREGATEREQUEST']._serialized_end=1034
+  _globals['_AGGREGATEHEADER']._serialized_start=1036
+  _globals['_AGGREGATEHEADER']._serialized_end=1161
+  _globals['_DOWNLOADAGGREGATERESPONSE']._serialized_start=1164
+  _globals['_DOWNLOADAGGREGATERESPONSE']._serialized_end=1292
+  _globals['_REPORTLEDGERREQUEST']._serialized_start=1294
+  _globals['_REPORTLEDGERREQUEST']._serialized_end=1403
+  _globals['_FINISHTASKREQUEST']._serialized_start=1406
+  _globals['_FINISHTASKREQUEST']._serialized_end=1570
+  _globals['_HEARTBEATREQUEST']._serialized_start=1572
+  _globals['_HEARTBEATREQUEST']._serialized_end=1590
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1592
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1685
+  _globals['_FEDERATION']._serialized_start=1688
+  _globals['_FEDERATION']._serialized_end=2345
 # @@protoc_insertion_point(module_scope)

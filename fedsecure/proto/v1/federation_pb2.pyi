@@ -36,10 +36,12 @@ class HelloResponse(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., server_version: _Optional[str] = ..., run_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_chunks: _Optional[int] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
 
 class PullTaskRequest(_message.Message):
-    __slots__ = ("wait_ms",)
+    __slots__ = ("wait_ms", "skip_task_ids")
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     wait_ms: int
-    def __init__(self, wait_ms: _Optional[int] = ...) -> None: ...
+    skip_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, wait_ms: _Optional[int] = ..., skip_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Idle(_message.Message):
     __slots__ = ("retry_after_ms", "run_finished", "run_state")

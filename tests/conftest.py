@@ -1,0 +1,109 @@
+"""Shared fixtures: provisioned kits and a real mTLS server on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from fedsecure.kit import Kit, load_kit
+from fedsecure.provision import Provisioned, provision
+from fedsecure.transport.limits import DEFAULT_LIMITS, Limits
+from fedsecure.types import RunConfig, TaskKind
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def kits(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
+    """One consortium for the whole session (provisioning is the slow part)."""
+    return provision(out=tmp_path_factory.mktemp("kits") / "consortium", clients=["a", "b", "c", "d"])
+
+
+@pytest.fixture(scope="session")
+def other_kits(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
+    """A second, unrelated consortium (another CA)."""
+    return provision(out=tmp_path_factory.mktemp("other") / "consortium", clients=["a"])
+
+
+class LoopThread:
+    """An asyncio loop on a background thread, for running the aio server in tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        """Run a coroutine on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run a plain function on the loop thread (the store belongs to it)."""
+        fut: Future[T] = Future()
+
+        def runner() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(runner)
+        return fut.result(timeout)
+
+    def close(self) -> None:
+        """Stop the loop and join its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass
+class Federation:
+    """A running server plus everything a test needs to talk to it."""
+
+    kits: Provisioned
+    loop: LoopThread
+    server: Any
+    state_dir: Path
+    address: str
+    clients: dict[str, Kit] = field(default_factory=dict)
+
+    def kit(self, name: str) -> Kit:
+        """A client's verified kit."""
+        if name not in self.clients:
+            self.clients[name] = load_kit(self.kits.clients[name])
+        return self.clients[name]
+
+    def store(self, fn: Callable[[Any], T]) -> T:
+        """Read the server's store on its own thread."""
+        return self.loop.call(lambda: fn(self.server.store))
+
+
+@pytest.fixture
+def start_federation(kits: Provisioned, tmp_path: Path) -> Iterator[Callable[..., Federation]]:
+    """Factory: start a server with a given run config and planners; stopped at teardown."""
+    loops: list[tuple[LoopThread, Any]] = []
+
+    def start(config: RunConfig | None = None, planners: Mapping[TaskKind, Any] | None = None,
+              limits: Limits = DEFAULT_LIMITS, liveness_ms: int = 60_000) -> Federation:
+        from server.app import start_server
+
+        loop = LoopThread()
+        state = tmp_path / f"state{len(loops)}"
+        server = loop.run(start_server(kit=load_kit(kits.server), state_dir=state, run_config=config,
+                                       planners=planners, limits=limits, liveness_ms=liveness_ms))
+        loops.append((loop, server))
+        return Federation(kits, loop, server, state, f"127.0.0.1:{server.port}")
+
+    yield start
+    for loop, server in loops:
+        try:
+            loop.run(server.stop(grace=0.2))
+        finally:
+            loop.close()

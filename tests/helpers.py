@@ -1,0 +1,87 @@
+"""Test doubles and helpers (tests only: the demo never uses these)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from client_sdk import FederatedClient, Scores
+from fedsecure.types import Score, ScoreItem, ScoreSpec, Task, TaskKind, TaskSpec
+from server.phases import PhaseContext
+from server.store import SubmissionRow
+
+
+class StaticScorePlanner:
+    """Hands every participant the same fixed items; remembers what each phase accepted."""
+
+    def __init__(self, n_items: int = 3) -> None:
+        self.items = tuple(ScoreItem(item_id=f"i{k}", question=f"q{k}", completion=f"c{k}") for k in range(n_items))
+        self.closed: list[tuple[int, int, list[str]]] = []
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        return {p: ScoreSpec(items=self.items) for p in participants}
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        self.closed.append((ctx.round, ctx.attempt, sorted(s.client for s in accepted)))
+
+
+def length_scorer(task: Task, ctx: Any) -> Scores:
+    """A deterministic test scorer: the completion's length."""
+    assert isinstance(task.spec, ScoreSpec)
+    return Scores(tuple(Score(i.item_id, float(len(i.completion))) for i in task.spec.items))
+
+
+def run_in_thread(client: FederatedClient, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``client.run(**kwargs)`` on a thread; the result lands in the returned dict."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["summary"] = client.run(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+SCORE = TaskKind.SCORE
+
+
+def resign(client: FederatedClient, env: Any, **changes: Any) -> Any:
+    """An envelope with ``changes`` applied, validly signed by ``client`` (a forgery
+    that only the binding checks can catch)."""
+    import dataclasses
+
+    from fedsecure.crypto import signing
+
+    unsigned = dataclasses.replace(env, signature=b"", **changes)
+    return dataclasses.replace(unsigned, signature=signing.sign(client.kit.private_key,
+                                                                 signing.envelope_bytes(unsigned)))
+
+
+class StaticTrainPlanner:
+    """TRAIN phase double: on close, publishes the contributors' first chunks joined,
+    so a download can be checked byte for byte."""
+
+    def __init__(self, objects_root: Any = None) -> None:
+        self.closed: list[list[str]] = []
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        from fedsecure.types import TrainSpec
+
+        return {p: TrainSpec(local_steps=1, upload_group="attn") for p in participants}
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        from fedsecure.proto.v1 import federation_pb2
+
+        digests = []
+        for sub in sorted(accepted, key=lambda s: s.client):
+            header = federation_pb2.UploadHeader()
+            header.ParseFromString(sub.payload)
+            digests.extend(header.manifest.chunk_sha256)
+        ctx.store.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group="attn", encoding="raw",
+                                    chunk_digests=digests, contributors=len(accepted))
+        self.closed.append(sorted(s.client for s in accepted))
