@@ -43,6 +43,10 @@ def channel_options(limits: Limits, *, target_name: str | None = None) -> list[t
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.enable_retries", 0),  # retries are ours: explicit, bounded, idempotent
+        # Reconnect promptly after a server restart (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
     if target_name:
         # Peers are addressed by IP/port but verified by the name in their certificate.

@@ -1,0 +1,113 @@
+"""``kill -9`` of the server while tasks are out, then a restart on the same state:
+the run completes, and what was accepted before the kill is neither lost nor counted
+twice (even when the client resends it because the acknowledgement was lost)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from client_sdk import FederatedClient
+from fedsecure.kit import load_kit
+from fedsecure.proto.v1 import federation_pb2
+from fedsecure.provision import Provisioned
+from fedsecure.transport.retry import Backoff
+from fedsecure.types import LedgerHead, Task, TaskKind
+from tests.helpers import run_in_thread
+
+
+def _server(kits: Provisioned, state: Path, address: str, port_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    port_file.unlink(missing_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsecure.cli", "server", "--kit", str(kits.server), "--address", address,
+         "--state", str(state), "--port-file", str(port_file), "--rounds", "2", "--quorum", "2",
+         "--min-clients", "3", "--phases", "report_ledger", "--phase-deadline", "120"],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _query(db: Path, sql: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []  # schema not created yet
+    finally:
+        con.close()
+
+
+def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: Path) -> None:
+    state, port_file, log = tmp_path / "state", tmp_path / "port", tmp_path / "server.log"
+    db = state / "server.sqlite"
+    proc = _server(kits, state, "127.0.0.1:0", port_file, log)
+    procs = [proc]
+    release = threading.Event()
+
+    def slow_report(task: Task, ctx: object) -> LedgerHead:
+        if task.round == 1:
+            release.wait(60)  # c holds its round-1 task across the kill
+        return LedgerHead()
+
+    try:
+        port = _wait(lambda: port_file.exists() and port_file.read_text(), 30, "server port")
+        address = f"127.0.0.1:{port}"
+        backoff = Backoff(initial_s=0.1, max_delay_s=1.0, max_elapsed_s=60)
+        clients = [FederatedClient(kit=load_kit(kits.clients[n]), address=address, poll_wait_ms=500, backoff=backoff,
+                                   handlers={TaskKind.REPORT_LEDGER: slow_report} if n == "c" else None)
+                   for n in "abc"]
+        threads = [run_in_thread(c) for c in clients]
+        before = _wait(lambda: _query(db, "SELECT submission_id, client, payload FROM submissions ORDER BY client")
+                       if len(_query(db, "SELECT 1 FROM submissions")) == 2 else None, 30, "a and b to submit")
+        assert [row[1] for row in before] == ["a", "b"]
+
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to flush or say goodbye
+        proc.wait(10)
+        time.sleep(0.5)
+        proc = _server(kits, state, address, port_file, log)
+        procs.append(proc)
+        _wait(lambda: port_file.exists(), 30, "restarted server")
+
+        # a's acknowledgement was "lost": it resends the exact signed submission.
+        resend = federation_pb2.ReportLedgerRequest()
+        resend.ParseFromString(before[0][2])
+        ack = clients[0]._retry(lambda: clients[0]._stub.ReportLedger(resend, timeout=10))
+        assert ack.duplicate and ack.submission_id == before[0][0]
+
+        release.set()
+        for t, out in threads:
+            t.join(90)
+            assert not t.is_alive() and "error" not in out, out
+        for c in clients:
+            c.close()
+        runs = _query(db, "SELECT state, rounds_closed FROM runs")
+        assert runs == [("finished", 2)], (runs, log.read_text()[-3000:])
+        per_task = _query(db, "SELECT task_id, COUNT(*) FROM submissions GROUP BY task_id")
+        assert len(per_task) == 6 and all(n == 1 for _, n in per_task)
+        kept = _query(db, "SELECT submission_id, client FROM submissions WHERE submission_id IN (?, ?)",
+                      before[0][0], before[1][0])
+        assert sorted(kept) == sorted((sid, client) for sid, client, _ in before)
+        assert [o["summary"].completed["REPORT_LEDGER"] for _, o in threads] == [2, 2, 2]
+        assert any(o["summary"].retries > 0 for _, o in threads)  # they rode out the outage
+    finally:
+        release.set()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
