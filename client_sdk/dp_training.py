@@ -1,0 +1,179 @@
+"""Differentially private reward training (DP-SGD with Opacus): Bradley–Terry loss,
+Poisson sampling, per-pair clipping, Gaussian noise calibrated to the client's remaining
+budget over the planned rounds, one accountant per client spanning all rounds (its
+ledger), and a loud failure if training leaves the trainable parameters unchanged.
+
+The privacy unit is the preference pair: the chosen and rejected answers of one pair
+run through the model in two forward passes whose per-sample gradients Opacus sums
+before clipping, so a pair is clipped as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample.utils import get_gsm_class
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+from fedsecure.errors import PrivacyBudgetExceeded
+from fedsecure.models.encoding import EncodedPairs
+from fedsecure.models.reward import RewardModel
+from fedsecure.privacy.accountant import calibrate_noise, epsilon
+from fedsecure.privacy.ledger import Ledger
+from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """Mechanism settings; ``secure_mode`` is on unless explicitly turned off."""
+
+    max_grad_norm: float = 1.0
+    batch_size: int = 64          # expected batch size under Poisson sampling
+    secure_mode: bool = True
+    grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks, functorch, ew
+
+    def __post_init__(self) -> None:
+        if self.max_grad_norm <= 0 or self.batch_size < 1:
+            raise ValueError("max_grad_norm must be positive and batch_size >= 1")
+        if not self.secure_mode:
+            warnings.warn("DP secure_mode is OFF: noise and sampling use a seedable PRNG. "
+                          "Acceptable for tests and benchmarks only, never in production.", stacklevel=2)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one round of local DP training did."""
+
+    steps: int
+    noise_multiplier: float
+    sample_rate: float
+    epsilon_after: float
+    ledger_seq: int
+    loss_first: float
+    loss_last: float
+    parameters_changed: int
+
+
+class _SecureNoiseDPOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer with noise from the OS CSPRNG (see fedsecure.privacy.noise)."""
+
+    def add_noise(self) -> None:
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = secure_gaussian_like(p.summed_grad, self.noise_multiplier * self.max_grad_norm)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def bt_loss(margins: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry negative log-likelihood of preferring the chosen answer."""
+    return -F.logsigmoid(margins).mean()
+
+
+@torch.no_grad()
+def pairwise_accuracy(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> float:
+    """Share of pairs whose chosen answer gets the higher reward."""
+    model.eval()
+    hits = 0
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        hits += int((model(data.batch(idx)) > 0).sum())
+    model.train()
+    return hits / len(data)
+
+
+def _trainable(model: RewardModel) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _check_changed(model: RewardModel, before: dict[str, torch.Tensor]) -> int:
+    changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in _trainable(model))
+    if changed == 0:
+        # Known Opacus+peft failure (opacus#820, peft#3409): ε is spent, weights never move.
+        raise RuntimeError("training spent privacy budget but changed no trainable parameter")
+    return changed
+
+
+def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, settings: DPSettings, steps: int,
+                  learning_rate: float, rounds_left: int, run_id: str, round_: int) -> TrainResult:
+    """One round of local DP training. Refuses (PrivacyBudgetExceeded) before touching
+    data if the planned steps would overspend; records the release in the ledger first."""
+    n = len(data)
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if n < settings.batch_size:
+        raise ValueError(f"local dataset has {n} pairs, fewer than one batch of {settings.batch_size}")
+    q = settings.batch_size / n
+    history = ledger.history()
+    budget = ledger.budget
+    # Calibrate for every planned step still to come, so later rounds are not starved.
+    sigma = calibrate_noise(history, sample_rate=q, steps=steps * max(1, rounds_left), delta=budget.delta,
+                            target_epsilon=budget.epsilon, kind=ledger.accountant)
+    eps_after = epsilon([*history, (sigma, q, steps)], delta=budget.delta, kind=ledger.accountant)
+    if eps_after > budget.epsilon:
+        raise PrivacyBudgetExceeded(f"ε would reach {eps_after:.3f} > budget {budget.epsilon}")
+    entry = ledger.record(run_id=run_id, round_=round_, step=(sigma, q, steps), epsilon_after=eps_after,
+                          data_digest=data.digest)
+
+    params = _trainable(model)
+    before = {name: p.detach().clone() for name, p in params}
+    gsm = get_gsm_class(settings.grad_sample_mode)(model, batch_first=True, loss_reduction="mean")
+    inner = torch.optim.AdamW([p for _, p in params], lr=learning_rate, weight_decay=0.0)
+    opt_cls = _SecureNoiseDPOptimizer if settings.secure_mode else DPOptimizer
+    optimizer = opt_cls(inner, noise_multiplier=sigma, max_grad_norm=settings.max_grad_norm,
+                        expected_batch_size=settings.batch_size)
+    rng = None if settings.secure_mode else np.random.default_rng(secrets.randbits(64))
+    losses: list[float] = []
+    try:
+        for _ in range(steps):
+            idx = poisson_batch(n, q, secure=settings.secure_mode, rng=rng)
+            optimizer.zero_grad(set_to_none=True)
+            if len(idx) == 0:
+                _noise_only_step(optimizer, params, sigma, settings)
+                continue
+            loss = bt_loss(gsm(data.batch(torch.from_numpy(idx))))
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        gsm._close()
+    changed = _check_changed(model, before)
+    return TrainResult(steps=steps, noise_multiplier=sigma, sample_rate=q, epsilon_after=eps_after,
+                       ledger_seq=entry.seq, loss_first=losses[0] if losses else math.nan,
+                       loss_last=losses[-1] if losses else math.nan, parameters_changed=changed)
+
+
+def _noise_only_step(optimizer: DPOptimizer, params: list[tuple[str, torch.nn.Parameter]], sigma: float,
+                     settings: DPSettings) -> None:
+    # An empty Poisson batch still releases noise (skipping would leak that it was empty).
+    std = sigma * settings.max_grad_norm
+    for _, p in params:
+        noise = secure_gaussian_like(p, std) if settings.secure_mode else torch.randn_like(p) * std
+        p.grad = noise / settings.batch_size
+    optimizer.original_optimizer.step()
+
+
+def train_nonprivate(*, model: RewardModel, data: EncodedPairs, steps: int, learning_rate: float,
+                     batch_size: int, seed: int = 0) -> list[float]:
+    """The same loop without DP (baselines and benchmarks only); returns the losses."""
+    params = [p for _, p in _trainable(model)]
+    before = {name: p.detach().clone() for name, p in _trainable(model)}
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.choice(len(data), size=min(batch_size, len(data)), replace=False))
+        optimizer.zero_grad(set_to_none=True)
+        loss = bt_loss(model(data.batch(idx)))
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    _check_changed(model, before)
+    return losses

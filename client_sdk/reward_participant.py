@@ -1,0 +1,146 @@
+"""A client's reward-model work: DP training (task "train") and scoring (task "score").
+
+Scores are post-processing of the DP-trained model: computing them reads no private
+data beyond what the model already is, so by the post-processing property of DP they
+cost no privacy budget and add no ledger entry. (The items scored come from the
+server's public pool, not from the client's data.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedsecure.data.easyvqa import decode_png
+from fedsecure.data.preferences import PreferencePair, holdout
+from fedsecure.kit import Kit
+from fedsecure.models.encoding import EncodedPairs, encode_items, encode_pairs
+from fedsecure.models.reward import RewardModelConfig, build_reward_model, load_reward_model, save_reward_model
+from fedsecure.privacy.budget import PrivacyBudget
+from fedsecure.privacy.ledger import Ledger
+from fedsecure.types import Capabilities, LedgerHead, Modality, Score, ScoreSpec, Task, TaskKind, TaskReport, TrainSpec
+
+from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
+from client_sdk.outcomes import Handler, Scores, TaskContext
+
+log = logging.getLogger("fedsecure.client.reward")
+
+MODALITIES = {"image_text": (Modality.IMAGE_TEXT,), "image": (Modality.IMAGE,), "text": (Modality.TEXT,)}
+MODEL_DIR = "reward_model"
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """What a client brings: model kind and shape, budget, DP settings."""
+
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    budget: PrivacyBudget = field(default_factory=lambda: PrivacyBudget(8.0, 1e-5))
+    dp: DPSettings = field(default_factory=DPSettings)
+    accountant: str = "rdp"
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+
+class RewardParticipant:
+    """Holds the client's private pairs, reward model and ledger; serves train/score tasks."""
+
+    def __init__(self, *, kit: Kit, state_dir: Path, pairs: Sequence[PreferencePair], config: ParticipantConfig) -> None:
+        self.kit, self.state_dir, self.config = kit, state_dir, config
+        state_dir.mkdir(parents=True, exist_ok=True)
+        train, held = holdout(pairs, fraction=config.holdout_fraction, seed=config.seed)
+        if not train or not held:
+            raise ValueError(f"{len(pairs)} pairs are too few to hold out an evaluation set")
+        self.ledger = Ledger(state_dir / "ledger.jsonl", kit=kit, budget=config.budget, accountant=config.accountant)
+        model_dir = state_dir / MODEL_DIR
+        if model_dir.exists():
+            self.model, self.tokenizer = load_reward_model(model_dir)
+            if self.model.config != config.model:
+                raise ValueError(f"{model_dir}: saved model config differs from the requested one")
+        else:
+            self.model, self.tokenizer = build_reward_model(config.model)
+        # Encoding validates every record up front (clear error, before any ledger entry).
+        self.train_data: EncodedPairs = encode_pairs(train, self.tokenizer)
+        self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer)
+
+    @property
+    def kind(self) -> str:
+        """image_text, image or text."""
+        return self.config.model.kind
+
+    def capabilities(self) -> Capabilities:
+        """Declared at Hello: modality and number of training pairs."""
+        return Capabilities(modalities=MODALITIES[self.kind], sample_counts=(("pairs", len(self.train_data)),))
+
+    def handlers(self) -> dict[TaskKind, Handler]:
+        """Task handlers to register with a FederatedClient."""
+        return {TaskKind.TRAIN: self.train, TaskKind.SCORE: self.score}
+
+    def ledger_head(self) -> LedgerHead:
+        """The ledger head reported every round."""
+        return self.ledger.head()
+
+    def heldout_accuracy(self) -> float:
+        """Pairwise accuracy on the client's held-out pairs."""
+        return pairwise_accuracy(self.model, self.heldout_data)
+
+    def train(self, task: Task, ctx: TaskContext) -> TaskReport:
+        """One round of DP training; PrivacyBudgetExceeded propagates (a typed refusal)."""
+        spec = task.spec
+        if not isinstance(spec, TrainSpec):
+            raise TypeError("train handler got a non-train task")
+        rounds_left = max(1, spec.planned_rounds - task.round + 1)
+        result = train_private(model=self.model, data=self.train_data, ledger=self.ledger, settings=self.config.dp,
+                               steps=spec.local_steps, learning_rate=spec.learning_rate, rounds_left=rounds_left,
+                               run_id=task.run_id, round_=task.round)
+        self._save()
+        acc = self.heldout_accuracy()
+        log.info("%s round %d: ε=%.3f/%.1f σ=%.3f loss %.3f->%.3f held-out acc %.3f", self.kit.name, task.round,
+                 result.epsilon_after, self.config.budget.epsilon, result.noise_multiplier, result.loss_first,
+                 result.loss_last, acc)
+        return TaskReport(metrics=tuple(sorted({
+            "heldout_accuracy": acc, "epsilon": result.epsilon_after, "epsilon_budget": self.config.budget.epsilon,
+            "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
+            "steps": float(result.steps), "loss_first": result.loss_first, "loss_last": result.loss_last,
+            "parameters_changed": float(result.parameters_changed), "ledger_seq": float(result.ledger_seq)}.items())))
+
+    def score(self, task: Task, ctx: TaskContext) -> Scores:
+        """Reward for each item (post-processing of the DP model: no privacy cost)."""
+        spec = task.spec
+        if not isinstance(spec, ScoreSpec):
+            raise TypeError("score handler got a non-score task")
+        needs_image = self.kind != "text"
+        values: list[float] = []
+        self.model.eval()
+        for start in range(0, len(spec.items), 256):
+            items = spec.items[start:start + 256]
+            images: list[np.ndarray] = []
+            if needs_image:
+                for item in items:
+                    try:
+                        images.append(decode_png(item.image_png))
+                    except ValueError as exc:
+                        raise ValueError(f"item {item.item_id}: {exc}") from exc
+            batch = encode_items(images, [i.question for i in items], [i.completion for i in items], self.tokenizer)
+            values.extend(float(v) for v in self.model.score(batch))
+        self.model.train()
+        return Scores(tuple(Score(i.item_id, v) for i, v in zip(spec.items, values, strict=True)))
+
+    def _save(self) -> None:
+        # Write beside, then swap: a crash never leaves a half-written model.
+        final = self.state_dir / MODEL_DIR
+        tmp = self.state_dir / f".{MODEL_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_reward_model(self.model, self.tokenizer, tmp)
+        old = self.state_dir / f".{MODEL_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+

@@ -1,0 +1,1 @@
+"""Data: easy-VQA loading, Dirichlet non-IID partitions, preference pairs."""

@@ -1,0 +1,35 @@
+"""Each participant's easy-VQA share, computed locally from the federation's public
+split parameters (no participant ever sees another's records)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedsecure.data.easyvqa import VQARecord, answer_type, load_records
+from fedsecure.data.partition import split_federation
+from fedsecure.data.preferences import PreferencePair, build_pairs
+
+
+def judgeable(kind: str, record: VQARecord) -> bool:
+    """Whether a client kind can judge a question: image-only clients see no question,
+    so yes/no questions (whose answer depends on it) are outside their capability."""
+    return not (kind == "image" and answer_type(record.answer) == "yesno")
+
+
+def client_pairs(*, name: str, clients: Sequence[str], kind: str, alpha: float = 0.5, seed: int = 0,
+                 limit: int | None = None) -> list[PreferencePair]:
+    """Preference pairs from this client's Dirichlet share, restricted to what its kind can judge."""
+    if name not in clients:
+        raise ValueError(f"{name} is not one of the federation's clients {list(clients)}")
+    split = split_federation(clients=list(clients), alpha=alpha, seed=seed)
+    by_id = {r.record_id: r for r in load_records("train")}
+    records = [by_id[i] for i in split.clients[name] if judgeable(kind, by_id[i])]
+    pairs = build_pairs(records, seed=seed + 1 + sorted(clients).index(name))
+    return pairs[:limit] if limit else pairs
+
+
+def server_records(*, seed: int = 0) -> tuple[list[VQARecord], list[VQARecord]]:
+    """(public prompt pool, seed set): the server's share, disjoint from every client's."""
+    split = split_federation(clients=["_"], seed=seed)
+    by_id = {r.record_id: r for r in load_records("train")}
+    return [by_id[i] for i in split.public_pool], [by_id[i] for i in split.seed_set]

@@ -1,0 +1,1 @@
+"""Models: the easy-VQA tokenizer and the clients' FedCola-style reward models."""

@@ -1,0 +1,128 @@
+"""Turn preference pairs and scoring items into model inputs (tensors)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsecure.data.easyvqa import answers, decode_png, load_image
+from fedsecure.data.preferences import PreferencePair
+
+UNKNOWN_ANSWER = -1
+_PUNCT = re.compile(r"[^a-z ]")
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, strip punctuation and spaces: how completions are matched to answers."""
+    return _PUNCT.sub("", text.lower()).strip()
+
+
+def answer_id(text: str) -> int:
+    """Index in the answer vocabulary, or UNKNOWN_ANSWER."""
+    vocab = answers()
+    norm = normalise_answer(text)
+    return vocab.index(norm) if norm in vocab else UNKNOWN_ANSWER
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+@dataclass
+class EncodedPairs:
+    """Pairs as tensors; images stored once per image id (uint8)."""
+
+    images: torch.Tensor            # (M, 3, 64, 64) uint8
+    image_index: torch.Tensor       # (N,) into images
+    text: dict[str, torch.Tensor]   # chosen_/rejected_ input_ids, attention_mask, token_type_ids (N, L)
+    chosen_answer: torch.Tensor     # (N,)
+    rejected_answer: torch.Tensor   # (N,)
+    digest: str                     # what the ledger records as "data used"
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model inputs of the pairs at ``idx``."""
+        out = {k: v[idx] for k, v in self.text.items()}
+        seq = out["chosen_input_ids"].shape[1]
+        out["position_ids"] = torch.arange(seq).expand(len(idx), seq).contiguous()  # (B, L) for per-sample grads
+        out["pixel_values"] = pixels(self.images[self.image_index[idx]])
+        out["chosen_answer"] = self.chosen_answer[idx]
+        out["rejected_answer"] = self.rejected_answer[idx]
+        return out
+
+
+def _tokenize(tokenizer: object, questions: Sequence[str], answers_: Sequence[str]) -> dict[str, torch.Tensor]:
+    enc = tokenizer.encode_batch(list(zip(questions, answers_, strict=True)))  # type: ignore[attr-defined]
+    return {"input_ids": torch.tensor([e.ids for e in enc], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in enc], dtype=torch.long),
+            "token_type_ids": torch.tensor([e.type_ids for e in enc], dtype=torch.long)}
+
+
+def _image_key(p: PreferencePair) -> tuple[str, int, str]:
+    return (p.split, p.image_id, p.image_path)
+
+
+def _load_file_png(path: str) -> np.ndarray:
+    with open(path, "rb") as fh:
+        return decode_png(fh.read())
+
+
+def pairs_digest(pairs: Sequence[PreferencePair]) -> str:
+    """SHA-256 over the pairs' content, in order."""
+    doc = [[p.record_id, p.image_id, p.question, p.chosen, p.rejected] for p in pairs]
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
+                 image_loader: Callable[[str, int], np.ndarray] = load_image) -> EncodedPairs:
+    """Encode pairs; raises ValueError naming the first record that cannot be encoded."""
+    if not pairs:
+        raise ValueError("no preference pairs")
+    keys = sorted({_image_key(p) for p in pairs})
+    slot = {k: i for i, k in enumerate(keys)}
+    imgs = []
+    for key in keys:
+        split, image_id, path = key
+        try:
+            imgs.append(_load_file_png(path) if path else image_loader(split, image_id))
+        except (OSError, ValueError) as exc:
+            bad = next(p.record_id for p in pairs if _image_key(p) == key)
+            raise ValueError(f"record {bad}: image {path or image_id} cannot be loaded: {exc}") from exc
+    for p in pairs:
+        for a in (p.chosen, p.rejected):
+            if answer_id(a) == UNKNOWN_ANSWER:
+                raise ValueError(f"record {p.record_id}: unknown answer {a!r}")
+    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    q = [p.question for p in pairs]
+    text = {}
+    for which in ("chosen", "rejected"):
+        for k, v in _tokenize(tokenizer, q, [getattr(p, which) for p in pairs]).items():
+            text[f"{which}_{k}"] = v
+    return EncodedPairs(
+        images=images,
+        image_index=torch.tensor([slot[_image_key(p)] for p in pairs], dtype=torch.long),
+        text=text,
+        chosen_answer=torch.tensor([answer_id(p.chosen) for p in pairs], dtype=torch.long),
+        rejected_answer=torch.tensor([answer_id(p.rejected) for p in pairs], dtype=torch.long),
+        digest=pairs_digest(pairs))
+
+
+def encode_items(images: Sequence[np.ndarray], questions: Sequence[str], completions: Sequence[str],
+                 tokenizer: object) -> dict[str, torch.Tensor]:
+    """Model inputs for scoring (question, completion) with optional images, as 'chosen'."""
+    out = {f"chosen_{k}": v for k, v in _tokenize(tokenizer, questions, completions).items()}
+    seq = out["chosen_input_ids"].shape[1]
+    out["position_ids"] = torch.arange(seq).expand(len(questions), seq).contiguous()
+    if images:
+        out["pixel_values"] = pixels(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
+    out["chosen_answer"] = torch.tensor([answer_id(c) for c in completions], dtype=torch.long)
+    return out

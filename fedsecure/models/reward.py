@@ -1,0 +1,217 @@
+"""FedCola-style reward models for the three client kinds (DESIGN.md §5).
+
+Backbones are Hugging Face classes of one block shape — a ViT image stack and a BERT
+text stack with the same hidden size, heads and MLP width — so real local checkpoints
+load the same way (``from_pretrained(path)``). Adapters:
+- attention projections carry **FFA-LoRA**: A is frozen and drawn from a seed shared by
+  the federation, only B trains, so averaging B across clients is exact and the gate
+  merge ``B + g * B_aux`` stays linear;
+- MLPs carry ordinary LoRA (A and B train), kept local;
+- heads are local. Client kinds:
+  image_text: reward(image, question, answer); image: reward(image, answer) from an
+  answer-vocabulary head; text: reward(question, answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+from fedsecure.data.easyvqa import IMAGE_SIZE, answers
+from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+
+Kind = Literal["image_text", "image", "text"]
+KINDS: tuple[str, ...] = ("image_text", "image", "text")
+# Attention projections of BERT (query/key/value, attention.output.dense) and ViT
+# (q/k/v/o_proj); MLPs of BERT (intermediate.dense, output.dense) and ViT (mlp.fc1/fc2).
+ATTENTION_TARGETS = r".*\.attention\.(self\.)?(query|key|value|q_proj|k_proj|v_proj|o_proj)|.*\.attention\.output\.dense"
+MLP_TARGETS = r".*\.intermediate\.dense|.*layer\.\d+\.output\.dense|.*\.mlp\.fc[12]"
+SHARED_ADAPTER, LOCAL_ADAPTER = "attn", "local"
+UNKNOWN_ANSWER_REWARD = -20.0  # log-probability floor for answers outside the vocabulary
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "reward_config.json", "reward.safetensors", "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """Shape of a reward model; tiny by default (tests, demo, CPU)."""
+
+    kind: str = "image_text"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 128
+    patch: int = 8
+    max_length: int = 24
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    mlp_lora_rank: int = 4
+    federation_seed: int = 0
+    text_backbone: str | None = None   # local HF checkpoint folder; None = build from config
+    image_backbone: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.hidden % self.heads:
+            raise ValueError("hidden must be divisible by heads")
+        if IMAGE_SIZE % self.patch:
+            raise ValueError(f"patch must divide the image size {IMAGE_SIZE}")
+
+
+def _ffa_seed(federation_seed: int, module_name: str) -> int:
+    # Same seed + same name -> same A on every client (FFA-LoRA's shared frozen A).
+    digest = hashlib.sha256(f"{federation_seed}:{module_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class RewardModel(nn.Module):
+    """A scalar reward for (image?, question?, answer) for one client kind."""
+
+    def __init__(self, config: RewardModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.answer_vocab = answers()
+        self.text: BertModel | None = None
+        self.image: ViTModel | None = None
+        c = config
+        if c.kind in ("image_text", "text"):
+            self.text = (BertModel.from_pretrained(c.text_backbone, local_files_only=True, add_pooling_layer=False)
+                         if c.text_backbone else BertModel(BertConfig(
+                             vocab_size=vocab_size, hidden_size=c.hidden, num_hidden_layers=c.layers,
+                             num_attention_heads=c.heads, intermediate_size=c.intermediate,
+                             max_position_embeddings=c.max_length, type_vocab_size=2), add_pooling_layer=False))
+        if c.kind in ("image_text", "image"):
+            self.image = (ViTModel.from_pretrained(c.image_backbone, local_files_only=True, add_pooling_layer=False)
+                          if c.image_backbone else ViTModel(ViTConfig(
+                              image_size=IMAGE_SIZE, patch_size=c.patch, num_channels=3, hidden_size=c.hidden,
+                              num_hidden_layers=c.layers, num_attention_heads=c.heads,
+                              intermediate_size=c.intermediate), add_pooling_layer=False))
+        widths = [m.config.hidden_size for m in (self.text, self.image) if m is not None]
+        if len(set(widths)) != 1:
+            raise ValueError(f"image and text stacks must share one block shape, got widths {widths}")
+        h = widths[0]
+        if c.kind == "image":
+            self.head = nn.Linear(h, len(self.answer_vocab))
+        else:
+            self.head = nn.Sequential(nn.Linear(h * len(widths), h), nn.GELU(), nn.Linear(h, 1))
+        self._add_adapters()
+
+    def _add_adapters(self) -> None:
+        c = self.config
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for stack in (self.text, self.image):
+            if stack is None:
+                continue
+            inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, target_modules=ATTENTION_TARGETS,
+                                               lora_dropout=0.0), stack, adapter_name=SHARED_ADAPTER)
+            with warnings.catch_warnings():
+                # Two adapters on purpose (shared attention, local MLP) on disjoint modules.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                inject_adapter_in_model(LoraConfig(r=c.mlp_lora_rank, lora_alpha=2 * c.mlp_lora_rank,
+                                                   target_modules=MLP_TARGETS, lora_dropout=0.0),
+                                        stack, adapter_name=LOCAL_ADAPTER)
+        with torch.no_grad():
+            for name, module in self.named_modules():
+                if hasattr(module, "lora_A") and hasattr(module, "set_adapter"):
+                    # Each projection carries exactly one adapter; make sure it is the active one.
+                    module.set_adapter(list(module.lora_A.keys()))
+                if name.endswith(f"lora_A.{SHARED_ADAPTER}"):
+                    gen = torch.Generator().manual_seed(_ffa_seed(c.federation_seed, name))
+                    bound = 1.0 / module.weight.shape[1] ** 0.5
+                    module.weight.copy_(torch.empty_like(module.weight).uniform_(-bound, bound, generator=gen))
+        for name, p in self.named_parameters():
+            p.requires_grad_(f"lora_B.{SHARED_ADAPTER}" in name or f".{LOCAL_ADAPTER}." in name
+                             or name.startswith("head."))
+
+    def attention_adapter_names(self) -> list[str]:
+        """Parameters shared with the federation (FFA-LoRA B of attention projections)."""
+        return [n for n, _ in self.named_parameters() if f"lora_B.{SHARED_ADAPTER}" in n]
+
+    def trainable_names(self) -> list[str]:
+        """Every parameter DP training updates."""
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    # --- scoring --------------------------------------------------------------------
+
+    def _text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                  position_ids: torch.Tensor) -> torch.Tensor:
+        assert self.text is not None
+        out = self.text(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids)
+        return out.last_hidden_state[:, 0]
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLS features of the image stack (computed once per pair, shared by both answers)."""
+        assert self.image is not None
+        return self.image(pixel_values=pixel_values).last_hidden_state[:, 0]
+
+    def reward(self, batch: dict[str, torch.Tensor], which: str, image_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Rewards (B,) for the ``which`` answer ('chosen' or 'rejected') of each pair."""
+        kind = self.config.kind
+        if kind == "image":
+            assert image_feats is not None
+            logits = self.head(image_feats)
+            return torch.log_softmax(logits, dim=-1).gather(1, batch[f"{which}_answer"].unsqueeze(1)).squeeze(1)
+        txt = self._text_cls(batch[f"{which}_input_ids"], batch[f"{which}_attention_mask"],
+                             batch[f"{which}_token_type_ids"], batch["position_ids"])
+        feats = txt if kind == "text" else torch.cat([txt, image_feats], dim=-1)  # type: ignore[list-item]
+        return self.head(feats).squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rewards (B,) of the single ('chosen') answer of each item, for scoring tasks.
+        An image-only model gives answers outside its vocabulary the floor reward."""
+        feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
+        if self.config.kind != "image":
+            return self.reward(batch, "chosen", feats)
+        ids = batch["chosen_answer"]
+        known = ids >= 0
+        logp = torch.log_softmax(self.head(feats), dim=-1).gather(1, ids.clamp(min=0).unsqueeze(1)).squeeze(1)
+        return torch.where(known, logp, torch.full_like(logp, UNKNOWN_ANSWER_REWARD))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bradley–Terry margins r(chosen) - r(rejected), one per pair."""
+        feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
+        return self.reward(batch, "chosen", feats) - self.reward(batch, "rejected", feats)
+
+
+# --- building, saving, loading -------------------------------------------------------
+
+def build_reward_model(config: RewardModelConfig) -> tuple[RewardModel, object]:
+    """A fresh reward model and the locally built tokenizer."""
+    tok = build_tokenizer(config.max_length)
+    return RewardModel(config, tok.get_vocab_size()), tok
+
+
+def save_reward_model(model: RewardModel, tokenizer: object, folder: Path) -> None:
+    """Write config (JSON), weights (safetensors) and tokenizer (JSON) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2, sort_keys=True))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    save_tokenizer(tokenizer, folder / TOKENIZER_FILE)  # type: ignore[arg-type]
+
+
+def load_reward_model(folder: Path) -> tuple[RewardModel, object]:
+    """Load a model saved by :func:`save_reward_model`; raises ValueError if incomplete."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (folder / name).exists():
+            raise ValueError(f"{folder}: not a reward model (missing {name})")
+    config = RewardModelConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+    tok = load_tokenizer(folder / TOKENIZER_FILE)
+    model = RewardModel(config, tok.get_vocab_size())
+    missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, tok

@@ -1,0 +1,110 @@
+"""Server planners for reward-model rounds: TRAIN hands out DP training parameters;
+SCORE sends prompts from the server's public pool with candidate answers, and — since
+the server knows the pool's answers — measures how well each client's scores rank the
+correct answer first. Results go to ``metrics.jsonl`` in the server's state folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
+from fedsecure.proto.v1 import federation_pb2
+from fedsecure.types import Modality, ScoreItem, ScoreSpec, TaskSpec, TrainSpec
+
+from server.phases import PhaseContext
+from server.store import SubmissionRow
+
+
+class MetricsLog:
+    """Append-only JSONL of per-phase results (what the demo and operators read)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: Mapping[str, object]) -> None:
+        """Append one record."""
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
+
+
+class TrainPlanner:
+    """Every participant trains ``local_steps`` DP steps on its own pairs."""
+
+    def __init__(self, *, metrics: MetricsLog, local_steps: int = 60, learning_rate: float = 3e-3,
+                 batch_size: int = 64) -> None:
+        if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
+            raise ValueError("local_steps, learning_rate and batch_size must be positive")
+        self.metrics, self.local_steps, self.learning_rate, self.batch_size = metrics, local_steps, learning_rate, batch_size
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        """Same parameters for everyone; the round count lets clients pace their budget."""
+        spec = TrainSpec(local_steps=self.local_steps, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                         planned_rounds=ctx.config.rounds)
+        return {p: spec for p in participants}
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        """Record each client's reported metrics."""
+        for sub in accepted:
+            req = federation_pb2.FinishTaskRequest()
+            req.ParseFromString(sub.payload)
+            if req.WhichOneof("outcome") == "report":
+                self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "train", "client": sub.client,
+                                    **dict(req.report.metrics)})
+
+
+class ScorePlanner:
+    """Public prompts with one correct and one wrong candidate answer each."""
+
+    def __init__(self, *, pool: Sequence[VQARecord], metrics: MetricsLog, prompts_per_round: int = 32,
+                 seed: int = 0) -> None:
+        if not pool:
+            raise ValueError("the public prompt pool is empty")
+        self.pool, self.metrics, self.k, self.seed = list(pool), metrics, prompts_per_round, seed
+        self._truth: dict[tuple[str, int], dict[str, bool]] = {}
+
+    def _items(self, ctx: PhaseContext) -> list[tuple[ScoreItem, bool, str]]:
+        rng = random.Random(f"{self.seed}:{ctx.run_id}:{ctx.round}:{ctx.attempt}")
+        vocab = answers()
+        out = []
+        for rec in rng.sample(self.pool, min(self.k, len(self.pool))):
+            same_type = [a for a in vocab if answer_type(a) == answer_type(rec.answer) and a != rec.answer]
+            png = image_png(rec.split, rec.image_id)
+            for correct, completion in ((True, rec.answer), (False, rng.choice(same_type))):
+                item = ScoreItem(item_id=f"{rec.record_id}:{'c' if correct else 'w'}", prompt_id=rec.record_id,
+                                 image_png=png, question=rec.question, completion=completion)
+                out.append((item, correct, answer_type(rec.answer)))
+        return out
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        """Each client gets the items it can judge (image-only clients: no yes/no)."""
+        items = self._items(ctx)
+        self._truth[(ctx.run_id, ctx.round)] = {i.item_id: correct for i, correct, _ in items}
+        caps = {c.name: c.capabilities.modalities for c in ctx.store.clients()}
+        specs: dict[str, TaskSpec] = {}
+        for p in participants:
+            image_only = caps.get(p) == (Modality.IMAGE,)
+            mine = tuple(i for i, _, kind in items if not (image_only and kind == "yesno"))
+            specs[p] = ScoreSpec(items=mine)
+        return specs
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        """Per client: share of prompts whose correct answer it scored above the wrong one."""
+        truth = self._truth.get((ctx.run_id, ctx.round))
+        if truth is None:  # planned before a restart: rebuild the same items
+            truth = {i.item_id: correct for i, correct, _ in self._items(ctx)}
+        for sub in accepted:
+            req = federation_pb2.SubmitScoresRequest()
+            req.ParseFromString(sub.payload)
+            by_id = {s.item_id: s.value for s in req.scores}
+            prompts = {i.rsplit(":", 1)[0] for i in by_id}
+            wins = sum(by_id[f"{p}:c"] > by_id[f"{p}:w"] for p in prompts if f"{p}:c" in by_id and f"{p}:w" in by_id)
+            self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "score", "client": sub.client,
+                                "prompts": len(prompts), "ranking_accuracy": wins / max(1, len(prompts)),
+                                "mean_score": sum(by_id.values()) / max(1, len(by_id)),
+                                "finite": all(math.isfinite(v) for v in by_id.values())})
