@@ -6,35 +6,106 @@ import argparse
 import json
 from pathlib import Path
 
-from fedsecure.kit import load_kit
-from fedsecure.types import Capabilities, Modality, Role
+from fedsecure.data.local import load_pairs_jsonl
+from fedsecure.data.preferences import PreferencePair
+from fedsecure.data.shares import client_pairs
+from fedsecure.kit import Kit, load_kit
+from fedsecure.models.reward import KINDS, RewardModelConfig
+from fedsecure.privacy.accountant import ACCOUNTANTS
+from fedsecure.privacy.budget import PrivacyBudget
+from fedsecure.types import Role
 
 from client_sdk.client import FederatedClient
+from client_sdk.dp_training import DPSettings
+from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig, RewardParticipant
+
+
+def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
+    """Where a client's private pairs and reward model come from (shared with the audit)."""
+    p.add_argument("--kit", required=required, type=Path, help="this client's kit folder")
+    p.add_argument("--state", type=Path, help="ledger and model folder (default: KIT/state)")
+    p.add_argument("--kind", choices=KINDS, default="image_text", help="reward model kind (DESIGN.md §5)")
+    data = p.add_mutually_exclusive_group(required=required)
+    data.add_argument("--pairs", type=Path, help="local preference pairs (JSONL)")
+    data.add_argument("--easyvqa-clients", help="comma-separated federation clients: use this client's "
+                                                "Dirichlet share of easy-VQA")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the easy-VQA split")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure client``."""
-    p.add_argument("--kit", required=True, type=Path, help="this client's kit folder")
+    add_data_arguments(p)
     p.add_argument("--address", help="server host:port (default: the kit's server_address)")
-    p.add_argument("--modalities", default="image_text", help="comma-separated: image, text, image_text")
-    p.add_argument("--samples", type=int, default=0, help="number of local preference pairs to declare")
+    p.add_argument("--epsilon", type=float, default=8.0, help="privacy budget ε over all rounds")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
+    p.add_argument("--clip", type=float, default=0.5, help="per-pair gradient norm bound")
+    p.add_argument("--insecure-dp", action="store_true",
+                   help="turn DP secure_mode off (seedable PRNG): tests and benchmarks only")
     p.add_argument("--summary", type=Path, help="write a JSON summary of the run here")
     p.add_argument("--max-idle", type=float, default=None, help="give up after this many idle seconds")
 
 
+def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
+    """The client's pairs, from its own file or its easy-VQA share."""
+    if args.pairs is not None:
+        pairs = load_pairs_jsonl(args.pairs, needs_images=args.kind != "text")
+    else:
+        clients = [c.strip() for c in args.easyvqa_clients.split(",") if c.strip()]
+        pairs = client_pairs(name=kit.name, clients=clients, kind=args.kind, alpha=args.alpha, seed=args.data_seed)
+    return pairs[: args.max_pairs] if args.max_pairs else pairs
+
+
+def build_participant(args: argparse.Namespace, *, dp: DPSettings | None = None) -> RewardParticipant:
+    """A reward participant from command-line options."""
+    kit = load_kit(args.kit, expected_role=Role.CLIENT)
+    config = ParticipantConfig(
+        model=RewardModelConfig(kind=args.kind),
+        budget=PrivacyBudget(getattr(args, "epsilon", 8.0), getattr(args, "delta", 1e-5)),
+        dp=dp or DPSettings(max_grad_norm=args.clip, secure_mode=not args.insecure_dp),
+        accountant=getattr(args, "accountant", "rdp"), seed=args.data_seed)
+    return RewardParticipant(kit=kit, state_dir=args.state or kit.path / "state", pairs=load_pairs(args, kit),
+                             config=config)
+
+
 def main(args: argparse.Namespace) -> int:
     """Enrol, serve tasks until the run finishes, print a summary."""
-    kit = load_kit(args.kit, expected_role=Role.CLIENT)
-    try:
-        modalities = tuple(Modality[m.strip().upper()] for m in args.modalities.split(",") if m.strip())
-    except KeyError as exc:
-        raise ValueError(f"unknown modality {exc}; choose from image, text, image_text") from exc
-    caps = Capabilities(modalities=modalities, sample_counts=(("pairs", args.samples),))
-    with FederatedClient(kit=kit, address=args.address, capabilities=caps) as client:
+    participant = build_participant(args)
+    kit = participant.kit
+    with FederatedClient(kit=kit, address=args.address, capabilities=participant.capabilities(),
+                         handlers=participant.handlers(), ledger_head=participant.ledger_head) as client:
         summary = client.run(max_idle_s=args.max_idle)
-    doc = {"client": kit.name, "completed": dict(summary.completed), "declined": dict(summary.declined),
-           "refused": summary.refused, "retries": summary.retries, "run_state": summary.run_state}
+    doc = {"client": kit.name, "kind": participant.kind, "completed": dict(summary.completed),
+           "declined": dict(summary.declined), "refused": summary.refused, "retries": summary.retries,
+           "run_state": summary.run_state, "heldout_accuracy": participant.heldout_accuracy(),
+           "heldout_pairs": len(participant.heldout_data), "train_pairs": len(participant.train_data),
+           "epsilon": participant.ledger.epsilon, "epsilon_budget": participant.config.budget.epsilon,
+           "delta": participant.config.budget.delta, "ledger": str(participant.ledger.path)}
     if args.summary is not None:
         args.summary.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc))
+    return 0
+
+
+def membership_main(args: argparse.Namespace) -> int:
+    """``fedsecure audit --membership``: loss-threshold attack on this client's model,
+    training pairs (members) against its held-out pairs (non-members). Read-only."""
+    from fedsecure.data.preferences import holdout
+    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.reward import load_reward_model
+    from fedsecure.privacy.ledger import verify_ledger
+    from fedsecure.privacy.membership import membership_auc
+
+    if args.kit is None or (args.pairs is None and args.easyvqa_clients is None):
+        raise ValueError("--membership needs the client's --kit and --pairs or --easyvqa-clients")
+    kit = load_kit(args.kit, expected_role=Role.CLIENT)
+    state = args.state or kit.path / "state"
+    model, tokenizer = load_reward_model(state / MODEL_DIR)
+    train, held = holdout(load_pairs(args, kit), fraction=ParticipantConfig().holdout_fraction, seed=args.data_seed)
+    value = membership_auc(model, encode_pairs(train, tokenizer), encode_pairs(held, tokenizer))
+    ledger = state / "ledger.jsonl"
+    eps = verify_ledger(ledger, ca_cert=kit.ca_cert)[-1].epsilon_after if ledger.exists() else 0.0
+    print(json.dumps({"client": kit.name, "membership_auc": value, "epsilon": eps}))
     return 0

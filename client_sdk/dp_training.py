@@ -34,8 +34,8 @@ from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
 class DPSettings:
     """Mechanism settings; ``secure_mode`` is on unless explicitly turned off."""
 
-    max_grad_norm: float = 1.0
-    batch_size: int = 64          # expected batch size under Poisson sampling
+    max_grad_norm: float = 0.5
+    batch_size: int = 128         # expected batch size under Poisson sampling
     secure_mode: bool = True
     grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks, functorch, ew
 
@@ -79,12 +79,13 @@ def bt_loss(margins: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def pairwise_accuracy(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> float:
-    """Share of pairs whose chosen answer gets the higher reward."""
+    """Share of pairs whose chosen answer gets the higher reward (a tie counts half)."""
     model.eval()
-    hits = 0
+    hits = 0.0
     for start in range(0, len(data), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data)))
-        hits += int((model(data.batch(idx)) > 0).sum())
+        margins = model(data.batch(idx))
+        hits += float((margins > 0).sum()) + 0.5 * float((margins == 0).sum())
     model.train()
     return hits / len(data)
 
@@ -122,32 +123,59 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
     entry = ledger.record(run_id=run_id, round_=round_, step=(sigma, q, steps), epsilon_after=eps_after,
                           data_digest=data.digest)
 
-    params = _trainable(model)
-    before = {name: p.detach().clone() for name, p in params}
-    gsm = get_gsm_class(settings.grad_sample_mode)(model, batch_first=True, loss_reduction="mean")
-    inner = torch.optim.AdamW([p for _, p in params], lr=learning_rate, weight_decay=0.0)
-    opt_cls = _SecureNoiseDPOptimizer if settings.secure_mode else DPOptimizer
-    optimizer = opt_cls(inner, noise_multiplier=sigma, max_grad_norm=settings.max_grad_norm,
-                        expected_batch_size=settings.batch_size)
-    rng = None if settings.secure_mode else np.random.default_rng(secrets.randbits(64))
+    before = {name: p.detach().clone() for name, p in _trainable(model)}
     losses: list[float] = []
-    try:
+    with DPStepper(model=model, settings=settings, noise_multiplier=sigma, learning_rate=learning_rate,
+                   sample_rate=q) as stepper:
         for _ in range(steps):
-            idx = poisson_batch(n, q, secure=settings.secure_mode, rng=rng)
-            optimizer.zero_grad(set_to_none=True)
-            if len(idx) == 0:
-                _noise_only_step(optimizer, params, sigma, settings)
-                continue
-            loss = bt_loss(gsm(data.batch(torch.from_numpy(idx))))
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-    finally:
-        gsm._close()
+            loss = stepper.step(data)
+            if loss is not None:
+                losses.append(loss)
     changed = _check_changed(model, before)
     return TrainResult(steps=steps, noise_multiplier=sigma, sample_rate=q, epsilon_after=eps_after,
                        ledger_seq=entry.seq, loss_first=losses[0] if losses else math.nan,
                        loss_last=losses[-1] if losses else math.nan, parameters_changed=changed)
+
+
+class DPStepper:
+    """One DP-SGD step at a time: Poisson batch, per-pair gradients (Opacus), clipping,
+    noise, optimizer step. Used by training and by ``fedsecure bench dp``."""
+
+    def __init__(self, *, model: RewardModel, settings: DPSettings, noise_multiplier: float, learning_rate: float,
+                 sample_rate: float) -> None:
+        self.settings, self.sigma, self.q = settings, noise_multiplier, sample_rate
+        self.params = _trainable(model)
+        self.gsm = get_gsm_class(settings.grad_sample_mode)(model, batch_first=True, loss_reduction="mean")
+        inner = torch.optim.AdamW([p for _, p in self.params], lr=learning_rate, weight_decay=0.0)
+        opt_cls = _SecureNoiseDPOptimizer if settings.secure_mode else DPOptimizer
+        self.optimizer = opt_cls(inner, noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+                                 expected_batch_size=settings.batch_size)
+        self.rng = None if settings.secure_mode else np.random.default_rng(secrets.randbits(64))
+
+    def step(self, data: EncodedPairs) -> float | None:
+        """One step; returns the batch loss (None for an empty Poisson batch)."""
+        idx = poisson_batch(len(data), self.q, secure=self.settings.secure_mode, rng=self.rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(idx) == 0:
+            _noise_only_step(self.optimizer, self.params, self.sigma, self.settings)
+            return None
+        loss = bt_loss(self.gsm(data.batch(torch.from_numpy(idx))))
+        with warnings.catch_warnings():
+            # Opacus's hooks sit on modules whose inputs need no gradient (frozen base): expected.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def close(self) -> None:
+        """Remove Opacus's hooks: the model is an ordinary module again."""
+        self.gsm._close()
+
+    def __enter__(self) -> DPStepper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _noise_only_step(optimizer: DPOptimizer, params: list[tuple[str, torch.nn.Parameter]], sigma: float,

@@ -8,6 +8,7 @@ server's public pool, not from the client's data.)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -95,7 +96,9 @@ class RewardParticipant:
         if not isinstance(spec, TrainSpec):
             raise TypeError("train handler got a non-train task")
         rounds_left = max(1, spec.planned_rounds - task.round + 1)
-        result = train_private(model=self.model, data=self.train_data, ledger=self.ledger, settings=self.config.dp,
+        # The server proposes the batch size (everyone's sampling rate is comparable).
+        dp = dataclasses.replace(self.config.dp, batch_size=spec.batch_size) if spec.batch_size else self.config.dp
+        result = train_private(model=self.model, data=self.train_data, ledger=self.ledger, settings=dp,
                                steps=spec.local_steps, learning_rate=spec.learning_rate, rounds_left=rounds_left,
                                run_id=task.run_id, round_=task.round)
         self._save()

@@ -72,6 +72,33 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    if args.membership:
+        from client_sdk.cli import membership_main
+
+        return membership_main(args)
+    from fedsecure.crypto import pki
+    from fedsecure.privacy.audit import audit_ledger
+    from fedsecure.privacy.report import to_html, to_json, to_text
+
+    if not args.ledgers:
+        raise ValueError("name at least one LEDGER file (or use --membership)")
+    if args.ca is None:
+        raise ValueError("--ca is required: the consortium CA certificate the ledgers must chain to")
+    ca = pki.load_certificate(args.ca.read_bytes())
+    audits = [audit_ledger(p, ca_cert=ca, server_db=args.server_db) for p in args.ledgers]
+    print(to_json(audits) if args.json else to_text(audits))
+    if args.html is not None:
+        args.html.write_text(to_html(audits), encoding="utf-8")
+    return 0 if all(a.ok for a in audits) else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fedsecure.bench import main
+
+    return main(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fedsecure.demo import main
 
@@ -115,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-deadline", type=int, default=60)
     p.set_defaults(func=_admin)
 
+    p = sub.add_parser("audit", help="verify privacy ledgers and recompute ε independently")
+    p.add_argument("ledgers", nargs="*", type=Path, metavar="LEDGER")
+    p.add_argument("--ca", type=Path, help="consortium CA certificate (pins the ledgers' signers)")
+    p.add_argument("--server-db", type=Path, help="the server's SQLite database: cross-check recorded heads")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--html", type=Path, help="write a human-readable report here")
+    p.add_argument("--membership", action="store_true",
+                   help="run a loss-threshold membership-inference attack on a client's reward model "
+                        "(needs the client's --kit, --state and data options)")
+    from client_sdk.cli import add_data_arguments
+
+    add_data_arguments(p.add_argument_group("--membership: the client whose model is attacked"), required=False)
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser("bench", help="benchmarks that print JSON")
+    p.add_argument("what", choices=["dp"])
+    p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
+    p.add_argument("--kind", default="image_text")
+    p.set_defaults(func=_bench)
+
     from fedsecure.demo import add_arguments as demo_args
 
     p = sub.add_parser("demo", help="provision and run a whole federation on loopback")
@@ -127,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedsecure`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     try:
         return int(args.func(args))
     except KitError as exc:

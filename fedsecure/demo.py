@@ -2,8 +2,9 @@
 
 The server and every client run as separate processes over mutual TLS, exactly as
 they would at separate institutions; the demo only launches them, shows progress
-through the Admin service and collects their summaries. It runs every task kind the
-project has real handlers for (today: privacy-ledger reporting).
+through the Admin service, collects their summaries and audits their privacy ledgers.
+It runs every task kind the project has real handlers for: DP reward training on each
+client's easy-VQA share, scoring of server-provided answers, ledger reporting.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fedsecure.types import Role
 
 # Clients of the three kinds of DESIGN.md §5.
 DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"))
-DEMO_PHASES = "report_ledger"
+DEMO_PHASES = "train,score,report_ledger"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="write summary.json (and keep kits and logs) here")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
-    p.add_argument("--phase-deadline", type=int, default=60)
+    p.add_argument("--phase-deadline", type=int, default=300)
+    p.add_argument("--local-steps", type=int, default=40, help="DP steps per client per round")
+    p.add_argument("--epsilon", type=float, default=8.0, help="each client's privacy budget")
+    p.add_argument("--max-pairs", type=int, default=4000, help="pairs per client (keeps the demo short)")
 
 
 @dataclass
@@ -43,11 +47,14 @@ class _Proc:
     log_path: Path
 
 
-def _spawn(name: str, argv: list[str], logs: Path) -> _Proc:
+def _spawn(name: str, argv: list[str], logs: Path, *, threads: int | None = None) -> _Proc:
     log_path = logs / f"{name}.log"
     fh = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads is not None:  # several trainers share this machine's cores: no oversubscription
+        env["OMP_NUM_THREADS"] = str(threads)
     popen = subprocess.Popen([sys.executable, "-m", "fedsecure.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env=env)
     return _Proc(name, popen, log_path)
 
 
@@ -83,13 +90,17 @@ def main(args: argparse.Namespace) -> int:
         server = _spawn("server", ["server", "--kit", str(kits.server), "--address", "127.0.0.1:0",
                                    "--port-file", str(port_file), "--rounds", str(args.rounds),
                                    "--quorum", "2", "--min-clients", str(len(names)),
-                                   "--phases", DEMO_PHASES, "--phase-deadline", str(args.phase_deadline)], logs)
+                                   "--phases", DEMO_PHASES, "--phase-deadline", str(args.phase_deadline),
+                                   "--local-steps", str(args.local_steps)], logs)
         procs.append(server)
         address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
         print(f"[demo] server listening on {address} (mTLS); the key holder joins with secure aggregation")
-        for name, modality in DEMO_CLIENTS:
+        for name, kind in DEMO_CLIENTS:
             procs.append(_spawn(name, ["client", "--kit", str(kits.clients[name]), "--address", address,
-                                       "--modalities", modality, "--summary", str(logs / f"{name}.json")], logs))
+                                       "--kind", kind, "--easyvqa-clients", ",".join(names),
+                                       "--max-pairs", str(args.max_pairs), "--epsilon", str(args.epsilon),
+                                       "--summary", str(logs / f"{name}.json")], logs,
+                                threads=max(1, (os.cpu_count() or 1) // len(names))))
         print(f"[demo] started clients {', '.join(names)}")
         status = _watch(kits.admin, address, procs[1:], started + args.timeout)
         for p in procs[1:]:
@@ -103,16 +114,23 @@ def main(args: argparse.Namespace) -> int:
                 p.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.popen.kill()
+    audits = _audit(kits.root / "ca" / "ca.pem", kits.server / "state" / "server.sqlite",
+                    [kits.clients[n] / "state" / "ledger.jsonl" for n in names], work / "audit.html")
+    ranking = _ranking(kits.server / "state" / "metrics.jsonl")
     clients = {}
-    for name, modality in DEMO_CLIENTS:
+    for name, kind in DEMO_CLIENTS:
         path = logs / f"{name}.json"
-        clients[name] = {"modality": modality, **(json.loads(path.read_text()) if path.exists() else {})}
+        clients[name] = {"kind": kind, **(json.loads(path.read_text()) if path.exists() else {}),
+                         "audit": audits.get(name, {"ok": False, "violations": ["no ledger"]}),
+                         "score_ranking_accuracy": ranking.get(name)}
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
                "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
-               "seconds": round(time.monotonic() - started, 2), "work_dir": str(work)}
+               "seconds": round(time.monotonic() - started, 2), "work_dir": str(work),
+               "audit_report": str(work / "audit.html")}
     _print_summary(summary)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    ok = status["state"] == "finished" and status["rounds_closed"] == args.rounds
+    ok = (status["state"] == "finished" and status["rounds_closed"] == args.rounds
+          and all(c["audit"]["ok"] for c in clients.values()))
     if not ok:
         print(f"[demo] FAILED: run {status['state']} ({status['detail']}); logs in {logs}", file=sys.stderr)
     return 0 if ok else 1
@@ -139,11 +157,40 @@ def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float)
             time.sleep(0.5)
 
 
+def _audit(ca: Path, server_db: Path, ledgers: list[Path], html_out: Path) -> dict[str, dict[str, object]]:
+    """The auditor's verdict per client (independent accountant, server heads cross-checked)."""
+    from fedsecure.crypto import pki
+    from fedsecure.privacy.audit import audit_ledger
+    from fedsecure.privacy.report import to_html
+
+    ca_cert = pki.load_certificate(ca.read_bytes())
+    audits = [audit_ledger(p, ca_cert=ca_cert, server_db=server_db) for p in ledgers if p.exists()]
+    html_out.write_text(to_html(audits), encoding="utf-8")
+    return {a.client: {"ok": a.ok, "violations": a.violations, "epsilon_recomputed":
+                       a.releases[-1].epsilon_recomputed if a.releases else 0.0,
+                       "accountant": a.independent_accountant} for a in audits}
+
+
+def _ranking(metrics: Path) -> dict[str, float]:
+    """Each client's last-round share of public prompts whose correct answer it scored higher."""
+    out: dict[str, float] = {}
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("phase") == "score":
+                out[rec["client"]] = rec["ranking_accuracy"]
+    return out
+
+
 def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
     print(f"[demo] run {summary['run_id']}: {summary['state']}, {summary['rounds_closed']}/{summary['rounds']}"
-          f" rounds in {summary['seconds']} s")
-    print(f"{'client':<12} {'kind':<11} {'completed':<28} {'declined':<10} refused")
+          f" rounds in {summary['seconds']} s; audit report: {summary['audit_report']}")
+    print(f"{'client':<11} {'kind':<10} {'held-out acc':>12} {'ε spent / budget':>17} {'ranking':>8}  audit")
     for name, c in summary["clients"].items():
-        done = ", ".join(f"{k.lower()} {v}" for k, v in c.get("completed", {}).items()) or "-"
-        print(f"{name:<12} {c['modality']:<11} {done:<28} {sum(c.get('declined', {}).values()):<10} "
-              f"{len(c.get('refused', []))}")
+        acc = c.get("heldout_accuracy")
+        rank = c.get("score_ranking_accuracy")
+        audit = c["audit"]
+        verdict = "PASS" if audit["ok"] else "FAIL: " + "; ".join(audit["violations"])[:200]
+        print(f"{name:<11} {c['kind']:<10} {acc if acc is None else f'{acc:.3f}':>12} "
+              f"{c.get('epsilon', 0.0):>8.3f} / {c.get('epsilon_budget', 0.0):<6g} "
+              f"{rank if rank is None else f'{rank:.3f}':>8}  {verdict}")

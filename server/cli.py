@@ -12,7 +12,11 @@ from pathlib import Path
 from fedsecure.kit import load_kit
 from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
 
+from fedsecure.data.shares import server_records
+
 from server.app import start_server
+from server.phases import PhasePlanner
+from server.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
 
 log = logging.getLogger("fedsecure.server")
 
@@ -32,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--phase-deadline", type=int, default=60, help="seconds per phase")
     run.add_argument("--max-attempts", type=int, default=3)
     run.add_argument("--enroll-timeout", type=int, default=120)
+    work = p.add_argument_group("reward rounds")
+    work.add_argument("--local-steps", type=int, default=60, help="DP steps per client per round")
+    work.add_argument("--learning-rate", type=float, default=3e-3)
+    work.add_argument("--batch-size", type=int, default=128, help="expected DP batch size (pairs)")
+    work.add_argument("--prompts-per-round", type=int, default=32, help="public prompts scored per round")
+    work.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (public pool)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
@@ -47,17 +57,30 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
                      max_attempts=args.max_attempts, enroll_timeout_s=args.enroll_timeout)
 
 
+def build_planners(args: argparse.Namespace, state_dir: Path) -> dict[TaskKind, PhasePlanner]:
+    """The real planners this server offers (reward training and scoring)."""
+    metrics = MetricsLog(state_dir / "metrics.jsonl")
+    pool, _seed_set = server_records(seed=args.data_seed)
+    return {
+        TaskKind.TRAIN: TrainPlanner(metrics=metrics, local_steps=args.local_steps, learning_rate=args.learning_rate,
+                                     batch_size=args.batch_size),
+        TaskKind.SCORE: ScorePlanner(pool=pool, metrics=metrics, prompts_per_round=args.prompts_per_round,
+                                     seed=args.data_seed),
+    }
+
+
 def main(args: argparse.Namespace) -> int:
     """Serve until a termination signal; state survives in the state folder."""
     kit = load_kit(args.kit, expected_role=Role.SERVER)
     config = run_config_from_args(args)
-    asyncio.run(_serve(kit, args.address or kit.server_address, args.state or kit.path / "state",
-                       config, args.port_file))
+    state_dir = args.state or kit.path / "state"
+    asyncio.run(_serve(kit, args.address or kit.server_address, state_dir, config, args.port_file,
+                       build_planners(args, state_dir)))
     return 0
 
 
-async def _serve(kit, address, state_dir, config, port_file) -> None:  # type: ignore[no-untyped-def]
-    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config)
+async def _serve(kit, address, state_dir, config, port_file, planners) -> None:  # type: ignore[no-untyped-def]
+    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config, planners=planners)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(running.port))

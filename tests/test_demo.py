@@ -10,15 +10,19 @@ from pathlib import Path
 
 def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "fedsecure.cli", "demo", "--rounds", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "fedsecure.cli", "demo", "--rounds", "2", "--out", str(out),
+                           "--local-steps", "8", "--max-pairs", "600"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["state"], summary["rounds_closed"]) == ("finished", 2)
-    assert {c["modality"] for c in summary["clients"].values()} == {"image_text", "image", "text"}
+    assert {c["kind"] for c in summary["clients"].values()} == {"image_text", "image", "text"}
     for client in summary["clients"].values():
-        assert client["completed"] == {"REPORT_LEDGER": 2} and not client["refused"]
+        assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "REPORT_LEDGER": 2} and not client["refused"]
+        assert 0 < client["epsilon"] <= client["epsilon_budget"] == 8.0
+        assert client["audit"]["ok"], client["audit"]
+        assert 0.0 <= client["heldout_accuracy"] <= 1.0
     assert "rounds closed" in proc.stdout  # progress was shown
+    assert "PASS" in proc.stdout and (out / "audit.html").exists()
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
 

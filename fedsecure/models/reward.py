@@ -102,8 +102,13 @@ class RewardModel(nn.Module):
         h = widths[0]
         if c.kind == "image":
             self.head = nn.Linear(h, len(self.answer_vocab))
+            last = self.head
         else:
             self.head = nn.Sequential(nn.Linear(h * len(widths), h), nn.GELU(), nn.Linear(h, 1))
+            last = self.head[2]
+        with torch.no_grad():  # every answer starts with the same reward: no accidental preference
+            last.weight.zero_()
+            last.bias.zero_()
         self._add_adapters()
 
     def _add_adapters(self) -> None:

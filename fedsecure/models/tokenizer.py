@@ -15,14 +15,15 @@ from fedsecure.data.easyvqa import answers, load_records
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIALS = (PAD, UNK, CLS, SEP)
+PUNCTUATION = ("?", ".", ",", "!", "'")
 _WORD = re.compile(r"[a-z]+")
 
 
 def easyvqa_vocabulary() -> list[str]:
-    """Special tokens, then every lowercase word of easy-VQA questions and answers, sorted."""
+    """Special tokens, punctuation, then every lowercase word of easy-VQA questions and answers, sorted."""
     words = {w for split in ("train", "test") for r in load_records(split) for w in _WORD.findall(r.question.lower())}
     words.update(answers())
-    return [*SPECIALS, *sorted(words)]
+    return [*SPECIALS, *PUNCTUATION, *sorted(words)]
 
 
 def build_tokenizer(max_length: int = 24) -> Tokenizer:

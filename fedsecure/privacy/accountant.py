@@ -11,13 +11,16 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedsecure.errors import PrivacyBudgetExceeded
 
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 ACCOUNTANTS = ("rdp", "prv")
-MAX_NOISE_MULTIPLIER = 50.0  # beyond this a step is pure noise: refuse instead
+RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS  # the orders Opacus's RDP accountant uses
+MAX_NOISE_MULTIPLIER = 10.0  # beyond this DP-SGD learns nothing: refuse instead of training on noise
 
 
 def epsilon(history: Sequence[Step], *, delta: float, kind: str = "rdp") -> float:
@@ -50,8 +53,19 @@ def calibrate_noise(history: Sequence[Step], *, sample_rate: float, steps: int, 
     if steps < 1:
         raise ValueError("steps must be >= 1")
 
-    def eps_at(sigma: float) -> float:
-        return epsilon([*history, (sigma, sample_rate, steps)], delta=delta, kind=kind)
+    if kind == "rdp":
+        # RDP composes by addition: compute the history's RDP curve once, not per candidate.
+        past = sum((compute_rdp(q=q, noise_multiplier=s, steps=n, orders=RDP_ORDERS) for s, q, n in history if n > 0),
+                   np.zeros(len(RDP_ORDERS)))
+
+        def eps_at(sigma: float) -> float:
+            rdp = past + compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=RDP_ORDERS)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return float(get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)[0])
+    else:
+        def eps_at(sigma: float) -> float:
+            return epsilon([*history, (sigma, sample_rate, steps)], delta=delta, kind=kind)
 
     if eps_at(MAX_NOISE_MULTIPLIER) > target_epsilon:
         raise PrivacyBudgetExceeded(

@@ -1,0 +1,91 @@
+"""A DP training + scoring round over real gRPC: two clients of different kinds, the
+server's real planners, ledger heads reported and cross-checked by the auditor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from client_sdk import FederatedClient
+from client_sdk.dp_training import DPSettings
+from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
+from fedsecure.crypto import pki
+from fedsecure.data.shares import client_pairs, server_records
+from fedsecure.models.reward import RewardModelConfig
+from fedsecure.privacy.audit import audit_ledger
+from fedsecure.privacy.budget import PrivacyBudget
+from fedsecure.provision import Provisioned
+from fedsecure.types import PhaseConfig, RunConfig, TaskKind
+from server.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
+from tests.conftest import Federation
+from tests.helpers import run_in_thread
+
+
+def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[..., Federation], kits: Provisioned,
+                                                 tmp_path: Path) -> None:
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
+    pool, _ = server_records(seed=0)
+    planners = {TaskKind.TRAIN: TrainPlanner(metrics=metrics, local_steps=25, learning_rate=3e-3, batch_size=64),
+                TaskKind.SCORE: ScorePlanner(pool=pool, metrics=metrics, prompts_per_round=6)}
+    cfg = RunConfig(rounds=2, quorum=2, min_clients=2, phases=(
+        PhaseConfig(TaskKind.TRAIN, 120), PhaseConfig(TaskKind.SCORE, 60), PhaseConfig(TaskKind.REPORT_LEDGER, 30)))
+    fed = start_federation(cfg, planners=planners)
+    participants, clients = {}, []
+    for name, kind in (("a", "text"), ("b", "image")):
+        part = RewardParticipant(kit=fed.kit(name), state_dir=tmp_path / name,
+                                 pairs=client_pairs(name=name, clients=["a", "b"], kind=kind, limit=800),
+                                 config=ParticipantConfig(model=RewardModelConfig(kind=kind),
+                                                          budget=PrivacyBudget(8.0, 1e-5), dp=DPSettings()))
+        participants[name] = part
+        clients.append(FederatedClient(kit=fed.kit(name), address=fed.address, poll_wait_ms=500,
+                                       capabilities=part.capabilities(), handlers=part.handlers(),
+                                       ledger_head=part.ledger_head))
+    threads = [run_in_thread(c) for c in clients]
+    for t, out in threads:
+        t.join(300)
+        assert not t.is_alive() and "error" not in out, out
+        assert dict(out["summary"].completed) == {"TRAIN": 2, "SCORE": 2, "REPORT_LEDGER": 2}
+    for c in clients:
+        c.close()
+    status = fed.loop.call(fed.server.engine.status)
+    assert (status.state, status.rounds_closed) == ("finished", 2)
+
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["phase"] == "train"]
+    score = [r for r in records if r["phase"] == "score"]
+    assert len(train) == 4 and all(0 < r["epsilon"] <= 8.0 and r["parameters_changed"] > 0 for r in train)
+    assert len(score) == 4 and all(r["finite"] for r in score)
+    image_prompts = {r["prompts"] for r in score if r["client"] == "b"}
+    assert image_prompts and max(image_prompts) <= 6  # image-only clients get no yes/no prompts
+
+    # The server holds each client's latest head; the auditor ties ledger and server together.
+    ca = pki.load_certificate((kits.root / "ca" / "ca.pem").read_bytes())
+    db = fed.state_dir / "server.sqlite"
+    for name, part in participants.items():
+        assert fed.store(lambda s, n=name: s.ledger_head(n)) == part.ledger.head()
+        report = audit_ledger(part.ledger.path, ca_cert=ca, server_db=db)
+        assert report.ok, report.violations
+        assert len(report.releases) == 2
+        last = report.releases[-1]
+        assert abs(last.epsilon_recomputed - last.epsilon_ledger) <= 0.01 * last.epsilon_ledger
+
+    # Rollback: the client drops its newest entry; the server remembers it.
+    ledger = participants["a"].ledger.path
+    lines = ledger.read_text().splitlines(keepends=True)
+    ledger.write_text("".join(lines[:-1]))
+    rolled = audit_ledger(ledger, ca_cert=ca, server_db=db)
+    assert not rolled.ok and any("rolled back" in v for v in rolled.violations)
+    cli = subprocess.run([sys.executable, "-m", "fedsecure.cli", "audit", str(ledger), "--ca",
+                          str(kits.root / "ca" / "ca.pem"), "--server-db", str(db), "--json",
+                          "--html", str(tmp_path / "audit.html")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "rolled back" in cli.stdout
+    assert "<svg" in (tmp_path / "audit.html").read_text()
+    ledger.write_text("".join(lines))
+    ok = subprocess.run([sys.executable, "-m", "fedsecure.cli", "audit", str(ledger), str(participants["b"].ledger.path),
+                         "--ca", str(kits.root / "ca" / "ca.pem"), "--server-db", str(db)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("PASS") == 2
