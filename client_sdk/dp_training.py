@@ -159,10 +159,10 @@ class DPStepper:
         if len(idx) == 0:
             _noise_only_step(self.optimizer, self.params, self.sigma, self.settings)
             return None
-        loss = bt_loss(self.gsm(data.batch(torch.from_numpy(idx))))
         with warnings.catch_warnings():
             # Opacus's hooks sit on modules whose inputs need no gradient (frozen base): expected.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss = bt_loss(self.gsm(data.batch(torch.from_numpy(idx))))
             loss.backward()
         self.optimizer.step()
         return float(loss.detach())
