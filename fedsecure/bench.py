@@ -61,9 +61,68 @@ def bench_dp(*, kind: str, steps: int, repeats: int) -> dict[str, object]:
                        "trainable_params": sum(x.numel() for x in params), "pairs": len(data)}}
 
 
+def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delta: float = 1e-5,
+                     pairs: int = 4000) -> dict[str, object]:
+    """Per client kind, same data and steps: held-out pairwise accuracy with DP (ε budget)
+    and without, membership-inference AUC of both models, and the auditor's independent
+    ε against the ledger's."""
+    import tempfile
+    from pathlib import Path
+
+    from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_nonprivate, train_private
+    from fedsecure.data.preferences import holdout
+    from fedsecure.data.shares import client_pairs
+    from fedsecure.kit import load_kit
+    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.reward import RewardModelConfig, build_reward_model
+    from fedsecure.privacy.audit import audit_ledger
+    from fedsecure.privacy.budget import PrivacyBudget
+    from fedsecure.privacy.ledger import Ledger
+    from fedsecure.privacy.membership import membership_auc
+    from fedsecure.provision import provision
+
+    settings = DPSettings()
+    lr = 3e-3
+    out: dict[str, object] = {"config": {"steps": steps, "epsilon_budget": epsilon, "delta": delta,
+                                         "batch_size": settings.batch_size, "max_grad_norm": settings.max_grad_norm,
+                                         "learning_rate": lr, "pairs": pairs, "secure_mode": settings.secure_mode}}
+    with tempfile.TemporaryDirectory() as tmp:
+        kits = provision(out=Path(tmp) / "kits", clients=["a"])
+        kit = load_kit(kits.clients["a"])
+        for kind in kinds:
+            train, held = holdout(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=pairs),
+                                  fraction=0.2, seed=0)
+            torch.manual_seed(0)
+            plain, tok = build_reward_model(RewardModelConfig(kind=kind))
+            dtrain, dheld = encode_pairs(train, tok), encode_pairs(held, tok)
+            train_nonprivate(model=plain, data=dtrain, steps=steps, learning_rate=lr, batch_size=settings.batch_size)
+            torch.manual_seed(0)
+            private, _ = build_reward_model(RewardModelConfig(kind=kind))
+            ledger = Ledger(Path(tmp) / f"{kind}.jsonl", kit=kit, budget=PrivacyBudget(epsilon, delta))
+            res = train_private(model=private, data=dtrain, ledger=ledger, settings=settings, steps=steps,
+                                learning_rate=lr, rounds_left=1, run_id="bench", round_=1)
+            audit = audit_ledger(ledger.path, ca_cert=kit.ca_cert)
+            rel = audit.releases[-1]
+            acc_p, acc_n = pairwise_accuracy(private, dheld), pairwise_accuracy(plain, dheld)
+            out[kind] = {"train_pairs": len(dtrain), "heldout_pairs": len(dheld),
+                         "accuracy_private": round(acc_p, 4), "accuracy_nonprivate": round(acc_n, 4),
+                         "gap_points": round(100 * (acc_n - acc_p), 2), "epsilon_ledger": round(rel.epsilon_ledger, 4),
+                         "epsilon_audit": round(rel.epsilon_recomputed, 4),
+                         "audit_relative_diff": round(abs(rel.epsilon_recomputed - rel.epsilon_ledger)
+                                                      / rel.epsilon_ledger, 5),
+                         "audit_accountant": audit.independent_accountant,
+                         "noise_multiplier": round(res.noise_multiplier, 4),
+                         "membership_auc_private": round(membership_auc(private, dtrain, dheld), 4),
+                         "membership_auc_nonprivate": round(membership_auc(plain, dtrain, dheld), 4)}
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the named benchmark and print its JSON."""
     warnings.filterwarnings("ignore")
     if args.what == "dp":
         print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats)))
+    elif args.what == "dp-utility":
+        kinds = ["image_text", "image", "text"] if args.kind == "all" else [args.kind]
+        print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))
     return 0

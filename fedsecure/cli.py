@@ -157,11 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp"])
+    p.add_argument("what", choices=["dp", "dp-utility"],
+                   help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
-    p.add_argument("--kind", default="image_text")
+    p.add_argument("--kind", default="image_text", help="reward model kind (dp-utility: or 'all')")
     p.set_defaults(func=_bench)
 
     from fedsecure.demo import add_arguments as demo_args
