@@ -8,7 +8,7 @@ missing oneofs) and raises :class:`fedsecure.errors.InvalidSubmission` or
 from __future__ import annotations
 
 from fedsecure.errors import InvalidSubmission
-from fedsecure.proto.v1 import admin_pb2, common_pb2
+from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2
 from fedsecure.types import (
     Capabilities,
     ClientInfo,
@@ -249,3 +249,40 @@ def client_info_from_proto(msg: admin_pb2.ClientInfo) -> ClientInfo:
     return ClientInfo(name=msg.name, state=msg.state, capabilities=capabilities_from_proto(msg.capabilities),
                       last_seen_ms=msg.last_seen_ms, ledger_head=ledger_head_from_proto(msg.ledger_head),
                       sdk_version=msg.sdk_version)
+
+
+# --- stored forms (the server keeps accepted submissions as their wire bytes) ----------
+
+def task_to_bytes(t: Task) -> bytes:
+    """A task's stored form (protobuf bytes, never pickle)."""
+    return task_to_proto(t).SerializeToString()
+
+
+def task_from_bytes(data: bytes) -> Task:
+    """Inverse of :func:`task_to_bytes`."""
+    msg = common_pb2.Task()
+    msg.ParseFromString(data)
+    return task_from_proto(msg)
+
+
+def stored_scores(payload: bytes) -> tuple[Score, ...]:
+    """Scores of an accepted SubmitScores submission."""
+    msg = federation_pb2.SubmitScoresRequest()
+    msg.ParseFromString(payload)
+    return scores_from_proto(msg.scores)
+
+
+def stored_outcome(payload: bytes) -> TaskReport | Decline:
+    """Report or decline of an accepted FinishTask submission."""
+    msg = federation_pb2.FinishTaskRequest()
+    msg.ParseFromString(payload)
+    if msg.WhichOneof("outcome") == "report":
+        return report_from_proto(msg.report)
+    return decline_from_proto(msg.decline)
+
+
+def stored_update(payload: bytes) -> tuple[Envelope, UpdateManifest]:
+    """Signed envelope and manifest of an accepted upload."""
+    msg = federation_pb2.UploadHeader()
+    msg.ParseFromString(payload)
+    return envelope_from_proto(msg.envelope), manifest_from_proto(msg.manifest)

@@ -73,8 +73,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             if run is not None:
                 row = self.store.next_open_task(name, run.run_id, skip)
                 if row is not None:
-                    self.store.db.execute("UPDATE tasks SET delivered_ms=? WHERE task_id=?",
-                                          (now_ms(), row.task.task_id))
+                    self.store.mark_delivered(row.task.task_id)
                     return federation_pb2.PullTaskResponse(task=serde.task_to_proto(row.task))
             left = until - loop.time()
             if left <= 0:

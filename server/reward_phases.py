@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
-from fedsecure.proto.v1 import federation_pb2
-from fedsecure.types import Modality, ScoreItem, ScoreSpec, TaskSpec, TrainSpec
+from fedsecure import serde
+from fedsecure.types import Modality, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
 
 from server.phases import PhaseContext
 from server.store import SubmissionRow
@@ -51,11 +51,10 @@ class TrainPlanner:
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
         """Record each client's reported metrics."""
         for sub in accepted:
-            req = federation_pb2.FinishTaskRequest()
-            req.ParseFromString(sub.payload)
-            if req.WhichOneof("outcome") == "report":
+            outcome = serde.stored_outcome(sub.payload)
+            if isinstance(outcome, TaskReport):
                 self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "train", "client": sub.client,
-                                    **dict(req.report.metrics)})
+                                    **dict(outcome.metrics)})
 
 
 class ScorePlanner:
@@ -99,9 +98,7 @@ class ScorePlanner:
         if truth is None:  # planned before a restart: rebuild the same items
             truth = {i.item_id: correct for i, correct, _ in self._items(ctx)}
         for sub in accepted:
-            req = federation_pb2.SubmitScoresRequest()
-            req.ParseFromString(sub.payload)
-            by_id = {s.item_id: s.value for s in req.scores}
+            by_id = {s.item_id: s.value for s in serde.stored_scores(sub.payload)}
             prompts = {i.rsplit(":", 1)[0] for i in by_id}
             wins = sum(by_id[f"{p}:c"] > by_id[f"{p}:w"] for p in prompts if f"{p}:c" in by_id and f"{p}:w" in by_id)
             self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "score", "client": sub.client,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsecure import serde
-from fedsecure.proto.v1 import common_pb2
 from fedsecure.types import Capabilities, ClientInfo, LedgerHead, Modality, RunConfig, Task, TaskKind, PhaseConfig
 
 SCHEMA = """
@@ -313,7 +312,7 @@ class Store:
         db.execute("INSERT INTO tasks(task_id, run_id, round, attempt, phase_index, kind, client, state,"
                    " deadline_ms, task, created_ms) VALUES(?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
                    (task.task_id, task.run_id, task.round, task.attempt, phase_index, int(task.kind), client,
-                    task.deadline_unix_ms, serde.task_to_proto(task).SerializeToString(), now_ms()))
+                    task.deadline_unix_ms, serde.task_to_bytes(task), now_ms()))
 
     def task(self, task_id: str) -> TaskRow | None:
         """A task by id."""
@@ -323,9 +322,7 @@ class Store:
 
     @staticmethod
     def _task(row: Sequence) -> TaskRow:  # type: ignore[type-arg]
-        msg = common_pb2.Task()
-        msg.ParseFromString(row[0])
-        return TaskRow(serde.task_from_proto(msg), row[1], row[2], row[3])
+        return TaskRow(serde.task_from_bytes(row[0]), row[1], row[2], row[3])
 
     def next_open_task(self, client: str, run_id: str, skip: Sequence[str] = ()) -> TaskRow | None:
         """The client's oldest open task in the run not in ``skip`` (re-delivered until answered)."""
@@ -335,6 +332,10 @@ class Store:
             f" AND task_id NOT IN ({marks}) ORDER BY created_ms, task_id LIMIT 1",
             (client, run_id, *skip)).fetchone()
         return self._task(row) if row else None
+
+    def mark_delivered(self, task_id: str) -> None:
+        """Record when a task was last handed to its client."""
+        self.db.execute("UPDATE tasks SET delivered_ms=? WHERE task_id=?", (now_ms(), task_id))
 
     def phase_tasks(self, run_id: str, round_: int, attempt: int, phase_index: int) -> list[TaskRow]:
         """Every task of one phase."""

@@ -75,13 +75,12 @@ class StaticTrainPlanner:
         return {p: TrainSpec(local_steps=1, upload_group="attn") for p in participants}
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
-        from fedsecure.proto.v1 import federation_pb2
+        from fedsecure import serde
 
-        digests = []
+        digests: list[bytes] = []
         for sub in sorted(accepted, key=lambda s: s.client):
-            header = federation_pb2.UploadHeader()
-            header.ParseFromString(sub.payload)
-            digests.extend(header.manifest.chunk_sha256)
+            _, manifest = serde.stored_update(sub.payload)
+            digests.extend(manifest.chunk_sha256)
         ctx.store.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group="attn", encoding="raw",
                                     chunk_digests=digests, contributors=len(accepted))
         self.closed.append(sorted(s.client for s in accepted))

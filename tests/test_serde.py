@@ -138,3 +138,24 @@ def test_task_kind_must_match_its_spec() -> None:
 def test_run_config_rejects_bad_values(kwargs, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         RunConfig(**kwargs)
+
+
+def test_stored_submission_forms_round_trip() -> None:
+    from fedsecure.proto.v1 import federation_pb2
+    from fedsecure.types import Score
+
+    env = Envelope("a", "r", 1, "t", b"n" * 16, 5, PayloadKind.UPDATE, b"d" * 32, b"sig")
+    manifest = UpdateManifest("attn", 2.0, "raw", (b"x" * 32,), 10)
+    header = federation_pb2.UploadHeader(envelope=serde.envelope_to_proto(env), manifest=serde.manifest_to_proto(manifest))
+    assert serde.stored_update(header.SerializeToString()) == (env, manifest)
+    scores = (Score("i1", 0.5), Score("i2", -1.0))
+    req = federation_pb2.SubmitScoresRequest(scores=serde.scores_to_proto(scores))
+    assert serde.stored_scores(req.SerializeToString()) == scores
+    report = TaskReport((("acc", 0.9),))
+    assert serde.stored_outcome(federation_pb2.FinishTaskRequest(
+        report=serde.report_to_proto(report)).SerializeToString()) == report
+    decline = Decline(DeclineReason.NO_DATA, "x")
+    assert serde.stored_outcome(federation_pb2.FinishTaskRequest(
+        decline=serde.decline_to_proto(decline)).SerializeToString()) == decline
+    task = Task("r", 3, "t", TaskKind.SCORE, 9, 1, ScoreSpec((ScoreItem("i"),)))
+    assert serde.task_from_bytes(serde.task_to_bytes(task)) == task
