@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, default=8.0, help="privacy budget ε over all rounds")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
-    p.add_argument("--clip", type=float, default=0.5, help="per-pair gradient norm bound")
+    p.add_argument("--clip", type=float, default=0.1, help="per-pair gradient norm bound")
     p.add_argument("--insecure-dp", action="store_true",
                    help="turn DP secure_mode off (seedable PRNG): tests and benchmarks only")
     p.add_argument("--summary", type=Path, help="write a JSON summary of the run here")

@@ -36,7 +36,7 @@ class MetricsLog:
 class TrainPlanner:
     """Every participant trains ``local_steps`` DP steps on its own pairs."""
 
-    def __init__(self, *, metrics: MetricsLog, local_steps: int = 60, learning_rate: float = 3e-3,
+    def __init__(self, *, metrics: MetricsLog, local_steps: int = 60, learning_rate: float = 0.03,
                  batch_size: int = 64) -> None:
         if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("local_steps, learning_rate and batch_size must be positive")

@@ -46,7 +46,7 @@ def test_dp_training_learns_above_chance_and_moves_parameters(kits: Provisioned,
     ledger = _ledger(kits, tmp_path)
     before, acc_before = _snapshot(model), pairwise_accuracy(model, held)
     result = train_private(model=model, data=train, ledger=ledger, settings=DPSettings(), steps=120,
-                           learning_rate=3e-3, rounds_left=1, run_id="run-t", round_=1)
+                           learning_rate=0.03, rounds_left=1, run_id="run-t", round_=1)
     after = _snapshot(model)
     assert result.parameters_changed == len(before)
     assert all(not torch.equal(before[n], after[n]) for n in before)
