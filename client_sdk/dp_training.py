@@ -24,7 +24,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.models.encoding import EncodedPairs
-from fedsecure.models.reward import RewardModel
+from fedsecure.models.reward import PAIRED_ROWS, RewardModel
 from fedsecure.privacy.accountant import calibrate_noise, epsilon
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
@@ -164,6 +164,7 @@ class DPStepper:
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             loss = bt_loss(self.gsm(data.batch(torch.from_numpy(idx))))
             loss.backward()
+        fold_paired_rows(self.params, len(idx))
         self.optimizer.step()
         return float(loss.detach())
 
@@ -176,6 +177,24 @@ class DPStepper:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def fold_paired_rows(params: list[tuple[str, torch.nn.Parameter]], pairs: int) -> None:
+    """Make every per-sample gradient a per-*pair* gradient before clipping.
+
+    Layers that saw a pair as two rows (i: chosen, pairs+i: rejected) got one gradient
+    per row, each scaled by Opacus's mean-reduction factor 2*pairs instead of pairs; the
+    pair's gradient is their sum halved. Layers that saw one row per pair are untouched.
+    Clipping per pair keeps the pair the privacy unit (DESIGN.md §2).
+    """
+    for name, p in params:
+        gs = p.grad_sample
+        if isinstance(gs, list):
+            raise RuntimeError(f"{name}: several forward passes per step; expected one stacked pass")
+        if gs.shape[0] == PAIRED_ROWS * pairs:
+            p.grad_sample = (gs[:pairs] + gs[pairs:]) / PAIRED_ROWS
+        elif gs.shape[0] != pairs:
+            raise RuntimeError(f"{name}: {gs.shape[0]} per-sample gradients for {pairs} pairs")
 
 
 def _noise_only_step(optimizer: DPOptimizer, params: list[tuple[str, torch.nn.Parameter]], sigma: float,

@@ -37,7 +37,8 @@ KINDS: tuple[str, ...] = ("image_text", "image", "text")
 ATTENTION_TARGETS = r".*\.attention\.(self\.)?(query|key|value|q_proj|k_proj|v_proj|o_proj)|.*\.attention\.output\.dense"
 MLP_TARGETS = r".*\.intermediate\.dense|.*layer\.\d+\.output\.dense|.*\.mlp\.fc[12]"
 SHARED_ADAPTER, LOCAL_ADAPTER = "attn", "local"
-UNKNOWN_ANSWER_REWARD = -20.0  # log-probability floor for answers outside the vocabulary
+UNKNOWN_ANSWER_REWARD = -20.0
+PAIRED_ROWS = 2  # text layers see each pair as 2 rows (chosen, rejected) in one batch  # log-probability floor for answers outside the vocabulary
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "reward_config.json", "reward.safetensors", "tokenizer.json"
 
 
@@ -55,6 +56,7 @@ class RewardModelConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     mlp_lora_rank: int = 4
+    dropout: float = 0.1
     federation_seed: int = 0
     text_backbone: str | None = None   # local HF checkpoint folder; None = build from config
     image_backbone: str | None = None
@@ -89,13 +91,15 @@ class RewardModel(nn.Module):
                          if c.text_backbone else BertModel(BertConfig(
                              vocab_size=vocab_size, hidden_size=c.hidden, num_hidden_layers=c.layers,
                              num_attention_heads=c.heads, intermediate_size=c.intermediate,
-                             max_position_embeddings=c.max_length, type_vocab_size=2), add_pooling_layer=False))
+                             max_position_embeddings=c.max_length, type_vocab_size=2, hidden_dropout_prob=c.dropout,
+                             attention_probs_dropout_prob=c.dropout), add_pooling_layer=False))
         if c.kind in ("image_text", "image"):
             self.image = (ViTModel.from_pretrained(c.image_backbone, local_files_only=True, add_pooling_layer=False)
                           if c.image_backbone else ViTModel(ViTConfig(
                               image_size=IMAGE_SIZE, patch_size=c.patch, num_channels=3, hidden_size=c.hidden,
                               num_hidden_layers=c.layers, num_attention_heads=c.heads,
-                              intermediate_size=c.intermediate), add_pooling_layer=False))
+                              intermediate_size=c.intermediate, hidden_dropout_prob=c.dropout,
+                              attention_probs_dropout_prob=c.dropout), add_pooling_layer=False))
         widths = [m.config.hidden_size for m in (self.text, self.image) if m is not None]
         if len(set(widths)) != 1:
             raise ValueError(f"image and text stacks must share one block shape, got widths {widths}")
@@ -186,9 +190,21 @@ class RewardModel(nn.Module):
         return torch.where(known, logp, torch.full_like(logp, UNKNOWN_ANSWER_REWARD))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Bradley–Terry margins r(chosen) - r(rejected), one per pair."""
+        """Bradley–Terry margins r(chosen) - r(rejected), one per pair.
+
+        Text kinds run chosen and rejected answers as one stacked batch of 2B rows
+        (rows i and B+i belong to pair i): one pass instead of two. DP training folds
+        those rows back into one per-pair gradient (see :data:`PAIRED_ROWS`)."""
         feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
-        return self.reward(batch, "chosen", feats) - self.reward(batch, "rejected", feats)
+        if self.config.kind == "image":
+            return self.reward(batch, "chosen", feats) - self.reward(batch, "rejected", feats)
+        n = batch["chosen_input_ids"].shape[0]
+        txt = self._text_cls(*(torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
+                               for k in ("input_ids", "attention_mask", "token_type_ids")),
+                             torch.cat([batch["position_ids"], batch["position_ids"]]))
+        both = txt if feats is None else torch.cat([txt, torch.cat([feats, feats])], dim=-1)
+        rewards = self.head(both).squeeze(-1)
+        return rewards[:n] - rewards[n:]
 
 
 # --- building, saving, loading -------------------------------------------------------
