@@ -5,6 +5,7 @@ resends carry the same signed bytes, so the server counts them once."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -174,7 +175,7 @@ class FederatedClient:
                        nonce=signing.new_nonce(), timestamp_ms=int(time.time() * 1000), payload_kind=kind,
                        payload_sha256=payload_sha256)
         sig = signing.sign(self.kit.private_key, signing.envelope_bytes(env))
-        return Envelope(**{**env.__dict__, "signature": sig})
+        return dataclasses.replace(env, signature=sig)
 
     def submit(self, task: Task, outcome: Outcome) -> object:
         """Sign and send an outcome; resends (after transient errors) reuse the same bytes."""

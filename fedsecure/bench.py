@@ -43,7 +43,6 @@ def bench_dp(*, kind: str, steps: int, repeats: int) -> dict[str, object]:
 
     private_s: list[float] = []
     nonprivate_s: list[float] = []
-    batch_sizes: list[int] = []
     for _ in range(repeats):
         for _ in range(2):
             nonprivate_step()  # warm-up
@@ -51,7 +50,6 @@ def bench_dp(*, kind: str, steps: int, repeats: int) -> dict[str, object]:
         with DPStepper(model=model, settings=settings, noise_multiplier=1.0, learning_rate=1e-3, sample_rate=q) as st:
             st.step(data)  # warm-up
             private_s += timed(lambda: st.step(data), steps)
-    batch_sizes.append(settings.batch_size)
     p, n = statistics.median(private_s), statistics.median(nonprivate_s)
     return {"private_step_s": round(p, 5), "nonprivate_step_s": round(n, 5), "overhead": round(p / n, 3),
             "pairs_per_s": round(settings.batch_size / p, 1),

@@ -119,7 +119,7 @@ class Admission:
         if sub.scores is not None:
             self._check_scores(row, sub.scores)
         if sub.ledger_head is not None:
-            self._check_ledger_head(peer.identity.name, sub.ledger_head)
+            self.check_ledger_head(peer.identity.name, sub.ledger_head)
         sid = signing.envelope_digest(env).hex()
         state = "declined" if env.payload_kind is PayloadKind.DECLINE else "done"
         with self.store.tx() as db:
@@ -148,9 +148,6 @@ class Admission:
 
     def check_ledger_head(self, client: str, head: LedgerHead) -> None:
         """Refuse a head that rolls back or forks what the client reported before."""
-        self._check_ledger_head(client, head)
-
-    def _check_ledger_head(self, client: str, head: LedgerHead) -> None:
         newest = self.store.ledger_head(client)
         if head.seq < newest.seq:
             raise InvalidSubmission(f"ledger rolled back: head seq {head.seq} < reported seq {newest.seq}")

@@ -66,7 +66,7 @@ class StaticTrainPlanner:
     """TRAIN phase double: on close, publishes the contributors' first chunks joined,
     so a download can be checked byte for byte."""
 
-    def __init__(self, objects_root: Any = None) -> None:
+    def __init__(self) -> None:
         self.closed: list[list[str]] = []
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:

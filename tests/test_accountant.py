@@ -67,3 +67,20 @@ def test_refuses_when_budget_is_spent() -> None:
     with pytest.raises(PrivacyBudgetExceeded, match="exceed"):
         calibrate_noise(spent, sample_rate=0.05, steps=10, delta=1e-5, target_epsilon=8.0)
     assert math.isfinite(MAX_NOISE_MULTIPLIER)
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_audit_accountant_is_independent_and_falls_back(blocked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from fedsecure.privacy.audit import IndependentAccountant
+
+    if blocked:  # as if dp-accounting were not installed
+        monkeypatch.setitem(sys.modules, "dp_accounting", None)
+    acc = IndependentAccountant(delta=1e-5, trained_with="rdp")
+    first = acc.compose((1.0, 0.01, 400))
+    both = acc.compose((1.0, 0.01, 600))
+    assert ("absent" in acc.name) is blocked and "opacus-rdp" not in acc.name  # never the training accountant
+    assert first < both
+    reference = epsilon([(1.0, 0.01, 1000)], delta=1e-5, kind="rdp")
+    assert both == pytest.approx(reference, rel=0.01 if not blocked else 0.3)

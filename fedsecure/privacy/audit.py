@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,27 +62,39 @@ class LedgerAudit:
         return self.releases[-1].epsilon_ledger if self.releases else 0.0
 
 
-def independent_epsilon(history: Sequence[Step], *, delta: float, trained_with: str) -> tuple[float, str]:
-    """ε by an accountant other than the training one; returns (ε, which accountant)."""
-    try:
-        import dp_accounting
-        from dp_accounting import pld, rdp
-    except ImportError:
-        other = "prv" if trained_with == "rdp" else "rdp"
-        return opacus_accountant.epsilon(history, delta=delta, kind=other), f"opacus-{other} (dp-accounting absent)"
-    # dp-accounting logs (via absl) each fractional order whose series does not converge
-    # and drops it; dropping orders only loosens its bound, so the check stays sound.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    if trained_with == "rdp":
-        acc: dp_accounting.PrivacyAccountant = rdp.RdpAccountant(orders=OPACUS_RDP_ORDERS)
-        name = "dp-accounting-rdp"
-    else:
-        acc = pld.PLDAccountant()
-        name = "dp-accounting-pld"
-    for sigma, q, steps in history:
-        if steps > 0:
-            acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps))
-    return float(acc.get_epsilon(delta)), name
+class IndependentAccountant:
+    """An accountant other than the training one, composed one release at a time."""
+
+    def __init__(self, *, delta: float, trained_with: str) -> None:
+        self.delta = delta
+        self.history: list[Step] = []
+        try:
+            import dp_accounting
+            from dp_accounting import pld, rdp
+        except ImportError:
+            self._dp = None
+            self.other = "prv" if trained_with == "rdp" else "rdp"
+            self.name = f"opacus-{self.other} (dp-accounting absent)"
+            return
+        self._dp = dp_accounting
+        # dp-accounting logs (via absl) each fractional order whose series does not converge
+        # and drops it; dropping orders only loosens its bound, so the check stays sound.
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        if trained_with == "rdp":
+            self._acc: dp_accounting.PrivacyAccountant = rdp.RdpAccountant(orders=OPACUS_RDP_ORDERS)
+            self.name = "dp-accounting-rdp"
+        else:
+            self._acc = pld.PLDAccountant()
+            self.name = "dp-accounting-pld"
+
+    def compose(self, step: Step) -> float:
+        """Add one release; return ε after everything composed so far."""
+        sigma, q, steps = step
+        self.history.append(step)
+        if self._dp is None:
+            return opacus_accountant.epsilon(self.history, delta=self.delta, kind=self.other)
+        self._acc.compose(self._dp.PoissonSampledDpEvent(q, self._dp.GaussianDpEvent(sigma)), int(steps))
+        return float(self._acc.get_epsilon(self.delta))
 
 
 def server_heads(db: Path, client: str) -> list[tuple[int, bytes, float]]:
@@ -116,7 +127,9 @@ def audit_ledger(path: Path, *, ca_cert: x509.Certificate, server_db: Path | Non
 
 
 def _check_releases(report: LedgerAudit, entries: list[LedgerEntry]) -> None:
-    genesis, history = entries[0], []
+    genesis = entries[0]
+    accountant = IndependentAccountant(delta=genesis.delta, trained_with=genesis.accountant)
+    report.independent_accountant = accountant.name
     for e in entries[1:]:
         if (e.delta, e.epsilon_budget, e.accountant, e.mechanism) != (genesis.delta, genesis.epsilon_budget,
                                                                       genesis.accountant, genesis.mechanism):
@@ -124,9 +137,7 @@ def _check_releases(report: LedgerAudit, entries: list[LedgerEntry]) -> None:
         if not (e.noise_multiplier > 0 and 0 < e.sample_rate <= 1 and e.steps > 0):
             report.violations.append(f"entry {e.seq}: invalid mechanism parameters")
             continue
-        history.append(e.step())
-        eps, name = independent_epsilon(history, delta=genesis.delta, trained_with=genesis.accountant)
-        report.independent_accountant = name
+        eps, name = accountant.compose(e.step()), accountant.name
         report.releases.append(Release(e.seq, e.run_id, e.round, e.epsilon_after, eps))
         if e.epsilon_after < eps * (1 - TOLERANCE):
             report.violations.append(f"entry {e.seq}: ledger ε {e.epsilon_after:.4f} under-reports the "
