@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedsecure.errors import CertificateError
 from fedsecure.types import Role
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _URI_PREFIX = "urn:fedsecure:"
 DEFAULT_VALIDITY_DAYS = 365
 
@@ -38,7 +38,8 @@ class Identity:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid participant name, else raise ValueError."""
-    if not NAME_PATTERN.match(name):
+    # fullmatch, not match with "$": "$" also matches before a trailing newline.
+    if not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"invalid participant name {name!r}: use 1-63 of [a-z0-9_-], starting with a letter or digit"
         )
