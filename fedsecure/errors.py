@@ -53,3 +53,12 @@ class RunStateError(FedsecureError, RuntimeError):
 
 class PrivacyBudgetExceeded(FedsecureError, RuntimeError):
     """Training would spend more privacy budget than the client holds."""
+
+
+class CkksError(FedsecureError, ValueError):
+    """CKKS parameters, contexts or ciphertexts are unusable (bad bytes, wrong context,
+    values out of range, a context that cannot do what is asked of it)."""
+
+
+class DecryptionRefused(FedsecureError, PermissionError):
+    """The key holder refuses to decrypt an aggregate; the message gives the reason."""

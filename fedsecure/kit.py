@@ -101,19 +101,26 @@ def write_kit(
     addresses: Mapping[str, str],
     settings: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    private_files: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write one kit folder and seal it with the CA's signature. Refuses to overwrite."""
+    """Write one kit folder and seal it with the CA's signature. Refuses to overwrite.
+
+    ``private_files`` (a secret CKKS context) are written 0600 like the key, and
+    loading refuses the kit if group or others can read them.
+    """
     path.mkdir(parents=True, exist_ok=False)
     os.chmod(path, 0o700)
     contents: dict[str, bytes] = {CA_PEM: pki.cert_pem(ca_cert), CERT_PEM: pki.cert_pem(cert)}
     contents.update(extra_files or {})
     for fname, data in contents.items():
         (path / fname).write_bytes(data)
-    _write_private(path / KEY_PEM, pki.key_pem(key))
-    digests = {fname: hashlib.sha256(data).hexdigest() for fname, data in contents.items()}
-    digests[KEY_PEM] = hashlib.sha256(pki.key_pem(key)).hexdigest()
+    secret = {KEY_PEM: pki.key_pem(key), **dict(private_files or {})}
+    for fname, data in secret.items():
+        _write_private(path / fname, data)
+    digests = {fname: hashlib.sha256(data).hexdigest() for fname, data in {**contents, **secret}.items()}
     doc = {
-        "kit": {"format": KIT_FORMAT, "role": role.value, "name": name, **dict(addresses)},
+        "kit": {"format": KIT_FORMAT, "role": role.value, "name": name, "private": sorted(secret),
+                **dict(addresses)},
         "settings": dict(settings or {}),
         "files": dict(sorted(digests.items())),
     }
@@ -161,9 +168,10 @@ def load_kit(path: str | Path, *, expected_role: Role | None = None, ca_fingerpr
         if required not in files:
             raise KitError(f"{root}: kit.toml does not list {required}")
     key_path = root / KEY_PEM
-    if stat.S_IMODE(key_path.stat().st_mode) & 0o077:
-        # Same rule as OpenSSH: a private key others can read is treated as leaked.
-        raise KitError(f"{key_path}: private key is accessible by group/others; run chmod 600")
+    for fname in {KEY_PEM, *meta.get("private", [])}:
+        if stat.S_IMODE((root / fname).stat().st_mode) & 0o077:
+            # Same rule as OpenSSH: a private key others can read is treated as leaked.
+            raise KitError(f"{root / fname}: private file is accessible by group/others; run chmod 600")
     try:
         cert = pki.load_certificate((root / CERT_PEM).read_bytes())
         identity = pki.verify_issued_by(cert, ca_cert)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsecure.crypto import pki
+from fedsecure.crypto import ckks, pki
 from fedsecure.kit import write_kit
 from fedsecure.types import Role
 
@@ -36,10 +36,14 @@ def provision(
     keyholder_address: str = "127.0.0.1:50052",
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     validity_days: int = pki.DEFAULT_VALIDITY_DAYS,
+    ckks_params: ckks.CkksParams = ckks.DEFAULT_PARAMS,
 ) -> Provisioned:
     """Create ``out/{ca,server,keyholder,admin,clients/<name>}``; never overwrites.
 
     The CA key stays in ``out/ca`` (mode 0600): keep it offline once kits are handed out.
+    The CKKS key pair is made here too: the secret context goes only into the key
+    holder's kit (0600) and is not kept anywhere else; every other kit gets the public
+    context, sealed by the CA like the rest of the kit.
     """
     names = [pki.check_name(c) for c in clients]
     if not names:
@@ -66,14 +70,19 @@ def provision(
         "keyholder_name": KEYHOLDER_NAME,
     }
 
+    secret_ctx = ckks.create_secret_context(ckks_params)
+    public = {ckks.PUBLIC_CONTEXT_FILE: ckks.public_context_bytes(secret_ctx)}
+    settings = {"ckks": ckks.params_to_settings(ckks_params)}
+
     def make(path: Path, name: str, role: Role) -> Path:
         server_side = role in (Role.SERVER, Role.KEYHOLDER)
         key, cert = pki.issue_certificate(
             ca_key=ca_key, ca_cert=ca_cert, name=name, role=role,
             hosts=tuple(hosts) if server_side else (), validity_days=validity_days,
         )
-        return write_kit(path=path, role=role, name=name, ca_key=ca_key, ca_cert=ca_cert,
-                         key=key, cert=cert, addresses=addresses)
+        private = {ckks.SECRET_CONTEXT_FILE: ckks.secret_context_bytes(secret_ctx)} if role is Role.KEYHOLDER else {}
+        return write_kit(path=path, role=role, name=name, ca_key=ca_key, ca_cert=ca_cert, key=key, cert=cert,
+                         addresses=addresses, settings=settings, extra_files=public, private_files=private)
 
     client_dir = out / "clients"
     client_dir.mkdir()

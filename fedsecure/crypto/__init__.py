@@ -1,1 +1,1 @@
-"""Cryptography: the consortium PKI, canonical signing, and (later) CKKS contexts."""
+"""Cryptography: the consortium PKI, canonical signing, and CKKS contexts, packing and encryption."""
