@@ -80,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
     doc = {"client": kit.name, "kind": participant.kind, "completed": dict(summary.completed),
            "declined": dict(summary.declined), "refused": summary.refused, "retries": summary.retries,
            "run_state": summary.run_state, "heldout_accuracy": participant.heldout_accuracy(),
+           "aggregates_applied": [list(a) for a in participant.applied],
            "heldout_pairs": len(participant.heldout_data), "train_pairs": len(participant.train_data),
            "epsilon": participant.ledger.epsilon, "epsilon_budget": participant.config.budget.epsilon,
            "delta": participant.config.budget.delta, "ledger": str(participant.ledger.path)}

@@ -38,7 +38,7 @@ from fedsecure.types import (
     UpdateManifest,
 )
 
-from client_sdk.outcomes import Handler, Outcome, Scores, TaskContext, Update
+from client_sdk.outcomes import Aggregate, Handler, Outcome, Scores, TaskContext, Update
 
 log = logging.getLogger("fedsecure.client")
 
@@ -143,18 +143,20 @@ class FederatedClient:
             self.hello()
             return self._retry(lambda: self._stub.PullTask(req, timeout=timeout))  # type: ignore[return-value]
 
-    def download_aggregate(self, run_id: str, group: str, round_: int) -> bytes:
+    def download_aggregate(self, run_id: str, group: str, round_: int) -> Aggregate:
         """Fetch a published aggregate, verifying every chunk against the header's digests."""
         req = federation_pb2.DownloadAggregateRequest(run_id=run_id, round=round_, group=group)
 
-        def fetch() -> bytes:
+        def fetch() -> Aggregate:
             parts: list[bytes] = []
             digests: list[bytes] = []
+            header = None
             for i, msg in enumerate(self._stub.DownloadAggregate(req, timeout=STREAM_DEADLINE_S)):
                 if i == 0:
                     if msg.WhichOneof("part") != "header":
                         raise InvalidSubmission("aggregate stream did not start with its header")
                     digests = list(msg.header.chunk_sha256)
+                    header = msg.header
                     continue
                 chunk = serde.chunk_from_proto(msg.chunk)
                 if len(parts) >= len(digests):
@@ -163,7 +165,9 @@ class FederatedClient:
                 parts.append(chunk.data)
             if len(parts) != len(digests):
                 raise InvalidSubmission(f"aggregate stream ended after {len(parts)} of {len(digests)} chunks")
-            return b"".join(parts)
+            assert header is not None
+            return Aggregate(group=group, round=round_, encoding=header.encoding, contributors=header.contributors,
+                             data=b"".join(parts))
 
         return self._retry(fetch)  # type: ignore[return-value]
 

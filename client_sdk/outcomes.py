@@ -30,11 +30,22 @@ Outcome = Scores | Update | TaskReport | LedgerHead | Decline
 
 
 @dataclass(frozen=True)
+class Aggregate:
+    """A published aggregate as downloaded: its encoding, contributor count and bytes."""
+
+    group: str
+    round: int
+    encoding: str
+    contributors: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class TaskContext:
     """What a handler may use besides the task: fetching published aggregates."""
 
     client_name: str
-    download_aggregate: Callable[[str, str, int], bytes]  # (run_id, group, round) -> bytes
+    download_aggregate: Callable[[str, str, int], Aggregate]  # (run_id, group, round)
 
 
 Handler = Callable[[Task, TaskContext], Outcome]

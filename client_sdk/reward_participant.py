@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsecure.crypto import ckks
+from fedsecure.crypto.ckks_encryptor import Encryptor
 from fedsecure.data.easyvqa import decode_png
 from fedsecure.data.preferences import PreferencePair, holdout
 from fedsecure.kit import Kit
@@ -27,8 +29,9 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.types import Capabilities, LedgerHead, Modality, Score, ScoreSpec, Task, TaskKind, TaskReport, TrainSpec
 
+from client_sdk.adapter_exchange import apply_aggregate, encrypt_adapters
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
-from client_sdk.outcomes import Handler, Scores, TaskContext
+from client_sdk.outcomes import Handler, Scores, TaskContext, Update
 
 log = logging.getLogger("fedsecure.client.reward")
 
@@ -68,6 +71,9 @@ class RewardParticipant:
         # Encoding validates every record up front (clear error, before any ledger entry).
         self.train_data: EncodedPairs = encode_pairs(train, self.tokenizer)
         self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer)
+        self.encryptor: Encryptor | None = None
+        self.reports: list[TaskReport] = []                # one per training round
+        self.applied: list[tuple[int, str, int]] = []      # (round, group, contributors) applied
 
     @property
     def kind(self) -> str:
@@ -90,11 +96,42 @@ class RewardParticipant:
         """Pairwise accuracy on the client's held-out pairs."""
         return pairwise_accuracy(self.model, self.heldout_data)
 
-    def train(self, task: Task, ctx: TaskContext) -> TaskReport:
-        """One round of DP training; PrivacyBudgetExceeded propagates (a typed refusal)."""
+    def _apply_aggregates(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int) -> None:
+        """Replace local attention adapters with the federation's published means."""
+        changed = 0
+        for group in groups:
+            if group.split(".", 1)[-1] not in self._stacks():
+                continue  # another modality's stack: nothing to apply
+            aggregate = ctx.download_aggregate(task.run_id, group, round_)
+            changed += apply_aggregate(self.model, aggregate, family=group.split(".", 1)[0])
+            self.applied.append((round_, group, aggregate.contributors))
+        if changed:
+            self._save()
+            log.info("%s: applied round-%d aggregates %s (%d values)", self.kit.name, round_, list(groups), changed)
+
+    def _stacks(self) -> set[str]:
+        return {n.split(".", 1)[0] for n in self.model.attention_adapter_names()}
+
+    def _encryptor(self) -> Encryptor:
+        if self.encryptor is None:
+            self.encryptor = Encryptor(public_context=ckks.kit_public_context(self.kit), params=ckks.kit_params(self.kit))
+        return self.encryptor
+
+    def train(self, task: Task, ctx: TaskContext) -> TaskReport | Update:
+        """One round of DP training, then (if the server asks) the encrypted attention
+        adapters; PrivacyBudgetExceeded propagates (a typed refusal)."""
         spec = task.spec
         if not isinstance(spec, TrainSpec):
             raise TypeError("train handler got a non-train task")
+        self._apply_aggregates(task, ctx, spec.download_groups, task.round - 1)
+        weight = 0.0
+        if spec.upload_group:
+            # Our share of the round's pairs; the server's total covers every participant,
+            # so any subset of weights sums to <= 1 (the CKKS bound). Checked before training.
+            weight = len(self.train_data) / spec.weight_total if spec.weight_total > 0 else float("inf")
+            if not 0.0 < weight <= 1.0:
+                raise ValueError(f"server's weight_total {spec.weight_total} is below this client's "
+                                 f"{len(self.train_data)} pairs")
         rounds_left = max(1, spec.planned_rounds - task.round + 1)
         # The server proposes the batch size (everyone's sampling rate is comparable).
         dp = dataclasses.replace(self.config.dp, batch_size=spec.batch_size) if spec.batch_size else self.config.dp
@@ -106,17 +143,25 @@ class RewardParticipant:
         log.info("%s round %d: ε=%.3f/%.1f σ=%.3f loss %.3f->%.3f held-out acc %.3f", self.kit.name, task.round,
                  result.epsilon_after, self.config.budget.epsilon, result.noise_multiplier, result.loss_first,
                  result.loss_last, acc)
-        return TaskReport(metrics=tuple(sorted({
+        report = TaskReport(metrics=tuple(sorted({
             "heldout_accuracy": acc, "epsilon": result.epsilon_after, "epsilon_budget": self.config.budget.epsilon,
             "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
             "steps": float(result.steps), "loss_first": result.loss_first, "loss_last": result.loss_last,
             "parameters_changed": float(result.parameters_changed), "ledger_seq": float(result.ledger_seq)}.items())))
+        self.reports.append(report)
+        if not spec.upload_group:
+            return report
+        # Post-processing of the DP-trained model: encrypting it costs no further budget.
+        return encrypt_adapters(self.model, encryptor=self._encryptor(),
+                                context=ckks.context_fingerprint(ckks.kit_public_context(self.kit)),
+                                family=spec.upload_group, weight=weight)
 
     def score(self, task: Task, ctx: TaskContext) -> Scores:
         """Reward for each item (post-processing of the DP model: no privacy cost)."""
         spec = task.spec
         if not isinstance(spec, ScoreSpec):
             raise TypeError("score handler got a non-score task")
+        self._apply_aggregates(task, ctx, spec.download_groups, task.round)
         needs_image = self.kind != "text"
         values: list[float] = []
         self.model.eval()

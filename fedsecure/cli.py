@@ -1,4 +1,4 @@
-"""The ``fedsecure`` command: provision, server, client, admin, demo.
+"""The ``fedsecure`` command: provision, server, keyholder, client, admin, demo.
 
 This is the composition root: it dispatches to :mod:`server` and :mod:`client_sdk`
 lazily, so those packages still never import each other.
@@ -29,6 +29,12 @@ def _provision(args: argparse.Namespace) -> int:
 
 def _server(args: argparse.Namespace) -> int:
     from server.cli import main
+
+    return main(args)
+
+
+def _keyholder(args: argparse.Namespace) -> int:
+    from server.keyholder.cli import main
 
     return main(args)
 
@@ -124,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("server", help="run the aggregation server")
     server_args(p)
     p.set_defaults(func=_server)
+
+    from server.keyholder.cli import add_arguments as keyholder_args
+
+    p = sub.add_parser("keyholder", help="run the key holder (decrypts only quorum aggregates)")
+    keyholder_args(p)
+    p.set_defaults(func=_keyholder)
 
     p = sub.add_parser("client", help="run a federation client")
     client_args(p)

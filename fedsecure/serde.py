@@ -8,12 +8,14 @@ missing oneofs) and raises :class:`fedsecure.errors.InvalidSubmission` or
 from __future__ import annotations
 
 from fedsecure.errors import InvalidSubmission
-from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2
+from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2, keyholder_pb2
 from fedsecure.types import (
     Capabilities,
     ClientInfo,
     Decline,
     DeclineReason,
+    DecryptCommit,
+    DecryptReceipt,
     Envelope,
     LedgerHead,
     Modality,
@@ -26,6 +28,7 @@ from fedsecure.types import (
     Score,
     ScoreItem,
     ScoreSpec,
+    SignedContribution,
     Task,
     TaskKind,
     TaskReport,
@@ -155,11 +158,13 @@ def task_to_proto(t: Task) -> common_pb2.Task:
         msg.train.CopyFrom(common_pb2.TrainSpec(
             local_steps=s.local_steps, learning_rate=s.learning_rate, batch_size=s.batch_size,
             planned_rounds=s.planned_rounds, download_groups=list(s.download_groups),
-            aux_groups=list(s.aux_groups), compensation=dict(s.compensation), upload_group=s.upload_group))
+            aux_groups=list(s.aux_groups), compensation=dict(s.compensation), upload_group=s.upload_group,
+            weight_total=s.weight_total))
     elif isinstance(s, ScoreSpec):
         msg.score.CopyFrom(common_pb2.ScoreSpec(items=[
             common_pb2.ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
-                                 question=i.question, completion=i.completion) for i in s.items]))
+                                 question=i.question, completion=i.completion) for i in s.items],
+            download_groups=list(s.download_groups)))
     elif isinstance(s, PersonaliseSpec):
         msg.personalise.CopyFrom(common_pb2.PersonaliseSpec(
             replace_margin=s.replace_margin, distill_steps=s.distill_steps, distill_weight=s.distill_weight,
@@ -185,11 +190,12 @@ def task_from_proto(msg: common_pb2.Task) -> Task:
         spec = TrainSpec(local_steps=t.local_steps, learning_rate=t.learning_rate, batch_size=t.batch_size,
                          planned_rounds=t.planned_rounds, download_groups=tuple(t.download_groups),
                          aux_groups=tuple(t.aux_groups), compensation=tuple(sorted(t.compensation.items())),
-                         upload_group=t.upload_group)
+                         upload_group=t.upload_group, weight_total=t.weight_total)
     elif kind is TaskKind.SCORE:
         spec = ScoreSpec(items=tuple(ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
                                                question=i.question, completion=i.completion)
-                                     for i in msg.score.items))
+                                     for i in msg.score.items),
+                         download_groups=tuple(msg.score.download_groups))
     elif kind is TaskKind.PERSONALISE:
         p = msg.personalise
         spec = PersonaliseSpec(replace_margin=p.replace_margin, distill_steps=p.distill_steps,
@@ -281,8 +287,46 @@ def stored_outcome(payload: bytes) -> TaskReport | Decline:
     return decline_from_proto(msg.decline)
 
 
-def stored_update(payload: bytes) -> tuple[Envelope, UpdateManifest]:
-    """Signed envelope and manifest of an accepted upload."""
-    msg = federation_pb2.UploadHeader()
+def contribution_to_proto(c: SignedContribution) -> keyholder_pb2.SignedContribution:
+    """Domain signed contribution -> wire."""
+    return keyholder_pb2.SignedContribution(envelope=envelope_to_proto(c.envelope),
+                                            manifest=manifest_to_proto(c.manifest),
+                                            client_certificate=c.certificate_pem)
+
+
+def contribution_from_proto(msg: keyholder_pb2.SignedContribution) -> SignedContribution:
+    """Wire -> domain signed contribution."""
+    return SignedContribution(envelope=envelope_from_proto(msg.envelope), manifest=manifest_from_proto(msg.manifest),
+                              certificate_pem=msg.client_certificate)
+
+
+def stored_update(payload: bytes) -> SignedContribution:
+    """The signed contribution of an accepted upload (stored as it will go to the key holder)."""
+    msg = keyholder_pb2.SignedContribution()
     msg.ParseFromString(payload)
-    return envelope_from_proto(msg.envelope), manifest_from_proto(msg.manifest)
+    return contribution_from_proto(msg)
+
+
+def commit_to_proto(c: DecryptCommit) -> keyholder_pb2.DecryptCommit:
+    """Domain commit -> wire."""
+    return keyholder_pb2.DecryptCommit(run_id=c.run_id, round=c.round, group=c.group,
+                                       contributions=[contribution_to_proto(x) for x in c.contributions],
+                                       aggregate_chunk_sha256=list(c.aggregate_chunk_sha256),
+                                       total_weight=c.total_weight)
+
+
+def commit_from_proto(msg: keyholder_pb2.DecryptCommit) -> DecryptCommit:
+    """Wire -> domain commit."""
+    return DecryptCommit(run_id=msg.run_id, round=msg.round, group=msg.group,
+                         contributions=tuple(contribution_from_proto(x) for x in msg.contributions),
+                         aggregate_chunk_sha256=tuple(msg.aggregate_chunk_sha256), total_weight=msg.total_weight)
+
+
+def receipt_to_proto(r: DecryptReceipt) -> keyholder_pb2.DecryptReceipt:
+    """Domain receipt -> wire."""
+    return keyholder_pb2.DecryptReceipt(log_seq=r.log_seq, log_entry_sha256=r.log_entry_sha256, signature=r.signature)
+
+
+def receipt_from_proto(msg: keyholder_pb2.DecryptReceipt) -> DecryptReceipt:
+    """Wire -> domain receipt."""
+    return DecryptReceipt(log_seq=msg.log_seq, log_entry_sha256=msg.log_entry_sha256, signature=msg.signature)

@@ -102,6 +102,7 @@ class TrainSpec:
     aux_groups: tuple[str, ...] = ()
     compensation: tuple[tuple[str, float], ...] = ()
     upload_group: str = ""
+    weight_total: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class ScoreSpec:
     """The items of a scoring task."""
 
     items: tuple[ScoreItem, ...] = ()
+    download_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,38 @@ class UpdateManifest:
     encoding: str
     chunk_sha256: tuple[bytes, ...]
     total_bytes: int
+
+
+@dataclass(frozen=True)
+class SignedContribution:
+    """An accepted encrypted update as the key holder sees it: the client's signed
+    envelope and manifest, and the client's certificate to verify them with."""
+
+    envelope: Envelope
+    manifest: UpdateManifest
+    certificate_pem: bytes
+
+
+@dataclass(frozen=True)
+class DecryptCommit:
+    """The server's commitment before the key holder challenges it: which signed
+    contributions it summed for (run, round, group), and the sum's chunk digests."""
+
+    run_id: str
+    round: int
+    group: str
+    contributions: tuple[SignedContribution, ...]
+    aggregate_chunk_sha256: tuple[bytes, ...]
+    total_weight: float
+
+
+@dataclass(frozen=True)
+class DecryptReceipt:
+    """The key holder's signed acknowledgement of one logged decryption."""
+
+    log_seq: int
+    log_entry_sha256: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,25 @@ import grpc
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedsecure.crypto import ckks
 from fedsecure.crypto.pki import Identity
 from fedsecure.kit import Kit
 from fedsecure.proto.v1 import admin_pb2_grpc, federation_pb2_grpc
 from fedsecure.transport.auth import AuthInterceptor
 from fedsecure.transport.credentials import server_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
+from fedsecure.transport.retry import Backoff
 from fedsecure.types import Role, RunConfig, TaskKind
 
 from server.admin_servicer import AdminServicer
 from server.admission import Admission
 from server.engine import LIVENESS_MS, RoundEngine
 from server.federation_servicer import FederationServicer
+from server.he_accumulator import HomomorphicAccumulator
+from server.keyholder_client import KeyHolderClient
 from server.objects import ObjectStore
 from server.phases import PhasePlanner
+from server.secure_aggregation import SecureAggregator
 from server.store import Store
 
 log = logging.getLogger("fedsecure.server")
@@ -49,6 +54,7 @@ class RunningServer:
     stop_event: asyncio.Event
     engine_task: asyncio.Task[None]
     health: health_async.HealthServicer
+    keyholder: KeyHolderClient | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting calls, finish the engine loop, close the database."""
@@ -56,6 +62,8 @@ class RunningServer:
         self.stop_event.set()
         await self.server.stop(grace)
         await self.engine_task
+        if self.keyholder is not None:
+            await self.keyholder.close()
         self.store.close()
 
 
@@ -68,17 +76,25 @@ async def start_server(
     limits: Limits = DEFAULT_LIMITS,
     run_config: RunConfig | None = None,
     liveness_ms: int = LIVENESS_MS,
+    keyholder_address: str | None = None,
+    keyholder_backoff: Backoff | None = None,
 ) -> RunningServer:
     """Start the aggregation server on ``address`` (port 0 picks a free port).
 
     If ``run_config`` is given and no run is active (a restart resumes the active one),
-    a run is started with it before the first client is served.
+    a run is started with it before the first client is served. ``keyholder_address``
+    (default: the kit's) is where encrypted aggregates go to be decrypted.
     """
     if kit.role is not Role.SERVER:
         raise ValueError(f"the server needs a server kit, got a {kit.role.value} kit")
     store = Store(state_dir / "server.sqlite")
     objects = ObjectStore(state_dir / "objects")
-    engine = RoundEngine(store, planners, liveness_ms=liveness_ms)
+    accumulator = HomomorphicAccumulator(public_context=ckks.kit_public_context(kit), params=ckks.kit_params(kit),
+                                         objects=objects)
+    keyholder = KeyHolderClient(kit=kit, address=keyholder_address, limits=limits,
+                                **({"backoff": keyholder_backoff} if keyholder_backoff else {}))
+    aggregator = SecureAggregator(accumulator=accumulator, objects=objects, keyholder=keyholder, limits=limits)
+    engine = RoundEngine(store, planners, liveness_ms=liveness_ms, aggregator=aggregator)
     if run_config is not None and store.active_run() is None and store.latest_run() is None:
         engine.start_run(run_config)
     revoked = store.revoked_names()
@@ -91,7 +107,7 @@ async def start_server(
                              maximum_concurrent_rpcs=1024)
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
-                           objects=objects, limits=limits), server)
+                           objects=objects, accumulator=accumulator, limits=limits), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -104,4 +120,4 @@ async def start_server(
     stop_event = asyncio.Event()
     engine_task = asyncio.create_task(engine.run_forever(stop_event))
     log.info("server %s listening on port %d (mTLS)", kit.name, port)
-    return RunningServer(port, server, engine, store, stop_event, engine_task, health)
+    return RunningServer(port, server, engine, store, stop_event, engine_task, health, keyholder)

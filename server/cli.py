@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="host:port to bind (default: the kit's server_address; port 0 = any)")
     p.add_argument("--state", type=Path, help="state folder (default: KIT/state)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    p.add_argument("--keyholder-address", help="host:port of the key holder (default: the kit's keyholder_address)")
     run = p.add_argument_group("start a run at start-up (ignored when a run already exists)")
     run.add_argument("--rounds", type=int, help="rounds of the run; omit to wait for `fedsecure admin start`")
     run.add_argument("--quorum", type=int, default=2)
@@ -75,12 +76,13 @@ def main(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     state_dir = args.state or kit.path / "state"
     asyncio.run(_serve(kit, args.address or kit.server_address, state_dir, config, args.port_file,
-                       build_planners(args, state_dir)))
+                       build_planners(args, state_dir), args.keyholder_address))
     return 0
 
 
-async def _serve(kit, address, state_dir, config, port_file, planners) -> None:  # type: ignore[no-untyped-def]
-    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config, planners=planners)
+async def _serve(kit, address, state_dir, config, port_file, planners, keyholder_address) -> None:  # type: ignore[no-untyped-def]
+    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config, planners=planners,
+                                 keyholder_address=keyholder_address)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(running.port))

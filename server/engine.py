@@ -18,12 +18,16 @@ import random
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from fedsecure.errors import RunStateError
 from fedsecure.types import RunConfig, RunStatus, Task, TaskKind
 
 from server.phases import PhaseContext, PhasePlanner, default_planners
 from server.store import RunRow, Store, now_ms
+
+if TYPE_CHECKING:
+    from server.secure_aggregation import SecureAggregator
 
 log = logging.getLogger("fedsecure.server.engine")
 
@@ -37,8 +41,9 @@ class RoundEngine:
     """Owns the run's state machine; all methods run on the server's event loop."""
 
     def __init__(self, store: Store, planners: Mapping[TaskKind, PhasePlanner] | None = None,
-                 *, liveness_ms: int = LIVENESS_MS) -> None:
+                 *, liveness_ms: int = LIVENESS_MS, aggregator: SecureAggregator | None = None) -> None:
         self.store = store
+        self.aggregator = aggregator
         self.planners: dict[TaskKind, PhasePlanner] = {**default_planners(), **(planners or {})}
         self.liveness_ms = liveness_ms
         self._wake = asyncio.Event()
@@ -126,7 +131,8 @@ class RoundEngine:
         if rnd is None:
             return self._try_open_round(run)
         phase = cfg.phases[rnd.phase_index]
-        ctx = PhaseContext(run.run_id, run.round, run.attempt, rnd.phase_index, phase.kind, cfg, self.store)
+        ctx = PhaseContext(run.run_id, run.round, run.attempt, rnd.phase_index, phase.kind, cfg, self.store,
+                           self.aggregator)
         if rnd.phase_state == "planning":
             if rnd.phase_index == 0:
                 participants = list(rnd.participants)

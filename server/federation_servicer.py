@@ -13,10 +13,11 @@ from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
 from fedsecure.transport.auth import current_peer
 from fedsecure.transport.limits import Limits
-from fedsecure.types import PayloadKind, TensorChunk
+from fedsecure.types import PayloadKind, SignedContribution, TensorChunk
 
 from server.admission import Admission, Submission
 from server.engine import RoundEngine
+from server.he_accumulator import HomomorphicAccumulator
 from server.objects import ObjectStore
 from server.status_codes import domain_errors
 from server.store import Store, now_ms
@@ -30,8 +31,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     """Thin servicer over the round engine, admission and the object store."""
 
     def __init__(self, *, store: Store, engine: RoundEngine, admission: Admission, objects: ObjectStore,
-                 limits: Limits) -> None:
+                 accumulator: HomomorphicAccumulator, limits: Limits) -> None:
         self.store, self.engine, self.admission, self.objects, self.limits = store, engine, admission, objects, limits
+        self.accumulator = accumulator
 
     @domain_errors
     async def Hello(self, request, context):  # type: ignore[no-untyped-def]
@@ -144,6 +146,23 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         if signing.manifest_digest(manifest) != env.payload_sha256:
             raise InvalidSubmission("manifest does not match the digest the envelope signs")
         self.admission.precheck(peer, env)  # refuse before storing a single chunk
+        session = self.accumulator.begin(upload_id=signing.envelope_digest(env).hex(), run_id=env.run_id,
+                                         round_=env.round, manifest=manifest)
+        try:
+            await self._receive(request_iterator, manifest, session)
+            sub = Submission(envelope=env, payload_sha256=signing.manifest_digest(manifest),
+                             payload=serde.contribution_to_proto(
+                                 SignedContribution(env, manifest, peer.cert_pem)).SerializeToString())
+            ack = self.admission.accept(peer, sub)
+        except BaseException:
+            # Disconnect, bad chunk or refusal: nothing of this upload stays in the sum.
+            # Synchronous on purpose: it must finish even while the call is being cancelled.
+            self.accumulator.rollback(session)
+            raise
+        self.accumulator.complete(session)
+        return self._ack(ack)
+
+    async def _receive(self, request_iterator, manifest, session) -> None:  # type: ignore[no-untyped-def]
         received, total = 0, 0
         async for msg in request_iterator:
             if msg.WhichOneof("part") != "chunk":
@@ -157,14 +176,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             total += len(chunk.data)
             if total > manifest.total_bytes:
                 raise LimitExceeded("chunks carry more bytes than the manifest announces")
-            # Stored under its digest; unreferenced unless the whole upload is accepted.
+            # Kept under its digest (the key holder may ask for it), then added to the sum.
             await asyncio.to_thread(self.objects.put, chunk.data)
+            await asyncio.to_thread(self.accumulator.add_chunk, session, received, chunk.data, chunk.sha256)
             received += 1
         if received != len(manifest.chunk_sha256) or total != manifest.total_bytes:
             raise InvalidSubmission(f"upload ended after {received} of {len(manifest.chunk_sha256)} chunks")
-        sub = Submission(envelope=env, payload_sha256=signing.manifest_digest(manifest),
-                         payload=header.SerializeToString())
-        return self._ack(self.admission.accept(peer, sub))
 
     @domain_errors
     async def DownloadAggregate(self, request, context) -> AsyncIterator[federation_pb2.DownloadAggregateResponse]:  # type: ignore[no-untyped-def, override]

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fedsecure.types import ReportLedgerSpec, RunConfig, TaskKind, TaskSpec
 
 from server.store import Store, SubmissionRow
+
+if TYPE_CHECKING:
+    from server.secure_aggregation import SecureAggregator
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class PhaseContext:
     kind: TaskKind
     config: RunConfig
     store: Store
+    aggregator: SecureAggregator | None = None  # None: this server runs without a key holder
 
 
 class PhasePlanner(Protocol):

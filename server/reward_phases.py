@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
 from fedsecure import serde
-from fedsecure.types import Modality, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
+from fedsecure.types import Modality, PayloadKind, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
 
 from server.phases import PhaseContext
 from server.store import SubmissionRow
@@ -33,8 +33,17 @@ class MetricsLog:
             fh.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
 
 
+ADAPTER_FAMILY = "attn"  # clients upload their attention adapters' B matrices, one group per stack
+
+
+def published_groups(ctx: PhaseContext, round_: int) -> tuple[str, ...]:
+    """Groups with a published aggregate in ``round_`` of this run."""
+    return tuple(g for g in ctx.store.aggregate_groups(ctx.run_id, round_))
+
+
 class TrainPlanner:
-    """Every participant trains ``local_steps`` DP steps on its own pairs."""
+    """Every participant trains ``local_steps`` DP steps on its own pairs, then uploads its
+    encrypted attention adapters; at close the server gets their means from the key holder."""
 
     def __init__(self, *, metrics: MetricsLog, local_steps: int = 60, learning_rate: float = 0.03,
                  batch_size: int = 64) -> None:
@@ -43,18 +52,33 @@ class TrainPlanner:
         self.metrics, self.local_steps, self.learning_rate, self.batch_size = metrics, local_steps, learning_rate, batch_size
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
-        """Same parameters for everyone; the round count lets clients pace their budget."""
+        """Same parameters for everyone; the round count lets clients pace their budget.
+
+        Clients pre-weight their upload by (their pairs / ``weight_total``), the total of
+        the participants' declared pairs, so the weights of any subset sum to at most 1."""
+        counts = {c.name: dict(c.capabilities.sample_counts).get("pairs", 0) for c in ctx.store.clients()}
+        total = float(sum(max(1, counts.get(p, 0)) for p in participants))
         spec = TrainSpec(local_steps=self.local_steps, learning_rate=self.learning_rate, batch_size=self.batch_size,
-                         planned_rounds=ctx.config.rounds)
+                         planned_rounds=ctx.config.rounds, download_groups=published_groups(ctx, ctx.round - 1),
+                         upload_group=ADAPTER_FAMILY if ctx.aggregator is not None else "", weight_total=total)
         return {p: spec for p in participants}
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
-        """Record each client's reported metrics."""
+        """Aggregate the encrypted updates (key holder), then record what happened."""
+        published = await ctx.aggregator.aggregate(ctx, accepted) if ctx.aggregator is not None else {}
         for sub in accepted:
+            if sub.payload_kind == int(PayloadKind.UPDATE):
+                weight = serde.stored_update(sub.payload).manifest.weight
+                self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "train", "client": sub.client,
+                                    "uploaded": 1.0, "weight": weight})
+                continue
             outcome = serde.stored_outcome(sub.payload)
             if isinstance(outcome, TaskReport):
                 self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "train", "client": sub.client,
                                     **dict(outcome.metrics)})
+        if published:
+            self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "aggregate",
+                                **{f"contributors.{g}": float(n) for g, n in published.items()}})
 
 
 class ScorePlanner:
@@ -89,7 +113,7 @@ class ScorePlanner:
         for p in participants:
             image_only = caps.get(p) == (Modality.IMAGE,)
             mine = tuple(i for i, _, kind in items if not (image_only and kind == "yesno"))
-            specs[p] = ScoreSpec(items=mine)
+            specs[p] = ScoreSpec(items=mine, download_groups=published_groups(ctx, ctx.round))
         return specs
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:

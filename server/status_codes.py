@@ -12,6 +12,7 @@ import grpc
 
 from fedsecure.errors import (
     ConflictingSubmission,
+    DecryptionRefused,
     InvalidSubmission,
     LimitExceeded,
     NotFound,
@@ -32,6 +33,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RunStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictingSubmission, grpc.StatusCode.ALREADY_EXISTS),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DecryptionRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 

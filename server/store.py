@@ -392,6 +392,12 @@ class Store:
                        (run_id, round_, group, encoding, json.dumps([d.hex() for d in chunk_digests]),
                         contributors, now_ms()))
 
+    def aggregate_groups(self, run_id: str, round_: int) -> list[str]:
+        """Names of the aggregates published for a round, sorted."""
+        rows = self.db.execute("SELECT group_name FROM aggregates WHERE run_id=? AND round=? ORDER BY group_name",
+                               (run_id, round_)).fetchall()
+        return [r[0] for r in rows]
+
     def aggregate(self, run_id: str, round_: int, group: str) -> tuple[str, list[bytes], int] | None:
         """(encoding, chunk digests, contributors) of a published aggregate."""
         row = self.db.execute("SELECT encoding, chunk_digests, contributors FROM aggregates WHERE run_id=?"

@@ -73,6 +73,16 @@ class Federation:
     state_dir: Path
     address: str
     clients: dict[str, Kit] = field(default_factory=dict)
+    keyholder: Any = None
+
+    def start_keyholder(self, *, address: str = "127.0.0.1:0", policy: Any = None) -> Any:
+        """Start the key holder on this federation's loop (state beside the server's)."""
+        from server.keyholder.service import KeyHolderPolicy, start_keyholder
+
+        self.keyholder = self.loop.run(start_keyholder(
+            kit=load_kit(self.kits.keyholder), address=address, state_dir=self.state_dir.parent / "keyholder",
+            policy=policy or KeyHolderPolicy()))
+        return self.keyholder
 
     def kit(self, name: str) -> Kit:
         """A client's verified kit."""
@@ -91,19 +101,30 @@ def start_federation(kits: Provisioned, tmp_path: Path) -> Iterator[Callable[...
     loops: list[tuple[LoopThread, Any]] = []
 
     def start(config: RunConfig | None = None, planners: Mapping[TaskKind, Any] | None = None,
-              limits: Limits = DEFAULT_LIMITS, liveness_ms: int = 60_000) -> Federation:
+              limits: Limits = DEFAULT_LIMITS, liveness_ms: int = 60_000, keyholder: bool = False,
+              keyholder_address: str | None = None, keyholder_backoff: Any = None) -> Federation:
+        """``keyholder=True`` starts a key holder first and points the server at it;
+        ``keyholder_address`` points the server elsewhere (e.g. at nothing)."""
         from server.app import start_server
 
         loop = LoopThread()
         state = tmp_path / f"state{len(loops)}"
-        server = loop.run(start_server(kit=load_kit(kits.server), state_dir=state, run_config=config,
-                                       planners=planners, limits=limits, liveness_ms=liveness_ms))
-        loops.append((loop, server))
-        return Federation(kits, loop, server, state, f"127.0.0.1:{server.port}")
+        fed = Federation(kits, loop, None, state, "")
+        if keyholder:
+            keyholder_address = f"127.0.0.1:{fed.start_keyholder().port}"
+        fed.server = loop.run(start_server(kit=load_kit(kits.server), state_dir=state, run_config=config,
+                                           planners=planners, limits=limits, liveness_ms=liveness_ms,
+                                           keyholder_address=keyholder_address or "127.0.0.1:9",
+                                           keyholder_backoff=keyholder_backoff))
+        fed.address = f"127.0.0.1:{fed.server.port}"
+        loops.append((loop, fed))
+        return fed
 
     yield start
-    for loop, server in loops:
+    for loop, fed in loops:
         try:
-            loop.run(server.stop(grace=0.2))
+            loop.run(fed.server.stop(grace=0.2))
+            if fed.keyholder is not None:
+                loop.run(fed.keyholder.stop(grace=0.2))
         finally:
             loop.close()

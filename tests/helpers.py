@@ -79,8 +79,25 @@ class StaticTrainPlanner:
 
         digests: list[bytes] = []
         for sub in sorted(accepted, key=lambda s: s.client):
-            _, manifest = serde.stored_update(sub.payload)
-            digests.extend(manifest.chunk_sha256)
+            digests.extend(serde.stored_update(sub.payload).manifest.chunk_sha256)
         ctx.store.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group="attn", encoding="raw",
                                     chunk_digests=digests, contributors=len(accepted))
         self.closed.append(sorted(s.client for s in accepted))
+
+
+def encrypted_update(kit: Any, groups: Mapping[str, Any], weight: float, family: str = "attn") -> Any:
+    """A real CKKS update under the kit's public context: one section per group, each
+    holding one tensor ``w`` with the given values."""
+    from client_sdk import Update
+    from fedsecure.crypto import ckks
+    from fedsecure.crypto.ckks_encryptor import Encryptor
+    from fedsecure.crypto.packing import TensorLayout, encoding_for
+
+    public = ckks.kit_public_context(kit)
+    enc = Encryptor(public_context=public, params=ckks.kit_params(kit), workers=1)
+    layouts = {g: TensorLayout.of({"w": v}) for g, v in groups.items()}
+    encoding = encoding_for(ckks.context_fingerprint(public), layouts)
+    chunks: list[bytes] = []
+    for section in encoding.sections:
+        chunks += enc.encrypt(groups[section.name], weight=weight)
+    return Update(family, weight, str(encoding), tuple(chunks))

@@ -154,8 +154,10 @@ def test_layout_round_trip_and_mismatch() -> None:
     assert all(np.array_equal(back[k], tensors[k]) for k in tensors)
     with pytest.raises(CkksError):
         layout.pack({"a": np.array([1.0]), "b": np.zeros((3, 2))})
-    enc = encoding_for("0" * 16, layout)
+    enc = encoding_for("0" * 16, {"attn.text": layout, "attn.image": TensorLayout.of({"x": np.zeros(P.slots * 40)})})
     assert parse_encoding(str(enc)) == enc
+    assert [s.name for s in enc.sections] == ["attn.image", "attn.text"]
+    assert enc.chunk_ranges(P) == {"attn.image": (0, 2), "attn.text": (2, 1)} and enc.total_chunks(P) == 3
 
 
 @settings(max_examples=200, deadline=None)

@@ -142,12 +142,16 @@ def test_run_config_rejects_bad_values(kwargs, message) -> None:  # type: ignore
 
 def test_stored_submission_forms_round_trip() -> None:
     from fedsecure.proto.v1 import federation_pb2
-    from fedsecure.types import Score
+    from fedsecure.types import DecryptCommit, DecryptReceipt, Score, SignedContribution
 
     env = Envelope("a", "r", 1, "t", b"n" * 16, 5, PayloadKind.UPDATE, b"d" * 32, b"sig")
     manifest = UpdateManifest("attn", 2.0, "raw", (b"x" * 32,), 10)
-    header = federation_pb2.UploadHeader(envelope=serde.envelope_to_proto(env), manifest=serde.manifest_to_proto(manifest))
-    assert serde.stored_update(header.SerializeToString()) == (env, manifest)
+    contribution = SignedContribution(env, manifest, b"-----BEGIN CERTIFICATE-----")
+    assert serde.stored_update(serde.contribution_to_proto(contribution).SerializeToString()) == contribution
+    commit = DecryptCommit("r", 1, "attn.text", (contribution,), (b"a" * 32, b"b" * 32), 0.75)
+    assert serde.commit_from_proto(serde.commit_to_proto(commit)) == commit
+    receipt = DecryptReceipt(3, b"h" * 32, b"sig")
+    assert serde.receipt_from_proto(serde.receipt_to_proto(receipt)) == receipt
     scores = (Score("i1", 0.5), Score("i2", -1.0))
     req = federation_pb2.SubmitScoresRequest(scores=serde.scores_to_proto(scores))
     assert serde.stored_scores(req.SerializeToString()) == scores

@@ -234,13 +234,19 @@ class ChunkSum:
     def __init__(self, ctx: ts.Context, params: CkksParams, count: int) -> None:
         self.ctx, self.params, self.count = ctx, params, count
         self._vecs: list[ts.CKKSVector] | None = None
+        self.terms = 0  # contributions in the sum
 
-    def _load(self, chunk: bytes) -> list[ts.CKKSVector]:
+    def load(self, chunk: bytes) -> list[ts.CKKSVector]:
+        """Deserialise and validate a chunk (the costly part; no lock needed)."""
         return [load_ciphertext(self.ctx, c, self.params) for c in unframe(chunk, expected=self.count)]
 
     def add(self, chunk: bytes) -> None:
         """Add a contribution's chunk (validated before the sum is touched)."""
-        vecs = self._load(chunk)
+        self.add_loaded(self.load(chunk))
+
+    def add_loaded(self, vecs: list[ts.CKKSVector]) -> None:
+        """Add an already loaded chunk."""
+        self.terms += 1
         if self._vecs is None:
             self._vecs = vecs
         else:
@@ -251,7 +257,12 @@ class ChunkSum:
         """Undo :meth:`add` exactly (ciphertext arithmetic is exact modular arithmetic)."""
         if self._vecs is None:
             raise CkksError("nothing to subtract from")
-        for acc, v in zip(self._vecs, self._load(chunk), strict=True):
+        vecs = self.load(chunk)
+        self.terms -= 1
+        if self.terms == 0:
+            self._vecs = None  # x - x is SEAL's "transparent" ciphertext: start empty instead
+            return
+        for acc, v in zip(self._vecs, vecs, strict=True):
             acc.sub_(v)
 
     def to_bytes(self) -> bytes:

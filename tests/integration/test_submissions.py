@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import grpc
+import numpy as np
 import pytest
 
 from client_sdk import FederatedClient, Update
@@ -17,9 +18,21 @@ from fedsecure.proto.v1 import common_pb2, federation_pb2
 from fedsecure.transport.limits import Limits
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, Score, Task, TaskKind, UpdateManifest
 from tests.conftest import Federation
-from tests.helpers import StaticScorePlanner, StaticTrainPlanner, resign
+from tests.helpers import StaticScorePlanner, StaticTrainPlanner, encrypted_update, resign
 
 SCORE_RUN = RunConfig(rounds=1, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.SCORE, 60),))
+@pytest.fixture(scope="module", autouse=True)
+def _updates(kits) -> None:  # type: ignore[no-untyped-def]
+    from fedsecure.kit import load_kit
+
+    global THREE_SECTIONS, ONE_SECTION
+    kit = load_kit(kits.clients["a"])
+    THREE_SECTIONS = encrypted_update(kit, {f"attn.{g}": np.full(2048, 0.1) for g in "xyz"}, 0.5)
+    ONE_SECTION = encrypted_update(kit, {"attn.x": np.full(2048, 0.2)}, 0.5)
+
+
+THREE_SECTIONS: Update
+ONE_SECTION: Update
 TRAIN_RUN = RunConfig(rounds=1, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
 
 
@@ -137,9 +150,10 @@ def test_replays_are_refused(score_fed) -> None:  # type: ignore[no-untyped-def]
 
 
 def _upload_stream(client: FederatedClient, task: Task, chunks: list[bytes], *, manifest_chunks: list[bytes] | None = None,
-                   corrupt: int | None = None, send: int | None = None) -> Iterator[federation_pb2.UploadUpdateRequest]:
+                   corrupt: int | None = None, send: int | None = None,
+                   encoding: str | None = None) -> Iterator[federation_pb2.UploadUpdateRequest]:
     declared = chunks if manifest_chunks is None else manifest_chunks
-    manifest = UpdateManifest(group="attn", weight=1.0, encoding="raw",
+    manifest = UpdateManifest(group="attn", weight=0.5, encoding=encoding or THREE_SECTIONS.encoding,
                               chunk_sha256=tuple(signing.sha256(c) for c in declared),
                               total_bytes=sum(len(c) for c in declared))
     env = client.sign(task, PayloadKind.UPDATE, signing.manifest_digest(manifest))
@@ -154,27 +168,27 @@ def _upload_stream(client: FederatedClient, task: Task, chunks: list[bytes], *, 
 
 
 def test_upload_limits_digests_and_download(start_federation: Callable[..., Federation]) -> None:
-    limits = Limits(max_chunks_per_stream=4, max_chunk_bytes=1024)
+    limits = Limits(max_chunks_per_stream=4, max_chunk_bytes=40_000)
     fed = start_federation(TRAIN_RUN, planners={TaskKind.TRAIN: StaticTrainPlanner()}, limits=limits)
     tasks = _setup(fed)
     client, task = tasks["a"]
     up = client._stub.UploadUpdate
-    good = [bytes([i]) * 100 for i in range(3)]
+    good = list(THREE_SECTIONS.chunks)
     _refused(lambda: up(_upload_stream(client, task, good, corrupt=1), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "sha256 does not match")
     _refused(lambda: up(_upload_stream(client, task, good + [b"extra"], manifest_chunks=good), timeout=10),
              grpc.StatusCode.RESOURCE_EXHAUSTED, "more chunks than")
     _refused(lambda: up(_upload_stream(client, task, [b"x"] * 5), timeout=10),
              grpc.StatusCode.RESOURCE_EXHAUSTED, "exceed the limit")
-    _refused(lambda: up(_upload_stream(client, task, [b"y" * 2000]), timeout=10),
-             grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than 1024")
+    _refused(lambda: up(_upload_stream(client, task, [b"y" * 50_000] + good[1:]), timeout=10),
+             grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than 40000")
     _refused(lambda: up(_upload_stream(client, task, good, send=2), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "ended after 2 of 3")
     assert _n_submissions(fed) == 0
     # Valid uploads from both clients; the phase closes and the aggregate is downloadable.
-    acks = [client.submit(task, Update("attn", 1.0, "raw", tuple(good)))]
+    acks = [client.submit(task, THREE_SECTIONS)]
     other, other_task = tasks["b"]
-    acks.append(other.submit(other_task, Update("attn", 2.0, "raw", (b"B" * 10,))))
+    acks.append(other.submit(other_task, ONE_SECTION))
     assert [a.duplicate for a in acks] == [False, False]
     assert _n_submissions(fed) == 2
     import time
@@ -183,7 +197,7 @@ def test_upload_limits_digests_and_download(start_federation: Callable[..., Fede
         if fed.store(lambda s: s.aggregate(task.run_id, 1, "attn")) is not None:
             break
         time.sleep(0.05)
-    assert client.download_aggregate(task.run_id, "attn", 1) == b"".join(good) + b"B" * 10
+    assert client.download_aggregate(task.run_id, "attn", 1).data == b"".join(good) + ONE_SECTION.chunks[0]
     _refused(lambda: client.download_aggregate(task.run_id, "nope", 1), grpc.StatusCode.NOT_FOUND, "no aggregate")
     for c, _ in tasks.values():
         c.close()

@@ -113,7 +113,7 @@ class Capabilities(_message.Message):
     def __init__(self, modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., sample_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
-    __slots__ = ("local_steps", "learning_rate", "batch_size", "planned_rounds", "download_groups", "aux_groups", "compensation", "upload_group")
+    __slots__ = ("local_steps", "learning_rate", "batch_size", "planned_rounds", "download_groups", "aux_groups", "compensation", "upload_group", "weight_total")
     class CompensationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class TrainSpec(_message.Message):
     AUX_GROUPS_FIELD_NUMBER: _ClassVar[int]
     COMPENSATION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_GROUP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_TOTAL_FIELD_NUMBER: _ClassVar[int]
     local_steps: int
     learning_rate: float
     batch_size: int
@@ -137,7 +138,8 @@ class TrainSpec(_message.Message):
     aux_groups: _containers.RepeatedScalarFieldContainer[str]
     compensation: _containers.ScalarMap[str, float]
     upload_group: str
-    def __init__(self, local_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., planned_rounds: _Optional[int] = ..., download_groups: _Optional[_Iterable[str]] = ..., aux_groups: _Optional[_Iterable[str]] = ..., compensation: _Optional[_Mapping[str, float]] = ..., upload_group: _Optional[str] = ...) -> None: ...
+    weight_total: float
+    def __init__(self, local_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., planned_rounds: _Optional[int] = ..., download_groups: _Optional[_Iterable[str]] = ..., aux_groups: _Optional[_Iterable[str]] = ..., compensation: _Optional[_Mapping[str, float]] = ..., upload_group: _Optional[str] = ..., weight_total: _Optional[float] = ...) -> None: ...
 
 class ScoreItem(_message.Message):
     __slots__ = ("item_id", "prompt_id", "image_png", "question", "completion")
@@ -154,10 +156,12 @@ class ScoreItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., image_png: _Optional[bytes] = ..., question: _Optional[str] = ..., completion: _Optional[str] = ...) -> None: ...
 
 class ScoreSpec(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "download_groups")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_GROUPS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
+    download_groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., download_groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PersonaliseSpec(_message.Message):
     __slots__ = ("replace_margin", "distill_steps", "distill_weight", "temperature", "download_groups")

@@ -8,26 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SignedContribution(_message.Message):
-    __slots__ = ("envelope", "manifest")
+    __slots__ = ("envelope", "manifest", "client_certificate")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     envelope: _common_pb2.SignedEnvelope
     manifest: _common_pb2.UpdateManifest
-    def __init__(self, envelope: _Optional[_Union[_common_pb2.SignedEnvelope, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.UpdateManifest, _Mapping]] = ...) -> None: ...
+    client_certificate: bytes
+    def __init__(self, envelope: _Optional[_Union[_common_pb2.SignedEnvelope, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.UpdateManifest, _Mapping]] = ..., client_certificate: _Optional[bytes] = ...) -> None: ...
 
 class DecryptCommit(_message.Message):
-    __slots__ = ("run_id", "round", "group", "contributions", "aggregate_chunk_sha256")
+    __slots__ = ("run_id", "round", "group", "contributions", "aggregate_chunk_sha256", "total_weight")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_CHUNK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     group: str
     contributions: _containers.RepeatedCompositeFieldContainer[SignedContribution]
     aggregate_chunk_sha256: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., group: _Optional[str] = ..., contributions: _Optional[_Iterable[_Union[SignedContribution, _Mapping]]] = ..., aggregate_chunk_sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    total_weight: float
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., group: _Optional[str] = ..., contributions: _Optional[_Iterable[_Union[SignedContribution, _Mapping]]] = ..., aggregate_chunk_sha256: _Optional[_Iterable[bytes]] = ..., total_weight: _Optional[float] = ...) -> None: ...
 
 class ContributionChunk(_message.Message):
     __slots__ = ("client_id", "chunk")

@@ -1,0 +1,156 @@
+"""Homomorphic accumulation of encrypted updates as their chunks arrive (DESIGN.md §6).
+
+Per (run, round, group) the server keeps one running ciphertext sum per chunk position,
+so memory grows with the model, not with the number of clients. Each chunk is added the
+moment it arrives; the chunks themselves already sit in the object store. An upload that
+fails (bad chunk, disconnect, refused at admission) has exactly the chunks it added
+subtracted again — ciphertext arithmetic is exact modular arithmetic, so the sum is
+bit-for-bit what it was. The close of a phase only trusts the running sum when it holds
+exactly the accepted contributions and nothing in flight; otherwise (a restart, a
+straggler mid-stream) it rebuilds the sum from the object store.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fedsecure.crypto import ckks
+from fedsecure.crypto.ckks import CkksParams, ChunkSum
+from fedsecure.crypto.packing import Encoding, parse_encoding
+from fedsecure.errors import CkksError, InvalidSubmission
+from fedsecure.types import UpdateManifest
+
+from server.objects import ObjectStore
+
+GroupKey = tuple[str, int, str]  # run, round, group
+
+
+@dataclass
+class _GroupSum:
+    layout: str
+    numel: int
+    chunks: list[ChunkSum]
+    complete: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class UploadSession:
+    """One upload being accumulated: its id, run/round, parsed encoding and what it added."""
+
+    upload_id: str
+    run_id: str
+    round: int
+    encoding: Encoding
+    ranges: dict[str, tuple[int, int]]
+    added: list[tuple[str, int, bytes]] = field(default_factory=list)  # group, position, chunk digest
+
+
+class HomomorphicAccumulator:
+    """Running sums of encrypted updates, one per (run, round, group)."""
+
+    def __init__(self, *, public_context: bytes, params: CkksParams, objects: ObjectStore) -> None:
+        self.params = params
+        self.ctx = ckks.load_public_context(public_context, params)
+        self.fingerprint = ckks.context_fingerprint(public_context)
+        self.objects = objects
+        self._sums: dict[GroupKey, _GroupSum] = {}
+        self._lock = threading.Lock()
+
+    def check_manifest(self, manifest: UpdateManifest) -> Encoding:
+        """Everything checkable from the header: encoding, context, chunk count, weight."""
+        enc = parse_encoding(manifest.encoding)
+        if enc.context != self.fingerprint:
+            raise InvalidSubmission("update is encrypted under another CKKS context than the federation's")
+        expected = enc.total_chunks(self.params)
+        if len(manifest.chunk_sha256) != expected:
+            raise InvalidSubmission(f"manifest lists {len(manifest.chunk_sha256)} chunks; its encoding needs {expected}")
+        if not (math.isfinite(manifest.weight) and 0.0 < manifest.weight <= 1.0):
+            raise InvalidSubmission(f"update weight must be in (0, 1], got {manifest.weight}")
+        return enc
+
+    def _group(self, key: GroupKey, layout: str, numel: int) -> _GroupSum:
+        with self._lock:
+            group = self._sums.get(key)
+            if group is None:
+                counts = [ckks.ciphertexts_in_chunk(self.params, numel, i) for i in range(self.params.chunk_count(numel))]
+                group = self._sums[key] = _GroupSum(layout, numel, [ChunkSum(self.ctx, self.params, c) for c in counts])
+            if (group.layout, group.numel) != (layout, numel):
+                raise InvalidSubmission(f"group {key[2]}: layout differs from the other contributions' "
+                                        f"({layout}/{numel} vs {group.layout}/{group.numel})")
+            return group
+
+    def begin(self, *, upload_id: str, run_id: str, round_: int, manifest: UpdateManifest) -> UploadSession:
+        """Start accumulating an upload whose header passed admission's precheck."""
+        enc = self.check_manifest(manifest)
+        for s in enc.sections:
+            self._group((run_id, round_, s.name), s.layout, s.numel).in_flight.add(upload_id)
+        return UploadSession(upload_id, run_id, round_, enc, enc.chunk_ranges(self.params))
+
+    def add_chunk(self, session: UploadSession, index: int, data: bytes, digest: bytes) -> None:
+        """Add chunk ``index`` of an upload to its group's sum (call from a worker thread)."""
+        for name, (start, count) in session.ranges.items():
+            if start <= index < start + count:
+                group = self._sums[(session.run_id, session.round, name)]
+                position = index - start
+                try:
+                    vecs = group.chunks[position].load(data)
+                except CkksError as exc:
+                    raise InvalidSubmission(f"chunk {index}: {exc}") from exc
+                with group.lock:
+                    group.chunks[position].add_loaded(vecs)
+                session.added.append((name, position, digest))
+                return
+        raise InvalidSubmission(f"chunk index {index} is outside the update")
+
+    def rollback(self, session: UploadSession) -> None:
+        """Subtract what a failed upload added; the sums are exactly as before it."""
+        for name, position, digest in reversed(session.added):
+            group = self._sums[(session.run_id, session.round, name)]
+            with group.lock:
+                group.chunks[position].subtract(self.objects.get(digest))
+        session.added.clear()
+        for s in session.encoding.sections:
+            self._sums[(session.run_id, session.round, s.name)].in_flight.discard(session.upload_id)
+
+    def complete(self, session: UploadSession) -> None:
+        """The upload was accepted: its chunks now count in the sums."""
+        for s in session.encoding.sections:
+            group = self._sums[(session.run_id, session.round, s.name)]
+            group.in_flight.discard(session.upload_id)
+            group.complete.add(session.upload_id)
+
+    def sum_chunks(self, *, run_id: str, round_: int, group: str,
+                   contributions: Sequence[tuple[str, UpdateManifest]]) -> list[bytes]:
+        """The summed chunks of ``group`` over exactly ``contributions`` (upload id, manifest)."""
+        if not contributions:
+            raise ValueError(f"no contributions to group {group}")
+        key = (run_id, round_, group)
+        ids = {uid for uid, _ in contributions}
+        current = self._sums.get(key)
+        if current is not None and not current.in_flight and current.complete == ids:
+            with current.lock:
+                return [c.to_bytes() for c in current.chunks]
+        # Rebuild from the object store, chunk position by chunk position (memory: one sum).
+        encodings = [(parse_encoding(m.encoding), m) for _, m in contributions]
+        section = encodings[0][0].section(group)
+        out = []
+        for position in range(self.params.chunk_count(section.numel)):
+            total = ChunkSum(self.ctx, self.params, ckks.ciphertexts_in_chunk(self.params, section.numel, position))
+            for enc, manifest in encodings:
+                if enc.section(group) != section:
+                    raise InvalidSubmission(f"group {group}: contributions disagree on the layout")
+                start, _ = enc.chunk_ranges(self.params)[group]
+                total.add(self.objects.get(manifest.chunk_sha256[start + position]))
+            out.append(total.to_bytes())
+        return out
+
+    def drop(self, run_id: str, round_: int) -> None:
+        """Free the sums of a finished round."""
+        with self._lock:
+            for key in [k for k in self._sums if k[:2] == (run_id, round_)]:
+                del self._sums[key]

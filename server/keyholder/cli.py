@@ -1,0 +1,52 @@
+"""``fedsecure keyholder``: run the key holder until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from fedsecure.kit import load_kit
+from fedsecure.types import Role
+
+from server.keyholder.service import KeyHolderPolicy, start_keyholder
+
+log = logging.getLogger("fedsecure.keyholder")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fedsecure keyholder``."""
+    p.add_argument("--kit", required=True, type=Path, help="the key holder kit folder (holds the CKKS secret key)")
+    p.add_argument("--address", help="host:port to bind (default: the kit's keyholder_address; port 0 = any)")
+    p.add_argument("--state", type=Path, help="state folder for the decryption log (default: KIT/state)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    p.add_argument("--quorum", type=int, default=2, help="fewest distinct contributors it decrypts a sum of")
+    p.add_argument("--sample-fraction", type=float, default=1.0,
+                   help="share of chunks re-added before decrypting (1.0 = all, at least one chunk)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve until a termination signal."""
+    kit = load_kit(args.kit, expected_role=Role.KEYHOLDER)
+    policy = KeyHolderPolicy(quorum=args.quorum, sample_fraction=args.sample_fraction)
+    asyncio.run(_serve(kit, args.address or kit.keyholder_address, args.state or kit.path / "state", policy,
+                       args.port_file))
+    return 0
+
+
+async def _serve(kit, address, state_dir, policy, port_file) -> None:  # type: ignore[no-untyped-def]
+    running = await start_keyholder(kit=kit, address=address, state_dir=state_dir, policy=policy)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(running.port))
+        os.replace(tmp, port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("key holder shutting down")
+    await running.stop(grace=2.0)

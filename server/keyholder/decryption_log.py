@@ -1,0 +1,124 @@
+"""The key holder's own append-only decryption log: one JSON line per decryption,
+hash-chained and signed with the key holder's kit key, so an auditor (or the consortium)
+can check what was decrypted, from whose contributions, and that no line was edited,
+dropped or re-ordered. It is also the key holder's memory of which contributions were
+already used (a contribution is decrypted in one aggregate only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from fedsecure.crypto import pki, signing
+from fedsecure.errors import SignatureError
+from fedsecure.kit import Kit
+from fedsecure.types import DecryptReceipt
+
+DOMAIN_DECRYPTION = b"fedsecure/v1/keyholder-decryption"
+GENESIS = "0" * 64
+
+
+class DecryptionLogError(ValueError):
+    """The decryption log fails verification; the message names the line."""
+
+
+@dataclass(frozen=True)
+class DecryptionEntry:
+    """One decryption: what, from whom, which chunks were re-added, and what came out."""
+
+    seq: int
+    prev_sha256: str
+    time: float
+    run_id: str
+    round: int
+    group: str
+    contributors: tuple[str, ...]
+    submissions: tuple[str, ...]      # envelope digests (hex) of the contributions, sorted
+    total_weight: float
+    aggregate_sha256: str             # over the aggregate's chunk digests
+    sampled_chunks: tuple[int, ...]
+    plaintext_sha256: str
+
+    def body(self) -> bytes:
+        """Canonical bytes the signature covers."""
+        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return signing.canonical(DOMAIN_DECRYPTION, [json.dumps(doc, sort_keys=True, separators=(",", ":"))])
+
+    def sha256(self) -> str:
+        """This entry's hash (the next entry's ``prev_sha256``)."""
+        return hashlib.sha256(self.body()).hexdigest()
+
+
+def aggregate_digest(chunk_sha256: Sequence[bytes]) -> str:
+    """One digest naming an aggregate by its ordered chunk digests."""
+    return hashlib.sha256(b"".join(chunk_sha256)).hexdigest()
+
+
+class DecryptionLog:
+    """Append-only, fsynced; reopened and verified at start."""
+
+    def __init__(self, path: Path, *, kit: Kit) -> None:
+        self.path, self.kit = path, kit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries = verify_decryption_log(path, cert=kit.cert) if path.exists() else []
+
+    def used_by(self, submission: str, group: str) -> DecryptionEntry | None:
+        """The earlier decryption of ``group`` that used this contribution, if any (one
+        contribution carries one section per group; each is decrypted once)."""
+        for entry in self.entries:
+            if entry.group == group and submission in entry.submissions:
+                return entry
+        return None
+
+    def append(self, *, run_id: str, round_: int, group: str, contributors: Sequence[str],
+               submissions: Sequence[str], total_weight: float, aggregate_sha256: str,
+               sampled_chunks: Sequence[int], plaintext_sha256: str) -> DecryptReceipt:
+        """Record a decryption (fsynced before the plaintext is released)."""
+        prev = self.entries[-1].sha256() if self.entries else GENESIS
+        entry = DecryptionEntry(seq=len(self.entries), prev_sha256=prev, time=time.time(), run_id=run_id,
+                                round=round_, group=group, contributors=tuple(contributors),
+                                submissions=tuple(sorted(submissions)), total_weight=total_weight,
+                                aggregate_sha256=aggregate_sha256, sampled_chunks=tuple(sampled_chunks),
+                                plaintext_sha256=plaintext_sha256)
+        sig = signing.sign(self.kit.private_key, entry.body())
+        line = json.dumps({"entry": asdict(entry), "signature": sig.hex()}, sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.entries.append(entry)
+        return DecryptReceipt(log_seq=entry.seq, log_entry_sha256=bytes.fromhex(entry.sha256()), signature=sig)
+
+
+def verify_receipt(receipt: DecryptReceipt, *, keyholder_cert: x509.Certificate, entry: DecryptionEntry) -> None:
+    """Check a receipt names ``entry`` and is signed by the key holder; raise otherwise."""
+    if receipt.log_seq != entry.seq or receipt.log_entry_sha256.hex() != entry.sha256():
+        raise SignatureError("receipt does not name this log entry")
+    signing.verify(keyholder_cert.public_key(), entry.body(), receipt.signature, what="key holder receipt")
+
+
+def verify_decryption_log(path: Path, *, cert: x509.Certificate) -> list[DecryptionEntry]:
+    """Verify every line's signature and the hash chain; raise :class:`DecryptionLogError`."""
+    pki.identity_of(cert)  # must be a fedsecure certificate
+    entries: list[DecryptionEntry] = []
+    prev = GENESIS
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            doc = json.loads(line)
+            raw = doc["entry"]
+            entry = DecryptionEntry(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+            signing.verify(cert.public_key(), entry.body(), bytes.fromhex(doc["signature"]), what="log entry")
+        except (ValueError, KeyError, TypeError) as exc:  # SignatureError is a ValueError
+            raise DecryptionLogError(f"{path}:{lineno}: {exc}") from exc
+        if entry.seq != len(entries) or entry.prev_sha256 != prev:
+            raise DecryptionLogError(f"{path}:{lineno}: hash chain broken (edited, dropped or re-ordered entry)")
+        entries.append(entry)
+        prev = entry.sha256()
+    return entries

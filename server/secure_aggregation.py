@@ -1,0 +1,89 @@
+"""Closing a TRAIN phase with encrypted updates: per group, the homomorphic sum of the
+accepted contributions goes to the key holder, and the plaintext *mean* (sum divided by
+the signed weights' total) is published for clients to download (DESIGN.md §4).
+
+Groups with fewer contributors than the quorum are not decrypted at all (the clients
+keep their local adapters for that group): an aggregate of fewer is never formed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedsecure import serde
+from fedsecure.crypto.packing import parse_encoding, plain_encoding
+from fedsecure.crypto.signing import sha256
+from fedsecure.transport.limits import DEFAULT_LIMITS, Limits
+from fedsecure.types import DecryptCommit, PayloadKind, SignedContribution
+
+from server.he_accumulator import HomomorphicAccumulator
+from server.keyholder_client import KeyHolderClient
+from server.objects import ObjectStore
+from server.phases import PhaseContext
+from server.store import SubmissionRow
+
+log = logging.getLogger("fedsecure.server.aggregation")
+
+
+class SecureAggregator:
+    """Turns a round's accepted encrypted updates into published plaintext means."""
+
+    def __init__(self, *, accumulator: HomomorphicAccumulator, objects: ObjectStore, keyholder: KeyHolderClient,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.accumulator, self.objects, self.keyholder, self.limits = accumulator, objects, keyholder, limits
+
+    @staticmethod
+    def updates(accepted: Sequence[SubmissionRow]) -> list[tuple[str, SignedContribution]]:
+        """(submission id, signed contribution) of each accepted encrypted update."""
+        return [(s.submission_id, serde.stored_update(s.payload)) for s in accepted
+                if s.payload_kind == int(PayloadKind.UPDATE)]
+
+    async def aggregate(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> dict[str, int]:
+        """Publish every group's mean; returns group -> contributors. Idempotent."""
+        updates = self.updates(accepted)
+        groups = sorted({s.name for _, c in updates for s in parse_encoding(c.manifest.encoding).sections})
+        quorum = max(2, ctx.config.quorum)
+        published: dict[str, int] = {}
+        for group in groups:
+            members = [(sid, c) for sid, c in updates
+                       if group in {s.name for s in parse_encoding(c.manifest.encoding).sections}]
+            if len(members) < quorum:
+                log.warning("%s round %d: group %s has %d contributors < quorum %d; not aggregated", ctx.run_id,
+                            ctx.round, group, len(members), quorum)
+                continue
+            if ctx.store.aggregate(ctx.run_id, ctx.round, group) is None:
+                await self._one(ctx, group, members)
+            published[group] = len(members)
+        self.accumulator.drop(ctx.run_id, ctx.round)
+        return published
+
+    async def _one(self, ctx: PhaseContext, group: str, members: list[tuple[str, SignedContribution]]) -> None:
+        sums = await asyncio.to_thread(self.accumulator.sum_chunks, run_id=ctx.run_id, round_=ctx.round, group=group,
+                                       contributions=[(sid, c.manifest) for sid, c in members])
+        contribs = tuple(c for _, c in members)
+        total_weight = math.fsum(c.manifest.weight for c in contribs)
+        commit = DecryptCommit(run_id=ctx.run_id, round=ctx.round, group=group, contributions=contribs,
+                               aggregate_chunk_sha256=tuple(sha256(s) for s in sums), total_weight=total_weight)
+        params = self.accumulator.params
+        offsets = [parse_encoding(c.manifest.encoding).chunk_ranges(params)[group][0] for c in contribs]
+
+        def chunk_of(k: int, index: int) -> bytes:
+            return self.objects.get(contribs[k].manifest.chunk_sha256[index])
+
+        result = await self.keyholder.decrypt(commit=commit, offsets=offsets, aggregate=sums, chunk_of=chunk_of)
+        section = parse_encoding(contribs[0].manifest.encoding).section(group)
+        if result.values.size != section.numel or not np.all(np.isfinite(result.values)):
+            raise ValueError(f"key holder returned {result.values.size} values for a {section.numel}-value group")
+        mean = (result.values / total_weight).astype("<f4").tobytes()
+        step = self.limits.max_chunk_bytes // 4 * 4
+        digests = [await asyncio.to_thread(self.objects.put, mean[i:i + step]) for i in range(0, len(mean), step)]
+        ctx.store.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group=group,
+                                    encoding=plain_encoding(section.layout, section.numel), chunk_digests=digests,
+                                    contributors=len(contribs))
+        log.info("%s round %d: published %s, mean of %d contributions (key holder log entry %d)", ctx.run_id,
+                 ctx.round, group, len(contribs), result.receipt.log_seq)
