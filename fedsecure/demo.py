@@ -1,10 +1,12 @@
 """``fedsecure demo``: provision a consortium and run a whole federation on loopback.
 
-The server and every client run as separate processes over mutual TLS, exactly as
-they would at separate institutions; the demo only launches them, shows progress
-through the Admin service, collects their summaries and audits their privacy ledgers.
-It runs every task kind the project has real handlers for: DP reward training on each
-client's easy-VQA share, scoring of server-provided answers, ledger reporting.
+The key holder, the server and every client run as separate processes over mutual TLS,
+exactly as they would at separate institutions; the demo only launches them, shows
+progress through the Admin service, collects their summaries and audits their privacy
+ledgers and the key holder's decryption log. Each round: DP reward training on each
+client's easy-VQA share, the attention adapters' B matrices aggregated under CKKS
+(decrypted only by the key holder, as quorum sums), scoring of server-provided answers
+with the updated models, ledger reporting.
 """
 
 from __future__ import annotations
@@ -85,16 +87,23 @@ def main(args: argparse.Namespace) -> int:
     kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0")
     print(f"[demo] provisioned CA + server, key holder, admin and {len(names)} client kits in {kits_dir}")
     port_file = work / "server.port"
+    keyholder_port_file = work / "keyholder.port"
     procs: list[_Proc] = []
     try:
+        keyholder = _spawn("keyholder", ["keyholder", "--kit", str(kits.keyholder), "--address", "127.0.0.1:0",
+                                         "--port-file", str(keyholder_port_file), "--quorum", "2"], logs)
+        procs.append(keyholder)
+        keyholder_address = f"127.0.0.1:{_wait_for_file(keyholder_port_file, keyholder, 60)}"
+        print(f"[demo] key holder listening on {keyholder_address} (mTLS, server role only)")
         server = _spawn("server", ["server", "--kit", str(kits.server), "--address", "127.0.0.1:0",
+                                   "--keyholder-address", keyholder_address,
                                    "--port-file", str(port_file), "--rounds", str(args.rounds),
                                    "--quorum", "2", "--min-clients", str(len(names)),
                                    "--phases", DEMO_PHASES, "--phase-deadline", str(args.phase_deadline),
                                    "--local-steps", str(args.local_steps)], logs)
         procs.append(server)
         address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
-        print(f"[demo] server listening on {address} (mTLS); the key holder joins with secure aggregation")
+        print(f"[demo] server listening on {address} (mTLS)")
         for name, kind in DEMO_CLIENTS:
             procs.append(_spawn(name, ["client", "--kit", str(kits.clients[name]), "--address", address,
                                        "--kind", kind, "--easyvqa-clients", ",".join(names),
@@ -102,8 +111,8 @@ def main(args: argparse.Namespace) -> int:
                                        "--summary", str(logs / f"{name}.json")], logs,
                                 threads=max(1, (os.cpu_count() or 1) // len(names))))
         print(f"[demo] started clients {', '.join(names)}")
-        status = _watch(kits.admin, address, procs[1:], started + args.timeout)
-        for p in procs[1:]:
+        status = _watch(kits.admin, address, procs[2:], started + args.timeout)
+        for p in procs[2:]:
             p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
     finally:
         for p in procs:
@@ -117,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
     audits = _audit(kits.root / "ca" / "ca.pem", kits.server / "state" / "server.sqlite",
                     [kits.clients[n] / "state" / "ledger.jsonl" for n in names], work / "audit.html")
     ranking = _ranking(kits.server / "state" / "metrics.jsonl")
+    decryptions = _decryptions(kits.keyholder)
     clients = {}
     for name, kind in DEMO_CLIENTS:
         path = logs / f"{name}.json"
@@ -125,12 +135,12 @@ def main(args: argparse.Namespace) -> int:
                          "score_ranking_accuracy": ranking.get(name)}
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
                "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
-               "seconds": round(time.monotonic() - started, 2), "work_dir": str(work),
+               "decryptions": decryptions, "seconds": round(time.monotonic() - started, 2), "work_dir": str(work),
                "audit_report": str(work / "audit.html")}
     _print_summary(summary)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     ok = (status["state"] == "finished" and status["rounds_closed"] == args.rounds
-          and all(c["audit"]["ok"] for c in clients.values()))
+          and all(c["audit"]["ok"] for c in clients.values()) and len(decryptions) >= args.rounds)
     if not ok:
         print(f"[demo] FAILED: run {status['state']} ({status['detail']}); logs in {logs}", file=sys.stderr)
     return 0 if ok else 1
@@ -171,6 +181,18 @@ def _audit(ca: Path, server_db: Path, ledgers: list[Path], html_out: Path) -> di
                        "accountant": a.independent_accountant} for a in audits}
 
 
+def _decryptions(keyholder_kit: Path) -> list[dict[str, object]]:
+    """The key holder's verified decryption log: one line per quorum aggregate."""
+    from server.keyholder.decryption_log import verify_decryption_log
+
+    path = keyholder_kit / "state" / "decryptions.jsonl"
+    if not path.exists():
+        return []
+    entries = verify_decryption_log(path, cert=load_kit(keyholder_kit, expected_role=Role.KEYHOLDER).cert)
+    return [{"round": e.round, "group": e.group, "contributors": list(e.contributors),
+             "sampled_chunks": list(e.sampled_chunks)} for e in entries]
+
+
 def _ranking(metrics: Path) -> dict[str, float]:
     """Each client's last-round share of public prompts whose correct answer it scored higher."""
     out: dict[str, float] = {}
@@ -185,6 +207,9 @@ def _ranking(metrics: Path) -> dict[str, float]:
 def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
     print(f"[demo] run {summary['run_id']}: {summary['state']}, {summary['rounds_closed']}/{summary['rounds']}"
           f" rounds in {summary['seconds']} s; audit report: {summary['audit_report']}")
+    for d in summary["decryptions"]:
+        print(f"[demo] key holder decrypted round {d['round']} {d['group']}: sum of {', '.join(d['contributors'])}"
+              f" (re-added chunks {d['sampled_chunks']})")
     print(f"{'client':<11} {'kind':<10} {'held-out acc':>12} {'ε spent / budget':>17} {'ranking':>8}  audit")
     for name, c in summary["clients"].items():
         acc = c.get("heldout_accuracy")

@@ -73,6 +73,19 @@ class KeyHolderClient:
     async def _once(self, commit: DecryptCommit, offsets: Sequence[int], aggregate: Sequence[bytes],
                     chunk_of: ChunkSource) -> Decrypted:
         call = self._stub.DecryptAggregate(timeout=STREAM_DEADLINE_S)
+        try:
+            return await self._exchange(call, commit, offsets, aggregate, chunk_of)
+        except grpc.aio.AioRpcError as exc:
+            # A refusal ends the call while we are still writing; the write then fails with
+            # a transport error. Surface the key holder's own status and reason instead.
+            code = await call.code()
+            if code is grpc.StatusCode.OK or code == exc.code():
+                raise
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details=await call.details()) from exc
+
+    async def _exchange(self, call, commit: DecryptCommit, offsets: Sequence[int],  # type: ignore[no-untyped-def]
+                        aggregate: Sequence[bytes], chunk_of: ChunkSource) -> Decrypted:
         await call.write(keyholder_pb2.DecryptRequest(commit=serde.commit_to_proto(commit)))
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("part") != "challenge":

@@ -21,7 +21,16 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
         assert 0 < client["epsilon"] <= client["epsilon_budget"] == 8.0
         assert client["audit"]["ok"], client["audit"]
         assert 0.0 <= client["heldout_accuracy"] <= 1.0
-    assert "rounds closed" in proc.stdout  # progress was shown
+    # Each round the attention adapters were aggregated under CKKS: per stack, a quorum sum
+    # the key holder decrypted, which every client holding that stack applied.
+    groups = {(d["round"], d["group"]): set(d["contributors"]) for d in summary["decryptions"]}
+    assert groups == {(r, g): members for r in (1, 2) for g, members in
+                      (("attn.image", {"hospital-a", "hospital-b"}), ("attn.text", {"hospital-a", "bank-c"}))}
+    applied = {name: {(r, g) for r, g, _ in c["aggregates_applied"]} for name, c in summary["clients"].items()}
+    assert applied["hospital-a"] >= {(1, "attn.image"), (1, "attn.text"), (2, "attn.image"), (2, "attn.text")}
+    assert applied["hospital-b"] >= {(1, "attn.image"), (2, "attn.image")}
+    assert applied["bank-c"] >= {(1, "attn.text"), (2, "attn.text")}
+    assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
