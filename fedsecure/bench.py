@@ -124,6 +124,10 @@ def main(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore")
     if args.what == "dp":
         print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats)))
+    elif args.what == "he":
+        from fedsecure.bench_he import bench_he
+
+        print(json.dumps(bench_he(n_params=args.params, clients=args.clients, repeats=args.repeats)))
     elif args.what == "dp-utility":
         kinds = ["image_text", "image", "text"] if args.kind == "all" else [args.kind]
         print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))

@@ -169,12 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility"],
-                   help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε")
+    p.add_argument("what", choices=["dp", "dp-utility", "he"],
+                   help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
+                        "he: CKKS secure aggregation costs and error")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
     p.add_argument("--kind", default="image_text", help="reward model kind (dp-utility: or 'all')")
+    p.add_argument("--params", type=int, default=1_000_000, help="he: values per client update")
+    p.add_argument("--clients", type=int, default=8, help="he: contributions summed")
     p.set_defaults(func=_bench)
 
     from fedsecure.demo import add_arguments as demo_args

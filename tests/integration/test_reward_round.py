@@ -56,7 +56,14 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["phase"] == "train"]
     score = [r for r in records if r["phase"] == "score"]
-    assert len(train) == 4 and all(0 < r["epsilon"] <= 8.0 and r["parameters_changed"] > 0 for r in train)
+    assert len(train) == 4 and all(r["uploaded"] == 1.0 for r in train)  # encrypted adapters went up
+    for part in participants.values():  # the training metrics stay with the client
+        assert len(part.reports) == 2
+        assert all(0 < dict(r.metrics)["epsilon"] <= 8.0 and dict(r.metrics)["parameters_changed"] > 0
+                   for r in part.reports)
+    # A text-only and an image-only client share no stack: nothing reaches the quorum of 2,
+    # so nothing was decrypted and each kept its own adapters.
+    assert not any(part.applied for part in participants.values())
     assert len(score) == 4 and all(r["finite"] for r in score)
     image_prompts = {r["prompts"] for r in score if r["client"] == "b"}
     assert image_prompts and max(image_prompts) <= 6  # image-only clients get no yes/no prompts
