@@ -19,3 +19,16 @@ def test_bench_dp_prints_json() -> None:
     # The step times are printed rounded to 5 decimals; the ratio is taken before rounding.
     assert doc["overhead"] == pytest.approx(doc["private_step_s"] / doc["nonprivate_step_s"], abs=2e-3)
     assert doc["config"]["secure_mode"] is True
+
+
+def test_bench_he_reports_every_field_and_beats_the_reference_on_size() -> None:
+    from fedsecure.bench_he import bench_he
+
+    out = bench_he(n_params=5000, clients=3, repeats=1)
+    for key in ("params", "clients", "client_encrypt_s", "bytes_per_param", "server_aggregate_s_per_client",
+                "keyholder_decrypt_s", "plaintext_aggregate_s", "max_abs_error", "server_peak_rss_mb"):
+        assert key in out and out[key] >= 0, key  # type: ignore[operator]
+    ref = out["reference"]
+    assert out["params"] == 5000 and out["clients"] == 3 and ref["clients"] == 2  # type: ignore[index]
+    assert out["max_abs_error"] <= 1e-4 and ref["max_abs_error"] <= 1e-6  # type: ignore[index, operator]
+    assert out["bytes_per_param"] < ref["bytes_per_param"] / 2  # type: ignore[index, operator]
