@@ -1,0 +1,94 @@
+"""The GRPO objective (DeepSeekMath, Shao et al. 2024), as pure tensor functions so it can
+be checked by hand: group-relative advantages, the clipped ratio objective and a per-token
+KL penalty to the reference with the k3 estimator.
+
+Shapes: ``B = prompts × G`` completions, ``T`` completion tokens; ``mask`` marks real
+tokens (1) versus padding after EOS (0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Averaging = Literal["token", "sequence"]
+
+
+@dataclass(frozen=True)
+class GRPOLossConfig:
+    """Clip range (ε, optional ε_high for DAPO-style asymmetric clipping), KL weight β,
+    advantage std epsilon, and how token losses are averaged:
+
+    - ``"token"``: sum over every real token of the batch / number of real tokens (long
+      completions weigh more; the DAPO / TRL-"dapo" choice);
+    - ``"sequence"``: mean over each completion's tokens, then mean over completions (the
+      original GRPO paper's choice; every completion weighs the same).
+    """
+
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.04
+    std_eps: float = 1e-4
+    averaging: Averaging = "sequence"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and not 0 < self.epsilon_high < 10):
+            raise ValueError("clip ranges must be positive (epsilon < 1)")
+        if self.beta < 0 or self.std_eps <= 0:
+            raise ValueError("beta must be >= 0 and std_eps > 0")
+        if self.averaging not in ("token", "sequence"):
+            raise ValueError("averaging is 'token' or 'sequence'")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, std_eps: float = 1e-4) -> torch.Tensor:
+    """(r - mean_group) / (std_group + eps) per completion. A group whose rewards are all
+    equal gets advantage 0 for every member: it carries no preference, hence no gradient."""
+    if rewards.ndim != 1 or rewards.numel() % group_size or group_size < 2:
+        raise ValueError(f"expected a flat reward vector of whole groups of {group_size} (>= 2)")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards must be finite")
+    grouped = rewards.view(-1, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True)  # unbiased, as in the paper's implementations
+    adv = (grouped - mean) / (std + std_eps)
+    adv = torch.where(std > 0, adv, torch.zeros_like(adv))
+    return adv.reshape(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π || π_ref): exp(r) - r - 1 with r = ref - logp (>= 0,
+    unbiased, exactly 0 where the policy equals the reference)."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1.0
+
+
+def grpo_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+              advantages: torch.Tensor, mask: torch.Tensor, config: GRPOLossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to minimise and diagnostics (mean KL, clipped fraction)."""
+    if logp.shape != old_logp.shape or logp.shape != mask.shape or advantages.shape != logp.shape[:1]:
+        raise ValueError("logp, old_logp and mask must be (B, T) and advantages (B,)")
+    mask = mask.to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    high = config.epsilon_high if config.epsilon_high is not None else config.epsilon
+    adv = advantages.unsqueeze(1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - config.epsilon, 1.0 + high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(logp)
+    if config.beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs the reference log-probabilities")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + config.beta * kl
+    lengths = mask.sum(dim=1).clamp(min=1.0)
+    if config.averaging == "token":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    else:
+        loss = ((per_token * mask).sum(dim=1) / lengths).mean()
+    with torch.no_grad():
+        stats = {"kl": float(((kl * mask).sum(dim=1) / lengths).mean()),
+                 "clipped_fraction": float((((unclipped - clipped).abs() > 0).to(mask.dtype) * mask).sum()
+                                           / mask.sum().clamp(min=1.0))}
+    return loss, stats

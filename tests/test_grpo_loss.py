@@ -1,0 +1,64 @@
+"""Known-answer tests of the GRPO objective (hand-computed values)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, k3_kl
+
+
+def test_advantages_by_hand_zero_mean_and_flat_groups() -> None:
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 2.0]), group_size=2, std_eps=0.0)
+    # group (1, 0): mean 0.5, unbiased std sqrt(0.5) -> ±0.5/0.7071 = ±0.7071; flat groups -> 0
+    assert torch.allclose(adv, torch.tensor([math.sqrt(0.5), -math.sqrt(0.5), 0, 0, 0, 0]))
+    many = group_advantages(torch.randn(40, generator=torch.Generator().manual_seed(0)), group_size=8)
+    assert torch.allclose(many.view(5, 8).mean(dim=1), torch.zeros(5), atol=1e-6)
+    with pytest.raises(ValueError):
+        group_advantages(torch.tensor([1.0, float("nan")]), group_size=2)
+    with pytest.raises(ValueError):
+        group_advantages(torch.ones(5), group_size=2)
+
+
+def test_k3_is_zero_at_the_reference_and_matches_by_hand() -> None:
+    lp = torch.tensor([-1.0, -2.0])
+    assert torch.equal(k3_kl(lp, lp), torch.zeros(2))
+    # r = ref - logp = log(0.5) -> exp(r) - r - 1 = 0.5 + ln 2 - 1
+    got = k3_kl(torch.tensor([0.0]), torch.tensor([math.log(0.5)]))
+    assert math.isclose(float(got), 0.5 + math.log(2) - 1, rel_tol=1e-6)
+
+
+def test_loss_on_a_tiny_fixed_example_by_hand() -> None:
+    # Two completions, two tokens each, the second completion's last token is padding.
+    old = torch.tensor([[math.log(0.5), math.log(0.5)], [math.log(0.5), math.log(0.5)]])
+    new = torch.tensor([[math.log(0.8), math.log(0.5)], [math.log(0.25), math.log(0.9)]])
+    ref = old.clone()
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    cfg = GRPOLossConfig(epsilon=0.2, beta=0.1, averaging="sequence")
+    loss, stats = grpo_loss(logp=new, old_logp=old, ref_logp=ref, advantages=adv, mask=mask, config=cfg)
+    # ratios: 1.6 (clipped to 1.2 since A>0), 1.0, 0.5 (A<0: min(-0.5, -0.8) = -0.8 -> loss 0.8)
+    kl = lambda lp, rp: math.exp(rp - lp) - (rp - lp) - 1  # noqa: E731
+    t11 = -1.2 + 0.1 * kl(math.log(0.8), math.log(0.5))
+    t12 = -1.0 + 0.0
+    t21 = 0.8 + 0.1 * kl(math.log(0.25), math.log(0.5))
+    expected = ((t11 + t12) / 2 + t21) / 2
+    assert math.isclose(float(loss), expected, rel_tol=1e-6)
+    token = GRPOLossConfig(epsilon=0.2, beta=0.1, averaging="token")
+    loss_t, _ = grpo_loss(logp=new, old_logp=old, ref_logp=ref, advantages=adv, mask=mask, config=token)
+    assert math.isclose(float(loss_t), (t11 + t12 + t21) / 3, rel_tol=1e-6)
+    assert 0 < stats["clipped_fraction"] < 1
+
+
+def test_kl_term_is_zero_at_step_zero_and_gradient_flows() -> None:
+    logits = torch.randn(4, 3, requires_grad=True)
+    logp = torch.log_softmax(logits, dim=-1)
+    mask = torch.ones(4, 3)
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.3, 0.9]), group_size=2)
+    loss, stats = grpo_loss(logp=logp, old_logp=logp.detach(), ref_logp=logp.detach(), advantages=adv, mask=mask,
+                            config=GRPOLossConfig())
+    assert stats["kl"] == 0.0 and stats["clipped_fraction"] == 0.0
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
