@@ -101,3 +101,42 @@ def encrypted_update(kit: Any, groups: Mapping[str, Any], weight: float, family:
     for section in encoding.sections:
         chunks += enc.encrypt(groups[section.name], weight=weight)
     return Update(family, weight, str(encoding), tuple(chunks))
+
+
+def pull_tasks(fed: Any, names: Sequence[str]) -> dict[str, tuple[FederatedClient, Task]]:
+    """Enrol each named client with ``fed`` and pull its first task (which must be there)."""
+    from fedsecure import serde
+
+    clients = {n: FederatedClient(kit=fed.kit(n), address=fed.address, poll_wait_ms=5000) for n in names}
+    for c in clients.values():
+        c.hello()
+    out = {}
+    for n, c in clients.items():
+        resp = c.pull()
+        assert resp.WhichOneof("outcome") == "task", resp
+        out[n] = (c, serde.task_from_proto(resp.task))
+    return out
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    import time
+
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_refused(call: Any, code: Any, text: str) -> None:
+    """``call`` must fail with gRPC status ``code`` and a message containing ``text``."""
+    import grpc
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() is code, err.value.details()
+    assert text in (err.value.details() or ""), err.value.details()

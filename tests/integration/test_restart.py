@@ -19,7 +19,7 @@ from fedsecure.proto.v1 import federation_pb2
 from fedsecure.provision import Provisioned
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, Task, TaskKind
-from tests.helpers import run_in_thread
+from tests.helpers import run_in_thread, wait_for
 
 
 def _server(kits: Provisioned, state: Path, address: str, port_file: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -30,15 +30,6 @@ def _server(kits: Provisioned, state: Path, address: str, port_file: Path, log: 
          "--min-clients", "3", "--phases", "report_ledger", "--phase-deadline", "120"],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
-
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _query(db: Path, sql: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
@@ -66,14 +57,14 @@ def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: P
         return LedgerHead()
 
     try:
-        port = _wait(lambda: port_file.exists() and port_file.read_text(), 30, "server port")
+        port = wait_for(lambda: port_file.exists() and port_file.read_text(), 30, "server port")
         address = f"127.0.0.1:{port}"
         backoff = Backoff(initial_s=0.1, max_delay_s=1.0, max_elapsed_s=60)
         clients = [FederatedClient(kit=load_kit(kits.clients[n]), address=address, poll_wait_ms=500, backoff=backoff,
                                    handlers={TaskKind.REPORT_LEDGER: slow_report} if n == "c" else None)
                    for n in "abc"]
         threads = [run_in_thread(c) for c in clients]
-        before = _wait(lambda: _query(db, "SELECT submission_id, client, payload FROM submissions ORDER BY client")
+        before = wait_for(lambda: _query(db, "SELECT submission_id, client, payload FROM submissions ORDER BY client")
                        if len(_query(db, "SELECT 1 FROM submissions")) == 2 else None, 30, "a and b to submit")
         assert [row[1] for row in before] == ["a", "b"]
 
@@ -82,7 +73,7 @@ def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: P
         time.sleep(0.5)
         proc = _server(kits, state, address, port_file, log)
         procs.append(proc)
-        _wait(lambda: port_file.exists(), 30, "restarted server")
+        wait_for(lambda: port_file.exists(), 30, "restarted server")
 
         # a's acknowledgement was "lost": it resends the exact signed submission.
         resend = federation_pb2.ReportLedgerRequest()

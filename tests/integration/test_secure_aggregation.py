@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -26,23 +26,10 @@ from fedsecure.transport.retry import Backoff
 from fedsecure.types import PayloadKind, PhaseConfig, RunConfig, Task, TaskKind, UpdateManifest
 from server.keyholder.decryption_log import verify_decryption_log
 from server.reward_phases import MetricsLog, TrainPlanner
-from tests.conftest import Federation
-from tests.helpers import encrypted_update
+from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
 
 RUN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
 N = 2048
-
-
-def _setup(fed: Federation, names: tuple[str, ...] = ("a", "b", "c")) -> dict[str, tuple[FederatedClient, Task]]:
-    clients = {n: FederatedClient(kit=fed.kit(n), address=fed.address, poll_wait_ms=5000) for n in names}
-    for c in clients.values():
-        c.hello()
-    out = {}
-    for n, c in clients.items():
-        resp = c.pull()
-        assert resp.WhichOneof("outcome") == "task", resp
-        out[n] = (c, serde.task_from_proto(resp.task))
-    return out
 
 
 def _stream(client: FederatedClient, task: Task, update, *, chunks=None, encoding=None,  # type: ignore[no-untyped-def]
@@ -61,27 +48,10 @@ def _stream(client: FederatedClient, task: Task, update, *, chunks=None, encodin
             name=update.group, dtype="bytes", index=i, data=data, sha256=signing.sha256(data)))
 
 
-def _refused(call: Callable[[], object], code: grpc.StatusCode, text: str) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    assert err.value.code() is code, err.value.details()
-    assert text in err.value.details(), err.value.details()
-
-
-def _wait(fn: Callable[[], object], timeout: float = 60.0) -> object:
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
-
-
 def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
     planner = TrainPlanner(metrics=MetricsLog(tmp_path / "metrics.jsonl"))
     fed = start_federation(RUN, planners={TaskKind.TRAIN: planner}, keyholder=True)
-    tasks = _setup(fed)
+    tasks = pull_tasks(fed, ("a", "b", "c"))
     client_a, task_a = tasks["a"]
     spec = task_a.spec
     assert spec.upload_group == "attn" and spec.weight_total == 3.0  # type: ignore[union-attr]
@@ -96,22 +66,22 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     with pytest.raises(CkksError, match="NaN"):
         encrypted_update(kit_a, {"attn.image": np.full(N, np.nan)}, w)
     # Wrong chunk count for the encoding.
-    _refused(lambda: up(_stream(client_a, task_a, good_a, chunks=good_a.chunks[:1]), timeout=10),
+    assert_refused(lambda: up(_stream(client_a, task_a, good_a, chunks=good_a.chunks[:1]), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "its encoding needs 2")
     # Encoding naming another context.
     other_ctx = good_a.encoding.replace(good_a.encoding.split(";")[1], "ctx=" + "f" * 16)
-    _refused(lambda: up(_stream(client_a, task_a, good_a, encoding=other_ctx), timeout=10),
+    assert_refused(lambda: up(_stream(client_a, task_a, good_a, encoding=other_ctx), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "another CKKS context")
     # Ciphertext bytes from another context (NVFlare's parameters), signed and digested.
     ref = ckks.create_secret_context(ckks.NVFLARE_DEFAULT_PARAMS)
     foreign = Encryptor(public_context=ckks.public_context_bytes(ref), params=ckks.NVFLARE_DEFAULT_PARAMS,
                         workers=1).encrypt(np.full(N, 0.1), weight=w)[0]
-    _refused(lambda: up(_stream(client_a, task_a, good_a, chunks=[good_a.chunks[0], foreign]), timeout=10),
+    assert_refused(lambda: up(_stream(client_a, task_a, good_a, chunks=[good_a.chunks[0], foreign]), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "does not load")
     # Corrupt ciphertext bytes (signed as such, so only the parser can tell).
     corrupt = bytearray(good_a.chunks[1])
     corrupt[100] ^= 0xFF
-    _refused(lambda: up(_stream(client_a, task_a, good_a, chunks=[good_a.chunks[0], bytes(corrupt)]), timeout=10),
+    assert_refused(lambda: up(_stream(client_a, task_a, good_a, chunks=[good_a.chunks[0], bytes(corrupt)]), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "chunk 1")
     # Disconnect after the first chunk was added: the call is cancelled mid-stream.
     hold = threading.Event()
@@ -129,7 +99,7 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     client_b.submit(task_b, encrypted_update(fed.kit("b"), {"attn.text": x["b_txt"]}, w))
     client_c, task_c = tasks["c"]
     client_c.submit(task_c, encrypted_update(fed.kit("c"), {"attn.image": x["c_img"]}, w))
-    _wait(lambda: len(fed.store(lambda s: s.aggregate_groups(task_a.run_id, 1))) == 2)
+    wait_for(lambda: len(fed.store(lambda s: s.aggregate_groups(task_a.run_id, 1))) == 2, 60, "both aggregates")
     for group, expected, contributors in (("attn.image", (x["a_img"] + x["c_img"]) / 2, 2),
                                           ("attn.text", (x["a_txt"] + x["b_txt"]) / 2, 2)):
         agg = client_b.download_aggregate(task_a.run_id, group, 1)
@@ -156,7 +126,7 @@ def test_keyholder_down_when_the_phase_closes(start_federation, tmp_path) -> Non
     planner = TrainPlanner(metrics=MetricsLog(tmp_path / "metrics.jsonl"))
     fed = start_federation(RUN, planners={TaskKind.TRAIN: planner}, keyholder_address=f"127.0.0.1:{port}",
                            keyholder_backoff=Backoff(initial_s=0.1, max_delay_s=0.3, max_elapsed_s=1.0))
-    tasks = _setup(fed)
+    tasks = pull_tasks(fed, ("a", "b", "c"))
     for name, (client, task) in tasks.items():
         client.submit(task, encrypted_update(fed.kit(name), {"attn.text": np.full(N, 0.3)}, 1 / 3))
     run_id = tasks["a"][1].run_id
@@ -165,7 +135,7 @@ def test_keyholder_down_when_the_phase_closes(start_federation, tmp_path) -> Non
     assert status.state == "running" and status.rounds_closed == 0  # waiting, not falling back
     assert fed.store(lambda s: s.aggregate_groups(run_id, 1)) == []
     fed.start_keyholder(address=f"127.0.0.1:{port}")
-    _wait(lambda: fed.loop.call(fed.server.engine.status).state == "finished", timeout=60)
+    wait_for(lambda: fed.loop.call(fed.server.engine.status).state == "finished", 60, "the run to finish")
     agg = tasks["a"][0].download_aggregate(run_id, "attn.text", 1)
     assert np.max(np.abs(np.frombuffer(agg.data, dtype="<f4") - 0.3)) < 1e-4 and agg.contributors == 3
     for c, _ in tasks.values():

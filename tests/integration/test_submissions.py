@@ -18,7 +18,15 @@ from fedsecure.proto.v1 import common_pb2, federation_pb2
 from fedsecure.transport.limits import Limits
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, Score, Task, TaskKind, UpdateManifest
 from tests.conftest import Federation
-from tests.helpers import StaticScorePlanner, StaticTrainPlanner, encrypted_update, resign
+from tests.helpers import (
+    StaticScorePlanner,
+    StaticTrainPlanner,
+    assert_refused,
+    encrypted_update,
+    pull_tasks,
+    resign,
+    wait_for,
+)
 
 SCORE_RUN = RunConfig(rounds=1, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.SCORE, 60),))
 @pytest.fixture(scope="module", autouse=True)
@@ -36,18 +44,6 @@ ONE_SECTION: Update
 TRAIN_RUN = RunConfig(rounds=1, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
 
 
-def _setup(fed: Federation, names: tuple[str, ...] = ("a", "b")) -> dict[str, tuple[FederatedClient, Task]]:
-    clients = {n: FederatedClient(kit=fed.kit(n), address=fed.address, poll_wait_ms=5000) for n in names}
-    for c in clients.values():
-        c.hello()
-    out = {}
-    for n, c in clients.items():
-        resp = c.pull()
-        assert resp.WhichOneof("outcome") == "task", resp
-        out[n] = (c, serde.task_from_proto(resp.task))
-    return out
-
-
 def _scores(task: Task) -> tuple[Score, ...]:
     return tuple(Score(i.item_id, 1.0) for i in task.spec.items)  # type: ignore[union-attr]
 
@@ -62,13 +58,6 @@ def _scores_request(client: FederatedClient, task: Task, scores: tuple[Score, ..
                                               scores=serde.scores_to_proto(scores))
 
 
-def _refused(call: Callable[[], object], code: grpc.StatusCode, text: str) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    assert err.value.code() is code, err.value.details()
-    assert text in err.value.details()
-
-
 def _n_submissions(fed: Federation) -> int:
     return fed.store(lambda s: s.db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0])
 
@@ -76,7 +65,7 @@ def _n_submissions(fed: Federation) -> int:
 @pytest.fixture
 def score_fed(start_federation: Callable[..., Federation]) -> Iterator[tuple[Federation, dict]]:
     fed = start_federation(SCORE_RUN, planners={TaskKind.SCORE: StaticScorePlanner()})
-    tasks = _setup(fed)
+    tasks = pull_tasks(fed, ("a", "b"))
     yield fed, tasks
     for c, _ in tasks.values():
         c.close()
@@ -97,35 +86,35 @@ def test_binding_and_signature_violations(score_fed) -> None:  # type: ignore[no
     fed, tasks = score_fed
     client, task = tasks["a"]
     stub = client._stub
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, round=task.round + 1), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, round=task.round + 1), timeout=5),
              grpc.StatusCode.INVALID_ARGUMENT, "bound to run")
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, run_id="run-other"), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, run_id="run-other"), timeout=5),
              grpc.StatusCode.INVALID_ARGUMENT, "bound to run")
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, client_id="b"), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, client_id="b"), timeout=5),
              grpc.StatusCode.INVALID_ARGUMENT, "caller is 'a'")
     bad_sig = _scores_request(client, task)
     bad_sig.envelope.signature = bad_sig.envelope.signature[:-1] + bytes([bad_sig.envelope.signature[-1] ^ 1])
-    _refused(lambda: stub.SubmitScores(bad_sig, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "signature")
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, timestamp_ms=1), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(bad_sig, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "signature")
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, timestamp_ms=1), timeout=5),
              grpc.StatusCode.INVALID_ARGUMENT, "clock skew")
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, task_id="t-unknown"), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, task_id="t-unknown"), timeout=5),
              grpc.StatusCode.NOT_FOUND, "not a task of a")
     # b's task is not a's to answer.
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, task_id=tasks["b"][1].task_id), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, task_id=tasks["b"][1].task_id), timeout=5),
              grpc.StatusCode.NOT_FOUND, "not a task of a")
     # Payload changed after signing.
     tampered = _scores_request(client, task)
     tampered.scores[0].value = 42.0
-    _refused(lambda: stub.SubmitScores(tampered, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "digest")
+    assert_refused(lambda: stub.SubmitScores(tampered, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "digest")
     # Wrong items, non-finite values, wrong payload kind.
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, scores=(Score("zz", 1.0),)), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, scores=(Score("zz", 1.0),)), timeout=5),
              grpc.StatusCode.INVALID_ARGUMENT, "items in order")
     nan = tuple(dataclasses.replace(s, value=math.nan) for s in _scores(task))
-    _refused(lambda: stub.SubmitScores(_scores_request(client, task, scores=nan), timeout=5),
+    assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, scores=nan), timeout=5),
              grpc.StatusCode.INVALID_ARGUMENT, "non-finite")
     head = LedgerHead()
     env = client.sign(task, PayloadKind.LEDGER_HEAD, signing.ledger_head_digest(head))
-    _refused(lambda: stub.ReportLedger(federation_pb2.ReportLedgerRequest(
+    assert_refused(lambda: stub.ReportLedger(federation_pb2.ReportLedgerRequest(
         envelope=serde.envelope_to_proto(env), head=serde.ledger_head_to_proto(head)), timeout=5),
         grpc.StatusCode.INVALID_ARGUMENT, "cannot answer a SCORE task")
     assert _n_submissions(fed) == 0
@@ -135,16 +124,16 @@ def test_binding_and_signature_violations(score_fed) -> None:  # type: ignore[no
     assert _n_submissions(fed) == 2
 
 
-def test_replays_are_refused(score_fed) -> None:  # type: ignore[no-untyped-def]
+def test_replays_areassert_refused(score_fed) -> None:  # type: ignore[no-untyped-def]
     fed, tasks = score_fed
     client, task = tasks["a"]
     accepted = _scores_request(client, task)
     client._stub.SubmitScores(accepted, timeout=5)
     # Same nonce, other bytes: a replayed nonce.
     reused = _scores_request(client, task, nonce=accepted.envelope.nonce, timestamp_ms=accepted.envelope.timestamp_ms + 1)
-    _refused(lambda: client._stub.SubmitScores(reused, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "nonce")
+    assert_refused(lambda: client._stub.SubmitScores(reused, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "nonce")
     # Fresh nonce, same task: the task already holds a submission.
-    _refused(lambda: client._stub.SubmitScores(_scores_request(client, task), timeout=5),
+    assert_refused(lambda: client._stub.SubmitScores(_scores_request(client, task), timeout=5),
              grpc.StatusCode.ALREADY_EXISTS, "already holds")
     assert _n_submissions(fed) == 1
 
@@ -170,19 +159,19 @@ def _upload_stream(client: FederatedClient, task: Task, chunks: list[bytes], *, 
 def test_upload_limits_digests_and_download(start_federation: Callable[..., Federation]) -> None:
     limits = Limits(max_chunks_per_stream=4, max_chunk_bytes=40_000)
     fed = start_federation(TRAIN_RUN, planners={TaskKind.TRAIN: StaticTrainPlanner()}, limits=limits)
-    tasks = _setup(fed)
+    tasks = pull_tasks(fed, ("a", "b"))
     client, task = tasks["a"]
     up = client._stub.UploadUpdate
     good = list(THREE_SECTIONS.chunks)
-    _refused(lambda: up(_upload_stream(client, task, good, corrupt=1), timeout=10),
+    assert_refused(lambda: up(_upload_stream(client, task, good, corrupt=1), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "sha256 does not match")
-    _refused(lambda: up(_upload_stream(client, task, good + [b"extra"], manifest_chunks=good), timeout=10),
+    assert_refused(lambda: up(_upload_stream(client, task, good + [b"extra"], manifest_chunks=good), timeout=10),
              grpc.StatusCode.RESOURCE_EXHAUSTED, "more chunks than")
-    _refused(lambda: up(_upload_stream(client, task, [b"x"] * 5), timeout=10),
+    assert_refused(lambda: up(_upload_stream(client, task, [b"x"] * 5), timeout=10),
              grpc.StatusCode.RESOURCE_EXHAUSTED, "exceed the limit")
-    _refused(lambda: up(_upload_stream(client, task, [b"y" * 50_000] + good[1:]), timeout=10),
+    assert_refused(lambda: up(_upload_stream(client, task, [b"y" * 50_000] + good[1:]), timeout=10),
              grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than 40000")
-    _refused(lambda: up(_upload_stream(client, task, good, send=2), timeout=10),
+    assert_refused(lambda: up(_upload_stream(client, task, good, send=2), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "ended after 2 of 3")
     assert _n_submissions(fed) == 0
     # Valid uploads from both clients; the phase closes and the aggregate is downloadable.
@@ -191,13 +180,8 @@ def test_upload_limits_digests_and_download(start_federation: Callable[..., Fede
     acks.append(other.submit(other_task, ONE_SECTION))
     assert [a.duplicate for a in acks] == [False, False]
     assert _n_submissions(fed) == 2
-    import time
-
-    for _ in range(100):
-        if fed.store(lambda s: s.aggregate(task.run_id, 1, "attn")) is not None:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: fed.store(lambda s: s.aggregate(task.run_id, 1, "attn")), 10, "the published aggregate")
     assert client.download_aggregate(task.run_id, "attn", 1).data == b"".join(good) + ONE_SECTION.chunks[0]
-    _refused(lambda: client.download_aggregate(task.run_id, "nope", 1), grpc.StatusCode.NOT_FOUND, "no aggregate")
+    assert_refused(lambda: client.download_aggregate(task.run_id, "nope", 1), grpc.StatusCode.NOT_FOUND, "no aggregate")
     for c, _ in tasks.values():
         c.close()
