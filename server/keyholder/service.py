@@ -82,7 +82,13 @@ class KeyHolderServicer(keyholder_pb2_grpc.KeyHolderServicer):
                                    quorum=self.policy.quorum, log=self.log)
             picked = challenge(checked.chunk_count, self.policy.sample_fraction)
             yield keyholder_pb2.DecryptResponse(challenge=keyholder_pb2.ChunkChallenge(indices=list(picked)))
-            plain = await self._verify_and_decrypt(checked, set(picked), requests)
+            try:
+                plain = await self._verify_and_decrypt(checked, set(picked), requests)
+            except DecryptionRefused:
+                # Read what the server still sends (bounded by the protocol) before refusing, so
+                # the refusal reaches it as our status, not as a failed write on its side.
+                await self._drain(requests, checked.chunk_count + len(picked) * len(commit.contributions))
+                raise
             data = plain.astype("<f8").tobytes()
             receipt = self.log.append(
                 run_id=commit.run_id, round_=commit.round, group=commit.group,
@@ -119,6 +125,12 @@ class KeyHolderServicer(keyholder_pb2_grpc.KeyHolderServicer):
         if await anext(requests, None) is not None:
             raise DecryptionRefused("the server sent more than the protocol allows")
         return np.concatenate(out)[:checked.section.numel]
+
+    @staticmethod
+    async def _drain(requests: AsyncIterator[keyholder_pb2.DecryptRequest], limit: int) -> None:
+        for _ in range(limit + 1):
+            if await anext(requests, None) is None:
+                return
 
     @staticmethod
     async def _next(requests: AsyncIterator[keyholder_pb2.DecryptRequest], part: str) -> keyholder_pb2.DecryptRequest:

@@ -124,7 +124,8 @@ def test_keyholder_decrypts_a_quorum_sum_and_refuses_everything_else(kits: Provi
     assert log.entries == []  # nothing above was decrypted or logged
 
     result = _decrypt(loop, server, port, [a, b, c])
-    assert np.max(np.abs(result.values - (a.values + b.values + c.values))) < 1e-5
+    # The CKKS bound the parameters are chosen for (fresh asymmetric noise alone reaches ~1e-5).
+    assert np.max(np.abs(result.values - (a.values + b.values + c.values))) < 1e-4
     assert result.receipt.log_seq == 0 and len(log.entries) == 1
     # The same aggregate again (a retry after a lost answer) is fine; a new combination
     # reusing a decrypted contribution would reveal it by subtraction and is refused.
