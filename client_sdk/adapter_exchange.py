@@ -30,14 +30,13 @@ def adapter_groups(model: RewardModel, family: str) -> dict[str, dict[str, np.nd
     return out
 
 
-def encrypt_adapters(model: RewardModel, *, encryptor: Encryptor, context: str, family: str,
-                     weight: float) -> Update:
+def encrypt_adapters(model: RewardModel, *, encryptor: Encryptor, family: str, weight: float) -> Update:
     """The encrypted update of this client's attention adapters (one section per stack)."""
     groups = adapter_groups(model, family)
     if not groups:
         raise CkksError("the model has no attention adapters to share")
     layouts = {g: TensorLayout.of(t) for g, t in groups.items()}
-    encoding = encoding_for(context, layouts)
+    encoding = encoding_for(encryptor.context_id, layouts)
     chunks: list[bytes] = []
     for section in encoding.sections:  # sections in name order, each on fresh chunks
         chunks += encryptor.encrypt(layouts[section.name].pack(groups[section.name]), weight=weight)

@@ -152,9 +152,7 @@ class RewardParticipant:
         if not spec.upload_group:
             return report
         # Post-processing of the DP-trained model: encrypting it costs no further budget.
-        return encrypt_adapters(self.model, encryptor=self._encryptor(),
-                                context=ckks.context_fingerprint(ckks.kit_public_context(self.kit)),
-                                family=spec.upload_group, weight=weight)
+        return encrypt_adapters(self.model, encryptor=self._encryptor(), family=spec.upload_group, weight=weight)
 
     def score(self, task: Task, ctx: TaskContext) -> Scores:
         """Reward for each item (post-processing of the DP model: no privacy cost)."""

@@ -78,10 +78,10 @@ def _measure(params: CkksParams, x: np.ndarray, weights: np.ndarray, *, workers:
     secret = ckks.create_secret_context(params)
     public = ckks.public_context_bytes(secret)
     layout = TensorLayout.of({"w": x[0]})
-    encoding = str(encoding_for(ckks.context_fingerprint(public), {GROUP: layout}))
     enc_times, sizes, manifests = [], [], []
     with tempfile.TemporaryDirectory() as tmp, Encryptor(public_context=public, params=params,
                                                         workers=workers) as enc:
+        encoding = str(encoding_for(enc.context_id, {GROUP: layout}))
         objects = ObjectStore(Path(tmp))
         enc.encrypt(x[0][: params.slots * 128], weight=1.0)  # start the worker processes
         for k in range(len(x)):

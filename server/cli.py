@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 from fedsecure.kit import load_kit
@@ -17,6 +15,7 @@ from fedsecure.data.shares import server_records
 from server.app import start_server
 from server.phases import PhasePlanner
 from server.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
+from server.serving import until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.server")
 
@@ -83,14 +82,7 @@ def main(args: argparse.Namespace) -> int:
 async def _serve(kit, address, state_dir, config, port_file, planners, keyholder_address) -> None:  # type: ignore[no-untyped-def]
     running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config, planners=planners,
                                  keyholder_address=keyholder_address)
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(running.port))
-        os.replace(tmp, port_file)  # readers never see a half-written port
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    write_port_file(port_file, running.port)
+    await until_terminated()
     log.info("shutting down")
     await running.stop(grace=2.0)

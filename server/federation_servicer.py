@@ -159,7 +159,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             # Synchronous on purpose: it must finish even while the call is being cancelled.
             self.accumulator.rollback(session)
             raise
-        self.accumulator.complete(session)
+        if ack.duplicate:
+            # The same signed upload was streamed twice at once and the other copy won: this
+            # copy's chunks must not count a second time.
+            self.accumulator.rollback(session)
+        else:
+            self.accumulator.complete(session)
         return self._ack(ack)
 
     async def _receive(self, request_iterator, manifest, session) -> None:  # type: ignore[no-untyped-def]

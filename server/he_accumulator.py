@@ -136,15 +136,19 @@ class HomomorphicAccumulator:
             with current.lock:
                 return [c.to_bytes() for c in current.chunks]
         # Rebuild from the object store, chunk position by chunk position (memory: one sum).
-        encodings = [(parse_encoding(m.encoding), m) for _, m in contributions]
-        section = encodings[0][0].section(group)
+        section = None
+        starts: list[tuple[int, UpdateManifest]] = []
+        for _, manifest in contributions:
+            enc = parse_encoding(manifest.encoding)
+            if section is not None and enc.section(group) != section:
+                raise InvalidSubmission(f"group {group}: contributions disagree on the layout")
+            section = enc.section(group)
+            starts.append((enc.chunk_ranges(self.params)[group][0], manifest))
+        assert section is not None
         out = []
         for position in range(self.params.chunk_count(section.numel)):
             total = ChunkSum(self.ctx, self.params, ckks.ciphertexts_in_chunk(self.params, section.numel, position))
-            for enc, manifest in encodings:
-                if enc.section(group) != section:
-                    raise InvalidSubmission(f"group {group}: contributions disagree on the layout")
-                start, _ = enc.chunk_ranges(self.params)[group]
+            for start, manifest in starts:
                 total.add(self.objects.get(manifest.chunk_sha256[start + position]))
             out.append(total.to_bytes())
         return out

@@ -38,7 +38,7 @@ ADAPTER_FAMILY = "attn"  # clients upload their attention adapters' B matrices, 
 
 def published_groups(ctx: PhaseContext, round_: int) -> tuple[str, ...]:
     """Groups with a published aggregate in ``round_`` of this run."""
-    return tuple(g for g in ctx.store.aggregate_groups(ctx.run_id, round_))
+    return tuple(ctx.store.aggregate_groups(ctx.run_id, round_))
 
 
 class TrainPlanner:

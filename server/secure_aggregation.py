@@ -45,13 +45,13 @@ class SecureAggregator:
 
     async def aggregate(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> dict[str, int]:
         """Publish every group's mean; returns group -> contributors. Idempotent."""
-        updates = self.updates(accepted)
-        groups = sorted({s.name for _, c in updates for s in parse_encoding(c.manifest.encoding).sections})
+        members_of: dict[str, list[tuple[str, SignedContribution]]] = {}
+        for sid, c in self.updates(accepted):
+            for section in parse_encoding(c.manifest.encoding).sections:
+                members_of.setdefault(section.name, []).append((sid, c))
         quorum = max(2, ctx.config.quorum)
         published: dict[str, int] = {}
-        for group in groups:
-            members = [(sid, c) for sid, c in updates
-                       if group in {s.name for s in parse_encoding(c.manifest.encoding).sections}]
+        for group, members in sorted(members_of.items()):
             if len(members) < quorum:
                 log.warning("%s round %d: group %s has %d contributors < quorum %d; not aggregated", ctx.run_id,
                             ctx.round, group, len(members), quorum)
@@ -69,14 +69,14 @@ class SecureAggregator:
         total_weight = math.fsum(c.manifest.weight for c in contribs)
         commit = DecryptCommit(run_id=ctx.run_id, round=ctx.round, group=group, contributions=contribs,
                                aggregate_chunk_sha256=tuple(sha256(s) for s in sums), total_weight=total_weight)
-        params = self.accumulator.params
-        offsets = [parse_encoding(c.manifest.encoding).chunk_ranges(params)[group][0] for c in contribs]
+        encodings = [parse_encoding(c.manifest.encoding) for c in contribs]
+        offsets = [e.chunk_ranges(self.accumulator.params)[group][0] for e in encodings]
 
         def chunk_of(k: int, index: int) -> bytes:
             return self.objects.get(contribs[k].manifest.chunk_sha256[index])
 
         result = await self.keyholder.decrypt(commit=commit, offsets=offsets, aggregate=sums, chunk_of=chunk_of)
-        section = parse_encoding(contribs[0].manifest.encoding).section(group)
+        section = encodings[0].section(group)
         if result.values.size != section.numel or not np.all(np.isfinite(result.values)):
             raise ValueError(f"key holder returned {result.values.size} values for a {section.numel}-value group")
         mean = (result.values / total_weight).astype("<f4").tobytes()

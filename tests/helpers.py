@@ -96,7 +96,7 @@ def encrypted_update(kit: Any, groups: Mapping[str, Any], weight: float, family:
     public = ckks.kit_public_context(kit)
     enc = Encryptor(public_context=public, params=ckks.kit_params(kit), workers=1)
     layouts = {g: TensorLayout.of({"w": v}) for g, v in groups.items()}
-    encoding = encoding_for(ckks.context_fingerprint(public), layouts)
+    encoding = encoding_for(enc.context_id, layouts)
     chunks: list[bytes] = []
     for section in encoding.sections:
         chunks += enc.encrypt(groups[section.name], weight=weight)

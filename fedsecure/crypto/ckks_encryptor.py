@@ -37,6 +37,7 @@ class Encryptor:
                  workers: int | None = None) -> None:
         self.params = params
         self.ctx = ckks.load_public_context(public_context, params)
+        self.context_id = ckks.context_fingerprint(public_context)  # bound into update encodings
         self._public = public_context
         self.workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
         self._pool: ProcessPoolExecutor | None = None

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 from fedsecure.kit import load_kit
 from fedsecure.types import Role
 
 from server.keyholder.service import KeyHolderPolicy, start_keyholder
+from server.serving import until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.keyholder")
 
@@ -39,14 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def _serve(kit, address, state_dir, policy, port_file) -> None:  # type: ignore[no-untyped-def]
     running = await start_keyholder(kit=kit, address=address, state_dir=state_dir, policy=policy)
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(running.port))
-        os.replace(tmp, port_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    write_port_file(port_file, running.port)
+    await until_terminated()
     log.info("key holder shutting down")
     await running.stop(grace=2.0)

@@ -68,14 +68,18 @@ class DecryptionLog:
         self.path, self.kit = path, kit
         path.parent.mkdir(parents=True, exist_ok=True)
         self.entries = verify_decryption_log(path, cert=kit.cert) if path.exists() else []
+        self._first_use: dict[tuple[str, str], DecryptionEntry] = {}
+        for entry in self.entries:
+            self._index(entry)
+
+    def _index(self, entry: DecryptionEntry) -> None:
+        for sub in entry.submissions:
+            self._first_use.setdefault((sub, entry.group), entry)
 
     def used_by(self, submission: str, group: str) -> DecryptionEntry | None:
         """The earlier decryption of ``group`` that used this contribution, if any (one
         contribution carries one section per group; each is decrypted once)."""
-        for entry in self.entries:
-            if entry.group == group and submission in entry.submissions:
-                return entry
-        return None
+        return self._first_use.get((submission, group))
 
     def append(self, *, run_id: str, round_: int, group: str, contributors: Sequence[str],
                submissions: Sequence[str], total_weight: float, aggregate_sha256: str,
@@ -94,6 +98,7 @@ class DecryptionLog:
             fh.flush()
             os.fsync(fh.fileno())
         self.entries.append(entry)
+        self._index(entry)
         return DecryptReceipt(log_seq=entry.seq, log_entry_sha256=bytes.fromhex(entry.sha256()), signature=sig)
 
 
