@@ -62,3 +62,27 @@ class CkksError(FedsecureError, ValueError):
 
 class DecryptionRefused(FedsecureError, PermissionError):
     """The key holder refuses to decrypt an aggregate; the message gives the reason."""
+
+
+class PolicyLoadError(FedsecureError, ValueError):
+    """A policy checkpoint is not a usable vision-language model, or its tokenizer does
+    not match the model (vocabulary size, image token)."""
+
+
+class PromptError(FedsecureError, ValueError):
+    """A prompt cannot be given to the policy (no image for a vision-language policy,
+    empty or too long a question)."""
+
+
+class RewardRejected(FedsecureError, ValueError):
+    """A reward function returned a non-finite value or the wrong number of values; the
+    GRPO step that asked for it is skipped. ``prompt_id`` names the offending prompt
+    (empty when the count itself is wrong)."""
+
+    def __init__(self, message: str, *, prompt_id: str = "") -> None:
+        super().__init__(message)
+        self.prompt_id = prompt_id
+
+
+class CheckpointError(FedsecureError, ValueError):
+    """A training checkpoint is missing, incomplete or does not match the run resuming it."""

@@ -1,0 +1,169 @@
+"""The server's policy models: a tiny LLaVA-style VLM built from config (CPU, tests, demo)
+and a loader for any local Hugging Face vision-language checkpoint.
+
+The tiny model is a real ``LlavaForConditionalGeneration`` (CLIP vision tower, projector,
+Llama decoder) with a real ``LlavaProcessor`` around the locally built easy-VQA
+vocabulary, saved in the standard layout (safetensors + JSON), so it is loaded by exactly
+the code that loads a downloaded checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from fedsecure.errors import PolicyLoadError, PromptError
+from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, easyvqa_vocabulary
+
+IMAGE_TOKEN = "<image>"
+PATCH = 16
+
+
+@dataclass(frozen=True)
+class TinyVLMConfig:
+    """Sizes of the built-in policy (about 0.45M parameters at these defaults)."""
+
+    image_size: int = 64
+    patch_size: int = PATCH
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    text_hidden: int = 128
+    text_layers: int = 2
+    heads: int = 4
+
+
+def tiny_llama_config(*, vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4,
+                      bos_id: int = 1, eos_id: int = 2, pad_id: int = 0) -> Any:
+    """A small Llama decoder config (the text half of the tiny VLM, and the benchmark's LM)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=256, tie_word_embeddings=True,
+                       bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+
+
+def build_policy_processor(config: TinyVLMConfig = TinyVLMConfig()) -> Any:
+    """A ``LlavaProcessor``: easy-VQA word vocabulary plus ``<image>``, prompts
+    ``[CLS] <image>×n question``, completions ``answer [SEP]`` ([SEP] is EOS), left padding."""
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    vocab = {t: i for i, t in enumerate([*easyvqa_vocabulary(), IMAGE_TOKEN])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, vocab[CLS])])
+    tok.add_special_tokens([IMAGE_TOKEN, PAD, CLS, SEP, UNK])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=CLS, eos_token=SEP, pad_token=PAD,
+                                   unk_token=UNK, extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   padding_side="left")
+    images = CLIPImageProcessorPil(size={"shortest_edge": config.image_size},
+                                   crop_size={"height": config.image_size, "width": config.image_size},
+                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=config.patch_size,
+                          vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                          num_additional_image_tokens=1)
+
+
+def build_tiny_vlm(*, config: TinyVLMConfig = TinyVLMConfig(), seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor): the built-in LLaVA-style policy, randomly initialised from ``seed``."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    processor = build_policy_processor(config)
+    tok = processor.tokenizer
+    vision = CLIPVisionConfig(image_size=config.image_size, patch_size=config.patch_size,
+                              hidden_size=config.vision_hidden, intermediate_size=2 * config.vision_hidden,
+                              num_hidden_layers=config.vision_layers, num_attention_heads=config.heads)
+    text = tiny_llama_config(vocab_size=len(tok), hidden=config.text_hidden, layers=config.text_layers,
+                             heads=config.heads, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
+                             pad_id=tok.pad_token_id)
+    llava = LlavaConfig(vision_config=vision, text_config=text,
+                        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                        vision_feature_select_strategy="default", vision_feature_layer=-1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(llava)
+    return model.eval(), processor
+
+
+def save_policy(model: Any, processor: Any, path: Path) -> Path:
+    """Write a loadable checkpoint directory (safetensors weights, JSON config/tokenizer)."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    processor.save_pretrained(str(path))
+    return path
+
+
+def _text_vocab_size(config: Any) -> int:
+    text = getattr(config, "text_config", None) or config
+    return int(text.vocab_size)
+
+
+def check_tokenizer(model: Any, processor: Any) -> None:
+    """Refuse a tokenizer that does not fit the model: ids beyond the embedding table, or
+    an image token that is not the one the model replaces with image features."""
+    tok = getattr(processor, "tokenizer", processor)
+    vocab = _text_vocab_size(model.config)
+    if len(tok) > vocab:
+        raise PolicyLoadError(f"tokenizer has {len(tok)} tokens but the model embeds only {vocab}")
+    image_index = getattr(model.config, "image_token_index", getattr(model.config, "image_token_id", None))
+    image_token = getattr(processor, "image_token", None)
+    if image_index is not None and image_token is not None:
+        got = tok.convert_tokens_to_ids(image_token)
+        if got != image_index:
+            raise PolicyLoadError(f"tokenizer maps {image_token} to {got}, the model expects {image_index}")
+    if tok.eos_token_id is None or tok.pad_token_id is None:
+        raise PolicyLoadError("the tokenizer defines no EOS or padding token")
+
+
+def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """(model, processor) from a local vision-language checkpoint directory. Raises
+    FileNotFoundError for a missing path and PolicyLoadError for anything that is not a
+    usable VLM (a text-only model, no processor, a tokenizer that does not match)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no model checkpoint at {path} (config.json missing)")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise PolicyLoadError(f"{path}: unreadable model config: {exc}") from exc
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise PolicyLoadError(f"{path} holds a {config.model_type!r} model, not a vision-language model")
+    hf_logging.disable_progress_bar()
+    try:
+        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PolicyLoadError(f"{path}: cannot load model or processor: {exc}") from exc
+    if not hasattr(processor, "image_processor"):
+        raise PolicyLoadError(f"{path} has no image processor: its processor cannot take images")
+    check_tokenizer(model, processor)
+    return model.eval(), processor
+
+
+def encode_prompt(processor: Any, *, question: str, image: np.ndarray | None) -> tuple[tuple[int, ...], torch.Tensor]:
+    """(token ids, pixel values) of one VQA prompt, through the checkpoint's own processor."""
+    if image is None:
+        raise PromptError("a vision-language policy needs an image with every prompt")
+    if not question.strip():
+        raise PromptError("empty question")
+    enc = processor(text=[f"{processor.image_token} {question}"], images=[image], return_tensors="pt")
+    return tuple(enc["input_ids"][0].tolist()), enc["pixel_values"][0]
+
+
+def encode_answer(processor: Any, answer: str) -> tuple[int, ...]:
+    """Token ids of a completion ``answer [EOS]`` (no BOS), as the policy should produce it."""
+    tok = processor.tokenizer
+    return (*tok(answer, add_special_tokens=False)["input_ids"], tok.eos_token_id)

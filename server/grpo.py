@@ -1,0 +1,271 @@
+"""The GRPO engine: rollouts, rewards, group-relative advantages, μ clipped-ratio updates
+with a k3 KL penalty to the reference, gradient clipping, AdamW; checkpoints and resume.
+
+One step = sample prompts → G completions each → rewards → advantages → μ updates. The
+sampled completions are scored once; with μ = 1 the "old" log-probabilities are the
+graded forward's own values detached (ratio 1), so no forward is done twice. With μ > 1
+they are computed once, before the first update. The reference forward is skipped when
+β = 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsecure.errors import CheckpointError, RewardRejected
+from server.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
+from server.policy import Policy
+from server.prompts import Prompt, check_prompts, collate_prompts
+from server.rollouts import Rollouts, SamplingConfig, completion_logp, generate
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
+"""Scores completions: ``reward(prompts, completions)`` returns one float per pair."""
+
+
+def per_completion(score: Callable[[Prompt, str], float]) -> RewardFn:
+    """Lift a reward of one (prompt, completion) into the batch form the engine calls."""
+    def batch(prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
+        return [score(p, c) for p, c in zip(prompts, completions, strict=True)]
+    return batch
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Everything one GRPO run is configured by (saved with each checkpoint)."""
+
+    group_size: int = 8
+    prompts_per_step: int = 4
+    updates_per_batch: int = 1  # μ
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2: advantages are relative within a group")
+        if self.prompts_per_step < 1 or self.updates_per_batch < 1:
+            raise ValueError("prompts_per_step and updates_per_batch must be >= 1")
+        if not self.learning_rate > 0 or self.weight_decay < 0 or not self.max_grad_norm > 0:
+            raise ValueError("need learning_rate > 0, weight_decay >= 0, max_grad_norm > 0")
+        if self.sampling.temperature == 0:
+            raise ValueError("GRPO samples its groups: temperature must be > 0")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one step did. ``skipped`` names why no update was made (a rejected reward, or
+    no group with any reward variance); the policy is then unchanged."""
+
+    step: int
+    mean_reward: float
+    reward_std: float
+    loss: float
+    kl: float
+    clipped_fraction: float
+    grad_norm: float
+    completion_tokens: int
+    rollout_s: float
+    update_s: float
+    skipped: str | None = None
+
+
+def check_rewards(values: Sequence[float], prompts: Sequence[Prompt]) -> torch.Tensor:
+    """Refuse a reward vector of the wrong length or holding NaN/Inf, naming the prompt."""
+    try:
+        values = list(values)
+    except TypeError as exc:
+        raise RewardRejected(f"reward returned {type(values).__name__}, not a sequence of floats") from exc
+    if len(values) != len(prompts):
+        raise RewardRejected(f"reward returned {len(values)} values for {len(prompts)} completions")
+    for v, p in zip(values, prompts, strict=True):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise RewardRejected(f"reward for prompt {p.prompt_id} is {v!r}, not a finite number",
+                                 prompt_id=p.prompt_id)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class GRPOEngine:
+    """Trains a :class:`Policy` with GRPO. ``checkpoint_dir`` (optional) receives a
+    checkpoint every ``checkpoint_every`` steps; :meth:`resume` continues from the last."""
+
+    def __init__(self, *, policy: Policy, config: GRPOConfig, checkpoint_dir: Path | None = None,
+                 checkpoint_every: int = 0) -> None:
+        if checkpoint_every < 0 or (checkpoint_every and checkpoint_dir is None):
+            raise ValueError("checkpoint_every needs a checkpoint_dir and must be >= 0")
+        self.policy, self.config = policy, config
+        self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
+        params = [p for _, p in policy.trainable()]
+        if not params:
+            raise ValueError("the policy has no trainable parameters")
+        fused = policy.placement.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           foreach=not fused, fused=fused or None)
+        self.step_count = 0
+
+    # -- prompts ---------------------------------------------------------------------------
+    def sample_prompts(self, pool: Sequence[Prompt]) -> list[Prompt]:
+        """This step's prompts: a seeded draw without replacement, different on each rank."""
+        p = self.policy.placement
+        rng = np.random.default_rng([self.config.seed, self.step_count, p.rank])
+        n = min(self.config.prompts_per_step, len(pool))
+        return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+
+    # -- one step --------------------------------------------------------------------------
+    def step(self, prompts: Sequence[Prompt], reward: RewardFn) -> StepReport:
+        """Roll out, score, and update on ``prompts``. A bad reward skips the update (the
+        policy and optimiser are untouched) and is reported, never trained on."""
+        cfg, policy = self.config, self.policy
+        check_prompts(prompts, needs_image=policy.is_vlm)
+        started = time.perf_counter()
+        rollouts, texts, expanded = self._rollout(prompts)
+        rollout_s = time.perf_counter() - started
+        tokens = int(rollouts.completion_mask.sum())
+        try:
+            rewards, rejected = check_rewards(reward(expanded, texts), expanded), None
+        except RewardRejected as exc:
+            rewards, rejected = torch.zeros(len(expanded)), exc
+        if self._any_rank(rejected is not None):
+            log.warning("step %d skipped: %s", self.step_count, rejected or "a reward was rejected on another rank")
+            return self._finish(StepReport(self.step_count, math.nan, math.nan, math.nan, math.nan, math.nan,
+                                           math.nan, tokens, rollout_s, 0.0, skipped=f"reward rejected: {rejected or 'on another rank'}"))
+        advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps)
+        mean, std = float(rewards.mean()), float(rewards.std()) if rewards.numel() > 1 else 0.0
+        if not self._any_rank(bool(advantages.any())):
+            return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,
+                                           skipped="no group had reward variance: nothing to learn from"))
+        started = time.perf_counter()
+        stats = self._update(rollouts, advantages, prompts)
+        return self._finish(StepReport(self.step_count, mean, std, stats["loss"], stats["kl"],
+                                       stats["clipped_fraction"], stats["grad_norm"], tokens, rollout_s,
+                                       time.perf_counter() - started))
+
+    def _rollout(self, prompts: Sequence[Prompt]) -> tuple[Rollouts, list[str], list[Prompt]]:
+        cfg, policy = self.config, self.policy
+        batch = collate_prompts(prompts, pad_id=policy.pad_id)
+        generator = torch.Generator(device=policy.placement.device)
+        generator.manual_seed((cfg.seed * 1_000_003 + self.step_count) * 1009 + policy.placement.rank)
+        rollouts = generate(policy.model, batch, group_size=cfg.group_size, config=cfg.sampling,
+                            eos_id=policy.eos_id, pad_id=policy.pad_id, generator=generator,
+                            autocast=policy.placement.autocast, suppressed=policy.suppressed)
+        texts = [policy.decode(row) for row in rollouts.completion_ids.tolist()]
+        expanded = [p for p in prompts for _ in range(cfg.group_size)]
+        return rollouts, texts, expanded
+
+    def _any_rank(self, flag: bool) -> bool:
+        # Under DDP every rank must take the same branch, or the gradient all-reduce of the
+        # ranks that update waits forever for the ones that skipped.
+        if not self.policy.placement.distributed:
+            return flag
+        t = torch.tensor([float(flag)], device=self.policy.placement.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _update(self, rollouts: Rollouts, advantages: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, float]:
+        cfg, policy = self.config, self.policy
+        device = policy.placement.device
+        pixels = None
+        if policy.is_vlm:
+            pixels = torch.stack([p.pixel_values for p in prompts]).to(device)  # type: ignore[misc]
+            pixels = pixels.repeat_interleave(cfg.group_size, 0)
+        advantages = advantages.to(device)
+        def score(module: torch.nn.Module) -> torch.Tensor:
+            return completion_logp(module, rollouts, temperature=cfg.sampling.temperature, pixel_values=pixels,
+                                   autocast=policy.placement.autocast, suppressed=policy.suppressed)
+
+        ref_logp = old_logp = None
+        with torch.no_grad():
+            if cfg.loss.beta > 0:
+                with policy.reference() as reference:
+                    ref_logp = score(reference)
+            if cfg.updates_per_batch > 1:
+                old_logp = score(policy.model)
+        totals = {"loss": 0.0, "kl": 0.0, "clipped_fraction": 0.0, "grad_norm": 0.0}
+        params = [p for _, p in policy.trainable()]
+        for _ in range(cfg.updates_per_batch):
+            logp = score(policy.train_module)
+            loss, stats = grpo_loss(logp=logp, old_logp=logp.detach() if old_logp is None else old_logp,
+                                    ref_logp=ref_logp, advantages=advantages,
+                                    mask=rollouts.completion_mask.to(device), config=cfg.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.optimizer.step()
+            totals["loss"] += loss.item() / cfg.updates_per_batch
+            totals["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
+            for k in ("kl", "clipped_fraction"):
+                totals[k] += stats[k] / cfg.updates_per_batch
+        return totals
+
+    def _finish(self, report: StepReport) -> StepReport:
+        self.step_count += 1
+        if self.checkpoint_every and self.step_count % self.checkpoint_every == 0:
+            self.save()
+        return report
+
+    # -- running and checkpoints -----------------------------------------------------------
+    def train(self, pool: Sequence[Prompt], reward: RewardFn, *, steps: int,
+              on_step: Callable[[StepReport], None] | None = None) -> list[StepReport]:
+        """Run until ``steps`` steps are done in total (a resumed run does only the rest)."""
+        if steps < 0:
+            raise ValueError("steps must be >= 0")
+        check_prompts(pool, needs_image=self.policy.is_vlm)
+        reports = []
+        while self.step_count < steps:
+            report = self.step(self.sample_prompts(pool), reward)
+            reports.append(report)
+            if on_step is not None:
+                on_step(report)
+        return reports
+
+    def _meta(self) -> dict[str, object]:
+        return {"config": dataclasses.asdict(self.config), "fingerprint": self.policy.fingerprint(),
+                "adapter": self.policy.setup.adapter}
+
+    def save(self) -> Path:
+        """Checkpoint now (rank 0 only under DDP); returns the checkpoint directory."""
+        if self.checkpoint_dir is None:
+            raise CheckpointError("this engine has no checkpoint_dir")
+        if self.policy.placement.rank != 0:
+            return self.checkpoint_dir
+        return save_checkpoint(self.checkpoint_dir, step=self.step_count,
+                               trainable={n: p for n, p in self.policy.trainable()},
+                               optimizer=self.optimizer.state_dict(), meta=self._meta())
+
+    def resume(self) -> int:
+        """Load the newest checkpoint in ``checkpoint_dir`` if any; returns the step reached.
+        Refuses a checkpoint taken from another policy or configuration."""
+        if self.checkpoint_dir is None:
+            raise CheckpointError("this engine has no checkpoint_dir")
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return self.step_count
+        state = load_checkpoint(path)
+        meta = json.loads(json.dumps(self._meta()))
+        for key in ("fingerprint", "config", "adapter"):
+            if state.meta.get(key) != meta[key]:
+                raise CheckpointError(f"checkpoint {path} was taken with a different {key}")
+        params = dict(self.policy.trainable())
+        if set(state.trainable) != set(params):
+            raise CheckpointError(f"checkpoint {path} holds other trainable parameters than this policy")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state.trainable[name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state.optimizer)
+        self.step_count = state.step
+        return self.step_count

@@ -1,0 +1,149 @@
+"""Rollouts: G sampled completions per prompt, with their token ids and log-probabilities
+under the sampling policy.
+
+The prompt is encoded once (one prefill per prompt, not per completion); its KV cache is
+then repeated G times and the completions are decoded together, one token per step, until
+every row has emitted EOS or ``max_new_tokens`` is reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from server.prompts import PromptBatch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Temperature (0 = greedy), nucleus top-p and the completion length cap."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError("need temperature >= 0, 0 < top_p <= 1 and 1 <= max_new_tokens <= 4096")
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """``B = prompts × G`` completions, row ``i`` from prompt ``i // G``.
+
+    ``completion_ids`` (B, T) is padded after EOS; ``completion_mask`` marks real tokens
+    (EOS included); ``sampling_logp`` holds each token's log-probability under the
+    distribution it was drawn from (after temperature and top-p)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    sampling_logp: torch.Tensor
+    group_size: int
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded prompt sees the same positions as an
+    unpadded one."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def suppress(logits: torch.Tensor, suppressed: torch.Tensor | None) -> torch.Tensor:
+    """Logits with the suppressed ids (image placeholder, padding, BOS) made impossible: a
+    sampled image placeholder would ask the model for an image that is not there."""
+    if suppressed is None or suppressed.numel() == 0:
+        return logits
+    return logits.index_fill(-1, suppressed.to(logits.device), float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, *, config: SamplingConfig, generator: torch.Generator | None,
+                suppressed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; return (tokens, their log-probability under the sampling
+    distribution)."""
+    logits = suppress(logits.float(), suppressed)
+    if config.temperature == 0:
+        tokens = logits.argmax(-1)
+        return tokens, torch.zeros_like(tokens, dtype=torch.float32)
+    logp = torch.log_softmax(logits / config.temperature, dim=-1)
+    if config.top_p < 1:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        cumulative = sorted_logp.exp().cumsum(-1)
+        # drop a token once the mass before it already reaches top_p; the first one always stays
+        drop = (cumulative - sorted_logp.exp()) >= config.top_p
+        sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
+        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
+        logp = torch.log_softmax(logp, dim=-1)
+    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()  # not inference_mode: the ids are reused in the graded forward
+def generate(model: nn.Module, batch: PromptBatch, *, group_size: int, config: SamplingConfig,
+             eos_id: int, pad_id: int, generator: torch.Generator | None = None,
+             autocast: torch.dtype | None = None, suppressed: torch.Tensor | None = None) -> Rollouts:
+    """Sample ``group_size`` completions for every prompt of ``batch`` (seeded by ``generator``)."""
+    if group_size < 1:
+        raise ValueError("group_size must be >= 1")
+    device = next(model.parameters()).device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    extra = {} if batch.pixel_values is None else {"pixel_values": batch.pixel_values.to(device)}
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                    use_cache=True, logits_to_keep=1, **extra)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    if group_size > 1:
+        cache.batch_repeat_interleave(group_size)
+        logits = logits.repeat_interleave(group_size, 0)
+    rows = ids.shape[0] * group_size
+    attn = mask.repeat_interleave(group_size, 0)
+    pos = position_ids(attn)[:, -1]
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    tokens_out, logp_out, mask_out = [], [], []
+    for step in range(config.max_new_tokens):
+        tok, logp = sample_next(logits, config=config, generator=generator, suppressed=suppressed)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens_out.append(tok)
+        logp_out.append(torch.where(done, torch.zeros_like(logp), logp))
+        mask_out.append(~done)
+        done = done | (tok == eos_id)
+        if bool(done.all()) or step == config.max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        pos = pos + 1
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None],
+                        past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    return Rollouts(prompt_ids=ids.repeat_interleave(group_size, 0),
+                    prompt_mask=mask.repeat_interleave(group_size, 0),
+                    completion_ids=torch.stack(tokens_out, 1),
+                    completion_mask=torch.stack(mask_out, 1).long(),
+                    sampling_logp=torch.stack(logp_out, 1),
+                    group_size=group_size)
+
+
+def completion_logp(model: nn.Module, rollouts: Rollouts, *, temperature: float,
+                    pixel_values: torch.Tensor | None = None, autocast: torch.dtype | None = None,
+                    suppressed: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token log-probabilities (B, T) of the completions under ``model`` (with
+    gradients when enabled), on logits scaled by the sampling temperature so ratios compare
+    like with like (suppressed ids excluded, as when sampling). Only the completion
+    positions' logits are computed."""
+    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)
+    t = rollouts.completion_ids.shape[1]
+    extra = {} if pixel_values is None else {"pixel_values": pixel_values}
+    device = ids.device
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                       use_cache=False, logits_to_keep=t + 1, **extra).logits[:, :-1]
+    logits = suppress(logits.float(), suppressed)
+    if temperature > 0:
+        logits = logits / temperature
+    chosen = logits.gather(-1, rollouts.completion_ids[..., None]).squeeze(-1)
+    # padding after EOS is a suppressed id (log-prob -inf): zero it, or -inf - -inf = NaN
+    # would reach the masked loss terms and their gradients
+    return torch.where(rollouts.completion_mask.bool(), chosen - logits.logsumexp(-1), 0.0)

@@ -1,0 +1,82 @@
+"""Exact-match accuracy of a policy on easy-VQA (greedy decoding), and the exact-match
+reward: a check the server can compute itself on prompts whose answer it holds, used to
+prove the engine (client rewards replace it in the federated round)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsecure.data.easyvqa import answer_type, load_records
+from server.policy import Policy
+from server.prompts import Prompt, collate_prompts, vqa_prompts
+from server.rollouts import SamplingConfig, generate
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, single spaces, no surrounding punctuation."""
+    return _SPACE.sub(" ", text.lower()).strip(" .,!?'\"")
+
+
+def exact_match_reward(prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
+    """1.0 where the completion is the prompt's reference answer, else 0.0."""
+    out = []
+    for p, c in zip(prompts, completions, strict=True):
+        if p.answer is None:
+            raise ValueError(f"prompt {p.prompt_id} has no reference answer to match")
+        out.append(float(normalise_answer(c) == normalise_answer(p.answer)))
+    return out
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy overall and per answer type (yes/no, shape, colour), and how many prompts."""
+
+    accuracy: float
+    count: int
+    by_type: dict[str, float]
+
+
+def test_prompts(processor: Any, *, limit: int | None = None, seed: int = 0) -> list[Prompt]:
+    """The easy-VQA test split (or a seeded subset of ``limit`` questions), encoded."""
+    records = list(load_records("test"))
+    if limit is not None and limit < len(records):
+        rng = np.random.default_rng(seed)
+        records = [records[i] for i in sorted(rng.choice(len(records), size=limit, replace=False))]
+    return vqa_prompts(records, processor=processor)
+
+
+def evaluate_policy(policy: Policy, prompts: Sequence[Prompt], **kwargs: Any) -> EvalResult:
+    """:func:`evaluate` with the policy's own decoder and token ids."""
+    return evaluate(policy.model, prompts=prompts, decode=policy.decode, eos_id=policy.eos_id, pad_id=policy.pad_id,
+                    autocast=policy.placement.autocast, suppressed=policy.suppressed, **kwargs)
+
+
+def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, eos_id: int, pad_id: int,
+             batch_size: int = 128, max_new_tokens: int = 4, autocast: torch.dtype | None = None,
+             suppressed: torch.Tensor | None = None) -> EvalResult:
+    """Greedy-decode an answer for every prompt and score it by exact match."""
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        out = generate(model, collate_prompts(chunk, pad_id=pad_id), group_size=1, config=greedy,
+                       eos_id=eos_id, pad_id=pad_id, autocast=autocast, suppressed=suppressed)
+        texts = [decode(row) for row in out.completion_ids.tolist()]
+        for p, score in zip(chunk, exact_match_reward(chunk, texts), strict=True):
+            kind = answer_type(p.answer) if p.answer is not None else "other"
+            totals[kind] += 1
+            hits[kind] += int(score)
+    count = sum(totals.values())
+    return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
+                      by_type={k: hits[k] / totals[k] for k in sorted(totals)})
