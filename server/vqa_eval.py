@@ -45,7 +45,7 @@ class EvalResult:
     by_type: dict[str, float]
 
 
-def test_prompts(processor: Any, *, limit: int | None = None, seed: int = 0) -> list[Prompt]:
+def eval_prompts(processor: Any, *, limit: int | None = None, seed: int = 0) -> list[Prompt]:
     """The easy-VQA test split (or a seeded subset of ``limit`` questions), encoded."""
     records = list(load_records("test"))
     if limit is not None and limit < len(records):

@@ -1,0 +1,179 @@
+"""The GRPO engine on a tiny causal LM: KL zero at step 0, parameters change, reward rises
+on a toy reward, bad rewards skip the step, resume reproduces an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from fedsecure.errors import CheckpointError, PromptError, RewardRejected
+from fedsecure.models.policy_vlm import tiny_llama_config
+from server.devices import select_placement
+from server.grpo import GRPOConfig, GRPOEngine, check_rewards, per_completion
+from server.grpo_loss import GRPOLossConfig
+from server.policy import Policy, PolicySetup
+from server.prompts import Prompt
+from server.rollouts import SamplingConfig
+
+VOCAB, PAD, BOS, EOS = 32, 0, 1, 2
+
+
+def tiny_policy(adapter: str = "full", seed: int = 0) -> Policy:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=VOCAB, hidden=32, layers=1, heads=2))
+    return Policy(model, setup=PolicySetup(adapter=adapter), placement=select_placement("cpu"),  # type: ignore[arg-type]
+                  eos_id=EOS, pad_id=PAD, is_vlm=False, suppressed_ids=[PAD, BOS])
+
+
+def pool(n: int = 16) -> list[Prompt]:
+    g = torch.Generator().manual_seed(1)
+    return [Prompt(f"p{i}", f"q{i}", tuple(torch.randint(3, VOCAB, (3 + i % 4,), generator=g).tolist()))
+            for i in range(n)]
+
+
+def low_tokens(prompt: Prompt, completion: str) -> float:
+    """Toy reward: share of the 8 allowed tokens whose id is below 12."""
+    return sum(int(t) < 12 for t in completion.split()) / 8
+
+
+def config(lr: float = 3e-3, beta: float = 0.04, mu: int = 1) -> GRPOConfig:
+    return GRPOConfig(group_size=8, prompts_per_step=4, updates_per_batch=mu, learning_rate=lr, seed=0,
+                      loss=GRPOLossConfig(beta=beta), sampling=SamplingConfig(max_new_tokens=8))
+
+
+def snapshot(policy: Policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in policy.trainable()}
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_kl_is_zero_at_step_zero_and_parameters_change(adapter: str) -> None:
+    policy = tiny_policy(adapter)
+    engine = GRPOEngine(policy=policy, config=config())
+    before = snapshot(policy)
+    first = engine.step(pool()[:4], per_completion(low_tokens))
+    assert first.skipped is None
+    assert first.kl == 0.0  # the policy is exactly the reference before its first update
+    assert any(not torch.equal(before[n], p) for n, p in policy.trainable())
+    second = engine.step(pool()[4:8], per_completion(low_tokens))
+    assert second.kl > 0.0
+    if adapter == "lora":  # the reference is the base with adapters off: base weights untouched
+        frozen = [p for n, p in policy.model.named_parameters() if not p.requires_grad]
+        assert frozen and all(not p.requires_grad for p in frozen)
+
+
+def test_several_updates_per_batch_move_away_from_the_sampling_policy() -> None:
+    engine = GRPOEngine(policy=tiny_policy(), config=config(lr=3e-2, mu=4))
+    report = engine.step(pool()[:4], per_completion(low_tokens))
+    assert report.kl > 0.0  # mean over the 4 updates; only the first is at the reference
+    assert report.clipped_fraction > 0.0  # later updates leave the trust region and are clipped
+
+
+def test_mean_reward_rises_on_a_toy_reward() -> None:
+    engine = GRPOEngine(policy=tiny_policy(), config=config(lr=1e-2, beta=0.0))
+    rewards = [r.mean_reward for r in engine.train(pool(), per_completion(low_tokens), steps=30)]
+    start, end = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert end > start + 0.15, (start, end)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "0.5"])
+def test_a_non_finite_reward_skips_the_step_and_names_the_prompt(bad: object) -> None:
+    policy = tiny_policy()
+    engine = GRPOEngine(policy=policy, config=config())
+    before = snapshot(policy)
+
+    def reward(prompts, completions):  # type: ignore[no-untyped-def]
+        return [bad if p.prompt_id == "p2" else 1.0 for p in prompts]
+
+    report = engine.step(pool()[:4], reward)
+    assert report.skipped is not None and "p2" in report.skipped
+    assert all(torch.equal(before[n], p) for n, p in policy.trainable())
+    assert not engine.optimizer.state  # the optimiser never moved either
+    assert engine.step_count == 1  # the run goes on with the next step
+
+
+def test_a_reward_of_the_wrong_count_is_rejected() -> None:
+    prompts = pool()[:2]
+    with pytest.raises(RewardRejected, match="3 values for 2"):
+        check_rewards([1.0, 2.0, 3.0], prompts)
+    with pytest.raises(RewardRejected) as err:
+        check_rewards([1.0, float("nan")], prompts)
+    assert err.value.prompt_id == "p1"
+    engine = GRPOEngine(policy=tiny_policy(), config=config())
+    report = engine.step(pool()[:4], lambda prompts, completions: [0.0])
+    assert report.skipped and "1 values for 32" in report.skipped
+
+
+def test_groups_without_reward_variance_make_no_update() -> None:
+    policy = tiny_policy()
+    engine = GRPOEngine(policy=policy, config=config())
+    before = snapshot(policy)
+    report = engine.step(pool()[:4], lambda prompts, completions: [1.0] * len(prompts))
+    assert report.skipped and "variance" in report.skipped
+    assert all(torch.equal(before[n], p) for n, p in policy.trainable())
+
+
+def test_prompts_a_text_policy_cannot_take_are_refused_before_training() -> None:
+    engine = GRPOEngine(policy=tiny_policy(), config=config())
+    image_prompt = Prompt("img", "q", (3, 4), pixel_values=torch.zeros(3, 8, 8))
+    with pytest.raises(PromptError, match="img"):
+        engine.train([*pool(3), image_prompt], per_completion(low_tokens), steps=1)
+    assert engine.step_count == 0
+
+
+def _state(engine: GRPOEngine) -> list[torch.Tensor]:
+    out = [p.detach().clone() for _, p in engine.policy.trainable()]
+    for _, p in engine.policy.trainable():
+        slot = engine.optimizer.state[p]
+        out += [slot["exp_avg"].clone(), slot["exp_avg_sq"].clone(), torch.as_tensor(slot["step"]).clone()]
+    return out
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_an_interrupted_run_resumes_to_the_same_weights_and_optimiser_state(tmp_path: Path, adapter: str) -> None:
+    reward = per_completion(low_tokens)
+    straight = GRPOEngine(policy=tiny_policy(adapter), config=config())
+    straight.train(pool(), reward, steps=6)
+
+    interrupted = GRPOEngine(policy=tiny_policy(adapter), config=config(), checkpoint_dir=tmp_path, checkpoint_every=2)
+    interrupted.train(pool(), reward, steps=5)  # "crashes" after step 5; last checkpoint at 4
+    assert json.loads((tmp_path / "latest.json").read_text())["step"] == 4
+
+    resumed = GRPOEngine(policy=tiny_policy(adapter), config=config(), checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert resumed.resume() == 4
+    assert len(resumed.train(pool(), reward, steps=6)) == 2
+    for a, b in zip(_state(straight), _state(resumed), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_another_configuration_and_a_corrupt_pointer(tmp_path: Path) -> None:
+    engine = GRPOEngine(policy=tiny_policy(), config=config(), checkpoint_dir=tmp_path, checkpoint_every=1)
+    engine.train(pool(), per_completion(low_tokens), steps=1)
+    other = GRPOEngine(policy=tiny_policy(), config=config(lr=1e-4), checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="config"):
+        other.resume()
+    (tmp_path / "latest.json").write_text('{"checkpoint": "../../etc"}')
+    with pytest.raises(CheckpointError):
+        GRPOEngine(policy=tiny_policy(), config=config(), checkpoint_dir=tmp_path).resume()
+    (tmp_path / "latest.json").write_text('{"checkpoint": "step-000009"}')
+    with pytest.raises(CheckpointError, match="missing"):
+        GRPOEngine(policy=tiny_policy(), config=config(), checkpoint_dir=tmp_path).resume()
+
+
+def test_a_fresh_directory_resumes_at_step_zero(tmp_path: Path) -> None:
+    assert GRPOEngine(policy=tiny_policy(), config=config(), checkpoint_dir=tmp_path).resume() == 0
+
+
+def test_configuration_is_checked_up_front() -> None:
+    with pytest.raises(ValueError):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError):
+        GRPOConfig(sampling=SamplingConfig(temperature=0.0))
+    with pytest.raises(ValueError):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError):
+        PolicySetup(adapter="qlora")  # type: ignore[arg-type]
