@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test proto clean
+.PHONY: install demo test proto clean bench-deps
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# TRL for `fedsecure bench grpo`: without its dependencies, so torch stays the pinned CPU build.
+bench-deps: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet --no-deps trl==1.16.0
 
 proto: install
 	$(PY) -m fedsecure.proto.generate

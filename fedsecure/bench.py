@@ -128,6 +128,13 @@ def main(args: argparse.Namespace) -> int:
         from fedsecure.bench_he import bench_he
 
         print(json.dumps(bench_he(n_params=args.params, clients=args.clients, repeats=args.repeats)))
+    elif args.what == "grpo":
+        from fedsecure.bench_grpo import BenchConfig, bench_grpo
+
+        heads = max(4, args.hidden // 64)
+        config = BenchConfig(hidden=args.hidden, intermediate=4 * args.hidden, layers=args.layers, heads=heads,
+                             device=args.device, threads=args.threads)
+        print(json.dumps(bench_grpo(config=config, steps=args.steps, repeats=args.repeats)))
     elif args.what == "dp-utility":
         kinds = ["image_text", "image", "text"] if args.kind == "all" else [args.kind]
         print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))

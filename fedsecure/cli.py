@@ -105,6 +105,18 @@ def _bench(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _align(args: argparse.Namespace) -> int:
+    from server.alignment_cli import align_main
+
+    return align_main(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from server.alignment_cli import eval_main
+
+    return eval_main(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fedsecure.demo import main
 
@@ -169,16 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility", "he"],
+    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo"],
                    help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
-                        "he: CKKS secure aggregation costs and error")
+                        "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
     p.add_argument("--kind", default="image_text", help="reward model kind (dp-utility: or 'all')")
     p.add_argument("--params", type=int, default=1_000_000, help="he: values per client update")
     p.add_argument("--clients", type=int, default=8, help="he: contributions summed")
+    p.add_argument("--hidden", type=int, default=128, help="grpo: LM hidden size")
+    p.add_argument("--layers", type=int, default=2, help="grpo: LM layers")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="grpo: where both engines run")
+    p.add_argument("--threads", type=int, default=2, help="grpo: torch CPU threads")
     p.set_defaults(func=_bench)
+
+    from server.alignment_cli import add_align_arguments, add_eval_arguments
+
+    p = sub.add_parser("align", help="align a policy VLM with GRPO (exact-match reward on the public pool)")
+    add_align_arguments(p)
+    p.set_defaults(func=_align)
+
+    p = sub.add_parser("eval", help="exact-match accuracy of a policy checkpoint on the easy-VQA test split")
+    add_eval_arguments(p)
+    p.set_defaults(func=_eval)
 
     from fedsecure.demo import add_arguments as demo_args
 

@@ -27,7 +27,7 @@ from server.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
 from server.policy import Policy
 from server.prompts import Prompt, check_prompts, collate_prompts
-from server.rollouts import Rollouts, SamplingConfig, completion_logp, generate
+from server.rollouts import CompletionScorer, Rollouts, SamplingConfig, completion_logp, generate
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,14 @@ class GRPOEngine:
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            foreach=not fused, fused=fused or None)
         self.step_count = 0
+        # the graded forward; under torchrun wrapped in DDP so gradients are averaged
+        self.scorer: torch.nn.Module = CompletionScorer(policy.model, temperature=config.sampling.temperature,
+                                                        suppressed=policy.suppressed, autocast=policy.placement.autocast)
+        if policy.placement.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = policy.placement.device
+            self.scorer = DistributedDataParallel(self.scorer, device_ids=[device.index] if device.type == "cuda" else None)
 
     # -- prompts ---------------------------------------------------------------------------
     def sample_prompts(self, pool: Sequence[Prompt]) -> list[Prompt]:
@@ -180,10 +188,13 @@ class GRPOEngine:
         cfg, policy = self.config, self.policy
         device = policy.placement.device
         pixels = None
-        if policy.is_vlm:
+        if policy.is_vlm:  # one image per prompt: the scorer shares each prompt's prefix
             pixels = torch.stack([p.pixel_values for p in prompts]).to(device)  # type: ignore[misc]
-            pixels = pixels.repeat_interleave(cfg.group_size, 0)
         advantages = advantages.to(device)
+        g = cfg.group_size
+        inputs = (rollouts.prompt_ids[::g], rollouts.prompt_mask[::g], rollouts.completion_ids,
+                  rollouts.completion_mask, pixels)
+
         def score(module: torch.nn.Module) -> torch.Tensor:
             return completion_logp(module, rollouts, temperature=cfg.sampling.temperature, pixel_values=pixels,
                                    autocast=policy.placement.autocast, suppressed=policy.suppressed)
@@ -198,7 +209,7 @@ class GRPOEngine:
         totals = {"loss": 0.0, "kl": 0.0, "clipped_fraction": 0.0, "grad_norm": 0.0}
         params = [p for _, p in policy.trainable()]
         for _ in range(cfg.updates_per_batch):
-            logp = score(policy.train_module)
+            logp = self.scorer(*inputs)
             loss, stats = grpo_loss(logp=logp, old_logp=logp.detach() if old_logp is None else old_logp,
                                     ref_logp=ref_logp, advantages=advantages,
                                     mask=rollouts.completion_mask.to(device), config=cfg.loss)

@@ -72,12 +72,6 @@ class Policy:
             self._reference = copy.deepcopy(model).eval().requires_grad_(False)
         model.eval()  # no dropout in rollouts or in the ratio: both must see the same policy
         self.model = model
-        self.train_module: nn.Module = model
-        if placement.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [placement.device.index] if placement.device.type == "cuda" else None
-            self.train_module = DistributedDataParallel(model, device_ids=ids)
 
     @classmethod
     def for_vlm(cls, model: nn.Module, processor: object, *, setup: PolicySetup, placement: Placement) -> Policy:

@@ -125,25 +125,57 @@ def generate(model: nn.Module, batch: PromptBatch, *, group_size: int, config: S
                     group_size=group_size)
 
 
+class CompletionScorer(nn.Module):
+    """Per-token log-probabilities (B, T) of completions under ``model``, with gradients
+    when enabled, on logits scaled by the sampling temperature (suppressed ids excluded, as
+    when sampling) so ratios compare like with like.
+
+    The G completions of a prompt share its prefix, so the prompt (and its image, through
+    the vision tower) is encoded once per prompt; its KV cache is repeated G times and only
+    the completion tokens are run per completion. Gradients flow back through the repeated
+    cache. One module, so that DDP sees one forward per backward."""
+
+    def __init__(self, model: nn.Module, *, temperature: float, suppressed: torch.Tensor | None = None,
+                 autocast: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model, self.temperature, self.autocast = model, temperature, autocast
+        self.suppressed = suppressed
+
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                completion_mask: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """``prompt_ids``/``prompt_mask``/``pixel_values``: one row per prompt; completions:
+        G consecutive rows per prompt."""
+        group = completion_ids.shape[0] // prompt_ids.shape[0]
+        t = completion_ids.shape[1]
+        extra = {} if pixel_values is None else {"pixel_values": pixel_values}
+        device = prompt_ids.device
+        with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                             use_cache=True, logits_to_keep=1, **extra)
+            logits = out.logits[:, -1:].repeat_interleave(group, 0)
+            if t > 1:
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(group)
+                mask = torch.cat([prompt_mask.repeat_interleave(group, 0), completion_mask], dim=1)
+                last = position_ids(prompt_mask)[:, -1:].repeat_interleave(group, 0)
+                positions = last + torch.arange(1, t, device=device)
+                rest = self.model(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
+                                  position_ids=positions, past_key_values=cache, use_cache=True).logits
+                logits = torch.cat([logits, rest], dim=1)
+        logits = suppress(logits.float(), self.suppressed)
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        chosen = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
+        # padding after EOS is a suppressed id (log-prob -inf): zero it, or -inf - -inf = NaN
+        # would reach the masked loss terms and their gradients
+        return torch.where(completion_mask.bool(), chosen - logits.logsumexp(-1), 0.0)
+
+
 def completion_logp(model: nn.Module, rollouts: Rollouts, *, temperature: float,
                     pixel_values: torch.Tensor | None = None, autocast: torch.dtype | None = None,
                     suppressed: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token log-probabilities (B, T) of the completions under ``model`` (with
-    gradients when enabled), on logits scaled by the sampling temperature so ratios compare
-    like with like (suppressed ids excluded, as when sampling). Only the completion
-    positions' logits are computed."""
-    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
-    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)
-    t = rollouts.completion_ids.shape[1]
-    extra = {} if pixel_values is None else {"pixel_values": pixel_values}
-    device = ids.device
-    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                       use_cache=False, logits_to_keep=t + 1, **extra).logits[:, :-1]
-    logits = suppress(logits.float(), suppressed)
-    if temperature > 0:
-        logits = logits / temperature
-    chosen = logits.gather(-1, rollouts.completion_ids[..., None]).squeeze(-1)
-    # padding after EOS is a suppressed id (log-prob -inf): zero it, or -inf - -inf = NaN
-    # would reach the masked loss terms and their gradients
-    return torch.where(rollouts.completion_mask.bool(), chosen - logits.logsumexp(-1), 0.0)
+    """:class:`CompletionScorer` on a :class:`Rollouts` (``pixel_values``: one per prompt)."""
+    g = rollouts.group_size
+    scorer = CompletionScorer(model, temperature=temperature, suppressed=suppressed, autocast=autocast)
+    return scorer(rollouts.prompt_ids[::g], rollouts.prompt_mask[::g], rollouts.completion_ids,
+                  rollouts.completion_mask, pixel_values)

@@ -8,13 +8,15 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from fedsecure.data.easyvqa import answer_type, load_records
-from server.policy import Policy
+from server.devices import select_placement
+from server.policy import Policy, decode_completion, tokenizer_decoder
 from server.prompts import Prompt, collate_prompts, vqa_prompts
 from server.rollouts import SamplingConfig, generate
 
@@ -80,3 +82,22 @@ def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, 
     count = sum(totals.values())
     return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
                       by_type={k: hits[k] / totals[k] for k in sorted(totals)})
+
+
+def evaluate_checkpoint(path: Path, *, limit: int | None = None, seed: int = 0, device: str = "auto") -> EvalResult:
+    """Load any local vision-language checkpoint and measure its exact-match accuracy."""
+    from fedsecure.models.policy_vlm import load_policy
+
+    model, processor = load_policy(path)
+    placement = select_placement(device)
+    model = model.to(placement.device)
+    tok = processor.tokenizer
+    never = [tok.convert_tokens_to_ids(processor.image_token), tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
+    suppressed = torch.tensor(sorted({i for i in never if i is not None} - {tok.eos_token_id}), device=placement.device)
+
+    def decode(row: Sequence[int]) -> str:
+        return decode_completion(row, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                                 decode_ids=tokenizer_decoder(tok))
+    return evaluate(model, prompts=eval_prompts(processor, limit=limit, seed=seed), decode=decode,
+                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, autocast=placement.autocast,
+                    suppressed=suppressed)

@@ -82,3 +82,26 @@ def test_top_p_keeps_the_nucleus_and_greedy_takes_the_argmax() -> None:
     assert set(tokens.tolist()) == {0, 1}  # p(0)=0.71, p(0)+p(1)=0.97 covers 0.9
     tokens, _ = sample_next(logits, config=SamplingConfig(temperature=0.0), generator=g)
     assert set(tokens.tolist()) == {0}
+
+
+def test_shared_prefix_scoring_matches_a_full_forward_in_values_and_gradients() -> None:
+    from server.rollouts import position_ids
+
+    m, r = model(), run(6)
+    suppressed = torch.tensor([PAD, BOS])
+    shared = completion_logp(m, r, temperature=1.0, suppressed=suppressed)
+    (shared * r.completion_mask).sum().backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    mask = torch.cat([r.prompt_mask, r.completion_mask], 1)
+    t = r.completion_ids.shape[1]
+    logits = m(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -t - 1:-1]
+    logits = logits.index_fill(-1, suppressed, float("-inf"))
+    full = logits.gather(-1, r.completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    full = torch.where(r.completion_mask.bool(), full, 0.0)
+    (full * r.completion_mask).sum().backward()
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+    assert len(grads) == len([p for p in m.parameters() if p.grad is not None]) > 10
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=1e-5)

@@ -1,0 +1,173 @@
+"""The alignment job: base policy (a local VLM checkpoint or the built-in tiny one) →
+optional SFT warm start on the seed set → GRPO on the public prompt pool → exported
+policy, with test accuracy before and after.
+
+Everything lives under one output directory, so an interrupted job rerun with the same
+settings picks up where it stopped:
+
+- ``base/``: the initial policy (after SFT), a loadable checkpoint; it is the reference;
+- ``checkpoints/``: GRPO training checkpoints (weights + optimiser state);
+- ``policy/``: the aligned policy, a loadable checkpoint (``fedsecure eval --checkpoint``);
+- ``summary.json``: settings, accuracies, per-step rewards.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsecure.data.shares import server_records
+from fedsecure.errors import CheckpointError
+from fedsecure.models.policy_vlm import build_tiny_vlm, encode_answer, load_policy, save_policy
+from server.devices import select_placement
+from server.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
+from server.grpo_loss import GRPOLossConfig
+from server.policy import Adapter, Policy, PolicySetup
+from server.prompts import vqa_prompts
+from server.rollouts import SamplingConfig
+from server.sft import SFTConfig, sft_warm_start
+from server.vqa_eval import EvalResult, eval_prompts, evaluate_policy, exact_match_reward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """One alignment job. Defaults are the CPU demo's: the tiny policy, full fine-tuning."""
+
+    out: Path
+    policy_path: Path | None = None
+    adapter: Adapter = "full"
+    sft_epochs: int = 30
+    steps: int = 300
+    prompts_per_step: int = 16
+    group_size: int = 8
+    learning_rate: float = 2e-4
+    beta: float = 0.04
+    max_new_tokens: int = 4
+    eval_limit: int = 500
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.sft_epochs < 0 or self.eval_limit < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps and sft_epochs must be >= 0, eval_limit and checkpoint_every >= 1")
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """Accuracy of the initial and the aligned policy, the steps taken, where it was saved."""
+
+    start: EvalResult
+    end: EvalResult
+    steps: int
+    skipped_steps: int
+    mean_reward_first: float
+    mean_reward_last: float
+    policy_dir: Path
+    seconds: float
+
+
+def _prepare_base(settings: AlignmentSettings) -> Path:
+    """Build or load the base, warm-start it, save it once (atomically) as ``base/``."""
+    base = settings.out / "base"
+    if (base / "config.json").is_file():
+        log.info("reusing base policy %s", base)
+        return base
+    if settings.policy_path is not None:
+        model, processor = load_policy(settings.policy_path)
+    else:
+        model, processor = build_tiny_vlm(seed=settings.seed)
+    if settings.sft_epochs:
+        _, seed_set = server_records(seed=0)
+        prompts = vqa_prompts(seed_set, processor=processor)
+        targets = [encode_answer(processor, p.answer or "") for p in prompts]
+        losses = sft_warm_start(model, prompts=prompts, targets=targets, pad_id=processor.tokenizer.pad_token_id,
+                                config=SFTConfig(epochs=settings.sft_epochs, seed=settings.seed))
+        log.info("SFT warm start on %d seed prompts: loss %.3f -> %.3f", len(prompts), losses[0], losses[-1])
+    tmp = settings.out / ".base.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_policy(model, processor, tmp)
+    os.replace(tmp, base)
+    return base
+
+
+def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match_reward,
+                  on_step: Callable[[StepReport], None] | None = None) -> AlignmentResult:
+    """Run (or resume) the job described by ``settings``; see the module docstring."""
+    started = time.perf_counter()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    base = _prepare_base(settings)
+    model, processor = load_policy(base)
+    placement = select_placement(settings.device)
+    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter=settings.adapter), placement=placement)
+    config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
+                        learning_rate=settings.learning_rate, seed=settings.seed,
+                        loss=GRPOLossConfig(beta=settings.beta),
+                        sampling=SamplingConfig(temperature=1.0, max_new_tokens=settings.max_new_tokens))
+    engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / "checkpoints",
+                        checkpoint_every=settings.checkpoint_every)
+    resumed = engine.resume()
+    pool, _ = server_records(seed=0)
+    pool_prompts = vqa_prompts(pool, processor=processor)
+    test = eval_prompts(processor, limit=settings.eval_limit, seed=settings.seed)
+    start_file = settings.out / "start_eval.json"
+    if start_file.is_file():
+        start = EvalResult(**json.loads(start_file.read_text()))
+    elif resumed == 0:  # the policy is still the base
+        start = evaluate_policy(policy, test)
+        start_file.write_text(json.dumps(dataclasses.asdict(start)))
+    else:
+        raise CheckpointError(f"{start_file} is missing: the job's starting accuracy is unknown")
+    log.info("start: test accuracy %.3f on %d questions %s; GRPO from step %d to %d", start.accuracy,
+             start.count, start.by_type, resumed, settings.steps)
+    last_log = [time.perf_counter()]
+
+    def progress(report: StepReport) -> None:
+        if on_step is not None:
+            on_step(report)
+        if report.step % 10 == 9 or report.skipped:
+            now = time.perf_counter()
+            log.info("GRPO step %d/%d: reward %.3f kl %.4f %s(%.2f s/step)", report.step + 1, settings.steps,
+                     report.mean_reward, report.kl, f"skipped: {report.skipped} " if report.skipped else "",
+                     (now - last_log[0]) / 10)
+            last_log[0] = now
+
+    reports = engine.train(pool_prompts, reward, steps=settings.steps, on_step=progress)
+    engine.save()
+    end = evaluate_policy(policy, test)
+    policy_dir = export_policy(policy, processor, settings.out / "policy")
+    rewards = [r.mean_reward for r in reports if not r.skipped]
+    window = max(1, min(20, len(rewards) // 4))
+    result = AlignmentResult(start=start, end=end, steps=engine.step_count,
+                             skipped_steps=sum(1 for r in reports if r.skipped),
+                             mean_reward_first=sum(rewards[:window]) / window if rewards else float("nan"),
+                             mean_reward_last=sum(rewards[-window:]) / window if rewards else float("nan"),
+                             policy_dir=policy_dir, seconds=time.perf_counter() - started)
+    summary = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
+               "result": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}}
+    (settings.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("end: test accuracy %.3f (start %.3f) %s", end.accuracy, start.accuracy, end.by_type)
+    return result
+
+
+def export_policy(policy: Policy, processor: object, path: Path) -> Path:
+    """Save the trained policy as a plain loadable checkpoint (LoRA merged into a copy)."""
+    model = policy.model
+    if policy.setup.adapter == "lora":
+        model = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_policy(model, processor, tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path

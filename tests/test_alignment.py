@@ -1,0 +1,60 @@
+"""The alignment job end to end on the tiny policy (a few steps), its resume, the
+exported checkpoint through ``fedsecure eval``, and ``fedsecure bench grpo``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fedsecure.bench_grpo import BenchConfig, bench_grpo
+from fedsecure.cli import main as cli
+from fedsecure.models.policy_vlm import load_policy
+from server.alignment import AlignmentSettings, run_alignment
+
+
+def settings(out: Path, steps: int) -> AlignmentSettings:
+    return AlignmentSettings(out=out, sft_epochs=2, steps=steps, prompts_per_step=4, eval_limit=24,
+                             checkpoint_every=2, learning_rate=1e-3, device="cpu")
+
+
+def test_the_job_trains_exports_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = run_alignment(settings(tmp_path, steps=2))
+    assert first.steps == 2 and first.start.count == first.end.count == 24
+    assert (tmp_path / "base" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 2
+    base, _ = load_policy(tmp_path / "base")
+    aligned, _ = load_policy(first.policy_dir)
+    changed = [n for n, p in aligned.state_dict().items() if not p.equal(base.state_dict()[n])]
+    assert changed  # the exported policy is the trained one, not the base
+
+    second = run_alignment(settings(tmp_path, steps=4))  # continues from step 2
+    assert second.steps == 4
+    assert second.start == first.start  # same starting point, read back rather than re-measured
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["result"]["steps"] == 4
+
+    capsys.readouterr()
+    assert cli(["eval", "--checkpoint", str(first.policy_dir), "--limit", "24", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == 24 and out["accuracy"] == pytest.approx(second.end.accuracy)
+
+
+def test_eval_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        cli(["eval", "--checkpoint", str(tmp_path / "none"), "--limit", "4"])
+
+
+def test_bench_grpo_reports_both_engines_or_why_trl_could_not_run() -> None:
+    config = BenchConfig(hidden=32, intermediate=64, layers=1, heads=2, vocab=200, new_tokens=4, prompt_tokens=4)
+    result = bench_grpo(config=config, steps=2, repeats=1)
+    assert result["ours_step_s"] > 0 and result["ours_steps"] == 2  # type: ignore[operator]
+    assert result["ours_skipped_steps"] == 0  # every timed step made its update
+    assert result["ours_rollout_s"] + result["ours_update_s"] <= result["ours_step_s"] * 1.5  # type: ignore[operator]
+    assert result["config"]["params"] > 0  # type: ignore[index]
+    if importlib.util.find_spec("trl") is None:
+        assert result["ratio"] is None and "make bench-deps" in str(result["trl_error"])
+    else:
+        assert result["trl_steps"] == 2 and result["ratio"] > 0  # type: ignore[operator]
