@@ -27,7 +27,7 @@ from server.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
 from server.policy import Policy
 from server.prompts import Prompt, check_prompts, collate_prompts
-from server.rollouts import CompletionScorer, Rollouts, SamplingConfig, completion_logp, generate
+from server.rollouts import CompletionScorer, Rollouts, SamplingConfig, completion_logp, generate, generate_graded
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class GRPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    # With μ = 1, score the policy with the forward that sampled it (one pass instead of
+    # two; activation memory grows with max_new_tokens²). Ignored with μ > 1 or under DDP.
+    single_pass: bool = False
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -141,7 +144,7 @@ class GRPOEngine:
         cfg, policy = self.config, self.policy
         check_prompts(prompts, needs_image=policy.is_vlm)
         started = time.perf_counter()
-        rollouts, texts, expanded = self._rollout(prompts)
+        rollouts, graded, texts, expanded = self._rollout(prompts)
         rollout_s = time.perf_counter() - started
         tokens = int(rollouts.completion_mask.sum())
         try:
@@ -158,22 +161,30 @@ class GRPOEngine:
             return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,
                                            skipped="no group had reward variance: nothing to learn from"))
         started = time.perf_counter()
-        stats = self._update(rollouts, advantages, prompts)
+        stats = self._update(rollouts, advantages, prompts, graded)
         return self._finish(StepReport(self.step_count, mean, std, stats["loss"], stats["kl"],
                                        stats["clipped_fraction"], stats["grad_norm"], tokens, rollout_s,
                                        time.perf_counter() - started))
 
-    def _rollout(self, prompts: Sequence[Prompt]) -> tuple[Rollouts, list[str], list[Prompt]]:
+    def _single_pass(self) -> bool:
+        return (self.config.single_pass and self.config.updates_per_batch == 1
+                and not self.policy.placement.distributed)
+
+    def _rollout(self, prompts: Sequence[Prompt]) -> tuple[Rollouts, torch.Tensor | None, list[str], list[Prompt]]:
         cfg, policy = self.config, self.policy
         batch = collate_prompts(prompts, pad_id=policy.pad_id)
         generator = torch.Generator(device=policy.placement.device)
         generator.manual_seed((cfg.seed * 1_000_003 + self.step_count) * 1009 + policy.placement.rank)
-        rollouts = generate(policy.model, batch, group_size=cfg.group_size, config=cfg.sampling,
-                            eos_id=policy.eos_id, pad_id=policy.pad_id, generator=generator,
-                            autocast=policy.placement.autocast, suppressed=policy.suppressed)
+        kwargs = dict(group_size=cfg.group_size, config=cfg.sampling, eos_id=policy.eos_id, pad_id=policy.pad_id,
+                      generator=generator, autocast=policy.placement.autocast, suppressed=policy.suppressed)
+        graded = None
+        if self._single_pass():
+            rollouts, graded = generate_graded(policy.model, batch, **kwargs)  # type: ignore[arg-type]
+        else:
+            rollouts = generate(policy.model, batch, **kwargs)  # type: ignore[arg-type]
         texts = [policy.decode(row) for row in rollouts.completion_ids.tolist()]
         expanded = [p for p in prompts for _ in range(cfg.group_size)]
-        return rollouts, texts, expanded
+        return rollouts, graded, texts, expanded
 
     def _any_rank(self, flag: bool) -> bool:
         # Under DDP every rank must take the same branch, or the gradient all-reduce of the
@@ -184,7 +195,8 @@ class GRPOEngine:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
-    def _update(self, rollouts: Rollouts, advantages: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, float]:
+    def _update(self, rollouts: Rollouts, advantages: torch.Tensor, prompts: Sequence[Prompt],
+                graded: torch.Tensor | None) -> dict[str, float]:
         cfg, policy = self.config, self.policy
         device = policy.placement.device
         pixels = None
@@ -209,7 +221,7 @@ class GRPOEngine:
         totals = {"loss": 0.0, "kl": 0.0, "clipped_fraction": 0.0, "grad_norm": 0.0}
         params = [p for _, p in policy.trainable()]
         for _ in range(cfg.updates_per_batch):
-            logp = self.scorer(*inputs)
+            logp = graded if graded is not None else self.scorer(*inputs)
             loss, stats = grpo_loss(logp=logp, old_logp=logp.detach() if old_logp is None else old_logp,
                                     ref_logp=ref_logp, advantages=advantages,
                                     mask=rollouts.completion_mask.to(device), config=cfg.loss)

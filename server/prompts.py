@@ -15,7 +15,7 @@ import torch
 from fedsecure.data.easyvqa import VQARecord, load_image
 from fedsecure.errors import PromptError
 
-MAX_QUESTION_CHARS = 512
+MAX_QUESTION_CHARS = 8192
 
 
 @dataclass(frozen=True)

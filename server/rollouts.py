@@ -76,22 +76,56 @@ def sample_next(logits: torch.Tensor, *, config: SamplingConfig, generator: torc
         sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
         logp = torch.log_softmax(logp, dim=-1)
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    # inverse-CDF sampling with one uniform per row (torch.multinomial, or a Gumbel race
+    # drawing one number per vocabulary entry, cost several times more on CPU)
+    probs = logp.exp()
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    # a zero-probability token can only come from rounding at the very top of the CDF
+    tokens = torch.where(probs.gather(-1, tokens[:, None]).squeeze(-1) > 0, tokens, probs.argmax(-1))
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-@torch.no_grad()  # not inference_mode: the ids are reused in the graded forward
 def generate(model: nn.Module, batch: PromptBatch, *, group_size: int, config: SamplingConfig,
              eos_id: int, pad_id: int, generator: torch.Generator | None = None,
              autocast: torch.dtype | None = None, suppressed: torch.Tensor | None = None) -> Rollouts:
     """Sample ``group_size`` completions for every prompt of ``batch`` (seeded by ``generator``)."""
+    with torch.no_grad():  # not inference_mode: the ids are reused in the graded forward
+        rollouts, _ = _decode(model, batch, group_size=group_size, config=config, eos_id=eos_id, pad_id=pad_id,
+                              generator=generator, autocast=autocast, suppressed=suppressed, graded=False)
+    return rollouts
+
+
+def generate_graded(model: nn.Module, batch: PromptBatch, *, group_size: int, config: SamplingConfig,
+                    eos_id: int, pad_id: int, generator: torch.Generator | None = None,
+                    autocast: torch.dtype | None = None,
+                    suppressed: torch.Tensor | None = None) -> tuple[Rollouts, torch.Tensor]:
+    """:func:`generate`, also returning the completions' log-probabilities (B, T) under
+    the tempered policy *with their autograd graph*, as :class:`CompletionScorer` would
+    compute them: with one update per batch (μ = 1) the policy is scored by the very
+    forward that sampled it, instead of a second pass. Activation memory grows with the
+    square of the completion length (each step keeps its KV cache for backward), so this is
+    for short completions."""
+    with torch.enable_grad():
+        return _decode(model, batch, group_size=group_size, config=config, eos_id=eos_id, pad_id=pad_id,
+                       generator=generator, autocast=autocast, suppressed=suppressed, graded=True)
+
+
+def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: SamplingConfig, eos_id: int,
+            pad_id: int, generator: torch.Generator | None, autocast: torch.dtype | None,
+            suppressed: torch.Tensor | None, graded: bool) -> tuple[Rollouts, torch.Tensor]:
     if group_size < 1:
         raise ValueError("group_size must be >= 1")
     device = next(model.parameters()).device
     ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
     extra = {} if batch.pixel_values is None else {"pixel_values": batch.pixel_values.to(device)}
-    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+    use_amp = autocast is not None
+    # prompts of equal length need no mask (padding after EOS is never attended to by an
+    # earlier token): attention then runs its plain causal path, without building a mask
+    dense = bool(mask.all())
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=use_amp):
+        out = model(input_ids=ids, attention_mask=None if dense else mask, position_ids=position_ids(mask),
                     use_cache=True, logits_to_keep=1, **extra)
     cache, logits = out.past_key_values, out.logits[:, -1]
     if group_size > 1:
@@ -101,10 +135,14 @@ def generate(model: nn.Module, batch: PromptBatch, *, group_size: int, config: S
     attn = mask.repeat_interleave(group_size, 0)
     pos = position_ids(attn)[:, -1]
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    tokens_out, logp_out, mask_out = [], [], []
+    tokens_out, logp_out, mask_out, graded_out = [], [], [], []
     for step in range(config.max_new_tokens):
-        tok, logp = sample_next(logits, config=config, generator=generator, suppressed=suppressed)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        with torch.no_grad():
+            tok, logp = sample_next(logits.detach(), config=config, generator=generator, suppressed=suppressed)
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        if graded:
+            scaled = suppress(logits.float(), suppressed) / config.temperature
+            graded_out.append(scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1))
         tokens_out.append(tok)
         logp_out.append(torch.where(done, torch.zeros_like(logp), logp))
         mask_out.append(~done)
@@ -113,16 +151,19 @@ def generate(model: nn.Module, batch: PromptBatch, *, group_size: int, config: S
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         pos = pos + 1
-        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None],
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=use_amp):
+            out = model(input_ids=tok[:, None], attention_mask=None if dense else attn, position_ids=pos[:, None],
                         past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
-    return Rollouts(prompt_ids=ids.repeat_interleave(group_size, 0),
-                    prompt_mask=mask.repeat_interleave(group_size, 0),
-                    completion_ids=torch.stack(tokens_out, 1),
-                    completion_mask=torch.stack(mask_out, 1).long(),
-                    sampling_logp=torch.stack(logp_out, 1),
-                    group_size=group_size)
+    completion_mask = torch.stack(mask_out, 1)
+    rollouts = Rollouts(prompt_ids=ids.repeat_interleave(group_size, 0),
+                        prompt_mask=mask.repeat_interleave(group_size, 0),
+                        completion_ids=torch.stack(tokens_out, 1),
+                        completion_mask=completion_mask.long(),
+                        sampling_logp=torch.stack(logp_out, 1),
+                        group_size=group_size)
+    scored = torch.where(completion_mask, torch.stack(graded_out, 1), 0.0) if graded else rollouts.sampling_logp
+    return rollouts, scored
 
 
 class CompletionScorer(nn.Module):
@@ -149,8 +190,10 @@ class CompletionScorer(nn.Module):
         t = completion_ids.shape[1]
         extra = {} if pixel_values is None else {"pixel_values": pixel_values}
         device = prompt_ids.device
+        dense = bool(prompt_mask.all())  # as in generation: no mask needed without left padding
         with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+            out = self.model(input_ids=prompt_ids, attention_mask=None if dense else prompt_mask,
+                             position_ids=position_ids(prompt_mask),
                              use_cache=True, logits_to_keep=1, **extra)
             logits = out.logits[:, -1:].repeat_interleave(group, 0)
             if t > 1:
@@ -159,7 +202,7 @@ class CompletionScorer(nn.Module):
                 mask = torch.cat([prompt_mask.repeat_interleave(group, 0), completion_mask], dim=1)
                 last = position_ids(prompt_mask)[:, -1:].repeat_interleave(group, 0)
                 positions = last + torch.arange(1, t, device=device)
-                rest = self.model(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
+                rest = self.model(input_ids=completion_ids[:, :-1], attention_mask=None if dense else mask[:, :-1],
                                   position_ids=positions, past_key_values=cache, use_cache=True).logits
                 logits = torch.cat([logits, rest], dim=1)
         logits = suppress(logits.float(), self.suppressed)

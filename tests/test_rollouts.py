@@ -105,3 +105,12 @@ def test_shared_prefix_scoring_matches_a_full_forward_in_values_and_gradients() 
     assert len(grads) == len([p for p in m.parameters() if p.grad is not None]) > 10
     for n, p in m.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_sampling_draws_tokens_with_their_probabilities() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = probs.clamp(min=1e-30).log().expand(20000, 4)
+    tokens, logp = sample_next(logits, config=SamplingConfig(), generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=4).float() / 20000
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    torch.testing.assert_close(logp, probs.clamp(min=1e-30).log()[tokens])
