@@ -180,13 +180,18 @@ def bench_grpo(*, config: BenchConfig = BenchConfig(), steps: int = 10, repeats:
         reports: list[Any] = []
         trl: list[float] = []
         trl_error = None
+        by_repeat: list[list[float]] = []
         for r in range(repeats):
+            torch.set_num_threads(config.threads)  # the Trainer may have changed it
             t, rep = _time_ours(engine, pool_reward, steps)
+            by_repeat.append([round(statistics.median(t), 4)])
             ours += t
             reports += rep
             if trl_error is None:
                 try:
-                    trl += _time_trl(config, path, prompts, steps + 1, root / f"trl{r}")[1:]  # first = warm-up
+                    trl_times = _time_trl(config, path, prompts, steps + 1, root / f"trl{r}")[1:]  # first = warm-up
+                    trl += trl_times
+                    by_repeat[-1].append(round(statistics.median(trl_times), 4))
                 except ImportError as exc:
                     trl_error = f"TRL is not installed ({exc.name}); install the benchmark extra: make bench-deps"
                 except Exception as exc:  # noqa: BLE001 - reported in the JSON, not hidden
@@ -198,6 +203,7 @@ def bench_grpo(*, config: BenchConfig = BenchConfig(), steps: int = 10, repeats:
     tokens = statistics.median(r.completion_tokens for r in reports)
     result["ours_completion_tokens_per_s"] = round(tokens / ours_s, 1)
     result["ours_steps"] = len(ours)
+    result["medians_by_repeat"] = by_repeat  # [ours, trl] per alternating block
     # a skipped step (no reward variance) does no update and would flatter the timing
     result["ours_skipped_steps"] = sum(1 for r in reports if r.skipped)
     update_tokens = tokens + config.prompts * config.group_size * config.prompt_tokens

@@ -116,9 +116,9 @@ class GRPOEngine:
         params = [p for _, p in policy.trainable()]
         if not params:
             raise ValueError("the policy has no trainable parameters")
-        fused = policy.placement.device.type == "cuda"
+        # fused AdamW (one kernel over all parameters) exists for CPU and CUDA float tensors
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                           foreach=not fused, fused=fused or None)
+                                           fused=all(p.dtype in (torch.float32, torch.bfloat16) for p in params))
         self.step_count = 0
         # the graded forward; under torchrun wrapped in DDP so gradients are averaged
         self.scorer: torch.nn.Module = CompletionScorer(policy.model, temperature=config.sampling.temperature,

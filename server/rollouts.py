@@ -67,24 +67,24 @@ def sample_next(logits: torch.Tensor, *, config: SamplingConfig, generator: torc
     if config.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.zeros_like(tokens, dtype=torch.float32)
-    logp = torch.log_softmax(logits / config.temperature, dim=-1)
+    scaled = logits / config.temperature
     if config.top_p < 1:
+        logp = torch.log_softmax(scaled, dim=-1)
         sorted_logp, order = logp.sort(dim=-1, descending=True)
         cumulative = sorted_logp.exp().cumsum(-1)
         # drop a token once the mass before it already reaches top_p; the first one always stays
         drop = (cumulative - sorted_logp.exp()) >= config.top_p
         sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
-        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
-        logp = torch.log_softmax(logp, dim=-1)
+        scaled = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
+    probs = torch.softmax(scaled, dim=-1)
     # inverse-CDF sampling with one uniform per row (torch.multinomial, or a Gumbel race
     # drawing one number per vocabulary entry, cost several times more on CPU)
-    probs = logp.exp()
     cdf = probs.double().cumsum(-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
     tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     # a zero-probability token can only come from rounding at the very top of the CDF
     tokens = torch.where(probs.gather(-1, tokens[:, None]).squeeze(-1) > 0, tokens, probs.argmax(-1))
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log()
 
 
 def generate(model: nn.Module, batch: PromptBatch, *, group_size: int, config: SamplingConfig,
@@ -149,7 +149,8 @@ def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: Sa
         done = done | (tok == eos_id)
         if bool(done.all()) or step == config.max_new_tokens - 1:
             break
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        if not dense:
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         pos = pos + 1
         with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=use_amp):
             out = model(input_ids=tok[:, None], attention_mask=None if dense else attn, position_ids=pos[:, None],
