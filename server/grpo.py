@@ -10,6 +10,7 @@ they are computed once, before the first update. The reference forward is skippe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +28,7 @@ from server.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
 from server.policy import Policy
 from server.prompts import Prompt, check_prompts, collate_prompts
-from server.rollouts import CompletionScorer, Rollouts, SamplingConfig, completion_logp, generate, generate_graded
+from server.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class GRPOConfig:
     # With μ = 1, score the policy with the forward that sampled it (one pass instead of
     # two; activation memory grows with max_new_tokens²). Ignored with μ > 1 or under DDP.
     single_pass: bool = False
+    # prompts (with all their completions) per forward/backward; gradients are accumulated
+    # over the batch's chunks. None: the whole batch at once.
+    micro_batch_prompts: int | None = None
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -66,6 +70,8 @@ class GRPOConfig:
             raise ValueError("prompts_per_step and updates_per_batch must be >= 1")
         if not self.learning_rate > 0 or self.weight_decay < 0 or not self.max_grad_norm > 0:
             raise ValueError("need learning_rate > 0, weight_decay >= 0, max_grad_norm > 0")
+        if self.micro_batch_prompts is not None and self.micro_batch_prompts < 1:
+            raise ValueError("micro_batch_prompts must be >= 1 (or None for the whole batch)")
         if self.sampling.temperature == 0:
             raise ValueError("GRPO samples its groups: temperature must be > 0")
 
@@ -168,7 +174,7 @@ class GRPOEngine:
 
     def _single_pass(self) -> bool:
         return (self.config.single_pass and self.config.updates_per_batch == 1
-                and not self.policy.placement.distributed)
+                and self.config.micro_batch_prompts is None and not self.policy.placement.distributed)
 
     def _rollout(self, prompts: Sequence[Prompt]) -> tuple[Rollouts, torch.Tensor | None, list[str], list[Prompt]]:
         cfg, policy = self.config, self.policy
@@ -195,21 +201,31 @@ class GRPOEngine:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
+    def _chunks(self, prompts: int) -> list[slice]:
+        """Prompt ranges of one forward/backward each (whole groups, so the shared-prefix
+        scorer still sees every completion of a prompt together)."""
+        size = self.config.micro_batch_prompts or prompts
+        return [slice(i, min(i + size, prompts)) for i in range(0, prompts, size)]
+
     def _update(self, rollouts: Rollouts, advantages: torch.Tensor, prompts: Sequence[Prompt],
                 graded: torch.Tensor | None) -> dict[str, float]:
         cfg, policy = self.config, self.policy
-        device = policy.placement.device
+        device, g = policy.placement.device, cfg.group_size
         pixels = None
         if policy.is_vlm:  # one image per prompt: the scorer shares each prompt's prefix
             pixels = torch.stack([p.pixel_values for p in prompts]).to(device)  # type: ignore[misc]
         advantages = advantages.to(device)
-        g = cfg.group_size
-        inputs = (rollouts.prompt_ids[::g], rollouts.prompt_mask[::g], rollouts.completion_ids,
-                  rollouts.completion_mask, pixels)
+        mask = rollouts.completion_mask.to(device)
+        chunks = [(c, slice(c.start * g, c.stop * g)) for c in self._chunks(len(prompts))]
+
+        def inputs(c: slice, rows: slice) -> tuple[torch.Tensor | None, ...]:
+            return (rollouts.prompt_ids[::g][c], rollouts.prompt_mask[::g][c], rollouts.completion_ids[rows],
+                    rollouts.completion_mask[rows], None if pixels is None else pixels[c])
 
         def score(module: torch.nn.Module) -> torch.Tensor:
-            return completion_logp(module, rollouts, temperature=cfg.sampling.temperature, pixel_values=pixels,
-                                   autocast=policy.placement.autocast, suppressed=policy.suppressed)
+            scorer = CompletionScorer(module, temperature=cfg.sampling.temperature, suppressed=policy.suppressed,
+                                      autocast=policy.placement.autocast)
+            return torch.cat([scorer(*inputs(c, rows)) for c, rows in chunks])
 
         ref_logp = old_logp = None
         with torch.no_grad():
@@ -218,21 +234,31 @@ class GRPOEngine:
                     ref_logp = score(reference)
             if cfg.updates_per_batch > 1:
                 old_logp = score(policy.model)
+        # each chunk's loss is weighted by its share of what the loss averages over
+        # (completions, or tokens), so the accumulated gradient is the full batch's
+        if cfg.loss.averaging == "token":
+            weights = [float(mask[rows].sum()) / max(float(mask.sum()), 1.0) for _, rows in chunks]
+        else:
+            weights = [(rows.stop - rows.start) / mask.shape[0] for _, rows in chunks]
         totals = {"loss": 0.0, "kl": 0.0, "clipped_fraction": 0.0, "grad_norm": 0.0}
         params = [p for _, p in policy.trainable()]
         for _ in range(cfg.updates_per_batch):
-            logp = graded if graded is not None else self.scorer(*inputs)
-            loss, stats = grpo_loss(logp=logp, old_logp=logp.detach() if old_logp is None else old_logp,
-                                    ref_logp=ref_logp, advantages=advantages,
-                                    mask=rollouts.completion_mask.to(device), config=cfg.loss)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for k, ((c, rows), w) in enumerate(zip(chunks, weights, strict=True)):
+                logp = graded if graded is not None else self.scorer(*inputs(c, rows))
+                loss, stats = grpo_loss(logp=logp, old_logp=logp.detach() if old_logp is None else old_logp[rows],
+                                        ref_logp=None if ref_logp is None else ref_logp[rows],
+                                        advantages=advantages[rows], mask=mask[rows], config=cfg.loss)
+                last = k == len(chunks) - 1
+                sync = contextlib.nullcontext() if last or not hasattr(self.scorer, "no_sync") else self.scorer.no_sync()
+                with sync:  # DDP all-reduces gradients once, on the last chunk
+                    (loss * w).backward()
+                totals["loss"] += loss.item() * w / cfg.updates_per_batch
+                for key in ("kl", "clipped_fraction"):
+                    totals[key] += stats[key] * w / cfg.updates_per_batch
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.optimizer.step()
-            totals["loss"] += loss.item() / cfg.updates_per_batch
             totals["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
-            for k in ("kl", "clipped_fraction"):
-                totals[k] += stats[k] / cfg.updates_per_batch
         return totals
 
     def _finish(self, report: StepReport) -> StepReport:

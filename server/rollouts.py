@@ -135,6 +135,8 @@ def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: Sa
     attn = mask.repeat_interleave(group_size, 0)
     pos = position_ids(attn)[:, -1]
     done = torch.zeros(rows, dtype=torch.bool, device=device)
+    # asking whether every row is done waits for the GPU: do it every few steps there
+    check_every = 1 if device.type == "cpu" else 8
     tokens_out, logp_out, mask_out, graded_out = [], [], [], []
     for step in range(config.max_new_tokens):
         with torch.no_grad():
@@ -147,7 +149,7 @@ def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: Sa
         logp_out.append(torch.where(done, torch.zeros_like(logp), logp))
         mask_out.append(~done)
         done = done | (tok == eos_id)
-        if bool(done.all()) or step == config.max_new_tokens - 1:
+        if step == config.max_new_tokens - 1 or (step % check_every == check_every - 1 and bool(done.all())):
             break
         if not dense:
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)

@@ -177,3 +177,19 @@ def test_configuration_is_checked_up_front() -> None:
         SamplingConfig(top_p=0.0)
     with pytest.raises(ValueError):
         PolicySetup(adapter="qlora")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("averaging", ["sequence", "token"])
+def test_micro_batches_and_single_pass_give_the_whole_batch_update(averaging: str) -> None:
+    def run(**kwargs: object) -> list[torch.Tensor]:
+        cfg = GRPOConfig(group_size=8, prompts_per_step=4, learning_rate=3e-3, seed=0,
+                         loss=GRPOLossConfig(beta=0.04, averaging=averaging),  # type: ignore[arg-type]
+                         sampling=SamplingConfig(max_new_tokens=8), **kwargs)  # type: ignore[arg-type]
+        engine = GRPOEngine(policy=tiny_policy(), config=cfg)
+        engine.train(pool(), per_completion(low_tokens), steps=3)
+        return _state(engine)
+
+    whole = run()
+    for other in (run(micro_batch_prompts=1), run(micro_batch_prompts=3), run(single_pass=True)):
+        for a, b in zip(whole, other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float reassociation only
