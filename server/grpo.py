@@ -133,7 +133,10 @@ class GRPOEngine:
             from torch.nn.parallel import DistributedDataParallel
 
             device = policy.placement.device
-            self.scorer = DistributedDataParallel(self.scorer, device_ids=[device.index] if device.type == "cuda" else None)
+            # find_unused_parameters: a VLM leaves some weights out of the graph (e.g. the vision
+            # tower's pooling head), which plain DDP would wait for forever
+            self.scorer = DistributedDataParallel(self.scorer, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=True)
 
     # -- prompts ---------------------------------------------------------------------------
     def sample_prompts(self, pool: Sequence[Prompt]) -> list[Prompt]:

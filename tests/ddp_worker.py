@@ -1,0 +1,47 @@
+"""Run under ``torchrun --nproc_per_node=2`` by test_grpo_ddp.py: two CPU ranks (gloo)
+train the same tiny policy on different prompts; DDP must keep them identical."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM
+
+from fedsecure.models.policy_vlm import tiny_llama_config
+from server.devices import select_placement
+from server.grpo import GRPOConfig, GRPOEngine, per_completion
+from server.grpo_loss import GRPOLossConfig
+from server.policy import Policy, PolicySetup
+from server.prompts import Prompt
+from server.rollouts import SamplingConfig
+
+
+def main(out: Path) -> None:
+    placement = select_placement("cpu")
+    assert placement.distributed, "run me under torchrun with 2 processes"
+    torch.manual_seed(0)  # the same initial weights on every rank
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=32, hidden=32, layers=1, heads=2))
+    policy = Policy(model, setup=PolicySetup(adapter="full"), placement=placement, eos_id=2, pad_id=0,
+                    is_vlm=False, suppressed_ids=[0, 1])
+    before = [p.detach().clone() for _, p in policy.trainable()]
+    config = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, micro_batch_prompts=1,
+                        loss=GRPOLossConfig(beta=0.04), sampling=SamplingConfig(max_new_tokens=6))
+    engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=out / "ckpt", checkpoint_every=2)
+    pool = [Prompt(f"p{i}", "", (3 + i, 4 + i, 5)) for i in range(16)]
+    picked = [p.prompt_id for p in engine.sample_prompts(pool)]
+    reports = engine.train(pool, per_completion(lambda p, c: sum(int(t) < 12 for t in c.split()) / 6), steps=2)
+    params = [p.detach() for _, p in policy.trainable()]
+    (out / f"rank{placement.rank}.json").write_text(json.dumps({
+        "checksum": [float(p.double().sum()) for p in params],
+        "changed": any(not torch.equal(a, b) for a, b in zip(before, params, strict=True)),
+        "prompts": picked,
+        "skipped": [r.skipped for r in reports],
+    }))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
