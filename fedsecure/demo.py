@@ -29,6 +29,7 @@ from fedsecure.types import Role
 # Clients of the three kinds of DESIGN.md §5.
 DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"))
 DEMO_PHASES = "train,score,report_ledger"
+GRPO_STEPS = 200
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-steps", type=int, default=40, help="DP steps per client per round")
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's privacy budget")
     p.add_argument("--max-pairs", type=int, default=4000, help="pairs per client (keeps the demo short)")
+    p.add_argument("--grpo-steps", type=int, default=GRPO_STEPS,
+                   help="GRPO steps of the server's alignment stage (0: skip it)")
+    p.add_argument("--grpo-eval", type=int, default=500, help="test questions the alignment is measured on")
 
 
 @dataclass
@@ -133,10 +137,12 @@ def main(args: argparse.Namespace) -> int:
         clients[name] = {"kind": kind, **(json.loads(path.read_text()) if path.exists() else {}),
                          "audit": audits.get(name, {"ok": False, "violations": ["no ledger"]}),
                          "score_ranking_accuracy": ranking.get(name)}
+    alignment = _align(work / "alignment", steps=args.grpo_steps, eval_limit=args.grpo_eval) \
+        if args.grpo_steps > 0 and status["state"] == "finished" else None
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
                "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
-               "decryptions": decryptions, "seconds": round(time.monotonic() - started, 2), "work_dir": str(work),
-               "audit_report": str(work / "audit.html")}
+               "decryptions": decryptions, "alignment": alignment, "seconds": round(time.monotonic() - started, 2),
+               "work_dir": str(work), "audit_report": str(work / "audit.html")}
     _print_summary(summary)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     ok = (status["state"] == "finished" and status["rounds_closed"] == args.rounds
@@ -144,6 +150,27 @@ def main(args: argparse.Namespace) -> int:
     if not ok:
         print(f"[demo] FAILED: run {status['state']} ({status['detail']}); logs in {logs}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _align(out: Path, *, steps: int, eval_limit: int) -> dict[str, object]:
+    """The server's alignment stage: SFT warm start on its seed set, then GRPO of the tiny
+    policy VLM on its public prompt pool. The reward here is exact match against the pool's
+    answers (a check the server can compute itself, proving the engine); the fused client
+    rewards take its place in the federated round."""
+    from server.alignment import AlignmentSettings, run_alignment
+
+    print(f"[demo] server alignment: SFT warm start, then {steps} GRPO steps (exact-match reward), "
+          f"progress in the log every 10 steps", flush=True)
+    result = run_alignment(AlignmentSettings(out=out, steps=steps, eval_limit=eval_limit, device="auto"))
+    print(f"[demo] policy test accuracy (exact match, {result.end.count} easy-VQA test questions): "
+          f"{result.start.accuracy:.3f} -> {result.end.accuracy:.3f}; mean reward "
+          f"{result.mean_reward_first:.3f} -> {result.mean_reward_last:.3f}; aligned policy in {result.policy_dir}",
+          flush=True)
+    return {"start_accuracy": result.start.accuracy, "end_accuracy": result.end.accuracy,
+            "start_by_type": result.start.by_type, "end_by_type": result.end.by_type, "steps": result.steps,
+            "skipped_steps": result.skipped_steps, "mean_reward_first": result.mean_reward_first,
+            "mean_reward_last": result.mean_reward_last, "policy_dir": str(result.policy_dir),
+            "seconds": round(result.seconds, 1)}
 
 
 def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float) -> dict[str, object]:

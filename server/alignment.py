@@ -24,9 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from fedsecure.data.shares import server_records
 from fedsecure.errors import CheckpointError
-from fedsecure.models.policy_vlm import build_tiny_vlm, encode_answer, load_policy, save_policy
+from fedsecure.models.policy_vlm import (
+    build_tiny_vlm,
+    encode_answer,
+    load_policy,
+    save_policy,
+)
 from server.devices import select_placement
 from server.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
 from server.grpo_loss import GRPOLossConfig
@@ -34,7 +41,12 @@ from server.policy import Adapter, Policy, PolicySetup
 from server.prompts import vqa_prompts
 from server.rollouts import SamplingConfig
 from server.sft import SFTConfig, sft_warm_start
-from server.vqa_eval import EvalResult, eval_prompts, evaluate_policy, exact_match_reward
+from server.vqa_eval import (
+    EvalResult,
+    eval_prompts,
+    evaluate_policy,
+    exact_match_reward,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +118,13 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
     """Run (or resume) the job described by ``settings``; see the module docstring."""
     started = time.perf_counter()
     settings.out.mkdir(parents=True, exist_ok=True)
-    base = _prepare_base(settings)
-    model, processor = load_policy(base)
-    placement = select_placement(settings.device)
+    placement = select_placement(settings.device)  # under torchrun: joins the process group
+    lead = placement.rank == 0  # one writer of shared files; every rank trains
+    if lead:
+        _prepare_base(settings)
+    if placement.distributed:
+        torch.distributed.barrier()
+    model, processor = load_policy(settings.out / "base")
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter=settings.adapter), placement=placement)
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
@@ -125,7 +141,8 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
         start = EvalResult(**json.loads(start_file.read_text()))
     elif resumed == 0:  # the policy is still the base
         start = evaluate_policy(policy, test)
-        start_file.write_text(json.dumps(dataclasses.asdict(start)))
+        if lead:
+            start_file.write_text(json.dumps(dataclasses.asdict(start)))
     else:
         raise CheckpointError(f"{start_file} is missing: the job's starting accuracy is unknown")
     log.info("start: test accuracy %.3f on %d questions %s; GRPO from step %d to %d", start.accuracy,
@@ -145,7 +162,9 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
     reports = engine.train(pool_prompts, reward, steps=settings.steps, on_step=progress)
     engine.save()
     end = evaluate_policy(policy, test)
-    policy_dir = export_policy(policy, processor, settings.out / "policy")
+    policy_dir = settings.out / "policy"
+    if lead:
+        export_policy(policy, processor, policy_dir)
     rewards = [r.mean_reward for r in reports if not r.skipped]
     window = max(1, min(20, len(rewards) // 4))
     result = AlignmentResult(start=start, end=end, steps=engine.step_count,
@@ -155,7 +174,8 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
                              policy_dir=policy_dir, seconds=time.perf_counter() - started)
     summary = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
                "result": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}}
-    (settings.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if lead:
+        (settings.out / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("end: test accuracy %.3f (start %.3f) %s", end.accuracy, start.accuracy, end.by_type)
     return result
 

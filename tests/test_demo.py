@@ -11,7 +11,8 @@ from pathlib import Path
 def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "fedsecure.cli", "demo", "--rounds", "2", "--out", str(out),
-                           "--local-steps", "8", "--max-pairs", "600"], capture_output=True, text=True, timeout=600)
+                           "--local-steps", "8", "--max-pairs", "600",
+                           "--grpo-steps", "2", "--grpo-eval", "32"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["state"], summary["rounds_closed"]) == ("finished", 2)
@@ -32,6 +33,9 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert applied["bank-c"] >= {(1, "attn.text"), (2, "attn.text")}
     assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
+    alignment = summary["alignment"]  # the server's GRPO stage ran and exported a loadable policy
+    assert alignment["steps"] == 2 and 0.0 <= alignment["end_accuracy"] <= 1.0
+    assert (Path(alignment["policy_dir"]) / "model.safetensors").is_file() and "policy test accuracy" in proc.stdout
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
 
