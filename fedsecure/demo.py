@@ -29,7 +29,7 @@ from fedsecure.types import Role
 # Clients of the three kinds of DESIGN.md §5.
 DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"))
 DEMO_PHASES = "train,score,report_ledger"
-GRPO_STEPS = 200
+GRPO_STEPS = 150
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

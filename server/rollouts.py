@@ -67,7 +67,7 @@ def sample_next(logits: torch.Tensor, *, config: SamplingConfig, generator: torc
     if config.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.zeros_like(tokens, dtype=torch.float32)
-    scaled = logits / config.temperature
+    scaled = logits if config.temperature == 1.0 else logits / config.temperature
     if config.top_p < 1:
         logp = torch.log_softmax(scaled, dim=-1)
         sorted_logp, order = logp.sort(dim=-1, descending=True)
@@ -209,7 +209,7 @@ class CompletionScorer(nn.Module):
                                   position_ids=positions, past_key_values=cache, use_cache=True).logits
                 logits = torch.cat([logits, rest], dim=1)
         logits = suppress(logits.float(), self.suppressed)
-        if self.temperature > 0:
+        if self.temperature > 0 and self.temperature != 1.0:
             logits = logits / self.temperature
         chosen = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
         # padding after EOS is a suppressed id (log-prob -inf): zero it, or -inf - -inf = NaN
