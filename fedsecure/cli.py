@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except KitError as exc:
         print(f"fedsecure: kit refused: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"fedsecure: {exc}", file=sys.stderr)
         return 2
 

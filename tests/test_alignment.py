@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from transformers import LlamaForCausalLM
 
 from fedsecure.bench_grpo import BenchConfig, bench_grpo
 from fedsecure.cli import main as cli
-from fedsecure.models.policy_vlm import load_policy
+from fedsecure.models.policy_vlm import load_policy, tiny_llama_config
 from server.alignment import AlignmentSettings, run_alignment
 
 
@@ -42,9 +43,14 @@ def test_the_job_trains_exports_and_resumes(tmp_path: Path, capsys: pytest.Captu
     assert out["count"] == 24 and out["accuracy"] == pytest.approx(second.end.accuracy)
 
 
-def test_eval_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        cli(["eval", "--checkpoint", str(tmp_path / "none"), "--limit", "4"])
+def test_eval_and_align_refuse_bad_checkpoints_with_a_clear_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["eval", "--checkpoint", str(tmp_path / "none"), "--limit", "4"]) == 2
+    assert "no model checkpoint" in capsys.readouterr().err
+    LlamaForCausalLM(tiny_llama_config(vocab_size=40, hidden=32, layers=1, heads=2)).save_pretrained(tmp_path / "lm")
+    assert cli(["align", "--out", str(tmp_path / "job"), "--policy", str(tmp_path / "lm"), "--steps", "1"]) == 2
+    assert "not a vision-language model" in capsys.readouterr().err
+    assert not (tmp_path / "job" / "checkpoints").exists()  # refused before any training
 
 
 def test_bench_grpo_reports_both_engines_or_why_trl_could_not_run() -> None:
