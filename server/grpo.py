@@ -120,6 +120,7 @@ class GRPOEngine:
         self.policy, self.config = policy, config
         self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
         params = [p for _, p in policy.trainable()]
+        self._params = params
         if not params:
             raise ValueError("the policy has no trainable parameters")
         # fused AdamW (one kernel over all parameters) exists for CPU and CUDA float tensors
@@ -244,7 +245,7 @@ class GRPOEngine:
         else:
             weights = [(rows.stop - rows.start) / mask.shape[0] for _, rows in chunks]
         totals = {"loss": 0.0, "kl": 0.0, "clipped_fraction": 0.0, "grad_norm": 0.0}
-        params = [p for _, p in policy.trainable()]
+        params = self._params
         for _ in range(cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             for k, ((c, rows), w) in enumerate(zip(chunks, weights, strict=True)):

@@ -51,19 +51,23 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def suppress(logits: torch.Tensor, suppressed: torch.Tensor | None) -> torch.Tensor:
+def suppress(logits: torch.Tensor, suppressed: torch.Tensor | None, *, inplace: bool = False) -> torch.Tensor:
     """Logits with the suppressed ids (image placeholder, padding, BOS) made impossible: a
     sampled image placeholder would ask the model for an image that is not there."""
     if suppressed is None or suppressed.numel() == 0:
         return logits
+    if inplace:
+        return logits.index_fill_(-1, suppressed.to(logits.device), float("-inf"))
     return logits.index_fill(-1, suppressed.to(logits.device), float("-inf"))
 
 
 def sample_next(logits: torch.Tensor, *, config: SamplingConfig, generator: torch.Generator | None,
-                suppressed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                suppressed: torch.Tensor | None = None, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row; return (tokens, their log-probability under the sampling
     distribution)."""
-    logits = suppress(logits.float(), suppressed)
+    logits = logits.float()
+    # in place when no one else holds these logits (a float32 view of a no-grad output)
+    logits = suppress(logits, suppressed, inplace=not logits.requires_grad and inplace)
     if config.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.zeros_like(tokens, dtype=torch.float32)
@@ -140,7 +144,9 @@ def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: Sa
     tokens_out, logp_out, mask_out, graded_out = [], [], [], []
     for step in range(config.max_new_tokens):
         with torch.no_grad():
-            tok, logp = sample_next(logits.detach(), config=config, generator=generator, suppressed=suppressed)
+            # the graded path still needs the raw logits; otherwise they may be overwritten
+            tok, logp = sample_next(logits.detach(), config=config, generator=generator, suppressed=suppressed,
+                                    inplace=not graded)
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         if graded:
             scaled = suppress(logits.float(), suppressed) / config.temperature
