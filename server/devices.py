@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ def select_placement(preference: str = "auto", *, bf16: bool = True) -> Placemen
     else:
         device = torch.device("cpu")
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # a bounded wait: a rank that died or diverged fails the others within minutes
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                             timeout=datetime.timedelta(minutes=10))
     return Placement(device=device, autocast=torch.bfloat16 if use_cuda and bf16 else None,
                      rank=rank, world_size=world)

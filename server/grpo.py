@@ -249,13 +249,16 @@ class GRPOEngine:
         for _ in range(cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             for k, ((c, rows), w) in enumerate(zip(chunks, weights, strict=True)):
-                logp = graded if graded is not None else self.scorer(*inputs(c, rows))
-                loss, stats = grpo_loss(logp=logp, old_logp=logp.detach() if old_logp is None else old_logp[rows],
-                                        ref_logp=None if ref_logp is None else ref_logp[rows],
-                                        advantages=advantages[rows], mask=mask[rows], config=cfg.loss)
                 last = k == len(chunks) - 1
+                # DDP all-reduces gradients once, on the last chunk; no_sync must cover the
+                # forward as well as the backward, or the reducer expects a sync that never comes
                 sync = contextlib.nullcontext() if last or not hasattr(self.scorer, "no_sync") else self.scorer.no_sync()
-                with sync:  # DDP all-reduces gradients once, on the last chunk
+                with sync:
+                    logp = graded if graded is not None else self.scorer(*inputs(c, rows))
+                    loss, stats = grpo_loss(logp=logp,
+                                            old_logp=logp.detach() if old_logp is None else old_logp[rows],
+                                            ref_logp=None if ref_logp is None else ref_logp[rows],
+                                            advantages=advantages[rows], mask=mask[rows], config=cfg.loss)
                     (loss * w).backward()
                 totals["loss"] += loss.item() * w / cfg.updates_per_batch
                 for key in ("kl", "clipped_fraction"):

@@ -33,6 +33,7 @@ def main(out: Path) -> None:
     pool = [Prompt(f"p{i}", "", (3 + i, 4 + i, 5)) for i in range(16)]
     picked = [p.prompt_id for p in engine.sample_prompts(pool)]
     reports = engine.train(pool, per_completion(lambda p, c: sum(int(t) < 12 for t in c.split()) / 6), steps=2)
+    torch.distributed.barrier()  # rank 0 has written its checkpoint; finish together
     params = [p.detach() for _, p in policy.trainable()]
     (out / f"rank{placement.rank}.json").write_text(json.dumps({
         "checksum": [float(p.double().sum()) for p in params],
