@@ -30,6 +30,24 @@ def adapter_groups(model: RewardModel, family: str) -> dict[str, dict[str, np.nd
     return out
 
 
+def clip_shared_adapters(model: RewardModel, *, bound: float) -> int:
+    """Clamp the shared adapters' values into the federation's CKKS bound, in the model
+    itself (so what is kept and what is shared agree); returns how many were clamped.
+
+    Why: every weighted sum must stay inside ``value_bound`` to decrypt correctly, so a
+    value outside it is refused by the encryptor, and a client whose B matrices grew past
+    it (long local training) could never contribute again. Clamping is post-processing of
+    the DP-trained model: it costs no privacy budget."""
+    params = dict(model.named_parameters())
+    clamped = 0
+    with torch.no_grad():
+        for name in model.attention_adapter_names():
+            p = params[name]
+            clamped += int((p.abs() > bound).sum())
+            p.clamp_(-bound, bound)
+    return clamped
+
+
 def encrypt_adapters(model: RewardModel, *, encryptor: Encryptor, family: str, weight: float) -> Update:
     """The encrypted update of this client's attention adapters (one section per stack)."""
     groups = adapter_groups(model, family)

@@ -29,7 +29,7 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.types import Capabilities, LedgerHead, Modality, Score, ScoreSpec, Task, TaskKind, TaskReport, TrainSpec
 
-from client_sdk.adapter_exchange import apply_aggregate, encrypt_adapters
+from client_sdk.adapter_exchange import apply_aggregate, clip_shared_adapters, encrypt_adapters
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
 from client_sdk.outcomes import Handler, Scores, TaskContext, Update
 
@@ -151,6 +151,11 @@ class RewardParticipant:
         self.reports.append(report)
         if not spec.upload_group:
             return report
+        clamped = clip_shared_adapters(self.model, bound=self._encryptor().params.value_bound)
+        if clamped:
+            log.warning("%s round %d: %d adapter values clamped into the CKKS bound before sharing",
+                        self.kit.name, task.round, clamped)
+            self._save()
         # Post-processing of the DP-trained model: encrypting it costs no further budget.
         return encrypt_adapters(self.model, encryptor=self._encryptor(), family=spec.upload_group, weight=weight)
 
