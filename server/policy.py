@@ -61,6 +61,7 @@ class Policy:
         ids = sorted(set(suppressed_ids) - {eos_id})
         self.suppressed = torch.tensor(ids, dtype=torch.long, device=placement.device) if ids else None
         self._reference: nn.Module | None = None
+        self._fingerprint: str | None = None
         if setup.adapter == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -77,10 +78,8 @@ class Policy:
     def for_vlm(cls, model: nn.Module, processor: object, *, setup: PolicySetup, placement: Placement) -> Policy:
         """A vision-language policy whose token ids and decoder come from its processor."""
         tok = processor.tokenizer  # type: ignore[attr-defined]
-        never = [tok.convert_tokens_to_ids(processor.image_token), tok.pad_token_id,  # type: ignore[attr-defined]
-                 tok.bos_token_id, tok.unk_token_id]
         return cls(model, setup=setup, placement=placement, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                   is_vlm=True, decode=tokenizer_decoder(tok), suppressed_ids=[i for i in never if i is not None])
+                   is_vlm=True, decode=tokenizer_decoder(tok), suppressed_ids=vlm_suppressed_ids(processor))
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything GRPO updates, in a stable order."""
@@ -97,7 +96,13 @@ class Policy:
 
     def fingerprint(self) -> str:
         """Digest of the architecture (names, shapes, dtypes) and of the frozen weights'
-        sums: a checkpoint is only resumed onto the policy it was taken from."""
+        sums: a checkpoint is only resumed onto the policy it was taken from. Computed once:
+        none of it changes during training, and it reads every frozen weight."""
+        if self._fingerprint is None:
+            self._fingerprint = self._digest()
+        return self._fingerprint
+
+    def _digest(self) -> str:
         h = hashlib.sha256()
         with torch.no_grad():
             for name, p in self.model.named_parameters():
@@ -109,6 +114,15 @@ class Policy:
     def decode(self, completion_ids: Sequence[int]) -> str:
         """The text of one completion (what a reward is asked about)."""
         return decode_completion(completion_ids, eos_id=self.eos_id, pad_id=self.pad_id, decode_ids=self.decode_ids)
+
+
+def vlm_suppressed_ids(processor: object) -> list[int]:
+    """Ids a vision-language policy must never emit: the image placeholder (a sampled one
+    would ask for an image that is not there), padding, BOS and UNK."""
+    tok = processor.tokenizer  # type: ignore[attr-defined]
+    never = [tok.convert_tokens_to_ids(processor.image_token), tok.pad_token_id,  # type: ignore[attr-defined]
+             tok.bos_token_id, tok.unk_token_id]
+    return sorted({i for i in never if i is not None} - {tok.eos_token_id})
 
 
 def decode_completion(completion_ids: Sequence[int], *, eos_id: int, pad_id: int,

@@ -60,7 +60,7 @@ def collate_prompts(prompts: Sequence[Prompt], *, pad_id: int) -> PromptBatch:
     return PromptBatch(ids, mask, pixels)
 
 
-def vqa_prompts(records: Sequence[VQARecord], *, processor: object, needs_image: bool = True) -> list[Prompt]:
+def vqa_prompts(records: Sequence[VQARecord], *, processor: object) -> list[Prompt]:
     """Encode easy-VQA records for a vision-language policy through its own processor
     (which expands the image placeholder to the vision tower's token count)."""
     from fedsecure.models.policy_vlm import encode_prompt
@@ -71,8 +71,7 @@ def vqa_prompts(records: Sequence[VQARecord], *, processor: object, needs_image:
         ids, pixels = encode_prompt(processor, question=r.question, image=image)
         out.append(Prompt(prompt_id=r.record_id, question=r.question, input_ids=ids,
                           pixel_values=pixels, image=image, answer=r.answer))
-    if needs_image:
-        check_prompts(out, needs_image=True)
+    check_prompts(out, needs_image=True)
     return out
 
 

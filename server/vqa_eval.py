@@ -16,7 +16,12 @@ import torch
 
 from fedsecure.data.easyvqa import answer_type, load_records
 from server.devices import select_placement
-from server.policy import Policy, decode_completion, tokenizer_decoder
+from server.policy import (
+    Policy,
+    decode_completion,
+    tokenizer_decoder,
+    vlm_suppressed_ids,
+)
 from server.prompts import Prompt, collate_prompts, vqa_prompts
 from server.rollouts import SamplingConfig, generate
 
@@ -92,8 +97,7 @@ def evaluate_checkpoint(path: Path, *, limit: int | None = None, seed: int = 0, 
     placement = select_placement(device)
     model = model.to(placement.device)
     tok = processor.tokenizer
-    never = [tok.convert_tokens_to_ids(processor.image_token), tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
-    suppressed = torch.tensor(sorted({i for i in never if i is not None} - {tok.eos_token_id}), device=placement.device)
+    suppressed = torch.tensor(vlm_suppressed_ids(processor), dtype=torch.long, device=placement.device)
 
     def decode(row: Sequence[int]) -> str:
         return decode_completion(row, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
