@@ -1,4 +1,6 @@
-"""Operator-side client of the Admin service (``fedsecure admin``)."""
+"""Operator-side clients (``fedsecure admin``): the server's Admin service, and the key
+holder's revocation list (which the admin signs, so the key holder need not trust the
+server to relay revocations)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import grpc
 
 from fedsecure import serde
 from fedsecure.kit import Kit
-from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc
+from fedsecure.crypto.revocation import sign_revocations
+from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc, keyholder_pb2_grpc
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, channel_options
 from fedsecure.types import ClientInfo, Role, RunConfig, RunStatus
@@ -58,3 +61,34 @@ class AdminClient:
         """Revoke a client's certificate now; True if it was not revoked before."""
         r = self._stub.RevokeClient(admin_pb2.RevokeClientRequest(name=name, reason=reason), timeout=self._timeout)
         return r.newly_revoked
+
+
+class KeyHolderAdminClient:
+    """Sends admin-signed revocation lists to the key holder."""
+
+    def __init__(self, *, kit: Kit, address: str | None = None, timeout_s: float = RPC_DEADLINE_S) -> None:
+        if kit.role is not Role.ADMIN:
+            raise ValueError(f"admin commands need an admin kit, got a {kit.role.value} kit")
+        self.kit = kit
+        self._channel = grpc.secure_channel(address or kit.keyholder_address, channel_credentials(kit),
+                                            options=channel_options(DEFAULT_LIMITS, target_name=kit.keyholder_name))
+        self._stub = keyholder_pb2_grpc.KeyHolderStub(self._channel)
+        self._timeout = timeout_s
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> KeyHolderAdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def revoke(self, names: list[str], reason: str = "") -> tuple[tuple[str, ...], int]:
+        """Sign a list revoking ``names`` with the admin key and send it; returns (names
+        the key holder newly revoked, how many it holds revoked in all)."""
+        rl = sign_revocations(names=names, private_key=self.kit.private_key, signer_pem=self.kit.cert_pem,
+                              reason=reason)
+        r = self._stub.Revoke(serde.revocations_to_proto(rl), timeout=self._timeout)
+        return tuple(r.newly_revoked), r.revoked_total

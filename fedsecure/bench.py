@@ -67,6 +67,7 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
     import tempfile
     from pathlib import Path
 
+    from fedsecure.crypto import ckks
     from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_nonprivate, train_private
     from fedsecure.data.preferences import holdout
     from fedsecure.data.shares import client_pairs
@@ -88,7 +89,8 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
                                          "learning_rate_private": lr_private, "learning_rate_nonprivate": lr_plain,
                                          "pairs": pairs, "secure_mode": settings.secure_mode}}
     with tempfile.TemporaryDirectory() as tmp:
-        kits = provision(out=Path(tmp) / "kits", clients=["a"])
+        public = ckks.public_context_bytes(ckks.create_secret_context())  # kits need one; nothing is encrypted here
+        kits = provision(out=Path(tmp) / "kits", clients=["a"], keyholder_public_context=public)
         kit = load_kit(kits.clients["a"])
         for kind in kinds:
             train, held = holdout(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=pairs),

@@ -37,7 +37,7 @@ def _server_child(objects_dir: str, public: bytes, params: CkksParams,
     base_mb = _reset_peak_rss()
     spent = 0.0
     for k, manifest in enumerate(manifests):
-        session = acc.begin(upload_id=f"u{k}", run_id="bench", round_=1, manifest=manifest)
+        session = acc.begin(upload_id=f"u{k}", run_id="bench", round_=1, attempt=1, manifest=manifest)
         for i, digest in enumerate(manifest.chunk_sha256):
             data = objects.get(digest)  # stands in for the network; not timed
             t0 = time.perf_counter()
@@ -45,7 +45,7 @@ def _server_child(objects_dir: str, public: bytes, params: CkksParams,
             spent += time.perf_counter() - t0
         acc.complete(session)
     t0 = time.perf_counter()
-    sums = acc.sum_chunks(run_id="bench", round_=1, group=GROUP,
+    sums = acc.sum_chunks(run_id="bench", round_=1, attempt=1, group=GROUP,
                           contributions=[(f"u{k}", m) for k, m in enumerate(manifests)])
     serialise_s = time.perf_counter() - t0
     peak_mb = _status_mb("VmHWM")

@@ -19,8 +19,8 @@ def _provision(args: argparse.Namespace) -> int:
     from fedsecure.provision import provision
 
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    result = provision(out=args.out, clients=clients, server_address=args.server_address,
-                       keyholder_address=args.keyholder_address)
+    result = provision(out=args.out, clients=clients, keyholder_public_context=args.keyholder_context.read_bytes(),
+                       server_address=args.server_address, keyholder_address=args.keyholder_address)
     print(f"provisioned {len(clients)} clients under {result.root}")
     print(f"CA fingerprint (pin it): {result.ca_fingerprint}")
     print(f"keep {result.root / 'ca' / 'ca_key.pem'} offline")
@@ -39,6 +39,12 @@ def _keyholder(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _keyholder_keygen(args: argparse.Namespace) -> int:
+    from server.keyholder.cli import keygen_main
+
+    return keygen_main(args)
+
+
 def _client(args: argparse.Namespace) -> int:
     from client_sdk.cli import main
 
@@ -46,7 +52,7 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from fedsecure.admin_client import AdminClient
+    from fedsecure.admin_client import AdminClient, KeyHolderAdminClient
     from fedsecure.kit import load_kit
     from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
 
@@ -67,7 +73,12 @@ def _admin(args: argparse.Namespace) -> int:
             if not args.name:
                 raise ValueError("revoke needs a client NAME")
             newly = admin.revoke(args.name, args.reason)
-            print(f"{args.name}: {'revoked' if newly else 'was already revoked'}")
+            print(f"{args.name}: {'revoked' if newly else 'was already revoked'} at the server")
+            # The key holder enforces its own, admin-signed list (it does not trust the server).
+            with KeyHolderAdminClient(kit=kit, address=args.keyholder_address) as keyholder:
+                fresh, total = keyholder.revoke([args.name], args.reason)
+            print(f"{args.name}: {'revoked' if fresh else 'was already revoked'} at the key holder "
+                  f"({total} revoked there)")
         elif args.action == "start":
             kinds = [TaskKind[k.strip().upper()] for k in args.phases.split(",")]
             config = RunConfig(rounds=args.rounds, quorum=args.quorum, min_clients=args.min_clients,
@@ -134,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", required=True, help="comma-separated client names")
     p.add_argument("--server-address", default="127.0.0.1:50051")
     p.add_argument("--keyholder-address", default="127.0.0.1:50052")
+    p.add_argument("--keyholder-context", required=True, type=Path,
+                   help="the key holder's public CKKS context (from `fedsecure keyholder-keygen`)")
     p.set_defaults(func=_provision)
 
     from client_sdk.cli import add_arguments as client_args
@@ -149,13 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     keyholder_args(p)
     p.set_defaults(func=_keyholder)
 
+    from server.keyholder.cli import add_keygen_arguments
+
+    p = sub.add_parser("keyholder-keygen", help="make the key holder's CKKS key pair (before provisioning)")
+    add_keygen_arguments(p)
+    p.set_defaults(func=_keyholder_keygen)
+
     p = sub.add_parser("client", help="run a federation client")
     client_args(p)
     p.set_defaults(func=_client)
 
     p = sub.add_parser("admin", help="operate the server")
     p.add_argument("--kit", required=True, type=Path)
-    p.add_argument("--address")
+    p.add_argument("--address", help="the server's host:port (default: the kit's)")
+    p.add_argument("--keyholder-address", help="the key holder's host:port for revoke (default: the kit's)")
     p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop"])
     p.add_argument("name", nargs="?", help="client to revoke")
     p.add_argument("--reason", default="")

@@ -88,13 +88,21 @@ def main(args: argparse.Namespace) -> int:
     if kits_dir.exists():
         raise FileExistsError(f"{kits_dir} exists: the demo provisions a fresh consortium, use a new --out")
     names = [n for n, _ in DEMO_CLIENTS]
-    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0")
-    print(f"[demo] provisioned CA + server, key holder, admin and {len(names)} client kits in {kits_dir}")
+    # The key holder makes its CKKS key pair first, as its own party; provisioning seals
+    # only the public context into the kits.
+    keys_dir = work / "keyholder-keys"
+    subprocess.run([sys.executable, "-m", "fedsecure.cli", "keyholder-keygen", "--keys", str(keys_dir)],
+                   check=True, stdout=subprocess.DEVNULL, timeout=120)
+    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
+                     keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes())
+    print(f"[demo] key holder made its CKKS key pair in {keys_dir}; provisioned CA + server, key holder, admin "
+          f"and {len(names)} client kits (public CKKS context only) in {kits_dir}")
     port_file = work / "server.port"
     keyholder_port_file = work / "keyholder.port"
     procs: list[_Proc] = []
     try:
-        keyholder = _spawn("keyholder", ["keyholder", "--kit", str(kits.keyholder), "--address", "127.0.0.1:0",
+        keyholder = _spawn("keyholder", ["keyholder", "--kit", str(kits.keyholder), "--keys", str(keys_dir),
+                                         "--address", "127.0.0.1:0",
                                          "--port-file", str(keyholder_port_file), "--quorum", "2"], logs)
         procs.append(keyholder)
         keyholder_address = f"127.0.0.1:{_wait_for_file(keyholder_port_file, keyholder, 60)}"

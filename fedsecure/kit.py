@@ -101,20 +101,16 @@ def write_kit(
     addresses: Mapping[str, str],
     settings: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
-    private_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write one kit folder and seal it with the CA's signature. Refuses to overwrite.
-
-    ``private_files`` (a secret CKKS context) are written 0600 like the key, and
-    loading refuses the kit if group or others can read them.
-    """
+    The private key is written 0600; loading refuses the kit if others can read it."""
     path.mkdir(parents=True, exist_ok=False)
     os.chmod(path, 0o700)
     contents: dict[str, bytes] = {CA_PEM: pki.cert_pem(ca_cert), CERT_PEM: pki.cert_pem(cert)}
     contents.update(extra_files or {})
     for fname, data in contents.items():
         (path / fname).write_bytes(data)
-    secret = {KEY_PEM: pki.key_pem(key), **dict(private_files or {})}
+    secret = {KEY_PEM: pki.key_pem(key)}
     for fname, data in secret.items():
         _write_private(path / fname, data)
     digests = {fname: hashlib.sha256(data).hexdigest() for fname, data in {**contents, **secret}.items()}

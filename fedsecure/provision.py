@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fedsecure.crypto import ckks, pki
 from fedsecure.kit import write_kit
 from fedsecure.types import Role
@@ -32,6 +34,7 @@ def provision(
     *,
     out: Path,
     clients: Sequence[str],
+    keyholder_public_context: bytes,
     server_address: str = "127.0.0.1:50051",
     keyholder_address: str = "127.0.0.1:50052",
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
@@ -41,9 +44,10 @@ def provision(
     """Create ``out/{ca,server,keyholder,admin,clients/<name>}``; never overwrites.
 
     The CA key stays in ``out/ca`` (mode 0600): keep it offline once kits are handed out.
-    The CKKS key pair is made here too: the secret context goes only into the key
-    holder's kit (0600) and is not kept anywhere else; every other kit gets the public
-    context, sealed by the CA like the rest of the kit.
+    The CKKS key pair is *not* made here: the key holder makes it on its own machine
+    (``fedsecure keyholder-keygen``) and hands over only its public context, which every
+    kit gets, sealed by the CA like the rest of the kit. A context that carries a secret
+    key is refused, so the provisioner never holds one.
     """
     names = [pki.check_name(c) for c in clients]
     if not names:
@@ -53,6 +57,7 @@ def provision(
     reserved = {SERVER_NAME, KEYHOLDER_NAME, ADMIN_NAME} & set(names)
     if reserved:
         raise ValueError(f"client names {sorted(reserved)} are reserved")
+    check_public_context(keyholder_public_context, ckks_params)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; provisioning never overwrites kits")
     out.mkdir(parents=True, exist_ok=True)
@@ -70,8 +75,7 @@ def provision(
         "keyholder_name": KEYHOLDER_NAME,
     }
 
-    secret_ctx = ckks.create_secret_context(ckks_params)
-    public = {ckks.PUBLIC_CONTEXT_FILE: ckks.public_context_bytes(secret_ctx)}
+    public = {ckks.PUBLIC_CONTEXT_FILE: keyholder_public_context}
     settings = {"ckks": ckks.params_to_settings(ckks_params)}
 
     def make(path: Path, name: str, role: Role) -> Path:
@@ -80,9 +84,8 @@ def provision(
             ca_key=ca_key, ca_cert=ca_cert, name=name, role=role,
             hosts=tuple(hosts) if server_side else (), validity_days=validity_days,
         )
-        private = {ckks.SECRET_CONTEXT_FILE: ckks.secret_context_bytes(secret_ctx)} if role is Role.KEYHOLDER else {}
         return write_kit(path=path, role=role, name=name, ca_key=ca_key, ca_cert=ca_cert, key=key, cert=cert,
-                         addresses=addresses, settings=settings, extra_files=public, private_files=private)
+                         addresses=addresses, settings=settings, extra_files=public)
 
     client_dir = out / "clients"
     client_dir.mkdir()
@@ -94,3 +97,15 @@ def provision(
         admin=make(out / "admin", ADMIN_NAME, Role.ADMIN),
         clients={n: make(client_dir / n, n, Role.CLIENT) for n in names},
     )
+
+
+def check_public_context(data: bytes, params: ckks.CkksParams) -> None:
+    """Refuse a CKKS context that holds a secret key or does not fit ``params`` (checked by
+    encrypting a probe under it and validating the ciphertext as every server will)."""
+    ctx = ckks.load_public_context(data, params)
+    probe = ckks.encrypt_ciphertexts(ctx, np.zeros(params.slots), params.slots)[0]
+    ckks.load_ciphertext(ctx, probe, params)
+    bits = ctx.data.seal_context().key_context_data().total_coeff_modulus_bit_count()
+    if bits != sum(params.coeff_mod_bit_sizes):
+        raise ckks.CkksError(f"the public context has a {bits}-bit modulus; the federation's CKKS parameters "
+                             f"need {sum(params.coeff_mod_bit_sizes)} bits")

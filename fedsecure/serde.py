@@ -7,6 +7,9 @@ missing oneofs) and raises :class:`fedsecure.errors.InvalidSubmission` or
 
 from __future__ import annotations
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from fedsecure.errors import InvalidSubmission
 from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2, keyholder_pb2
 from fedsecure.types import (
@@ -29,6 +32,7 @@ from fedsecure.types import (
     ScoreItem,
     ScoreSpec,
     SignedContribution,
+    SignedRevocations,
     Task,
     TaskKind,
     TaskReport,
@@ -36,6 +40,42 @@ from fedsecure.types import (
     TrainSpec,
     UpdateManifest,
 )
+
+
+# --- integer ranges --------------------------------------------------------------------
+
+# Every integer the server or key holder stores must fit SQLite's signed 64-bit INTEGER
+# (and Python's sqlite3 raises OverflowError past it). Unsigned 64-bit wire fields can
+# carry up to 2^64 - 1, so they are checked here, once, for every request.
+INT64_MAX = 2**63 - 1
+_UNSIGNED_64 = frozenset({FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64})
+
+
+def check_integer_ranges(msg: Message) -> None:
+    """Raise :class:`InvalidSubmission` naming the first unsigned 64-bit field (at any depth,
+    in repeated fields and map values too) whose value exceeds ``INT64_MAX``."""
+    _check_ranges(msg, msg.DESCRIPTOR.name)
+
+
+def _check_ranges(msg: Message, path: str) -> None:
+    for field, value in msg.ListFields():
+        where = f"{path}.{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                _check_value(value_field, item, f"{where}[{key!r}]")
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                _check_value(field, item, f"{where}[{i}]")
+        else:
+            _check_value(field, value, where)
+
+
+def _check_value(field: FieldDescriptor, value: object, where: str) -> None:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        _check_ranges(value, where)  # type: ignore[arg-type]
+    elif field.type in _UNSIGNED_64 and value > INT64_MAX:  # type: ignore[operator]
+        raise InvalidSubmission(f"{where}: {value} is out of range (at most {INT64_MAX})")
 
 
 def _enum(cls: type, value: int, field: str):  # type: ignore[no-untyped-def]
@@ -330,3 +370,15 @@ def receipt_to_proto(r: DecryptReceipt) -> keyholder_pb2.DecryptReceipt:
 def receipt_from_proto(msg: keyholder_pb2.DecryptReceipt) -> DecryptReceipt:
     """Wire -> domain receipt."""
     return DecryptReceipt(log_seq=msg.log_seq, log_entry_sha256=msg.log_entry_sha256, signature=msg.signature)
+
+
+def revocations_to_proto(r: SignedRevocations) -> keyholder_pb2.SignedRevocations:
+    """Domain revocation list -> wire."""
+    return keyholder_pb2.SignedRevocations(issued_ms=r.issued_ms, names=list(r.names), reason=r.reason,
+                                           signer_certificate=r.signer_certificate, signature=r.signature)
+
+
+def revocations_from_proto(msg: keyholder_pb2.SignedRevocations) -> SignedRevocations:
+    """Wire -> domain revocation list (names as sent: the signature covers their order)."""
+    return SignedRevocations(issued_ms=msg.issued_ms, names=tuple(msg.names), reason=msg.reason,
+                             signer_certificate=msg.signer_certificate, signature=msg.signature)

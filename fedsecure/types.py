@@ -241,6 +241,19 @@ class DecryptReceipt:
 
 
 @dataclass(frozen=True)
+class SignedRevocations:
+    """A signed revocation list for the key holder: "as of ``issued_ms``, these clients
+    are revoked". Signed by an admin certificate (``signer_certificate``, PEM) or, when
+    that is empty, by the consortium CA itself."""
+
+    issued_ms: int
+    names: tuple[str, ...]
+    reason: str = ""
+    signer_certificate: bytes = b""
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
 class SubmitAck:
     """The server's acknowledgement of a submission."""
 

@@ -8,8 +8,10 @@ Rules:
 - (run, round, task) in the envelope match the task record, and the payload kind fits
   the task kind (a submission cannot be re-targeted);
 - the payload digest in the signed envelope matches the payload received;
-- an identical resend (same signed bytes) is acknowledged as a duplicate and counted
-  once; a nonce reused with other bytes is a replay; a closed task accepts nothing new.
+- a submission is identified by what its signer signed (never by signature bytes): an
+  identical resend is acknowledged as a duplicate and counted once, the same envelope
+  with another payload is refused as tampered; a nonce reused with other bytes is a
+  replay; a closed task accepts nothing new.
 """
 
 from __future__ import annotations
@@ -70,21 +72,33 @@ class Admission:
         self.engine = engine
         self.limits = limits
 
-    def duplicate_of(self, peer: Peer, env: Envelope) -> SubmitAck | None:
-        """The earlier acknowledgement if this exact signed submission was accepted."""
+    def duplicate_of(self, peer: Peer, env: Envelope, payload_sha256: bytes) -> SubmitAck | None:
+        """The earlier acknowledgement if this exact signed submission was accepted.
+
+        Checked first, so that a resend after a lost acknowledgement is answered even once
+        its task closed; but only after the signature and the payload digest verify: the
+        same envelope with another payload is tampering, never a duplicate."""
+        self._verify_envelope(peer, env)
+        if not hmac.compare_digest(payload_sha256, env.payload_sha256):
+            raise InvalidSubmission("payload does not match the digest the envelope signs")
         sid = signing.envelope_digest(env).hex()
         row = self.store.submission(sid)
         if row is not None and row.client == peer.identity.name:
             return SubmitAck(submission_id=sid, duplicate=True)
         return None
 
-    def precheck(self, peer: Peer, env: Envelope) -> TaskRow:
-        """Everything that can be checked before the payload arrives (streams check this
-        on the header, so a bad upload is refused before any chunk is stored)."""
+    @staticmethod
+    def _verify_envelope(peer: Peer, env: Envelope) -> None:
         name = peer.identity.name
         if env.client_id != name:
             raise InvalidSubmission(f"envelope names client {env.client_id!r} but the caller is {name!r}")
         signing.verify(peer.public_key, signing.envelope_bytes(env), env.signature, what="submission envelope")
+
+    def precheck(self, peer: Peer, env: Envelope) -> TaskRow:
+        """Everything that can be checked before the payload arrives (streams check this
+        on the header, so a bad upload is refused before any chunk is stored)."""
+        name = peer.identity.name
+        self._verify_envelope(peer, env)
         if abs(now_ms() - env.timestamp_ms) > self.limits.clock_skew_ms:
             raise InvalidSubmission("envelope timestamp is outside the allowed clock skew")
         if len(env.nonce) != signing.NONCE_BYTES:
@@ -110,12 +124,10 @@ class Admission:
     def accept(self, peer: Peer, sub: Submission) -> SubmitAck:
         """Verify and commit one submission; returns the acknowledgement."""
         env = sub.envelope
-        dup = self.duplicate_of(peer, env)
+        dup = self.duplicate_of(peer, env, sub.payload_sha256)
         if dup is not None:
             return dup
         row = self.precheck(peer, env)
-        if not hmac.compare_digest(sub.payload_sha256, env.payload_sha256):
-            raise InvalidSubmission("payload does not match the digest the envelope signs")
         if sub.scores is not None:
             self._check_scores(row, sub.scores)
         if sub.ledger_head is not None:

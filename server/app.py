@@ -25,7 +25,7 @@ from fedsecure.types import Role, RunConfig, TaskKind
 
 from server.admin_servicer import AdminServicer
 from server.admission import Admission
-from server.engine import LIVENESS_MS, RoundEngine
+from server.engine import CLOSE_RETRY_S, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
 from server.federation_servicer import FederationServicer
 from server.he_accumulator import HomomorphicAccumulator
 from server.keyholder_client import KeyHolderClient
@@ -78,12 +78,16 @@ async def start_server(
     liveness_ms: int = LIVENESS_MS,
     keyholder_address: str | None = None,
     keyholder_backoff: Backoff | None = None,
+    max_close_attempts: int = MAX_CLOSE_ATTEMPTS,
+    close_retry_s: float = CLOSE_RETRY_S,
 ) -> RunningServer:
     """Start the aggregation server on ``address`` (port 0 picks a free port).
 
     If ``run_config`` is given and no run is active (a restart resumes the active one),
     a run is started with it before the first client is served. ``keyholder_address``
-    (default: the kit's) is where encrypted aggregates go to be decrypted.
+    (default: the kit's) is where encrypted aggregates go to be decrypted. Closing a phase
+    is tried ``max_close_attempts`` times, ``close_retry_s`` apart, before the round is
+    retried with a fresh sample.
     """
     if kit.role is not Role.SERVER:
         raise ValueError(f"the server needs a server kit, got a {kit.role.value} kit")
@@ -94,7 +98,8 @@ async def start_server(
     keyholder = KeyHolderClient(kit=kit, address=keyholder_address, limits=limits,
                                 **({"backoff": keyholder_backoff} if keyholder_backoff else {}))
     aggregator = SecureAggregator(accumulator=accumulator, objects=objects, keyholder=keyholder, limits=limits)
-    engine = RoundEngine(store, planners, liveness_ms=liveness_ms, aggregator=aggregator)
+    engine = RoundEngine(store, planners, liveness_ms=liveness_ms, aggregator=aggregator,
+                         max_close_attempts=max_close_attempts, close_retry_s=close_retry_s)
     if run_config is not None and store.active_run() is None and store.latest_run() is None:
         engine.start_run(run_config)
     revoked = store.revoked_names()

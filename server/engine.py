@@ -34,6 +34,11 @@ log = logging.getLogger("fedsecure.server.engine")
 # A client counts as present if it polled within this window.
 LIVENESS_MS = 60_000
 TICK_S = 0.25
+# Closing a phase (e.g. secure aggregation through the key holder) is retried this many
+# times, CLOSE_RETRY_S apart; then the attempt fails and the round is retried with a
+# fresh sample, as for a missed quorum. Never an endless loop on the same failure.
+MAX_CLOSE_ATTEMPTS = 5
+CLOSE_RETRY_S = 2.0
 _sampler = random.SystemRandom()  # participant choice must not be predictable
 
 
@@ -41,14 +46,19 @@ class RoundEngine:
     """Owns the run's state machine; all methods run on the server's event loop."""
 
     def __init__(self, store: Store, planners: Mapping[TaskKind, PhasePlanner] | None = None,
-                 *, liveness_ms: int = LIVENESS_MS, aggregator: SecureAggregator | None = None) -> None:
+                 *, liveness_ms: int = LIVENESS_MS, aggregator: SecureAggregator | None = None,
+                 max_close_attempts: int = MAX_CLOSE_ATTEMPTS, close_retry_s: float = CLOSE_RETRY_S) -> None:
+        if max_close_attempts < 1 or close_retry_s < 0:
+            raise ValueError("max_close_attempts must be >= 1 and close_retry_s >= 0")
         self.store = store
         self.aggregator = aggregator
         self.planners: dict[TaskKind, PhasePlanner] = {**default_planners(), **(planners or {})}
         self.liveness_ms = liveness_ms
         self._wake = asyncio.Event()
         self._task_events: dict[str, asyncio.Event] = {}
+        self.max_close_attempts, self.close_retry_s = max_close_attempts, close_retry_s
         self._closing_retry_at = 0.0
+        self._close_failures: dict[tuple[str, int, int, int], int] = {}
 
     # --- control ------------------------------------------------------------------
 
@@ -198,13 +208,25 @@ class RoundEngine:
         tasks = self.store.phase_tasks(ctx.run_id, ctx.round, ctx.attempt, ctx.phase_index)
         accepted = [s for t in tasks if t.state == "done"
                     for s in [self.store.submission_for_task(t.task.task_id)] if s is not None]
+        key = (ctx.run_id, ctx.round, ctx.attempt, ctx.phase_index)
         try:
             await self.planners[ctx.kind].close(ctx, accepted)
-        except Exception:
-            # Never fall back to anything weaker: keep the phase closing and retry.
-            log.exception("closing phase %s of %s round %d failed; retrying", ctx.kind.name, ctx.run_id, ctx.round)
-            self._closing_retry_at = time.monotonic() + 2.0
+        except Exception as exc:
+            # Never fall back to anything weaker: retry the close a bounded number of times,
+            # then fail this attempt and retry the round with a fresh sample.
+            failures = self._close_failures[key] = self._close_failures.get(key, 0) + 1
+            if failures >= self.max_close_attempts:
+                del self._close_failures[key]
+                log.error("closing phase %s of %s round %d failed %d times", ctx.kind.name, ctx.run_id, ctx.round,
+                          failures, exc_info=True)
+                self._retry_round(run, f"closing phase {ctx.kind.name} failed {failures} times; last: "
+                                       f"{_reason(exc)}")
+                return True
+            log.exception("closing phase %s of %s round %d failed (%d of %d); retrying", ctx.kind.name, ctx.run_id,
+                          ctx.round, failures, self.max_close_attempts)
+            self._closing_retry_at = time.monotonic() + self.close_retry_s
             return False
+        self._close_failures.pop(key, None)
         cfg = run.config
         with self.store.tx() as db:
             if ctx.phase_index + 1 < len(cfg.phases):
@@ -223,6 +245,8 @@ class RoundEngine:
         return True
 
     def _retry_round(self, run: RunRow, reason: str) -> None:
+        """Fail this attempt; retry the round with a fresh sample, or fail the run after
+        ``max_attempts`` (never close a round with less than was promised)."""
         with self.store.tx() as db:
             db.execute("UPDATE tasks SET state='expired' WHERE run_id=? AND round=? AND attempt=? AND state='open'",
                        (run.run_id, run.round, run.attempt))
@@ -236,3 +260,10 @@ class RoundEngine:
                                  detail=f"retrying: {reason}")
                 log.warning("%s retrying round %d: %s", run.run_id, run.round, reason)
 
+
+
+def _reason(exc: Exception) -> str:
+    """A one-line reason for the run's detail: a gRPC refusal's own message, else the error's."""
+    details = getattr(exc, "details", None)
+    text = details() if callable(details) else str(exc)
+    return (text or type(exc).__name__).splitlines()[0][:300]

@@ -132,10 +132,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             raise InvalidSubmission("an upload starts with its header")
         header = first.header
         env = self._envelope(header, PayloadKind.UPDATE)
-        dup = self.admission.duplicate_of(peer, env)
+        manifest = serde.manifest_from_proto(header.manifest)
+        digest = signing.manifest_digest(manifest)
+        dup = self.admission.duplicate_of(peer, env, digest)
         if dup is not None:
             return self._ack(dup)
-        manifest = serde.manifest_from_proto(header.manifest)
         if len(manifest.chunk_sha256) > self.limits.max_chunks_per_stream:
             raise LimitExceeded(f"{len(manifest.chunk_sha256)} chunks exceed the limit of "
                                 f"{self.limits.max_chunks_per_stream}")
@@ -143,14 +144,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             raise LimitExceeded(f"{manifest.total_bytes} bytes exceed the limit of {self.limits.max_stream_bytes}")
         if not manifest.chunk_sha256:
             raise InvalidSubmission("an upload carries at least one chunk")
-        if signing.manifest_digest(manifest) != env.payload_sha256:
-            raise InvalidSubmission("manifest does not match the digest the envelope signs")
-        self.admission.precheck(peer, env)  # refuse before storing a single chunk
+        row = self.admission.precheck(peer, env)  # refuse before storing a single chunk
         session = self.accumulator.begin(upload_id=signing.envelope_digest(env).hex(), run_id=env.run_id,
-                                         round_=env.round, manifest=manifest)
+                                         round_=env.round, attempt=row.task.attempt, manifest=manifest)
         try:
             await self._receive(request_iterator, manifest, session)
-            sub = Submission(envelope=env, payload_sha256=signing.manifest_digest(manifest),
+            sub = Submission(envelope=env, payload_sha256=digest,
                              payload=serde.contribution_to_proto(
                                  SignedContribution(env, manifest, peer.cert_pem)).SerializeToString())
             ack = self.admission.accept(peer, sub)

@@ -1,31 +1,40 @@
 """Homomorphic accumulation of encrypted updates as their chunks arrive (DESIGN.md §6).
 
-Per (run, round, group) the server keeps one running ciphertext sum per chunk position,
+Per (run, round, attempt, group) the server keeps one running ciphertext sum per chunk position,
 so memory grows with the model, not with the number of clients. Each chunk is added the
 moment it arrives; the chunks themselves already sit in the object store. An upload that
 fails (bad chunk, disconnect, refused at admission) has exactly the chunks it added
 subtracted again — ciphertext arithmetic is exact modular arithmetic, so the sum is
-bit-for-bit what it was. The close of a phase only trusts the running sum when it holds
-exactly the accepted contributions and nothing in flight; otherwise (a restart, a
-straggler mid-stream) it rebuilds the sum from the object store.
+bit-for-bit what it was. A chunk is added whole or not at all (every ciphertext is
+validated first, and the sums are swapped in only when all additions succeeded).
+
+Invariant: running sum = sum of the accepted contributions. The close of a phase trusts
+the running sum only when its bookkeeping says so (exactly the accepted uploads, nothing
+in flight, each position holding one term per contribution) *and* a chunk position drawn
+at random re-adds from the object store to the same bytes; otherwise (a restart, a
+straggler mid-stream, a defect) it rebuilds the sum from the object store.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedsecure.crypto import ckks
 from fedsecure.crypto.ckks import CkksParams, ChunkSum
-from fedsecure.crypto.packing import Encoding, parse_encoding
+from fedsecure.crypto.packing import Encoding, Section, parse_encoding
 from fedsecure.errors import CkksError, InvalidSubmission
 from fedsecure.types import UpdateManifest
 
 from server.objects import ObjectStore
 
-GroupKey = tuple[str, int, str]  # run, round, group
+GroupKey = tuple[str, int, int, str]  # run, round, attempt, group
+
+log = logging.getLogger("fedsecure.server.aggregation")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class UploadSession:
     upload_id: str
     run_id: str
     round: int
+    attempt: int
     encoding: Encoding
     ranges: dict[str, tuple[int, int]]
     added: list[tuple[str, int, bytes]] = field(default_factory=list)  # group, position, chunk digest
@@ -84,18 +94,23 @@ class HomomorphicAccumulator:
                                         f"({layout}/{numel} vs {group.layout}/{group.numel})")
             return group
 
-    def begin(self, *, upload_id: str, run_id: str, round_: int, manifest: UpdateManifest) -> UploadSession:
+    def begin(self, *, upload_id: str, run_id: str, round_: int, attempt: int,
+              manifest: UpdateManifest) -> UploadSession:
         """Start accumulating an upload whose header passed admission's precheck."""
         enc = self.check_manifest(manifest)
         for s in enc.sections:
-            self._group((run_id, round_, s.name), s.layout, s.numel).in_flight.add(upload_id)
-        return UploadSession(upload_id, run_id, round_, enc, enc.chunk_ranges(self.params))
+            self._group((run_id, round_, attempt, s.name), s.layout, s.numel).in_flight.add(upload_id)
+        return UploadSession(upload_id, run_id, round_, attempt, enc, enc.chunk_ranges(self.params))
+
+    @staticmethod
+    def _key(session: UploadSession, name: str) -> GroupKey:
+        return (session.run_id, session.round, session.attempt, name)
 
     def add_chunk(self, session: UploadSession, index: int, data: bytes, digest: bytes) -> None:
         """Add chunk ``index`` of an upload to its group's sum (call from a worker thread)."""
         for name, (start, count) in session.ranges.items():
             if start <= index < start + count:
-                group = self._sums[(session.run_id, session.round, name)]
+                group = self._sums[self._key(session, name)]
                 position = index - start
                 try:
                     vecs = group.chunks[position].load(data)
@@ -110,33 +125,41 @@ class HomomorphicAccumulator:
     def rollback(self, session: UploadSession) -> None:
         """Subtract what a failed upload added; the sums are exactly as before it."""
         for name, position, digest in reversed(session.added):
-            group = self._sums[(session.run_id, session.round, name)]
+            group = self._sums[self._key(session, name)]
             with group.lock:
                 group.chunks[position].subtract(self.objects.get(digest))
         session.added.clear()
         for s in session.encoding.sections:
-            self._sums[(session.run_id, session.round, s.name)].in_flight.discard(session.upload_id)
+            self._sums[self._key(session, s.name)].in_flight.discard(session.upload_id)
 
     def complete(self, session: UploadSession) -> None:
         """The upload was accepted: its chunks now count in the sums."""
         for s in session.encoding.sections:
-            group = self._sums[(session.run_id, session.round, s.name)]
+            group = self._sums[self._key(session, s.name)]
             group.in_flight.discard(session.upload_id)
             group.complete.add(session.upload_id)
 
-    def sum_chunks(self, *, run_id: str, round_: int, group: str,
+    def sum_chunks(self, *, run_id: str, round_: int, attempt: int, group: str,
                    contributions: Sequence[tuple[str, UpdateManifest]]) -> list[bytes]:
-        """The summed chunks of ``group`` over exactly ``contributions`` (upload id, manifest)."""
+        """The summed chunks of ``group`` over exactly ``contributions`` (upload id, manifest):
+        the running sum when it verifiably holds them, else rebuilt from the object store."""
         if not contributions:
             raise ValueError(f"no contributions to group {group}")
-        key = (run_id, round_, group)
-        ids = {uid for uid, _ in contributions}
-        current = self._sums.get(key)
-        if current is not None and not current.in_flight and current.complete == ids:
+        section, starts = self._starts(group, contributions)
+        current = self._sums.get((run_id, round_, attempt, group))
+        if current is not None:
             with current.lock:
-                return [c.to_bytes() for c in current.chunks]
-        # Rebuild from the object store, chunk position by chunk position (memory: one sum).
-        section = None
+                running = self._trusted(current, {uid for uid, _ in contributions}, starts)
+            if running is not None:
+                return running
+            log.warning("%s round %d: running sum of %s does not hold exactly the accepted contributions; "
+                        "rebuilding it from the object store", run_id, round_, group)
+        return [self._rebuild(section.numel, position, starts)
+                for position in range(self.params.chunk_count(section.numel))]
+
+    def _starts(self, group: str, contributions: Sequence[tuple[str, UpdateManifest]]
+                ) -> tuple[Section, list[tuple[int, UpdateManifest]]]:
+        section: Section | None = None
         starts: list[tuple[int, UpdateManifest]] = []
         for _, manifest in contributions:
             enc = parse_encoding(manifest.encoding)
@@ -145,13 +168,31 @@ class HomomorphicAccumulator:
             section = enc.section(group)
             starts.append((enc.chunk_ranges(self.params)[group][0], manifest))
         assert section is not None
-        out = []
-        for position in range(self.params.chunk_count(section.numel)):
-            total = ChunkSum(self.ctx, self.params, ckks.ciphertexts_in_chunk(self.params, section.numel, position))
-            for start, manifest in starts:
-                total.add(self.objects.get(manifest.chunk_sha256[start + position]))
-            out.append(total.to_bytes())
-        return out
+        return section, starts
+
+    def _trusted(self, current: _GroupSum, ids: set[str], starts: list[tuple[int, UpdateManifest]]
+                 ) -> list[bytes] | None:
+        """The running sum's chunks if the invariant holds, else None (caller holds the lock)."""
+        if current.in_flight or current.complete != ids or any(c.terms != len(ids) for c in current.chunks):
+            return None
+        out = [c.to_bytes() for c in current.chunks]
+        # Spot check of the contents, at a position the uploaders could not predict:
+        # ciphertext addition is exact, so a correct running sum re-adds to the same bytes.
+        position = secrets.randbelow(len(out))
+        rebuilt = self._rebuild(current.numel, position, starts)
+        canonical = ckks.canonical_chunk(self.ctx, self.params, out[position], current.chunks[position].count)
+        return out if canonical == rebuilt else None
+
+    def _rebuild(self, numel: int, position: int, starts: list[tuple[int, UpdateManifest]]) -> bytes:
+        total = ChunkSum(self.ctx, self.params, ckks.ciphertexts_in_chunk(self.params, numel, position))
+        for start, manifest in starts:
+            total.add(self.objects.get(manifest.chunk_sha256[start + position]))
+        return total.to_bytes()
+
+    def discard(self, run_id: str, round_: int, attempt: int, group: str) -> None:
+        """Forget a running sum (the key holder refused it): the next close rebuilds it."""
+        with self._lock:
+            self._sums.pop((run_id, round_, attempt, group), None)
 
     def drop(self, run_id: str, round_: int) -> None:
         """Free the sums of a finished round."""

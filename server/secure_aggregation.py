@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Sequence
 
+import grpc
 import numpy as np
 
 from fedsecure import serde
@@ -46,7 +47,14 @@ class SecureAggregator:
     async def aggregate(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> dict[str, int]:
         """Publish every group's mean; returns group -> contributors. Idempotent."""
         members_of: dict[str, list[tuple[str, SignedContribution]]] = {}
+        revoked = ctx.store.revoked_names()
         for sid, c in self.updates(accepted):
+            if c.envelope.client_id in revoked:
+                # Revoked after its upload was accepted (a stolen key?): it never counts
+                # toward an aggregate; the key holder would refuse the sum anyway.
+                log.warning("%s round %d: leaving out the contribution of revoked client %s", ctx.run_id, ctx.round,
+                            c.envelope.client_id)
+                continue
             for section in parse_encoding(c.manifest.encoding).sections:
                 members_of.setdefault(section.name, []).append((sid, c))
         quorum = max(2, ctx.config.quorum)
@@ -63,7 +71,8 @@ class SecureAggregator:
         return published
 
     async def _one(self, ctx: PhaseContext, group: str, members: list[tuple[str, SignedContribution]]) -> None:
-        sums = await asyncio.to_thread(self.accumulator.sum_chunks, run_id=ctx.run_id, round_=ctx.round, group=group,
+        sums = await asyncio.to_thread(self.accumulator.sum_chunks, run_id=ctx.run_id, round_=ctx.round,
+                                       attempt=ctx.attempt, group=group,
                                        contributions=[(sid, c.manifest) for sid, c in members])
         contribs = tuple(c for _, c in members)
         total_weight = math.fsum(c.manifest.weight for c in contribs)
@@ -75,7 +84,13 @@ class SecureAggregator:
         def chunk_of(k: int, index: int) -> bytes:
             return self.objects.get(contribs[k].manifest.chunk_sha256[index])
 
-        result = await self.keyholder.decrypt(commit=commit, offsets=offsets, aggregate=sums, chunk_of=chunk_of)
+        try:
+            result = await self.keyholder.decrypt(commit=commit, offsets=offsets, aggregate=sums, chunk_of=chunk_of)
+        except grpc.aio.AioRpcError:
+            # Refused (or unreachable): never present the same running sum again; the next
+            # closing attempt rebuilds it from the object store (the accepted contributions).
+            self.accumulator.discard(ctx.run_id, ctx.round, ctx.attempt, group)
+            raise
         section = encodings[0].section(group)
         if result.values.size != section.numel or not np.all(np.isfinite(result.values)):
             raise ValueError(f"key holder returned {result.values.size} values for a {section.numel}-value group")

@@ -21,15 +21,30 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
-def kits(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
+def keyholder_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The key holder's own CKKS key folder (made before provisioning, as in production)."""
+    from server.keyholder.keys import generate_keys
+
+    keys = tmp_path_factory.mktemp("keyholder") / "keys"
+    generate_keys(keys_dir=keys)
+    return keys
+
+
+@pytest.fixture(scope="session")
+def kits(tmp_path_factory: pytest.TempPathFactory, keyholder_keys: Path) -> Provisioned:
     """One consortium for the whole session (provisioning is the slow part)."""
-    return provision(out=tmp_path_factory.mktemp("kits") / "consortium", clients=["a", "b", "c", "d"])
+    return provision(out=tmp_path_factory.mktemp("kits") / "consortium", clients=["a", "b", "c", "d"],
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
 
 
 @pytest.fixture(scope="session")
 def other_kits(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
-    """A second, unrelated consortium (another CA)."""
-    return provision(out=tmp_path_factory.mktemp("other") / "consortium", clients=["a"])
+    """A second, unrelated consortium (another CA, another key holder)."""
+    from server.keyholder.keys import generate_keys
+
+    public = generate_keys(keys_dir=tmp_path_factory.mktemp("other-keyholder") / "keys")
+    return provision(out=tmp_path_factory.mktemp("other") / "consortium", clients=["a"],
+                     keyholder_public_context=public.read_bytes())
 
 
 class LoopThread:
@@ -72,6 +87,7 @@ class Federation:
     server: Any
     state_dir: Path
     address: str
+    keyholder_keys: Path = Path()
     clients: dict[str, Kit] = field(default_factory=dict)
     keyholder: Any = None
 
@@ -80,8 +96,8 @@ class Federation:
         from server.keyholder.service import KeyHolderPolicy, start_keyholder
 
         self.keyholder = self.loop.run(start_keyholder(
-            kit=load_kit(self.kits.keyholder), address=address, state_dir=self.state_dir.parent / "keyholder",
-            policy=policy or KeyHolderPolicy()))
+            kit=load_kit(self.kits.keyholder), keys_dir=self.keyholder_keys, address=address,
+            state_dir=self.state_dir.parent / "keyholder", policy=policy or KeyHolderPolicy()))
         return self.keyholder
 
     def kit(self, name: str) -> Kit:
@@ -96,26 +112,27 @@ class Federation:
 
 
 @pytest.fixture
-def start_federation(kits: Provisioned, tmp_path: Path) -> Iterator[Callable[..., Federation]]:
+def start_federation(kits: Provisioned, keyholder_keys: Path, tmp_path: Path) -> Iterator[Callable[..., Federation]]:
     """Factory: start a server with a given run config and planners; stopped at teardown."""
     loops: list[tuple[LoopThread, Any]] = []
 
     def start(config: RunConfig | None = None, planners: Mapping[TaskKind, Any] | None = None,
               limits: Limits = DEFAULT_LIMITS, liveness_ms: int = 60_000, keyholder: bool = False,
-              keyholder_address: str | None = None, keyholder_backoff: Any = None) -> Federation:
+              keyholder_address: str | None = None, keyholder_backoff: Any = None,
+              **server_options: Any) -> Federation:
         """``keyholder=True`` starts a key holder first and points the server at it;
         ``keyholder_address`` points the server elsewhere (e.g. at nothing)."""
         from server.app import start_server
 
         loop = LoopThread()
         state = tmp_path / f"state{len(loops)}"
-        fed = Federation(kits, loop, None, state, "")
+        fed = Federation(kits, loop, None, state, "", keyholder_keys)
         if keyholder:
             keyholder_address = f"127.0.0.1:{fed.start_keyholder().port}"
         fed.server = loop.run(start_server(kit=load_kit(kits.server), state_dir=state, run_config=config,
                                            planners=planners, limits=limits, liveness_ms=liveness_ms,
                                            keyholder_address=keyholder_address or "127.0.0.1:9",
-                                           keyholder_backoff=keyholder_backoff))
+                                           keyholder_backoff=keyholder_backoff, **server_options))
         fed.address = f"127.0.0.1:{fed.server.port}"
         loops.append((loop, fed))
         return fed

@@ -77,18 +77,59 @@ def test_public_contexts_cannot_decrypt(kits: Provisioned, public_bytes) -> None
             ckks.load_secret_context(public)
 
 
-def test_only_the_keyholder_kit_holds_the_secret(kits: Provisioned) -> None:
+def test_provisioning_output_holds_no_ckks_secret_key(kits: Provisioned, keyholder_keys) -> None:  # type: ignore[no-untyped-def]
+    """Every file provisioning wrote is tried as a TenSEAL context: none holds a secret
+    key. The key holder's own folder does (0600), and its public part is what every kit
+    seals, so clients encrypt for the key holder's key."""
+    import tenseal as ts
+
+    files = [p for p in kits.root.rglob("*") if p.is_file()]
+    contexts = 0
+    for path in files:
+        try:
+            ctx = ts.context_from(path.read_bytes())
+        except Exception:  # noqa: BLE001 - not a context at all
+            continue
+        contexts += 1
+        assert not ctx.is_private(), f"{path} holds a CKKS secret key"
+    assert contexts == 3 + len(kits.clients)  # one public context per kit: server, key holder, admin, clients
+    secret_path = keyholder_keys / ckks.SECRET_CONTEXT_FILE
+    assert secret_path.stat().st_mode & 0o077 == 0
     kh = load_kit(kits.keyholder, expected_role=Role.KEYHOLDER)
-    secret = ckks.load_secret_context(kh.read_file(ckks.SECRET_CONTEXT_FILE), ckks.kit_params(kh))
-    assert secret.is_private()
-    assert (kits.keyholder / ckks.SECRET_CONTEXT_FILE).stat().st_mode & 0o077 == 0
+    secret = ckks.load_secret_context(secret_path.read_bytes(), ckks.kit_params(kh))
+    assert secret.is_private() and ckks.public_context_bytes(secret) == ckks.kit_public_context(kh)
     for path in (kits.server, kits.admin, *kits.clients.values()):
-        kit = load_kit(path)
-        assert ckks.SECRET_CONTEXT_FILE not in kit.files and not (path / ckks.SECRET_CONTEXT_FILE).exists()
-        # Everyone encrypts under the key holder's key: the same public context.
-        assert ckks.kit_public_context(kit) == ckks.kit_public_context(kh)
+        assert ckks.kit_public_context(load_kit(path)) == ckks.kit_public_context(kh)
+
+
+def test_provisioning_refuses_a_secret_or_misfit_context(tmp_path, secret_ctx) -> None:  # type: ignore[no-untyped-def]
+    from fedsecure.provision import provision
+
     with pytest.raises(CkksError, match="secret key"):
-        ckks.load_public_context(kh.read_file(ckks.SECRET_CONTEXT_FILE))
+        provision(out=tmp_path / "a", clients=["x"], keyholder_public_context=ckks.secret_context_bytes(secret_ctx))
+    other = ckks.public_context_bytes(ckks.create_secret_context(ckks.NVFLARE_DEFAULT_PARAMS))
+    with pytest.raises(CkksError):
+        provision(out=tmp_path / "b", clients=["x"], keyholder_public_context=other)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_keyholder_refuses_keys_that_are_not_its_kits(kits: Provisioned, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from fedsecure.errors import KitError
+    from server.keyholder.keys import generate_keys, load_secret
+
+    kh = load_kit(kits.keyholder, expected_role=Role.KEYHOLDER)
+    generate_keys(keys_dir=tmp_path / "k")
+    with pytest.raises(CkksError, match="does not match"):
+        load_secret(keys_dir=tmp_path / "k", kit=kh)
+    with pytest.raises(FileExistsError):
+        generate_keys(keys_dir=tmp_path / "k")
+    os.chmod(tmp_path / "k" / ckks.SECRET_CONTEXT_FILE, 0o644)
+    with pytest.raises(KitError, match="0600"):
+        load_secret(keys_dir=tmp_path / "k", kit=kh)
+    with pytest.raises(KitError, match="keyholder-keygen"):
+        load_secret(keys_dir=tmp_path / "none", kit=kh)
 
 
 def test_nan_inf_and_out_of_range_refused_before_encryption(public_bytes) -> None:  # type: ignore[no-untyped-def]

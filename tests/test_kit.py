@@ -35,16 +35,21 @@ def test_provision_layout_roles_and_modes(kits: Provisioned) -> None:
     assert sorted(p.name for p in (root / "clients").iterdir()) == ["a", "b", "c", "d"]
 
 
-def test_provision_never_overwrites(kits: Provisioned) -> None:
+def _public(keys: Path) -> bytes:
+    return (keys / "ckks_public.ctx").read_bytes()
+
+
+def test_provision_never_overwrites(kits: Provisioned, keyholder_keys: Path) -> None:
     with pytest.raises(FileExistsError):
-        provision(out=kits.root, clients=["x"])
+        provision(out=kits.root, clients=["x"], keyholder_public_context=_public(keyholder_keys))
 
 
 @pytest.mark.parametrize("clients, message", [([], "at least one"), (["a", "a"], "duplicate"),
                                                (["server"], "reserved"), (["Bad Name"], "invalid")])
-def test_provision_rejects_bad_client_lists(tmp_path: Path, clients: list[str], message: str) -> None:
+def test_provision_rejects_bad_client_lists(tmp_path: Path, keyholder_keys: Path, clients: list[str],
+                                            message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        provision(out=tmp_path / "k", clients=clients)
+        provision(out=tmp_path / "k", clients=clients, keyholder_public_context=_public(keyholder_keys))
 
 
 @example("a\n")  # found by hypothesis: "$" let a trailing newline through

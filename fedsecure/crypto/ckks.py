@@ -209,13 +209,31 @@ def unframe(data: bytes, *, expected: int | None = None) -> list[bytes]:
 
 
 def load_ciphertext(ctx: ts.Context, data: bytes, params: CkksParams) -> ts.CKKSVector:
-    """Deserialise one ciphertext and check it is a fresh full-slot vector of our context."""
+    """Deserialise one ciphertext and check it is a fresh full-slot vector of our context.
+
+    Everything an addition depends on is checked here, before the ciphertext may touch a
+    sum: SEAL only notices a scale or level mismatch inside ``add``, i.e. after an earlier
+    ciphertext of the same chunk was already added (a one-client denial of the round)."""
     try:
         vec = ts.ckks_vector_from(ctx, data)
     except Exception as exc:  # SEAL validates parameters and coefficients on load
         raise CkksError(f"ciphertext does not load under this context: {exc}") from exc
     if vec.size() != params.slots:
         raise CkksError(f"ciphertext holds {vec.size()} values, expected {params.slots}")
+    parts = vec.ciphertext()
+    if len(parts) != 1:
+        raise CkksError(f"a vector holds {len(parts)} ciphertexts, expected 1")
+    ct = parts[0]
+    if ct.poly_modulus_degree() != params.poly_modulus_degree or ct.size() != 2:
+        raise CkksError(f"ciphertext has degree {ct.poly_modulus_degree()} and {ct.size()} polynomials, "
+                        f"expected {params.poly_modulus_degree} and 2 (a fresh encryption)")
+    if ct.parms_id() != ctx.data.seal_context().first_parms_id():
+        raise CkksError("ciphertext is not at the first level of the federation's modulus chain")
+    if ct.scale != 2.0 ** params.scale_bits:
+        raise CkksError(f"ciphertext scale 2^{math.log2(ct.scale) if ct.scale > 0 else float('nan'):.2f} "
+                        f"is not 2^{params.scale_bits}")
+    if not ct.is_ntt_form() or ct.is_transparent():
+        raise CkksError("ciphertext is not in NTT form or is transparent (encrypts nothing)")
     return vec
 
 
@@ -245,25 +263,27 @@ class ChunkSum:
         self.add_loaded(self.load(chunk))
 
     def add_loaded(self, vecs: list[ts.CKKSVector]) -> None:
-        """Add an already loaded chunk."""
-        self.terms += 1
+        """Add an already loaded chunk, all of it or (on any error) none of it: the sums
+        are computed into fresh ciphertexts and swapped in only when every one succeeded."""
+        if len(vecs) != self.count:
+            raise CkksError(f"chunk holds {len(vecs)} ciphertexts, expected {self.count}")
         if self._vecs is None:
-            self._vecs = vecs
+            self._vecs = list(vecs)  # freshly loaded and never changed in place: no copy needed
         else:
-            for acc, v in zip(self._vecs, vecs, strict=True):
-                acc.add_(v)
+            self._vecs = [acc + v for acc, v in zip(self._vecs, vecs, strict=True)]
+        self.terms += 1
 
     def subtract(self, chunk: bytes) -> None:
-        """Undo :meth:`add` exactly (ciphertext arithmetic is exact modular arithmetic)."""
+        """Undo :meth:`add` exactly (ciphertext arithmetic is exact modular arithmetic);
+        all or nothing, like :meth:`add_loaded`."""
         if self._vecs is None:
             raise CkksError("nothing to subtract from")
         vecs = self.load(chunk)
-        self.terms -= 1
-        if self.terms == 0:
-            self._vecs = None  # x - x is SEAL's "transparent" ciphertext: start empty instead
+        if self.terms == 1:
+            self._vecs, self.terms = None, 0  # x - x is SEAL's "transparent" ciphertext: start empty instead
             return
-        for acc, v in zip(self._vecs, vecs, strict=True):
-            acc.sub_(v)
+        self._vecs = [acc - v for acc, v in zip(self._vecs, vecs, strict=True)]
+        self.terms -= 1
 
     def to_bytes(self) -> bytes:
         """The summed chunk, serialised in the same framing as a contribution's."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from fedsecure.errors import SignatureError
 from fedsecure.types import (
@@ -75,15 +76,33 @@ def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 
 
+# Order of the P-256 group (SEC 2, §2.4.2). ECDSA signatures are malleable: (r, s) and
+# (r, n - s) both verify, so only the "low-S" one of the pair (s <= n/2, as in Bitcoin's
+# BIP 62 and libsecp256k1) is accepted, and only in its one strict DER encoding.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_HALF_ORDER = P256_ORDER // 2
+
+
 def sign(private_key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """ECDSA P-256 / SHA-256 signature (DER), as issued in every kit."""
-    return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+    """ECDSA P-256 / SHA-256 signature in canonical form: strict DER, low S."""
+    if not isinstance(private_key.curve, ec.SECP256R1):
+        raise TypeError("fedsecure signs with P-256 keys only")
+    r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return encode_dss_signature(r, s if s <= _HALF_ORDER else P256_ORDER - s)
 
 
 def verify(public_key: object, data: bytes, signature: bytes, *, what: str) -> None:
-    """Raise :class:`SignatureError` unless ``signature`` verifies; never return False."""
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise SignatureError(f"{what}: signer key is not an EC key")
+    """Raise :class:`SignatureError` unless ``signature`` is canonical and verifies; never
+    return False. A non-canonical twin of a valid signature is refused: otherwise anything
+    keyed by signature bytes could be replayed under a second identity."""
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+        raise SignatureError(f"{what}: signer key is not a P-256 key")
+    try:
+        r, s = decode_dss_signature(signature)
+    except ValueError as exc:
+        raise SignatureError(f"{what}: signature is not DER") from exc
+    if not (0 < r < P256_ORDER and 0 < s <= _HALF_ORDER) or encode_dss_signature(r, s) != signature:
+        raise SignatureError(f"{what}: signature is not in canonical low-S DER form")
     try:
         public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
@@ -108,12 +127,14 @@ def envelope_bytes(env: Envelope) -> bytes:
 
 
 def envelope_digest(env: Envelope) -> bytes:
-    """Identity of a signed submission: the digest of its signed bytes and signature.
+    """Identity of a signed submission: the digest of what its signer signed (client, run,
+    round, task, nonce, time, payload digest), never of the signature bytes.
 
-    Two sends of the same signed submission share it (idempotent resend); anything
-    re-signed differs.
+    A signature is not an identity: ECDSA is randomised and, without the low-S rule,
+    malleable, so one statement can carry many valid signatures. Keying by the signed
+    bytes makes every re-signing of one statement the same submission.
     """
-    return sha256(envelope_bytes(env) + env.signature)
+    return sha256(envelope_bytes(env))
 
 
 def scores_digest(scores: Sequence[Score]) -> bytes:

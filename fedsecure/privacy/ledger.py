@@ -67,8 +67,9 @@ class LedgerEntry:
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     def sha256(self) -> str:
-        """This entry's hash: over its body and its signature."""
-        return hashlib.sha256(self.body() + bytes.fromhex(self.signature)).hexdigest()
+        """This entry's hash (its identity in the chain and in reported heads): over what
+        was signed, never over the signature bytes, which are not unique to a statement."""
+        return hashlib.sha256(self.body()).hexdigest()
 
     def step(self) -> Step:
         """The release as an accountant step."""

@@ -5,7 +5,9 @@ consortium CA at the handshake. This interceptor then, for every call:
 1. reads the verified peer certificate and its role URI (never a request field);
 2. refuses revoked certificates (UNAUTHENTICATED: the credential is no longer valid);
 3. refuses roles the method does not admit (PERMISSION_DENIED);
-4. refuses calls without a deadline (INVALID_ARGUMENT): every RPC must be bounded.
+4. refuses calls without a deadline (INVALID_ARGUMENT): every RPC must be bounded;
+5. refuses requests that do not decode or carry out-of-range integers (INVALID_ARGUMENT,
+   a generic message: :mod:`fedsecure.transport.decoding`).
 Servicers read the caller from :func:`current_peer`.
 """
 
@@ -21,6 +23,7 @@ from cryptography import x509
 
 from fedsecure.crypto import pki
 from fedsecure.errors import CertificateError
+from fedsecure.transport import decoding
 from fedsecure.types import Role
 
 
@@ -61,9 +64,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service = handler_call_details.method.rsplit("/", 1)[0].lstrip("/")
-        # Fail closed: a service nobody listed admits nobody.
-        allowed = self._service_roles.get(service, frozenset())
+        method = handler_call_details.method.lstrip("/")
+        service = method.rsplit("/", 1)[0]
+        # A method's own entry ("pkg.Service/Method") overrides its service's. Fail closed:
+        # a service nobody listed admits nobody.
+        allowed = self._service_roles.get(method, self._service_roles.get(service, frozenset()))
         return _wrap(handler, lambda ctx: self._authorise(ctx, allowed, handler_call_details.method))
 
     async def _authorise(self, context: grpc.aio.ServicerContext, allowed: frozenset[Role], method: str) -> None:
@@ -91,12 +96,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _wrap(handler: grpc.RpcMethodHandler, authorise: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    des, ser = handler.request_deserializer, handler.response_serializer
+    # The caller is authorised first, then its request is looked at: an unauthenticated
+    # caller learns nothing from how its bytes parse (decoding.py explains the marker).
+    des, ser = decoding.safe_deserializer(handler.request_deserializer), handler.response_serializer
+
+    async def admit(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await authorise(context)
+        if isinstance(request, decoding.Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request, context):  # type: ignore[no-untyped-def]
-            await authorise(context)
+            await admit(request, context)
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
@@ -104,7 +117,7 @@ def _wrap(handler: grpc.RpcMethodHandler, authorise: Callable[[Any], Any]) -> gr
         inner_us = handler.unary_stream
 
         async def unary_stream(request, context):  # type: ignore[no-untyped-def]
-            await authorise(context)
+            await admit(request, context)
             async for item in inner_us(request, context):
                 yield item
 
@@ -114,14 +127,14 @@ def _wrap(handler: grpc.RpcMethodHandler, authorise: Callable[[Any], Any]) -> gr
 
         async def stream_unary(request_iterator, context):  # type: ignore[no-untyped-def]
             await authorise(context)
-            return await inner_su(request_iterator, context)
+            return await inner_su(decoding.checked_stream(request_iterator), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
     inner_ss = handler.stream_stream
 
     async def stream_stream(request_iterator, context):  # type: ignore[no-untyped-def]
         await authorise(context)
-        async for item in inner_ss(request_iterator, context):
+        async for item in inner_ss(decoding.checked_stream(request_iterator), context):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)

@@ -1,8 +1,10 @@
 """What the key holder checks before it decrypts anything. Each check raises
 :class:`DecryptionRefused` with the reason (fail closed, DESIGN.md §2):
-(a) >= quorum distinct clients, each with a CA-issued client certificate that signed
-    an envelope for this run and round over a manifest naming this group, none of them
-    decrypted before in another aggregate;
+(a) >= quorum distinct clients, each with a CA-issued client certificate that is not on
+    the revocation list and signed (canonical low-S signature) an envelope for this run
+    and round over a manifest naming this group; no client's contribution to this
+    group in this run and round was decrypted before in another aggregate, however it
+    is (re-)signed;
 (b) the declared total weight is the sum of the signed weights, and at most 1 (the
     bound the CKKS parameters were chosen for);
 (c) (after the commit) the re-addition of the challenged chunks matches — done by the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hmac
 import math
 import secrets
+from collections.abc import Set
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -38,12 +41,12 @@ class CheckedCommit:
     section: Section
     chunk_count: int
     offsets: tuple[int, ...]          # per contribution: index of the group's first chunk
-    submissions: tuple[str, ...]      # envelope digests (hex), commit order
+    submissions: tuple[str, ...]      # digests of the signed envelopes (hex), commit order
     repeat_of: int | None             # seq of an identical earlier decryption (a retry)
 
 
 def check_commit(commit: DecryptCommit, *, ca_cert: x509.Certificate, params: CkksParams, context: str,
-                 quorum: int, log: DecryptionLog) -> CheckedCommit:
+                 quorum: int, log: DecryptionLog, revoked: Set[str]) -> CheckedCommit:
     """Checks (a) and (b); returns what the re-addition needs."""
     contribs = commit.contributions
     clients = [c.envelope.client_id for c in contribs]
@@ -63,6 +66,10 @@ def check_commit(commit: DecryptCommit, *, ca_cert: x509.Certificate, params: Ck
             raise DecryptionRefused(f"{who}: {exc}") from exc
         if ident.role is not Role.CLIENT or ident.name != env.client_id:
             raise DecryptionRefused(f"{who}: certificate belongs to {ident.role.value}:{ident.name}")
+        if ident.name in revoked:
+            # A revoked (perhaps stolen) key must not help reach quorum: with one honest
+            # client it would expose that client's update (signed revocation list).
+            raise DecryptionRefused(f"{who}: client {ident.name} is revoked")
         try:
             signing.verify(cert.public_key(), signing.envelope_bytes(env), env.signature, what="envelope")
         except SignatureError as exc:
@@ -104,19 +111,22 @@ def check_commit(commit: DecryptCommit, *, ca_cert: x509.Certificate, params: Ck
 
 
 def _check_unused(commit: DecryptCommit, submissions: list[str], log: DecryptionLog) -> int | None:
-    # A contribution is decrypted inside one aggregate only: otherwise two aggregates that
-    # differ by one client would reveal that client's update by subtraction. Exactly the
-    # same aggregate again (a retry after a lost answer) reveals nothing new.
+    # A client's contribution to a group is decrypted inside one aggregate only: otherwise
+    # two aggregates that differ by one client would reveal that client's update by
+    # subtraction. Keyed by (client, run, round, group), what the client signed, so a
+    # re-signed or re-sent copy is the same contribution. Exactly the same aggregate again
+    # (a retry after a lost answer) reveals nothing new.
     agg = aggregate_digest(commit.aggregate_chunk_sha256)
     repeat_of = None
-    for sub in submissions:
-        earlier = log.used_by(sub, commit.group)
+    for c in commit.contributions:
+        earlier = log.used_by(client=c.envelope.client_id, run_id=commit.run_id, round_=commit.round,
+                              group=commit.group)
         if earlier is None:
             continue
         same = earlier.submissions == tuple(sorted(submissions)) and earlier.aggregate_sha256 == agg
         if not same:
-            raise DecryptionRefused(f"contribution {sub[:12]}… was already decrypted in another aggregate "
-                                    f"(log entry {earlier.seq})")
+            raise DecryptionRefused(f"the contribution of {c.envelope.client_id!r} to {commit.group} was already "
+                                    f"decrypted in another aggregate (log entry {earlier.seq})")
         repeat_of = earlier.seq
     return repeat_of
 

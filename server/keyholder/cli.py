@@ -10,6 +10,7 @@ from pathlib import Path
 from fedsecure.kit import load_kit
 from fedsecure.types import Role
 
+from server.keyholder.keys import generate_keys
 from server.keyholder.service import KeyHolderPolicy, start_keyholder
 from server.serving import until_terminated, write_port_file
 
@@ -18,7 +19,9 @@ log = logging.getLogger("fedsecure.keyholder")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure keyholder``."""
-    p.add_argument("--kit", required=True, type=Path, help="the key holder kit folder (holds the CKKS secret key)")
+    p.add_argument("--kit", required=True, type=Path, help="the key holder kit folder")
+    p.add_argument("--keys", required=True, type=Path,
+                   help="the key holder's own key folder, made by `fedsecure keyholder-keygen` (holds the CKKS secret)")
     p.add_argument("--address", help="host:port to bind (default: the kit's keyholder_address; port 0 = any)")
     p.add_argument("--state", type=Path, help="state folder for the decryption log (default: KIT/state)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
@@ -31,13 +34,28 @@ def main(args: argparse.Namespace) -> int:
     """Serve until a termination signal."""
     kit = load_kit(args.kit, expected_role=Role.KEYHOLDER)
     policy = KeyHolderPolicy(quorum=args.quorum, sample_fraction=args.sample_fraction)
-    asyncio.run(_serve(kit, args.address or kit.keyholder_address, args.state or kit.path / "state", policy,
-                       args.port_file))
+    asyncio.run(_serve(kit, args.keys, args.address or kit.keyholder_address, args.state or kit.path / "state",
+                       policy, args.port_file))
     return 0
 
 
-async def _serve(kit, address, state_dir, policy, port_file) -> None:  # type: ignore[no-untyped-def]
-    running = await start_keyholder(kit=kit, address=address, state_dir=state_dir, policy=policy)
+def add_keygen_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fedsecure keyholder-keygen``."""
+    p.add_argument("--keys", required=True, type=Path,
+                   help="folder for the key pair (created 0700; the secret stays here, the public context is "
+                        "handed to `fedsecure provision --keyholder-context`)")
+
+
+def keygen_main(args: argparse.Namespace) -> int:
+    """Make the key holder's CKKS key pair; print where the public part is."""
+    public = generate_keys(keys_dir=args.keys)
+    print(f"CKKS key pair created in {args.keys} (the secret key never leaves this folder)")
+    print(f"hand {public} to provisioning: fedsecure provision --keyholder-context {public} ...")
+    return 0
+
+
+async def _serve(kit, keys_dir, address, state_dir, policy, port_file) -> None:  # type: ignore[no-untyped-def]
+    running = await start_keyholder(kit=kit, keys_dir=keys_dir, address=address, state_dir=state_dir, policy=policy)
     write_port_file(port_file, running.port)
     await until_terminated()
     log.info("key holder shutting down")

@@ -2,7 +2,7 @@
 hash-chained and signed with the key holder's kit key, so an auditor (or the consortium)
 can check what was decrypted, from whose contributions, and that no line was edited,
 dropped or re-ordered. It is also the key holder's memory of which contributions were
-already used (a contribution is decrypted in one aggregate only)."""
+already used (a client's contribution to a group is decrypted in one aggregate only)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class DecryptionEntry:
     round: int
     group: str
     contributors: tuple[str, ...]
-    submissions: tuple[str, ...]      # envelope digests (hex) of the contributions, sorted
+    submissions: tuple[str, ...]      # digests (hex) of what each contribution's signer signed, sorted
     total_weight: float
     aggregate_sha256: str             # over the aggregate's chunk digests
     sampled_chunks: tuple[int, ...]
@@ -68,18 +68,20 @@ class DecryptionLog:
         self.path, self.kit = path, kit
         path.parent.mkdir(parents=True, exist_ok=True)
         self.entries = verify_decryption_log(path, cert=kit.cert) if path.exists() else []
-        self._first_use: dict[tuple[str, str], DecryptionEntry] = {}
+        self._first_use: dict[tuple[str, str, int, str], DecryptionEntry] = {}
         for entry in self.entries:
             self._index(entry)
 
     def _index(self, entry: DecryptionEntry) -> None:
-        for sub in entry.submissions:
-            self._first_use.setdefault((sub, entry.group), entry)
+        for client in entry.contributors:
+            self._first_use.setdefault((client, entry.run_id, entry.round, entry.group), entry)
 
-    def used_by(self, submission: str, group: str) -> DecryptionEntry | None:
-        """The earlier decryption of ``group`` that used this contribution, if any (one
-        contribution carries one section per group; each is decrypted once)."""
-        return self._first_use.get((submission, group))
+    def used_by(self, *, client: str, run_id: str, round_: int, group: str) -> DecryptionEntry | None:
+        """The earlier decryption of ``group`` in this run and round that counted a
+        contribution of ``client``, if any. Keyed by what the client signed (who, run,
+        round, group), never by signature bytes, so re-signing cannot make a used
+        contribution look new."""
+        return self._first_use.get((client, run_id, round_, group))
 
     def append(self, *, run_id: str, round_: int, group: str, contributors: Sequence[str],
                submissions: Sequence[str], total_weight: float, aggregate_sha256: str,

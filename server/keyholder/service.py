@@ -1,5 +1,8 @@
-"""The KeyHolder gRPC service and how to start it. Only the server role may call it
-(the interceptor enforces that); everything else is :mod:`server.keyholder.checks`.
+"""The KeyHolder gRPC service and how to start it. Only the server role may ask for a
+decryption, only the admin (or the server relaying the admin's signed list) may add
+revocations (the interceptor enforces both); everything else is
+:mod:`server.keyholder.checks`. The secret key comes from the key holder's own key
+folder (:mod:`server.keyholder.keys`), never from a kit.
 
 Stream protocol of ``DecryptAggregate`` (one aggregate per call):
   server -> commit;                   key holder -> challenge (chunk indices)
@@ -36,11 +39,17 @@ from fedsecure.types import Role, TensorChunk
 
 from server.keyholder.checks import CheckedCommit, challenge, check_commit
 from server.keyholder.decryption_log import DecryptionLog, aggregate_digest
+from server.keyholder.keys import load_secret
+from server.keyholder.revocations import RevocationStore
 from server.status_codes import domain_errors
 
 log = logging.getLogger("fedsecure.keyholder")
 
-SERVICE_ROLES = {"fedsecure.v1.KeyHolder": frozenset({Role.SERVER})}
+SERVICE_ROLES = {
+    "fedsecure.v1.KeyHolder": frozenset({Role.SERVER}),
+    # The list's own signature is what counts; the server may relay the admin's list.
+    "fedsecure.v1.KeyHolder/Revoke": frozenset({Role.ADMIN, Role.SERVER}),
+}
 PLAINTEXT_DTYPE = "float64"
 PLAINTEXT_VALUES_PER_CHUNK = 65536
 
@@ -62,12 +71,13 @@ class KeyHolderPolicy:
 class KeyHolderServicer(keyholder_pb2_grpc.KeyHolderServicer):
     """Verifies, re-adds, decrypts, logs."""
 
-    def __init__(self, *, kit: Kit, state_dir: Path, policy: KeyHolderPolicy) -> None:
+    def __init__(self, *, kit: Kit, keys_dir: Path, state_dir: Path, policy: KeyHolderPolicy) -> None:
         self.kit, self.policy = kit, policy
         self.params: CkksParams = ckks.kit_params(kit)
-        self.secret = ckks.load_secret_context(kit.read_file(ckks.SECRET_CONTEXT_FILE), self.params)
+        self.secret = load_secret(keys_dir=keys_dir, kit=kit)
         self.context = ckks.context_fingerprint(ckks.kit_public_context(kit))
         self.log = DecryptionLog(state_dir / "decryptions.jsonl", kit=kit)
+        self.revocations = RevocationStore(state_dir / "revocations.jsonl", ca_cert=kit.ca_cert)
         self._lock = asyncio.Lock()  # one decryption at a time: the used-contribution check is then race-free
 
     @domain_errors
@@ -79,7 +89,7 @@ class KeyHolderServicer(keyholder_pb2_grpc.KeyHolderServicer):
         commit = serde.commit_from_proto(first.commit)
         async with self._lock:
             checked = check_commit(commit, ca_cert=self.kit.ca_cert, params=self.params, context=self.context,
-                                   quorum=self.policy.quorum, log=self.log)
+                                   quorum=self.policy.quorum, log=self.log, revoked=self.revocations.names)
             picked = challenge(checked.chunk_count, self.policy.sample_fraction)
             yield keyholder_pb2.DecryptResponse(challenge=keyholder_pb2.ChunkChallenge(indices=list(picked)))
             try:
@@ -102,6 +112,16 @@ class KeyHolderServicer(keyholder_pb2_grpc.KeyHolderServicer):
         for index, chunk in enumerate(chunking.split(data, name=commit.group, chunk_bytes=step, dtype=PLAINTEXT_DTYPE)):
             yield keyholder_pb2.DecryptResponse(plaintext_chunk=serde.chunk_to_proto(chunk))
         yield keyholder_pb2.DecryptResponse(receipt=serde.receipt_to_proto(receipt))
+
+    @domain_errors
+    async def Revoke(self, request, context):  # type: ignore[no-untyped-def]
+        rl = serde.revocations_from_proto(request)
+        async with self._lock:  # never while a commit is being checked
+            newly = self.revocations.add(rl)
+        if newly:
+            log.warning("revoked %s (list issued %d by %s)", list(newly), rl.issued_ms,
+                        "an admin" if rl.signer_certificate else "the CA")
+        return keyholder_pb2.RevokeResponse(newly_revoked=list(newly), revoked_total=len(self.revocations.names))
 
     async def _verify_and_decrypt(self, checked: CheckedCommit, picked: set[int],
                                   requests: AsyncIterator[keyholder_pb2.DecryptRequest]) -> np.ndarray:
@@ -174,14 +194,17 @@ class RunningKeyHolder:
         await self.server.stop(grace)
 
 
-async def start_keyholder(*, kit: Kit, address: str = "127.0.0.1:0", state_dir: Path,
+async def start_keyholder(*, kit: Kit, keys_dir: Path, address: str = "127.0.0.1:0", state_dir: Path,
                           policy: KeyHolderPolicy = KeyHolderPolicy(), limits: Limits = DEFAULT_LIMITS,
                           ) -> RunningKeyHolder:
-    """Start the key holder on ``address`` (mTLS; only the server role may call)."""
+    """Start the key holder on ``address`` (mTLS; the server asks for decryptions, the
+    admin adds revocations) with the secret key from ``keys_dir``."""
     if kit.role is not Role.KEYHOLDER:
         raise ValueError(f"the key holder needs a keyholder kit, got a {kit.role.value} kit")
-    servicer = KeyHolderServicer(kit=kit, state_dir=state_dir, policy=policy)
-    interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES, is_revoked=lambda ident: False)
+    servicer = KeyHolderServicer(kit=kit, keys_dir=keys_dir, state_dir=state_dir, policy=policy)
+    names = servicer.revocations.names  # the live set: a revocation applies to the next call
+    interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES,
+                                  is_revoked=lambda ident: ident.name in names)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(limits))
     keyholder_pb2_grpc.add_KeyHolderServicer_to_server(servicer, server)
     port = server.add_secure_port(address, server_credentials(kit))

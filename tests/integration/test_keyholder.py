@@ -54,9 +54,9 @@ def _sum(kit: Kit, chunks: Sequence[bytes]) -> list[bytes]:
 
 
 @pytest.fixture
-def keyholder(kits: Provisioned, tmp_path) -> Iterator[tuple[LoopThread, int, object]]:  # type: ignore[no-untyped-def]
+def keyholder(kits: Provisioned, keyholder_keys, tmp_path) -> Iterator[tuple[LoopThread, int, object]]:  # type: ignore[no-untyped-def]
     loop = LoopThread()
-    running = loop.run(start_keyholder(kit=load_kit(kits.keyholder), state_dir=tmp_path / "kh",
+    running = loop.run(start_keyholder(kit=load_kit(kits.keyholder), keys_dir=keyholder_keys, state_dir=tmp_path / "kh",
                                        policy=KeyHolderPolicy(quorum=2, sample_fraction=1.0)))
     yield loop, running.port, running
     loop.run(running.stop(grace=0.1))
@@ -144,3 +144,91 @@ def test_sampled_challenge_covers_at_least_one_chunk() -> None:
     assert challenge(7, 1.0) == tuple(range(7))
     with pytest.raises(ValueError):
         challenge(3, 0.0)
+
+
+def _high_s_twin(signature: bytes) -> bytes:
+    """The other valid ECDSA signature of the same statement: (r, n - s)."""
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    r, s = decode_dss_signature(signature)
+    return encode_dss_signature(r, signing.P256_ORDER - s)
+
+
+def _with_envelope(p: Party, **changes: object) -> Party:
+    env = dataclasses.replace(p.contribution.envelope, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(p, contribution=dataclasses.replace(p.contribution, envelope=env))
+
+
+def test_resigned_subset_after_the_full_set_is_refused(kits: Provisioned, keyholder) -> None:  # type: ignore[no-untyped-def]
+    """Defect 1 of the security review: after {a, b, c} was decrypted, {a, b} presented
+    again under other valid signatures must not decrypt (c = (a+b+c) - (a+b))."""
+    loop, port, running = keyholder
+    server = load_kit(kits.server)
+    kit_a, kit_b = load_kit(kits.clients["a"]), load_kit(kits.clients["b"])
+    a, b, c = (_party(load_kit(kits.clients[n]), v) for n, v in zip("abc", (0.1, -0.4, 0.7), strict=True))
+    log = running.servicer.log
+    _decrypt(loop, server, port, [a, b, c])
+    assert len(log.entries) == 1
+
+    # (r, n - s): verifies under plain ECDSA, refused here as non-canonical.
+    twins = [_with_envelope(p, signature=_high_s_twin(p.contribution.envelope.signature)) for p in (a, b)]
+    _refused(lambda: _decrypt(loop, server, port, twins), "canonical low-S")
+    # Fresh, canonical signatures of the very same statements (ECDSA is randomised).
+    fresh = [_with_envelope(p, signature=signing.sign(k.private_key, signing.envelope_bytes(p.contribution.envelope)))
+             for p, k in ((a, kit_a), (b, kit_b))]
+    assert fresh[0].contribution.envelope.signature != a.contribution.envelope.signature
+    _refused(lambda: _decrypt(loop, server, port, fresh), "already decrypted")
+    # New envelopes (new nonce) over the same ciphertexts, validly signed by the clients.
+    renewed = []
+    for p, k in ((a, kit_a), (b, kit_b)):
+        env = dataclasses.replace(p.contribution.envelope, nonce=signing.new_nonce(), signature=b"")
+        renewed.append(_with_envelope(p, nonce=env.nonce,
+                                      signature=signing.sign(k.private_key, signing.envelope_bytes(env))))
+    _refused(lambda: _decrypt(loop, server, port, renewed), "already decrypted")
+    assert len(log.entries) == 1  # nothing of the above was decrypted or logged
+
+
+def test_revoked_client_never_counts_toward_quorum(kits: Provisioned, keyholder_keys, keyholder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Defect 4: the key holder enforces an admin-signed revocation list of its own."""
+    from fedsecure.admin_client import KeyHolderAdminClient
+    from fedsecure.crypto.revocation import sign_revocations
+    from fedsecure.proto.v1 import keyholder_pb2_grpc
+    from fedsecure import serde
+    from fedsecure.transport.credentials import channel_credentials
+    from fedsecure.transport.limits import DEFAULT_LIMITS, channel_options
+
+    loop, port, running = keyholder
+    server = load_kit(kits.server)
+    admin = load_kit(kits.admin)
+    a, b, c = (_party(load_kit(kits.clients[n]), v) for n, v in zip("abc", (0.1, -0.4, 0.7), strict=True))
+    with KeyHolderAdminClient(kit=admin, address=f"127.0.0.1:{port}") as kh:
+        assert kh.revoke(["c"], "key stolen") == (("c",), 1)
+        assert kh.revoke(["c"]) == ((), 1)  # idempotent
+    _refused(lambda: _decrypt(loop, server, port, [a, c]), "client c is revoked")
+    assert running.servicer.log.entries == []
+
+    # Lists the key holder must not accept: signed by a client, or altered after signing.
+    client_kit = load_kit(kits.clients["a"])
+    by_client = sign_revocations(names=["b"], private_key=client_kit.private_key, signer_pem=client_kit.cert_pem)
+    altered = dataclasses.replace(sign_revocations(names=["b"], private_key=admin.private_key,
+                                                   signer_pem=admin.cert_pem), names=("a", "b"))
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(server),
+                                  options=channel_options(DEFAULT_LIMITS, target_name=server.keyholder_name))
+    stub = keyholder_pb2_grpc.KeyHolderStub(channel)  # the server may relay lists, not forge them
+    for rl, text in ((by_client, "signed by an admin"), (altered, "does not verify")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Revoke(serde.revocations_to_proto(rl), timeout=10)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and text in err.value.details()
+    channel.close()
+    assert running.servicer.revocations.names == {"c"}
+    assert _decrypt(loop, server, port, [a, b]).receipt.log_seq == 0
+
+    # A restarted key holder still knows (its list is re-verified from its state).
+    again = loop.run(start_keyholder(kit=load_kit(kits.keyholder), keys_dir=keyholder_keys,
+                                     state_dir=running.servicer.log.path.parent, policy=KeyHolderPolicy()))
+    try:
+        assert again.servicer.revocations.names == {"c"}
+        d = _party(load_kit(kits.clients["d"]), 0.2)
+        _refused(lambda: _decrypt(loop, server, again.port, [c, d]), "client c is revoked")
+    finally:
+        loop.run(again.stop(grace=0.1))

@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from fedsecure.proto.v1 import common_pb2 as fedsecure_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64secure/v1/keyholder.proto\x12\x0c\x66\x65\x64secure.v1\x1a\x19\x66\x65\x64secure/v1/common.proto\"\x90\x01\n\x12SignedContribution\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12.\n\x08manifest\x18\x02 \x01(\x0b\x32\x1c.fedsecure.v1.UpdateManifest\x12\x1a\n\x12\x63lient_certificate\x18\x03 \x01(\x0c\"\xac\x01\n\rDecryptCommit\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x37\n\rcontributions\x18\x04 \x03(\x0b\x32 .fedsecure.v1.SignedContribution\x12\x1e\n\x16\x61ggregate_chunk_sha256\x18\x05 \x03(\x0c\x12\x14\n\x0ctotal_weight\x18\x06 \x01(\x01\"P\n\x11\x43ontributionChunk\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunk\"\xbc\x01\n\x0e\x44\x65\x63ryptRequest\x12-\n\x06\x63ommit\x18\x01 \x01(\x0b\x32\x1b.fedsecure.v1.DecryptCommitH\x00\x12=\n\x12\x63ontribution_chunk\x18\x02 \x01(\x0b\x32\x1f.fedsecure.v1.ContributionChunkH\x00\x12\x34\n\x0f\x61ggregate_chunk\x18\x03 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x42\x06\n\x04part\"!\n\x0e\x43hunkChallenge\x12\x0f\n\x07indices\x18\x01 \x03(\r\"N\n\x0e\x44\x65\x63ryptReceipt\x12\x0f\n\x07log_seq\x18\x01 \x01(\x04\x12\x18\n\x10log_entry_sha256\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xb3\x01\n\x0f\x44\x65\x63ryptResponse\x12\x31\n\tchallenge\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.ChunkChallengeH\x00\x12\x34\n\x0fplaintext_chunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x12/\n\x07receipt\x18\x03 \x01(\x0b\x32\x1c.fedsecure.v1.DecryptReceiptH\x00\x42\x06\n\x04part2`\n\tKeyHolder\x12S\n\x10\x44\x65\x63ryptAggregate\x12\x1c.fedsecure.v1.DecryptRequest\x1a\x1d.fedsecure.v1.DecryptResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64secure/v1/keyholder.proto\x12\x0c\x66\x65\x64secure.v1\x1a\x19\x66\x65\x64secure/v1/common.proto\"t\n\x11SignedRevocations\x12\x11\n\tissued_ms\x18\x01 \x01(\x03\x12\r\n\x05names\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1a\n\x12signer_certificate\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\">\n\x0eRevokeResponse\x12\x15\n\rnewly_revoked\x18\x01 \x03(\t\x12\x15\n\rrevoked_total\x18\x02 \x01(\r\"\x90\x01\n\x12SignedContribution\x12.\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.SignedEnvelope\x12.\n\x08manifest\x18\x02 \x01(\x0b\x32\x1c.fedsecure.v1.UpdateManifest\x12\x1a\n\x12\x63lient_certificate\x18\x03 \x01(\x0c\"\xac\x01\n\rDecryptCommit\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x37\n\rcontributions\x18\x04 \x03(\x0b\x32 .fedsecure.v1.SignedContribution\x12\x1e\n\x16\x61ggregate_chunk_sha256\x18\x05 \x03(\x0c\x12\x14\n\x0ctotal_weight\x18\x06 \x01(\x01\"P\n\x11\x43ontributionChunk\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunk\"\xbc\x01\n\x0e\x44\x65\x63ryptRequest\x12-\n\x06\x63ommit\x18\x01 \x01(\x0b\x32\x1b.fedsecure.v1.DecryptCommitH\x00\x12=\n\x12\x63ontribution_chunk\x18\x02 \x01(\x0b\x32\x1f.fedsecure.v1.ContributionChunkH\x00\x12\x34\n\x0f\x61ggregate_chunk\x18\x03 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x42\x06\n\x04part\"!\n\x0e\x43hunkChallenge\x12\x0f\n\x07indices\x18\x01 \x03(\r\"N\n\x0e\x44\x65\x63ryptReceipt\x12\x0f\n\x07log_seq\x18\x01 \x01(\x04\x12\x18\n\x10log_entry_sha256\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xb3\x01\n\x0f\x44\x65\x63ryptResponse\x12\x31\n\tchallenge\x18\x01 \x01(\x0b\x32\x1c.fedsecure.v1.ChunkChallengeH\x00\x12\x34\n\x0fplaintext_chunk\x18\x02 \x01(\x0b\x32\x19.fedsecure.v1.TensorChunkH\x00\x12/\n\x07receipt\x18\x03 \x01(\x0b\x32\x1c.fedsecure.v1.DecryptReceiptH\x00\x42\x06\n\x04part2\xa9\x01\n\tKeyHolder\x12S\n\x10\x44\x65\x63ryptAggregate\x12\x1c.fedsecure.v1.DecryptRequest\x1a\x1d.fedsecure.v1.DecryptResponse(\x01\x30\x01\x12G\n\x06Revoke\x12\x1f.fedsecure.v1.SignedRevocations\x1a\x1c.fedsecure.v1.RevokeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedsecure.v1.keyholder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNEDCONTRIBUTION']._serialized_start=74
-  _globals['_SIGNEDCONTRIBUTION']._serialized_end=218
-  _globals['_DECRYPTCOMMIT']._serialized_start=221
-  _globals['_DECRYPTCOMMIT']._serialized_end=393
-  _globals['_CONTRIBUTIONCHUNK']._serialized_start=395
-  _globals['_CONTRIBUTIONCHUNK']._serialized_end=475
-  _globals['_DECRYPTREQUEST']._serialized_start=478
-  _globals['_DECRYPTREQUEST']._serialized_end=666
-  _globals['_CHUNKCHALLENGE']._serialized_start=668
-  _globals['_CHUNKCHALLENGE']._serialized_end=701
-  _globals['_DECRYPTRECEIPT']._serialized_start=703
-  _globals['_DECRYPTRECEIPT']._serialized_end=781
-  _globals['_DECRYPTRESPONSE']._serialized_start=784
-  _globals['_DECRYPTRESPONSE']._serialized_end=963
-  _globals['_KEYHOLDER']._serialized_start=965
-  _globals['_KEYHOLDER']._serialized_end=1061
+  _globals['_SIGNEDREVOCATIONS']._serialized_start=73
+  _globals['_SIGNEDREVOCATIONS']._serialized_end=189
+  _globals['_REVOKERESPONSE']._serialized_start=191
+  _globals['_REVOKERESPONSE']._serialized_end=253
+  _globals['_SIGNEDCONTRIBUTION']._serialized_start=256
+  _globals['_SIGNEDCONTRIBUTION']._serialized_end=400
+  _globals['_DECRYPTCOMMIT']._serialized_start=403
+  _globals['_DECRYPTCOMMIT']._serialized_end=575
+  _globals['_CONTRIBUTIONCHUNK']._serialized_start=577
+  _globals['_CONTRIBUTIONCHUNK']._serialized_end=657
+  _globals['_DECRYPTREQUEST']._serialized_start=660
+  _globals['_DECRYPTREQUEST']._serialized_end=848
+  _globals['_CHUNKCHALLENGE']._serialized_start=850
+  _globals['_CHUNKCHALLENGE']._serialized_end=883
+  _globals['_DECRYPTRECEIPT']._serialized_start=885
+  _globals['_DECRYPTRECEIPT']._serialized_end=963
+  _globals['_DECRYPTRESPONSE']._serialized_start=966
+  _globals['_DECRYPTRESPONSE']._serialized_end=1145
+  _globals['_KEYHOLDER']._serialized_start=1148
+  _globals['_KEYHOLDER']._serialized_end=1317
 # @@protoc_insertion_point(module_scope)

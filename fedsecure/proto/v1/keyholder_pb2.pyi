@@ -7,6 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SignedRevocations(_message.Message):
+    __slots__ = ("issued_ms", "names", "reason", "signer_certificate", "signature")
+    ISSUED_MS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    issued_ms: int
+    names: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    signer_certificate: bytes
+    signature: bytes
+    def __init__(self, issued_ms: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., signer_certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("newly_revoked", "revoked_total")
+    NEWLY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    newly_revoked: _containers.RepeatedScalarFieldContainer[str]
+    revoked_total: int
+    def __init__(self, newly_revoked: _Optional[_Iterable[str]] = ..., revoked_total: _Optional[int] = ...) -> None: ...
+
 class SignedContribution(_message.Message):
     __slots__ = ("envelope", "manifest", "client_certificate")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class KeyHolderStub:
                 request_serializer=fedsecure_dot_v1_dot_keyholder__pb2.DecryptRequest.SerializeToString,
                 response_deserializer=fedsecure_dot_v1_dot_keyholder__pb2.DecryptResponse.FromString,
                 _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/fedsecure.v1.KeyHolder/Revoke',
+                request_serializer=fedsecure_dot_v1_dot_keyholder__pb2.SignedRevocations.SerializeToString,
+                response_deserializer=fedsecure_dot_v1_dot_keyholder__pb2.RevokeResponse.FromString,
+                _registered_method=True)
 
 
 class KeyHolderServicer:
@@ -52,6 +57,15 @@ class KeyHolderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revoke(self, request, context):
+        """Admin (or the server forwarding the admin's list): a signed revocation list. The
+        key holder keeps the union of every list it verified; a contribution signed by a
+        revoked client never counts toward quorum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyHolderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_KeyHolderServicer_to_server(servicer, server):
                     servicer.DecryptAggregate,
                     request_deserializer=fedsecure_dot_v1_dot_keyholder__pb2.DecryptRequest.FromString,
                     response_serializer=fedsecure_dot_v1_dot_keyholder__pb2.DecryptResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=fedsecure_dot_v1_dot_keyholder__pb2.SignedRevocations.FromString,
+                    response_serializer=fedsecure_dot_v1_dot_keyholder__pb2.RevokeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +107,33 @@ class KeyHolder:
             '/fedsecure.v1.KeyHolder/DecryptAggregate',
             fedsecure_dot_v1_dot_keyholder__pb2.DecryptRequest.SerializeToString,
             fedsecure_dot_v1_dot_keyholder__pb2.DecryptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsecure.v1.KeyHolder/Revoke',
+            fedsecure_dot_v1_dot_keyholder__pb2.SignedRevocations.SerializeToString,
+            fedsecure_dot_v1_dot_keyholder__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
