@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -163,3 +165,26 @@ def test_stored_submission_forms_round_trip() -> None:
         decline=serde.decline_to_proto(decline)).SerializeToString()) == decline
     task = Task("r", 3, "t", TaskKind.SCORE, 9, 1, ScoreSpec((ScoreItem("i"),)))
     assert serde.task_from_bytes(serde.task_to_bytes(task)) == task
+
+
+@given(value=st.integers(0, 2**64 - 1))
+def test_unsigned_64_bit_fields_are_range_checked_at_any_depth(value: int) -> None:
+    """Property (security review, defect 3): a uint64 anywhere in a request — nested, in a
+    repeated message, or as a map value — passes iff it fits SQLite's signed 64 bits."""
+    from fedsecure.proto.v1 import federation_pb2, keyholder_pb2
+
+    fits = value <= serde.INT64_MAX
+    hello = federation_pb2.HelloRequest()
+    hello.ledger_head.seq = value
+    commit = keyholder_pb2.DecryptRequest()
+    commit.commit.contributions.add().manifest.total_bytes = value
+    counts = federation_pb2.HelloRequest()
+    counts.capabilities.sample_counts["pairs"] = value
+    for msg, name in ((hello, "HelloRequest.ledger_head.seq"),
+                      (commit, "DecryptRequest.commit.contributions[0].manifest.total_bytes"),
+                      (counts, "HelloRequest.capabilities.sample_counts['pairs']")):
+        if fits:
+            serde.check_integer_ranges(msg)
+        else:
+            with pytest.raises(InvalidSubmission, match=re.escape(f"{name}: {value} is out of range")):
+                serde.check_integer_ranges(msg)

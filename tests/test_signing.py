@@ -84,3 +84,58 @@ def test_sign_verify_and_every_field_is_bound() -> None:
 def test_nonces_are_fresh() -> None:
     nonces = {signing.new_nonce() for _ in range(1000)}
     assert len(nonces) == 1000 and all(len(n) == signing.NONCE_BYTES for n in nonces)
+
+
+def _der(r: int, s: int) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    return encode_dss_signature(r, s)
+
+
+def test_signatures_are_low_s_and_their_high_s_twin_is_refused() -> None:
+    """ECDSA malleability (security review, defect 1): (r, s) and (r, n - s) both verify
+    under plain ECDSA; only the low-S one, in strict DER, is accepted here."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    key = pki.new_private_key()
+    n = signing.P256_ORDER  # known answer: plain ECDSA accepting (r, n - s) below confirms it is the group order
+    for i in range(40):  # raw ECDSA gives a high S about half the time
+        data = f"statement {i}".encode()
+        sig = signing.sign(key, data)
+        r, s = decode_dss_signature(sig)
+        assert s <= n // 2
+        signing.verify(key.public_key(), data, sig, what="test")
+        twin = _der(r, n - s)
+        key.public_key().verify(twin, data, ec.ECDSA(hashes.SHA256()))  # plain ECDSA accepts the twin
+        with pytest.raises(SignatureError, match="canonical low-S"):
+            signing.verify(key.public_key(), data, twin, what="test")
+
+
+def test_non_strict_der_and_out_of_range_values_are_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    key = pki.new_private_key()
+    sig = signing.sign(key, b"x")
+    r, s = decode_dss_signature(sig)
+    body = sig[2:]
+    long_form = sig[:1] + b"\x81" + bytes([len(body)]) + body  # BER long-form length: same values
+    for bad, text in ((long_form, "not DER"), (sig + b"\x00", "not DER"), (b"", "not DER"),
+                      (_der(r, 0), "canonical"), (_der(0, s), "canonical"), (_der(r + signing.P256_ORDER, s), "canonical")):
+        with pytest.raises(SignatureError, match=text):
+            signing.verify(key.public_key(), b"x", bad, what="test")
+
+
+def test_submission_identity_is_the_signed_statement_not_the_signature() -> None:
+    key = pki.new_private_key()
+    env = Envelope(client_id="a", run_id="r", round=1, task_id="t", nonce=b"\x00" * 16, timestamp_ms=5,
+                   payload_kind=PayloadKind.SCORES, payload_sha256=b"\x01" * 32)
+    one = signing.sign(key, signing.envelope_bytes(env))
+    two = signing.sign(key, signing.envelope_bytes(env))
+    assert one != two  # randomised signatures
+    from dataclasses import replace
+
+    assert signing.envelope_digest(replace(env, signature=one)) == signing.envelope_digest(replace(env, signature=two))
+    assert signing.envelope_digest(env) == hashlib.sha256(signing.envelope_bytes(env)).digest()
+    assert signing.envelope_digest(replace(env, nonce=b"\x02" * 16)) != signing.envelope_digest(env)

@@ -230,3 +230,30 @@ def test_tampered_payload_with_an_accepted_envelope_is_refused(start_federation)
     assert stored.epsilon == 0.5
     for c, _ in tasks.values():
         c.close()
+
+
+def test_cli_keygen_provision_and_revoke_reach_the_key_holder(start_federation, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The flow the README documents: the key holder makes its keys, provisioning seals
+    only the public part, and `fedsecure admin revoke` revokes at the server *and* at the
+    key holder (whose list is admin-signed)."""
+    from fedsecure.cli import main as cli
+
+    keys = tmp_path / "kh-keys"
+    assert cli(["keyholder-keygen", "--keys", str(keys)]) == 0
+    assert cli(["provision", "--out", str(tmp_path / "kits"), "--clients", "x,y",
+                "--keyholder-context", str(keys / "ckks_public.ctx")]) == 0
+    assert load_kit(tmp_path / "kits" / "keyholder").read_file("ckks_public.ctx") == \
+        (keys / "ckks_public.ctx").read_bytes()
+    # A secret context is refused by the command, with a message.
+    assert cli(["provision", "--out", str(tmp_path / "kits2"), "--clients", "x",
+                "--keyholder-context", str(keys / "ckks_secret.ctx")]) == 2
+    assert "secret key" in capsys.readouterr().err
+
+    fed = start_federation(keyholder=True)
+    admin = str(fed.kits.admin)
+    assert cli(["admin", "--kit", admin, "--address", fed.address,
+                "--keyholder-address", f"127.0.0.1:{fed.keyholder.port}", "revoke", "d", "--reason", "lost laptop"]) == 0
+    out = capsys.readouterr().out
+    assert "d: revoked at the server" in out and "d: revoked at the key holder (1 revoked there)" in out
+    assert fed.store(lambda s: s.revoked_names()) == {"d"}
+    assert fed.loop.call(lambda: set(fed.keyholder.servicer.revocations.names)) == {"d"}
