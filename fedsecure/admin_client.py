@@ -4,6 +4,8 @@ server to relay revocations)."""
 
 from __future__ import annotations
 
+from typing import Self
+
 import grpc
 
 from fedsecure import serde
@@ -15,26 +17,35 @@ from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, channel_o
 from fedsecure.types import ClientInfo, Role, RunConfig, RunStatus
 
 
-class AdminClient:
-    """Calls the server's Admin service with the admin kit's certificate."""
+class _AdminChannel:
+    """One mTLS channel presenting the admin kit's certificate; closed on exit."""
 
-    def __init__(self, *, kit: Kit, address: str | None = None, timeout_s: float = RPC_DEADLINE_S) -> None:
+    def __init__(self, *, kit: Kit, address: str, target_name: str, timeout_s: float) -> None:
         if kit.role is not Role.ADMIN:
             raise ValueError(f"admin commands need an admin kit, got a {kit.role.value} kit")
-        self._channel = grpc.secure_channel(address or kit.server_address, channel_credentials(kit),
-                                            options=channel_options(DEFAULT_LIMITS, target_name=kit.server_name))
-        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+        self.kit = kit
+        self._channel = grpc.secure_channel(address, channel_credentials(kit),
+                                            options=channel_options(DEFAULT_LIMITS, target_name=target_name))
         self._timeout = timeout_s
 
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
 
-    def __enter__(self) -> AdminClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AdminClient(_AdminChannel):
+    """Calls the server's Admin service with the admin kit's certificate."""
+
+    def __init__(self, *, kit: Kit, address: str | None = None, timeout_s: float = RPC_DEADLINE_S) -> None:
+        super().__init__(kit=kit, address=address or kit.server_address, target_name=kit.server_name,
+                         timeout_s=timeout_s)
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
 
     def status(self) -> tuple[RunStatus, int, int]:
         """(run status, clients enrolled, clients revoked)."""
@@ -63,27 +74,13 @@ class AdminClient:
         return r.newly_revoked
 
 
-class KeyHolderAdminClient:
+class KeyHolderAdminClient(_AdminChannel):
     """Sends admin-signed revocation lists to the key holder."""
 
     def __init__(self, *, kit: Kit, address: str | None = None, timeout_s: float = RPC_DEADLINE_S) -> None:
-        if kit.role is not Role.ADMIN:
-            raise ValueError(f"admin commands need an admin kit, got a {kit.role.value} kit")
-        self.kit = kit
-        self._channel = grpc.secure_channel(address or kit.keyholder_address, channel_credentials(kit),
-                                            options=channel_options(DEFAULT_LIMITS, target_name=kit.keyholder_name))
+        super().__init__(kit=kit, address=address or kit.keyholder_address, target_name=kit.keyholder_name,
+                         timeout_s=timeout_s)
         self._stub = keyholder_pb2_grpc.KeyHolderStub(self._channel)
-        self._timeout = timeout_s
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> KeyHolderAdminClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def revoke(self, names: list[str], reason: str = "") -> tuple[tuple[str, ...], int]:
         """Sign a list revoking ``names`` with the admin key and send it; returns (names
