@@ -12,10 +12,10 @@ from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
 
 from fedsecure.data.shares import server_records
 
-from server.app import start_server
-from server.phases import PhasePlanner
-from server.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
-from server.serving import until_terminated, write_port_file
+from server.api.app import start_server
+from server.rounds.phases import PhasePlanner
+from server.rounds.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
+from fedsecure.transport.serving import until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.server")
 

@@ -23,7 +23,7 @@ T = TypeVar("T")
 @pytest.fixture(scope="session")
 def keyholder_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The key holder's own CKKS key folder (made before provisioning, as in production)."""
-    from server.keyholder.keys import generate_keys
+    from keyholder.keys import generate_keys
 
     keys = tmp_path_factory.mktemp("keyholder") / "keys"
     generate_keys(keys_dir=keys)
@@ -40,7 +40,7 @@ def kits(tmp_path_factory: pytest.TempPathFactory, keyholder_keys: Path) -> Prov
 @pytest.fixture(scope="session")
 def other_kits(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
     """A second, unrelated consortium (another CA, another key holder)."""
-    from server.keyholder.keys import generate_keys
+    from keyholder.keys import generate_keys
 
     public = generate_keys(keys_dir=tmp_path_factory.mktemp("other-keyholder") / "keys")
     return provision(out=tmp_path_factory.mktemp("other") / "consortium", clients=["a"],
@@ -93,7 +93,7 @@ class Federation:
 
     def start_keyholder(self, *, address: str = "127.0.0.1:0", policy: Any = None) -> Any:
         """Start the key holder on this federation's loop (state beside the server's)."""
-        from server.keyholder.service import KeyHolderPolicy, start_keyholder
+        from keyholder.service import KeyHolderPolicy, start_keyholder
 
         self.keyholder = self.loop.run(start_keyholder(
             kit=load_kit(self.kits.keyholder), keys_dir=self.keyholder_keys, address=address,
@@ -122,7 +122,7 @@ def start_federation(kits: Provisioned, keyholder_keys: Path, tmp_path: Path) ->
               **server_options: Any) -> Federation:
         """``keyholder=True`` starts a key holder first and points the server at it;
         ``keyholder_address`` points the server elsewhere (e.g. at nothing)."""
-        from server.app import start_server
+        from server.api.app import start_server
 
         loop = LoopThread()
         state = tmp_path / f"state{len(loops)}"

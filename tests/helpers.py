@@ -8,8 +8,8 @@ from typing import Any
 
 from client_sdk import FederatedClient, Scores
 from fedsecure.types import Score, ScoreItem, ScoreSpec, Task, TaskKind, TaskSpec
-from server.phases import PhaseContext
-from server.store import SubmissionRow
+from server.rounds.phases import PhaseContext
+from server.rounds.store import SubmissionRow
 
 
 class StaticScorePlanner:

@@ -19,8 +19,8 @@ from fedsecure.crypto.ckks import CkksParams
 from fedsecure.crypto.packing import TensorLayout, encoding_for
 from fedsecure.errors import InvalidSubmission
 from fedsecure.types import UpdateManifest
-from server.he_accumulator import HomomorphicAccumulator
-from server.objects import ObjectStore
+from server.secagg.accumulator import HomomorphicAccumulator
+from server.rounds.objects import ObjectStore
 
 P = CkksParams(ciphertexts_per_chunk=2)
 NUMEL = 3 * P.slots  # two chunks: 2 ciphertexts, then 1

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import LlamaForCausalLM
 
-from fedsecure.bench_grpo import BenchConfig, bench_grpo
-from fedsecure.cli import main as cli
+from benchmarks.bench_grpo import BenchConfig, bench_grpo
+from apps.cli import main as cli
 from fedsecure.models.policy_vlm import load_policy, tiny_llama_config
-from server.alignment import AlignmentSettings, run_alignment
+from server.alignment.job import AlignmentSettings, run_alignment
 
 
 def settings(out: Path, steps: int) -> AlignmentSettings:

@@ -8,7 +8,7 @@ import sys
 
 
 def test_bench_dp_prints_json() -> None:
-    proc = subprocess.run([sys.executable, "-m", "fedsecure.cli", "bench", "dp", "--json", "--steps", "2",
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "bench", "dp", "--json", "--steps", "2",
                            "--repeats", "1", "--kind", "text"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -22,7 +22,7 @@ def test_bench_dp_prints_json() -> None:
 
 
 def test_bench_he_reports_every_field_and_beats_the_reference_on_size() -> None:
-    from fedsecure.bench_he import bench_he
+    from benchmarks.bench_he import bench_he
 
     out = bench_he(n_params=5000, clients=3, repeats=1)
     for key in ("params", "clients", "client_encrypt_s", "bytes_per_param", "server_aggregate_s_per_client",

@@ -117,7 +117,7 @@ def test_keyholder_refuses_keys_that_are_not_its_kits(kits: Provisioned, tmp_pat
     import os
 
     from fedsecure.errors import KitError
-    from server.keyholder.keys import generate_keys, load_secret
+    from keyholder.keys import generate_keys, load_secret
 
     kh = load_kit(kits.keyholder, expected_role=Role.KEYHOLDER)
     generate_keys(keys_dir=tmp_path / "k")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "fedsecure.cli", "demo", "--rounds", "2", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
                            "--local-steps", "8", "--max-pairs", "600",
                            "--grpo-steps", "2", "--grpo-eval", "32"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -42,6 +42,6 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
 
 def test_demo_refuses_to_reuse_a_consortium(tmp_path: Path) -> None:
     (tmp_path / "kits").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "fedsecure.cli", "demo", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "fresh consortium" in proc.stderr

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, k3_kl
+from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, k3_kl
 
 
 def test_advantages_by_hand_zero_mean_and_flat_groups() -> None:

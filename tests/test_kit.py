@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fedsecure.cli import main as cli_main
+from apps.cli import main as cli_main
 from fedsecure.crypto import pki
 from fedsecure.errors import CertificateError, KitError
 from fedsecure.kit import load_kit

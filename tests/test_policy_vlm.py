@@ -24,13 +24,13 @@ from fedsecure.models.policy_vlm import (
     save_policy,
     tiny_llama_config,
 )
-from server.devices import select_placement
-from server.grpo import GRPOConfig, GRPOEngine
-from server.policy import Policy, PolicySetup
-from server.prompts import Prompt, vqa_prompts
-from server.rollouts import SamplingConfig
-from server.sft import SFTConfig, sft_warm_start
-from server.vqa_eval import evaluate_policy, exact_match_reward, normalise_answer, eval_prompts
+from server.alignment.devices import select_placement
+from server.alignment.grpo import GRPOConfig, GRPOEngine
+from server.alignment.policy import Policy, PolicySetup
+from server.alignment.prompts import Prompt, vqa_prompts
+from server.alignment.rollouts import SamplingConfig
+from server.alignment.sft import SFTConfig, sft_warm_start
+from server.alignment.vqa_eval import evaluate_policy, exact_match_reward, normalise_answer, eval_prompts
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from fedsecure.crypto.packing import parse_encoding
 from fedsecure.kit import Kit, load_kit
 from fedsecure.provision import Provisioned
 from fedsecure.types import DecryptCommit, Envelope, PayloadKind, SignedContribution, UpdateManifest
-from server.keyholder.service import KeyHolderPolicy, start_keyholder
-from server.keyholder_client import KeyHolderClient
+from keyholder.service import KeyHolderPolicy, start_keyholder
+from server.secagg.keyholder_client import KeyHolderClient
 from tests.conftest import LoopThread
 from tests.helpers import encrypted_update
 
@@ -136,7 +136,7 @@ def test_keyholder_decrypts_a_quorum_sum_and_refuses_everything_else(kits: Provi
 
 
 def test_sampled_challenge_covers_at_least_one_chunk() -> None:
-    from server.keyholder.checks import challenge
+    from keyholder.checks import challenge
 
     assert challenge(1, 0.01) == (0,)
     picks = {challenge(10, 0.2) for _ in range(50)}

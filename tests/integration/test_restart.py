@@ -25,7 +25,7 @@ from tests.helpers import run_in_thread, wait_for
 def _server(kits: Provisioned, state: Path, address: str, port_file: Path, log: Path) -> subprocess.Popen[bytes]:
     port_file.unlink(missing_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "fedsecure.cli", "server", "--kit", str(kits.server), "--address", address,
+        [sys.executable, "-m", "apps.cli", "server", "--kit", str(kits.server), "--address", address,
          "--state", str(state), "--port-file", str(port_file), "--rounds", "2", "--quorum", "2",
          "--min-clients", "3", "--phases", "report_ledger", "--phase-deadline", "120"],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115

@@ -19,7 +19,7 @@ from fedsecure.privacy.audit import audit_ledger
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.provision import Provisioned
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
-from server.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
+from server.rounds.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
 from tests.conftest import Federation
 from tests.helpers import run_in_thread
 
@@ -85,13 +85,13 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     ledger.write_text("".join(lines[:-1]))
     rolled = audit_ledger(ledger, ca_cert=ca, server_db=db)
     assert not rolled.ok and any("rolled back" in v for v in rolled.violations)
-    cli = subprocess.run([sys.executable, "-m", "fedsecure.cli", "audit", str(ledger), "--ca",
+    cli = subprocess.run([sys.executable, "-m", "apps.cli", "audit", str(ledger), "--ca",
                           str(kits.root / "ca" / "ca.pem"), "--server-db", str(db), "--json",
                           "--html", str(tmp_path / "audit.html")], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and "rolled back" in cli.stdout
     assert "<svg" in (tmp_path / "audit.html").read_text()
     ledger.write_text("".join(lines))
-    ok = subprocess.run([sys.executable, "-m", "fedsecure.cli", "audit", str(ledger), str(participants["b"].ledger.path),
+    ok = subprocess.run([sys.executable, "-m", "apps.cli", "audit", str(ledger), str(participants["b"].ledger.path),
                          "--ca", str(kits.root / "ca" / "ca.pem"), "--server-db", str(db)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -24,8 +24,8 @@ from fedsecure.kit import load_kit
 from fedsecure.proto.v1 import common_pb2, federation_pb2
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import PayloadKind, PhaseConfig, RunConfig, Task, TaskKind, UpdateManifest
-from server.keyholder.decryption_log import verify_decryption_log
-from server.reward_phases import MetricsLog, TrainPlanner
+from keyholder.decryption_log import verify_decryption_log
+from server.rounds.reward_phases import MetricsLog, TrainPlanner
 from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
 
 RUN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))

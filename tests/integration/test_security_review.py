@@ -29,7 +29,7 @@ from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, channel_options
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, TaskKind
-from server.reward_phases import MetricsLog, TrainPlanner
+from server.rounds.reward_phases import MetricsLog, TrainPlanner
 from tests.conftest import Federation
 from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
 from tests.integration.test_secure_aggregation import _stream
@@ -236,7 +236,7 @@ def test_cli_keygen_provision_and_revoke_reach_the_key_holder(start_federation, 
     """The flow the README documents: the key holder makes its keys, provisioning seals
     only the public part, and `fedsecure admin revoke` revokes at the server *and* at the
     key holder (whose list is admin-signed)."""
-    from fedsecure.cli import main as cli
+    from apps.cli import main as cli
 
     keys = tmp_path / "kh-keys"
     assert cli(["keyholder-keygen", "--keys", str(keys)]) == 0

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from fedsecure.types import ReportLedgerSpec, RunConfig, TaskKind, TaskSpec
 
-from server.store import Store, SubmissionRow
+from server.rounds.store import Store, SubmissionRow
 
 if TYPE_CHECKING:
-    from server.secure_aggregation import SecureAggregator
+    from server.secagg.aggregator import SecureAggregator
 
 
 @dataclass(frozen=True)

@@ -88,12 +88,12 @@ def _prompts(cfg: BenchConfig) -> list[str]:
 def _ours(cfg: BenchConfig, path: Path, prompts: list[str]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
-    from server.devices import select_placement
-    from server.grpo import GRPOConfig, GRPOEngine
-    from server.grpo_loss import GRPOLossConfig
-    from server.policy import Policy, PolicySetup, tokenizer_decoder
-    from server.prompts import Prompt
-    from server.rollouts import SamplingConfig
+    from server.alignment.devices import select_placement
+    from server.alignment.grpo import GRPOConfig, GRPOEngine
+    from server.alignment.grpo_loss import GRPOLossConfig
+    from server.alignment.policy import Policy, PolicySetup, tokenizer_decoder
+    from server.alignment.prompts import Prompt
+    from server.alignment.rollouts import SamplingConfig
 
     tok = _tokenizer(cfg.vocab)
     placement = select_placement(cfg.device)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from fedsecure.errors import PromptError
-from server.prompts import Prompt
-from server.rollouts import position_ids
+from server.alignment.prompts import Prompt
+from server.alignment.rollouts import position_ids
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from fedsecure import __version__, serde
 from fedsecure.crypto import pki
 from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc
 
-from server.engine import RoundEngine
-from server.status_codes import domain_errors
-from server.store import Store
+from server.rounds.engine import RoundEngine
+from fedsecure.transport.status_codes import domain_errors
+from server.rounds.store import Store
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

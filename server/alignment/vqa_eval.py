@@ -15,15 +15,15 @@ import numpy as np
 import torch
 
 from fedsecure.data.easyvqa import answer_type, load_records
-from server.devices import select_placement
-from server.policy import (
+from server.alignment.devices import select_placement
+from server.alignment.policy import (
     Policy,
     decode_completion,
     tokenizer_decoder,
     vlm_suppressed_ids,
 )
-from server.prompts import Prompt, collate_prompts, vqa_prompts
-from server.rollouts import SamplingConfig, generate
+from server.alignment.prompts import Prompt, collate_prompts, vqa_prompts
+from server.alignment.rollouts import SamplingConfig, generate
 
 _SPACE = re.compile(r"\s+")
 

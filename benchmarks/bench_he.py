@@ -29,8 +29,8 @@ def _server_child(objects_dir: str, public: bytes, params: CkksParams,
                   manifests: list[UpdateManifest]) -> dict[str, float]:
     """The server's side in a fresh process: add every contribution chunk by chunk, as
     the upload path does, then serialise the sums. Reports time and peak memory."""
-    from server.he_accumulator import HomomorphicAccumulator
-    from server.objects import ObjectStore
+    from server.secagg.accumulator import HomomorphicAccumulator
+    from server.rounds.objects import ObjectStore
 
     objects = ObjectStore(Path(objects_dir))
     acc = HomomorphicAccumulator(public_context=public, params=params, objects=objects)
@@ -73,7 +73,7 @@ def _reset_peak_rss() -> float:
 
 
 def _measure(params: CkksParams, x: np.ndarray, weights: np.ndarray, *, workers: int) -> dict[str, object]:
-    from server.objects import ObjectStore
+    from server.rounds.objects import ObjectStore
 
     secret = ckks.create_secret_context(params)
     public = ckks.public_context_bytes(secret)

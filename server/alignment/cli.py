@@ -11,7 +11,7 @@ from pathlib import Path
 
 def add_align_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure align``."""
-    from server.alignment import AlignmentSettings
+    from server.alignment.job import AlignmentSettings
 
     d = AlignmentSettings(out=Path("."))
     p.add_argument("--out", type=Path, required=True, help="job directory (rerun to resume)")
@@ -30,7 +30,7 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
 
 def align_main(args: argparse.Namespace) -> int:
     """Run the job; print its result as JSON."""
-    from server.alignment import AlignmentSettings, run_alignment
+    from server.alignment.job import AlignmentSettings, run_alignment
 
     settings = AlignmentSettings(out=args.out, policy_path=args.policy, adapter=args.adapter,
                                  sft_epochs=args.sft_epochs, steps=args.steps, prompts_per_step=args.prompts_per_step,
@@ -51,7 +51,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def eval_main(args: argparse.Namespace) -> int:
     """Print the checkpoint's exact-match accuracy as JSON."""
-    from server.vqa_eval import evaluate_checkpoint
+    from server.alignment.vqa_eval import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, limit=args.limit, seed=args.seed, device=args.device)
     print(json.dumps({"checkpoint": str(args.checkpoint), **dataclasses.asdict(result)}))

@@ -23,16 +23,16 @@ from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import Role, RunConfig, TaskKind
 
-from server.admin_servicer import AdminServicer
-from server.admission import Admission
-from server.engine import CLOSE_RETRY_S, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
-from server.federation_servicer import FederationServicer
-from server.he_accumulator import HomomorphicAccumulator
-from server.keyholder_client import KeyHolderClient
-from server.objects import ObjectStore
-from server.phases import PhasePlanner
-from server.secure_aggregation import SecureAggregator
-from server.store import Store
+from server.api.admin_servicer import AdminServicer
+from server.rounds.admission import Admission
+from server.rounds.engine import CLOSE_RETRY_S, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
+from server.api.federation_servicer import FederationServicer
+from server.secagg.accumulator import HomomorphicAccumulator
+from server.secagg.keyholder_client import KeyHolderClient
+from server.rounds.objects import ObjectStore
+from server.rounds.phases import PhasePlanner
+from server.secagg.aggregator import SecureAggregator
+from server.rounds.store import Store
 
 log = logging.getLogger("fedsecure.server")
 

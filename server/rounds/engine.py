@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 from fedsecure.errors import RunStateError
 from fedsecure.types import RunConfig, RunStatus, Task, TaskKind
 
-from server.phases import PhaseContext, PhasePlanner, default_planners
-from server.store import RunRow, Store, now_ms
+from server.rounds.phases import PhaseContext, PhasePlanner, default_planners
+from server.rounds.store import RunRow, Store, now_ms
 
 if TYPE_CHECKING:
-    from server.secure_aggregation import SecureAggregator
+    from server.secagg.aggregator import SecureAggregator
 
 log = logging.getLogger("fedsecure.server.engine")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.prompts import PromptBatch
+from server.alignment.prompts import PromptBatch
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from server.devices import Placement
+from server.alignment.devices import Placement
 
 Adapter = Literal["lora", "full"]
 

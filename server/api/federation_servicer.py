@@ -15,12 +15,12 @@ from fedsecure.transport.auth import current_peer
 from fedsecure.transport.limits import Limits
 from fedsecure.types import PayloadKind, SignedContribution, TensorChunk
 
-from server.admission import Admission, Submission
-from server.engine import RoundEngine
-from server.he_accumulator import HomomorphicAccumulator
-from server.objects import ObjectStore
-from server.status_codes import domain_errors
-from server.store import Store, now_ms
+from server.rounds.admission import Admission, Submission
+from server.rounds.engine import RoundEngine
+from server.secagg.accumulator import HomomorphicAccumulator
+from server.rounds.objects import ObjectStore
+from fedsecure.transport.status_codes import domain_errors
+from server.rounds.store import Store, now_ms
 
 HEARTBEAT_INTERVAL_MS = 10_000
 MAX_SKIP_IDS = 64

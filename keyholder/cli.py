@@ -10,9 +10,9 @@ from pathlib import Path
 from fedsecure.kit import load_kit
 from fedsecure.types import Role
 
-from server.keyholder.keys import generate_keys
-from server.keyholder.service import KeyHolderPolicy, start_keyholder
-from server.serving import until_terminated, write_port_file
+from keyholder.keys import generate_keys
+from keyholder.service import KeyHolderPolicy, start_keyholder
+from fedsecure.transport.serving import until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.keyholder")
 

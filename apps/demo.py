@@ -59,7 +59,7 @@ def _spawn(name: str, argv: list[str], logs: Path, *, threads: int | None = None
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads is not None:  # several trainers share this machine's cores: no oversubscription
         env["OMP_NUM_THREADS"] = str(threads)
-    popen = subprocess.Popen([sys.executable, "-m", "fedsecure.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+    popen = subprocess.Popen([sys.executable, "-m", "apps.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
                              env=env)
     return _Proc(name, popen, log_path)
 
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     # The key holder makes its CKKS key pair first, as its own party; provisioning seals
     # only the public context into the kits.
     keys_dir = work / "keyholder-keys"
-    subprocess.run([sys.executable, "-m", "fedsecure.cli", "keyholder-keygen", "--keys", str(keys_dir)],
+    subprocess.run([sys.executable, "-m", "apps.cli", "keyholder-keygen", "--keys", str(keys_dir)],
                    check=True, stdout=subprocess.DEVNULL, timeout=120)
     kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
                      keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes())
@@ -165,7 +165,7 @@ def _align(out: Path, *, steps: int, eval_limit: int) -> dict[str, object]:
     policy VLM on its public prompt pool. The reward here is exact match against the pool's
     answers (a check the server can compute itself, proving the engine); the fused client
     rewards take its place in the federated round."""
-    from server.alignment import AlignmentSettings, run_alignment
+    from server.alignment.job import AlignmentSettings, run_alignment
 
     print(f"[demo] server alignment: SFT warm start, then {steps} GRPO steps (exact-match reward), "
           f"progress in the log every 10 steps", flush=True)
@@ -218,7 +218,7 @@ def _audit(ca: Path, server_db: Path, ledgers: list[Path], html_out: Path) -> di
 
 def _decryptions(keyholder_kit: Path) -> list[dict[str, object]]:
     """The key holder's verified decryption log: one line per quorum aggregate."""
-    from server.keyholder.decryption_log import verify_decryption_log
+    from keyholder.decryption_log import verify_decryption_log
 
     path = keyholder_kit / "state" / "decryptions.jsonl"
     if not path.exists():

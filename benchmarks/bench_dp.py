@@ -127,11 +127,11 @@ def main(args: argparse.Namespace) -> int:
     if args.what == "dp":
         print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats)))
     elif args.what == "he":
-        from fedsecure.bench_he import bench_he
+        from benchmarks.bench_he import bench_he
 
         print(json.dumps(bench_he(n_params=args.params, clients=args.clients, repeats=args.repeats)))
     elif args.what == "grpo":
-        from fedsecure.bench_grpo import BenchConfig, bench_grpo
+        from benchmarks.bench_grpo import BenchConfig, bench_grpo
 
         heads = max(4, args.hidden // 64)
         config = BenchConfig(hidden=args.hidden, intermediate=4 * args.hidden, layers=args.layers, heads=heads,

@@ -16,8 +16,8 @@ from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
 from fedsecure import serde
 from fedsecure.types import Modality, PayloadKind, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
 
-from server.phases import PhaseContext
-from server.store import SubmissionRow
+from server.rounds.phases import PhaseContext
+from server.rounds.store import SubmissionRow
 
 
 class MetricsLog:

@@ -33,14 +33,14 @@ from fedsecure.models.policy_vlm import (
     load_policy,
     save_policy,
 )
-from server.devices import select_placement
-from server.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
-from server.grpo_loss import GRPOLossConfig
-from server.policy import Adapter, Policy, PolicySetup
-from server.prompts import vqa_prompts
-from server.rollouts import SamplingConfig
-from server.sft import SFTConfig, sft_warm_start
-from server.vqa_eval import (
+from server.alignment.devices import select_placement
+from server.alignment.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
+from server.alignment.grpo_loss import GRPOLossConfig
+from server.alignment.policy import Adapter, Policy, PolicySetup
+from server.alignment.prompts import vqa_prompts
+from server.alignment.rollouts import SamplingConfig
+from server.alignment.sft import SFTConfig, sft_warm_start
+from server.alignment.vqa_eval import (
     EvalResult,
     eval_prompts,
     evaluate,

@@ -41,8 +41,8 @@ from fedsecure.types import (
     TaskKind,
 )
 
-from server.engine import RoundEngine
-from server.store import Store, TaskRow, now_ms
+from server.rounds.engine import RoundEngine
+from server.rounds.store import Store, TaskRow, now_ms
 
 ALLOWED_PAYLOADS: dict[TaskKind, frozenset[PayloadKind]] = {
     TaskKind.TRAIN: frozenset({PayloadKind.UPDATE, PayloadKind.TASK_REPORT, PayloadKind.DECLINE}),

@@ -30,7 +30,7 @@ from fedsecure.crypto.packing import Encoding, Section, parse_encoding
 from fedsecure.errors import CkksError, InvalidSubmission
 from fedsecure.types import UpdateManifest
 
-from server.objects import ObjectStore
+from server.rounds.objects import ObjectStore
 
 GroupKey = tuple[str, int, int, str]  # run, round, attempt, group
 

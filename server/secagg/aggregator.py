@@ -22,11 +22,11 @@ from fedsecure.crypto.signing import sha256
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits
 from fedsecure.types import DecryptCommit, PayloadKind, SignedContribution
 
-from server.he_accumulator import HomomorphicAccumulator
-from server.keyholder_client import KeyHolderClient
-from server.objects import ObjectStore
-from server.phases import PhaseContext
-from server.store import SubmissionRow
+from server.secagg.accumulator import HomomorphicAccumulator
+from server.secagg.keyholder_client import KeyHolderClient
+from server.rounds.objects import ObjectStore
+from server.rounds.phases import PhaseContext
+from server.rounds.store import SubmissionRow
 
 log = logging.getLogger("fedsecure.server.aggregation")
 

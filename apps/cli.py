@@ -34,13 +34,13 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _keyholder(args: argparse.Namespace) -> int:
-    from server.keyholder.cli import main
+    from keyholder.cli import main
 
     return main(args)
 
 
 def _keyholder_keygen(args: argparse.Namespace) -> int:
-    from server.keyholder.cli import keygen_main
+    from keyholder.cli import keygen_main
 
     return keygen_main(args)
 
@@ -111,25 +111,25 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from fedsecure.bench import main
+    from benchmarks.bench_dp import main
 
     return main(args)
 
 
 def _align(args: argparse.Namespace) -> int:
-    from server.alignment_cli import align_main
+    from server.alignment.cli import align_main
 
     return align_main(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from server.alignment_cli import eval_main
+    from server.alignment.cli import eval_main
 
     return eval_main(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fedsecure.demo import main
+    from apps.demo import main
 
     return main(args)
 
@@ -156,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     server_args(p)
     p.set_defaults(func=_server)
 
-    from server.keyholder.cli import add_arguments as keyholder_args
+    from keyholder.cli import add_arguments as keyholder_args
 
     p = sub.add_parser("keyholder", help="run the key holder (decrypts only quorum aggregates)")
     keyholder_args(p)
     p.set_defaults(func=_keyholder)
 
-    from server.keyholder.cli import add_keygen_arguments
+    from keyholder.cli import add_keygen_arguments
 
     p = sub.add_parser("keyholder-keygen", help="make the key holder's CKKS key pair (before provisioning)")
     add_keygen_arguments(p)
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="grpo: torch CPU threads")
     p.set_defaults(func=_bench)
 
-    from server.alignment_cli import add_align_arguments, add_eval_arguments
+    from server.alignment.cli import add_align_arguments, add_eval_arguments
 
     p = sub.add_parser("align", help="align a policy VLM with GRPO (exact-match reward on the public pool)")
     add_align_arguments(p)
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(p)
     p.set_defaults(func=_eval)
 
-    from fedsecure.demo import add_arguments as demo_args
+    from apps.demo import add_arguments as demo_args
 
     p = sub.add_parser("demo", help="provision and run a whole federation on loopback")
     demo_args(p)

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from fedsecure.errors import CheckpointError, RewardRejected
-from server.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from server.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
-from server.policy import Policy
-from server.prompts import Prompt, check_prompts, collate_prompts
-from server.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
+from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
+from server.alignment.policy import Policy
+from server.alignment.prompts import Prompt, check_prompts, collate_prompts
+from server.alignment.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The KeyHolder gRPC service and how to start it. Only the server role may ask for a
 decryption, only the admin (or the server relaying the admin's signed list) may add
 revocations (the interceptor enforces both); everything else is
-:mod:`server.keyholder.checks`. The secret key comes from the key holder's own key
-folder (:mod:`server.keyholder.keys`), never from a kit.
+:mod:`keyholder.checks`. The secret key comes from the key holder's own key
+folder (:mod:`keyholder.keys`), never from a kit.
 
 Stream protocol of ``DecryptAggregate`` (one aggregate per call):
   server -> commit;                   key holder -> challenge (chunk indices)
@@ -37,11 +37,11 @@ from fedsecure.transport.credentials import server_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
 from fedsecure.types import Role, TensorChunk
 
-from server.keyholder.checks import CheckedCommit, challenge, check_commit
-from server.keyholder.decryption_log import DecryptionLog, aggregate_digest
-from server.keyholder.keys import load_secret
-from server.keyholder.revocations import RevocationStore
-from server.status_codes import domain_errors
+from keyholder.checks import CheckedCommit, challenge, check_commit
+from keyholder.decryption_log import DecryptionLog, aggregate_digest
+from keyholder.keys import load_secret
+from keyholder.revocations import RevocationStore
+from fedsecure.transport.status_codes import domain_errors
 
 log = logging.getLogger("fedsecure.keyholder")
 

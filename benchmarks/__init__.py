@@ -1,0 +1,1 @@
+"""Reproducible measurements that print JSON (``fedsecure bench …``); see README.md here."""

@@ -1,3 +1,0 @@
-"""The key holder: an independent party holding the only CKKS secret key. It decrypts
-an aggregate only when it can tie it to >= quorum distinct, signed client contributions
-never decrypted before, after re-adding (some of) their chunks itself (DESIGN.md §2)."""
