@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fedsecure.errors import KitError
+from fedsecure.errors import KitError, StateVersionError
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -86,6 +86,15 @@ def _admin(args: argparse.Namespace) -> int:
             print(admin.start_run(config).run_id)
         elif args.action == "stop":
             print(admin.stop_run().state)
+        elif args.action == "heads":
+            from fedsecure.privacy.heads_export import heads_to_json
+
+            text = heads_to_json(admin.ledger_heads())
+            if args.out is None:
+                print(text)
+            else:
+                args.out.write_text(text + "\n", encoding="utf-8")
+                print(f"ledger heads written to {args.out}")
     return 0
 
 
@@ -96,6 +105,7 @@ def _audit(args: argparse.Namespace) -> int:
         return membership_main(args)
     from fedsecure.crypto import pki
     from fedsecure.privacy.audit import audit_ledger
+    from fedsecure.privacy.heads_export import load_heads
     from fedsecure.privacy.report import to_html, to_json, to_text
 
     if not args.ledgers:
@@ -103,7 +113,8 @@ def _audit(args: argparse.Namespace) -> int:
     if args.ca is None:
         raise ValueError("--ca is required: the consortium CA certificate the ledgers must chain to")
     ca = pki.load_certificate(args.ca.read_bytes())
-    audits = [audit_ledger(p, ca_cert=ca, server_db=args.server_db) for p in args.ledgers]
+    heads = load_heads(args.server_heads) if args.server_heads is not None else None
+    audits = [audit_ledger(p, ca_cert=ca, server_heads=heads) for p in args.ledgers]
     print(to_json(audits) if args.json else to_text(audits))
     if args.html is not None:
         args.html.write_text(to_html(audits), encoding="utf-8")
@@ -176,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, type=Path)
     p.add_argument("--address", help="the server's host:port (default: the kit's)")
     p.add_argument("--keyholder-address", help="the key holder's host:port for revoke (default: the kit's)")
-    p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop"])
+    p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop", "heads"],
+                   help="heads: export every ledger head clients reported, for `fedsecure audit --server-heads`")
     p.add_argument("name", nargs="?", help="client to revoke")
     p.add_argument("--reason", default="")
+    p.add_argument("--out", type=Path, help="heads: write the export here (default: print it)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quorum", type=int, default=2)
     p.add_argument("--min-clients", type=int, default=2)
@@ -189,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="verify privacy ledgers and recompute ε independently")
     p.add_argument("ledgers", nargs="*", type=Path, metavar="LEDGER")
     p.add_argument("--ca", type=Path, help="consortium CA certificate (pins the ledgers' signers)")
-    p.add_argument("--server-db", type=Path, help="the server's SQLite database: cross-check recorded heads")
+    p.add_argument("--server-heads", type=Path,
+                   help="the heads the server recorded (`fedsecure admin heads --out FILE`): catches rollback and forks")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--html", type=Path, help="write a human-readable report here")
     p.add_argument("--membership", action="store_true",
@@ -243,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KitError as exc:
         print(f"fedsecure: kit refused: {exc}", file=sys.stderr)
+        return 2
+    except StateVersionError as exc:
+        print(f"fedsecure: state refused: {exc}", file=sys.stderr)
         return 2
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"fedsecure: {exc}", file=sys.stderr)

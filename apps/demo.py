@@ -126,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
         for p in procs[2:]:
             p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
+        heads_file = _export_heads(kits.admin, address, work / "ledger_heads.json")
     finally:
         for p in procs:
             if p.popen.poll() is None:
@@ -135,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
                 p.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.popen.kill()
-    audits = _audit(kits.root / "ca" / "ca.pem", kits.server / "state" / "server.sqlite",
+    audits = _audit(kits.root / "ca" / "ca.pem", heads_file,
                     [kits.clients[n] / "state" / "ledger.jsonl" for n in names], work / "audit.html")
     ranking = _ranking(kits.server / "state" / "metrics.jsonl")
     decryptions = _decryptions(kits.keyholder)
@@ -202,14 +203,25 @@ def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float)
             time.sleep(0.5)
 
 
-def _audit(ca: Path, server_db: Path, ledgers: list[Path], html_out: Path) -> dict[str, dict[str, object]]:
+def _export_heads(admin_kit: Path, address: str, out: Path) -> Path:
+    """What the operator hands the auditor: the heads the server recorded (Admin RPC)."""
+    from fedsecure.privacy.heads_export import heads_to_json
+
+    with AdminClient(kit=load_kit(admin_kit, expected_role=Role.ADMIN), address=address) as admin:
+        out.write_text(heads_to_json(admin.ledger_heads()), encoding="utf-8")
+    return out
+
+
+def _audit(ca: Path, heads_file: Path, ledgers: list[Path], html_out: Path) -> dict[str, dict[str, object]]:
     """The auditor's verdict per client (independent accountant, server heads cross-checked)."""
     from fedsecure.crypto import pki
     from fedsecure.privacy.audit import audit_ledger
+    from fedsecure.privacy.heads_export import load_heads
     from fedsecure.privacy.report import to_html
 
     ca_cert = pki.load_certificate(ca.read_bytes())
-    audits = [audit_ledger(p, ca_cert=ca_cert, server_db=server_db) for p in ledgers if p.exists()]
+    heads = load_heads(heads_file)
+    audits = [audit_ledger(p, ca_cert=ca_cert, server_heads=heads) for p in ledgers if p.exists()]
     html_out.write_text(to_html(audits), encoding="utf-8")
     return {a.client: {"ok": a.ok, "violations": a.violations, "epsilon_recomputed":
                        a.releases[-1].epsilon_recomputed if a.releases else 0.0,

@@ -27,7 +27,19 @@ from fedsecure.models.encoding import EncodedPairs, encode_items, encode_pairs
 from fedsecure.models.reward import RewardModelConfig, build_reward_model, load_reward_model, save_reward_model
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
-from fedsecure.types import Capabilities, LedgerHead, Modality, Score, ScoreSpec, Task, TaskKind, TaskReport, TrainSpec
+from fedsecure.state_version import claim_state_dir
+from fedsecure.types import (
+    Capabilities,
+    LedgerHead,
+    Modality,
+    Role,
+    Score,
+    ScoreSpec,
+    Task,
+    TaskKind,
+    TaskReport,
+    TrainSpec,
+)
 
 from client_sdk.adapter_exchange import apply_aggregate, clip_shared_adapters, encrypt_adapters
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
@@ -56,7 +68,7 @@ class RewardParticipant:
 
     def __init__(self, *, kit: Kit, state_dir: Path, pairs: Sequence[PreferencePair], config: ParticipantConfig) -> None:
         self.kit, self.state_dir, self.config = kit, state_dir, config
-        state_dir.mkdir(parents=True, exist_ok=True)
+        claim_state_dir(state_dir, role=Role.CLIENT)
         train, held = holdout(pairs, fraction=config.holdout_fraction, seed=config.seed)
         if not train or not held:
             raise ValueError(f"{len(pairs)} pairs are too few to hold out an evaluation set")

@@ -14,7 +14,7 @@ from fedsecure.crypto.revocation import sign_revocations
 from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc, keyholder_pb2_grpc
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, channel_options
-from fedsecure.types import ClientInfo, Role, RunConfig, RunStatus
+from fedsecure.types import ClientInfo, LedgerHead, Role, RunConfig, RunStatus
 
 
 class _AdminChannel:
@@ -67,6 +67,11 @@ class AdminClient(_AdminChannel):
         """Every enrolled client."""
         r = self._stub.ListClients(admin_pb2.ListClientsRequest(), timeout=self._timeout)
         return [serde.client_info_from_proto(c) for c in r.clients]
+
+    def ledger_heads(self) -> dict[str, list[LedgerHead]]:
+        """Every privacy-ledger head each client reported to the server (for the auditor)."""
+        r = self._stub.ExportLedgerHeads(admin_pb2.ExportLedgerHeadsRequest(), timeout=self._timeout)
+        return serde.ledger_heads_export_from_proto(r)
 
     def revoke(self, name: str, reason: str = "") -> bool:
         """Revoke a client's certificate now; True if it was not revoked before."""

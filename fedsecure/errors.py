@@ -86,3 +86,8 @@ class RewardRejected(FedsecureError, ValueError):
 
 class CheckpointError(FedsecureError, ValueError):
     """A training checkpoint is missing, incomplete or does not match the run resuming it."""
+
+
+class StateVersionError(FedsecureError, RuntimeError):
+    """Durable state (a state folder, the server's database) was written by another
+    version of fedsecure; it is refused, never misread."""

@@ -30,7 +30,9 @@ from fedsecure.crypto import pki, signing
 from fedsecure.errors import CertificateError, KitError, SignatureError
 from fedsecure.types import Role
 
-KIT_FORMAT = 1
+# Format 2: the CKKS key pair is the key holder's own (`fedsecure keyholder-keygen`); a
+# format-1 kit carries a context made by whoever provisioned, who held the secret once.
+KIT_FORMAT = 2
 KIT_TOML = "kit.toml"
 KIT_SIG = "kit.sig"
 CA_PEM = "ca.pem"
@@ -150,7 +152,8 @@ def load_kit(path: str | Path, *, expected_role: Role | None = None, ca_fingerpr
     except (KeyError, ValueError, tomllib.TOMLDecodeError) as exc:
         raise KitError(f"{root}: malformed kit.toml: {exc}") from exc
     if meta.get("format") != KIT_FORMAT:
-        raise KitError(f"{root}: unsupported kit format {meta.get('format')!r}")
+        raise KitError(f"{root}: kit format {meta.get('format')!r} is not this fedsecure's format {KIT_FORMAT}; "
+                       "re-provision the consortium (fedsecure keyholder-keygen, then fedsecure provision)")
     if expected_role is not None and role is not expected_role:
         raise KitError(f"{root}: this is a {role.value} kit, expected a {expected_role.value} kit")
     for fname, digest in files.items():

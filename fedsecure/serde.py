@@ -7,6 +7,8 @@ missing oneofs) and raises :class:`fedsecure.errors.InvalidSubmission` or
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -281,6 +283,17 @@ def run_status_from_proto(msg: admin_pb2.RunStatus) -> RunStatus:
         run_id=msg.run_id, state=msg.state, round=msg.round, attempt=msg.attempt,
         phase=_enum(TaskKind, msg.phase, "run.phase") if msg.phase else None, config=config,
         tasks_open=msg.tasks_open, tasks_done=msg.tasks_done, rounds_closed=msg.rounds_closed, detail=msg.detail)
+
+
+def ledger_heads_export_to_proto(heads: Mapping[str, Sequence[LedgerHead]]) -> admin_pb2.ExportLedgerHeadsResponse:
+    """Every client's reported heads -> wire (clients sorted)."""
+    return admin_pb2.ExportLedgerHeadsResponse(clients=[
+        admin_pb2.ClientLedgerHeads(client=c, heads=[ledger_head_to_proto(h) for h in heads[c]]) for c in sorted(heads)])
+
+
+def ledger_heads_export_from_proto(msg: admin_pb2.ExportLedgerHeadsResponse) -> dict[str, list[LedgerHead]]:
+    """Wire -> every client's reported heads."""
+    return {c.client: [ledger_head_from_proto(h) for h in c.heads] for c in msg.clients}
 
 
 def client_info_to_proto(c: ClientInfo) -> admin_pb2.ClientInfo:

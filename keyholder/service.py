@@ -30,6 +30,7 @@ from fedsecure.crypto import ckks
 from fedsecure.crypto.ckks import ChunkSum, CkksParams
 from fedsecure.errors import CkksError, DecryptionRefused
 from fedsecure.kit import Kit
+from fedsecure.state_version import claim_state_dir
 from fedsecure.proto.v1 import keyholder_pb2, keyholder_pb2_grpc
 from fedsecure.transport import chunking
 from fedsecure.transport.auth import AuthInterceptor
@@ -74,6 +75,7 @@ class KeyHolderServicer(keyholder_pb2_grpc.KeyHolderServicer):
     def __init__(self, *, kit: Kit, keys_dir: Path, state_dir: Path, policy: KeyHolderPolicy) -> None:
         self.kit, self.policy = kit, policy
         self.params: CkksParams = ckks.kit_params(kit)
+        claim_state_dir(state_dir, role=Role.KEYHOLDER)
         self.secret = load_secret(keys_dir=keys_dir, kit=kit)
         self.context = ckks.context_fingerprint(ckks.kit_public_context(kit))
         self.log = DecryptionLog(state_dir / "decryptions.jsonl", kit=kit)

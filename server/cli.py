@@ -14,7 +14,8 @@ from fedsecure.data.shares import server_records
 
 from server.api.app import start_server
 from server.rounds.phases import PhasePlanner
-from server.rounds.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
+from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+from server.secagg.aggregator import SecureAggregator
 from fedsecure.transport.serving import until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.server")
@@ -57,13 +58,15 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
                      max_attempts=args.max_attempts, enroll_timeout_s=args.enroll_timeout)
 
 
-def build_planners(args: argparse.Namespace, state_dir: Path) -> dict[TaskKind, PhasePlanner]:
-    """The real planners this server offers (reward training and scoring)."""
+def build_planners(args: argparse.Namespace, state_dir: Path,
+                   aggregator: SecureAggregator) -> dict[TaskKind, PhasePlanner]:
+    """The real planners this server offers (reward training with secure aggregation,
+    and scoring)."""
     metrics = MetricsLog(state_dir / "metrics.jsonl")
     pool, _seed_set = server_records(seed=args.data_seed)
     return {
-        TaskKind.TRAIN: TrainPlanner(metrics=metrics, local_steps=args.local_steps, learning_rate=args.learning_rate,
-                                     batch_size=args.batch_size),
+        TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=args.local_steps,
+                                     learning_rate=args.learning_rate, batch_size=args.batch_size),
         TaskKind.SCORE: ScorePlanner(pool=pool, metrics=metrics, prompts_per_round=args.prompts_per_round,
                                      seed=args.data_seed),
     }
@@ -74,15 +77,15 @@ def main(args: argparse.Namespace) -> int:
     kit = load_kit(args.kit, expected_role=Role.SERVER)
     config = run_config_from_args(args)
     state_dir = args.state or kit.path / "state"
-    asyncio.run(_serve(kit, args.address or kit.server_address, state_dir, config, args.port_file,
-                       build_planners(args, state_dir), args.keyholder_address))
+    asyncio.run(_serve(args, kit, args.address or kit.server_address, state_dir, config))
     return 0
 
 
-async def _serve(kit, address, state_dir, config, port_file, planners, keyholder_address) -> None:  # type: ignore[no-untyped-def]
-    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config, planners=planners,
-                                 keyholder_address=keyholder_address)
-    write_port_file(port_file, running.port)
+async def _serve(args, kit, address, state_dir, config) -> None:  # type: ignore[no-untyped-def]
+    aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=args.keyholder_address)
+    running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config,
+                                 planners=build_planners(args, state_dir, aggregator), aggregator=aggregator)
+    write_port_file(args.port_file, running.port)
     await until_terminated()
     log.info("shutting down")
     await running.stop(grace=2.0)

@@ -116,23 +116,31 @@ def start_federation(kits: Provisioned, keyholder_keys: Path, tmp_path: Path) ->
     """Factory: start a server with a given run config and planners; stopped at teardown."""
     loops: list[tuple[LoopThread, Any]] = []
 
-    def start(config: RunConfig | None = None, planners: Mapping[TaskKind, Any] | None = None,
+    def start(config: RunConfig | None = None,
+              planners: Mapping[TaskKind, Any] | Callable[[Any], Mapping[TaskKind, Any]] | None = None,
               limits: Limits = DEFAULT_LIMITS, liveness_ms: int = 60_000, keyholder: bool = False,
               keyholder_address: str | None = None, keyholder_backoff: Any = None,
               **server_options: Any) -> Federation:
         """``keyholder=True`` starts a key holder first and points the server at it;
-        ``keyholder_address`` points the server elsewhere (e.g. at nothing)."""
+        ``keyholder_address`` points the server elsewhere (e.g. at nothing). ``planners``
+        may be a function of the server's aggregator (for planners that need it)."""
         from server.api.app import start_server
+        from server.secagg.aggregator import SecureAggregator
 
         loop = LoopThread()
         state = tmp_path / f"state{len(loops)}"
         fed = Federation(kits, loop, None, state, "", keyholder_keys)
         if keyholder:
             keyholder_address = f"127.0.0.1:{fed.start_keyholder().port}"
-        fed.server = loop.run(start_server(kit=load_kit(kits.server), state_dir=state, run_config=config,
-                                           planners=planners, limits=limits, liveness_ms=liveness_ms,
-                                           keyholder_address=keyholder_address or "127.0.0.1:9",
-                                           keyholder_backoff=keyholder_backoff, **server_options))
+        server_kit = load_kit(kits.server)
+        aggregator = loop.call(lambda: SecureAggregator.open(
+            kit=server_kit, state_dir=state, keyholder_address=keyholder_address or "127.0.0.1:9",
+            keyholder_backoff=keyholder_backoff, limits=limits))
+        if callable(planners):
+            planners = planners(aggregator)
+        fed.server = loop.run(start_server(kit=server_kit, state_dir=state, run_config=config, planners=planners,
+                                           aggregator=aggregator, limits=limits, liveness_ms=liveness_ms,
+                                           **server_options))
         fed.address = f"127.0.0.1:{fed.server.port}"
         loops.append((loop, fed))
         return fed

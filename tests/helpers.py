@@ -80,7 +80,7 @@ class StaticTrainPlanner:
         digests: list[bytes] = []
         for sub in sorted(accepted, key=lambda s: s.client):
             digests.extend(serde.stored_update(sub.payload).manifest.chunk_sha256)
-        ctx.store.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group="attn", encoding="raw",
+        ctx.store.submissions.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group="attn", encoding="raw",
                                     chunk_digests=digests, contributors=len(accepted))
         self.closed.append(sorted(s.client for s in accepted))
 

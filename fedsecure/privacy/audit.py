@@ -12,7 +12,7 @@ Every violation is a reason string; a ledger passes only with none.
 from __future__ import annotations
 
 import logging
-import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from cryptography import x509
 from fedsecure.privacy import accountant as opacus_accountant
 from fedsecure.privacy.accountant import Step
 from fedsecure.privacy.ledger import LedgerEntry, LedgerError, verify_ledger
+from fedsecure.types import LedgerHead
 
 TOLERANCE = 0.01  # the ledger may not under-report ε by more than 1% of the recomputation
 OPACUS_RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -97,18 +98,12 @@ class IndependentAccountant:
         return float(self._acc.get_epsilon(self.delta))
 
 
-def server_heads(db: Path, client: str) -> list[tuple[int, bytes, float]]:
-    """(seq, entry hash, ε) of every head the server recorded for ``client``."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [(int(s), bytes(h), float(e)) for s, h, e in con.execute(
-            "SELECT seq, entry_sha256, epsilon FROM ledger_heads WHERE client=? ORDER BY seq", (client,))]
-    finally:
-        con.close()
+def audit_ledger(path: Path, *, ca_cert: x509.Certificate,
+                 server_heads: Mapping[str, Sequence[LedgerHead]] | None = None) -> LedgerAudit:
+    """Audit one ledger file (never raises for a bad ledger: reports violations).
 
-
-def audit_ledger(path: Path, *, ca_cert: x509.Certificate, server_db: Path | None = None) -> LedgerAudit:
-    """Audit one ledger file (never raises for a bad ledger: reports violations)."""
+    ``server_heads``: the server's export of the heads each client reported
+    (:mod:`fedsecure.privacy.heads_export`), to catch rollback and forks."""
     report = LedgerAudit(path=str(path))
     try:
         entries = verify_ledger(path, ca_cert=ca_cert)
@@ -119,10 +114,10 @@ def audit_ledger(path: Path, *, ca_cert: x509.Certificate, server_db: Path | Non
     report.client, report.accountant = genesis.client, genesis.accountant
     report.epsilon_budget, report.delta = genesis.epsilon_budget, genesis.delta
     _check_releases(report, entries)
-    if server_db is not None:
-        _check_heads(report, entries, server_db)
+    if server_heads is not None:
+        _check_heads(report, entries, server_heads.get(report.client, []))
     else:
-        report.notes.append("no server database given: rollback and forks not cross-checked")
+        report.notes.append("no server heads given: rollback and forks not cross-checked")
     return report
 
 
@@ -149,16 +144,11 @@ def _check_releases(report: LedgerAudit, entries: list[LedgerEntry]) -> None:
             report.violations.append(f"entry {e.seq}: ledger ε {e.epsilon_after:.4f} exceeds the budget")
 
 
-def _check_heads(report: LedgerAudit, entries: list[LedgerEntry], db: Path) -> None:
-    try:
-        heads = server_heads(db, report.client)
-    except sqlite3.Error as exc:
-        report.violations.append(f"server database {db} unreadable: {exc}")
-        return
+def _check_heads(report: LedgerAudit, entries: list[LedgerEntry], heads: Sequence[LedgerHead]) -> None:
     if not heads:
         report.notes.append("the server recorded no head for this client")
     by_seq = {e.seq: e for e in entries}
-    for seq, digest, eps in heads:
+    for seq, digest, eps in ((h.seq, h.entry_sha256, h.epsilon) for h in heads):
         entry = by_seq.get(seq)
         if entry is None:
             report.violations.append(f"server saw head seq {seq} but the ledger ends at seq {entries[-1].seq}: "

@@ -12,14 +12,14 @@ from server.rounds.store import Store
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    """Status, run control, client listing and run-time revocation."""
+    """Status, run control, client listing, run-time revocation, ledger-head export."""
 
     def __init__(self, *, store: Store, engine: RoundEngine, revoked: set[str]) -> None:
         self.store, self.engine, self.revoked = store, engine, revoked
 
     @domain_errors
     async def Status(self, request, context):  # type: ignore[no-untyped-def]
-        clients = self.store.clients()
+        clients = self.store.client_infos()
         return admin_pb2.StatusResponse(
             server_version=__version__, run=serde.run_status_to_proto(self.engine.status()),
             clients_enrolled=len(clients), clients_revoked=sum(c.state == "revoked" for c in clients))
@@ -35,7 +35,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @domain_errors
     async def ListClients(self, request, context):  # type: ignore[no-untyped-def]
-        return admin_pb2.ListClientsResponse(clients=[serde.client_info_to_proto(c) for c in self.store.clients()])
+        return admin_pb2.ListClientsResponse(clients=[serde.client_info_to_proto(c) for c in self.store.client_infos()])
 
     @domain_errors
     async def RevokeClient(self, request, context):  # type: ignore[no-untyped-def]
@@ -45,3 +45,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.revoked.add(name)
         self.engine.poke()
         return admin_pb2.RevokeClientResponse(newly_revoked=newly)
+
+    @domain_errors
+    async def ExportLedgerHeads(self, request, context):  # type: ignore[no-untyped-def]
+        return serde.ledger_heads_export_to_proto(self.store.submissions.ledger_heads())

@@ -13,9 +13,9 @@ import grpc
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedsecure.crypto import ckks
 from fedsecure.crypto.pki import Identity
 from fedsecure.kit import Kit
+from fedsecure.state_version import claim_state_dir
 from fedsecure.proto.v1 import admin_pb2_grpc, federation_pb2_grpc
 from fedsecure.transport.auth import AuthInterceptor
 from fedsecure.transport.credentials import server_credentials
@@ -27,9 +27,6 @@ from server.api.admin_servicer import AdminServicer
 from server.rounds.admission import Admission
 from server.rounds.engine import CLOSE_RETRY_S, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
 from server.api.federation_servicer import FederationServicer
-from server.secagg.accumulator import HomomorphicAccumulator
-from server.secagg.keyholder_client import KeyHolderClient
-from server.rounds.objects import ObjectStore
 from server.rounds.phases import PhasePlanner
 from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import Store
@@ -45,16 +42,16 @@ SERVICE_ROLES = {
 
 @dataclass
 class RunningServer:
-    """A started server: its port, engine and store, and how to stop it."""
+    """A started server: its port, engine, store and aggregator, and how to stop it."""
 
     port: int
     server: grpc.aio.Server
     engine: RoundEngine
     store: Store
+    aggregator: SecureAggregator
     stop_event: asyncio.Event
     engine_task: asyncio.Task[None]
     health: health_async.HealthServicer
-    keyholder: KeyHolderClient | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting calls, finish the engine loop, close the database."""
@@ -62,8 +59,7 @@ class RunningServer:
         self.stop_event.set()
         await self.server.stop(grace)
         await self.engine_task
-        if self.keyholder is not None:
-            await self.keyholder.close()
+        await self.aggregator.close()
         self.store.close()
 
 
@@ -73,6 +69,7 @@ async def start_server(
     address: str = "127.0.0.1:0",
     state_dir: Path,
     planners: Mapping[TaskKind, PhasePlanner] | None = None,
+    aggregator: SecureAggregator | None = None,
     limits: Limits = DEFAULT_LIMITS,
     run_config: RunConfig | None = None,
     liveness_ms: int = LIVENESS_MS,
@@ -84,25 +81,24 @@ async def start_server(
     """Start the aggregation server on ``address`` (port 0 picks a free port).
 
     If ``run_config`` is given and no run is active (a restart resumes the active one),
-    a run is started with it before the first client is served. ``keyholder_address``
-    (default: the kit's) is where encrypted aggregates go to be decrypted. Closing a phase
-    is tried ``max_close_attempts`` times, ``close_retry_s`` apart, before the round is
-    retried with a fresh sample.
+    a run is started with it before the first client is served. ``aggregator`` is the
+    one the planners were given (:meth:`SecureAggregator.open`); without one, the server
+    opens its own with ``keyholder_address`` (default: the kit's) for the uploads it
+    accepts. Closing a phase is tried ``max_close_attempts`` times, ``close_retry_s``
+    apart, before the round is retried with a fresh sample.
     """
     if kit.role is not Role.SERVER:
         raise ValueError(f"the server needs a server kit, got a {kit.role.value} kit")
+    claim_state_dir(state_dir, role=Role.SERVER)
     store = Store(state_dir / "server.sqlite")
-    objects = ObjectStore(state_dir / "objects")
-    accumulator = HomomorphicAccumulator(public_context=ckks.kit_public_context(kit), params=ckks.kit_params(kit),
-                                         objects=objects)
-    keyholder = KeyHolderClient(kit=kit, address=keyholder_address, limits=limits,
-                                **({"backoff": keyholder_backoff} if keyholder_backoff else {}))
-    aggregator = SecureAggregator(accumulator=accumulator, objects=objects, keyholder=keyholder, limits=limits)
-    engine = RoundEngine(store, planners, liveness_ms=liveness_ms, aggregator=aggregator,
-                         max_close_attempts=max_close_attempts, close_retry_s=close_retry_s)
-    if run_config is not None and store.active_run() is None and store.latest_run() is None:
+    if aggregator is None:
+        aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=keyholder_address,
+                                           keyholder_backoff=keyholder_backoff, limits=limits)
+    engine = RoundEngine(store, planners, liveness_ms=liveness_ms, max_close_attempts=max_close_attempts,
+                         close_retry_s=close_retry_s)
+    if run_config is not None and store.runs.active() is None and store.runs.latest() is None:
         engine.start_run(run_config)
-    revoked = store.revoked_names()
+    revoked = store.clients.revoked_names()
 
     def is_revoked(ident: Identity) -> bool:
         return ident.name in revoked
@@ -112,7 +108,7 @@ async def start_server(
                              maximum_concurrent_rpcs=1024)
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
-                           objects=objects, accumulator=accumulator, limits=limits), server)
+                           objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -125,4 +121,4 @@ async def start_server(
     stop_event = asyncio.Event()
     engine_task = asyncio.create_task(engine.run_forever(stop_event))
     log.info("server %s listening on port %d (mTLS)", kit.name, port)
-    return RunningServer(port, server, engine, store, stop_event, engine_task, health, keyholder)
+    return RunningServer(port, server, engine, store, aggregator, stop_event, engine_task, health)

@@ -42,9 +42,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         if request.HasField("ledger_head") and request.ledger_head.seq > 0:
             head = serde.ledger_head_from_proto(request.ledger_head)
             self.admission.check_ledger_head(peer.identity.name, head)
-        self.store.upsert_client(name=peer.identity.name, capabilities=caps, sdk_version=request.sdk_version,
+        self.store.clients.upsert(name=peer.identity.name, capabilities=caps, sdk_version=request.sdk_version,
                                  fingerprint=peer.identity.fingerprint)
-        run = self.store.active_run()
+        run = self.store.runs.active()
         self.engine.poke()
         return federation_pb2.HelloResponse(
             client_id=peer.identity.name, server_version=__version__, run_id=run.run_id if run else "",
@@ -53,7 +53,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     def _enrolled(self) -> str:
         name = current_peer().identity.name
-        if not self.store.touch_client(name):
+        if not self.store.clients.touch(name):
             raise NotFound(f"client {name} is not enrolled: call Hello first")
         return name
 
@@ -71,11 +71,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         event = self.engine.task_event(name)
         while True:
             event.clear()
-            run = self.store.active_run()
+            run = self.store.runs.active()
             if run is not None:
-                row = self.store.next_open_task(name, run.run_id, skip)
+                row = self.store.runs.next_open_task(name, run.run_id, skip)
                 if row is not None:
-                    self.store.mark_delivered(row.task.task_id)
+                    self.store.runs.mark_delivered(row.task.task_id)
                     return federation_pb2.PullTaskResponse(task=serde.task_to_proto(row.task))
             left = until - loop.time()
             if left <= 0:
@@ -84,7 +84,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 await asyncio.wait_for(event.wait(), left)
             except TimeoutError:
                 break
-        latest = self.store.latest_run()
+        latest = self.store.runs.latest()
         state = latest.state if latest else "none"
         return federation_pb2.PullTaskResponse(idle=federation_pb2.Idle(
             retry_after_ms=500, run_finished=state in _TERMINAL, run_state=state))
@@ -190,7 +190,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     @domain_errors
     async def DownloadAggregate(self, request, context) -> AsyncIterator[federation_pb2.DownloadAggregateResponse]:  # type: ignore[no-untyped-def, override]
         self._enrolled()
-        found = self.store.aggregate(request.run_id, request.round, request.group)
+        found = self.store.submissions.aggregate(request.run_id, request.round, request.group)
         if found is None:
             raise NotFound(f"no aggregate {request.group!r} for run {request.run_id!r} round {request.round}")
         encoding, digests, contributors = found

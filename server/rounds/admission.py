@@ -82,7 +82,7 @@ class Admission:
         if not hmac.compare_digest(payload_sha256, env.payload_sha256):
             raise InvalidSubmission("payload does not match the digest the envelope signs")
         sid = signing.envelope_digest(env).hex()
-        row = self.store.submission(sid)
+        row = self.store.submissions.get(sid)
         if row is not None and row.client == peer.identity.name:
             return SubmitAck(submission_id=sid, duplicate=True)
         return None
@@ -103,7 +103,7 @@ class Admission:
             raise InvalidSubmission("envelope timestamp is outside the allowed clock skew")
         if len(env.nonce) != signing.NONCE_BYTES:
             raise InvalidSubmission(f"nonce must be {signing.NONCE_BYTES} bytes")
-        row = self.store.task(env.task_id)
+        row = self.store.runs.task(env.task_id)
         if row is None or row.client != name:
             raise UnknownTask(f"task {env.task_id!r} is not a task of {name}")
         task = row.task
@@ -113,9 +113,9 @@ class Admission:
                 f"run {task.run_id!r} round {task.round}")
         if env.payload_kind not in ALLOWED_PAYLOADS[task.kind]:
             raise InvalidSubmission(f"a {env.payload_kind.name} payload cannot answer a {task.kind.name} task")
-        if self.store.nonce_used(name, env.nonce):
+        if self.store.submissions.nonce_used(name, env.nonce):
             raise InvalidSubmission("nonce already used: replayed submission refused")
-        if self.store.submission_for_task(task.task_id) is not None:
+        if self.store.submissions.for_task(task.task_id) is not None:
             raise ConflictingSubmission(f"task {task.task_id} already holds a different submission")
         if row.state != "open":
             raise TaskClosed(f"task {task.task_id} is {row.state}; its phase no longer accepts submissions")
@@ -134,15 +134,15 @@ class Admission:
             self.check_ledger_head(peer.identity.name, sub.ledger_head)
         sid = signing.envelope_digest(env).hex()
         state = "declined" if env.payload_kind is PayloadKind.DECLINE else "done"
-        with self.store.tx() as db:
-            Store.insert_submission(db, submission_id=sid, task_id=env.task_id, client=peer.identity.name,
+        with self.store.tx() as tx:
+            self.store.submissions.insert(tx, submission_id=sid, task_id=env.task_id, client=peer.identity.name,
                                     nonce=env.nonce, payload_kind=int(env.payload_kind), payload=sub.payload)
-            db.execute("UPDATE tasks SET state=? WHERE task_id=?", (state, env.task_id))
+            self.store.runs.set_task_state(tx, env.task_id, state)
             if sub.ledger_head is not None:
-                Store.insert_ledger_head(db, peer.identity.name, sub.ledger_head)
+                self.store.submissions.insert_ledger_head(tx, peer.identity.name, sub.ledger_head)
             if sub.decline is not None and sub.decline.reason is DeclineReason.BUDGET_EXHAUSTED:
                 # The client is out of privacy budget: never sample it again.
-                db.execute("UPDATE clients SET state='exhausted' WHERE name=?", (peer.identity.name,))
+                self.store.clients.set_state(tx, peer.identity.name, "exhausted")
         self.engine.poke()
         return SubmitAck(submission_id=sid)
 
@@ -160,10 +160,10 @@ class Admission:
 
     def check_ledger_head(self, client: str, head: LedgerHead) -> None:
         """Refuse a head that rolls back or forks what the client reported before."""
-        newest = self.store.ledger_head(client)
+        newest = self.store.submissions.ledger_head(client)
         if head.seq < newest.seq:
             raise InvalidSubmission(f"ledger rolled back: head seq {head.seq} < reported seq {newest.seq}")
-        same_seq = self.store.find_ledger_head(client, head.seq)
+        same_seq = self.store.submissions.find_ledger_head(client, head.seq)
         if same_seq is not None and not hmac.compare_digest(same_seq.entry_sha256, head.entry_sha256):
             raise InvalidSubmission(f"ledger forked: entry {head.seq} differs from the one reported before")
         if not (math.isfinite(head.epsilon) and head.epsilon >= 0):

@@ -18,16 +18,12 @@ import random
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from fedsecure.errors import RunStateError
 from fedsecure.types import RunConfig, RunStatus, Task, TaskKind
 
 from server.rounds.phases import PhaseContext, PhasePlanner, default_planners
 from server.rounds.store import RunRow, Store, now_ms
-
-if TYPE_CHECKING:
-    from server.secagg.aggregator import SecureAggregator
 
 log = logging.getLogger("fedsecure.server.engine")
 
@@ -46,12 +42,10 @@ class RoundEngine:
     """Owns the run's state machine; all methods run on the server's event loop."""
 
     def __init__(self, store: Store, planners: Mapping[TaskKind, PhasePlanner] | None = None,
-                 *, liveness_ms: int = LIVENESS_MS, aggregator: SecureAggregator | None = None,
-                 max_close_attempts: int = MAX_CLOSE_ATTEMPTS, close_retry_s: float = CLOSE_RETRY_S) -> None:
+                 *, liveness_ms: int = LIVENESS_MS, max_close_attempts: int = MAX_CLOSE_ATTEMPTS, close_retry_s: float = CLOSE_RETRY_S) -> None:
         if max_close_attempts < 1 or close_retry_s < 0:
             raise ValueError("max_close_attempts must be >= 1 and close_retry_s >= 0")
         self.store = store
-        self.aggregator = aggregator
         self.planners: dict[TaskKind, PhasePlanner] = {**default_planners(), **(planners or {})}
         self.liveness_ms = liveness_ms
         self._wake = asyncio.Event()
@@ -64,38 +58,38 @@ class RoundEngine:
 
     def start_run(self, config: RunConfig) -> RunStatus:
         """Create a run; refuses while another is active or a phase has no planner."""
-        if self.store.active_run() is not None:
+        if self.store.runs.active() is not None:
             raise RunStateError("a run is already active; stop it first")
         missing = [p.kind.name for p in config.phases if p.kind not in self.planners]
         if missing:
             raise RunStateError(f"this server has no planner for phase kinds {missing}")
         run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        self.store.insert_run(run_id, config)
+        self.store.runs.insert(run_id, config)
         log.info("run %s started: %s", run_id, config)
         self.poke()
         return self.status()
 
     def stop_run(self, run_id: str) -> RunStatus:
         """Stop the active run; open tasks expire and nothing more is accepted."""
-        run = self.store.active_run()
+        run = self.store.runs.active()
         if run is None or (run_id and run.run_id != run_id):
             raise RunStateError(f"run {run_id or '(any)'} is not active")
-        with self.store.tx() as db:
-            Store.update_run(db, run.run_id, state="stopped", detail="stopped by admin")
-            db.execute("UPDATE tasks SET state='expired' WHERE run_id=? AND state='open'", (run.run_id,))
+        with self.store.tx() as tx:
+            self.store.runs.update(tx, run.run_id, state="stopped", detail="stopped by admin")
+            self.store.runs.expire_open_tasks(tx, run.run_id)
         self.poke()
         return self.status()
 
     def status(self) -> RunStatus:
         """A snapshot of the newest run."""
-        run = self.store.latest_run()
+        run = self.store.runs.latest()
         if run is None:
             return RunStatus(state="none")
-        rnd = self.store.open_round(run.run_id, run.round, run.attempt)
+        rnd = self.store.runs.open_round(run.run_id, run.round, run.attempt)
         phase = run.config.phases[rnd.phase_index].kind if rnd else None
         return RunStatus(run_id=run.run_id, state=run.state, round=run.round, attempt=run.attempt, phase=phase,
-                         config=run.config, tasks_open=self.store.count_tasks(run.run_id, "open"),
-                         tasks_done=self.store.count_tasks(run.run_id, "done"),
+                         config=run.config, tasks_open=self.store.runs.count_tasks(run.run_id, "open"),
+                         tasks_done=self.store.runs.count_tasks(run.run_id, "done"),
                          rounds_closed=run.rounds_closed, detail=run.detail)
 
     # --- notifications ------------------------------------------------------------
@@ -130,40 +124,39 @@ class RoundEngine:
     async def advance(self) -> None:
         """Take every transition that is due now (bounded: one round's worth)."""
         for _ in range(16):
-            run = self.store.active_run()
+            run = self.store.runs.active()
             if run is None or not await self._step(run):
                 return
 
     async def _step(self, run: RunRow) -> bool:
         """One transition; True if something changed and another step may be due."""
         cfg = run.config
-        rnd = self.store.open_round(run.run_id, run.round, run.attempt)
+        rnd = self.store.runs.open_round(run.run_id, run.round, run.attempt)
         if rnd is None:
             return self._try_open_round(run)
         phase = cfg.phases[rnd.phase_index]
-        ctx = PhaseContext(run.run_id, run.round, run.attempt, rnd.phase_index, phase.kind, cfg, self.store,
-                           self.aggregator)
+        ctx = PhaseContext(run.run_id, run.round, run.attempt, rnd.phase_index, phase.kind, cfg, self.store)
         if rnd.phase_state == "planning":
             if rnd.phase_index == 0:
                 participants = list(rnd.participants)
             else:  # later phases go to those who completed the previous one
-                previous = self.store.phase_tasks(run.run_id, run.round, run.attempt, rnd.phase_index - 1)
+                previous = self.store.runs.phase_tasks(run.run_id, run.round, run.attempt, rnd.phase_index - 1)
                 participants = [t.client for t in previous if t.state == "done"]
             self._plan_phase(ctx, participants)
             return True
         if rnd.phase_state == "closing":
             return await self._finish_phase(ctx, run)
-        tasks = self.store.phase_tasks(run.run_id, run.round, run.attempt, rnd.phase_index)
+        tasks = self.store.runs.phase_tasks(run.run_id, run.round, run.attempt, rnd.phase_index)
         done = [t for t in tasks if t.state == "done"]
         waiting = [t for t in tasks if t.state == "open"]
         past_deadline = now_ms() >= rnd.phase_deadline_ms
         if waiting and not past_deadline:
             return False
         if len(done) >= cfg.quorum:
-            with self.store.tx() as db:
-                db.execute("UPDATE tasks SET state='expired' WHERE run_id=? AND round=? AND attempt=? AND"
-                           " phase_index=? AND state='open'", (run.run_id, run.round, run.attempt, rnd.phase_index))
-                Store.update_round(db, run.run_id, run.round, run.attempt, phase_state="closing")
+            with self.store.tx() as tx:
+                self.store.runs.expire_open_tasks(tx, run.run_id, round_=run.round, attempt=run.attempt,
+                                                  phase_index=rnd.phase_index)
+                self.store.runs.update_round(tx, run.run_id, run.round, run.attempt, phase_state="closing")
             log.info("%s round %d: phase %s closing with %d/%d", run.run_id, run.round, phase.kind.name,
                      len(done), len(tasks))
             return True
@@ -174,7 +167,7 @@ class RoundEngine:
 
     def _try_open_round(self, run: RunRow) -> bool:
         cfg = run.config
-        eligible = self.store.eligible_clients(seen_since_ms=now_ms() - self.liveness_ms)
+        eligible = self.store.clients.eligible(seen_since_ms=now_ms() - self.liveness_ms)
         if len(eligible) < max(cfg.min_clients, cfg.quorum):
             waited = now_ms() - (run.waiting_since_ms or now_ms())
             if waited >= cfg.enroll_timeout_s * 1000:
@@ -184,30 +177,30 @@ class RoundEngine:
             return False
         k = min(len(eligible), max(cfg.quorum, math.ceil(cfg.sample_rate * len(eligible))))
         participants = sorted(_sampler.sample(eligible, k))
-        with self.store.tx() as db:
-            Store.insert_round(db, run.run_id, run.round, run.attempt, participants)
-            Store.update_run(db, run.run_id, state="running", waiting_since_ms=None)
+        with self.store.tx() as tx:
+            self.store.runs.insert_round(tx, run.run_id, run.round, run.attempt, participants)
+            self.store.runs.update(tx, run.run_id, state="running", waiting_since_ms=None)
         log.info("%s round %d attempt %d opened with %s", run.run_id, run.round, run.attempt, participants)
         return True
 
     def _plan_phase(self, ctx: PhaseContext, participants: Sequence[str]) -> None:
         specs = self.planners[ctx.kind].plan(ctx, participants)
         deadline = now_ms() + ctx.config.phases[ctx.phase_index].deadline_s * 1000
-        with self.store.tx() as db:
+        with self.store.tx() as tx:
             for client, spec in sorted(specs.items()):
                 task = Task(run_id=ctx.run_id, round=ctx.round, task_id=f"t-{secrets.token_hex(8)}",
                             kind=ctx.kind, deadline_unix_ms=deadline, attempt=ctx.attempt, spec=spec)
-                Store.insert_task(db, task, client, ctx.phase_index)
-            Store.update_round(db, ctx.run_id, ctx.round, ctx.attempt, phase_state="open",
+                self.store.runs.insert_task(tx, task, client, ctx.phase_index)
+            self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, phase_state="open",
                                phase_deadline_ms=deadline)
         self._notify(list(specs))
 
     async def _finish_phase(self, ctx: PhaseContext, run: RunRow) -> bool:
         if time.monotonic() < self._closing_retry_at:
             return False
-        tasks = self.store.phase_tasks(ctx.run_id, ctx.round, ctx.attempt, ctx.phase_index)
+        tasks = self.store.runs.phase_tasks(ctx.run_id, ctx.round, ctx.attempt, ctx.phase_index)
         accepted = [s for t in tasks if t.state == "done"
-                    for s in [self.store.submission_for_task(t.task.task_id)] if s is not None]
+                    for s in [self.store.submissions.for_task(t.task.task_id)] if s is not None]
         key = (ctx.run_id, ctx.round, ctx.attempt, ctx.phase_index)
         try:
             await self.planners[ctx.kind].close(ctx, accepted)
@@ -228,15 +221,15 @@ class RoundEngine:
             return False
         self._close_failures.pop(key, None)
         cfg = run.config
-        with self.store.tx() as db:
+        with self.store.tx() as tx:
             if ctx.phase_index + 1 < len(cfg.phases):
-                Store.update_round(db, ctx.run_id, ctx.round, ctx.attempt, phase_index=ctx.phase_index + 1,
+                self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, phase_index=ctx.phase_index + 1,
                                    phase_state="planning")
             else:
-                Store.update_round(db, ctx.run_id, ctx.round, ctx.attempt, state="closed", phase_state="closed",
+                self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, state="closed", phase_state="closed",
                                    closed_ms=now_ms())
                 finished = ctx.round >= cfg.rounds
-                Store.update_run(db, ctx.run_id, rounds_closed=run.rounds_closed + 1,
+                self.store.runs.update(tx, ctx.run_id, rounds_closed=run.rounds_closed + 1,
                                  round=ctx.round if finished else ctx.round + 1,
                                  attempt=ctx.attempt if finished else 1,
                                  state="finished" if finished else "running",
@@ -247,16 +240,15 @@ class RoundEngine:
     def _retry_round(self, run: RunRow, reason: str) -> None:
         """Fail this attempt; retry the round with a fresh sample, or fail the run after
         ``max_attempts`` (never close a round with less than was promised)."""
-        with self.store.tx() as db:
-            db.execute("UPDATE tasks SET state='expired' WHERE run_id=? AND round=? AND attempt=? AND state='open'",
-                       (run.run_id, run.round, run.attempt))
-            Store.update_round(db, run.run_id, run.round, run.attempt, state="retried", closed_ms=now_ms())
+        with self.store.tx() as tx:
+            self.store.runs.expire_open_tasks(tx, run.run_id, round_=run.round, attempt=run.attempt)
+            self.store.runs.update_round(tx, run.run_id, run.round, run.attempt, state="retried", closed_ms=now_ms())
             if run.attempt >= run.config.max_attempts:
-                Store.update_run(db, run.run_id, state="failed",
+                self.store.runs.update(tx, run.run_id, state="failed",
                                  detail=f"gave up after {run.attempt} attempts; last: {reason}")
                 log.error("%s failed: %s", run.run_id, reason)
             else:
-                Store.update_run(db, run.run_id, attempt=run.attempt + 1, waiting_since_ms=now_ms(),
+                self.store.runs.update(tx, run.run_id, attempt=run.attempt + 1, waiting_since_ms=now_ms(),
                                  detail=f"retrying: {reason}")
                 log.warning("%s retrying round %d: %s", run.run_id, run.round, reason)
 

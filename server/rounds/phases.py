@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from fedsecure.types import ReportLedgerSpec, RunConfig, TaskKind, TaskSpec
 
 from server.rounds.store import Store, SubmissionRow
-
-if TYPE_CHECKING:
-    from server.secagg.aggregator import SecureAggregator
 
 
 @dataclass(frozen=True)
@@ -28,7 +25,6 @@ class PhaseContext:
     kind: TaskKind
     config: RunConfig
     store: Store
-    aggregator: SecureAggregator | None = None  # None: this server runs without a key holder
 
 
 class PhasePlanner(Protocol):

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,8 +20,12 @@ import numpy as np
 from fedsecure import serde
 from fedsecure.crypto.packing import parse_encoding, plain_encoding
 from fedsecure.crypto.signing import sha256
+from fedsecure.crypto import ckks
+from fedsecure.kit import Kit
+from fedsecure.state_version import claim_state_dir
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits
-from fedsecure.types import DecryptCommit, PayloadKind, SignedContribution
+from fedsecure.transport.retry import Backoff
+from fedsecure.types import DecryptCommit, PayloadKind, Role, SignedContribution
 
 from server.secagg.accumulator import HomomorphicAccumulator
 from server.secagg.keyholder_client import KeyHolderClient
@@ -38,6 +43,23 @@ class SecureAggregator:
                  limits: Limits = DEFAULT_LIMITS) -> None:
         self.accumulator, self.objects, self.keyholder, self.limits = accumulator, objects, keyholder, limits
 
+    @classmethod
+    def open(cls, *, kit: Kit, state_dir: Path, keyholder_address: str | None = None,
+             keyholder_backoff: Backoff | None = None, limits: Limits = DEFAULT_LIMITS) -> SecureAggregator:
+        """The server's aggregator over its object store (``state_dir/objects``), with a
+        channel to the key holder (call from the server's event loop)."""
+        claim_state_dir(state_dir, role=Role.SERVER)  # before anything is written there
+        objects = ObjectStore(state_dir / "objects")
+        accumulator = HomomorphicAccumulator(public_context=ckks.kit_public_context(kit), params=ckks.kit_params(kit),
+                                             objects=objects)
+        keyholder = KeyHolderClient(kit=kit, address=keyholder_address, limits=limits,
+                                    **({"backoff": keyholder_backoff} if keyholder_backoff else {}))
+        return cls(accumulator=accumulator, objects=objects, keyholder=keyholder, limits=limits)
+
+    async def close(self) -> None:
+        """Close the key holder channel."""
+        await self.keyholder.close()
+
     @staticmethod
     def updates(accepted: Sequence[SubmissionRow]) -> list[tuple[str, SignedContribution]]:
         """(submission id, signed contribution) of each accepted encrypted update."""
@@ -47,7 +69,7 @@ class SecureAggregator:
     async def aggregate(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> dict[str, int]:
         """Publish every group's mean; returns group -> contributors. Idempotent."""
         members_of: dict[str, list[tuple[str, SignedContribution]]] = {}
-        revoked = ctx.store.revoked_names()
+        revoked = ctx.store.clients.revoked_names()
         for sid, c in self.updates(accepted):
             if c.envelope.client_id in revoked:
                 # Revoked after its upload was accepted (a stolen key?): it never counts
@@ -64,7 +86,7 @@ class SecureAggregator:
                 log.warning("%s round %d: group %s has %d contributors < quorum %d; not aggregated", ctx.run_id,
                             ctx.round, group, len(members), quorum)
                 continue
-            if ctx.store.aggregate(ctx.run_id, ctx.round, group) is None:
+            if ctx.store.submissions.aggregate(ctx.run_id, ctx.round, group) is None:
                 await self._one(ctx, group, members)
             published[group] = len(members)
         self.accumulator.drop(ctx.run_id, ctx.round)
@@ -97,7 +119,7 @@ class SecureAggregator:
         mean = (result.values / total_weight).astype("<f4").tobytes()
         step = self.limits.max_chunk_bytes // 4 * 4
         digests = [await asyncio.to_thread(self.objects.put, mean[i:i + step]) for i in range(0, len(mean), step)]
-        ctx.store.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group=group,
+        ctx.store.submissions.publish_aggregate(run_id=ctx.run_id, round_=ctx.round, group=group,
                                     encoding=plain_encoding(section.layout, section.numel), chunk_digests=digests,
                                     contributors=len(contribs))
         log.info("%s round %d: published %s, mean of %d contributions (key holder log entry %d)", ctx.run_id,

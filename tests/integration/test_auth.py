@@ -24,7 +24,7 @@ def _channel(fed: Federation, kit: Kit) -> grpc.Channel:
 
 
 def _enrolled(fed: Federation) -> list[str]:
-    return fed.store(lambda s: [c.name for c in s.clients()])
+    return fed.store(lambda s: [c.name for c in s.client_infos()])
 
 
 def test_client_with_its_kit_is_served(start_federation: Callable[..., Federation]) -> None:
@@ -67,7 +67,7 @@ def test_client_cannot_call_admin(start_federation: Callable[..., Federation]) -
             admin_pb2_grpc.AdminStub(ch).RevokeClient(admin_pb2.RevokeClientRequest(name="b"), timeout=5)
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "role client may not call" in err.value.details()
-    assert fed.store(lambda s: s.revoked_names()) == set()
+    assert fed.store(lambda s: s.clients.revoked_names()) == set()
 
 
 def test_admin_cannot_act_as_a_client(start_federation: Callable[..., Federation], kits: Provisioned) -> None:

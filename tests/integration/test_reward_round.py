@@ -15,11 +15,14 @@ from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.crypto import pki
 from fedsecure.data.shares import client_pairs, server_records
 from fedsecure.models.reward import RewardModelConfig
+from fedsecure.admin_client import AdminClient
+from fedsecure.kit import load_kit
 from fedsecure.privacy.audit import audit_ledger
+from fedsecure.privacy.heads_export import heads_to_json, load_heads
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.provision import Provisioned
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
-from server.rounds.reward_phases import MetricsLog, ScorePlanner, TrainPlanner
+from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
 from tests.conftest import Federation
 from tests.helpers import run_in_thread
 
@@ -28,7 +31,9 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
                                                  tmp_path: Path) -> None:
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
     pool, _ = server_records(seed=0)
-    planners = {TaskKind.TRAIN: TrainPlanner(metrics=metrics, local_steps=25, learning_rate=3e-3, batch_size=64),
+    def planners(aggregator):  # type: ignore[no-untyped-def]
+        return {TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=25, learning_rate=3e-3,
+                                             batch_size=64),
                 TaskKind.SCORE: ScorePlanner(pool=pool, metrics=metrics, prompts_per_round=6)}
     cfg = RunConfig(rounds=2, quorum=2, min_clients=2, phases=(
         PhaseConfig(TaskKind.TRAIN, 120), PhaseConfig(TaskKind.SCORE, 60), PhaseConfig(TaskKind.REPORT_LEDGER, 30)))
@@ -69,11 +74,16 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     assert image_prompts and max(image_prompts) <= 6  # image-only clients get no yes/no prompts
 
     # The server holds each client's latest head; the auditor ties ledger and server together.
+    # The operator exports them (Admin RPC), the auditor reads the export, never the database.
     ca = pki.load_certificate((kits.root / "ca" / "ca.pem").read_bytes())
-    db = fed.state_dir / "server.sqlite"
+    with AdminClient(kit=load_kit(kits.admin), address=fed.address) as admin:
+        heads = admin.ledger_heads()
+    heads_file = tmp_path / "ledger_heads.json"
+    heads_file.write_text(heads_to_json(heads))
+    assert load_heads(heads_file) == heads
     for name, part in participants.items():
-        assert fed.store(lambda s, n=name: s.ledger_head(n)) == part.ledger.head()
-        report = audit_ledger(part.ledger.path, ca_cert=ca, server_db=db)
+        assert fed.store(lambda s, n=name: s.submissions.ledger_head(n)) == part.ledger.head() == heads[name][-1]
+        report = audit_ledger(part.ledger.path, ca_cert=ca, server_heads=heads)
         assert report.ok, report.violations
         assert len(report.releases) == 2
         last = report.releases[-1]
@@ -83,16 +93,16 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     ledger = participants["a"].ledger.path
     lines = ledger.read_text().splitlines(keepends=True)
     ledger.write_text("".join(lines[:-1]))
-    rolled = audit_ledger(ledger, ca_cert=ca, server_db=db)
+    rolled = audit_ledger(ledger, ca_cert=ca, server_heads=heads)
     assert not rolled.ok and any("rolled back" in v for v in rolled.violations)
     cli = subprocess.run([sys.executable, "-m", "apps.cli", "audit", str(ledger), "--ca",
-                          str(kits.root / "ca" / "ca.pem"), "--server-db", str(db), "--json",
+                          str(kits.root / "ca" / "ca.pem"), "--server-heads", str(heads_file), "--json",
                           "--html", str(tmp_path / "audit.html")], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and "rolled back" in cli.stdout
     assert "<svg" in (tmp_path / "audit.html").read_text()
     ledger.write_text("".join(lines))
     ok = subprocess.run([sys.executable, "-m", "apps.cli", "audit", str(ledger), str(participants["b"].ledger.path),
-                         "--ca", str(kits.root / "ca" / "ca.pem"), "--server-db", str(db)],
+                         "--ca", str(kits.root / "ca" / "ca.pem"), "--server-heads", str(heads_file)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.count("PASS") == 2

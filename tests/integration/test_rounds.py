@@ -38,12 +38,8 @@ def _run_all(clients: list[FederatedClient], timeout: float = 60, **kw: object) 
 
 
 def _rounds(fed: Federation, run_id: str) -> list[tuple[int, int, str, list[str]]]:
-    import json
-
-    rows = fed.store(lambda s: s.db.execute(
-        "SELECT round, attempt, state, participants FROM rounds WHERE run_id=? ORDER BY round, attempt",
-        (run_id,)).fetchall())
-    return [(r, a, st, json.loads(p)) for r, a, st, p in rows]
+    rows = fed.store(lambda s: s.runs.rounds(run_id))
+    return [(r.round, r.attempt, r.state, list(r.participants)) for r in rows]
 
 
 def test_full_run_with_scoring_and_ledger_phases(start_federation: Callable[..., Federation]) -> None:
@@ -62,8 +58,8 @@ def test_full_run_with_scoring_and_ledger_phases(start_federation: Callable[...,
     status = fed.loop.call(fed.server.engine.status)
     assert (status.state, status.rounds_closed) == ("finished", 2)
     assert planner.closed == [(1, 1, ["a", "b", "c"]), (2, 1, ["a", "b", "c"])]
-    assert fed.store(lambda s: s.ledger_head("c")) == heads["c"]
-    assert fed.store(lambda s: s.count_submissions(status.run_id)) == 12
+    assert fed.store(lambda s: s.submissions.ledger_head("c")) == heads["c"]
+    assert fed.store(lambda s: s.submissions.count(status.run_id)) == 12
 
 
 def test_dropout_round_closes_at_deadline_with_quorum(start_federation: Callable[..., Federation]) -> None:
@@ -88,12 +84,12 @@ def test_dropout_round_closes_at_deadline_with_quorum(start_federation: Callable
     assert elapsed >= 1.5, "closed before the deadline although c never answered"
     ((_, _, state, participants),) = _rounds(fed, status.run_id)
     assert state == "closed" and participants == ["a", "b", "c"]
-    done = fed.store(lambda s: {t.client: t.state for t in s.phase_tasks(status.run_id, 1, 1, 0)})
+    done = fed.store(lambda s: {t.client: t.state for t in s.runs.phase_tasks(status.run_id, 1, 1, 0)})
     assert done == {"a": "done", "b": "done", "c": "expired"}
     vanished.set()  # c comes back too late: its submission is refused, not counted
     tc.join(30)
     assert len(out_c["summary"].refused) == 1 and "FAILED_PRECONDITION" in out_c["summary"].refused[0]
-    assert fed.store(lambda s: s.count_submissions(status.run_id)) == 2
+    assert fed.store(lambda s: s.submissions.count(status.run_id)) == 2
     for x in (a, b, c):
         x.close()
 
@@ -146,7 +142,7 @@ def test_budget_exhausted_client_is_not_sampled_again(start_federation: Callable
     rounds = _rounds(fed, status.run_id)
     # Round 1 closes with a and b (c declined, quorum still met); round 2 never samples c.
     assert [(st, p) for _, _, st, p in rounds] == [("closed", ["a", "b", "c"]), ("closed", ["a", "b"])]
-    assert {i.name: i.state for i in fed.store(lambda s: s.clients())}["c"] == "exhausted"
+    assert {i.name: i.state for i in fed.store(lambda s: s.client_infos())}["c"] == "exhausted"
 
 
 def test_sampling_at_rate(start_federation: Callable[..., Federation]) -> None:
@@ -169,7 +165,7 @@ def test_ledger_rollback_is_refused(start_federation: Callable[..., Federation])
     outs = _run_all([a, *_clients(fed, "bc")])
     refused = outs[0]["summary"].refused
     assert len(refused) == 1 and "rolled back" in refused[0]
-    assert fed.store(lambda s: s.ledger_head("a")).seq == 5
+    assert fed.store(lambda s: s.submissions.ledger_head("a")).seq == 5
 
 
 def test_admin_controls_runs(start_federation: Callable[..., Federation], kits: Provisioned) -> None:

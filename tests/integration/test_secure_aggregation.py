@@ -25,7 +25,7 @@ from fedsecure.proto.v1 import common_pb2, federation_pb2
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import PayloadKind, PhaseConfig, RunConfig, Task, TaskKind, UpdateManifest
 from keyholder.decryption_log import verify_decryption_log
-from server.rounds.reward_phases import MetricsLog, TrainPlanner
+from server.rewards.planners import MetricsLog, TrainPlanner
 from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
 
 RUN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
@@ -49,8 +49,8 @@ def _stream(client: FederatedClient, task: Task, update, *, chunks=None, encodin
 
 
 def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    planner = TrainPlanner(metrics=MetricsLog(tmp_path / "metrics.jsonl"))
-    fed = start_federation(RUN, planners={TaskKind.TRAIN: planner}, keyholder=True)
+    fed = start_federation(RUN, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "metrics.jsonl"), aggregator=aggregator)}, keyholder=True)
     tasks = pull_tasks(fed, ("a", "b", "c"))
     client_a, task_a = tasks["a"]
     spec = task_a.spec
@@ -91,7 +91,7 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     time.sleep(1.5)
     future.cancel()
     hold.set()
-    assert fed.store(lambda s: s.db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]) == 0
+    assert fed.store(lambda s: s.submissions.count()) == 0
 
     # The server kept serving: valid uploads are accepted and the phase closes.
     client_a.submit(task_a, good_a)
@@ -99,7 +99,7 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     client_b.submit(task_b, encrypted_update(fed.kit("b"), {"attn.text": x["b_txt"]}, w))
     client_c, task_c = tasks["c"]
     client_c.submit(task_c, encrypted_update(fed.kit("c"), {"attn.image": x["c_img"]}, w))
-    wait_for(lambda: len(fed.store(lambda s: s.aggregate_groups(task_a.run_id, 1))) == 2, 60, "both aggregates")
+    wait_for(lambda: len(fed.store(lambda s: s.submissions.aggregate_groups(task_a.run_id, 1))) == 2, 60, "both aggregates")
     for group, expected, contributors in (("attn.image", (x["a_img"] + x["c_img"]) / 2, 2),
                                           ("attn.text", (x["a_txt"] + x["b_txt"]) / 2, 2)):
         agg = client_b.download_aggregate(task_a.run_id, group, 1)
@@ -123,8 +123,8 @@ def _free_port() -> int:
 
 def test_keyholder_down_when_the_phase_closes(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = _free_port()
-    planner = TrainPlanner(metrics=MetricsLog(tmp_path / "metrics.jsonl"))
-    fed = start_federation(RUN, planners={TaskKind.TRAIN: planner}, keyholder_address=f"127.0.0.1:{port}",
+    fed = start_federation(RUN, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "metrics.jsonl"), aggregator=aggregator)}, keyholder_address=f"127.0.0.1:{port}",
                            keyholder_backoff=Backoff(initial_s=0.1, max_delay_s=0.3, max_elapsed_s=1.0))
     tasks = pull_tasks(fed, ("a", "b", "c"))
     for name, (client, task) in tasks.items():
@@ -133,7 +133,7 @@ def test_keyholder_down_when_the_phase_closes(start_federation, tmp_path) -> Non
     time.sleep(6)  # several close attempts, each retrying with backoff
     status = fed.loop.call(fed.server.engine.status)
     assert status.state == "running" and status.rounds_closed == 0  # waiting, not falling back
-    assert fed.store(lambda s: s.aggregate_groups(run_id, 1)) == []
+    assert fed.store(lambda s: s.submissions.aggregate_groups(run_id, 1)) == []
     fed.start_keyholder(address=f"127.0.0.1:{port}")
     wait_for(lambda: fed.loop.call(fed.server.engine.status).state == "finished", 60, "the run to finish")
     agg = tasks["a"][0].download_aggregate(run_id, "attn.text", 1)

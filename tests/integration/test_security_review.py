@@ -29,7 +29,7 @@ from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, channel_options
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, TaskKind
-from server.rounds.reward_phases import MetricsLog, TrainPlanner
+from server.rewards.planners import MetricsLog, TrainPlanner
 from tests.conftest import Federation
 from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
 from tests.integration.test_secure_aggregation import _stream
@@ -39,12 +39,13 @@ N = 3 * 2048  # three ciphertexts in one chunk
 
 
 def _running_sum(fed: Federation, run_id: str, group: str) -> list[bytes]:
-    acc = fed.server.engine.aggregator.accumulator
+    acc = fed.server.aggregator.accumulator
     return fed.loop.call(lambda: [c.to_bytes() for c in acc._sums[(run_id, 1, 1, group)].chunks])
 
 
 def test_mixed_scale_chunk_leaves_the_sum_unchanged_and_the_round_closes(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    fed = start_federation(TRAIN, planners={TaskKind.TRAIN: TrainPlanner(metrics=MetricsLog(tmp_path / "m.jsonl"))},
+    fed = start_federation(TRAIN, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "m.jsonl"), aggregator=aggregator)},
                            keyholder=True)
     tasks = pull_tasks(fed, ("a", "b", "c"))
     w = 1.0 / 3.0
@@ -82,7 +83,8 @@ def test_closing_retries_are_bounded_then_the_run_fails_with_the_reason(start_fe
     """Key holder unreachable: the close is tried twice, the attempt fails, and with
     max_attempts = 1 the run fails naming why, instead of retrying every 2 s forever."""
     config = RunConfig(rounds=1, quorum=2, min_clients=3, max_attempts=1, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
-    fed = start_federation(config, planners={TaskKind.TRAIN: TrainPlanner(metrics=MetricsLog(tmp_path / "m.jsonl"))},
+    fed = start_federation(config, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "m.jsonl"), aggregator=aggregator)},
                            keyholder_address="127.0.0.1:9",
                            keyholder_backoff=Backoff(initial_s=0.05, max_delay_s=0.1, max_elapsed_s=0.2),
                            max_close_attempts=2, close_retry_s=0.1)
@@ -226,7 +228,7 @@ def test_tampered_payload_with_an_accepted_envelope_is_refused(start_federation)
     tampered.head.epsilon = 0.01  # under-report the privacy spent, same signed envelope
     assert_refused(lambda: client._stub.ReportLedger(tampered, timeout=5), grpc.StatusCode.INVALID_ARGUMENT,
                    "payload does not match the digest the envelope signs")
-    stored = fed.store(lambda s: s.ledger_head("a"))
+    stored = fed.store(lambda s: s.submissions.ledger_head("a"))
     assert stored.epsilon == 0.5
     for c, _ in tasks.values():
         c.close()
@@ -255,5 +257,5 @@ def test_cli_keygen_provision_and_revoke_reach_the_key_holder(start_federation, 
                 "--keyholder-address", f"127.0.0.1:{fed.keyholder.port}", "revoke", "d", "--reason", "lost laptop"]) == 0
     out = capsys.readouterr().out
     assert "d: revoked at the server" in out and "d: revoked at the key holder (1 revoked there)" in out
-    assert fed.store(lambda s: s.revoked_names()) == {"d"}
+    assert fed.store(lambda s: s.clients.revoked_names()) == {"d"}
     assert fed.loop.call(lambda: set(fed.keyholder.servicer.revocations.names)) == {"d"}

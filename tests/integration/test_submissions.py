@@ -59,7 +59,7 @@ def _scores_request(client: FederatedClient, task: Task, scores: tuple[Score, ..
 
 
 def _n_submissions(fed: Federation) -> int:
-    return fed.store(lambda s: s.db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0])
+    return fed.store(lambda s: s.submissions.count())
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_upload_limits_digests_and_download(start_federation: Callable[..., Fede
     acks.append(other.submit(other_task, ONE_SECTION))
     assert [a.duplicate for a in acks] == [False, False]
     assert _n_submissions(fed) == 2
-    wait_for(lambda: fed.store(lambda s: s.aggregate(task.run_id, 1, "attn")), 10, "the published aggregate")
+    wait_for(lambda: fed.store(lambda s: s.submissions.aggregate(task.run_id, 1, "attn")), 10, "the published aggregate")
     assert client.download_aggregate(task.run_id, "attn", 1).data == b"".join(good) + ONE_SECTION.chunks[0]
     assert_refused(lambda: client.download_aggregate(task.run_id, "nope", 1), grpc.StatusCode.NOT_FOUND, "no aggregate")
     for c, _ in tasks.values():

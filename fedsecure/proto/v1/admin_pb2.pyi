@@ -136,3 +136,21 @@ class RevokeClientResponse(_message.Message):
     NEWLY_REVOKED_FIELD_NUMBER: _ClassVar[int]
     newly_revoked: bool
     def __init__(self, newly_revoked: _Optional[bool] = ...) -> None: ...
+
+class ExportLedgerHeadsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClientLedgerHeads(_message.Message):
+    __slots__ = ("client", "heads")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    heads: _containers.RepeatedCompositeFieldContainer[_common_pb2.LedgerHead]
+    def __init__(self, client: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[_common_pb2.LedgerHead, _Mapping]]] = ...) -> None: ...
+
+class ExportLedgerHeadsResponse(_message.Message):
+    __slots__ = ("clients",)
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    clients: _containers.RepeatedCompositeFieldContainer[ClientLedgerHeads]
+    def __init__(self, clients: _Optional[_Iterable[_Union[ClientLedgerHeads, _Mapping]]] = ...) -> None: ...

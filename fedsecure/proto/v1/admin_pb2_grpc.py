@@ -59,6 +59,11 @@ class AdminStub:
                 request_serializer=fedsecure_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
                 response_deserializer=fedsecure_dot_v1_dot_admin__pb2.RevokeClientResponse.FromString,
                 _registered_method=True)
+        self.ExportLedgerHeads = channel.unary_unary(
+                '/fedsecure.v1.Admin/ExportLedgerHeads',
+                request_serializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsRequest.SerializeToString,
+                response_deserializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -94,6 +99,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportLedgerHeads(self, request, context):
+        """Every privacy-ledger head each client reported, for the auditor (`fedsecure admin heads`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +133,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeClient,
                     request_deserializer=fedsecure_dot_v1_dot_admin__pb2.RevokeClientRequest.FromString,
                     response_serializer=fedsecure_dot_v1_dot_admin__pb2.RevokeClientResponse.SerializeToString,
+            ),
+            'ExportLedgerHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportLedgerHeads,
+                    request_deserializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsRequest.FromString,
+                    response_serializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +275,33 @@ class Admin:
             '/fedsecure.v1.Admin/RevokeClient',
             fedsecure_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
             fedsecure_dot_v1_dot_admin__pb2.RevokeClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLedgerHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsecure.v1.Admin/ExportLedgerHeads',
+            fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsRequest.SerializeToString,
+            fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

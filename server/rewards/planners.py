@@ -17,6 +17,7 @@ from fedsecure import serde
 from fedsecure.types import Modality, PayloadKind, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
 
 from server.rounds.phases import PhaseContext
+from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import SubmissionRow
 
 
@@ -38,34 +39,35 @@ ADAPTER_FAMILY = "attn"  # clients upload their attention adapters' B matrices, 
 
 def published_groups(ctx: PhaseContext, round_: int) -> tuple[str, ...]:
     """Groups with a published aggregate in ``round_`` of this run."""
-    return tuple(ctx.store.aggregate_groups(ctx.run_id, round_))
+    return tuple(ctx.store.submissions.aggregate_groups(ctx.run_id, round_))
 
 
 class TrainPlanner:
     """Every participant trains ``local_steps`` DP steps on its own pairs, then uploads its
     encrypted attention adapters; at close the server gets their means from the key holder."""
 
-    def __init__(self, *, metrics: MetricsLog, local_steps: int = 60, learning_rate: float = 0.03,
-                 batch_size: int = 64) -> None:
+    def __init__(self, *, metrics: MetricsLog, aggregator: SecureAggregator | None = None, local_steps: int = 60,
+                 learning_rate: float = 0.03, batch_size: int = 64) -> None:
         if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("local_steps, learning_rate and batch_size must be positive")
         self.metrics, self.local_steps, self.learning_rate, self.batch_size = metrics, local_steps, learning_rate, batch_size
+        self.aggregator = aggregator  # None: no key holder, clients upload nothing
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
         """Same parameters for everyone; the round count lets clients pace their budget.
 
         Clients pre-weight their upload by (their pairs / ``weight_total``), the total of
         the participants' declared pairs, so the weights of any subset sum to at most 1."""
-        counts = {c.name: dict(c.capabilities.sample_counts).get("pairs", 0) for c in ctx.store.clients()}
+        counts = {c.name: dict(c.capabilities.sample_counts).get("pairs", 0) for c in ctx.store.client_infos()}
         total = float(sum(max(1, counts.get(p, 0)) for p in participants))
         spec = TrainSpec(local_steps=self.local_steps, learning_rate=self.learning_rate, batch_size=self.batch_size,
                          planned_rounds=ctx.config.rounds, download_groups=published_groups(ctx, ctx.round - 1),
-                         upload_group=ADAPTER_FAMILY if ctx.aggregator is not None else "", weight_total=total)
+                         upload_group=ADAPTER_FAMILY if self.aggregator is not None else "", weight_total=total)
         return {p: spec for p in participants}
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
         """Aggregate the encrypted updates (key holder), then record what happened."""
-        published = await ctx.aggregator.aggregate(ctx, accepted) if ctx.aggregator is not None else {}
+        published = await self.aggregator.aggregate(ctx, accepted) if self.aggregator is not None else {}
         for sub in accepted:
             if sub.payload_kind == int(PayloadKind.UPDATE):
                 weight = serde.stored_update(sub.payload).manifest.weight
@@ -108,7 +110,7 @@ class ScorePlanner:
         """Each client gets the items it can judge (image-only clients: no yes/no)."""
         items = self._items(ctx)
         self._truth[(ctx.run_id, ctx.round)] = {i.item_id: correct for i, correct, _ in items}
-        caps = {c.name: c.capabilities.modalities for c in ctx.store.clients()}
+        caps = {c.name: c.capabilities.modalities for c in ctx.store.client_infos()}
         specs: dict[str, TaskSpec] = {}
         for p in participants:
             image_only = caps.get(p) == (Modality.IMAGE,)
