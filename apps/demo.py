@@ -26,7 +26,7 @@ from fedsecure.kit import load_kit
 from fedsecure.provision import provision
 from fedsecure.types import Role
 
-# Clients of the three kinds of DESIGN.md §5.
+# Clients of the three kinds of docs/design.md §5.
 DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"))
 DEMO_PHASES = "train,score,report_ledger"
 GRPO_STEPS = 150

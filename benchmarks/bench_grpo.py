@@ -29,7 +29,7 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """The measured configuration (defaults: MEASUREMENTS' 0.78M-parameter Llama)."""
+    """The measured configuration (defaults: a 0.78M-parameter Llama, hidden 128, 2 layers)."""
 
     vocab: int = 1000
     hidden: int = 128

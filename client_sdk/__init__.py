@@ -1,6 +1,6 @@
 """The client SDK embedded by hospitals and banks: outbound-only, signed submissions.
 
-Imports :mod:`fedsecure`; never imports :mod:`server`.
+Imports :mod:`fedsecure` only; never :mod:`server` or :mod:`keyholder`.
 """
 
 from client_sdk.client import ClientRunSummary, FederatedClient

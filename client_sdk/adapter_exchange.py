@@ -1,7 +1,7 @@
 """A client's share of secure aggregation: its attention adapters' B matrices go out
 encrypted, one group per modality stack ("attn.image", "attn.text"), pre-weighted by
 its share of the round's pairs; published means come back and replace them. MLP adapters
-and heads never leave the client (DESIGN.md §5)."""
+and heads never leave the client (docs/design.md §5)."""
 
 from __future__ import annotations
 

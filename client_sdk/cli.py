@@ -24,7 +24,7 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     """Where a client's private pairs and reward model come from (shared with the audit)."""
     p.add_argument("--kit", required=required, type=Path, help="this client's kit folder")
     p.add_argument("--state", type=Path, help="ledger and model folder (default: KIT/state)")
-    p.add_argument("--kind", choices=KINDS, default="image_text", help="reward model kind (DESIGN.md §5)")
+    p.add_argument("--kind", choices=KINDS, default="image_text", help="reward model kind: image_text, image or text (docs/design.md §5)")
     data = p.add_mutually_exclusive_group(required=required)
     data.add_argument("--pairs", type=Path, help="local preference pairs (JSONL)")
     data.add_argument("--easyvqa-clients", help="comma-separated federation clients: use this client's "

@@ -185,7 +185,7 @@ def fold_paired_rows(params: list[tuple[str, torch.nn.Parameter]], pairs: int) -
     Layers that saw a pair as two rows (i: chosen, pairs+i: rejected) got one gradient
     per row, each scaled by Opacus's mean-reduction factor 2*pairs instead of pairs; the
     pair's gradient is their sum halved. Layers that saw one row per pair are untouched.
-    Clipping per pair keeps the pair the privacy unit (DESIGN.md §2).
+    Clipping per pair keeps the pair the privacy unit (docs/design.md §2).
     """
     for name, p in params:
         gs = p.grad_sample

@@ -1,7 +1,9 @@
 """fedsecure: privacy-hardened federated alignment of heterogeneous vision-language models.
 
-Shared core imported by both :mod:`client_sdk` and :mod:`server` (which never import
-each other): wire types, cryptography, privacy accounting, transport.
+The core imported by every side — :mod:`client_sdk`, :mod:`server`, :mod:`keyholder` —
+and by the application wiring (:mod:`apps`, :mod:`benchmarks`); it imports none of them
+(docs/design.md §3). It holds the wire types and their serde, cryptography, transport,
+privacy accounting and auditing, models, data, kits and state versions.
 """
 
 __version__ = "0.1.0"

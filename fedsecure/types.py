@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 
 class Modality(enum.IntEnum):
-    """What a client can train on or judge (DESIGN.md §5)."""
+    """What a client can train on or judge (docs/design.md §5)."""
 
     IMAGE = 1
     TEXT = 2

@@ -1,5 +1,5 @@
 """What the key holder checks before it decrypts anything. Each check raises
-:class:`DecryptionRefused` with the reason (fail closed, DESIGN.md §2):
+:class:`DecryptionRefused` with the reason (fail closed, docs/design.md §2):
 (a) >= quorum distinct clients, each with a CA-issued client certificate that is not on
     the revocation list and signed (canonical low-S signature) an envelope for this run
     and round over a manifest naming this group; no client's contribution to this

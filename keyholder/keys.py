@@ -1,4 +1,4 @@
-"""The key holder's own CKKS key pair (DESIGN.md §2: only the key holder ever holds the
+"""The key holder's own CKKS key pair (docs/design.md §2: only the key holder ever holds the
 secret key). It is generated here, on the key holder's machine, before provisioning;
 only the *public* context leaves, to be sealed into every kit by the CA. Nobody who
 provisions, operates the server or joins as a client ever holds the secret.

@@ -1,1 +1,2 @@
-"""Cryptography: the consortium PKI, canonical signing, and CKKS contexts, packing and encryption."""
+"""Cryptography: the consortium PKI, canonical (low-S) signing, signed revocation lists,
+and CKKS contexts, packing and encryption."""

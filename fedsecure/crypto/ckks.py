@@ -1,4 +1,4 @@
-"""CKKS (TenSEAL) contexts, ciphertext chunks and homomorphic sums (DESIGN.md §2).
+"""CKKS (TenSEAL) contexts, ciphertext chunks and homomorphic sums (docs/design.md §2).
 
 Who holds what: the key holder holds the only *secret* context; the server and the
 clients hold a *public* context (encryption key only — no secret key, and no Galois or
@@ -8,7 +8,7 @@ encrypt with the public key (asymmetric), so no client can decrypt another's upd
 Weighting: a client multiplies its values by its plaintext weight *before* encoding
 (its weight is a public number it signs in its manifest), so the server only adds
 ciphertexts. That is the cheapest and least noisy placement of the one plaintext-scalar
-multiply (MEASUREMENTS.md: a server-side multiply needs a second 50-bit prime, ~2x the
+multiply (measured with `fedsecure bench he`: a server-side multiply needs a second 50-bit prime, ~2x the
 bytes and ~35x the noise). Weights are normalised so that they sum to at most 1, which
 keeps every sum inside ``value_bound`` and lets a 32-bit prime carry a 2^30 scale.
 

@@ -1,4 +1,4 @@
-"""FedCola-style reward models for the three client kinds (DESIGN.md §5).
+"""FedCola-style reward models for the three client kinds (docs/design.md §5).
 
 Backbones are Hugging Face classes of one block shape — a ViT image stack and a BERT
 text stack with the same hidden size, heads and MLP width — so real local checkpoints

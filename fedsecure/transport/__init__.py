@@ -1,1 +1,3 @@
-"""Transport: mTLS credentials, channel/server options, authentication, chunking, retries."""
+"""Transport: mTLS credentials, channel/server options, authentication, safe request
+decoding, chunking, retries, and what both services share (serving helpers, the mapping
+of domain errors to gRPC status codes)."""

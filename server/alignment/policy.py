@@ -53,7 +53,7 @@ class Policy:
                  pad_id: int, is_vlm: bool, decode: Callable[[Sequence[int]], str] | None = None,
                  suppressed_ids: Sequence[int] = ()) -> None:
         # Move before wrapping: peft/opacus on a model moved afterwards train nothing
-        # (MEASUREMENTS: opacus#820, peft#3409).
+        # (known failure: opacus#820, peft#3409).
         model = model.to(placement.device)
         self.setup, self.placement = setup, placement
         self.eos_id, self.pad_id, self.is_vlm = eos_id, pad_id, is_vlm

@@ -4,7 +4,7 @@ of them is committed, in one transaction with its task's new state.
 
 Rules:
 - the envelope's client id is the mTLS peer's certificate name, and the signature
-  verifies with that certificate's key (authenticity, DESIGN.md §2);
+  verifies with that certificate's key (authenticity, docs/design.md §2);
 - (run, round, task) in the envelope match the task record, and the payload kind fits
   the task kind (a submission cannot be re-targeted);
 - the payload digest in the signed envelope matches the payload received;

@@ -1,6 +1,6 @@
 """The round engine: run -> rounds -> phases -> tasks, driven by submissions and time.
 
-Rules (DESIGN.md §4):
+Rules (docs/design.md §4):
 - a round samples participants at rate r from active, recently seen clients;
 - a phase closes when every participant answered, or at its deadline if at least
   ``quorum`` completed; otherwise the round is retried with a fresh sample, never

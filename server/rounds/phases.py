@@ -42,7 +42,7 @@ class PhasePlanner(Protocol):
 
 class ReportLedgerPlanner:
     """Each participant reports its privacy-ledger head; the server stores the heads
-    as they arrive (DESIGN.md §4, last step of a round)."""
+    as they arrive (docs/design.md §4, last step of a round)."""
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
         """Everyone reports."""

@@ -1,4 +1,4 @@
-"""Homomorphic accumulation of encrypted updates as their chunks arrive (DESIGN.md §6).
+"""Homomorphic accumulation of encrypted updates as their chunks arrive (docs/design.md §6).
 
 Per (run, round, attempt, group) the server keeps one running ciphertext sum per chunk position,
 so memory grows with the model, not with the number of clients. Each chunk is added the

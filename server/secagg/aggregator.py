@@ -1,6 +1,6 @@
 """Closing a TRAIN phase with encrypted updates: per group, the homomorphic sum of the
 accepted contributions goes to the key holder, and the plaintext *mean* (sum divided by
-the signed weights' total) is published for clients to download (DESIGN.md §4).
+the signed weights' total) is published for clients to download (docs/design.md §4).
 
 Groups with fewer contributors than the quorum are not decrypted at all (the clients
 keep their local adapters for that group): an aggregate of fewer is never formed.
