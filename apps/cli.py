@@ -1,18 +1,42 @@
 """The ``fedsecure`` command: provision, server, keyholder, client, admin, demo.
 
-This is the composition root: it dispatches to :mod:`server` and :mod:`client_sdk`
-lazily, so those packages still never import each other.
+This is the composition root (docs/design.md §3): it may import every side, and does so
+lazily, one side per subcommand, through the ``DELEGATED`` table.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fedsecure.errors import KitError, StateVersionError
+
+# Subcommands whose work lives in one side's package: "module:function", imported only
+# when that command runs (so `fedsecure client` never loads the server, and so on).
+DELEGATED = {
+    "server": "server.cli:main",
+    "keyholder": "keyholder.cli:main",
+    "keyholder-keygen": "keyholder.cli:keygen_main",
+    "client": "client_sdk.cli:main",
+    "bench": "benchmarks.cli:main",
+    "align": "server.alignment.cli:align_main",
+    "eval": "server.alignment.cli:eval_main",
+    "demo": "apps.demo:main",
+}
+
+
+def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
+    module, _, function = DELEGATED[command].partition(":")
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), function)(args))
+
+    return run
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -25,30 +49,6 @@ def _provision(args: argparse.Namespace) -> int:
     print(f"CA fingerprint (pin it): {result.ca_fingerprint}")
     print(f"keep {result.root / 'ca' / 'ca_key.pem'} offline")
     return 0
-
-
-def _server(args: argparse.Namespace) -> int:
-    from server.cli import main
-
-    return main(args)
-
-
-def _keyholder(args: argparse.Namespace) -> int:
-    from keyholder.cli import main
-
-    return main(args)
-
-
-def _keyholder_keygen(args: argparse.Namespace) -> int:
-    from keyholder.cli import keygen_main
-
-    return keygen_main(args)
-
-
-def _client(args: argparse.Namespace) -> int:
-    from client_sdk.cli import main
-
-    return main(args)
 
 
 def _admin(args: argparse.Namespace) -> int:
@@ -121,30 +121,6 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if all(a.ok for a in audits) else 1
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench_dp import main
-
-    return main(args)
-
-
-def _align(args: argparse.Namespace) -> int:
-    from server.alignment.cli import align_main
-
-    return align_main(args)
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from server.alignment.cli import eval_main
-
-    return eval_main(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from apps.demo import main
-
-    return main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fedsecure", description=__doc__.splitlines()[0])
@@ -165,23 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("server", help="run the aggregation server")
     server_args(p)
-    p.set_defaults(func=_server)
+    p.set_defaults(func=_delegate("server"))
 
     from keyholder.cli import add_arguments as keyholder_args
 
     p = sub.add_parser("keyholder", help="run the key holder (decrypts only quorum aggregates)")
     keyholder_args(p)
-    p.set_defaults(func=_keyholder)
+    p.set_defaults(func=_delegate("keyholder"))
 
     from keyholder.cli import add_keygen_arguments
 
     p = sub.add_parser("keyholder-keygen", help="make the key holder's CKKS key pair (before provisioning)")
     add_keygen_arguments(p)
-    p.set_defaults(func=_keyholder_keygen)
+    p.set_defaults(func=_delegate("keyholder-keygen"))
 
     p = sub.add_parser("client", help="run a federation client")
     client_args(p)
-    p.set_defaults(func=_client)
+    p.set_defaults(func=_delegate("client"))
 
     p = sub.add_parser("admin", help="operate the server")
     p.add_argument("--kit", required=True, type=Path)
@@ -228,23 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=2, help="grpo: LM layers")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="grpo: where both engines run")
     p.add_argument("--threads", type=int, default=2, help="grpo: torch CPU threads")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_delegate("bench"))
 
     from server.alignment.cli import add_align_arguments, add_eval_arguments
 
     p = sub.add_parser("align", help="align a policy VLM with GRPO (exact-match reward on the public pool)")
     add_align_arguments(p)
-    p.set_defaults(func=_align)
+    p.set_defaults(func=_delegate("align"))
 
     p = sub.add_parser("eval", help="exact-match accuracy of a policy checkpoint on the easy-VQA test split")
     add_eval_arguments(p)
-    p.set_defaults(func=_eval)
+    p.set_defaults(func=_delegate("eval"))
 
     from apps.demo import add_arguments as demo_args
 
     p = sub.add_parser("demo", help="provision and run a whole federation on loopback")
     demo_args(p)
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_delegate("demo"))
     return parser
 
 

@@ -1,13 +1,11 @@
-"""``fedsecure bench``: reproducible measurements printed as JSON (medians; variants
-measured side by side, alternating, in one run)."""
+"""``fedsecure bench dp`` and ``dp-utility``: the cost and the utility of DP-SGD for the
+reward models (medians; private and non-private variants measured side by side,
+alternating, in one run)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-import warnings
 
 import torch
 
@@ -119,25 +117,3 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
                          "membership_auc_private": round(membership_auc(private, dtrain, dheld), 4),
                          "membership_auc_nonprivate": round(membership_auc(plain, dtrain, dheld), 4)}
     return out
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the named benchmark and print its JSON."""
-    warnings.filterwarnings("ignore")
-    if args.what == "dp":
-        print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats)))
-    elif args.what == "he":
-        from benchmarks.bench_he import bench_he
-
-        print(json.dumps(bench_he(n_params=args.params, clients=args.clients, repeats=args.repeats)))
-    elif args.what == "grpo":
-        from benchmarks.bench_grpo import BenchConfig, bench_grpo
-
-        heads = max(4, args.hidden // 64)
-        config = BenchConfig(hidden=args.hidden, intermediate=4 * args.hidden, layers=args.layers, heads=heads,
-                             device=args.device, threads=args.threads)
-        print(json.dumps(bench_grpo(config=config, steps=args.steps, repeats=args.repeats)))
-    elif args.what == "dp-utility":
-        kinds = ["image_text", "image", "text"] if args.kind == "all" else [args.kind]
-        print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))
-    return 0

@@ -12,14 +12,16 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from fedsecure import __version__, serde
 from fedsecure.crypto import signing
 from fedsecure.errors import InvalidSubmission, PrivacyBudgetExceeded
 from fedsecure.kit import Kit
-from fedsecure.proto.v1 import federation_pb2, federation_pb2_grpc
+from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, STREAM_DEADLINE_S, Limits, channel_options
@@ -61,6 +63,33 @@ def report_ledger_head(provider: Callable[[], LedgerHead]) -> Handler:
         return provider()
 
     return handle
+
+
+@dataclass(frozen=True)
+class _UnaryForm:
+    """How one kind of outcome is signed and sent: its payload kind, the digest its
+    envelope signs, the RPC and the request that carries it."""
+
+    kind: PayloadKind
+    digest: Callable[[Any], bytes]
+    method: str
+    request: Callable[[common_pb2.SignedEnvelope, Any], Message]
+
+
+_UNARY_FORMS: dict[type, _UnaryForm] = {
+    Scores: _UnaryForm(PayloadKind.SCORES, lambda o: signing.scores_digest(o.scores), "SubmitScores",
+                       lambda env, o: federation_pb2.SubmitScoresRequest(
+                           envelope=env, scores=serde.scores_to_proto(o.scores))),
+    LedgerHead: _UnaryForm(PayloadKind.LEDGER_HEAD, signing.ledger_head_digest, "ReportLedger",
+                           lambda env, o: federation_pb2.ReportLedgerRequest(
+                               envelope=env, head=serde.ledger_head_to_proto(o))),
+    TaskReport: _UnaryForm(PayloadKind.TASK_REPORT, signing.task_report_digest, "FinishTask",
+                           lambda env, o: federation_pb2.FinishTaskRequest(
+                               envelope=env, report=serde.report_to_proto(o))),
+    Decline: _UnaryForm(PayloadKind.DECLINE, signing.decline_digest, "FinishTask",
+                        lambda env, o: federation_pb2.FinishTaskRequest(
+                            envelope=env, decline=serde.decline_to_proto(o))),
+}
 
 
 class FederatedClient:
@@ -183,29 +212,15 @@ class FederatedClient:
 
     def submit(self, task: Task, outcome: Outcome) -> object:
         """Sign and send an outcome; resends (after transient errors) reuse the same bytes."""
-        if isinstance(outcome, Scores):
-            env = self.sign(task, PayloadKind.SCORES, signing.scores_digest(outcome.scores))
-            req = federation_pb2.SubmitScoresRequest(envelope=serde.envelope_to_proto(env),
-                                                     scores=serde.scores_to_proto(outcome.scores))
-            return self._retry(lambda: self._stub.SubmitScores(req, timeout=RPC_DEADLINE_S))
-        if isinstance(outcome, LedgerHead):
-            env = self.sign(task, PayloadKind.LEDGER_HEAD, signing.ledger_head_digest(outcome))
-            req_l = federation_pb2.ReportLedgerRequest(envelope=serde.envelope_to_proto(env),
-                                                       head=serde.ledger_head_to_proto(outcome))
-            return self._retry(lambda: self._stub.ReportLedger(req_l, timeout=RPC_DEADLINE_S))
-        if isinstance(outcome, TaskReport):
-            env = self.sign(task, PayloadKind.TASK_REPORT, signing.task_report_digest(outcome))
-            req_f = federation_pb2.FinishTaskRequest(envelope=serde.envelope_to_proto(env),
-                                                     report=serde.report_to_proto(outcome))
-            return self._retry(lambda: self._stub.FinishTask(req_f, timeout=RPC_DEADLINE_S))
-        if isinstance(outcome, Decline):
-            env = self.sign(task, PayloadKind.DECLINE, signing.decline_digest(outcome))
-            req_d = federation_pb2.FinishTaskRequest(envelope=serde.envelope_to_proto(env),
-                                                     decline=serde.decline_to_proto(outcome))
-            return self._retry(lambda: self._stub.FinishTask(req_d, timeout=RPC_DEADLINE_S))
         if isinstance(outcome, Update):
             return self._upload(task, outcome)
-        raise TypeError(f"handler returned {type(outcome).__name__}, not an Outcome")
+        form = _UNARY_FORMS.get(type(outcome))
+        if form is None:
+            raise TypeError(f"handler returned {type(outcome).__name__}, not an Outcome")
+        env = self.sign(task, form.kind, form.digest(outcome))
+        request = form.request(serde.envelope_to_proto(env), outcome)
+        rpc = getattr(self._stub, form.method)
+        return self._retry(lambda: rpc(request, timeout=RPC_DEADLINE_S))
 
     def _upload(self, task: Task, update: Update) -> object:
         for i, c in enumerate(update.chunks):

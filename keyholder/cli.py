@@ -12,19 +12,17 @@ from fedsecure.types import Role
 
 from keyholder.keys import generate_keys
 from keyholder.service import KeyHolderPolicy, start_keyholder
-from fedsecure.transport.serving import until_terminated, write_port_file
+from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.keyholder")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure keyholder``."""
-    p.add_argument("--kit", required=True, type=Path, help="the key holder kit folder")
+    add_serving_arguments(p, party="key holder", address_setting="keyholder_address",
+                          state="its decryption log and revocation lists")
     p.add_argument("--keys", required=True, type=Path,
                    help="the key holder's own key folder, made by `fedsecure keyholder-keygen` (holds the CKKS secret)")
-    p.add_argument("--address", help="host:port to bind (default: the kit's keyholder_address; port 0 = any)")
-    p.add_argument("--state", type=Path, help="state folder for the decryption log (default: KIT/state)")
-    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--quorum", type=int, default=2, help="fewest distinct contributors it decrypts a sum of")
     p.add_argument("--sample-fraction", type=float, default=1.0,
                    help="share of chunks re-added before decrypting (1.0 = all, at least one chunk)")

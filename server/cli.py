@@ -16,17 +16,15 @@ from server.api.app import start_server
 from server.rounds.phases import PhasePlanner
 from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
 from server.secagg.aggregator import SecureAggregator
-from fedsecure.transport.serving import until_terminated, write_port_file
+from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.server")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure server``."""
-    p.add_argument("--kit", required=True, type=Path, help="the server kit folder")
-    p.add_argument("--address", help="host:port to bind (default: the kit's server_address; port 0 = any)")
-    p.add_argument("--state", type=Path, help="state folder (default: KIT/state)")
-    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    add_serving_arguments(p, party="server", address_setting="server_address",
+                          state="its database, object store and metrics")
     p.add_argument("--keyholder-address", help="host:port of the key holder (default: the kit's keyholder_address)")
     run = p.add_argument_group("start a run at start-up (ignored when a run already exists)")
     run.add_argument("--rounds", type=int, help="rounds of the run; omit to wait for `fedsecure admin start`")
