@@ -138,14 +138,15 @@ def main(args: argparse.Namespace) -> int:
                 p.popen.kill()
     audits = _audit(kits.root / "ca" / "ca.pem", heads_file,
                     [kits.clients[n] / "state" / "ledger.jsonl" for n in names], work / "audit.html")
-    ranking = _ranking(kits.server / "state" / "metrics.jsonl")
+    quality = _public_quality(kits.server / "state" / "metrics.jsonl")
     decryptions = _decryptions(kits.keyholder)
     clients = {}
     for name, kind in DEMO_CLIENTS:
         path = logs / f"{name}.json"
         clients[name] = {"kind": kind, **(json.loads(path.read_text()) if path.exists() else {}),
                          "audit": audits.get(name, {"ok": False, "violations": ["no ledger"]}),
-                         "score_ranking_accuracy": ranking.get(name)}
+                         "score_ranking_accuracy": quality.get(name, {}).get("ranking_accuracy"),
+                         "public_questions": quality.get(name, {})}
     alignment = _align(work / "alignment", steps=args.grpo_steps, eval_limit=args.grpo_eval) \
         if args.grpo_steps > 0 and status["state"] == "finished" else None
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
@@ -240,14 +241,18 @@ def _decryptions(keyholder_kit: Path) -> list[dict[str, object]]:
              "sampled_chunks": list(e.sampled_chunks)} for e in entries]
 
 
-def _ranking(metrics: Path) -> dict[str, float]:
-    """Each client's last-round share of public prompts whose correct answer it scored higher."""
-    out: dict[str, float] = {}
+def _public_quality(metrics: Path) -> dict[str, dict[str, float]]:
+    """Each client's last-round judgement of the server's public questions: top-1 over all
+    answers, within the type, pairwise, per question type (server.rewards.quality)."""
+    from server.rewards.quality import METRICS
+
+    out: dict[str, dict[str, float]] = {}
     if metrics.exists():
         for line in metrics.read_text().splitlines():
             rec = json.loads(line)
             if rec.get("phase") == "score":
-                out[rec["client"]] = rec["ranking_accuracy"]
+                out[rec["client"]] = {k: v for k, v in rec.items()
+                                      if k == "ranking_accuracy" or k.split(".")[0] in (*METRICS, "count")}
     return out
 
 
@@ -266,3 +271,10 @@ def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
         print(f"{name:<11} {c['kind']:<10} {acc if acc is None else f'{acc:.3f}':>12} "
               f"{c.get('epsilon', 0.0):>8.3f} / {c.get('epsilon_budget', 0.0):<6g} "
               f"{rank if rank is None else f'{rank:.3f}':>8}  {verdict}")
+    print("[demo] reward models on the server's public questions (last round; top-1 over all answers / "
+          "within the type / pairwise):")
+    for name, c in summary["clients"].items():
+        q = c.get("public_questions") or {}
+        cells = [f"{t} {q[f'top1_all.{t}']:.2f}/{q[f'top1_type.{t}']:.2f}/{q[f'pairwise.{t}']:.2f}"
+                 f" (n={int(q[f'count.{t}'])})" for t in ("color", "shape", "yesno") if f"top1_all.{t}" in q]
+        print(f"  {name:<11} {'; '.join(cells) if cells else 'no score submitted'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from fedsecure.kit import load_kit
 from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
 
-from fedsecure.data.shares import server_records
+from fedsecure.data.shares import server_part
 
 from server.api.app import start_server
 from server.rounds.phases import PhasePlanner
@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     work.add_argument("--local-steps", type=int, default=60, help="DP steps per client per round")
     work.add_argument("--learning-rate", type=float, default=0.03, help="for DP training (tuned with a 0.1 clip)")
     work.add_argument("--batch-size", type=int, default=128, help="expected DP batch size (pairs)")
-    work.add_argument("--prompts-per-round", type=int, default=32, help="public prompts scored per round")
-    work.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (public pool)")
+    work.add_argument("--prompts-per-round", type=int, default=32,
+                      help="public questions scored per round (every answer of each)")
+    work.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (the server's public parts)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
@@ -61,11 +62,11 @@ def build_planners(args: argparse.Namespace, state_dir: Path,
     """The real planners this server offers (reward training with secure aggregation,
     and scoring)."""
     metrics = MetricsLog(state_dir / "metrics.jsonl")
-    pool, _seed_set = server_records(seed=args.data_seed)
+    questions = server_part("reward_eval", seed=args.data_seed)
     return {
         TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=args.local_steps,
                                      learning_rate=args.learning_rate, batch_size=args.batch_size),
-        TaskKind.SCORE: ScorePlanner(pool=pool, metrics=metrics, prompts_per_round=args.prompts_per_round,
+        TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
                                      seed=args.data_seed),
     }
 

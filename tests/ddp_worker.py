@@ -3,6 +3,7 @@ train the same tiny policy on different prompts; DDP must keep them identical.""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ from server.alignment.rollouts import SamplingConfig
 
 
 def main(out: Path) -> None:
+    # A rank stuck in a collective prints every thread's stack and exits, so a hang in CI
+    # shows where it was (the test's own timeout is 240 s).
+    faulthandler.dump_traceback_later(180, exit=True)
     placement = select_placement("cpu")
     assert placement.distributed, "run me under torchrun with 2 processes"
     torch.manual_seed(0)  # the same initial weights on every rank

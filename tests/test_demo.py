@@ -22,6 +22,10 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
         assert 0 < client["epsilon"] <= client["epsilon_budget"] == 8.0
         assert client["audit"]["ok"], client["audit"]
         assert 0.0 <= client["heldout_accuracy"] <= 1.0
+        # Judged on the server's public questions, every answer scored, per question type.
+        quality = client["public_questions"]
+        assert quality and all(0.0 <= quality[k] <= 1.0 for k in quality if not k.startswith("count."))
+        assert ("top1_all.yesno" in quality) == (client["kind"] != "image")
     # Each round the attention adapters were aggregated under CKKS: per stack, a quorum sum
     # the key holder decrypted, which every client holding that stack applied.
     groups = {(d["round"], d["group"]): set(d["contributors"]) for d in summary["decryptions"]}
@@ -33,6 +37,7 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert applied["bank-c"] >= {(1, "attn.text"), (2, "attn.text")}
     assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
+    assert "reward models on the server's public questions" in proc.stdout
     alignment = summary["alignment"]  # the server's GRPO stage ran and exported a loadable policy
     assert alignment["steps"] == 2 and 0.0 <= alignment["end_accuracy"] <= 1.0
     assert (Path(alignment["policy_dir"]) / "model.safetensors").is_file() and "policy test accuracy" in proc.stdout

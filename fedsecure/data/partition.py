@@ -15,14 +15,21 @@ from fedsecure.data.easyvqa import VQARecord, answer_type, load_records
 
 @dataclass(frozen=True)
 class FederatedSplit:
-    """Record ids per client, plus the server's public prompt pool and seed set.
+    """Record ids per client, plus the server's public parts, each from images no client
+    sees and no other part shares (disjoint by image, not just by record):
 
-    Server records come from images no client sees, so the pool is disjoint from
-    every client's share by construction (not just by record)."""
+    - ``public_pool``: prompts the policy is aligned on; ``seed_set``: its SFT warm start;
+    - ``pretrain``: public data for pretraining the federation's backbones;
+    - ``router``: the server's preference set for training its router;
+    - ``reward_eval``: public questions the clients' reward models are measured on.
+    No evaluation part ever feeds pretraining or training."""
 
     clients: dict[str, tuple[str, ...]]
     public_pool: tuple[str, ...]
     seed_set: tuple[str, ...]
+    pretrain: tuple[str, ...] = ()
+    router: tuple[str, ...] = ()
+    reward_eval: tuple[str, ...] = ()
 
 
 def category(record: VQARecord) -> tuple[str, str]:
@@ -37,9 +44,13 @@ def split_federation(
     seed: int = 0,
     server_image_fraction: float = 0.1,
     seed_set_size: int = 200,
+    extra_parts: tuple[tuple[str, float], ...] = (("pretrain", 0.075), ("router", 0.025), ("reward_eval", 0.05)),
     records: Sequence[VQARecord] | None = None,
 ) -> FederatedSplit:
-    """Partition the train split; ``alpha`` small = very non-IID, large = near IID."""
+    """Partition the train split; ``alpha`` small = very non-IID, large = near IID.
+
+    ``server_image_fraction`` of the images make the prompt pool and seed set;
+    ``extra_parts`` (name, fraction of all images) the server's other public parts."""
     if not clients:
         raise ValueError("need at least one client")
     if len(set(clients)) != len(clients):
@@ -51,13 +62,28 @@ def split_federation(
     recs = list(load_records("train") if records is None else records)
     rng = np.random.default_rng(seed)
     images = sorted({r.image_id for r in recs})
-    server_images = set(rng.permutation(images)[: max(1, int(len(images) * server_image_fraction))].tolist())
+    order = rng.permutation(images).tolist()
+    n_server = max(1, int(len(images) * server_image_fraction))
+    server_images = set(order[:n_server])
+    part_of: dict[int, str] = {}
+    start = n_server
+    for name, fraction in extra_parts:
+        if name not in ("pretrain", "router", "reward_eval") or not 0 <= fraction < 1:
+            raise ValueError(f"unknown server part {name!r} or fraction {fraction} outside [0, 1)")
+        n = int(len(images) * fraction)
+        part_of.update((image, name) for image in order[start:start + n])
+        start += n
+    if start >= len(images):
+        raise ValueError("the server's parts leave no images for the clients")
     server = [r.record_id for r in recs if r.image_id in server_images]
     rng.shuffle(server)
     n_seed = min(seed_set_size, len(server) // 2)
     by_cat: dict[tuple[str, str], list[str]] = defaultdict(list)
+    parts: dict[str, list[str]] = defaultdict(list)
     for r in recs:
-        if r.image_id not in server_images:
+        if r.image_id in part_of:
+            parts[part_of[r.image_id]].append(r.record_id)
+        elif r.image_id not in server_images:
             by_cat[category(r)].append(r.record_id)
     shares: dict[str, list[str]] = {c: [] for c in clients}
     for cat in sorted(by_cat):
@@ -71,4 +97,7 @@ def split_federation(
         clients={c: tuple(sorted(v)) for c, v in shares.items()},
         public_pool=tuple(server[n_seed:]),
         seed_set=tuple(server[:n_seed]),
+        pretrain=tuple(sorted(parts["pretrain"])),
+        router=tuple(sorted(parts["router"])),
+        reward_eval=tuple(sorted(parts["reward_eval"])),
     )

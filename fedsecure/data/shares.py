@@ -33,3 +33,14 @@ def server_records(*, seed: int = 0) -> tuple[list[VQARecord], list[VQARecord]]:
     split = split_federation(clients=["_"], seed=seed)
     by_id = {r.record_id: r for r in load_records("train")}
     return [by_id[i] for i in split.public_pool], [by_id[i] for i in split.seed_set]
+
+
+def server_part(name: str, *, seed: int = 0) -> list[VQARecord]:
+    """One of the server's other public parts ("pretrain", "router", "reward_eval"),
+    disjoint by image from every client's share and from each other."""
+    split = split_federation(clients=["_"], seed=seed)
+    ids = {"pretrain": split.pretrain, "router": split.router, "reward_eval": split.reward_eval}.get(name)
+    if ids is None:
+        raise ValueError(f"no server part {name!r}; choose pretrain, router or reward_eval")
+    by_id = {r.record_id: r for r in load_records("train")}
+    return [by_id[i] for i in ids]

@@ -1,7 +1,8 @@
 """Server planners for reward-model rounds: TRAIN hands out DP training parameters;
-SCORE sends prompts from the server's public pool with candidate answers, and — since
-the server knows the pool's answers — measures how well each client's scores rank the
-correct answer first. Results go to ``metrics.jsonl`` in the server's state folder."""
+SCORE sends public questions (the server's reward-evaluation part) with every candidate
+answer and — since the server knows their answers — measures how well each client's
+scores judge them (:mod:`server.rewards.quality`). Results go to ``metrics.jsonl`` in the
+server's state folder."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
 from fedsecure import serde
 from fedsecure.types import Modality, PayloadKind, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
 
+from server.rewards.quality import JudgedQuestion, reward_quality
 from server.rounds.phases import PhaseContext
 from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import SubmissionRow
@@ -84,50 +86,57 @@ class TrainPlanner:
 
 
 class ScorePlanner:
-    """Public prompts with one correct and one wrong candidate answer each."""
+    """Public questions from the server's reward-evaluation part, each with every answer
+    of the vocabulary as a candidate, so the clients' scores can be measured where the
+    alignment will use them (:mod:`server.rewards.quality`), never on a client's share."""
 
-    def __init__(self, *, pool: Sequence[VQARecord], metrics: MetricsLog, prompts_per_round: int = 32,
+    def __init__(self, *, questions: Sequence[VQARecord], metrics: MetricsLog, prompts_per_round: int = 32,
                  seed: int = 0) -> None:
-        if not pool:
-            raise ValueError("the public prompt pool is empty")
-        self.pool, self.metrics, self.k, self.seed = list(pool), metrics, prompts_per_round, seed
-        self._truth: dict[tuple[str, int], dict[str, bool]] = {}
+        if not questions:
+            raise ValueError("the public evaluation questions are empty")
+        self.questions, self.metrics, self.k, self.seed = list(questions), metrics, prompts_per_round, seed
+        self._truth: dict[tuple[str, int], dict[str, str]] = {}
 
-    def _items(self, ctx: PhaseContext) -> list[tuple[ScoreItem, bool, str]]:
+    def _sample(self, ctx: PhaseContext) -> list[VQARecord]:
         rng = random.Random(f"{self.seed}:{ctx.run_id}:{ctx.round}:{ctx.attempt}")
-        vocab = answers()
-        out = []
-        for rec in rng.sample(self.pool, min(self.k, len(self.pool))):
-            same_type = [a for a in vocab if answer_type(a) == answer_type(rec.answer) and a != rec.answer]
-            png = image_png(rec.split, rec.image_id)
-            for correct, completion in ((True, rec.answer), (False, rng.choice(same_type))):
-                item = ScoreItem(item_id=f"{rec.record_id}:{'c' if correct else 'w'}", prompt_id=rec.record_id,
-                                 image_png=png, question=rec.question, completion=completion)
-                out.append((item, correct, answer_type(rec.answer)))
-        return out
+        return rng.sample(self.questions, min(self.k, len(self.questions)))
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
-        """Each client gets the items it can judge (image-only clients: no yes/no)."""
-        items = self._items(ctx)
-        self._truth[(ctx.run_id, ctx.round)] = {i.item_id: correct for i, correct, _ in items}
+        """Each client gets the questions it can judge (image-only clients: no yes/no),
+        every answer of the vocabulary for each."""
+        questions = self._sample(ctx)
+        self._truth[(ctx.run_id, ctx.round)] = {q.record_id: q.answer for q in questions}
+        vocab = answers()
+        items = []
+        for q in questions:
+            png = image_png(q.split, q.image_id)
+            items += [(ScoreItem(item_id=f"{q.record_id}:{a}", prompt_id=q.record_id, image_png=png,
+                                 question=q.question, completion=a), answer_type(q.answer)) for a in vocab]
         caps = {c.name: c.capabilities.modalities for c in ctx.store.client_infos()}
         specs: dict[str, TaskSpec] = {}
         for p in participants:
             image_only = caps.get(p) == (Modality.IMAGE,)
-            mine = tuple(i for i, _, kind in items if not (image_only and kind == "yesno"))
+            mine = tuple(i for i, kind in items if not (image_only and kind == "yesno"))
             specs[p] = ScoreSpec(items=mine, download_groups=published_groups(ctx, ctx.round))
         return specs
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
-        """Per client: share of prompts whose correct answer it scored above the wrong one."""
+        """Per client: the public-question metrics of :func:`reward_quality`."""
         truth = self._truth.get((ctx.run_id, ctx.round))
-        if truth is None:  # planned before a restart: rebuild the same items
-            truth = {i.item_id: correct for i, correct, _ in self._items(ctx)}
+        if truth is None:  # planned before a restart: the same questions again
+            truth = {q.record_id: q.answer for q in self._sample(ctx)}
         for sub in accepted:
-            by_id = {s.item_id: s.value for s in serde.stored_scores(sub.payload)}
-            prompts = {i.rsplit(":", 1)[0] for i in by_id}
-            wins = sum(by_id[f"{p}:c"] > by_id[f"{p}:w"] for p in prompts if f"{p}:c" in by_id and f"{p}:w" in by_id)
+            scores: dict[str, dict[str, float]] = {}
+            for s in serde.stored_scores(sub.payload):
+                prompt, _, answer = s.item_id.rpartition(":")
+                scores.setdefault(prompt, {})[answer] = s.value
+            judged = [JudgedQuestion(truth[p], by_answer) for p, by_answer in scores.items()
+                      if p in truth and truth[p] in by_answer]
+            quality = reward_quality(judged)
+            counts = {k: v for k, v in quality.items() if k.startswith("count.")}
+            pairwise = sum(quality[f"pairwise.{k[6:]}"] * n for k, n in counts.items()) / max(1.0, sum(counts.values()))
+            values = [v for by_answer in scores.values() for v in by_answer.values()]
             self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "score", "client": sub.client,
-                                "prompts": len(prompts), "ranking_accuracy": wins / max(1, len(prompts)),
-                                "mean_score": sum(by_id.values()) / max(1, len(by_id)),
-                                "finite": all(math.isfinite(v) for v in by_id.values())})
+                                "prompts": len(judged), "ranking_accuracy": pairwise, **quality,
+                                "mean_score": sum(values) / max(1, len(values)),
+                                "finite": all(math.isfinite(v) for v in values)})

@@ -13,7 +13,7 @@ from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.crypto import pki
-from fedsecure.data.shares import client_pairs, server_records
+from fedsecure.data.shares import client_pairs, server_part
 from fedsecure.models.reward import RewardModelConfig
 from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
@@ -30,11 +30,11 @@ from tests.helpers import run_in_thread
 def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[..., Federation], kits: Provisioned,
                                                  tmp_path: Path) -> None:
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
-    pool, _ = server_records(seed=0)
+    questions = server_part("reward_eval", seed=0)
     def planners(aggregator):  # type: ignore[no-untyped-def]
         return {TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=25, learning_rate=3e-3,
                                              batch_size=64),
-                TaskKind.SCORE: ScorePlanner(pool=pool, metrics=metrics, prompts_per_round=6)}
+                TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=6)}
     cfg = RunConfig(rounds=2, quorum=2, min_clients=2, phases=(
         PhaseConfig(TaskKind.TRAIN, 120), PhaseConfig(TaskKind.SCORE, 60), PhaseConfig(TaskKind.REPORT_LEDGER, 30)))
     fed = start_federation(cfg, planners=planners)
@@ -72,6 +72,11 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     assert len(score) == 4 and all(r["finite"] for r in score)
     image_prompts = {r["prompts"] for r in score if r["client"] == "b"}
     assert image_prompts and max(image_prompts) <= 6  # image-only clients get no yes/no prompts
+    # Measured on public questions with every answer scored: the per-type metrics are there
+    # for whatever types were sampled, the image-only client has none for yes/no.
+    assert all(0.0 <= r[k] <= 1.0 for r in score for k in r if k.split(".")[0] in ("top1_all", "pairwise"))
+    assert not any(k.endswith(".yesno") for r in score if r["client"] == "b" for k in r)
+    assert all(sum(v for k, v in r.items() if k.startswith("count.")) == r["prompts"] for r in score)
 
     # The server holds each client's latest head; the auditor ties ledger and server together.
     # The operator exports them (Admin RPC), the auditor reads the export, never the database.

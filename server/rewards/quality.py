@@ -1,0 +1,65 @@
+"""How well a reward model judges the server's own public questions (docs/design.md §5):
+every candidate answer of the vocabulary is scored for each question, and per question
+type (colour, shape, yes/no) we report
+
+- ``top1_all``: the correct answer scores strictly above every other answer;
+- ``top1_type``: the correct answer scores strictly above every other answer of its type;
+- ``pairwise``: the share of same-type wrong answers scored below the correct one (a tie
+  counts one half, so a constant model scores 0.5);
+- ``typed_first``: the top-scored answer has the question's type (what a text-only model,
+  which cannot see the image, can at best get right).
+
+Ties at the top count as wrong: a model that cannot tell answers apart must not look
+right by accident. These are measured on public questions, never on a client's own
+(label-skewed) share, where a prior-only model can look accurate.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fedsecure.data.easyvqa import answer_type
+
+METRICS = ("top1_all", "top1_type", "pairwise", "typed_first")
+
+
+@dataclass(frozen=True)
+class JudgedQuestion:
+    """One public question: its correct answer and the score of every answer judged."""
+
+    truth: str
+    scores: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        if self.truth not in self.scores:
+            raise ValueError(f"the correct answer {self.truth!r} was not scored")
+
+
+def _strictly_first(scores: Mapping[str, float], truth: str, among: Sequence[str]) -> float:
+    top = scores[truth]
+    return float(all(scores[a] < top for a in among if a != truth))
+
+
+def reward_quality(questions: Sequence[JudgedQuestion]) -> dict[str, float]:
+    """``{metric}.{type}`` for each metric and question type present, plus ``count.{type}``."""
+    sums: dict[tuple[str, str], float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for q in questions:
+        kind = answer_type(q.truth)
+        same_type = [a for a in q.scores if answer_type(a) == kind]
+        wrong = [a for a in same_type if a != q.truth]
+        best = max(q.scores.values())
+        leaders = [a for a, s in q.scores.items() if s == best]
+        counts[kind] += 1
+        sums["top1_all", kind] += _strictly_first(q.scores, q.truth, list(q.scores))
+        sums["top1_type", kind] += _strictly_first(q.scores, q.truth, same_type)
+        if wrong:
+            t = q.scores[q.truth]
+            sums["pairwise", kind] += sum(1.0 if q.scores[w] < t else 0.5 if q.scores[w] == t else 0.0
+                                          for w in wrong) / len(wrong)
+        sums["typed_first", kind] += float(len(leaders) == 1 and answer_type(leaders[0]) == kind)
+    out = {f"{metric}.{kind}": sums[metric, kind] / n for kind, n in counts.items() for metric in METRICS}
+    out.update({f"count.{kind}": float(n) for kind, n in counts.items()})
+    return out
