@@ -27,6 +27,7 @@ DELEGATED = {
     "align": "server.alignment.cli:align_main",
     "eval": "server.alignment.cli:eval_main",
     "demo": "apps.demo:main",
+    "backbone": "server.backbone.cli:main",
 }
 
 
@@ -44,7 +45,8 @@ def _provision(args: argparse.Namespace) -> int:
 
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     result = provision(out=args.out, clients=clients, keyholder_public_context=args.keyholder_context.read_bytes(),
-                       server_address=args.server_address, keyholder_address=args.keyholder_address)
+                       server_address=args.server_address, keyholder_address=args.keyholder_address,
+                       backbone=args.backbone)
     print(f"provisioned {len(clients)} clients under {result.root}")
     print(f"CA fingerprint (pin it): {result.ca_fingerprint}")
     print(f"keep {result.root / 'ca' / 'ca_key.pem'} offline")
@@ -134,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyholder-address", default="127.0.0.1:50052")
     p.add_argument("--keyholder-context", required=True, type=Path,
                    help="the key holder's public CKKS context (from `fedsecure keyholder-keygen`)")
+    p.add_argument("--backbone", type=Path,
+                   help="the pretrained reward-model backbone (`fedsecure backbone pretrain`): its digest is sealed")
     p.set_defaults(func=_provision)
 
     from client_sdk.cli import add_arguments as client_args
@@ -154,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keyholder-keygen", help="make the key holder's CKKS key pair (before provisioning)")
     add_keygen_arguments(p)
     p.set_defaults(func=_delegate("keyholder-keygen"))
+
+    from server.backbone.cli import add_arguments as backbone_args
+
+    p = sub.add_parser("backbone", help="pretrain the federation's reward-model backbone on public data")
+    backbone_args(p)
+    p.set_defaults(func=_delegate("backbone"))
 
     p = sub.add_parser("client", help="run a federation client")
     client_args(p)

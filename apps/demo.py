@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
                                          "--port-file", str(keyholder_port_file), "--quorum", "2"], logs)
         procs.append(keyholder)
         keyholder_address = f"127.0.0.1:{_wait_for_file(keyholder_port_file, keyholder, 60)}"
-        print(f"[demo] key holder listening on {keyholder_address} (mTLS, server role only)")
+        print(f"[demo] key holder listening on {keyholder_address} (mTLS: decryptions for the server, revocations from the admin)")
         server = _spawn("server", ["server", "--kit", str(kits.server), "--address", "127.0.0.1:0",
                                    "--keyholder-address", keyholder_address,
                                    "--port-file", str(port_file), "--rounds", str(args.rounds),

@@ -9,8 +9,10 @@ from pathlib import Path
 from fedsecure.data.local import load_pairs_jsonl
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.data.shares import client_pairs
+from fedsecure.errors import KitError
 from fedsecure.kit import Kit, load_kit
-from fedsecure.models.reward import KINDS, RewardModelConfig
+from fedsecure.models.backbone import verify_backbone
+from fedsecure.models.reward import KINDS, RewardModelConfig, config_on_backbone
 from fedsecure.privacy.accountant import ACCOUNTANTS
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import Role
@@ -24,7 +26,8 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     """Where a client's private pairs and reward model come from (shared with the audit)."""
     p.add_argument("--kit", required=required, type=Path, help="this client's kit folder")
     p.add_argument("--state", type=Path, help="ledger and model folder (default: KIT/state)")
-    p.add_argument("--kind", choices=KINDS, default="image_text", help="reward model kind: image_text, image or text (docs/design.md §5)")
+    p.add_argument("--kind", choices=KINDS, default="image_text",
+                   help="reward model kind: image_text, image or text (docs/design.md §5)")
     data = p.add_mutually_exclusive_group(required=required)
     data.add_argument("--pairs", type=Path, help="local preference pairs (JSONL)")
     data.add_argument("--easyvqa-clients", help="comma-separated federation clients: use this client's "
@@ -32,6 +35,8 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the easy-VQA split")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs")
+    p.add_argument("--backbone", type=Path,
+                   help="the federation's pretrained backbone folder (its SHA-256 must be the one the kit seals)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,11 +63,26 @@ def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
     return pairs[: args.max_pairs] if args.max_pairs else pairs
 
 
+def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
+    """The reward model: on the backbone the kit seals (required when it seals one)."""
+    sealed = kit.settings.get("backbone")
+    folder = getattr(args, "backbone", None)
+    if sealed is None:
+        if folder is not None:
+            raise KitError(f"{kit.path}: this federation seals no backbone; run without --backbone")
+        return RewardModelConfig(kind=args.kind)
+    if folder is None:
+        raise KitError(f"{kit.path}: this federation's reward models use its pretrained backbone "
+                       f"(sha256 {str(sealed['sha256'])[:16]}…): pass --backbone DIR")
+    verify_backbone(folder, expected_sha256=str(sealed["sha256"]))
+    return config_on_backbone(args.kind, folder)
+
+
 def build_participant(args: argparse.Namespace, *, dp: DPSettings | None = None) -> RewardParticipant:
     """A reward participant from command-line options."""
     kit = load_kit(args.kit, expected_role=Role.CLIENT)
     config = ParticipantConfig(
-        model=RewardModelConfig(kind=args.kind),
+        model=model_config(args, kit),
         budget=PrivacyBudget(getattr(args, "epsilon", 8.0), getattr(args, "delta", 1e-5)),
         dp=dp or DPSettings(max_grad_norm=args.clip, secure_mode=not args.insecure_dp),
         accountant=getattr(args, "accountant", "rdp"), seed=args.data_seed)

@@ -11,6 +11,7 @@ import numpy as np
 
 from fedsecure.crypto import ckks, pki
 from fedsecure.kit import write_kit
+from fedsecure.models.backbone import backbone_digest, shape_dict, shape_of
 from fedsecure.types import Role
 
 SERVER_NAME = "server"
@@ -40,6 +41,7 @@ def provision(
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     validity_days: int = pki.DEFAULT_VALIDITY_DAYS,
     ckks_params: ckks.CkksParams = ckks.DEFAULT_PARAMS,
+    backbone: Path | None = None,
 ) -> Provisioned:
     """Create ``out/{ca,server,keyholder,admin,clients/<name>}``; never overwrites.
 
@@ -76,7 +78,9 @@ def provision(
     }
 
     public = {ckks.PUBLIC_CONTEXT_FILE: keyholder_public_context}
-    settings = {"ckks": ckks.params_to_settings(ckks_params)}
+    settings: dict[str, object] = {"ckks": ckks.params_to_settings(ckks_params)}
+    if backbone is not None:
+        settings["backbone"] = {"sha256": backbone_digest(backbone), "shape": shape_dict(shape_of(backbone))}
 
     def make(path: Path, name: str, role: Role) -> Path:
         server_side = role in (Role.SERVER, Role.KEYHOLDER)

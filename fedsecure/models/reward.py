@@ -28,6 +28,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 from fedsecure.data.easyvqa import IMAGE_SIZE, answers
+from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, shape_of
 from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
 Kind = Literal["image_text", "image", "text"]
@@ -236,3 +237,14 @@ def load_reward_model(folder: Path) -> tuple[RewardModel, object]:
     if missing or unexpected:
         raise ValueError(f"{folder}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model, tok
+
+
+def config_on_backbone(kind: str, folder: Path, **overrides: object) -> RewardModelConfig:
+    """A reward model of ``kind`` on the federation's pretrained backbone in ``folder``
+    (its block shape, its stacks; call :func:`fedsecure.models.backbone.verify_backbone`
+    first so that the folder is the one the kit seals)."""
+    s = shape_of(folder)
+    return RewardModelConfig(kind=kind, hidden=s.hidden, layers=s.layers, heads=s.heads, intermediate=s.intermediate,
+                             patch=s.patch, max_length=s.max_length, dropout=s.dropout,
+                             text_backbone=str(folder / TEXT_DIR), image_backbone=str(folder / IMAGE_DIR),
+                             **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,111 @@
+"""The federation's reward-model backbone: one image stack (ViT) and one text stack
+(BERT) of one block shape, pretrained once by the operator on public data and used,
+frozen, by every client. Identical on every client by construction: the operator
+distributes one folder, its SHA-256 is sealed in every kit, and a client refuses a
+folder whose digest differs (docs/design.md §5).
+
+Folder layout (standard Hugging Face checkpoints, safetensors + JSON, never pickle)::
+
+    image/            ViTModel.save_pretrained
+    text/             BertModel.save_pretrained
+    tokenizer.json    the easy-VQA word tokenizer the text stack was trained with
+    backbone.json     block shape, pretraining objective, data, steps, metrics
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+from fedsecure.data.easyvqa import IMAGE_SIZE
+from fedsecure.errors import KitError
+
+MANIFEST = "backbone.json"
+IMAGE_DIR, TEXT_DIR, TOKENIZER = "image", "text", "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """The block shape both stacks share (and every reward model built on them)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 128
+    patch: int = 8
+    max_length: int = 24
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads or IMAGE_SIZE % self.patch or min(self.layers, self.intermediate) < 1:
+            raise ValueError(f"unusable backbone shape {self}")
+
+
+def build_stacks(shape: BackboneShape, vocab_size: int, *, seed: int) -> tuple[ViTModel, BertModel]:
+    """Fresh image and text stacks, initialised from ``seed`` (same seed, same weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        image = ViTModel(ViTConfig(image_size=IMAGE_SIZE, patch_size=shape.patch, num_channels=3,
+                                   hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                                   num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                                   hidden_dropout_prob=shape.dropout, attention_probs_dropout_prob=shape.dropout),
+                         add_pooling_layer=False)
+        text = BertModel(BertConfig(vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                                    num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                                    max_position_embeddings=shape.max_length, type_vocab_size=2,
+                                    hidden_dropout_prob=shape.dropout, attention_probs_dropout_prob=shape.dropout),
+                         add_pooling_layer=False)
+    return image, text
+
+
+def backbone_digest(folder: Path) -> str:
+    """SHA-256 over every file of the folder (relative path and content), manifest included."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise KitError(f"{folder}: no backbone files")
+    h = hashlib.sha256()
+    for path in files:
+        rel = path.relative_to(folder).as_posix().encode()
+        h.update(len(rel).to_bytes(4, "big") + rel + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def save_backbone(folder: Path, *, image: ViTModel, text: BertModel, tokenizer: object,
+                  manifest: dict[str, object]) -> str:
+    """Write the backbone folder (refuses a non-empty one); return its digest."""
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty; a backbone is written once, never over another")
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save_pretrained(folder / IMAGE_DIR, safe_serialization=True)
+    text.save_pretrained(folder / TEXT_DIR, safe_serialization=True)
+    tokenizer.save(str(folder / TOKENIZER))  # type: ignore[attr-defined]
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    return backbone_digest(folder)
+
+
+def shape_of(folder: Path) -> BackboneShape:
+    """The block shape a backbone folder declares."""
+    try:
+        doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return BackboneShape(**doc["shape"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KitError(f"{folder}: not a fedsecure backbone ({exc})") from exc
+
+
+def verify_backbone(folder: Path, *, expected_sha256: str) -> BackboneShape:
+    """Refuse (raise :class:`KitError`) a backbone folder whose digest is not the one the
+    kit seals: two clients must never train adapters on different bases."""
+    got = backbone_digest(folder)
+    if got != expected_sha256:
+        raise KitError(f"{folder}: backbone digest {got[:16]}… is not the federation's {expected_sha256[:16]}…")
+    return shape_of(folder)
+
+
+def shape_dict(shape: BackboneShape) -> dict[str, object]:
+    """The shape as the manifest stores it."""
+    return asdict(shape)

@@ -1,0 +1,31 @@
+"""``fedsecure backbone pretrain --out DIR``: pretrain the federation's backbone on the
+server's public data and print its manifest (with the SHA-256 to seal in the kits)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``fedsecure backbone``."""
+    p.add_argument("action", choices=["pretrain"], help="pretrain: build the backbone folder from public data")
+    p.add_argument("--out", required=True, type=Path, help="the backbone folder to write (must be new or empty)")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (the server's public parts)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Pretrain and print the manifest as JSON."""
+    logging.getLogger("fedsecure.server.backbone").setLevel(logging.INFO)
+    manifest = pretrain_backbone(PretrainSettings(out=args.out, steps=args.steps, seed=args.seed,
+                                                  data_seed=args.data_seed))
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    print(f"seal it: fedsecure provision ... --backbone {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,211 @@
+"""``fedsecure backbone pretrain``: the operator pretrains the federation's image and text
+stacks on the server's own public data, once, and distributes the folder; its digest is
+sealed in every kit (:mod:`fedsecure.models.backbone`).
+
+Data: only the server's public ``pretrain`` part (disjoint by image from every client's
+share and from the reward-evaluation part). Objectives:
+- image stack: predict the shape's colour and the shape from the image's CLS feature,
+  with labels taken from the *public* colour and shape questions of those images (the
+  server's own answers; no client data). Measured before this choice: a frozen random
+  stack carries no such feature, and the clients' reward models then rank answers at
+  chance on public questions;
+- text stack: masked-token prediction (15 %) on the public questions with their answers.
+The reward models still have to learn, from the clients' private preference pairs, which
+answer a question wants; the federation's part is that judgement, measured on the
+reward-evaluation questions.
+
+Each stack is measured on the reward-evaluation part with a linear probe (ridge
+regression on frozen CLS features, images split in halves): colour and shape accuracy,
+and masked-token accuracy, before and after pretraining; the manifest records them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedsecure.data.easyvqa import VQARecord, answer_type, load_image
+from fedsecure.data.shares import server_part
+from fedsecure.models.backbone import BackboneShape, build_stacks, save_backbone, shape_dict
+from fedsecure.models.encoding import pixels
+from fedsecure.models.tokenizer import build_tokenizer
+
+log = logging.getLogger("fedsecure.server.backbone")
+
+COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+MASK_RATE = 0.15
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """What to pretrain, on which public part, for how long."""
+
+    out: Path
+    shape: BackboneShape = BackboneShape()
+    steps: int = 600
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    data_seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2 or self.learning_rate <= 0:
+            raise ValueError("steps >= 1, batch_size >= 2 and a positive learning rate are needed")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (uint8) with colour and shape labels (-1 where no public question tells)."""
+
+    images: torch.Tensor
+    colour: torch.Tensor
+    shape: torch.Tensor
+
+
+def image_set(records: Sequence[VQARecord]) -> ImageSet:
+    """One row per image of ``records``, labelled from its colour and shape questions."""
+    labels: dict[tuple[str, int], list[int]] = {}
+    for r in records:
+        lab = labels.setdefault((r.split, r.image_id), [-1, -1])
+        kind = answer_type(r.answer)
+        if kind == "color":
+            lab[0] = COLOURS.index(r.answer)
+        elif kind == "shape":
+            lab[1] = SHAPES.index(r.answer)
+    keys = sorted(labels)
+    images = torch.from_numpy(np.stack([load_image(s, i) for s, i in keys])).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.tensor([labels[k][0] for k in keys]), torch.tensor([labels[k][1] for k in keys]))
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random flip and quarter turn per image: colour and shape do not change, so the
+    stack sees 8 views of every public image."""
+    out = images.clone()
+    flips = torch.rand(len(images), generator=gen) < 0.5
+    out[flips] = out[flips].flip(-1)
+    turns = torch.randint(4, (len(images),), generator=gen)
+    for k in range(1, 4):
+        sel = turns == k
+        out[sel] = torch.rot90(out[sel], k, dims=(-2, -1))
+    return out
+
+
+def text_ids(records: Sequence[VQARecord], tokenizer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of "question [SEP] answer" for each record."""
+    enc = tokenizer.encode_batch([(r.question, r.answer) for r in records])  # type: ignore[attr-defined]
+    return (torch.tensor([e.ids for e in enc], dtype=torch.long),
+            torch.tensor([e.attention_mask for e in enc], dtype=torch.long))
+
+
+def _mask(ids: torch.Tensor, attention: torch.Tensor, mask_id: int, special: int,
+          gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking of real (non-special) tokens; labels -100 elsewhere."""
+    chosen = (torch.rand(ids.shape, generator=gen) < MASK_RATE) & (attention > 0) & (ids >= special)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    return torch.where(chosen, torch.full_like(ids, mask_id), ids), labels
+
+
+def _cls(image_stack: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([image_stack(pixel_values=pixels(images[i:i + batch])).last_hidden_state[:, 0]
+                          for i in range(0, len(images), batch)])
+
+
+def linear_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, *, ridge: float = 1e-2) -> float:
+    """Accuracy of a ridge-regression probe fitted on the first half of the labelled rows
+    and tested on the second (closed form: deterministic)."""
+    keep = labels >= 0
+    x, y = features[keep].double(), labels[keep]
+    half = len(y) // 2
+    if half < classes:
+        raise ValueError("too few labelled rows for a probe")
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    targets = F.one_hot(y[:half], classes).double()
+    a = x[:half]
+    w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ targets)
+    return float(((x[half:] @ w).argmax(1) == y[half:]).double().mean())
+
+
+def masked_accuracy(text_stack: nn.Module, mlm_head: nn.Module, ids: torch.Tensor, attention: torch.Tensor,
+                    mask_id: int, special: int, seed: int) -> float:
+    """Share of masked tokens the text stack (with its MLM head) restores."""
+    gen = torch.Generator().manual_seed(seed)
+    masked, labels = _mask(ids, attention, mask_id, special, gen)
+    with torch.no_grad():
+        logits = mlm_head(text_stack(input_ids=masked, attention_mask=attention).last_hidden_state)
+    hit = labels != -100
+    return float((logits.argmax(-1)[hit] == labels[hit]).double().mean())
+
+
+def measure(image_stack: nn.Module, text_stack: nn.Module, mlm_head: nn.Module, evaluation: ImageSet,
+            eval_text: tuple[torch.Tensor, torch.Tensor], mask_id: int, special: int) -> dict[str, float]:
+    """Colour and shape probe accuracy and masked-token accuracy on the evaluation part."""
+    image_stack.eval()
+    text_stack.eval()
+    feats = _cls(image_stack, evaluation.images)
+    return {"probe_colour": round(linear_probe(feats, evaluation.colour, len(COLOURS)), 4),
+            "probe_shape": round(linear_probe(feats, evaluation.shape, len(SHAPES)), 4),
+            "masked_token": round(masked_accuracy(text_stack, mlm_head, *eval_text, mask_id, special, seed=1), 4)}
+
+
+def pretrain_backbone(settings: PretrainSettings) -> dict[str, object]:
+    """Pretrain, measure before and after, save; return the manifest (with the digest)."""
+    torch.set_num_threads(settings.threads)
+    started = time.monotonic()
+    tok = build_tokenizer(settings.shape.max_length)
+    vocab = tok.get_vocab()
+    mask_id, special = vocab["[UNK]"], len(("[PAD]", "[UNK]", "[CLS]", "[SEP]"))  # [UNK] doubles as [MASK]
+    train_records = server_part("pretrain", seed=settings.data_seed)
+    eval_records = server_part("reward_eval", seed=settings.data_seed)
+    train_images, eval_images = image_set(train_records), image_set(eval_records)
+    train_text, eval_text = text_ids(train_records, tok), text_ids(eval_records, tok)
+    image, text = build_stacks(settings.shape, tok.get_vocab_size(), seed=settings.seed)
+    h = settings.shape.hidden
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed + 1)
+        heads = nn.ModuleDict({"colour": nn.Linear(h, len(COLOURS)), "shape": nn.Linear(h, len(SHAPES)),
+                               "mlm": nn.Linear(h, tok.get_vocab_size())})
+    before = measure(image, text, heads["mlm"], eval_images, eval_text, mask_id, special)
+    params = [*image.parameters(), *text.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate)
+    gen = torch.Generator().manual_seed(settings.seed + 2)
+    for step in range(settings.steps):
+        image.train()
+        text.train()
+        i = torch.randint(len(train_images.images), (settings.batch_size,), generator=gen)
+        cls = image(pixel_values=pixels(augment(train_images.images[i], gen))).last_hidden_state[:, 0]
+        loss = (F.cross_entropy(heads["colour"](cls), train_images.colour[i], ignore_index=-1)
+                + F.cross_entropy(heads["shape"](cls), train_images.shape[i], ignore_index=-1))
+        j = torch.randint(len(train_text[0]), (settings.batch_size,), generator=gen)
+        masked, labels = _mask(train_text[0][j], train_text[1][j], mask_id, special, gen)
+        logits = heads["mlm"](text(input_ids=masked, attention_mask=train_text[1][j]).last_hidden_state)
+        loss = loss + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0 or step + 1 == settings.steps:
+            log.info("backbone pretraining: step %d/%d, loss %.3f", step + 1, settings.steps, loss.item())
+    after = measure(image, text, heads["mlm"], eval_images, eval_text, mask_id, special)
+    manifest: dict[str, object] = {
+        "shape": shape_dict(settings.shape), "seed": settings.seed, "steps": settings.steps,
+        "objective": {"image": "colour and shape classification of the image's CLS feature, labels from the "
+                               "server's public colour/shape questions",
+                      "text": f"masked-token prediction ({MASK_RATE:.0%}) on public questions with their answers"},
+        "data": {"part": "pretrain", "split_seed": settings.data_seed, "images": len(train_images.images),
+                 "questions": len(train_records), "client_data": False},
+        "measured_on": {"part": "reward_eval", "images": len(eval_images.images)},
+        "before": before, "after": after, "seconds": round(time.monotonic() - started, 1)}
+    image.eval()
+    text.eval()
+    digest = save_backbone(settings.out, image=image, text=text, tokenizer=tok, manifest=manifest)
+    return {**manifest, "sha256": digest}

@@ -1,0 +1,100 @@
+"""The federation's pretrained backbone: pretraining moves what it should (measured on the
+server's reward-evaluation part, never on what it trained on), the folder is identical
+wherever it is loaded, its digest is sealed in the kits, and a client refuses any other."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsecure.errors import KitError
+from fedsecure.kit import load_kit
+from fedsecure.models.backbone import MANIFEST, backbone_digest, verify_backbone
+from fedsecure.models.reward import build_reward_model, config_on_backbone
+from fedsecure.provision import provision
+from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    out = tmp_path_factory.mktemp("backbone") / "bb"
+    return out, pretrain_backbone(PretrainSettings(out=out, steps=80))
+
+
+def test_pretraining_moves_the_measured_features(backbone) -> None:  # type: ignore[no-untyped-def]
+    folder, manifest = backbone
+    before, after = manifest["before"], manifest["after"]
+    # Linear probes on frozen features of reward-evaluation images (never trained on).
+    assert after["probe_colour"] > before["probe_colour"] + 0.1, manifest
+    assert after["masked_token"] > before["masked_token"] + 0.2, manifest
+    assert manifest["data"] == {"part": "pretrain", "split_seed": 0, "images": manifest["data"]["images"],
+                                "questions": manifest["data"]["questions"], "client_data": False}
+    assert manifest["sha256"] == backbone_digest(folder)
+    doc = json.loads((folder / MANIFEST).read_text())
+    assert doc["after"] == after and (folder / "image" / "model.safetensors").is_file()
+
+
+_HASH = """
+import hashlib, sys, torch
+from pathlib import Path
+from fedsecure.models.reward import build_reward_model, config_on_backbone
+model, _ = build_reward_model(config_on_backbone(sys.argv[2], Path(sys.argv[1])))
+h = hashlib.sha256()
+frozen = sorted((n, p) for n, p in model.named_parameters() if not p.requires_grad)  # backbone + FFA-LoRA A
+for name, t in frozen:
+    h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
+print(len(frozen), h.hexdigest())
+"""
+
+
+def test_a_reward_model_on_the_backbone_is_identical_in_two_processes(backbone) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = backbone
+    # Everything frozen (the stacks and the shared FFA-LoRA A) is the same in two processes;
+    # heads and local adapters are each client's own.
+    digests = {subprocess.run([sys.executable, "-c", _HASH, str(folder), "image_text"], capture_output=True,
+                              text=True, check=True, timeout=120).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1 and int(next(iter(digests)).split()[0]) > 50, digests
+    model, _ = build_reward_model(config_on_backbone("image_text", folder))
+    from transformers import ViTModel
+
+    stack = ViTModel.from_pretrained(folder / "image")
+    loaded = dict(stack.named_parameters())
+    # The frozen base weights are the backbone's, not a random initialisation.
+    mine = dict(model.image.named_parameters())  # type: ignore[union-attr]
+    q = "layers.0.attention.q_proj.weight"
+    assert torch.equal(mine["layers.0.attention.q_proj.base_layer.weight"], loaded[q])
+    assert torch.equal(mine["embeddings.patch_embeddings.projection.weight"],
+                       loaded["embeddings.patch_embeddings.projection.weight"])
+
+
+def test_a_client_refuses_any_backbone_but_the_sealed_one(backbone, tmp_path: Path, keyholder_keys) -> None:  # type: ignore[no-untyped-def]
+    from client_sdk.cli import model_config
+
+    folder, manifest = backbone
+    kits = provision(out=tmp_path / "kits", clients=["x"], backbone=folder,
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+    kit = load_kit(kits.clients["x"])
+    assert kit.settings["backbone"]["sha256"] == manifest["sha256"]
+    config = model_config(argparse.Namespace(kind="image", backbone=folder), kit)
+    assert config.image_backbone == str(folder / "image") and config.hidden == 64
+    with pytest.raises(KitError, match="pass --backbone"):
+        model_config(argparse.Namespace(kind="image", backbone=None), kit)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    weights = tampered / "text" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(KitError, match="is not the federation's"):
+        model_config(argparse.Namespace(kind="text", backbone=tampered), kit)
+    with pytest.raises(KitError, match="is not the federation's"):
+        verify_backbone(tampered, expected_sha256=manifest["sha256"])
+    assert hashlib.sha256(b"").hexdigest() != manifest["sha256"]
