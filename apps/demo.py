@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpo-steps", type=int, default=GRPO_STEPS,
                    help="GRPO steps of the server's alignment stage (0: skip it)")
     p.add_argument("--grpo-eval", type=int, default=500, help="test questions the alignment is measured on")
+    p.add_argument("--backbone-steps", type=int, default=600,
+                   help="steps of the operator's backbone pretraining on public data (0: frozen random stacks)")
+    p.add_argument("--questions-per-round", type=int, default=64,
+                   help="public questions each client's reward model is measured on per round")
 
 
 @dataclass
@@ -93,7 +97,21 @@ def main(args: argparse.Namespace) -> int:
     keys_dir = work / "keyholder-keys"
     subprocess.run([sys.executable, "-m", "apps.cli", "keyholder-keygen", "--keys", str(keys_dir)],
                    check=True, stdout=subprocess.DEVNULL, timeout=120)
-    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
+    backbone, probe = None, None
+    if args.backbone_steps > 0:
+        # The operator pretrains the federation's backbone on its public data; the kits seal it.
+        backbone = work / "backbone"
+        print(f"[demo] operator pretrains the reward-model backbone on public data ({args.backbone_steps} steps)",
+              flush=True)
+        with open(logs / "backbone.json", "wb") as out, open(logs / "backbone.log", "wb") as err:
+            subprocess.run([sys.executable, "-m", "apps.cli", "backbone", "pretrain", "--out", str(backbone),
+                            "--steps", str(args.backbone_steps)], check=True, stdout=out, stderr=err, timeout=1800)
+        probe = json.loads((logs / "backbone.json").read_text())
+        print(f"[demo] backbone probes on public evaluation images, before -> after: colour "
+              f"{probe['before']['probe_colour']:.2f} -> {probe['after']['probe_colour']:.2f}, shape "
+              f"{probe['before']['probe_shape']:.2f} -> {probe['after']['probe_shape']:.2f}; masked tokens "
+              f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f}")
+    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0", backbone=backbone,
                      keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes())
     print(f"[demo] key holder made its CKKS key pair in {keys_dir}; provisioned CA + server, key holder, admin "
           f"and {len(names)} client kits (public CKKS context only) in {kits_dir}")
@@ -112,7 +130,8 @@ def main(args: argparse.Namespace) -> int:
                                    "--port-file", str(port_file), "--rounds", str(args.rounds),
                                    "--quorum", "2", "--min-clients", str(len(names)),
                                    "--phases", DEMO_PHASES, "--phase-deadline", str(args.phase_deadline),
-                                   "--local-steps", str(args.local_steps)], logs)
+                                   "--local-steps", str(args.local_steps),
+                                   "--prompts-per-round", str(args.questions_per_round)], logs)
         procs.append(server)
         address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
         print(f"[demo] server listening on {address} (mTLS)")
@@ -120,7 +139,8 @@ def main(args: argparse.Namespace) -> int:
             procs.append(_spawn(name, ["client", "--kit", str(kits.clients[name]), "--address", address,
                                        "--kind", kind, "--easyvqa-clients", ",".join(names),
                                        "--max-pairs", str(args.max_pairs), "--epsilon", str(args.epsilon),
-                                       "--summary", str(logs / f"{name}.json")], logs,
+                                       "--summary", str(logs / f"{name}.json"),
+                                       *(["--backbone", str(backbone)] if backbone else [])], logs,
                                 threads=max(1, (os.cpu_count() or 1) // len(names))))
         print(f"[demo] started clients {', '.join(names)}")
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
@@ -151,7 +171,9 @@ def main(args: argparse.Namespace) -> int:
         if args.grpo_steps > 0 and status["state"] == "finished" else None
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
                "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
-               "decryptions": decryptions, "alignment": alignment, "seconds": round(time.monotonic() - started, 2),
+               "decryptions": decryptions, "alignment": alignment,
+               "backbone": None if probe is None else {k: probe[k] for k in ("sha256", "steps", "before", "after")},
+               "seconds": round(time.monotonic() - started, 2),
                "work_dir": str(work), "audit_report": str(work / "audit.html")}
     _print_summary(summary)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))

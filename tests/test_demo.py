@@ -12,10 +12,13 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
                            "--local-steps", "8", "--max-pairs", "600",
-                           "--grpo-steps", "2", "--grpo-eval", "32"], capture_output=True, text=True, timeout=600)
+                           "--grpo-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["state"], summary["rounds_closed"]) == ("finished", 2)
+    # The operator pretrained the backbone on public data; every kit sealed it.
+    assert summary["backbone"]["steps"] == 30 and len(summary["backbone"]["sha256"]) == 64
     assert {c["kind"] for c in summary["clients"].values()} == {"image_text", "image", "text"}
     for client in summary["clients"].values():
         assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "REPORT_LEDGER": 2} and not client["refused"]
