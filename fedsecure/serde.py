@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from fedsecure.errors import InvalidSubmission
@@ -61,6 +61,8 @@ def check_integer_ranges(msg: Message) -> None:
 
 def _check_ranges(msg: Message, path: str) -> None:
     for field, value in msg.ListFields():
+        if field.message_type is not None and not _holds_unsigned_64(field.message_type):
+            continue  # e.g. 100,000 scores: nothing in them can be out of range
         where = f"{path}.{field.name}"
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
@@ -71,6 +73,21 @@ def _check_ranges(msg: Message, path: str) -> None:
                 _check_value(field, item, f"{where}[{i}]")
         else:
             _check_value(field, value, where)
+
+
+_UNSIGNED_64_INSIDE: dict[str, bool] = {}
+
+
+def _holds_unsigned_64(desc: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message type holds an unsigned 64-bit field at any depth (cached)."""
+    known = _UNSIGNED_64_INSIDE.get(desc.full_name)
+    if known is not None:
+        return known
+    found = any(f.type in _UNSIGNED_64 or (f.message_type is not None and f.message_type.full_name not in seen
+                                           and _holds_unsigned_64(f.message_type, seen | {desc.full_name}))
+                for f in desc.fields)
+    _UNSIGNED_64_INSIDE[desc.full_name] = found
+    return found
 
 
 def _check_value(field: FieldDescriptor, value: object, where: str) -> None:
