@@ -1,5 +1,6 @@
 """A client's share of secure aggregation: its attention adapters' B matrices go out
-encrypted, one group per modality stack ("attn.image", "attn.text"), pre-weighted by
+encrypted, one group per modality stack, backbone and block shape
+(``attn.image@<backbone>-<shape>``, :mod:`fedsecure.models.groups`), pre-weighted by
 its share of the round's pairs; published means come back and replace them. MLP adapters
 and heads never leave the client (docs/design.md §5)."""
 
@@ -11,14 +12,17 @@ import torch
 from fedsecure.crypto.ckks_encryptor import Encryptor
 from fedsecure.crypto.packing import TensorLayout, encoding_for, parse_plain_encoding
 from fedsecure.errors import CkksError
+from fedsecure.models.groups import GroupKey
 from fedsecure.models.reward import RewardModel
 
 from client_sdk.outcomes import Aggregate, Update
 
 
-def group_of(family: str, parameter: str) -> str:
-    """The aggregation group of an adapter parameter: family + its stack ("attn.text")."""
-    return f"{family}.{parameter.split('.', 1)[0]}"
+def group_of(model: RewardModel, family: str, parameter: str) -> str:
+    """The aggregation group of an adapter parameter: family, its stack, this model's
+    backbone and block shape (``attn.text@64c6b60ccd0c-h64l2a4m128``)."""
+    return GroupKey.of(family=family, stack=parameter.split(".", 1)[0], backbone_sha256=model.config.backbone_sha256,
+                       shape=model.block_shape).name
 
 
 def adapter_groups(model: RewardModel, family: str) -> dict[str, dict[str, np.ndarray]]:
@@ -26,7 +30,7 @@ def adapter_groups(model: RewardModel, family: str) -> dict[str, dict[str, np.nd
     params = dict(model.named_parameters())
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in model.attention_adapter_names():
-        out.setdefault(group_of(family, name), {})[name] = params[name].detach().cpu().double().numpy()
+        out.setdefault(group_of(model, family, name), {})[name] = params[name].detach().cpu().double().numpy()
     return out
 
 

@@ -24,6 +24,7 @@ from fedsecure.data.easyvqa import decode_png
 from fedsecure.data.preferences import PreferencePair, holdout
 from fedsecure.kit import Kit
 from fedsecure.models.encoding import EncodedPairs, encode_items, encode_pairs
+from fedsecure.models.groups import GroupKey
 from fedsecure.models.reward import RewardModelConfig, build_reward_model, load_reward_model, save_reward_model
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
@@ -41,7 +42,7 @@ from fedsecure.types import (
     TrainSpec,
 )
 
-from client_sdk.adapter_exchange import apply_aggregate, clip_shared_adapters, encrypt_adapters
+from client_sdk.adapter_exchange import adapter_groups, apply_aggregate, clip_shared_adapters, encrypt_adapters
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
 from client_sdk.outcomes import Handler, Scores, TaskContext, Update
 
@@ -94,7 +95,8 @@ class RewardParticipant:
 
     def capabilities(self) -> Capabilities:
         """Declared at Hello: modality and number of training pairs."""
-        return Capabilities(modalities=MODALITIES[self.kind], sample_counts=(("pairs", len(self.train_data)),))
+        return Capabilities(modalities=MODALITIES[self.kind], sample_counts=(("pairs", len(self.train_data)),),
+                            backbone_sha256=self.model.config.backbone_sha256, block_shape=self.model.block_shape)
 
     def handlers(self) -> dict[TaskKind, Handler]:
         """Task handlers to register with a FederatedClient."""
@@ -111,18 +113,17 @@ class RewardParticipant:
     def _apply_aggregates(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int) -> None:
         """Replace local attention adapters with the federation's published means."""
         changed = 0
+        families = {GroupKey.parse(g).family for g in groups}
+        mine = {name for family in families for name in adapter_groups(self.model, family)}
         for group in groups:
-            if group.split(".", 1)[-1] not in self._stacks():
-                continue  # another modality's stack: nothing to apply
+            if group not in mine:
+                continue  # another stack, backbone or block shape: nothing to apply
             aggregate = ctx.download_aggregate(task.run_id, group, round_)
-            changed += apply_aggregate(self.model, aggregate, family=group.split(".", 1)[0])
+            changed += apply_aggregate(self.model, aggregate, family=GroupKey.parse(group).family)
             self.applied.append((round_, group, aggregate.contributors))
         if changed:
             self._save()
             log.info("%s: applied round-%d aggregates %s (%d values)", self.kit.name, round_, list(groups), changed)
-
-    def _stacks(self) -> set[str]:
-        return {n.split(".", 1)[0] for n in self.model.attention_adapter_names()}
 
     def _encryptor(self) -> Encryptor:
         if self.encryptor is None:

@@ -141,7 +141,8 @@ def chunk_from_proto(msg: common_pb2.TensorChunk) -> TensorChunk:
 
 def capabilities_to_proto(c: Capabilities) -> common_pb2.Capabilities:
     """Domain capabilities -> wire."""
-    return common_pb2.Capabilities(modalities=[int(m) for m in c.modalities], sample_counts=dict(c.sample_counts))
+    return common_pb2.Capabilities(modalities=[int(m) for m in c.modalities], sample_counts=dict(c.sample_counts),
+                                   backbone_sha256=c.backbone_sha256, block_shape=c.block_shape)
 
 
 def capabilities_from_proto(msg: common_pb2.Capabilities) -> Capabilities:
@@ -149,6 +150,7 @@ def capabilities_from_proto(msg: common_pb2.Capabilities) -> Capabilities:
     return Capabilities(
         modalities=tuple(_enum(Modality, m, "capabilities.modalities") for m in msg.modalities),
         sample_counts=tuple(sorted(msg.sample_counts.items())),
+        backbone_sha256=msg.backbone_sha256, block_shape=msg.block_shape,
     )
 
 

@@ -84,10 +84,13 @@ class TensorChunk:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a client declares at Hello: modalities and sample counts."""
+    """What a client declares at Hello: modalities, sample counts, and the backbone and
+    block shape of its reward model (which aggregation groups it can join)."""
 
     modalities: tuple[Modality, ...] = ()
     sample_counts: tuple[tuple[str, int], ...] = ()
+    backbone_sha256: str = ""
+    block_shape: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from client_sdk import FederatedClient, Scores
-from fedsecure.types import Score, ScoreItem, ScoreSpec, Task, TaskKind, TaskSpec
+from fedsecure.models.groups import GroupKey, block_shape
+from fedsecure.types import Capabilities, Score, ScoreItem, ScoreSpec, Task, TaskKind, TaskSpec
 from server.rounds.phases import PhaseContext
 from server.rounds.store import SubmissionRow
+
+
+# What the test clients declare, and the aggregation groups that fit it (random backbone).
+TEST_SHAPE = block_shape(hidden=64, layers=2, heads=4, intermediate=128)
+
+
+def group(stack: str, family: str = "attn") -> str:
+    """The name of a test client's aggregation group for ``stack``."""
+    return GroupKey.of(family=family, stack=stack, backbone_sha256="", shape=TEST_SHAPE).name
+
+
+TEXT, IMAGE = group("text"), group("image")
 
 
 class StaticScorePlanner:
@@ -107,7 +120,8 @@ def pull_tasks(fed: Any, names: Sequence[str]) -> dict[str, tuple[FederatedClien
     """Enrol each named client with ``fed`` and pull its first task (which must be there)."""
     from fedsecure import serde
 
-    clients = {n: FederatedClient(kit=fed.kit(n), address=fed.address, poll_wait_ms=5000) for n in names}
+    clients = {n: FederatedClient(kit=fed.kit(n), address=fed.address, poll_wait_ms=5000,
+                                  capabilities=Capabilities(block_shape=TEST_SHAPE)) for n in names}
     for c in clients.values():
         c.hello()
     out = {}

@@ -98,3 +98,35 @@ def test_a_client_refuses_any_backbone_but_the_sealed_one(backbone, tmp_path: Pa
     with pytest.raises(KitError, match="is not the federation's"):
         verify_backbone(tampered, expected_sha256=manifest["sha256"])
     assert hashlib.sha256(b"").hexdigest() != manifest["sha256"]
+
+
+def test_the_server_refuses_a_client_on_another_backbone(backbone, tmp_path: Path, keyholder_keys) -> None:  # type: ignore[no-untyped-def]
+    import grpc
+
+    from client_sdk import FederatedClient
+    from fedsecure.types import Capabilities
+    from server.api.app import start_server
+    from tests.conftest import LoopThread
+
+    folder, manifest = backbone
+    kits = provision(out=tmp_path / "kits", clients=["x", "y"], backbone=folder,
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+    loop = LoopThread()
+    server = loop.run(start_server(kit=load_kit(kits.server), state_dir=tmp_path / "state",
+                                   keyholder_address="127.0.0.1:9"))
+    try:
+        address = f"127.0.0.1:{server.port}"
+        with FederatedClient(kit=load_kit(kits.clients["x"]), address=address,
+                             capabilities=Capabilities(backbone_sha256="0" * 64, block_shape="h64l2a4m128")) as bad:
+            with pytest.raises(grpc.RpcError) as err:
+                bad.hello()
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "the federation's is" in err.value.details()
+        with FederatedClient(kit=load_kit(kits.clients["y"]), address=address,
+                             capabilities=Capabilities(backbone_sha256=manifest["sha256"],
+                                                       block_shape="h64l2a4m128")) as good:
+            good.hello()
+        assert loop.call(lambda: [c.name for c in server.store.client_infos()]) == ["y"]
+    finally:
+        loop.run(server.stop(grace=0.1))
+        loop.close()

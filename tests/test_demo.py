@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fedsecure.models.groups import GroupKey
+
 
 def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -31,13 +33,18 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
         assert ("top1_all.yesno" in quality) == (client["kind"] != "image")
     # Each round the attention adapters were aggregated under CKKS: per stack, a quorum sum
     # the key holder decrypted, which every client holding that stack applied.
-    groups = {(d["round"], d["group"]): set(d["contributors"]) for d in summary["decryptions"]}
+    # Groups are keyed by stack, backbone and block shape: all three clients run the same
+    # backbone and shape, so per stack one group.
+    key = {d["group"]: GroupKey.parse(d["group"]) for d in summary["decryptions"]}
+    assert {k.backbone for k in key.values()} == {summary["backbone"]["sha256"][:12]}
+    groups = {(d["round"], key[d["group"]].stack): set(d["contributors"]) for d in summary["decryptions"]}
     assert groups == {(r, g): members for r in (1, 2) for g, members in
-                      (("attn.image", {"hospital-a", "hospital-b"}), ("attn.text", {"hospital-a", "bank-c"}))}
-    applied = {name: {(r, g) for r, g, _ in c["aggregates_applied"]} for name, c in summary["clients"].items()}
-    assert applied["hospital-a"] >= {(1, "attn.image"), (1, "attn.text"), (2, "attn.image"), (2, "attn.text")}
-    assert applied["hospital-b"] >= {(1, "attn.image"), (2, "attn.image")}
-    assert applied["bank-c"] >= {(1, "attn.text"), (2, "attn.text")}
+                      (("image", {"hospital-a", "hospital-b"}), ("text", {"hospital-a", "bank-c"}))}
+    applied = {name: {(r, GroupKey.parse(g).stack) for r, g, _ in c["aggregates_applied"]}
+               for name, c in summary["clients"].items()}
+    assert applied["hospital-a"] >= {(1, "image"), (1, "text"), (2, "image"), (2, "text")}
+    assert applied["hospital-b"] >= {(1, "image"), (2, "image")}
+    assert applied["bank-c"] >= {(1, "text"), (2, "text")}
     assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
     assert "reward models on the server's public questions" in proc.stdout

@@ -18,7 +18,7 @@ from fedsecure.errors import CkksError
 
 ENCODING_PREFIX = "ckks/v1"
 _ENCODING = re.compile(r"ckks/v1;ctx=([0-9a-f]{16});sections=([^;]{1,4096})")
-_SECTION = re.compile(r"([a-z][a-z0-9_.-]{0,31}):([0-9a-f]{16}):([1-9][0-9]{0,11})")
+_SECTION = re.compile(r"([a-z][a-z0-9_.@-]{0,63}):([0-9a-f]{16}):([1-9][0-9]{0,11})")
 _PLAIN = re.compile(r"f32le;layout=([0-9a-f]{16});n=([1-9][0-9]{0,11})")
 MAX_SECTIONS = 16
 

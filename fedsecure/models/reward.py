@@ -28,7 +28,8 @@ from torch import nn
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 from fedsecure.data.easyvqa import IMAGE_SIZE, answers
-from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, shape_of
+from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, backbone_digest, shape_of
+from fedsecure.models.groups import block_shape
 from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
 Kind = Literal["image_text", "image", "text"]
@@ -61,6 +62,7 @@ class RewardModelConfig:
     federation_seed: int = 0
     text_backbone: str | None = None   # local HF checkpoint folder; None = build from config
     image_backbone: str | None = None
+    backbone_sha256: str = ""          # the federation's backbone folder digest ("" = random stacks)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -143,6 +145,12 @@ class RewardModel(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(f"lora_B.{SHARED_ADAPTER}" in name or f".{LOCAL_ADAPTER}." in name
                              or name.startswith("head."))
+
+    @property
+    def block_shape(self) -> str:
+        """The block shape this model declares (``h64l2a4m128``)."""
+        c = self.config
+        return block_shape(hidden=c.hidden, layers=c.layers, heads=c.heads, intermediate=c.intermediate)
 
     def attention_adapter_names(self) -> list[str]:
         """Parameters shared with the federation (FFA-LoRA B of attention projections)."""
@@ -247,4 +255,4 @@ def config_on_backbone(kind: str, folder: Path, **overrides: object) -> RewardMo
     return RewardModelConfig(kind=kind, hidden=s.hidden, layers=s.layers, heads=s.heads, intermediate=s.intermediate,
                              patch=s.patch, max_length=s.max_length, dropout=s.dropout,
                              text_backbone=str(folder / TEXT_DIR), image_backbone=str(folder / IMAGE_DIR),
-                             **overrides)  # type: ignore[arg-type]
+                             backbone_sha256=backbone_digest(folder), **overrides)  # type: ignore[arg-type]

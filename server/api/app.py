@@ -108,7 +108,8 @@ async def start_server(
                              maximum_concurrent_rpcs=1024)
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
-                           objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits), server)
+                           objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits,
+                           backbone_sha256=(kit.settings.get("backbone") or {}).get("sha256")), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -13,7 +13,9 @@ from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
 from fedsecure.transport.auth import current_peer
 from fedsecure.transport.limits import Limits
-from fedsecure.types import PayloadKind, SignedContribution, TensorChunk
+from fedsecure.crypto.packing import parse_encoding
+from fedsecure.models.groups import GroupKey
+from fedsecure.types import Capabilities, PayloadKind, SignedContribution, TensorChunk, UpdateManifest
 
 from server.rounds.admission import Admission, Submission
 from server.rounds.engine import RoundEngine
@@ -31,14 +33,19 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     """Thin servicer over the round engine, admission and the object store."""
 
     def __init__(self, *, store: Store, engine: RoundEngine, admission: Admission, objects: ObjectStore,
-                 accumulator: HomomorphicAccumulator, limits: Limits) -> None:
+                 accumulator: HomomorphicAccumulator, limits: Limits, backbone_sha256: str | None = None) -> None:
         self.store, self.engine, self.admission, self.objects, self.limits = store, engine, admission, objects, limits
         self.accumulator = accumulator
+        self.backbone_sha256 = backbone_sha256  # the one the kits seal; None: the federation seals none
 
     @domain_errors
     async def Hello(self, request, context):  # type: ignore[no-untyped-def]
         peer = current_peer()
         caps = serde.capabilities_from_proto(request.capabilities)
+        if self.backbone_sha256 is not None and caps.backbone_sha256 != self.backbone_sha256:
+            # Adapters trained on another base must never be averaged with the federation's.
+            raise InvalidSubmission(f"client declares backbone {caps.backbone_sha256[:16] or '(random)'}…; the "
+                                    f"federation's is {self.backbone_sha256[:16]}…")
         if request.HasField("ledger_head") and request.ledger_head.seq > 0:
             head = serde.ledger_head_from_proto(request.ledger_head)
             self.admission.check_ledger_head(peer.identity.name, head)
@@ -145,6 +152,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         if not manifest.chunk_sha256:
             raise InvalidSubmission("an upload carries at least one chunk")
         row = self.admission.precheck(peer, env)  # refuse before storing a single chunk
+        self._check_groups(peer.identity.name, manifest)
         session = self.accumulator.begin(upload_id=signing.envelope_digest(env).hex(), run_id=env.run_id,
                                          round_=env.round, attempt=row.task.attempt, manifest=manifest)
         try:
@@ -165,6 +173,20 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         else:
             self.accumulator.complete(session)
         return self._ack(ack)
+
+    def _check_groups(self, client: str, manifest: UpdateManifest) -> None:
+        """Every section must be a group this client may join: its stack's backbone and
+        block shape are the ones the client declared (and the federation's, if sealed)."""
+        declared = self.store.clients.capabilities(client) or Capabilities()
+        for section in parse_encoding(manifest.encoding).sections:
+            try:
+                key = GroupKey.parse(section.name)
+            except ValueError as exc:
+                raise InvalidSubmission(str(exc)) from exc
+            if not key.declared_by(declared.backbone_sha256, declared.block_shape):
+                raise InvalidSubmission(
+                    f"group {section.name} is for backbone {key.backbone}, shape {key.shape}; {client} declared "
+                    f"backbone {declared.backbone_sha256[:12] or 'random'}, shape {declared.block_shape or '(none)'}")
 
     async def _receive(self, request_iterator, manifest, session) -> None:  # type: ignore[no-untyped-def]
         received, total = 0, 0

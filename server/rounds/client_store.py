@@ -18,7 +18,9 @@ class ClientStore:
     def upsert(self, *, name: str, capabilities: Capabilities, sdk_version: str, fingerprint: str) -> None:
         """Enrol a client or refresh its declared capabilities."""
         caps = json.dumps({"modalities": [int(m) for m in capabilities.modalities],
-                           "sample_counts": dict(capabilities.sample_counts)}, sort_keys=True)
+                           "sample_counts": dict(capabilities.sample_counts),
+                           "backbone_sha256": capabilities.backbone_sha256, "block_shape": capabilities.block_shape},
+                          sort_keys=True)
         t = now_ms()
         with self.db.tx() as tx:
             tx.execute(
@@ -40,13 +42,13 @@ class ClientStore:
 
     def rows(self) -> list[tuple[str, str, Capabilities, str, int]]:
         """(name, state, capabilities, sdk version, last seen) of every enrolled client, by name."""
-        out = []
-        for name, state, caps, sdk, seen in self.db.conn.execute(
-                "SELECT name, state, capabilities, sdk_version, last_seen_ms FROM clients ORDER BY name"):
-            c = json.loads(caps)
-            out.append((name, state, Capabilities(tuple(Modality(m) for m in c["modalities"]),
-                                                   tuple(sorted(c["sample_counts"].items()))), sdk, seen))
-        return out
+        return [(name, state, _capabilities(caps), sdk, seen) for name, state, caps, sdk, seen in self.db.conn.execute(
+            "SELECT name, state, capabilities, sdk_version, last_seen_ms FROM clients ORDER BY name")]
+
+    def capabilities(self, name: str) -> Capabilities | None:
+        """What an enrolled client declared at its last Hello (None if it never enrolled)."""
+        row = self.db.conn.execute("SELECT capabilities FROM clients WHERE name=?", (name,)).fetchone()
+        return _capabilities(row[0]) if row else None
 
     def eligible(self, *, seen_since_ms: int) -> list[str]:
         """Active clients seen recently: the pool participants are sampled from."""
@@ -65,3 +67,9 @@ class ClientStore:
     def revoked_names(self) -> set[str]:
         """Names on the revocation list."""
         return {r[0] for r in self.db.conn.execute("SELECT name FROM revocations")}
+
+
+def _capabilities(text: str) -> Capabilities:
+    c = json.loads(text)
+    return Capabilities(tuple(Modality(m) for m in c["modalities"]), tuple(sorted(c["sample_counts"].items())),
+                        c.get("backbone_sha256", ""), c.get("block_shape", ""))

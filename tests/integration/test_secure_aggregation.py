@@ -26,7 +26,7 @@ from fedsecure.transport.retry import Backoff
 from fedsecure.types import PayloadKind, PhaseConfig, RunConfig, Task, TaskKind, UpdateManifest
 from keyholder.decryption_log import verify_decryption_log
 from server.rewards.planners import MetricsLog, TrainPlanner
-from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
+from tests.helpers import IMAGE, TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 
 RUN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
 N = 2048
@@ -59,12 +59,12 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     rng = np.random.default_rng(3)
     x = {k: rng.uniform(-1, 1, N) for k in ("a_img", "a_txt", "b_txt", "c_img")}
     kit_a = fed.kit("a")
-    good_a = encrypted_update(kit_a, {"attn.image": x["a_img"], "attn.text": x["a_txt"]}, w)
+    good_a = encrypted_update(kit_a, {IMAGE: x["a_img"], TEXT: x["a_txt"]}, w)
     up = client_a._stub.UploadUpdate
 
     # NaN/Inf never leave the client.
     with pytest.raises(CkksError, match="NaN"):
-        encrypted_update(kit_a, {"attn.image": np.full(N, np.nan)}, w)
+        encrypted_update(kit_a, {IMAGE: np.full(N, np.nan)}, w)
     # Wrong chunk count for the encoding.
     assert_refused(lambda: up(_stream(client_a, task_a, good_a, chunks=good_a.chunks[:1]), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "its encoding needs 2")
@@ -85,8 +85,8 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
              grpc.StatusCode.INVALID_ARGUMENT, "chunk 1")
     # Disconnect after the first chunk was added: the call is cancelled mid-stream.
     hold = threading.Event()
-    future = up.future(_stream(client_a, task_a, encrypted_update(kit_a, {"attn.image": np.full(N, 0.9),
-                                                                          "attn.text": np.full(N, 0.9)}, w),
+    future = up.future(_stream(client_a, task_a, encrypted_update(kit_a, {IMAGE: np.full(N, 0.9),
+                                                                          TEXT: np.full(N, 0.9)}, w),
                                hold=hold), timeout=30)
     time.sleep(1.5)
     future.cancel()
@@ -96,12 +96,12 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     # The server kept serving: valid uploads are accepted and the phase closes.
     client_a.submit(task_a, good_a)
     client_b, task_b = tasks["b"]
-    client_b.submit(task_b, encrypted_update(fed.kit("b"), {"attn.text": x["b_txt"]}, w))
+    client_b.submit(task_b, encrypted_update(fed.kit("b"), {TEXT: x["b_txt"]}, w))
     client_c, task_c = tasks["c"]
-    client_c.submit(task_c, encrypted_update(fed.kit("c"), {"attn.image": x["c_img"]}, w))
+    client_c.submit(task_c, encrypted_update(fed.kit("c"), {IMAGE: x["c_img"]}, w))
     wait_for(lambda: len(fed.store(lambda s: s.submissions.aggregate_groups(task_a.run_id, 1))) == 2, 60, "both aggregates")
-    for group, expected, contributors in (("attn.image", (x["a_img"] + x["c_img"]) / 2, 2),
-                                          ("attn.text", (x["a_txt"] + x["b_txt"]) / 2, 2)):
+    for group, expected, contributors in ((IMAGE, (x["a_img"] + x["c_img"]) / 2, 2),
+                                          (TEXT, (x["a_txt"] + x["b_txt"]) / 2, 2)):
         agg = client_b.download_aggregate(task_a.run_id, group, 1)
         assert agg.contributors == contributors
         _, numel = parse_plain_encoding(agg.encoding)
@@ -109,7 +109,7 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
         assert numel == N and np.max(np.abs(mean - expected)) < 1e-4  # the rolled-back upload left no trace
     entries = verify_decryption_log(fed.state_dir.parent / "keyholder" / "decryptions.jsonl",
                                     cert=load_kit(fed.kits.keyholder).cert)
-    assert sorted((e.group, e.contributors) for e in entries) == [("attn.image", ("a", "c")), ("attn.text", ("a", "b"))]
+    assert sorted((e.group, e.contributors) for e in entries) == [(IMAGE, ("a", "c")), (TEXT, ("a", "b"))]
     assert all(e.sampled_chunks == (0,) for e in entries)  # fraction 1.0: the one chunk was re-added
     for c, _ in tasks.values():
         c.close()
@@ -128,7 +128,7 @@ def test_keyholder_down_when_the_phase_closes(start_federation, tmp_path) -> Non
                            keyholder_backoff=Backoff(initial_s=0.1, max_delay_s=0.3, max_elapsed_s=1.0))
     tasks = pull_tasks(fed, ("a", "b", "c"))
     for name, (client, task) in tasks.items():
-        client.submit(task, encrypted_update(fed.kit(name), {"attn.text": np.full(N, 0.3)}, 1 / 3))
+        client.submit(task, encrypted_update(fed.kit(name), {TEXT: np.full(N, 0.3)}, 1 / 3))
     run_id = tasks["a"][1].run_id
     time.sleep(6)  # several close attempts, each retrying with backoff
     status = fed.loop.call(fed.server.engine.status)
@@ -136,7 +136,7 @@ def test_keyholder_down_when_the_phase_closes(start_federation, tmp_path) -> Non
     assert fed.store(lambda s: s.submissions.aggregate_groups(run_id, 1)) == []
     fed.start_keyholder(address=f"127.0.0.1:{port}")
     wait_for(lambda: fed.loop.call(fed.server.engine.status).state == "finished", 60, "the run to finish")
-    agg = tasks["a"][0].download_aggregate(run_id, "attn.text", 1)
+    agg = tasks["a"][0].download_aggregate(run_id, TEXT, 1)
     assert np.max(np.abs(np.frombuffer(agg.data, dtype="<f4") - 0.3)) < 1e-4 and agg.contributors == 3
     for c, _ in tasks.values():
         c.close()

@@ -31,7 +31,7 @@ from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, TaskKind
 from server.rewards.planners import MetricsLog, TrainPlanner
 from tests.conftest import Federation
-from tests.helpers import assert_refused, encrypted_update, pull_tasks, wait_for
+from tests.helpers import IMAGE, TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 from tests.integration.test_secure_aggregation import _stream
 
 TRAIN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))
@@ -52,11 +52,11 @@ def test_mixed_scale_chunk_leaves_the_sum_unchanged_and_the_round_closes(start_f
     rng = np.random.default_rng(7)
     x = {n: rng.uniform(-1, 1, N) for n in "abc"}
     (client_a, task), (client_b, task_b) = tasks["a"], tasks["b"]
-    client_a.submit(task, encrypted_update(fed.kit("a"), {"attn.text": x["a"]}, w))
-    before = _running_sum(fed, task.run_id, "attn.text")
+    client_a.submit(task, encrypted_update(fed.kit("a"), {TEXT: x["a"]}, w))
+    before = _running_sum(fed, task.run_id, TEXT)
 
     # b's signed upload: first ciphertext valid, second encrypted at scale 2^25, third valid.
-    good_b = encrypted_update(fed.kit("b"), {"attn.text": x["b"]}, w)
+    good_b = encrypted_update(fed.kit("b"), {TEXT: x["b"]}, w)
     parts = ckks.unframe(good_b.chunks[0])
     params = ckks.kit_params(fed.kit("b"))
     public = ckks.load_public_context(ckks.kit_public_context(fed.kit("b")), params)
@@ -64,14 +64,14 @@ def test_mixed_scale_chunk_leaves_the_sum_unchanged_and_the_round_closes(start_f
     mixed = ckks.frame([parts[0], odd, parts[2]])
     assert_refused(lambda: client_b._stub.UploadUpdate(_stream(client_b, task_b, good_b, chunks=[mixed]), timeout=10),
                    grpc.StatusCode.INVALID_ARGUMENT, "scale 2^25.00 is not 2^30")
-    assert _running_sum(fed, task.run_id, "attn.text") == before  # not one ciphertext of it stayed
+    assert _running_sum(fed, task.run_id, TEXT) == before  # not one ciphertext of it stayed
 
     # b then uploads properly, c too: the round closes with the exact mean.
     client_b.submit(task_b, good_b)
     client_c, task_c = tasks["c"]
-    client_c.submit(task_c, encrypted_update(fed.kit("c"), {"attn.text": x["c"]}, w))
+    client_c.submit(task_c, encrypted_update(fed.kit("c"), {TEXT: x["c"]}, w))
     wait_for(lambda: fed.loop.call(fed.server.engine.status).state == "finished", 60, "the run to finish")
-    agg = client_a.download_aggregate(task.run_id, "attn.text", 1)
+    agg = client_a.download_aggregate(task.run_id, TEXT, 1)
     assert agg.contributors == 3 and parse_plain_encoding(agg.encoding)[1] == N
     mean = np.frombuffer(agg.data, dtype="<f4")
     assert np.max(np.abs(mean - (x["a"] + x["b"] + x["c"]) / 3)) < 1e-4
@@ -90,7 +90,7 @@ def test_closing_retries_are_bounded_then_the_run_fails_with_the_reason(start_fe
                            max_close_attempts=2, close_retry_s=0.1)
     tasks = pull_tasks(fed, ("a", "b", "c"))
     for name, (client, task) in tasks.items():
-        client.submit(task, encrypted_update(fed.kit(name), {"attn.text": np.full(2048, 0.3)}, 1 / 3))
+        client.submit(task, encrypted_update(fed.kit(name), {TEXT: np.full(2048, 0.3)}, 1 / 3))
     status = wait_for(lambda: (s := fed.loop.call(fed.server.engine.status)).state == "failed" and s, 30,
                       "the run to fail")
     assert "closing phase TRAIN failed 2 times" in status.detail, status.detail
@@ -259,3 +259,29 @@ def test_cli_keygen_provision_and_revoke_reach_the_key_holder(start_federation, 
     assert "d: revoked at the server" in out and "d: revoked at the key holder (1 revoked there)" in out
     assert fed.store(lambda s: s.clients.revoked_names()) == {"d"}
     assert fed.loop.call(lambda: set(fed.keyholder.servicer.revocations.names)) == {"d"}
+
+
+def test_an_upload_outside_the_clients_declared_groups_is_refused(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: adapters are summed only within (stack, backbone, block shape): an upload
+    for a group of another shape or backbone than its client declared is refused, and
+    nothing of it reaches the running sum."""
+    from fedsecure.models.groups import GroupKey
+
+    fed = start_federation(TRAIN, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "m.jsonl"), aggregator=aggregator)}, keyholder=True)
+    tasks = pull_tasks(fed, ("a", "b", "c"))
+    client, task = tasks["a"]
+    other_shape = GroupKey.parse(TEXT).name.replace("h64l2a4m128", "h32l1a2m64")
+    other_backbone = GroupKey.of(family="attn", stack="text", backbone_sha256="ab" * 32,
+                                 shape=GroupKey.parse(TEXT).shape).name
+    for name, text in ((other_shape, "shape h32l1a2m64"), (other_backbone, "backbone abababababab"),
+                       ("attn.text", "not FAMILY.STACK@BACKBONE-SHAPE")):
+        update = encrypted_update(fed.kit("a"), {name: np.full(2048, 0.1)}, 1 / 3)
+        assert_refused(lambda u=update: client._stub.UploadUpdate(_stream(client, task, u), timeout=10),
+                       grpc.StatusCode.INVALID_ARGUMENT, text)
+    acc = fed.server.aggregator.accumulator
+    assert fed.loop.call(lambda: [k for k in acc._sums]) == []  # refused before a group was even opened
+    assert fed.store(lambda s: s.submissions.count()) == 0
+    client.submit(task, encrypted_update(fed.kit("a"), {TEXT: np.full(2048, 0.1)}, 1 / 3))  # its own group: fine
+    for c, _ in tasks.values():
+        c.close()

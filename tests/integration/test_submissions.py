@@ -19,6 +19,7 @@ from fedsecure.transport.limits import Limits
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, Score, Task, TaskKind, UpdateManifest
 from tests.conftest import Federation
 from tests.helpers import (
+    group,
     StaticScorePlanner,
     StaticTrainPlanner,
     assert_refused,
@@ -35,8 +36,8 @@ def _updates(kits) -> None:  # type: ignore[no-untyped-def]
 
     global THREE_SECTIONS, ONE_SECTION
     kit = load_kit(kits.clients["a"])
-    THREE_SECTIONS = encrypted_update(kit, {f"attn.{g}": np.full(2048, 0.1) for g in "xyz"}, 0.5)
-    ONE_SECTION = encrypted_update(kit, {"attn.x": np.full(2048, 0.2)}, 0.5)
+    THREE_SECTIONS = encrypted_update(kit, {group(g): np.full(2048, 0.1) for g in "xyz"}, 0.5)
+    ONE_SECTION = encrypted_update(kit, {group("x"): np.full(2048, 0.2)}, 0.5)
 
 
 THREE_SECTIONS: Update

@@ -98,7 +98,7 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("modalities", "sample_counts")
+    __slots__ = ("modalities", "sample_counts", "backbone_sha256", "block_shape")
     class SampleCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -108,9 +108,13 @@ class Capabilities(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SHAPE_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedScalarFieldContainer[Modality]
     sample_counts: _containers.ScalarMap[str, int]
-    def __init__(self, modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., sample_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    backbone_sha256: str
+    block_shape: str
+    def __init__(self, modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., sample_counts: _Optional[_Mapping[str, int]] = ..., backbone_sha256: _Optional[str] = ..., block_shape: _Optional[str] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
     __slots__ = ("local_steps", "learning_rate", "batch_size", "planned_rounds", "download_groups", "aux_groups", "compensation", "upload_group", "weight_total")
