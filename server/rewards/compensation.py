@@ -1,0 +1,62 @@
+"""FedCola's compensation coefficients (arXiv 2404.12467; docs/design.md §1), the rule the
+TRAIN planner will send in ``TrainSpec.compensation``.
+
+For a target client kind m and a parameter p, over the sampled clients S_m that share a
+modality with m:
+
+    c_i(p) = n_i · 1[eligible_i(p)] / Σ_{j ∈ S_m} n_j,      w_m ← w_m + Σ_i c_i(p) (w_i − w_m)
+
+Attention parameters of a stack are eligible for every client in S_m holding that stack
+(they are aggregated across modalities); other layers (MLPs) only for clients of m's own
+kind. So the MLP update is the same-kind average scaled by the same-kind share of S_m:
+collaborated and non-collaborated layers move by consistent amounts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+STACKS_OF = {"image_text": frozenset({"image", "text"}), "image": frozenset({"image"}), "text": frozenset({"text"})}
+
+
+@dataclass(frozen=True)
+class Member:
+    """A sampled client: its name, kind and number of training pairs."""
+
+    name: str
+    kind: str
+    samples: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in STACKS_OF or self.samples < 0:
+            raise ValueError(f"unknown kind {self.kind!r} or negative sample count")
+
+
+def coefficients(*, target_kind: str, members: Sequence[Member], role: str, stack: str) -> dict[str, float]:
+    """c_i(p) for every member, for a parameter of ``role`` ("attention" or "mlp") in
+    ``stack`` ("image" or "text") of the target kind's model."""
+    if target_kind not in STACKS_OF or stack not in STACKS_OF[target_kind]:
+        raise ValueError(f"a {target_kind} model has no {stack} stack")
+    if role not in ("attention", "mlp"):
+        raise ValueError(f"role must be attention or mlp, got {role!r}")
+    sharing = [m for m in members if STACKS_OF[m.kind] & STACKS_OF[target_kind]]
+    total = sum(m.samples for m in sharing)
+    if total <= 0:
+        raise ValueError("no sampled client shares a modality with the target kind")
+
+    def eligible(m: Member) -> bool:
+        return stack in STACKS_OF[m.kind] if role == "attention" else m.kind == target_kind
+
+    return {m.name: (m.samples / total if m in sharing and eligible(m) else 0.0) for m in members}
+
+
+def check_coefficients(coeffs: Mapping[str, float]) -> None:
+    """Refuse coefficients a client must not apply: each in [0, 1], their sum at most 1
+    (a finite convex step towards the others' weights). Raises ValueError."""
+    for name, c in coeffs.items():
+        if not (math.isfinite(c) and 0.0 <= c <= 1.0):
+            raise ValueError(f"compensation coefficient of {name!r} is {c}, outside [0, 1]")
+    if math.fsum(coeffs.values()) > 1.0 + 1e-9:
+        raise ValueError(f"compensation coefficients sum to {math.fsum(coeffs.values())} > 1")

@@ -1,0 +1,47 @@
+"""Known answers for FedCola's compensation rule on a hand-computed 3-client example:
+A image+text (100 pairs), B image-only (300), C text-only (600)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.rewards.compensation import Member, check_coefficients, coefficients
+
+A, B, C = Member("a", "image_text", 100), Member("b", "image", 300), Member("c", "text", 600)
+ALL = (A, B, C)
+
+
+def test_image_only_target() -> None:
+    # S_m = {A, B} (C shares no modality with an image-only model): Σ n = 400.
+    assert coefficients(target_kind="image", members=ALL, role="attention", stack="image") == \
+        {"a": 0.25, "b": 0.75, "c": 0.0}
+    assert coefficients(target_kind="image", members=ALL, role="mlp", stack="image") == {"a": 0.0, "b": 0.75, "c": 0.0}
+
+
+def test_image_text_target() -> None:
+    # S_m = {A, B, C}: Σ n = 1000. Image attention: A and B hold an image stack; text: A and C.
+    assert coefficients(target_kind="image_text", members=ALL, role="attention", stack="image") == \
+        {"a": 0.1, "b": 0.3, "c": 0.0}
+    assert coefficients(target_kind="image_text", members=ALL, role="attention", stack="text") == \
+        {"a": 0.1, "b": 0.0, "c": 0.6}
+    assert coefficients(target_kind="image_text", members=ALL, role="mlp", stack="text") == \
+        {"a": 0.1, "b": 0.0, "c": 0.0}
+
+
+def test_text_only_target() -> None:
+    got = coefficients(target_kind="text", members=ALL, role="attention", stack="text")
+    assert got == pytest.approx({"a": 1 / 7, "b": 0.0, "c": 6 / 7})
+    assert coefficients(target_kind="text", members=ALL, role="mlp", stack="text") == \
+        pytest.approx({"a": 0.0, "b": 0.0, "c": 6 / 7})
+
+
+def test_bad_requests_and_coefficients_are_refused() -> None:
+    with pytest.raises(ValueError, match="has no image stack"):
+        coefficients(target_kind="text", members=ALL, role="attention", stack="image")
+    with pytest.raises(ValueError, match="no sampled client"):
+        coefficients(target_kind="image", members=(C,), role="attention", stack="image")
+    for bad, text in (({"a": -0.1}, "outside"), ({"a": 1.5}, "outside"), ({"a": float("nan")}, "outside"),
+                      ({"a": 0.7, "b": 0.6}, "sum to")):
+        with pytest.raises(ValueError, match=text):
+            check_coefficients(bad)
+    check_coefficients(coefficients(target_kind="image_text", members=ALL, role="attention", stack="image"))
