@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyholder-address", default="127.0.0.1:50052")
     p.add_argument("--keyholder-context", required=True, type=Path,
                    help="the key holder's public CKKS context (from `fedsecure keyholder-keygen`)")
-    p.add_argument("--backbone", type=Path,
-                   help="the pretrained reward-model backbone (`fedsecure backbone pretrain`): its digest is sealed")
+    p.add_argument("--backbone", type=Path, action="append",
+                   help="a pretrained reward-model backbone (`fedsecure backbone pretrain`): its digest is sealed; "
+                        "repeat for one backbone per architecture")
     p.set_defaults(func=_provision)
 
     from client_sdk.cli import add_arguments as client_args
@@ -201,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo"],
+    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration"],
                    help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
-                        "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL")
+                        "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL; "
+                        "collaboration: FedCola's module table on the public questions (JSON, Markdown, SVG)")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
@@ -213,7 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=128, help="grpo: LM hidden size")
     p.add_argument("--layers", type=int, default=2, help="grpo: LM layers")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="grpo: where both engines run")
-    p.add_argument("--threads", type=int, default=2, help="grpo: torch CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="grpo, collaboration: torch CPU threads")
+    p.add_argument("--seeds", default="0,1,2", help="collaboration: comma-separated seeds")
+    p.add_argument("--rows", default=None, help="collaboration: comma-separated rows (default: all)")
+    p.add_argument("--rounds", type=int, default=3, help="collaboration: federated rounds")
+    p.add_argument("--local-steps", type=int, default=30, help="collaboration: DP steps per client per round")
+    p.add_argument("--pairs", type=int, default=1500, help="collaboration: pairs per client")
+    p.add_argument("--questions", type=int, default=150, help="collaboration: public questions measured")
+    p.add_argument("--central-steps", type=int, default=300, help="collaboration: steps of the central reference")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="collaboration: the federation's pretrained backbone folder (default: pretrain one)")
+    p.add_argument("--backbone-steps", type=int, default=2000, help="collaboration: pretraining steps if no --backbone")
+    p.add_argument("--out", type=Path, default=Path("bench-collaboration"),
+                   help="collaboration: folder for collaboration.json, .md and .svg")
     p.set_defaults(func=_delegate("bench"))
 
     from server.alignment.cli import add_align_arguments, add_eval_arguments

@@ -26,8 +26,11 @@ from fedsecure.kit import load_kit
 from fedsecure.provision import provision
 from fedsecure.types import Role
 
-# Clients of the three kinds of docs/design.md §5.
-DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"))
+# Clients of the three kinds of docs/design.md §5, and one of another architecture (a
+# deeper image+text model on its own sealed backbone): it has no peer of its architecture,
+# so it trains and scores alone while the others aggregate.
+DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"), ("clinic-d", "image_text"))
+DEEP_CLIENT, DEEP_LAYERS = "clinic-d", 3
 DEMO_PHASES = "train,score,report_ledger"
 GRPO_STEPS = 150
 
@@ -97,21 +100,15 @@ def main(args: argparse.Namespace) -> int:
     keys_dir = work / "keyholder-keys"
     subprocess.run([sys.executable, "-m", "apps.cli", "keyholder-keygen", "--keys", str(keys_dir)],
                    check=True, stdout=subprocess.DEVNULL, timeout=120)
-    backbone, probe = None, None
+    backbone, deep, probe, deep_probe = None, None, None, None
     if args.backbone_steps > 0:
-        # The operator pretrains the federation's backbone on its public data; the kits seal it.
-        backbone = work / "backbone"
-        print(f"[demo] operator pretrains the reward-model backbone on public data ({args.backbone_steps} steps)",
-              flush=True)
-        with open(logs / "backbone.json", "wb") as out, open(logs / "backbone.log", "wb") as err:
-            subprocess.run([sys.executable, "-m", "apps.cli", "backbone", "pretrain", "--out", str(backbone),
-                            "--steps", str(args.backbone_steps)], check=True, stdout=out, stderr=err, timeout=1800)
-        probe = json.loads((logs / "backbone.json").read_text())
-        print(f"[demo] backbone probes on public evaluation images, before -> after: colour "
-              f"{probe['before']['probe_colour']:.2f} -> {probe['after']['probe_colour']:.2f}, shape "
-              f"{probe['before']['probe_shape']:.2f} -> {probe['after']['probe_shape']:.2f}; masked tokens "
-              f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f}")
-    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0", backbone=backbone,
+        # The operator pretrains one backbone per architecture on its public data; the kits seal both.
+        backbone, deep = work / "backbone", work / "backbone-deep"
+        probe = _pretrain(backbone, args.backbone_steps, logs / "backbone", "")
+        deep_probe = _pretrain(deep, args.backbone_steps, logs / "backbone-deep", f" ({DEEP_LAYERS} blocks)",
+                               "--layers", str(DEEP_LAYERS))
+    kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
+                     backbone=[backbone, deep] if backbone and deep else None,
                      keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes())
     print(f"[demo] key holder made its CKKS key pair in {keys_dir}; provisioned CA + server, key holder, admin "
           f"and {len(names)} client kits (public CKKS context only) in {kits_dir}")
@@ -136,11 +133,12 @@ def main(args: argparse.Namespace) -> int:
         address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
         print(f"[demo] server listening on {address} (mTLS)")
         for name, kind in DEMO_CLIENTS:
+            mine = deep if name == DEEP_CLIENT else backbone
             procs.append(_spawn(name, ["client", "--kit", str(kits.clients[name]), "--address", address,
                                        "--kind", kind, "--easyvqa-clients", ",".join(names),
                                        "--max-pairs", str(args.max_pairs), "--epsilon", str(args.epsilon),
                                        "--summary", str(logs / f"{name}.json"),
-                                       *(["--backbone", str(backbone)] if backbone else [])], logs,
+                                       *(["--backbone", str(mine)] if mine else [])], logs,
                                 threads=max(1, (os.cpu_count() or 1) // len(names))))
         print(f"[demo] started clients {', '.join(names)}")
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
@@ -173,6 +171,8 @@ def main(args: argparse.Namespace) -> int:
                "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
                "decryptions": decryptions, "alignment": alignment,
                "backbone": None if probe is None else {k: probe[k] for k in ("sha256", "steps", "before", "after")},
+               "backbone_deep": None if deep_probe is None else {k: deep_probe[k] for k in
+                                                                 ("sha256", "shape", "steps", "before", "after")},
                "seconds": round(time.monotonic() - started, 2),
                "work_dir": str(work), "audit_report": str(work / "audit.html")}
     _print_summary(summary)
@@ -182,6 +182,20 @@ def main(args: argparse.Namespace) -> int:
     if not ok:
         print(f"[demo] FAILED: run {status['state']} ({status['detail']}); logs in {logs}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _pretrain(folder: Path, steps: int, log_stem: Path, label: str, *extra: str) -> dict[str, object]:
+    """``fedsecure backbone pretrain`` as the operator runs it; returns its manifest."""
+    print(f"[demo] operator pretrains a reward-model backbone{label} on public data ({steps} steps)", flush=True)
+    with open(log_stem.with_suffix(".json"), "wb") as out, open(log_stem.with_suffix(".log"), "wb") as err:
+        subprocess.run([sys.executable, "-m", "apps.cli", "backbone", "pretrain", "--out", str(folder),
+                        "--steps", str(steps), *extra], check=True, stdout=out, stderr=err, timeout=1800)
+    probe = json.loads(log_stem.with_suffix(".json").read_text())
+    print(f"[demo] backbone{label} probes on public evaluation images, before -> after: colour "
+          f"{probe['before']['probe_colour']:.2f} -> {probe['after']['probe_colour']:.2f}, shape "
+          f"{probe['before']['probe_shape']:.2f} -> {probe['after']['probe_shape']:.2f}; masked tokens "
+          f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f}")
+    return probe
 
 
 def _align(out: Path, *, steps: int, eval_limit: int) -> dict[str, object]:

@@ -30,4 +30,29 @@ def main(args: argparse.Namespace) -> int:
 
         kinds = ["image_text", "image", "text"] if args.kind == "all" else [args.kind]
         print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))
+    elif args.what == "collaboration":
+        _collaboration(args)
     return 0
+
+
+def _collaboration(args: argparse.Namespace) -> None:
+    import logging
+
+    from benchmarks.bench_collaboration import ROWS, CollaborationConfig, bench_collaboration, write_outputs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    backbone = args.backbone
+    if backbone is None:
+        from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+
+        backbone = args.out / "backbone"
+        if not (backbone / "backbone.json").exists():
+            pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads))
+    cfg = CollaborationConfig(backbone=backbone, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                              rows=tuple(args.rows.split(",")) if args.rows else ROWS, rounds=args.rounds,
+                              local_steps=args.local_steps, pairs_per_client=args.pairs,
+                              eval_questions=args.questions, central_steps=args.central_steps, threads=args.threads)
+    result = bench_collaboration(cfg)
+    paths = write_outputs(result, args.out)
+    result["outputs"] = [str(p) for p in paths]
+    print(json.dumps(result["summary"] | {"outputs": result["outputs"], "wall_s": result["wall_s"]}))

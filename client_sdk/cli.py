@@ -11,7 +11,7 @@ from fedsecure.data.preferences import PreferencePair
 from fedsecure.data.shares import client_pairs
 from fedsecure.errors import KitError
 from fedsecure.kit import Kit, load_kit
-from fedsecure.models.backbone import verify_backbone
+from fedsecure.models.backbone import sealed_backbones, verify_backbone
 from fedsecure.models.reward import KINDS, RewardModelConfig, config_on_backbone
 from fedsecure.privacy.accountant import ACCOUNTANTS
 from fedsecure.privacy.budget import PrivacyBudget
@@ -65,16 +65,16 @@ def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
 
 def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
     """The reward model: on the backbone the kit seals (required when it seals one)."""
-    sealed = kit.settings.get("backbone")
+    sealed = sealed_backbones(kit.settings)
     folder = getattr(args, "backbone", None)
-    if sealed is None:
+    if not sealed:
         if folder is not None:
             raise KitError(f"{kit.path}: this federation seals no backbone; run without --backbone")
         return RewardModelConfig(kind=args.kind)
     if folder is None:
-        raise KitError(f"{kit.path}: this federation's reward models use its pretrained backbone "
-                       f"(sha256 {str(sealed['sha256'])[:16]}…): pass --backbone DIR")
-    verify_backbone(folder, expected_sha256=str(sealed["sha256"]))
+        raise KitError(f"{kit.path}: this federation's reward models use one of its pretrained backbones "
+                       f"(sha256 {', '.join(s[:16] + '…' for s in sealed)}): pass --backbone DIR")
+    verify_backbone(folder, expected_sha256=list(sealed))
     return config_on_backbone(args.kind, folder)
 
 

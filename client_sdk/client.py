@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from fedsecure import __version__, serde
 from fedsecure.crypto import signing
-from fedsecure.errors import InvalidSubmission, PrivacyBudgetExceeded
+from fedsecure.errors import InvalidSubmission, InvalidTaskSpec, PrivacyBudgetExceeded, TrainingDiverged
 from fedsecure.kit import Kit
 from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
@@ -254,6 +254,11 @@ class FederatedClient:
             return handler(task, ctx)
         except PrivacyBudgetExceeded as exc:
             return Decline(DeclineReason.BUDGET_EXHAUSTED, str(exc))
+        except (InvalidTaskSpec, TrainingDiverged) as exc:
+            # Our own messages name layouts, groups and coefficients, never data: the server
+            # (and its operator) learn exactly why the task was refused.
+            log.error("%s: %s refused: %s", self.name, task.kind.name, exc)
+            return Decline(DeclineReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - reported to the server as a typed refusal
             log.exception("%s: handler for %s failed", self.name, task.kind.name)
             return Decline(DeclineReason.INTERNAL_ERROR, type(exc).__name__)

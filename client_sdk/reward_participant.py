@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +25,16 @@ from fedsecure.data.easyvqa import decode_png
 from fedsecure.data.preferences import PreferencePair, holdout
 from fedsecure.kit import Kit
 from fedsecure.models.encoding import EncodedPairs, encode_items, encode_pairs
+from fedsecure.errors import InvalidTaskSpec, TrainingDiverged
+from fedsecure.models.gate import attach_gates, merge_gates, remove_gates
 from fedsecure.models.groups import GroupKey
-from fedsecure.models.reward import RewardModelConfig, build_reward_model, load_reward_model, save_reward_model
+from fedsecure.models.reward import (
+    SHARED_ADAPTER,
+    RewardModelConfig,
+    build_reward_model,
+    load_reward_model,
+    save_reward_model,
+)
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.state_version import claim_state_dir
@@ -42,9 +51,18 @@ from fedsecure.types import (
     TrainSpec,
 )
 
-from client_sdk.adapter_exchange import adapter_groups, apply_aggregate, clip_shared_adapters, encrypt_adapters
+from client_sdk.adapter_exchange import (
+    ATTENTION_FAMILY,
+    adapter_groups,
+    apply_aggregate,
+    aux_adapters,
+    clip_shared_adapters,
+    encrypt_adapters,
+    mlp_family,
+    upload_families,
+)
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
-from client_sdk.outcomes import Handler, Scores, TaskContext, Update
+from client_sdk.outcomes import Aggregate, Handler, Scores, TaskContext, Update
 
 log = logging.getLogger("fedsecure.client.reward")
 
@@ -64,6 +82,15 @@ class ParticipantConfig:
     seed: int = 0
 
 
+def _downloaded(ctx: TaskContext, run_id: str, group: str, round_: int) -> Aggregate:
+    """The published aggregate of ``group``; refused if it names another group (what is
+    checked and applied must be what was asked for)."""
+    aggregate = ctx.download_aggregate(run_id, group, round_)
+    if aggregate.group != group or aggregate.round != round_:
+        raise InvalidTaskSpec(f"asked for {group} of round {round_}, got {aggregate.group} of round {aggregate.round}")
+    return aggregate
+
+
 class RewardParticipant:
     """Holds the client's private pairs, reward model and ledger; serves train/score tasks."""
 
@@ -81,6 +108,7 @@ class RewardParticipant:
                 raise ValueError(f"{model_dir}: saved model config differs from the requested one")
         else:
             self.model, self.tokenizer = build_reward_model(config.model)
+            self._save()  # the starting point is durable: a failed round returns exactly here
         # Encoding validates every record up front (clear error, before any ledger entry).
         self.train_data: EncodedPairs = encode_pairs(train, self.tokenizer)
         self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer)
@@ -110,20 +138,60 @@ class RewardParticipant:
         """Pairwise accuracy on the client's held-out pairs."""
         return pairwise_accuracy(self.model, self.heldout_data)
 
-    def _apply_aggregates(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int) -> None:
-        """Replace local attention adapters with the federation's published means."""
+    def _apply_aggregates(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int,
+                          compensation: Mapping[str, float] | None = None) -> None:
+        """Take the federation's published means: attention groups replace the local
+        adapters; MLP groups (same kind only) move them by their compensation coefficient.
+        ``compensation`` None: a SCORE task, which applies attention groups only (an MLP
+        step is applied once, at the next TRAIN)."""
         changed = 0
         families = {GroupKey.parse(g).family for g in groups}
-        mine = {name for family in families for name in adapter_groups(self.model, family)}
+        if compensation is None:
+            families &= {ATTENTION_FAMILY}
+        mine = {name: family for family in families for name in adapter_groups(self.model, family)}
         for group in groups:
             if group not in mine:
-                continue  # another stack, backbone or block shape: nothing to apply
-            aggregate = ctx.download_aggregate(task.run_id, group, round_)
-            changed += apply_aggregate(self.model, aggregate, family=GroupKey.parse(group).family)
+                continue  # another stack, kind, backbone or block shape: nothing to apply
+            family = mine[group]
+            coefficient = 1.0 if family == ATTENTION_FAMILY else (compensation or {})[group]
+            aggregate = _downloaded(ctx, task.run_id, group, round_)
+            changed += apply_aggregate(self.model, aggregate, family=family, coefficient=coefficient)
             self.applied.append((round_, group, aggregate.contributors))
         if changed:
             self._save()
             log.info("%s: applied round-%d aggregates %s (%d values)", self.kit.name, round_, list(groups), changed)
+
+    def _check_compensation(self, spec: TrainSpec) -> dict[str, float]:
+        """FedCola's coefficients as sent, refused (InvalidTaskSpec) unless each is a
+        finite number in [0, 1], for an MLP group of this client's kind that it downloads,
+        and every such group it downloads has one. (The value itself follows from the
+        others' sample counts, which a client does not know; the server computes it by
+        the rule in server/rewards/compensation.py.)"""
+        coefficients = dict(spec.compensation)
+        own = mlp_family(self.kind)
+        for group, c in coefficients.items():
+            if not (math.isfinite(c) and 0.0 <= c <= 1.0):
+                raise InvalidTaskSpec(f"compensation coefficient {c} for {group} is outside [0, 1]")
+            if group not in spec.download_groups or GroupKey.parse(group).family != own:
+                raise InvalidTaskSpec(f"compensation for {group}, which is not an MLP group of this "
+                                      f"{self.kind} client's downloads")
+        mine = adapter_groups(self.model, own)
+        for group in spec.download_groups:
+            if group in mine and group not in coefficients:
+                raise InvalidTaskSpec(f"no compensation coefficient for the MLP group {group}")
+        return coefficients
+
+    def _aux(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int) -> dict[str, object]:
+        """The other modality's attention means for the gate, validated before training."""
+        aux: dict[str, object] = {}
+        for group in groups:
+            aux.update(aux_adapters(self.model, _downloaded(ctx, task.run_id, group, round_)))
+        return aux
+
+    def _restore(self) -> None:
+        """Back to the last saved model: nothing of a failed round stays."""
+        remove_gates(self.model)
+        self.model, self.tokenizer = load_reward_model(self.state_dir / MODEL_DIR)
 
     def _encryptor(self) -> Encryptor:
         if self.encryptor is None:
@@ -136,7 +204,13 @@ class RewardParticipant:
         spec = task.spec
         if not isinstance(spec, TrainSpec):
             raise TypeError("train handler got a non-train task")
-        self._apply_aggregates(task, ctx, spec.download_groups, task.round - 1)
+        # Everything the server sent is checked before any training (or budget) is spent.
+        compensation = self._check_compensation(spec)
+        families = upload_families(self.model, spec.upload_group) if spec.upload_group else []
+        if spec.aux_groups and self.kind == "image_text":
+            raise InvalidTaskSpec("an image+text client holds both stacks; it takes no aux adapters")
+        self._apply_aggregates(task, ctx, spec.download_groups, task.round - 1, compensation)
+        aux = self._aux(task, ctx, spec.aux_groups, task.round - 1)
         weight = 0.0
         if spec.upload_group:
             # Our share of the round's pairs; the server's total covers every participant,
@@ -148,9 +222,26 @@ class RewardParticipant:
         rounds_left = max(1, spec.planned_rounds - task.round + 1)
         # The server proposes the batch size (everyone's sampling rate is comparable).
         dp = dataclasses.replace(self.config.dp, batch_size=spec.batch_size) if spec.batch_size else self.config.dp
-        result = train_private(model=self.model, data=self.train_data, ledger=self.ledger, settings=dp,
-                               steps=spec.local_steps, learning_rate=spec.learning_rate, rounds_left=rounds_left,
-                               run_id=task.run_id, round_=task.round)
+        if aux:
+            # FedCola's gate: a zero scalar per attention projection, trained with the rest.
+            attach_gates(self.model, stack="image" if self.kind == "image" else "text", adapter=SHARED_ADAPTER,
+                         aux=aux)  # type: ignore[arg-type]
+        try:
+            result = train_private(model=self.model, data=self.train_data, ledger=self.ledger, settings=dp,
+                                   steps=spec.local_steps, learning_rate=spec.learning_rate, rounds_left=rounds_left,
+                                   run_id=task.run_id, round_=task.round)
+            gates = merge_gates(self.model) if aux else {}
+            bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(p.isfinite().all())]
+            if bad:
+                raise TrainingDiverged(f"parameter {bad[0]} is not finite")
+        except TrainingDiverged as exc:
+            # The release is in the ledger already (charged conservatively); nothing is saved
+            # or uploaded, and the next round starts again from the last saved model.
+            self._restore()
+            raise TrainingDiverged(f"round {task.round}: {exc}") from exc
+        except BaseException:
+            self._restore()
+            raise
         self._save()
         acc = self.heldout_accuracy()
         log.info("%s round %d: ε=%.3f/%.1f σ=%.3f loss %.3f->%.3f held-out acc %.3f", self.kit.name, task.round,
@@ -160,17 +251,19 @@ class RewardParticipant:
             "heldout_accuracy": acc, "epsilon": result.epsilon_after, "epsilon_budget": self.config.budget.epsilon,
             "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
             "steps": float(result.steps), "loss_first": result.loss_first, "loss_last": result.loss_last,
-            "parameters_changed": float(result.parameters_changed), "ledger_seq": float(result.ledger_seq)}.items())))
+            "parameters_changed": float(result.parameters_changed), "ledger_seq": float(result.ledger_seq),
+            **({"gate_mean": sum(gates.values()) / len(gates), "gate_max_abs": max(abs(g) for g in gates.values())}
+               if gates else {})}.items())))
         self.reports.append(report)
         if not spec.upload_group:
             return report
-        clamped = clip_shared_adapters(self.model, bound=self._encryptor().params.value_bound)
+        clamped = clip_shared_adapters(self.model, bound=self._encryptor().params.value_bound, families=families)
         if clamped:
             log.warning("%s round %d: %d adapter values clamped into the CKKS bound before sharing",
                         self.kit.name, task.round, clamped)
             self._save()
         # Post-processing of the DP-trained model: encrypting it costs no further budget.
-        return encrypt_adapters(self.model, encryptor=self._encryptor(), family=spec.upload_group, weight=weight)
+        return encrypt_adapters(self.model, encryptor=self._encryptor(), families=families, weight=weight)
 
     def score(self, task: Task, ctx: TaskContext) -> Scores:
         """Reward for each item (post-processing of the DP model: no privacy cost)."""

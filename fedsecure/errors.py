@@ -55,6 +55,17 @@ class PrivacyBudgetExceeded(FedsecureError, RuntimeError):
     """Training would spend more privacy budget than the client holds."""
 
 
+class InvalidTaskSpec(FedsecureError, ValueError):
+    """A task's parameters cannot be applied as sent (aux adapters of another layout or
+    stack, compensation coefficients outside [0, 1] or inconsistent with FedCola's rule);
+    refused before any training."""
+
+
+class TrainingDiverged(FedsecureError, RuntimeError):
+    """Local training produced non-finite parameters (a NaN or infinite gate): nothing is
+    uploaded and the model is restored; the budget already charged stays in the ledger."""
+
+
 class CkksError(FedsecureError, ValueError):
     """CKKS parameters, contexts or ciphertexts are unusable (bad bytes, wrong context,
     values out of range, a context that cannot do what is asked of it)."""

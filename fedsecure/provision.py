@@ -41,7 +41,7 @@ def provision(
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     validity_days: int = pki.DEFAULT_VALIDITY_DAYS,
     ckks_params: ckks.CkksParams = ckks.DEFAULT_PARAMS,
-    backbone: Path | None = None,
+    backbone: Path | Sequence[Path] | None = None,
 ) -> Provisioned:
     """Create ``out/{ca,server,keyholder,admin,clients/<name>}``; never overwrites.
 
@@ -79,8 +79,14 @@ def provision(
 
     public = {ckks.PUBLIC_CONTEXT_FILE: keyholder_public_context}
     settings: dict[str, object] = {"ckks": ckks.params_to_settings(ckks_params)}
-    if backbone is not None:
-        settings["backbone"] = {"sha256": backbone_digest(backbone), "shape": shape_dict(shape_of(backbone))}
+    folders = [] if backbone is None else [backbone] if isinstance(backbone, Path) else list(backbone)
+    if folders:
+        # One sealed backbone per architecture: clients of different block shapes each train
+        # on one of these, and only clients on the same one are ever averaged together.
+        sealed = [{"sha256": backbone_digest(f), "shape": shape_dict(shape_of(f))} for f in folders]
+        if len({e["sha256"] for e in sealed}) != len(sealed):
+            raise ValueError("the same backbone is given twice")
+        settings["backbones"] = sealed
 
     def make(path: Path, name: str, role: Role) -> Path:
         server_side = role in (Role.SERVER, Role.KEYHOLDER)

@@ -23,10 +23,10 @@ def test_oversized_adapters_are_clamped_into_the_bound_and_then_encrypt() -> Non
     secret = ckks.create_secret_context()
     encryptor = Encryptor(public_context=ckks.public_context_bytes(secret), workers=1)
     with pytest.raises(CkksError, match="exceeds the CKKS bound"):
-        encrypt_adapters(model, encryptor=encryptor, family="attn", weight=0.5)
+        encrypt_adapters(model, encryptor=encryptor, families=["attn"], weight=0.5)
     assert clip_shared_adapters(model, bound=encryptor.params.value_bound) == 2
     values = params[names[0]].view(-1)[:4].tolist()
     assert values == pytest.approx([1.0, -1.0, 0.99, 0.5])
-    update = encrypt_adapters(model, encryptor=encryptor, family="attn", weight=0.5)
+    update = encrypt_adapters(model, encryptor=encryptor, families=["attn"], weight=0.5)
     assert update.chunks and max(abs(v).max() for g in adapter_groups(model, "attn").values() for v in g.values()) <= 1.0
     assert clip_shared_adapters(model, bound=1.0) == 0  # idempotent

@@ -82,7 +82,7 @@ def test_a_client_refuses_any_backbone_but_the_sealed_one(backbone, tmp_path: Pa
     kits = provision(out=tmp_path / "kits", clients=["x"], backbone=folder,
                      keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
     kit = load_kit(kits.clients["x"])
-    assert kit.settings["backbone"]["sha256"] == manifest["sha256"]
+    assert [b["sha256"] for b in kit.settings["backbones"]] == [manifest["sha256"]]
     config = model_config(argparse.Namespace(kind="image", backbone=folder), kit)
     assert config.image_backbone == str(folder / "image") and config.hidden == 64
     with pytest.raises(KitError, match="pass --backbone"):
@@ -93,11 +93,29 @@ def test_a_client_refuses_any_backbone_but_the_sealed_one(backbone, tmp_path: Pa
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    with pytest.raises(KitError, match="is not the federation's"):
+    with pytest.raises(KitError, match="is not one the federation seals"):
         model_config(argparse.Namespace(kind="text", backbone=tampered), kit)
-    with pytest.raises(KitError, match="is not the federation's"):
+    with pytest.raises(KitError, match="is not one the federation seals"):
         verify_backbone(tampered, expected_sha256=manifest["sha256"])
     assert hashlib.sha256(b"").hexdigest() != manifest["sha256"]
+
+
+def test_a_federation_seals_one_backbone_per_architecture(backbone, tmp_path: Path, keyholder_keys) -> None:  # type: ignore[no-untyped-def]
+    from client_sdk.cli import model_config
+
+    folder, _ = backbone
+    deeper = tmp_path / "deeper"  # stands for a second architecture's backbone: another digest
+    shutil.copytree(folder, deeper)
+    doc = json.loads((deeper / "backbone.json").read_text())
+    (deeper / "backbone.json").write_text(json.dumps({**doc, "seed": 1}))
+    context = (keyholder_keys / "ckks_public.ctx").read_bytes()
+    with pytest.raises(ValueError, match="twice"):
+        provision(out=tmp_path / "twice", clients=["x"], backbone=[folder, folder], keyholder_public_context=context)
+    kit = load_kit(provision(out=tmp_path / "kits", clients=["x"], backbone=[folder, deeper],
+                             keyholder_public_context=context).clients["x"])
+    assert len(kit.settings["backbones"]) == 2
+    for f in (folder, deeper):
+        assert model_config(argparse.Namespace(kind="text", backbone=f), kit).backbone_sha256 == backbone_digest(f)
 
 
 def test_the_server_refuses_a_client_on_another_backbone(backbone, tmp_path: Path, keyholder_keys) -> None:  # type: ignore[no-untyped-def]
@@ -121,7 +139,7 @@ def test_the_server_refuses_a_client_on_another_backbone(backbone, tmp_path: Pat
             with pytest.raises(grpc.RpcError) as err:
                 bad.hello()
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert "the federation's is" in err.value.details()
+            assert "the federation seals" in err.value.details()
         with FederatedClient(kit=load_kit(kits.clients["y"]), address=address,
                              capabilities=Capabilities(backbone_sha256=manifest["sha256"],
                                                        block_shape="h64l2a4m128")) as good:

@@ -19,8 +19,10 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["state"], summary["rounds_closed"]) == ("finished", 2)
-    # The operator pretrained the backbone on public data; every kit sealed it.
+    # The operator pretrained one backbone per architecture on public data; every kit sealed both.
     assert summary["backbone"]["steps"] == 30 and len(summary["backbone"]["sha256"]) == 64
+    assert summary["backbone_deep"]["shape"]["layers"] == 3
+    assert summary["backbone_deep"]["sha256"] != summary["backbone"]["sha256"]
     assert {c["kind"] for c in summary["clients"].values()} == {"image_text", "image", "text"}
     for client in summary["clients"].values():
         assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "REPORT_LEDGER": 2} and not client["refused"]
@@ -33,8 +35,9 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
         assert ("top1_all.yesno" in quality) == (client["kind"] != "image")
     # Each round the attention adapters were aggregated under CKKS: per stack, a quorum sum
     # the key holder decrypted, which every client holding that stack applied.
-    # Groups are keyed by stack, backbone and block shape: all three clients run the same
-    # backbone and shape, so per stack one group.
+    # Groups are keyed by stack, backbone and block shape: three clients run the same
+    # backbone and shape, so per stack one group; clinic-d (3 blocks, its own backbone) has
+    # no peer of its architecture: it trained and scored alone, nothing of it was decrypted.
     key = {d["group"]: GroupKey.parse(d["group"]) for d in summary["decryptions"]}
     assert {k.backbone for k in key.values()} == {summary["backbone"]["sha256"][:12]}
     groups = {(d["round"], key[d["group"]].stack): set(d["contributors"]) for d in summary["decryptions"]}
@@ -45,6 +48,7 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert applied["hospital-a"] >= {(1, "image"), (1, "text"), (2, "image"), (2, "text")}
     assert applied["hospital-b"] >= {(1, "image"), (2, "image")}
     assert applied["bank-c"] >= {(1, "text"), (2, "text")}
+    assert applied["clinic-d"] == set() and summary["clients"]["clinic-d"]["public_questions"]
     assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
     assert "reward models on the server's public questions" in proc.stdout

@@ -45,7 +45,8 @@ def test_ffa_lora_a_is_shared_and_frozen_b_trains(kind: str) -> None:
     shared = m1.attention_adapter_names()
     assert shared and all(params[n].requires_grad and not params[n].any() for n in shared)  # B starts at 0
     trainable = set(m1.trainable_names())
-    assert trainable == {n for n in params if "lora_B.attn" in n or ".local." in n or n.startswith("head.")}
+    assert trainable == {n for n in params if "lora_B.attn" in n or ".local." in n or n.startswith(("head.", "fuse."))}
+    assert any(n.startswith("fuse.") for n in trainable) == (kind == "image_text")
     assert not any("base_layer" in n or "embeddings" in n for n in trainable)
 
 

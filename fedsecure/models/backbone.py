@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,13 +98,25 @@ def shape_of(folder: Path) -> BackboneShape:
         raise KitError(f"{folder}: not a fedsecure backbone ({exc})") from exc
 
 
-def verify_backbone(folder: Path, *, expected_sha256: str) -> BackboneShape:
-    """Refuse (raise :class:`KitError`) a backbone folder whose digest is not the one the
-    kit seals: two clients must never train adapters on different bases."""
+def verify_backbone(folder: Path, *, expected_sha256: str | Sequence[str]) -> BackboneShape:
+    """Refuse (raise :class:`KitError`) a backbone folder whose digest is not one the kit
+    seals: two clients must never train adapters on different bases."""
+    allowed = (expected_sha256,) if isinstance(expected_sha256, str) else tuple(expected_sha256)
     got = backbone_digest(folder)
-    if got != expected_sha256:
-        raise KitError(f"{folder}: backbone digest {got[:16]}… is not the federation's {expected_sha256[:16]}…")
+    if got not in allowed:
+        raise KitError(f"{folder}: backbone digest {got[:16]}… is not one the federation seals "
+                       f"({', '.join(a[:16] + '…' for a in allowed)})")
     return shape_of(folder)
+
+
+def sealed_backbones(settings: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """SHA-256 -> shape of every backbone a kit's settings seal (one per architecture);
+    empty when the federation seals none (frozen random stacks)."""
+    entries = settings.get("backbones", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                                                and isinstance(e.get("shape"), dict) for e in entries):
+        raise KitError("kit settings: 'backbones' must be a list of {sha256, shape}")
+    return {str(e["sha256"]): dict(e["shape"]) for e in entries}
 
 
 def shape_dict(shape: BackboneShape) -> dict[str, object]:

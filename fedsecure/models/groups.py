@@ -12,8 +12,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsecure.types import Modality
+
 BACKBONE_TAG = 12
 RANDOM_BACKBONE = "random"
+ATTENTION_FAMILY = "attn"   # attention adapters: aggregated across every client holding the stack
+_MLP_PREFIX = "mlp_"        # MLP adapters: aggregated among clients of one kind ("mlp_image_text")
+KIND_MODALITY = {"image_text": Modality.IMAGE_TEXT, "image": Modality.IMAGE, "text": Modality.TEXT}
+
+
+def mlp_family(kind: str) -> str:
+    """The MLP family of a client kind (FedCola: MLPs are averaged only within a kind)."""
+    if kind not in KIND_MODALITY:
+        raise ValueError(f"unknown client kind {kind!r}")
+    return f"{_MLP_PREFIX}{kind}"
+
+
+def mlp_kind(family: str) -> str | None:
+    """The client kind of an MLP family, or None for any other family."""
+    kind = family[len(_MLP_PREFIX):] if family.startswith(_MLP_PREFIX) else ""
+    return kind if kind in KIND_MODALITY else None
+
+
+def kind_of(modalities: tuple[Modality, ...]) -> str | None:
+    """The client kind that declared exactly ``modalities`` (None: not a reward-model client)."""
+    return next((k for k, m in KIND_MODALITY.items() if tuple(modalities) == (m,)), None)
 
 
 def block_shape(*, hidden: int, layers: int, heads: int, intermediate: int) -> str:

@@ -30,6 +30,7 @@ from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 from fedsecure.data.easyvqa import IMAGE_SIZE, answers
 from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, backbone_digest, shape_of
 from fedsecure.models.groups import block_shape
+from fedsecure.models.slots import slot_of
 from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
 Kind = Literal["image_text", "image", "text"]
@@ -73,9 +74,9 @@ class RewardModelConfig:
             raise ValueError(f"patch must divide the image size {IMAGE_SIZE}")
 
 
-def _ffa_seed(federation_seed: int, module_name: str) -> int:
-    # Same seed + same name -> same A on every client (FFA-LoRA's shared frozen A).
-    digest = hashlib.sha256(f"{federation_seed}:{module_name}".encode()).digest()
+def _ffa_seed(federation_seed: int, key: str) -> int:
+    # Same seed + same slot key -> same A on every client (FFA-LoRA's shared frozen A).
+    digest = hashlib.sha256(f"{federation_seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -107,11 +108,18 @@ class RewardModel(nn.Module):
         if len(set(widths)) != 1:
             raise ValueError(f"image and text stacks must share one block shape, got widths {widths}")
         h = widths[0]
+        self.fuse: nn.Linear | None = None
         if c.kind == "image":
             self.head = nn.Linear(h, len(self.answer_vocab))
             last = self.head
         else:
-            self.head = nn.Sequential(nn.Linear(h * len(widths), h), nn.GELU(), nn.Linear(h, 1))
+            # image_text: the head sees [text, image, text * fuse(image)]: the product lets a
+            # small head match an answer's words against what the image shows (a plain MLP on
+            # [text, image] measured 0.38 colour top-1 on public questions even non-privately).
+            width = h if c.kind == "text" else 3 * h
+            if c.kind == "image_text":
+                self.fuse = nn.Linear(h, h)
+            self.head = nn.Sequential(nn.Linear(width, h), nn.GELU(), nn.Linear(h, 1))
             last = self.head[2]
         with torch.no_grad():  # every answer starts with the same reward: no accidental preference
             last.weight.zero_()
@@ -138,13 +146,20 @@ class RewardModel(nn.Module):
                 if hasattr(module, "lora_A") and hasattr(module, "set_adapter"):
                     # Each projection carries exactly one adapter; make sure it is the active one.
                     module.set_adapter(list(module.lora_A.keys()))
-                if name.endswith(f"lora_A.{SHARED_ADAPTER}"):
-                    gen = torch.Generator().manual_seed(_ffa_seed(c.federation_seed, name))
+                if name.endswith((f"lora_A.{SHARED_ADAPTER}", f"lora_A.{LOCAL_ADAPTER}")):
+                    slot = slot_of(name)
+                    if slot is None:
+                        raise ValueError(f"adapted layer {name} has no known slot")
+                    # Attention A by (block, role) only: the same A in both stacks, so the
+                    # gate's W + g*W_aux is exact. MLP A (trained, same-kind only) also per
+                    # stack: same-kind clients start from the same A, so averaging is exact.
+                    key = slot.position if slot.is_attention else f"mlp:{slot.stack}:{slot.position}"
+                    gen = torch.Generator().manual_seed(_ffa_seed(c.federation_seed, key))
                     bound = 1.0 / module.weight.shape[1] ** 0.5
                     module.weight.copy_(torch.empty_like(module.weight).uniform_(-bound, bound, generator=gen))
         for name, p in self.named_parameters():
             p.requires_grad_(f"lora_B.{SHARED_ADAPTER}" in name or f".{LOCAL_ADAPTER}." in name
-                             or name.startswith("head."))
+                             or name.startswith(("head.", "fuse.")))
 
     @property
     def block_shape(self) -> str:
@@ -155,6 +170,10 @@ class RewardModel(nn.Module):
     def attention_adapter_names(self) -> list[str]:
         """Parameters shared with the federation (FFA-LoRA B of attention projections)."""
         return [n for n, _ in self.named_parameters() if f"lora_B.{SHARED_ADAPTER}" in n]
+
+    def mlp_adapter_names(self) -> list[str]:
+        """MLP adapters (LoRA A and B), shared only among clients of the same kind."""
+        return [n for n, _ in self.named_parameters() if f".{LOCAL_ADAPTER}." in n]
 
     def trainable_names(self) -> list[str]:
         """Every parameter DP training updates."""
@@ -183,8 +202,13 @@ class RewardModel(nn.Module):
             return torch.log_softmax(logits, dim=-1).gather(1, batch[f"{which}_answer"].unsqueeze(1)).squeeze(1)
         txt = self._text_cls(batch[f"{which}_input_ids"], batch[f"{which}_attention_mask"],
                              batch[f"{which}_token_type_ids"], batch["position_ids"])
-        feats = txt if kind == "text" else torch.cat([txt, image_feats], dim=-1)  # type: ignore[list-item]
-        return self.head(feats).squeeze(-1)
+        return self.head(self._joint(txt, image_feats)).squeeze(-1)
+
+    def _joint(self, txt: torch.Tensor, image_feats: torch.Tensor | None) -> torch.Tensor:
+        """The head's input: text features, or [text, image, text * fuse(image)]."""
+        if self.fuse is None or image_feats is None:
+            return txt
+        return torch.cat([txt, image_feats, txt * self.fuse(image_feats)], dim=-1)
 
     @torch.no_grad()
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -211,8 +235,8 @@ class RewardModel(nn.Module):
         txt = self._text_cls(*(torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
                                for k in ("input_ids", "attention_mask", "token_type_ids")),
                              torch.cat([batch["position_ids"], batch["position_ids"]]))
-        both = txt if feats is None else torch.cat([txt, torch.cat([feats, feats])], dim=-1)
-        rewards = self.head(both).squeeze(-1)
+        both = None if feats is None else torch.cat([feats, feats])
+        rewards = self.head(self._joint(txt, both)).squeeze(-1)
         return rewards[:n] - rewards[n:]
 
 

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedsecure.crypto.pki import Identity
 from fedsecure.kit import Kit
+from fedsecure.models.backbone import sealed_backbones
 from fedsecure.state_version import claim_state_dir
 from fedsecure.proto.v1 import admin_pb2_grpc, federation_pb2_grpc
 from fedsecure.transport.auth import AuthInterceptor
@@ -109,7 +110,7 @@ async def start_server(
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
                            objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits,
-                           backbone_sha256=(kit.settings.get("backbone") or {}).get("sha256")), server)
+                           backbones=frozenset(sealed_backbones(kit.settings))), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -14,7 +14,7 @@ from fedsecure.transport import chunking
 from fedsecure.transport.auth import current_peer
 from fedsecure.transport.limits import Limits
 from fedsecure.crypto.packing import parse_encoding
-from fedsecure.models.groups import GroupKey
+from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_kind
 from fedsecure.types import Capabilities, PayloadKind, SignedContribution, TensorChunk, UpdateManifest
 
 from server.rounds.admission import Admission, Submission
@@ -33,19 +33,19 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     """Thin servicer over the round engine, admission and the object store."""
 
     def __init__(self, *, store: Store, engine: RoundEngine, admission: Admission, objects: ObjectStore,
-                 accumulator: HomomorphicAccumulator, limits: Limits, backbone_sha256: str | None = None) -> None:
+                 accumulator: HomomorphicAccumulator, limits: Limits, backbones: frozenset[str] = frozenset()) -> None:
         self.store, self.engine, self.admission, self.objects, self.limits = store, engine, admission, objects, limits
         self.accumulator = accumulator
-        self.backbone_sha256 = backbone_sha256  # the one the kits seal; None: the federation seals none
+        self.backbones = backbones  # the ones the kits seal (one per architecture); empty: none sealed
 
     @domain_errors
     async def Hello(self, request, context):  # type: ignore[no-untyped-def]
         peer = current_peer()
         caps = serde.capabilities_from_proto(request.capabilities)
-        if self.backbone_sha256 is not None and caps.backbone_sha256 != self.backbone_sha256:
+        if self.backbones and caps.backbone_sha256 not in self.backbones:
             # Adapters trained on another base must never be averaged with the federation's.
             raise InvalidSubmission(f"client declares backbone {caps.backbone_sha256[:16] or '(random)'}…; the "
-                                    f"federation's is {self.backbone_sha256[:16]}…")
+                                    f"federation seals {', '.join(sorted(b[:16] + '…' for b in self.backbones))}")
         if request.HasField("ledger_head") and request.ledger_head.seq > 0:
             head = serde.ledger_head_from_proto(request.ledger_head)
             self.admission.check_ledger_head(peer.identity.name, head)
@@ -183,6 +183,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 key = GroupKey.parse(section.name)
             except ValueError as exc:
                 raise InvalidSubmission(str(exc)) from exc
+            kind = mlp_kind(key.family)
+            if key.family != ATTENTION_FAMILY and (kind is None or kind != kind_of(declared.modalities)):
+                # MLP adapters are averaged only among clients of one kind (FedCola): a client
+                # of another kind must not reach into that kind's mean.
+                raise InvalidSubmission(f"group {section.name}: {client} may upload attention adapters and its "
+                                        f"own kind's MLP adapters only")
             if not key.declared_by(declared.backbone_sha256, declared.block_shape):
                 raise InvalidSubmission(
                     f"group {section.name} is for backbone {key.backbone}, shape {key.shape}; {client} declared "

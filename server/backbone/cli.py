@@ -4,10 +4,13 @@ server's public data and print its manifest (with the SHA-256 to seal in the kit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
+
+from fedsecure.models.backbone import BackboneShape
 
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
@@ -19,12 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=600, help="optimiser steps")
     p.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (the server's public parts)")
+    default = BackboneShape()
+    p.add_argument("--layers", type=int, default=default.layers, help="blocks per stack (architecture)")
+    p.add_argument("--hidden", type=int, default=default.hidden, help="width of every block")
+    p.add_argument("--heads", type=int, default=default.heads, help="attention heads")
+    p.add_argument("--intermediate", type=int, default=default.intermediate, help="MLP width")
 
 
 def main(args: argparse.Namespace) -> int:
     """Pretrain and print the manifest as JSON."""
     logging.getLogger("fedsecure.server.backbone").setLevel(logging.INFO)
-    manifest = pretrain_backbone(PretrainSettings(out=args.out, steps=args.steps, seed=args.seed,
+    shape = dataclasses.replace(BackboneShape(), layers=args.layers, hidden=args.hidden, heads=args.heads,
+                                intermediate=args.intermediate)
+    manifest = pretrain_backbone(PretrainSettings(out=args.out, shape=shape, steps=args.steps, seed=args.seed,
                                                   data_seed=args.data_seed))
     print(json.dumps(manifest, indent=2, sort_keys=True))
     print(f"seal it: fedsecure provision ... --backbone {args.out}", file=sys.stderr)

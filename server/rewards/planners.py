@@ -11,12 +11,16 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
 from fedsecure import serde
 from fedsecure.types import Modality, PayloadKind, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
 
+from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_family, mlp_kind
+
+from server.rewards.compensation import Member, check_coefficients, coefficients
 from server.rewards.quality import JudgedQuestion, reward_quality
 from server.rounds.phases import PhaseContext
 from server.secagg.aggregator import SecureAggregator
@@ -36,7 +40,9 @@ class MetricsLog:
             fh.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
 
 
-ADAPTER_FAMILY = "attn"  # clients upload their attention adapters' B matrices, one group per stack
+ADAPTER_FAMILY = ATTENTION_FAMILY
+MLP_REQUEST = "mlp"      # upload_group "attn+mlp": also the client's own kind's MLP adapters
+OTHER_STACK = {"image": "text", "text": "image"}
 
 
 def published_groups(ctx: PhaseContext, round_: int) -> tuple[str, ...]:
@@ -44,28 +50,103 @@ def published_groups(ctx: PhaseContext, round_: int) -> tuple[str, ...]:
     return tuple(ctx.store.submissions.aggregate_groups(ctx.run_id, round_))
 
 
+@dataclass(frozen=True)
+class _Declared:
+    kind: str
+    pairs: int
+    backbone_sha256: str
+    shape: str
+
+
 class TrainPlanner:
     """Every participant trains ``local_steps`` DP steps on its own pairs, then uploads its
-    encrypted attention adapters; at close the server gets their means from the key holder."""
+    encrypted adapters; at close the server gets their means from the key holder.
+
+    FedCola (docs/design.md §1, §5): attention means are downloaded by every client of the
+    stack; a uni-modal client also gets the other stack's attention mean as aux adapters
+    for its gate (``gates``); MLP adapters are uploaded only where a kind has a peer of the
+    same architecture in the round, and come back with FedCola's compensation coefficient
+    (``mlp_sharing``)."""
 
     def __init__(self, *, metrics: MetricsLog, aggregator: SecureAggregator | None = None, local_steps: int = 60,
-                 learning_rate: float = 0.03, batch_size: int = 64) -> None:
+                 learning_rate: float = 0.03, batch_size: int = 64, gates: bool = True,
+                 mlp_sharing: bool = True) -> None:
         if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("local_steps, learning_rate and batch_size must be positive")
         self.metrics, self.local_steps, self.learning_rate, self.batch_size = metrics, local_steps, learning_rate, batch_size
         self.aggregator = aggregator  # None: no key holder, clients upload nothing
+        self.gates, self.mlp_sharing = gates, mlp_sharing
+
+    @staticmethod
+    def _declared(ctx: PhaseContext) -> dict[str, _Declared]:
+        out = {}
+        for c in ctx.store.client_infos():
+            kind = kind_of(c.capabilities.modalities)
+            if kind is not None:
+                out[c.name] = _Declared(kind, max(1, dict(c.capabilities.sample_counts).get("pairs", 0)),
+                                        c.capabilities.backbone_sha256, c.capabilities.block_shape)
+        return out
+
+    def _compensation(self, ctx: PhaseContext, declared: Mapping[str, _Declared],
+                      groups: Sequence[str]) -> dict[str, float]:
+        """FedCola's coefficient for each MLP group published last round: the summed c_i
+        of its members over the clients that uploaded then (same backbone and shape)."""
+        uploaders = ctx.store.submissions.uploaders(ctx.run_id, ctx.round - 1, int(PayloadKind.UPDATE))
+        out = {}
+        for group in groups:
+            key = GroupKey.parse(group)
+            kind = mlp_kind(key.family)
+            if kind is None:
+                continue
+            members = [Member(n, declared[n].kind, declared[n].pairs) for n in uploaders
+                       if n in declared and key.declared_by(declared[n].backbone_sha256, declared[n].shape)]
+            out[group] = math.fsum(coefficients(target_kind=kind, members=members, role="mlp",
+                                                stack=key.stack).values())
+            check_coefficients({group: out[group]})  # fail closed: never send one outside [0, 1]
+        return out
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
-        """Same parameters for everyone; the round count lets clients pace their budget.
+        """The same training parameters for everyone; per client the groups it takes.
 
         Clients pre-weight their upload by (their pairs / ``weight_total``), the total of
         the participants' declared pairs, so the weights of any subset sum to at most 1."""
-        counts = {c.name: dict(c.capabilities.sample_counts).get("pairs", 0) for c in ctx.store.client_infos()}
-        total = float(sum(max(1, counts.get(p, 0)) for p in participants))
-        spec = TrainSpec(local_steps=self.local_steps, learning_rate=self.learning_rate, batch_size=self.batch_size,
-                         planned_rounds=ctx.config.rounds, download_groups=published_groups(ctx, ctx.round - 1),
-                         upload_group=ADAPTER_FAMILY if self.aggregator is not None else "", weight_total=total)
-        return {p: spec for p in participants}
+        declared = self._declared(ctx)
+        total = float(sum(declared[p].pairs if p in declared else 1 for p in participants))
+        previous = published_groups(ctx, ctx.round - 1)
+        compensation = self._compensation(ctx, declared, previous) if self.mlp_sharing else {}
+        peers: dict[tuple[str, str, str], int] = {}
+        for p in participants:
+            if p in declared:
+                d = declared[p]
+                peers[d.kind, d.backbone_sha256, d.shape] = peers.get((d.kind, d.backbone_sha256, d.shape), 0) + 1
+        specs: dict[str, TaskSpec] = {}
+        for p in participants:
+            d = declared.get(p)
+            upload = ""
+            if self.aggregator is not None:
+                upload = ADAPTER_FAMILY
+                if self.mlp_sharing and d is not None and peers[d.kind, d.backbone_sha256, d.shape] >= 2:
+                    upload += f"+{MLP_REQUEST}"
+            downloads = previous if self.mlp_sharing else tuple(g for g in previous
+                                                                if GroupKey.parse(g).family == ADAPTER_FAMILY)
+            mine = {g: c for g, c in compensation.items()
+                    if d is not None and GroupKey.parse(g).family == mlp_family(d.kind)
+                    and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape)}
+            downloads = tuple(g for g in downloads if mlp_kind(GroupKey.parse(g).family) is None or g in mine)
+            aux: tuple[str, ...] = ()
+            if self.gates and d is not None and d.kind in OTHER_STACK:
+                aux = tuple(g for g in previous if GroupKey.parse(g).family == ADAPTER_FAMILY
+                            and GroupKey.parse(g).stack == OTHER_STACK[d.kind]
+                            and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape))
+            specs[p] = TrainSpec(local_steps=self.local_steps, learning_rate=self.learning_rate,
+                                 batch_size=self.batch_size, planned_rounds=ctx.config.rounds,
+                                 download_groups=downloads, aux_groups=aux, compensation=tuple(sorted(mine.items())),
+                                 upload_group=upload, weight_total=total)
+        self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "train_plan",
+                            **{f"compensation.{g}": c for g, c in compensation.items()},
+                            **{f"aux.{p}": list(s.aux_groups) for p, s in specs.items() if s.aux_groups},
+                            **{f"upload.{p}": s.upload_group for p, s in specs.items()}})
+        return specs
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
         """Aggregate the encrypted updates (key holder), then record what happened."""

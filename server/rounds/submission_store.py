@@ -107,6 +107,16 @@ class SubmissionStore:
                        (run_id, round_, group, encoding, json.dumps([d.hex() for d in chunk_digests]),
                         contributors, now_ms()))
 
+    def uploaders(self, run_id: str, round_: int, payload_kind: int) -> list[str]:
+        """Clients with an accepted submission of ``payload_kind`` in the round's last
+        attempt (the one that closed), sorted."""
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT s.client FROM submissions s JOIN tasks t ON t.task_id = s.task_id"
+            " WHERE t.run_id=? AND t.round=? AND s.payload_kind=? AND t.attempt ="
+            " (SELECT MAX(attempt) FROM tasks WHERE run_id=? AND round=?) ORDER BY s.client",
+            (run_id, round_, payload_kind, run_id, round_)).fetchall()
+        return [r[0] for r in rows]
+
     def aggregate_groups(self, run_id: str, round_: int) -> list[str]:
         """Names of the aggregates published for a round, sorted."""
         rows = self.db.conn.execute("SELECT group_name FROM aggregates WHERE run_id=? AND round=?"

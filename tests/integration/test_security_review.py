@@ -274,8 +274,10 @@ def test_an_upload_outside_the_clients_declared_groups_is_refused(start_federati
     other_shape = GroupKey.parse(TEXT).name.replace("h64l2a4m128", "h32l1a2m64")
     other_backbone = GroupKey.of(family="attn", stack="text", backbone_sha256="ab" * 32,
                                  shape=GroupKey.parse(TEXT).shape).name
+    # MLP adapters are averaged only within one kind: "a" declared no image+text modality.
+    other_kind = GroupKey.parse(TEXT).name.replace("attn.", "mlp_image_text.")
     for name, text in ((other_shape, "shape h32l1a2m64"), (other_backbone, "backbone abababababab"),
-                       ("attn.text", "not FAMILY.STACK@BACKBONE-SHAPE")):
+                       ("attn.text", "not FAMILY.STACK@BACKBONE-SHAPE"), (other_kind, "own kind's MLP adapters only")):
         update = encrypted_update(fed.kit("a"), {name: np.full(2048, 0.1)}, 1 / 3)
         assert_refused(lambda u=update: client._stub.UploadUpdate(_stream(client, task, u), timeout=10),
                        grpc.StatusCode.INVALID_ARGUMENT, text)

@@ -1,0 +1,347 @@
+"""``fedsecure bench collaboration``: FedCola's module table on our task (issue 12, item 6).
+
+Six clients — two of each kind (image+text, image-only, text-only) — on Dirichlet(0.5)
+label-skewed shares, DP-SGD at the same ε for every federated row, the same data, seeds
+and rounds. Rows (``ROWS``):
+
+- ``random_backbone``: frozen random stacks, attention adapters averaged per stack (the
+  system before the pretrained backbone);
+- ``local_only``: the pretrained backbone, no collaboration;
+- ``fedavg``: plain FedAvg — every trainable parameter (attention and MLP adapters, heads,
+  fusion layer) averaged across the clients holding a parameter of that name and shape,
+  weighted by pairs (the definition the alignment issue reuses);
+- ``attention``: FedCola's attention-only in-modality aggregation (attention B per stack
+  across every kind holding it; everything else local);
+- ``compensation``: + MLP adapters averaged among same-kind clients, applied with
+  FedCola's coefficient c (``w ← w + c·(mean − w)``, :mod:`server.rewards.compensation`);
+- ``fedcola``: + the gate: uni-modal clients train a zero-initialised gate on the other
+  stack's previous attention mean and merge it (:mod:`fedsecure.models.gate`);
+- ``central``: a reference never deployed — one non-private model per kind trained on the
+  union of every client's pairs.
+
+Every model is measured on the server's public reward-evaluation questions against all
+13 answers (:mod:`server.rewards.quality`), per question type, mean over the two clients of
+a kind, then mean ± std over seeds. Federated rows run the clients' own DP code
+(:class:`client_sdk.dp_training.DPStepper`, noise calibrated by the same accountant) and
+average in plaintext what the key holder would decrypt (CKKS adds ~1e-6 error; tested
+elsewhere), so the table isolates the algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("fedsecure.bench.collaboration")
+
+ROWS = ("random_backbone", "local_only", "fedavg", "attention", "compensation", "fedcola", "central")
+KINDS = ("image_text", "image", "text")
+CLIENTS = ("it-1", "it-2", "img-1", "img-2", "txt-1", "txt-2")
+KIND_OF = {"it-1": "image_text", "it-2": "image_text", "img-1": "image", "img-2": "image", "txt-1": "text",
+           "txt-2": "text"}
+TYPES = ("color", "shape", "yesno")
+METRICS = ("top1_all", "top1_type", "pairwise", "typed_first")
+
+
+@dataclass(frozen=True)
+class CollaborationConfig:
+    """One ablation: rows, seeds, and the federated schedule every row shares."""
+
+    backbone: Path
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rows: tuple[str, ...] = ROWS
+    rounds: int = 3
+    local_steps: int = 30
+    batch_size: int = 64
+    learning_rate: float = 0.03
+    max_grad_norm: float = 0.1
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    pairs_per_client: int = 1500
+    eval_questions: int = 150
+    central_steps: int = 300
+    alpha: float = 0.5
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        unknown = set(self.rows) - set(ROWS)
+        if unknown or not self.rows:
+            raise ValueError(f"unknown rows {sorted(unknown)}; choose from {ROWS}")
+        if not self.seeds or self.rounds < 1 or self.local_steps < 1 or self.eval_questions < 1:
+            raise ValueError("need at least one seed, round, local step and evaluation question")
+
+
+@dataclass
+class _Client:
+    name: str
+    kind: str
+    model: torch.nn.Module
+    train: object
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+def _weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    total = math.fsum(weights)
+    return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))  # type: ignore[return-value]
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return dict(model.named_parameters())
+
+
+def _holders(clients: Sequence[_Client], select) -> dict[tuple[str, tuple[int, ...]], list[_Client]]:  # type: ignore[no-untyped-def]
+    out: dict[tuple[str, tuple[int, ...]], list[_Client]] = {}
+    for c in clients:
+        for name, p in _params(c.model).items():
+            if select(c, name, p):
+                out.setdefault((name, tuple(p.shape)), []).append(c)
+    return out
+
+
+def _average(clients: Sequence[_Client], select, coefficient=lambda c, name: 1.0) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Set each selected parameter to ``w + c·(mean − w)`` over the clients holding it
+    (needs two holders: an aggregate of one is never formed, as with the key holder)."""
+    means: dict[str, torch.Tensor] = {}
+    for (name, _), group in _holders(clients, select).items():
+        if len(group) < 2:
+            continue
+        mean = _weighted_mean([_params(c.model)[name].detach() for c in group], [len(c.train) for c in group])
+        means[f"{group[0].kind}:{name}"] = mean
+        for c in group:
+            with torch.no_grad():
+                p = _params(c.model)[name]
+                p.add_(coefficient(c, name) * (mean - p))
+    return means
+
+
+def _stack_means(clients: Sequence[_Client]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per stack, the attention B mean by slot position (the aux adapters of a gate)."""
+    from fedsecure.models.slots import slot_of
+
+    by_slot: dict[tuple[str, str], list[tuple[torch.Tensor, int]]] = {}
+    for c in clients:
+        for name in c.model.attention_adapter_names():  # type: ignore[operator]
+            slot = slot_of(name)
+            assert slot is not None
+            by_slot.setdefault((slot.stack, slot.position), []).append((_params(c.model)[name].detach().clone(),
+                                                                        len(c.train)))  # type: ignore[arg-type]
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for (stack, position), items in by_slot.items():
+        if len(items) >= 2:
+            out.setdefault(stack, {})[position] = _weighted_mean([t for t, _ in items], [n for _, n in items])
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _sigma(history: tuple[tuple[float, float, int], ...], q: float, steps: int, delta: float, eps: float) -> float:
+    # The calibration a client runs (seconds per call with Opacus's fractional RDP orders);
+    # clients, rows and seeds with the same sampling history share it.
+    from fedsecure.privacy.accountant import calibrate_noise
+
+    return calibrate_noise(list(history), sample_rate=q, steps=steps, delta=delta, target_epsilon=eps)
+
+
+def _dp_round(client: _Client, cfg: CollaborationConfig, round_: int) -> None:
+    from client_sdk.dp_training import DPSettings, DPStepper
+
+    data = client.train
+    settings = DPSettings(max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size)
+    q = cfg.batch_size / len(data)  # type: ignore[arg-type]
+    rounds_left = cfg.rounds - round_ + 1
+    sigma = _sigma(tuple(client.history), q, cfg.local_steps * rounds_left, cfg.delta, cfg.epsilon)
+    client.history.append((sigma, q, cfg.local_steps))
+    with DPStepper(model=client.model, settings=settings, noise_multiplier=sigma, learning_rate=cfg.learning_rate,
+                   sample_rate=q) as stepper:
+        for _ in range(cfg.local_steps):
+            stepper.step(data)  # type: ignore[arg-type]
+
+
+def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig) -> dict[str, float]:
+    from fedsecure.models.gate import attach_gates, merge_gates
+    from fedsecure.models.reward import SHARED_ADAPTER
+    from server.rewards.compensation import Member, coefficients
+
+    members = [Member(c.name, c.kind, len(c.train)) for c in clients]  # type: ignore[arg-type]
+    aux_from: dict[str, dict[str, torch.Tensor]] = {}
+    gates: list[float] = []
+    for round_ in range(1, cfg.rounds + 1):
+        for c in clients:
+            other = {"image": "text", "text": "image"}.get(c.kind)
+            gated = row == "fedcola" and other is not None and other in aux_from
+            if gated:
+                attach_gates(c.model, stack=c.kind, adapter=SHARED_ADAPTER, aux=aux_from[other])
+            _dp_round(c, cfg, round_)
+            if gated:
+                gates += merge_gates(c.model).values()
+        if row in ("attention", "compensation", "fedcola", "random_backbone"):
+            _average(clients, lambda c, n, p: f"lora_B.{SHARED_ADAPTER}" in n)
+        if row in ("compensation", "fedcola"):
+            def same_kind_mlp(c, n, p, kind=None):  # type: ignore[no-untyped-def]
+                return ".local." in n
+
+            def comp(c: _Client, name: str) -> float:
+                stack = name.split(".", 1)[0]
+                return math.fsum(coefficients(target_kind=c.kind, members=members, role="mlp", stack=stack).values())
+            for kind in KINDS:
+                _average([c for c in clients if c.kind == kind], same_kind_mlp, comp)
+        if row == "fedavg":
+            _average(clients, lambda c, n, p: p.requires_grad)
+        if row == "fedcola":
+            aux_from = _stack_means(clients)
+    return {"gate_mean_abs": statistics.fmean(abs(g) for g in gates)} if gates else {}
+
+
+def eval_batches(kind: str, questions: Sequence[object], tokenizer: object,
+                 per_batch: int = 20) -> list[tuple[list[str], dict[str, torch.Tensor]]]:
+    """The public questions a kind can judge, each with every answer, as model inputs
+    (built once, scored by every model of that kind)."""
+    from fedsecure.data.easyvqa import answer_type, answers, load_image
+    from fedsecure.models.encoding import encode_items
+
+    vocab = answers()
+    usable = [q for q in questions if not (kind == "image" and answer_type(q.answer) == "yesno")]  # type: ignore[attr-defined]
+    out = []
+    for start in range(0, len(usable), per_batch):
+        chunk = usable[start:start + per_batch]
+        images = ([load_image(q.split, q.image_id) for q in chunk for _ in vocab]  # type: ignore[attr-defined]
+                  if kind != "text" else [])
+        batch = encode_items(images, [q.question for q in chunk for _ in vocab], list(vocab) * len(chunk),  # type: ignore[attr-defined]
+                             tokenizer)
+        out.append(([q.answer for q in chunk], batch))  # type: ignore[attr-defined]
+    return out
+
+
+def _evaluate(model: torch.nn.Module, batches: Sequence[tuple[list[str], dict[str, torch.Tensor]]]) -> dict[str, float]:
+    from fedsecure.data.easyvqa import answers
+    from server.rewards.quality import JudgedQuestion, reward_quality
+
+    vocab = answers()
+    judged = []
+    model.eval()
+    with torch.no_grad():
+        for truths, batch in batches:
+            scores = model.score(batch).view(len(truths), len(vocab)).tolist()  # type: ignore[operator]
+            judged += [JudgedQuestion(t, dict(zip(vocab, row, strict=True))) for t, row in zip(truths, scores, strict=True)]
+    model.train()
+    return reward_quality(judged)
+
+
+def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) -> dict[str, dict[str, dict[str, float]]]:
+    """row -> kind -> metric -> value (mean over the kind's two clients)."""
+    from client_sdk.dp_training import train_nonprivate
+    from fedsecure.data.shares import client_pairs
+    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.reward import RewardModelConfig, build_reward_model, config_on_backbone
+
+    from fedsecure.models.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(RewardModelConfig().max_length)  # every model here uses this local tokenizer
+    pairs = {c: client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c], alpha=cfg.alpha, seed=seed,
+                             limit=cfg.pairs_per_client) for c in CLIENTS}
+    encoded = {c: encode_pairs(p, tok) for c, p in pairs.items()}
+    batches = {kind: eval_batches(kind, questions, tok) for kind in KINDS}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row in cfg.rows:
+        started = time.monotonic()
+        per_kind: dict[str, list[dict[str, float]]] = {}
+        extra: dict[str, float] = {}
+        if row == "central":
+            for kind in KINDS:
+                torch.manual_seed(seed)
+                model, _ = build_reward_model(config_on_backbone(kind, cfg.backbone, federation_seed=seed))
+                union = [p for c in CLIENTS for p in client_pairs(name=c, clients=list(CLIENTS), kind=kind,
+                                                                    alpha=cfg.alpha, seed=seed,
+                                                                    limit=cfg.pairs_per_client)]
+                train_nonprivate(model=model, data=encode_pairs(union, tok), steps=cfg.central_steps,
+                                 learning_rate=3e-3, batch_size=cfg.batch_size, seed=seed)
+                per_kind[kind] = [_evaluate(model, batches[kind])]
+        else:
+            clients = []
+            for i, name in enumerate(CLIENTS):
+                torch.manual_seed(seed * 100 + i)
+                kind = KIND_OF[name]
+                config = (RewardModelConfig(kind=kind, federation_seed=seed) if row == "random_backbone"
+                          else config_on_backbone(kind, cfg.backbone, federation_seed=seed))
+                model, _ = build_reward_model(config)
+                clients.append(_Client(name, kind, model, encoded[name]))
+            extra = _federated(row, clients, cfg)
+            for c in clients:
+                per_kind.setdefault(c.kind, []).append(_evaluate(c.model, batches[c.kind]))
+        out[row] = {kind: {k: statistics.fmean(m[k] for m in ms) for k in ms[0]} for kind, ms in per_kind.items()}
+        out[row]["_"] = {"seconds": round(time.monotonic() - started, 1), **extra}
+        log.info("seed %d, %s: %.0f s; %s", seed, row, out[row]["_"]["seconds"],
+                 {k: round(v.get("top1_all.color", math.nan), 2) for k, v in out[row].items() if k != "_"})
+    return out
+
+
+def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
+    """Run every row for every seed; mean ± std per row, kind and metric."""
+    from fedsecure.data.shares import server_part
+
+    torch.set_num_threads(cfg.threads)
+    started = time.monotonic()
+    questions = server_part("reward_eval")[: cfg.eval_questions]
+    runs = {seed: _one_seed(cfg, seed, questions) for seed in cfg.seeds}
+    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for row in cfg.rows:
+        for kind in (*KINDS, "_"):
+            keys = sorted(set().union(*(runs[s][row].get(kind, {}).keys() for s in cfg.seeds)))
+            for key in keys:
+                values = [runs[s][row][kind][key] for s in cfg.seeds if key in runs[s][row].get(kind, {})]
+                summary.setdefault(row, {}).setdefault(kind, {})[key] = [
+                    round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
+    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+            "clients": {c: KIND_OF[c] for c in CLIENTS}, "eval_questions": len(questions),
+            "summary": summary, "per_seed": {str(s): r for s, r in runs.items()},
+            "wall_s": round(time.monotonic() - started, 1)}
+
+
+def markdown_table(result: dict[str, object]) -> str:
+    """Per kind: rows × (type metric) as mean ± std."""
+    summary = result["summary"]  # type: ignore[index]
+    cfg = result["config"]  # type: ignore[index]
+    lines = [f"Public reward-evaluation questions ({result['eval_questions']}), every answer scored; "
+             f"ε = {cfg['epsilon']}, {cfg['rounds']} rounds × {cfg['local_steps']} DP steps, "
+             f"seeds {cfg['seeds']}, mean ± std over seeds; wall {result['wall_s']} s.", ""]
+    for kind in KINDS:
+        types = [t for t in TYPES if not (kind == "image" and t == "yesno")]
+        cols = [f"top1_all.{t}" for t in types] + [f"top1_type.{t}" for t in types] + [f"pairwise.{t}" for t in types]
+        lines += [f"**{kind}**", "", "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for row in summary:  # type: ignore[union-attr]
+            cells = []
+            for col in cols:
+                mean, std = summary[row].get(kind, {}).get(col, [math.nan, math.nan])  # type: ignore[index]
+                cells.append(f"{mean:.2f} ± {std:.2f}")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
+    """JSON, Markdown table and an SVG plot of top-1 over all answers per kind and type."""
+    from benchmarks.svg_bars import grouped_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "collaboration.json", out / "collaboration.md", out / "collaboration.svg"]
+    paths[0].write_text(json.dumps(result, indent=2, sort_keys=True))
+    paths[1].write_text(markdown_table(result))
+    summary = result["summary"]  # type: ignore[index]
+    panels = []
+    for kind in KINDS:
+        types = [t for t in TYPES if not (kind == "image" and t == "yesno")]
+        bars = {row: [tuple(summary[row].get(kind, {}).get(f"top1_all.{t}", [0.0, 0.0])) for t in types]  # type: ignore[index]
+                for row in summary}  # type: ignore[union-attr]
+        panels.append((f"{kind}: top-1 over all answers", types, bars))
+    paths[2].write_text(grouped_bars(panels))
+    return paths

@@ -1,0 +1,35 @@
+"""`fedsecure bench collaboration` on a tiny schedule: every row and kind is measured on
+the public questions, the outputs are written, and the FedCola row's gates trained (a
+smoke run of the harness; the figures themselves come from the full run in the issue)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.bench_collaboration import KINDS, ROWS, CollaborationConfig, bench_collaboration, write_outputs
+from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+
+
+def test_every_row_is_measured_and_written(tmp_path: Path) -> None:
+    backbone = tmp_path / "backbone"
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2))
+    cfg = CollaborationConfig(backbone=backbone, seeds=(0, 1), rounds=2, local_steps=2, batch_size=16,
+                              pairs_per_client=120, eval_questions=8, central_steps=2)
+    result = bench_collaboration(cfg)
+    summary = result["summary"]
+    assert list(summary) == list(ROWS)  # type: ignore[arg-type]
+    for row in ROWS:
+        for kind in KINDS:
+            metrics = summary[row][kind]  # type: ignore[index]
+            assert "pairwise.color" in metrics and "top1_all.shape" in metrics
+            assert ("pairwise.yesno" in metrics) == (kind != "image")  # image-only: no yes/no questions
+            assert all(0.0 <= mean <= 1.0 and std >= 0.0 for k, (mean, std) in metrics.items()
+                       if not k.startswith("count."))
+    assert summary["fedcola"]["_"]["gate_mean_abs"][0] > 0.0  # type: ignore[index]  # gates left 0
+    assert "gate_mean_abs" not in summary["compensation"]["_"]  # type: ignore[index]
+    paths = write_outputs(result, tmp_path / "out")
+    assert json.loads(paths[0].read_text())["summary"] == summary
+    table = paths[1].read_text()
+    assert all(f"| {row} |" in table for row in ROWS) and "±" in table
+    assert paths[2].read_text().startswith("<svg") and "fedcola" in paths[2].read_text()
