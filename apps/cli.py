@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
     p.add_argument("--kind", default="image_text", help="reward model kind (dp-utility: or 'all')")
+    p.add_argument("--mode", default=None, choices=["hooks", "functorch", "ew"],
+                   help="dp: Opacus per-sample gradient engine (default: the clients' default)")
+    p.add_argument("--gate", action="store_true", help="dp: with FedCola's gates attached (image or text kinds)")
     p.add_argument("--params", type=int, default=1_000_000, help="he: values per client update")
     p.add_argument("--clients", type=int, default=8, help="he: contributions summed")
     p.add_argument("--hidden", type=int, default=128, help="grpo: LM hidden size")

@@ -10,15 +10,30 @@ import time
 import torch
 
 
-def bench_dp(*, kind: str, steps: int, repeats: int) -> dict[str, object]:
-    """DP-SGD step vs the same step without DP on the default reward model."""
+def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, gate: bool = False) -> dict[str, object]:
+    """DP-SGD step vs the same step without DP on the default reward model (``mode``: an
+    Opacus per-sample gradient engine other than the default; ``gate``: with FedCola's
+    gates in place, as a uni-modal client trains from round 2 on)."""
+    import dataclasses
+
     from client_sdk.dp_training import DPSettings, DPStepper, bt_loss
     from fedsecure.data.shares import client_pairs
     from fedsecure.models.encoding import encode_pairs
-    from fedsecure.models.reward import RewardModelConfig, build_reward_model
+    from fedsecure.models.reward import SHARED_ADAPTER, RewardModelConfig, build_reward_model
 
     settings = DPSettings()  # the defaults a client runs with (secure mode on)
+    if mode:
+        settings = dataclasses.replace(settings, grad_sample_mode=mode)
     model, tok = build_reward_model(RewardModelConfig(kind=kind))
+    if gate:
+        from fedsecure.models.gate import attach_gates
+        from fedsecure.models.slots import slot_of
+
+        if kind == "image_text":
+            raise ValueError("an image+text model holds both stacks: it has no gate")
+        aux = {slot_of(n).position: torch.randn_like(p) * 0.01  # type: ignore[union-attr]
+               for n, p in model.named_parameters() if f"lora_B.{SHARED_ADAPTER}" in n}
+        attach_gates(model, stack=kind, adapter=SHARED_ADAPTER, aux=aux)
     data = encode_pairs(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=4096), tok)
     q = settings.batch_size / len(data)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -53,6 +68,7 @@ def bench_dp(*, kind: str, steps: int, repeats: int) -> dict[str, object]:
             "pairs_per_s": round(settings.batch_size / p, 1),
             "config": {"kind": kind, "batch_size": settings.batch_size, "max_grad_norm": settings.max_grad_norm,
                        "secure_mode": settings.secure_mode, "grad_sample_mode": settings.grad_sample_mode,
+                       "gate": gate,
                        "steps_per_variant": steps * repeats, "repeats": repeats, "threads": torch.get_num_threads(),
                        "trainable_params": sum(x.numel() for x in params), "pairs": len(data)}}
 

@@ -13,7 +13,8 @@ def main(args: argparse.Namespace) -> int:
     if args.what == "dp":
         from benchmarks.bench_dp import bench_dp
 
-        print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats)))
+        print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats, mode=args.mode,
+                                  gate=args.gate)))
     elif args.what == "he":
         from benchmarks.bench_he import bench_he
 

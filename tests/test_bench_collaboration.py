@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.bench_collaboration import KINDS, ROWS, CollaborationConfig, bench_collaboration, write_outputs
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
 
+@pytest.mark.timeout(900)  # about a minute alone on 2 cores; generous for a loaded CI machine
 def test_every_row_is_measured_and_written(tmp_path: Path) -> None:
     backbone = tmp_path / "backbone"
     pretrain_backbone(PretrainSettings(out=backbone, steps=2))
-    cfg = CollaborationConfig(backbone=backbone, seeds=(0, 1), rounds=2, local_steps=2, batch_size=16,
-                              pairs_per_client=120, eval_questions=8, central_steps=2)
+    cfg = CollaborationConfig(backbone=backbone, seeds=(0, 1), rounds=2, local_steps=1, batch_size=16,
+                              pairs_per_client=80, eval_questions=8, central_steps=2)
     result = bench_collaboration(cfg)
     summary = result["summary"]
     assert list(summary) == list(ROWS)  # type: ignore[arg-type]

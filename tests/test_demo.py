@@ -7,15 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedsecure.models.groups import GroupKey
 
 
+@pytest.mark.timeout(900)  # seven processes on 2 cores: about 4 minutes alone, more on a loaded machine
 def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
                            "--local-steps", "8", "--max-pairs", "600",
                            "--grpo-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["state"], summary["rounds_closed"]) == ("finished", 2)
