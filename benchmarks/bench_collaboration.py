@@ -109,20 +109,17 @@ def _holders(clients: Sequence[_Client], select) -> dict[tuple[str, tuple[int, .
     return out
 
 
-def _average(clients: Sequence[_Client], select, coefficient=lambda c, name: 1.0) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def _average(clients: Sequence[_Client], select, coefficient=lambda c, name: 1.0) -> None:  # type: ignore[no-untyped-def]
     """Set each selected parameter to ``w + c·(mean − w)`` over the clients holding it
     (needs two holders: an aggregate of one is never formed, as with the key holder)."""
-    means: dict[str, torch.Tensor] = {}
     for (name, _), group in _holders(clients, select).items():
         if len(group) < 2:
             continue
         mean = _weighted_mean([_params(c.model)[name].detach() for c in group], [len(c.train) for c in group])
-        means[f"{group[0].kind}:{name}"] = mean
         for c in group:
             with torch.no_grad():
                 p = _params(c.model)[name]
                 p.add_(coefficient(c, name) * (mean - p))
-    return means
 
 
 def _stack_means(clients: Sequence[_Client]) -> dict[str, dict[str, torch.Tensor]]:
@@ -187,14 +184,11 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig) -> di
         if row in ("attention", "compensation", "fedcola", "random_backbone"):
             _average(clients, lambda c, n, p: f"lora_B.{SHARED_ADAPTER}" in n)
         if row in ("compensation", "fedcola"):
-            def same_kind_mlp(c, n, p, kind=None):  # type: ignore[no-untyped-def]
-                return ".local." in n
-
             def comp(c: _Client, name: str) -> float:
                 stack = name.split(".", 1)[0]
                 return math.fsum(coefficients(target_kind=c.kind, members=members, role="mlp", stack=stack).values())
             for kind in KINDS:
-                _average([c for c in clients if c.kind == kind], same_kind_mlp, comp)
+                _average([c for c in clients if c.kind == kind], lambda c, n, p: ".local." in n, comp)
         if row == "fedavg":
             _average(clients, lambda c, n, p: p.requires_grad)
         if row == "fedcola":

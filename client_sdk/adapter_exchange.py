@@ -149,12 +149,13 @@ def aux_adapters(model: RewardModel, aggregate: Aggregate) -> dict[str, torch.Te
     if not key.declared_by(model.config.backbone_sha256, model.block_shape):
         raise InvalidTaskSpec(f"aux group {aggregate.group} is for another backbone or block shape than "
                               f"this model's ({model.block_shape})")
+    params = dict(model.named_parameters())
     expected: dict[str, np.ndarray] = {}
     for name in model.attention_adapter_names():
         slot = slot_of(name)
         assert slot is not None
         other = f"{attention_module(key.stack, slot.block, slot.role)}.lora_B.{SHARED_ADAPTER}.weight"
-        expected[other] = np.zeros(tuple(dict(model.named_parameters())[name].shape))
+        expected[other] = np.zeros(tuple(params[name].shape))
     try:
         values = _values(aggregate, TensorLayout.of(expected))
     except CkksError as exc:

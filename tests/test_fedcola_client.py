@@ -13,7 +13,7 @@ import torch
 
 from client_sdk.adapter_exchange import adapter_groups, apply_aggregate
 from client_sdk.dp_training import DPSettings
-from client_sdk.outcomes import Aggregate, TaskContext, Update
+from client_sdk.outcomes import Aggregate, TaskContext
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
 from fedsecure.data.shares import client_pairs

@@ -40,7 +40,6 @@ class MetricsLog:
             fh.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
 
 
-ADAPTER_FAMILY = ATTENTION_FAMILY
 MLP_REQUEST = "mlp"      # upload_group "attn+mlp": also the client's own kind's MLP adapters
 OTHER_STACK = {"image": "text", "text": "image"}
 
@@ -124,18 +123,18 @@ class TrainPlanner:
             d = declared.get(p)
             upload = ""
             if self.aggregator is not None:
-                upload = ADAPTER_FAMILY
+                upload = ATTENTION_FAMILY
                 if self.mlp_sharing and d is not None and peers[d.kind, d.backbone_sha256, d.shape] >= 2:
                     upload += f"+{MLP_REQUEST}"
             downloads = previous if self.mlp_sharing else tuple(g for g in previous
-                                                                if GroupKey.parse(g).family == ADAPTER_FAMILY)
+                                                                if GroupKey.parse(g).family == ATTENTION_FAMILY)
             mine = {g: c for g, c in compensation.items()
                     if d is not None and GroupKey.parse(g).family == mlp_family(d.kind)
                     and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape)}
             downloads = tuple(g for g in downloads if mlp_kind(GroupKey.parse(g).family) is None or g in mine)
             aux: tuple[str, ...] = ()
             if self.gates and d is not None and d.kind in OTHER_STACK:
-                aux = tuple(g for g in previous if GroupKey.parse(g).family == ADAPTER_FAMILY
+                aux = tuple(g for g in previous if GroupKey.parse(g).family == ATTENTION_FAMILY
                             and GroupKey.parse(g).stack == OTHER_STACK[d.kind]
                             and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape))
             specs[p] = TrainSpec(local_steps=self.local_steps, learning_rate=self.learning_rate,
