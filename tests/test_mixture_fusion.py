@@ -1,0 +1,135 @@
+"""Mixture of rewards: normalisation known answers, capability masks, renormalisation over
+the clients that answered, fusion, and the router learning whom to trust."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsecure.types import Modality
+from server.mixture.fusion import capability_mask, expand_to_items, fuse, normalise_scores, renormalise
+from server.mixture.router import PreferenceScores, Router, fit_router, masked_softmax, weights_by_group
+
+
+def test_normalisation_known_answer() -> None:
+    scores = torch.tensor([[1.0, 2.0, 3.0], [10.0, 10.0, 10.0]])
+    z = normalise_scores(scores, torch.ones_like(scores, dtype=torch.bool))
+    s = math.sqrt(1.5)  # (1-2)/sqrt(2/3)
+    assert torch.allclose(z[0], torch.tensor([-s, 0.0, s]), atol=1e-5)
+    assert torch.equal(z[1], torch.zeros(3))  # constant scores carry no ranking
+
+
+def test_normalisation_ignores_unanswered_and_non_finite() -> None:
+    scores = torch.tensor([[1.0, float("nan"), 3.0, float("inf")]])
+    answered = torch.tensor([[True, False, True, False]])
+    z = normalise_scores(scores, answered)
+    assert torch.allclose(z, torch.tensor([[-1.0, 0.0, 1.0, 0.0]]))
+    assert torch.isfinite(z).all()
+
+
+def test_normalisation_is_scale_free() -> None:
+    scores = torch.randn(1, 16)
+    ones = torch.ones_like(scores, dtype=torch.bool)
+    assert torch.allclose(normalise_scores(scores, ones), normalise_scores(1000 * scores - 7, ones), atol=1e-4)
+
+
+def test_capability_mask() -> None:
+    mask = capability_mask([(Modality.IMAGE,), (Modality.TEXT,), (Modality.IMAGE_TEXT,)],
+                           has_image=[True, False, True], has_question=[True, True, False])
+    assert mask.tolist() == [[True, False, True],   # image client: needs an image
+                             [True, True, False],   # text client: needs a question
+                             [True, False, False]]  # image+text: needs both
+    with pytest.raises(ValueError, match="no modality"):
+        capability_mask([()], has_image=[True], has_question=[True])
+
+
+def test_renormalisation_over_clients_that_answered() -> None:
+    w = torch.tensor([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    available = torch.tensor([[True, True, True], [False, True, True], [False, False, False]])
+    out = renormalise(w, available)
+    assert torch.allclose(out[0], w[0])
+    assert torch.allclose(out[1], torch.tensor([0.0, 0.6, 0.4]))
+    assert torch.equal(out[2], torch.zeros(3))
+
+
+def test_fusion_with_one_client_is_that_clients_normalised_scores() -> None:
+    raw = torch.tensor([[0.2, 0.9, -3.0, 1.5], [5.0, 1.0, 2.0, 0.0]])
+    answered = torch.tensor([[True, True, True, True], [False, False, False, False]])
+    z = normalise_scores(raw, answered)
+    rewards, covered = fuse(z, torch.full((4, 2), 0.5), answered)
+    assert covered.all()
+    assert torch.allclose(rewards, normalise_scores(raw[:1], answered[:1])[0])
+
+
+def test_fusion_skips_items_no_one_answered() -> None:
+    z = torch.tensor([[1.0, -1.0]])
+    rewards, covered = fuse(z, torch.ones(2, 1), torch.tensor([[True, False]]))
+    assert covered.tolist() == [True, False] and rewards.tolist() == [1.0, 0.0]
+
+
+def test_expand_to_items() -> None:
+    assert expand_to_items(torch.tensor([[1.0], [2.0]]), 3).flatten().tolist() == [1, 1, 1, 2, 2, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_router_weights_are_a_distribution_over_available_clients(clients: int, prompts: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(prompts, clients, generator=gen) * 50
+    available = torch.rand(prompts, clients, generator=gen) > 0.4
+    w = masked_softmax(logits, available)
+    assert torch.isfinite(w).all() and (w >= 0).all()
+    assert torch.equal(w[~available], torch.zeros_like(w[~available]))
+    sums = w.sum(-1)
+    for p in range(prompts):
+        assert math.isclose(float(sums[p]), 1.0 if available[p].any() else 0.0, abs_tol=1e-5)
+
+
+def _toy_preferences(pairs: int, seed: int) -> PreferenceScores:
+    """Four clients on two kinds of prompt: client 0 judges kind A well, client 1 kind B,
+    client 2 returns random scores everywhere, client 3 inverted scores everywhere."""
+    gen = torch.Generator().manual_seed(seed)
+    kind = torch.arange(pairs) % 2
+    features = torch.nn.functional.one_hot(kind, 2).float() + 0.1 * torch.randn(pairs, 2, generator=gen)
+    noise = lambda: torch.randn(pairs, generator=gen)  # noqa: E731
+    good_a = torch.where(kind == 0, 2.0, 0.0)
+    good_b = torch.where(kind == 1, 2.0, 0.0)
+    chosen = torch.stack([good_a + noise(), good_b + noise(), noise(), noise()])
+    rejected = torch.stack([noise(), noise(), noise(), 2.0 + noise()])
+    ones = torch.ones(4, pairs, dtype=torch.bool)
+    return PreferenceScores(features=features, chosen=chosen, rejected=rejected, answered=ones,
+                            capable=ones.T.clone())
+
+
+def test_router_learns_to_down_weight_random_and_inverted_clients() -> None:
+    data = _toy_preferences(400, seed=0)
+    router = Router(feature_dim=2, clients=4, hidden=16)
+    before = [p.detach().clone() for p in router.parameters()]
+    fit = fit_router(router, data, steps=300, learning_rate=3e-2)
+    assert any(not torch.equal(a, b) for a, b in zip(before, router.parameters(), strict=True))
+    assert fit.loss_after < fit.loss_before and fit.accuracy_after > fit.accuracy_before + 0.05
+    test = _toy_preferences(200, seed=1)
+    with torch.no_grad():
+        w = router.weights(test.features, torch.ones(200, 4, dtype=torch.bool))
+    by_kind = weights_by_group(w, ["A" if i % 2 == 0 else "B" for i in range(200)], ["a", "b", "random", "inverted"])
+    for kind in ("A", "B"):  # uniform would be 1/4 each
+        assert by_kind[kind]["random"] < 0.12 and by_kind[kind]["inverted"] < 0.05
+    assert by_kind["A"]["a"] > 0.6 and by_kind["B"]["b"] > 0.6
+
+
+def test_unfitted_router_is_the_uniform_mean() -> None:
+    router = Router(feature_dim=4, clients=3)
+    w = router.weights(torch.randn(5, 4), torch.tensor([[True, True, True]] * 4 + [[True, False, True]]))
+    assert torch.allclose(w[:4], torch.full((4, 3), 1 / 3)) and torch.allclose(w[4], torch.tensor([0.5, 0.0, 0.5]))
+
+
+def test_router_fit_refuses_unscored_preferences() -> None:
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    data = PreferenceScores(features=torch.zeros(3, 2), chosen=torch.zeros(2, 3), rejected=torch.zeros(2, 3),
+                            answered=none, capable=none.T.clone())
+    with pytest.raises(ValueError, match="no preference pair"):
+        fit_router(Router(feature_dim=2, clients=2), data)
