@@ -17,7 +17,7 @@ from server.alignment.job import AlignmentSettings, run_alignment
 
 
 def settings(out: Path, steps: int) -> AlignmentSettings:
-    return AlignmentSettings(out=out, sft_epochs=2, steps=steps, prompts_per_step=4, eval_limit=24,
+    return AlignmentSettings(out=out, sft_epochs=2, vision_pretrain_steps=5, steps=steps, prompts_per_step=4, eval_limit=24,
                              checkpoint_every=2, learning_rate=1e-3, device="cpu")
 
 
@@ -25,6 +25,7 @@ def test_the_job_trains_exports_and_resumes(tmp_path: Path, capsys: pytest.Captu
     first = run_alignment(settings(tmp_path, steps=2))
     assert first.steps == 2 and first.start.count == first.end.count == 24
     assert (tmp_path / "base" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "vision_pretrain.json").read_text())["images"] > 100
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 2
     base, _ = load_policy(tmp_path / "base")
     aligned, _ = load_policy(first.policy_dir)

@@ -18,6 +18,8 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", type=Path, help="local vision-language checkpoint (default: the built-in tiny one)")
     p.add_argument("--adapter", choices=["lora", "full"], default=d.adapter)
     p.add_argument("--sft-epochs", type=int, default=d.sft_epochs, help="warm start on the seed set (0: none)")
+    p.add_argument("--vision-pretrain-steps", type=int, default=d.vision_pretrain_steps,
+                   help="public pretraining of the built-in policy's vision tower (0: none)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step)
     p.add_argument("--group-size", type=int, default=d.group_size)
@@ -33,7 +35,7 @@ def align_main(args: argparse.Namespace) -> int:
     from server.alignment.job import AlignmentSettings, run_alignment
 
     settings = AlignmentSettings(out=args.out, policy_path=args.policy, adapter=args.adapter,
-                                 sft_epochs=args.sft_epochs, steps=args.steps, prompts_per_step=args.prompts_per_step,
+                                 sft_epochs=args.sft_epochs, vision_pretrain_steps=args.vision_pretrain_steps, steps=args.steps, prompts_per_step=args.prompts_per_step,
                                  group_size=args.group_size, learning_rate=args.lr, beta=args.beta,
                                  eval_limit=args.eval_limit, seed=args.seed, device=args.device)
     result = run_alignment(settings)

@@ -1,5 +1,5 @@
-"""The alignment job: base policy (a local VLM checkpoint or the built-in tiny one) →
-optional SFT warm start on the seed set → GRPO on the public prompt pool → exported
+"""The alignment job: base policy (a local VLM checkpoint or the built-in tiny one, whose
+vision tower is first pretrained on public images) → optional SFT warm start on the seed set → GRPO on the public prompt pool → exported
 policy, with test accuracy before and after.
 
 Everything lives under one output directory, so an interrupted job rerun with the same
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.data.shares import server_records
+from fedsecure.data.shares import server_part, server_records
 from fedsecure.models.policy_vlm import (
     build_tiny_vlm,
     encode_answer,
@@ -40,6 +40,7 @@ from server.alignment.policy import Adapter, Policy, PolicySetup
 from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
 from server.alignment.sft import SFTConfig, sft_warm_start
+from server.alignment.vision_pretrain import VisionPretrainConfig, pretrain_vision_tower, vision_tower
 from server.alignment.vqa_eval import (
     EvalResult,
     eval_prompts,
@@ -58,7 +59,10 @@ class AlignmentSettings:
     out: Path
     policy_path: Path | None = None
     adapter: Adapter = "full"
-    sft_epochs: int = 3  # enough to learn the answer format; GRPO learns the rest
+    sft_epochs: int = 10  # the answer format and a first use of the image; GRPO learns the rest
+    # public pretraining of the built-in policy's vision tower (0: none; a loaded checkpoint
+    # brings its own): without it the policy cannot see colour or shape at all
+    vision_pretrain_steps: int = 600
     steps: int = 150
     prompts_per_step: int = 32
     group_size: int = 8
@@ -72,8 +76,10 @@ class AlignmentSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.sft_epochs < 0 or self.eval_limit < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps and sft_epochs must be >= 0, eval_limit and checkpoint_every >= 1")
+        if (self.steps < 0 or self.sft_epochs < 0 or self.vision_pretrain_steps < 0 or self.eval_limit < 1
+                or self.checkpoint_every < 1):
+            raise ValueError("steps, sft_epochs and vision_pretrain_steps must be >= 0, eval_limit and "
+                             "checkpoint_every >= 1")
 
 
 @dataclass(frozen=True)
@@ -96,16 +102,32 @@ def _prepare_base(settings: AlignmentSettings) -> Path:
     if (base / "config.json").is_file():
         log.info("reusing base policy %s", base)
         return base
+    tower = None
     if settings.policy_path is not None:
         model, processor = load_policy(settings.policy_path)
     else:
         model, processor = build_tiny_vlm(seed=settings.seed)
+        if settings.vision_pretrain_steps:
+            seen = pretrain_vision_tower(model, train=server_part("pretrain"), held_out=server_part("reward_eval"),
+                                         config=VisionPretrainConfig(steps=settings.vision_pretrain_steps,
+                                                                     seed=settings.seed))
+            log.info("policy vision tower pretrained on %d public images in %.0f s: held-out colour %.2f -> %.2f, "
+                     "shape %.2f -> %.2f", seen.images, seen.seconds, seen.colour_before, seen.colour_after,
+                     seen.shape_before, seen.shape_after)
+            (settings.out / "vision_pretrain.json").write_text(json.dumps(dataclasses.asdict(seen), indent=1))
+            tower = vision_tower(model)
     if settings.sft_epochs:
         _, seed_set = server_records(seed=0)
         prompts = vqa_prompts(seed_set, processor=processor)
         targets = [encode_answer(processor, p.answer or "") for p in prompts]
+        # The seed set is small (200 questions): training the pretrained tower on it too
+        # overwrites what it learnt (measured: colour accuracy 0.52 with it frozen, 0.06 without).
+        if tower is not None:
+            tower.requires_grad_(False)
         losses = sft_warm_start(model, prompts=prompts, targets=targets, pad_id=processor.tokenizer.pad_token_id,
                                 config=SFTConfig(epochs=settings.sft_epochs, seed=settings.seed))
+        if tower is not None:
+            tower.requires_grad_(True)
         log.info("SFT warm start on %d seed prompts: loss %.3f -> %.3f", len(prompts), losses[0], losses[-1])
     tmp = settings.out / ".base.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
