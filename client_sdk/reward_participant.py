@@ -17,14 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from fedsecure.crypto import ckks
 from fedsecure.crypto.ckks_encryptor import Encryptor
-from fedsecure.data.easyvqa import decode_png
 from fedsecure.data.preferences import PreferencePair, holdout
 from fedsecure.kit import Kit
-from fedsecure.models.encoding import EncodedPairs, encode_items, encode_pairs
+from fedsecure.models.encoding import EncodedPairs, encode_pairs
+from fedsecure.models.scoring import score_items
 from fedsecure.errors import InvalidTaskSpec, TrainingDiverged
 from fedsecure.models.gate import attach_gates, merge_gates, remove_gates
 from fedsecure.models.groups import GroupKey
@@ -271,21 +270,7 @@ class RewardParticipant:
         if not isinstance(spec, ScoreSpec):
             raise TypeError("score handler got a non-score task")
         self._apply_aggregates(task, ctx, spec.download_groups, task.round)
-        needs_image = self.kind != "text"
-        values: list[float] = []
-        self.model.eval()
-        for start in range(0, len(spec.items), 256):
-            items = spec.items[start:start + 256]
-            images: list[np.ndarray] = []
-            if needs_image:
-                for item in items:
-                    try:
-                        images.append(decode_png(item.image_png))
-                    except ValueError as exc:
-                        raise ValueError(f"item {item.item_id}: {exc}") from exc
-            batch = encode_items(images, [i.question for i in items], [i.completion for i in items], self.tokenizer)
-            values.extend(float(v) for v in self.model.score(batch))
-        self.model.train()
+        values = score_items(self.model, self.tokenizer, spec.items)
         return Scores(tuple(Score(i.item_id, v) for i, v in zip(spec.items, values, strict=True)))
 
     def _save(self) -> None:

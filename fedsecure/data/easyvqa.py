@@ -83,8 +83,13 @@ def load_image(split: str, image_id: int) -> np.ndarray:
 
 def image_png(split: str, image_id: int) -> bytes:
     """The image as PNG bytes (what travels in a ScoreItem)."""
+    return encode_png(load_image(split, image_id))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An RGB uint8 (H, W, 3) array as PNG bytes."""
     buf = io.BytesIO()
-    Image.fromarray(load_image(split, image_id)).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
 
 

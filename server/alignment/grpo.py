@@ -127,6 +127,10 @@ class GRPOEngine:
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            fused=all(p.dtype in (torch.float32, torch.bfloat16) for p in params))
         self.step_count = 0
+        # what a caller trains alongside the policy, checkpointed in the same step:
+        # ``extra_state()`` → (tensors, JSON-able dict), ``restore_extra(tensors, dict)`` on resume
+        self.extra_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, object]]] | None = None
+        self.restore_extra: Callable[[dict[str, torch.Tensor], dict[str, object]], None] | None = None
         # the graded forward; under torchrun wrapped in DDP so gradients are averaged
         self.scorer: torch.nn.Module = CompletionScorer(policy.model, temperature=config.sampling.temperature,
                                                         suppressed=policy.suppressed, autocast=policy.placement.autocast)
@@ -299,9 +303,11 @@ class GRPOEngine:
             raise CheckpointError("this engine has no checkpoint_dir")
         if self.policy.placement.rank != 0:
             return self.checkpoint_dir
+        extra, extra_meta = self.extra_state() if self.extra_state is not None else ({}, {})
         return save_checkpoint(self.checkpoint_dir, step=self.step_count,
                                trainable={n: p for n, p in self.policy.trainable()},
-                               optimizer=self.optimizer.state_dict(), meta=self._meta())
+                               optimizer=self.optimizer.state_dict(), meta=self._meta(), extra=extra,
+                               extra_meta=extra_meta)
 
     def resume(self) -> int:
         """Load the newest checkpoint in ``checkpoint_dir`` if any; returns the step reached.
@@ -323,5 +329,7 @@ class GRPOEngine:
             for name, p in params.items():
                 p.copy_(state.trainable[name].to(p.device, p.dtype))
         self.optimizer.load_state_dict(state.optimizer)
+        if self.restore_extra is not None:
+            self.restore_extra(state.extra, state.extra_meta)
         self.step_count = state.step
         return self.step_count

@@ -10,6 +10,7 @@ so an interruption at any point leaves the previous checkpoint usable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ class TrainingState:
     trainable: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     meta: dict[str, Any]
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    extra_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -60,8 +63,11 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 def save_checkpoint(root: Path, *, step: int, trainable: dict[str, torch.Tensor],
-                    optimizer: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write checkpoint ``step`` under ``root`` and point ``latest.json`` at it."""
+                    optimizer: dict[str, Any], meta: dict[str, Any], extra: dict[str, torch.Tensor] | None = None,
+                    extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` under ``root`` and point ``latest.json`` at it. ``extra``
+    and ``extra_meta`` hold what a caller trains alongside the policy (e.g. the router and
+    the ALIGN stage's counters), saved in the same atomic step."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root))
@@ -69,8 +75,11 @@ def save_checkpoint(root: Path, *, step: int, trainable: dict[str, torch.Tensor]
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        if extra:
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "step": step, "optimizer": opt_meta,
-                                                    "meta": meta}, indent=1, sort_keys=True))
+                                                    "meta": meta, "extra_meta": extra_meta or {}},
+                                                   indent=1, sort_keys=True))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -109,7 +118,9 @@ def load_checkpoint(path: Path) -> TrainingState:
             raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT}")
         trainable = load_file(str(files[1]))
         optimizer = _optimizer_state(load_file(str(files[2])), state["optimizer"])
-        return TrainingState(step=int(state["step"]), trainable=trainable, optimizer=optimizer, meta=state["meta"])
+        extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
+        return TrainingState(step=int(state["step"]), trainable=trainable, optimizer=optimizer, meta=state["meta"],
+                             extra=extra, extra_meta=dict(state.get("extra_meta") or {}))
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -1,0 +1,220 @@
+"""The mixture-of-rewards reward function GRPO calls each step: send each client the
+completions it can judge, collect its scores within the step's deadline, refuse bad
+answers, normalise per client, combine (routed or a competitor), return one reward per
+completion (docs/design.md §4, ALIGN stage).
+
+Faults never poison a step (issue 13, "Bad input and faults"): a client that misses the
+deadline, raises, or returns NaN/Inf, a wrong count, or scores for items it was not sent
+is left out of this step's fusion (counted per client; a repeat offender is reported) and
+the weights are renormalised over those who answered. If no client answers, the step is
+refused (``RewardRejected``: GRPO skips it without touching the policy).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fedsecure.data.easyvqa import encode_png
+from fedsecure.errors import RewardRejected
+from fedsecure.types import Modality, Score, ScoreItem
+from server.alignment.prompts import Prompt
+from server.mixture.combiners import Combiner, StepScores
+from server.mixture.fusion import capability_mask, normalise_scores
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[[int, Sequence[ScoreItem], float], Sequence[Score]]
+"""One client's scoring channel: ``scorer(step, items, timeout_s)`` returns its scores or
+raises (a timeout included); it is called from a worker thread."""
+
+FeatureFn = Callable[[Sequence[Prompt]], torch.Tensor]
+"""Prompt features (P, D) for the router and expert selection."""
+
+
+@dataclass(frozen=True)
+class ScoringClient:
+    """A client taking part in the ALIGN stage: its name, declared modalities, channel."""
+
+    name: str
+    modalities: tuple[Modality, ...]
+    scorer: Scorer
+
+
+@dataclass
+class StepLog:
+    """What one reward call did: who answered, who was left out and why, timings."""
+
+    step: int
+    answered: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+    scoring_s: dict[str, float] = field(default_factory=dict)
+    fusion_s: float = 0.0
+    covered_prompts: int = 0
+    prompts: int = 0
+    raw_mean: dict[str, float] = field(default_factory=dict)
+
+
+def check_answer(scores: Sequence[Score], sent: Sequence[ScoreItem]) -> list[float]:
+    """The values of a client's answer in the order sent, or ValueError saying what is
+    wrong: a wrong count, an item not sent (or sent twice), a NaN/Inf value."""
+    if len(scores) != len(sent):
+        raise ValueError(f"{len(scores)} scores for {len(sent)} items")
+    by_id = {}
+    for s in scores:
+        if s.item_id in by_id:
+            raise ValueError(f"item {s.item_id!r} scored twice")
+        if not isinstance(s.value, float | int) or not math.isfinite(s.value):
+            raise ValueError(f"score for item {s.item_id!r} is {s.value!r}, not a finite number")
+        by_id[s.item_id] = float(s.value)
+    missing = [i.item_id for i in sent if i.item_id not in by_id]
+    if missing:
+        raise ValueError(f"scores for items not sent, and none for {missing[0]!r}")
+    return [by_id[i.item_id] for i in sent]
+
+
+class MixtureReward:
+    """A GRPO ``RewardFn`` fusing the clients' scores with ``combiner``. Set ``step`` before
+    each call (it binds the items; a client's answer must be for that step)."""
+
+    def __init__(self, *, clients: Sequence[ScoringClient], combiner: Combiner, features: FeatureFn,
+                 deadline_s: float = 30.0, group_of: Callable[[Prompt], str] | None = None,
+                 offender_threshold: int = 3) -> None:
+        if not clients:
+            raise ValueError("the mixture needs at least one client")
+        if len({c.name for c in clients}) != len(clients):
+            raise ValueError("client names must be unique")
+        if not deadline_s > 0 or offender_threshold < 1:
+            raise ValueError("deadline_s must be > 0 and offender_threshold >= 1")
+        self.clients, self.combiner, self.features = list(clients), combiner, features
+        self.deadline_s, self.group_of, self.offender_threshold = deadline_s, group_of, offender_threshold
+        self.step = 0
+        self.logs: list[StepLog] = []
+        self.faults: Counter[str] = Counter()
+        self._png: dict[str, bytes] = {}
+        self._feature_cache: dict[str, torch.Tensor] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(clients), thread_name_prefix="score")
+
+    def close(self) -> None:
+        """Stop the scoring threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def offenders(self) -> dict[str, int]:
+        """Clients left out of at least ``offender_threshold`` steps for bad answers."""
+        return {c: n for c, n in self.faults.items() if n >= self.offender_threshold}
+
+    # -- the reward function ----------------------------------------------------------------
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
+        """One reward per (prompt, completion); prompts come grouped as GRPO expands them."""
+        unique, prompt_of, raw, answered, entry = self.collect(prompts, completions)
+        started = time.perf_counter()
+        z = normalise_scores(raw, answered)
+        features = self._prompt_features(unique)
+        groups = tuple(self.group_of(p) for p in unique) if self.group_of is not None else ()
+        rewards, covered = self.combiner(StepScores(z=z, answered=answered, prompt_of=torch.tensor(prompt_of),
+                                                    features=features, groups=groups))
+        entry.fusion_s = time.perf_counter() - started
+        entry.covered_prompts = len({k for k, ok in zip(prompt_of, covered.tolist(), strict=True) if ok})
+        self.logs.append(entry)
+        if not entry.answered:
+            raise RewardRejected(f"step {self.step}: no client answered ({entry.left_out})")
+        if not bool(torch.isfinite(rewards).all()):  # a combiner bug must not reach the policy
+            raise RewardRejected(f"step {self.step}: the fused reward is not finite")
+        return [float(r) for r in rewards]
+
+    def collect(self, prompts: Sequence[Prompt], completions: Sequence[str],
+                tag: str = "") -> tuple[list[Prompt], list[int], torch.Tensor, torch.Tensor, StepLog]:
+        """Ask every client for the items it can judge; returns (distinct prompts, prompt
+        index of each item, raw scores (C, N), answered (C, N), the log entry)."""
+        unique: list[Prompt] = []
+        index: dict[str, int] = {}
+        prompt_of = []
+        for p in prompts:
+            if p.prompt_id not in index:
+                index[p.prompt_id] = len(unique)
+                unique.append(p)
+            prompt_of.append(index[p.prompt_id])
+        entry = StepLog(step=self.step, prompts=len(unique))
+        capable = capability_mask([c.modalities for c in self.clients],
+                                  has_image=[p.image is not None for p in unique],
+                                  has_question=[bool(p.question) for p in unique])  # (C, P)
+        items = [ScoreItem(item_id=f"{tag}{self.step}:{n}", prompt_id=p.prompt_id,
+                           image_png=self._image(p), question=p.question, completion=c)
+                 for n, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        sent = [[it for it, k in zip(items, prompt_of, strict=True) if capable[ci, k]]
+                for ci in range(len(self.clients))]
+        raw, answered = self._collect(sent, items, entry)
+        for ci, client in enumerate(self.clients):
+            if bool(answered[ci].any()):
+                entry.raw_mean[client.name] = float(raw[ci][answered[ci]].mean())
+        return unique, prompt_of, raw, answered, entry
+
+    def prompt_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """(P, D) features of ``prompts`` (cached by prompt id: the feature model is frozen)."""
+        return self._prompt_features(prompts)
+
+    def _image(self, p: Prompt) -> bytes:
+        if p.image is None:
+            return b""
+        if p.prompt_id not in self._png:
+            self._png[p.prompt_id] = encode_png(p.image)
+        return self._png[p.prompt_id]
+
+    def _prompt_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        todo = [p for p in prompts if p.prompt_id not in self._feature_cache]
+        if todo:
+            for p, f in zip(todo, self.features(todo), strict=True):
+                self._feature_cache[p.prompt_id] = f.detach().float().cpu()
+        return torch.stack([self._feature_cache[p.prompt_id] for p in prompts])
+
+    def _collect(self, sent: Sequence[Sequence[ScoreItem]], items: Sequence[ScoreItem],
+                 entry: StepLog) -> tuple[torch.Tensor, torch.Tensor]:
+        position = {it.item_id: n for n, it in enumerate(items)}
+        raw = torch.zeros(len(self.clients), len(items))
+        answered = torch.zeros(len(self.clients), len(items), dtype=torch.bool)
+        deadline = time.monotonic() + self.deadline_s
+        futures = {}
+        for ci, (client, mine) in enumerate(zip(self.clients, sent, strict=True)):
+            if not mine:
+                continue
+            started = time.perf_counter()
+            futures[ci] = (self._pool.submit(client.scorer, self.step, mine, self.deadline_s), started)
+        for ci, (future, started) in futures.items():
+            name = self.clients[ci].name
+            try:
+                values = check_answer(future.result(timeout=max(0.0, deadline - time.monotonic())), sent[ci])
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                entry.left_out[name] = "missed the step's deadline"
+                continue
+            except ValueError as exc:  # a bad answer: the client's fault, counted
+                self.faults[name] += 1
+                entry.left_out[name] = f"answer refused: {exc}"
+                if self.faults[name] == self.offender_threshold:
+                    log.warning("client %s: %d answers refused in this stage (repeat offender)", name,
+                                self.faults[name])
+                continue
+            except Exception as exc:  # noqa: BLE001 - a failed channel leaves the client out of this step only
+                entry.left_out[name] = f"scoring failed: {type(exc).__name__}: {exc}"
+                continue
+            entry.scoring_s[name] = time.perf_counter() - started
+            entry.answered.append(name)
+            cols = torch.tensor([position[it.item_id] for it in sent[ci]])
+            raw[ci, cols] = torch.tensor(values)
+            answered[ci, cols] = True
+        return raw, answered
+
+
+def group_by(prompts: Sequence[Prompt], key: Callable[[Prompt], str]) -> Mapping[str, list[int]]:
+    """Indices of ``prompts`` per ``key`` (for logs by question type)."""
+    out: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        out.setdefault(key(p), []).append(i)
+    return out

@@ -1,0 +1,235 @@
+"""The ALIGN stage of a round (docs/design.md §4): refresh the router on the public
+preference set with the clients' current reward models, then run GRPO steps on the fused
+reward, checkpointing the policy, optimiser and router after every step, and watch for
+reward hacking.
+
+Rounds are numbered from 0 within the stage; round ``r`` covers GRPO steps
+``[r·S, (r+1)·S)``. A server that restarts mid-round resumes from the last checkpointed
+step: the interrupted step is redone with fresh rollouts and fresh scores (its first
+scores were never applied, so none counts twice), and the router comes back as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fedsecure.data.easyvqa import VQARecord, answer_type, answers
+from server.alignment.grpo import GRPOEngine, StepReport
+from server.alignment.prompts import Prompt, vqa_prompts
+from server.alignment.vqa_eval import evaluate_policy
+from server.mixture.combiners import Routed
+from server.mixture.reward import MixtureReward
+from server.mixture.router import PreferenceScores, Router, RouterFit, fit_router, weights_by_group
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignStageConfig:
+    """GRPO steps per round, how many skipped steps in a row end the stage, how many
+    rounds of rising reward with falling held-out accuracy stop it (reward hacking), and
+    the router's fitting steps per refresh."""
+
+    steps_per_round: int = 10
+    max_skipped_steps: int = 5
+    hacking_rounds: int = 3
+    router_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
+            raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
+
+
+@dataclass(frozen=True)
+class PreferenceSet:
+    """The server's public preference pairs for the router: a prompt, its preferred
+    (true) answer, a rejected (wrong, same type) answer, and the type (for logs only)."""
+
+    prompts: tuple[Prompt, ...]
+    chosen: tuple[str, ...]
+    rejected: tuple[str, ...]
+    groups: tuple[str, ...]
+
+    @classmethod
+    def from_records(cls, records: Sequence[VQARecord], *, processor: object, seed: int = 0) -> PreferenceSet:
+        """One pair per record; the rejected answer is a seeded wrong answer of the same type."""
+        rng = random.Random(seed)
+        prompts = vqa_prompts(records, processor=processor)
+        vocab = answers()
+        rejected = []
+        for r in records:
+            wrong = [a for a in vocab if a != r.answer and answer_type(a) == answer_type(r.answer)]
+            rejected.append(rng.choice(wrong))
+        return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records), rejected=tuple(rejected),
+                   groups=tuple(answer_type(r.answer) for r in records))
+
+
+@dataclass
+class AlignRoundResult:
+    """One round of the stage: steps done and skipped, the fused reward's raw level next
+    to held-out accuracy, the router's fit and weights per question type, who was left
+    out and how often, repeat offenders, and why the stage stopped (None: it did not)."""
+
+    round: int
+    steps: int = 0
+    skipped: int = 0
+    reward_level: float = float("nan")
+    monitor_accuracy: float = float("nan")
+    monitor_by_type: dict[str, float] = field(default_factory=dict)
+    router_fit: dict[str, float] | None = None
+    router_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)
+    offenders: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: str | None = None
+
+
+def score_preferences(reward: MixtureReward, prefs: PreferenceSet) -> PreferenceScores:
+    """Every client scores both answers of every pair it can judge (the same channel and
+    checks as a GRPO step)."""
+    prompts = [p for p in prefs.prompts for _ in range(2)]
+    completions = [a for pair in zip(prefs.chosen, prefs.rejected, strict=True) for a in pair]
+    unique, prompt_of, raw, answered, _ = reward.collect(prompts, completions, tag="router:")
+    if len(unique) != len(prefs.prompts):
+        raise ValueError("preference prompt ids must be distinct")
+    chosen, rejected = raw[:, 0::2], raw[:, 1::2]
+    both = answered[:, 0::2] & answered[:, 1::2]
+    capable = both.T.clone()
+    return PreferenceScores(features=reward.prompt_features(unique), chosen=chosen, rejected=rejected,
+                            answered=both, capable=capable)
+
+
+class AlignStage:
+    """Runs the ALIGN stage's rounds on ``engine`` with ``reward`` (whose combiner is
+    :class:`Routed` when a router is used); see the module docstring."""
+
+    def __init__(self, *, engine: GRPOEngine, reward: MixtureReward, pool: Sequence[Prompt],
+                 monitor: Sequence[Prompt], config: AlignStageConfig = AlignStageConfig(),
+                 preferences: PreferenceSet | None = None, router: Router | None = None,
+                 log_path: Path | None = None, on_step: Callable[[StepReport], None] | None = None) -> None:
+        if router is not None and preferences is None:
+            raise ValueError("a router needs the public preference set to be fit on")
+        if router is not None and not (isinstance(reward.combiner, Routed) and reward.combiner.router is router):
+            raise ValueError("the reward must fuse with this router")
+        if engine.checkpoint_dir is None or engine.checkpoint_every != 1:
+            raise ValueError("the ALIGN stage checkpoints every step: give the engine a checkpoint_dir and "
+                             "checkpoint_every=1")
+        self.engine, self.reward, self.pool, self.monitor = engine, reward, list(pool), list(monitor)
+        self.config, self.preferences, self.router = config, preferences, router
+        self.log_path, self.on_step = log_path, on_step
+        self.history: list[dict[str, float]] = []  # per finished round: reward level, monitor accuracy
+        self.skipped_in_a_row = 0
+        engine.extra_state = self._extra_state
+        engine.restore_extra = self._restore_extra
+
+    # -- checkpointed with every step ---------------------------------------------------------
+    def _extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        tensors = {f"router.{k}": v for k, v in self.router.state_dict().items()} if self.router is not None else {}
+        return tensors, {"history": self.history, "skipped_in_a_row": self.skipped_in_a_row}
+
+    def _restore_extra(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
+        if self.router is not None:
+            state = {k[len("router."):]: v for k, v in tensors.items() if k.startswith("router.")}
+            self.router.load_state_dict(state)  # strict: a checkpoint of another router is refused
+        self.history = list(meta.get("history", []))  # type: ignore[call-overload]
+        self.skipped_in_a_row = int(meta.get("skipped_in_a_row", 0))  # type: ignore[call-overload]
+
+    def resume(self) -> int:
+        """Load the newest checkpoint (policy, optimiser, router, counters); the step reached."""
+        return self.engine.resume()
+
+    # -- the router -----------------------------------------------------------------------
+    def refresh_router(self) -> RouterFit | None:
+        """Fit the router (continuing from its weights) on the clients' current scores of the
+        public preference set."""
+        if self.router is None or self.preferences is None:
+            return None
+        data = score_preferences(self.reward, self.preferences)
+        return fit_router(self.router, data, steps=self.config.router_steps, seed=self.engine.step_count)
+
+    def router_weights(self) -> dict[str, dict[str, float]]:
+        """Mean routing weight per client and question type on the preference prompts."""
+        if self.router is None or self.preferences is None:
+            return {}
+        feats = self.reward.prompt_features(self.preferences.prompts)
+        with torch.no_grad():
+            w = torch.softmax(self.router(feats), dim=-1)
+        return weights_by_group(w, self.preferences.groups, [c.name for c in self.reward.clients])
+
+    # -- one round ------------------------------------------------------------------------
+    def run_round(self, round_: int) -> AlignRoundResult:
+        """Run (or finish, after a restart) round ``round_`` of the stage."""
+        started = time.perf_counter()
+        cfg, engine = self.config, self.engine
+        result = AlignRoundResult(round=round_)
+        first, target = round_ * cfg.steps_per_round, (round_ + 1) * cfg.steps_per_round
+        if engine.step_count < first:
+            raise ValueError(f"round {round_} starts at step {first}; the engine is at step {engine.step_count}")
+        if engine.step_count == first:
+            fit = self.refresh_router()
+            if fit is not None:
+                result.router_fit = dataclasses.asdict(fit)
+        logs_before = len(self.reward.logs)
+        while engine.step_count < target:
+            self.reward.step = engine.step_count
+            report = engine.step(engine.sample_prompts(self.pool), self.reward)  # checkpoints the step
+            result.steps += 1
+            if self.on_step is not None:
+                self.on_step(report)
+            if report.skipped:
+                result.skipped += 1
+                self.skipped_in_a_row += 1
+                if self.skipped_in_a_row >= cfg.max_skipped_steps:
+                    result.stopped = (f"{self.skipped_in_a_row} steps in a row were skipped (last: {report.skipped}); "
+                                      "the ALIGN stage ends here")
+                    break
+            else:
+                self.skipped_in_a_row = 0
+        logs = self.reward.logs[logs_before:]
+        for entry in logs:
+            for name in entry.left_out:
+                result.left_out[name] = result.left_out.get(name, 0) + 1
+        levels = [sum(e.raw_mean.values()) / len(e.raw_mean) for e in logs if e.raw_mean]
+        result.reward_level = sum(levels) / len(levels) if levels else float("nan")
+        result.offenders = self.reward.offenders()
+        result.router_weights = self.router_weights()
+        if self.monitor:
+            ev = evaluate_policy(engine.policy, self.monitor)
+            result.monitor_accuracy, result.monitor_by_type = ev.accuracy, ev.by_type
+        if result.stopped is None:
+            result.stopped = self._hacking(result)
+        result.seconds = time.perf_counter() - started
+        self.history.append({"reward_level": result.reward_level, "monitor_accuracy": result.monitor_accuracy})
+        self._write(result)
+        return result
+
+    def _hacking(self, result: AlignRoundResult) -> str | None:
+        """Reward up while held-out accuracy goes down, ``hacking_rounds`` rounds in a row."""
+        series = [*self.history, {"reward_level": result.reward_level, "monitor_accuracy": result.monitor_accuracy}]
+        n = self.config.hacking_rounds
+        if len(series) < n + 1:
+            return None
+        window = series[-(n + 1):]
+        if all(b["reward_level"] > a["reward_level"] and b["monitor_accuracy"] < a["monitor_accuracy"]
+               for a, b in zip(window, window[1:], strict=False)):
+            return (f"reward hacking suspected: the fused reward rose while held-out accuracy fell for {n} rounds "
+                    f"({window[0]['monitor_accuracy']:.3f} -> {window[-1]['monitor_accuracy']:.3f}); the ALIGN "
+                    "stage stops")
+        return None
+
+    def _write(self, result: AlignRoundResult) -> None:
+        if self.log_path is None:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": time.time(), "phase": "align", **dataclasses.asdict(result)},
+                                sort_keys=True, default=float) + "\n")

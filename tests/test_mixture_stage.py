@@ -1,0 +1,173 @@
+"""The ALIGN stage in process on a tiny causal LM: GRPO on the routed fusion of three
+clients (one judging the toy task, one random, one inverted) raises the toy reward; the
+router learns to trust the good one; faulty answers leave a client out of a step without
+poisoning it; no answer at all skips steps and ends the stage; a restart mid-stage
+resumes from the last checkpointed step with the router as it was."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsecure.types import Modality, Score, ScoreItem
+from server.alignment.grpo import GRPOEngine
+from server.mixture.combiners import Routed, Uniform
+from server.mixture.features import reference_features
+from server.mixture.reward import MixtureReward, ScoringClient, check_answer
+from server.mixture.router import Router
+from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet
+from tests.test_grpo_engine import config, low_tokens, pool, snapshot, tiny_policy
+
+
+def _toy(completion: str) -> float:
+    return low_tokens(None, completion)  # type: ignore[arg-type]
+
+
+def good(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+    return [Score(i.item_id, 10.0 * _toy(i.completion) + 3.0) for i in items]
+
+
+def inverted(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+    return [Score(i.item_id, -_toy(i.completion)) for i in items]
+
+
+def noisy(seed: int):  # noqa: ANN201
+    rng = random.Random(seed)
+
+    def score(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        return [Score(i.item_id, rng.gauss(0, 1)) for i in items]
+    return score
+
+
+TEXT = (Modality.TEXT,)
+
+
+def preferences(n: int = 24) -> PreferenceSet:
+    prompts = pool(n + 16)[16:]
+    low = " ".join(str(3 + k % 8) for k in range(8))
+    high = " ".join(str(20 + k % 8) for k in range(8))
+    mixed = " ".join(str(x) for x in (3, 4, 20, 21, 5, 22, 23, 24))
+    return PreferenceSet(prompts=tuple(prompts), chosen=tuple(low if i % 2 else mixed for i in range(n)),
+                         rejected=tuple(high for _ in range(n)), groups=tuple("toy" for _ in range(n)))
+
+
+def build(tmp: Path, *, clients: list[ScoringClient], routed: bool = True, steps: int = 4) -> AlignStage:
+    policy = tiny_policy()
+    engine = GRPOEngine(policy=policy, config=config(lr=1e-2), checkpoint_dir=tmp / "ckpt", checkpoint_every=1)
+    router = Router(feature_dim=32, clients=len(clients), hidden=16) if routed else None
+    reward = MixtureReward(clients=clients, combiner=Routed(router) if router is not None else Uniform(),
+                           features=reference_features(policy), deadline_s=5.0)
+    return AlignStage(engine=engine, reward=reward, pool=pool(), monitor=[], preferences=preferences() if routed else None,
+                      router=router, config=AlignStageConfig(steps_per_round=steps, router_steps=200))
+
+
+def mean_toy(stage: AlignStage, prompts: int = 16) -> float:
+    engine = stage.engine
+    _, _, texts, _ = engine._rollout(pool()[:prompts])
+    return sum(_toy(t) for t in texts) / len(texts)
+
+
+def test_routed_fusion_drives_grpo_and_trusts_the_good_client(tmp_path: Path) -> None:
+    clients = [ScoringClient("good", TEXT, good), ScoringClient("random", TEXT, noisy(0)),
+               ScoringClient("inverted", TEXT, inverted)]
+    stage = build(tmp_path, clients=clients, steps=10)
+    before_params = snapshot(stage.engine.policy)
+    before = mean_toy(stage)
+    results = [stage.run_round(r) for r in range(3)]
+    after = mean_toy(stage)
+    assert any(not torch.equal(before_params[n], p) for n, p in stage.engine.policy.trainable())
+    assert results[0].router_fit is not None and results[0].router_fit["accuracy_after"] > 0.9
+    weights = results[-1].router_weights["toy"]
+    assert weights["good"] > 0.8 and weights["inverted"] < 0.05, weights
+    assert after > before + 0.1, (before, after)
+    assert all(r.stopped is None and r.skipped == 0 for r in results)
+    stage.reward.close()
+
+
+def test_bad_answers_leave_the_client_out_and_a_repeat_offender_is_reported(tmp_path: Path) -> None:
+    def nan_scores(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        return [Score(i.item_id, math.nan) for i in items]
+
+    def wrong_count(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        return [Score(i.item_id, 1.0) for i in items[:-1]]
+
+    def foreign(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        return [Score(f"{i.item_id}x", 1.0) for i in items]
+
+    def slow(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        import time
+        time.sleep(6.0)
+        return good(step, items, timeout)
+
+    clients = [ScoringClient("good", TEXT, good), ScoringClient("nan", TEXT, nan_scores),
+               ScoringClient("count", TEXT, wrong_count), ScoringClient("foreign", TEXT, foreign),
+               ScoringClient("slow", TEXT, slow)]
+    stage = build(tmp_path, clients=clients, routed=False, steps=3)
+    result = stage.run_round(0)
+    assert result.skipped == 0 and result.steps == 3  # never poisoned: the good client carried every step
+    assert result.left_out == {"nan": 3, "count": 3, "foreign": 3, "slow": 3}
+    assert set(result.offenders) == {"nan", "count", "foreign"}  # a timeout is not an offence
+    assert "deadline" in stage.reward.logs[0].left_out["slow"]
+    stage.reward.close()
+
+
+def test_check_answer_refusals() -> None:
+    sent = [ScoreItem("a"), ScoreItem("b")]
+    assert check_answer([Score("b", 2.0), Score("a", 1.0)], sent) == [1.0, 2.0]
+    for bad, match in (([Score("a", 1.0)], "1 scores for 2"), ([Score("a", 1.0), Score("a", 2.0)], "twice"),
+                       ([Score("a", 1.0), Score("c", 2.0)], "not sent"),
+                       ([Score("a", 1.0), Score("b", math.inf)], "finite")):
+        with pytest.raises(ValueError, match=match):
+            check_answer(bad, sent)
+
+
+def test_no_answers_skip_steps_and_end_the_stage(tmp_path: Path) -> None:
+    def down(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        raise ConnectionError("client gone")
+
+    stage = build(tmp_path, clients=[ScoringClient("gone", TEXT, down)], routed=False, steps=10)
+    before = snapshot(stage.engine.policy)
+    result = stage.run_round(0)
+    assert result.skipped == 5 and result.stopped is not None and "5 steps in a row" in result.stopped
+    assert all(torch.equal(before[n], p) for n, p in stage.engine.policy.trainable())
+    stage.reward.close()
+
+
+def test_restart_mid_stage_resumes_from_the_last_step_with_the_router(tmp_path: Path) -> None:
+    clients = [ScoringClient("good", TEXT, good), ScoringClient("random", TEXT, noisy(1))]
+    stage = build(tmp_path, clients=clients, steps=4)
+    calls: list[int] = []
+    original = stage.engine.step
+
+    def crash_after_six(prompts, reward):  # noqa: ANN001, ANN202
+        if stage.engine.step_count == 6:
+            raise KeyboardInterrupt("server killed mid-step")
+        calls.append(stage.engine.step_count)
+        return original(prompts, reward)
+
+    stage.engine.step = crash_after_six  # type: ignore[method-assign]
+    stage.run_round(0)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run_round(1)
+    router_state = {k: v.clone() for k, v in stage.router.state_dict().items()}  # type: ignore[union-attr]
+    trained = snapshot(stage.engine.policy)
+    stage.reward.close()
+
+    restarted = build(tmp_path, clients=clients, steps=4)
+    assert restarted.resume() == 6
+    assert all(torch.equal(trained[n], p) for n, p in restarted.engine.policy.trainable())
+    assert all(torch.equal(router_state[k], v) for k, v in restarted.router.state_dict().items())  # type: ignore[union-attr]
+    scored_steps: list[int] = []
+    good_scorer = restarted.reward.clients[0].scorer
+    restarted.reward.clients[0] = ScoringClient(
+        "good", TEXT, lambda step, items, t: (scored_steps.append(step), good_scorer(step, items, t))[1])
+    result = restarted.run_round(1)
+    assert result.steps == 2 and result.router_fit is None  # mid-round: no refresh, the router as saved
+    assert scored_steps == [6, 7]  # the interrupted step is redone once; earlier steps are not rescored
+    assert calls == [0, 1, 2, 3, 4, 5]
+    restarted.reward.close()
