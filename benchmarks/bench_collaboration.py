@@ -231,6 +231,23 @@ def _evaluate(model: torch.nn.Module, batches: Sequence[tuple[list[str], dict[st
     return reward_quality(judged)
 
 
+def federated_clients(cfg: CollaborationConfig, row: str, seed: int,
+                      encoded: dict[str, object]) -> tuple[list[_Client], dict[str, float]]:
+    """The six clients' reward models after ``row``'s federation on seed ``seed`` (their
+    encoded pairs in ``encoded``), and the row's extra figures (e.g. the spent ε)."""
+    from fedsecure.models.reward import RewardModelConfig, build_reward_model, config_on_backbone
+
+    clients = []
+    for i, name in enumerate(CLIENTS):
+        torch.manual_seed(seed * 100 + i)
+        kind = KIND_OF[name]
+        config = (RewardModelConfig(kind=kind, federation_seed=seed) if row == "random_backbone"
+                  else config_on_backbone(kind, cfg.backbone, federation_seed=seed))
+        model, _ = build_reward_model(config)
+        clients.append(_Client(name, kind, model, encoded[name]))
+    return clients, _federated(row, clients, cfg)
+
+
 def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) -> dict[str, dict[str, dict[str, float]]]:
     """row -> kind -> metric -> value (mean over the kind's two clients)."""
     from client_sdk.dp_training import train_nonprivate
@@ -261,15 +278,7 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
                                  learning_rate=3e-3, batch_size=cfg.batch_size, seed=seed)
                 per_kind[kind] = [_evaluate(model, batches[kind])]
         else:
-            clients = []
-            for i, name in enumerate(CLIENTS):
-                torch.manual_seed(seed * 100 + i)
-                kind = KIND_OF[name]
-                config = (RewardModelConfig(kind=kind, federation_seed=seed) if row == "random_backbone"
-                          else config_on_backbone(kind, cfg.backbone, federation_seed=seed))
-                model, _ = build_reward_model(config)
-                clients.append(_Client(name, kind, model, encoded[name]))
-            extra = _federated(row, clients, cfg)
+            clients, extra = federated_clients(cfg, row, seed, encoded)
             for c in clients:
                 per_kind.setdefault(c.kind, []).append(_evaluate(c.model, batches[c.kind]))
         out[row] = {kind: {k: statistics.fmean(m[k] for m in ms) for k in ms[0]} for kind, ms in per_kind.items()}

@@ -99,6 +99,7 @@ class AlignmentResult:
 def _prepare_base(settings: AlignmentSettings) -> Path:
     """Build or load the base, warm-start it, save it once (atomically) as ``base/``."""
     base = settings.out / "base"
+    settings.out.mkdir(parents=True, exist_ok=True)
     if (base / "config.json").is_file():
         log.info("reusing base policy %s", base)
         return base
