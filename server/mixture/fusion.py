@@ -73,7 +73,7 @@ def renormalise(weights: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
 def fuse(normalised: torch.Tensor, weights: torch.Tensor, answered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused reward per item: ``Σ_c w[n, c] · z[c, n]`` with ``w`` renormalised over the
     clients that answered item ``n``. Returns (rewards (N,), covered (N,) bool); an item no
-    client answered has reward 0 and ``covered`` False (the caller drops its prompt).
+    client answered (or only clients of weight 0 did) has reward 0 and ``covered`` False.
 
     ``normalised``: (C, N) from :func:`normalise_scores`; ``weights``: (N, C), e.g. a
     router's per-prompt weights repeated over the prompt's completions."""
@@ -83,7 +83,7 @@ def fuse(normalised: torch.Tensor, weights: torch.Tensor, answered: torch.Tensor
     available = answered.bool().T
     w = renormalise(weights, available)
     rewards = (w * torch.where(available, normalised.T, 0.0)).sum(-1)
-    return rewards, available.any(-1)
+    return rewards, w.sum(-1) > 0  # an answering client with zero weight does not cover an item
 
 
 def expand_to_items(per_prompt: torch.Tensor, group_size: int) -> torch.Tensor:
