@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -27,6 +28,7 @@ from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, STREAM_DEADLINE_S, Limits, channel_options
 from fedsecure.transport.retry import Backoff, call_with_retry
 from fedsecure.types import (
+    AlignSpec,
     Capabilities,
     Decline,
     DeclineReason,
@@ -34,13 +36,14 @@ from fedsecure.types import (
     LedgerHead,
     PayloadKind,
     Role,
+    StepScores,
     Task,
     TaskKind,
     TaskReport,
     UpdateManifest,
 )
 
-from client_sdk.outcomes import Aggregate, Handler, Outcome, Scores, TaskContext, Update
+from client_sdk.outcomes import Aggregate, Handler, Outcome, Scores, StepScorer, TaskContext, Update
 
 log = logging.getLogger("fedsecure.client")
 
@@ -242,6 +245,59 @@ class FederatedClient:
 
         return self._retry(lambda: self._stub.UploadUpdate(stream(), timeout=STREAM_DEADLINE_S))
 
+    # --- the ALIGN stage's score session --------------------------------------------------
+
+    def score_session(self, task: Task, scorer: StepScorer) -> TaskReport:
+        """Serve ``task``'s score session: answer each step's batch with ``scorer``'s
+        scores, signed and bound to (run, round, task, step), until the server ends the
+        session or the task's deadline. A broken stream (e.g. a server restart) is reopened
+        with backoff while the task's deadline allows; the server resumes the stage."""
+        if not isinstance(task.spec, AlignSpec):
+            raise InvalidTaskSpec("a score session serves an ALIGN task")
+        answered, reason, opened = 0, "", 0
+        delays = self.backoff.delays()
+        while time.time() * 1000 < task.deadline_unix_ms:
+            opened += 1
+            try:
+                n, reason = self._serve_session(task, scorer)
+                answered += n
+                break
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                log.warning("%s: score session broke (%s); reopening in %.1f s", self.name, err.code().name, delay)
+                time.sleep(delay)
+        self._progress(f"round {task.round} ALIGN: {answered} steps scored ({reason or 'deadline reached'})")
+        return TaskReport(metrics=(("sessions_opened", float(opened)), ("steps_answered", float(answered))))
+
+    def _serve_session(self, task: Task, scorer: StepScorer) -> tuple[int, str]:
+        outbox: queue.Queue[federation_pb2.ScoreSessionRequest | None] = queue.Queue()
+        outbox.put(federation_pb2.ScoreSessionRequest(open=federation_pb2.ScoreSessionOpen(task_id=task.task_id)))
+
+        def requests() -> Iterator[federation_pb2.ScoreSessionRequest]:
+            while (msg := outbox.get()) is not None:
+                yield msg
+
+        timeout = max(1.0, task.deadline_unix_ms / 1000 - time.time())
+        responses = self._stub.ScoreSession(requests(), timeout=timeout)
+        answered = 0
+        try:
+            for resp in responses:
+                if resp.WhichOneof("part") == "end":
+                    return answered, resp.end.reason
+                batch = serde.score_batch_from_proto(resp.batch)
+                scores = tuple(scorer(batch))
+                env = self.sign(task, PayloadKind.STEP_SCORES, signing.step_scores_digest(batch.step, scores))
+                outbox.put(serde.step_scores_to_proto(StepScores(step=batch.step, envelope=env, scores=scores)))
+                answered += 1
+            return answered, "the server closed the session"
+        finally:
+            outbox.put(None)
+            responses.cancel()
+
     # --- the loop ---------------------------------------------------------------------
 
     def handle(self, task: Task) -> Outcome:
@@ -249,7 +305,8 @@ class FederatedClient:
         handler = self.handlers.get(task.kind)
         if handler is None:
             return Decline(DeclineReason.UNSUPPORTED_TASK, f"no handler for {task.kind.name}")
-        ctx = TaskContext(client_name=self.name, download_aggregate=self.download_aggregate)
+        ctx = TaskContext(client_name=self.name, download_aggregate=self.download_aggregate,
+                          score_session=self.score_session)
         try:
             return handler(task, ctx)
         except PrivacyBudgetExceeded as exc:

@@ -38,11 +38,13 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.state_version import claim_state_dir
 from fedsecure.types import (
+    AlignSpec,
     Capabilities,
     LedgerHead,
     Modality,
     Role,
     Score,
+    ScoreBatch,
     ScoreSpec,
     Task,
     TaskKind,
@@ -127,7 +129,7 @@ class RewardParticipant:
 
     def handlers(self) -> dict[TaskKind, Handler]:
         """Task handlers to register with a FederatedClient."""
-        return {TaskKind.TRAIN: self.train, TaskKind.SCORE: self.score}
+        return {TaskKind.TRAIN: self.train, TaskKind.SCORE: self.score, TaskKind.ALIGN: self.align}
 
     def ledger_head(self) -> LedgerHead:
         """The ledger head reported every round."""
@@ -272,6 +274,19 @@ class RewardParticipant:
         self._apply_aggregates(task, ctx, spec.download_groups, task.round)
         values = score_items(self.model, self.tokenizer, spec.items)
         return Scores(tuple(Score(i.item_id, v) for i, v in zip(spec.items, values, strict=True)))
+
+    def align(self, task: Task, ctx: TaskContext) -> TaskReport:
+        """Serve the ALIGN stage: score the policy's completions step by step with the
+        current DP reward model (post-processing: no privacy cost, no ledger entry)."""
+        spec = task.spec
+        if not isinstance(spec, AlignSpec):
+            raise TypeError("align handler got a non-align task")
+        self._apply_aggregates(task, ctx, spec.download_groups, task.round)
+
+        def scorer(batch: ScoreBatch) -> list[Score]:
+            return [Score(i.item_id, v) for i, v in zip(batch.items, score_items(self.model, self.tokenizer,
+                                                                               batch.items), strict=True)]
+        return ctx.score_session(task, scorer)
 
     def _save(self) -> None:
         # Write beside, then swap: a crash never leaves a half-written model.

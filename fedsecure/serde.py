@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from fedsecure.errors import InvalidSubmission
 from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2, keyholder_pb2
 from fedsecure.types import (
+    AlignSpec,
     Capabilities,
     ClientInfo,
     Decline,
@@ -31,13 +32,16 @@ from fedsecure.types import (
     RunConfig,
     RunStatus,
     Score,
+    ScoreBatch,
     ScoreItem,
     ScoreSpec,
     SignedContribution,
     SignedRevocations,
+    StepScores,
     Task,
     TaskKind,
     TaskReport,
+    TaskSpec,
     TensorChunk,
     TrainSpec,
     UpdateManifest,
@@ -222,16 +226,17 @@ def task_to_proto(t: Task) -> common_pb2.Task:
             aux_groups=list(s.aux_groups), compensation=dict(s.compensation), upload_group=s.upload_group,
             weight_total=s.weight_total))
     elif isinstance(s, ScoreSpec):
-        msg.score.CopyFrom(common_pb2.ScoreSpec(items=[
-            common_pb2.ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
-                                 question=i.question, completion=i.completion) for i in s.items],
-            download_groups=list(s.download_groups)))
+        msg.score.CopyFrom(common_pb2.ScoreSpec(items=items_to_proto(s.items),
+                                                download_groups=list(s.download_groups)))
     elif isinstance(s, PersonaliseSpec):
         msg.personalise.CopyFrom(common_pb2.PersonaliseSpec(
             replace_margin=s.replace_margin, distill_steps=s.distill_steps, distill_weight=s.distill_weight,
             temperature=s.temperature, download_groups=list(s.download_groups)))
     elif isinstance(s, ReportLedgerSpec):
         msg.report_ledger.SetInParent()
+    elif isinstance(s, AlignSpec):
+        msg.align.CopyFrom(common_pb2.AlignSpec(steps=s.steps, step_deadline_ms=s.step_deadline_ms,
+                                                download_groups=list(s.download_groups)))
     else:
         raise TypeError(f"unknown task spec {type(s).__name__}")
     return msg
@@ -242,10 +247,10 @@ def task_from_proto(msg: common_pb2.Task) -> Task:
     kind = _enum(TaskKind, msg.kind, "task.kind")
     which = msg.WhichOneof("spec")
     expected = {TaskKind.TRAIN: "train", TaskKind.SCORE: "score", TaskKind.PERSONALISE: "personalise",
-                TaskKind.REPORT_LEDGER: "report_ledger"}[kind]
+                TaskKind.REPORT_LEDGER: "report_ledger", TaskKind.ALIGN: "align"}[kind]
     if which != expected:
         raise ValueError(f"task {msg.task_id}: kind {kind.name} carries spec {which!r}")
-    spec: TrainSpec | ScoreSpec | PersonaliseSpec | ReportLedgerSpec
+    spec: TaskSpec
     if kind is TaskKind.TRAIN:
         t = msg.train
         spec = TrainSpec(local_steps=t.local_steps, learning_rate=t.learning_rate, batch_size=t.batch_size,
@@ -253,19 +258,57 @@ def task_from_proto(msg: common_pb2.Task) -> Task:
                          aux_groups=tuple(t.aux_groups), compensation=tuple(sorted(t.compensation.items())),
                          upload_group=t.upload_group, weight_total=t.weight_total)
     elif kind is TaskKind.SCORE:
-        spec = ScoreSpec(items=tuple(ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
-                                               question=i.question, completion=i.completion)
-                                     for i in msg.score.items),
-                         download_groups=tuple(msg.score.download_groups))
+        spec = ScoreSpec(items=items_from_proto(msg.score.items), download_groups=tuple(msg.score.download_groups))
     elif kind is TaskKind.PERSONALISE:
         p = msg.personalise
         spec = PersonaliseSpec(replace_margin=p.replace_margin, distill_steps=p.distill_steps,
                                distill_weight=p.distill_weight, temperature=p.temperature,
                                download_groups=tuple(p.download_groups))
+    elif kind is TaskKind.ALIGN:
+        a = msg.align
+        spec = AlignSpec(steps=a.steps, step_deadline_ms=a.step_deadline_ms, download_groups=tuple(a.download_groups))
     else:
         spec = ReportLedgerSpec()
     return Task(run_id=msg.run_id, round=msg.round, task_id=msg.task_id, kind=kind,
                 deadline_unix_ms=msg.deadline_unix_ms, attempt=msg.attempt, spec=spec)
+
+
+def items_to_proto(items: Sequence[ScoreItem]) -> list[common_pb2.ScoreItem]:
+    """Domain score items -> wire."""
+    return [common_pb2.ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png,
+                                 question=i.question, completion=i.completion) for i in items]
+
+
+def items_from_proto(msgs) -> tuple[ScoreItem, ...]:  # type: ignore[no-untyped-def]
+    """Wire -> domain score items."""
+    return tuple(ScoreItem(item_id=i.item_id, prompt_id=i.prompt_id, image_png=i.image_png, question=i.question,
+                           completion=i.completion) for i in msgs)
+
+
+# --- the ALIGN stage's score session ----------------------------------------------------
+
+def score_batch_to_proto(b: ScoreBatch) -> federation_pb2.ScoreSessionResponse:
+    """Domain batch -> the session message that carries it."""
+    return federation_pb2.ScoreSessionResponse(batch=federation_pb2.ScoreBatch(
+        step=b.step, items=items_to_proto(b.items), deadline_unix_ms=b.deadline_unix_ms))
+
+
+def score_batch_from_proto(msg: federation_pb2.ScoreBatch) -> ScoreBatch:
+    """Wire -> domain batch."""
+    return ScoreBatch(step=msg.step, items=items_from_proto(msg.items), deadline_unix_ms=msg.deadline_unix_ms)
+
+
+def step_scores_to_proto(s: StepScores) -> federation_pb2.ScoreSessionRequest:
+    """Domain step answer -> the session message that carries it."""
+    return federation_pb2.ScoreSessionRequest(scores=federation_pb2.StepScores(
+        step=s.step, envelope=envelope_to_proto(s.envelope), scores=scores_to_proto(s.scores)))
+
+
+def step_scores_from_proto(msg: federation_pb2.StepScores) -> StepScores:
+    """Wire -> domain step answer (the envelope is required)."""
+    if not msg.HasField("envelope"):
+        raise ValueError("step scores carry no signed envelope")
+    return StepScores(step=msg.step, envelope=envelope_from_proto(msg.envelope), scores=scores_from_proto(msg.scores))
 
 
 # --- admin ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class TaskKind(enum.IntEnum):
     SCORE = 2
     PERSONALISE = 3
     REPORT_LEDGER = 4
+    ALIGN = 5
 
 
 class PayloadKind(enum.IntEnum):
@@ -35,6 +36,7 @@ class PayloadKind(enum.IntEnum):
     LEDGER_HEAD = 3
     TASK_REPORT = 4
     DECLINE = 5
+    STEP_SCORES = 6
 
 
 class DeclineReason(enum.IntEnum):
@@ -143,13 +145,42 @@ class ReportLedgerSpec:
     """A request to report the privacy-ledger head (no parameters)."""
 
 
-TaskSpec = TrainSpec | ScoreSpec | PersonaliseSpec | ReportLedgerSpec
+@dataclass(frozen=True)
+class AlignSpec:
+    """The ALIGN stage: open one score session for this task and answer each step's
+    batch within ``step_deadline_ms``; at most ``steps`` batches this round."""
+
+    steps: int = 0
+    step_deadline_ms: int = 30_000
+    download_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """One ALIGN step's items for one client, and when the server stops waiting."""
+
+    step: int
+    items: tuple[ScoreItem, ...]
+    deadline_unix_ms: int = 0
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """A client's signed answer to one step's batch (the envelope signs step and scores)."""
+
+    step: int
+    envelope: Envelope
+    scores: tuple[Score, ...]
+
+
+TaskSpec = TrainSpec | ScoreSpec | PersonaliseSpec | ReportLedgerSpec | AlignSpec
 
 SPEC_OF_KIND: dict[TaskKind, type] = {
     TaskKind.TRAIN: TrainSpec,
     TaskKind.SCORE: ScoreSpec,
     TaskKind.PERSONALISE: PersonaliseSpec,
     TaskKind.REPORT_LEDGER: ReportLedgerSpec,
+    TaskKind.ALIGN: AlignSpec,
 }
 
 

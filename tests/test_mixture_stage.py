@@ -165,7 +165,8 @@ def test_restart_mid_stage_resumes_from_the_last_step_with_the_router(tmp_path: 
     scored_steps: list[int] = []
     good_scorer = restarted.reward.clients[0].scorer
     restarted.reward.clients[0] = ScoringClient(
-        "good", TEXT, lambda step, items, t: (scored_steps.append(step), good_scorer(step, items, t))[1])
+        "good", TEXT,
+        lambda ex, items, t: (scored_steps.append(int(items[0].item_id.split(":")[0])), good_scorer(ex, items, t))[1])
     result = restarted.run_round(1)
     assert result.steps == 2 and result.router_fit is None  # mid-round: no refresh, the router as saved
     assert scored_steps == [6, 7]  # the interrupted step is redone once; earlier steps are not rescored

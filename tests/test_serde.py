@@ -12,6 +12,7 @@ from fedsecure import serde
 from fedsecure.errors import InvalidSubmission
 from fedsecure.proto.v1 import common_pb2
 from fedsecure.types import (
+    AlignSpec,
     Capabilities,
     ClientInfo,
     Decline,
@@ -25,8 +26,11 @@ from fedsecure.types import (
     ReportLedgerSpec,
     RunConfig,
     RunStatus,
+    Score,
+    ScoreBatch,
     ScoreItem,
     ScoreSpec,
+    StepScores,
     Task,
     TaskKind,
     TaskReport,
@@ -52,9 +56,12 @@ specs = st.one_of(
     st.builds(PersonaliseSpec, replace_margin=finite, distill_steps=u32, distill_weight=finite, temperature=finite,
               download_groups=names),
     st.just(ReportLedgerSpec()),
+    st.builds(AlignSpec, steps=u32, step_deadline_ms=u32, download_groups=names),
 )
 KIND_OF = {TrainSpec: TaskKind.TRAIN, ScoreSpec: TaskKind.SCORE, PersonaliseSpec: TaskKind.PERSONALISE,
-           ReportLedgerSpec: TaskKind.REPORT_LEDGER}
+           ReportLedgerSpec: TaskKind.REPORT_LEDGER, AlignSpec: TaskKind.ALIGN}
+items = st.lists(st.builds(ScoreItem, item_id=text, prompt_id=text, image_png=st.binary(max_size=64), question=text,
+                           completion=text), max_size=3).map(tuple)
 
 
 @given(spec=specs, run_id=text, round_=u64, task_id=text, deadline=i64, attempt=u32)
@@ -188,3 +195,32 @@ def test_unsigned_64_bit_fields_are_range_checked_at_any_depth(value: int) -> No
         else:
             with pytest.raises(InvalidSubmission, match=re.escape(f"{name}: {value} is out of range")):
                 serde.check_integer_ranges(msg)
+
+
+@given(step=u64, items=items, deadline=i64)
+def test_score_batch_round_trip(step, items, deadline) -> None:  # type: ignore[no-untyped-def]
+    from fedsecure.proto.v1 import federation_pb2
+
+    batch = ScoreBatch(step=step, items=items, deadline_unix_ms=deadline)
+    msg = federation_pb2.ScoreSessionResponse()
+    msg.ParseFromString(serde.score_batch_to_proto(batch).SerializeToString())
+    assert serde.score_batch_from_proto(msg.batch) == batch
+
+
+@given(step=u64, values=st.lists(st.tuples(text, finite), max_size=4), nonce=st.binary(max_size=16))
+def test_step_scores_round_trip(step, values, nonce) -> None:  # type: ignore[no-untyped-def]
+    from fedsecure.proto.v1 import federation_pb2
+
+    env = Envelope(client_id="a", run_id="r", round=1, task_id="t", nonce=nonce, timestamp_ms=5,
+                   payload_kind=PayloadKind.STEP_SCORES, payload_sha256=b"\0" * 32, signature=b"s")
+    answer = StepScores(step=step, envelope=env, scores=tuple(Score(i, v) for i, v in values))
+    msg = federation_pb2.ScoreSessionRequest()
+    msg.ParseFromString(serde.step_scores_to_proto(answer).SerializeToString())
+    assert serde.step_scores_from_proto(msg.scores) == answer
+
+
+def test_step_scores_need_an_envelope() -> None:
+    from fedsecure.proto.v1 import federation_pb2
+
+    with pytest.raises(ValueError, match="no signed envelope"):
+        serde.step_scores_from_proto(federation_pb2.StepScores(step=1))

@@ -139,3 +139,11 @@ def test_submission_identity_is_the_signed_statement_not_the_signature() -> None
     assert signing.envelope_digest(replace(env, signature=one)) == signing.envelope_digest(replace(env, signature=two))
     assert signing.envelope_digest(env) == hashlib.sha256(signing.envelope_bytes(env)).digest()
     assert signing.envelope_digest(replace(env, nonce=b"\x02" * 16)) != signing.envelope_digest(env)
+
+
+def test_step_scores_digest_binds_the_step_and_its_own_domain() -> None:
+    scores = [Score("i", 0.5)]
+    expected = signing.sha256(signing.canonical(signing.DOMAIN_STEP_SCORES, [7, 1, "i", 0.5]))
+    assert signing.step_scores_digest(7, scores) == expected
+    assert signing.step_scores_digest(8, scores) != expected  # an answer to step 7 is not one to step 8
+    assert signing.step_scores_digest(7, scores) != signing.scores_digest(scores)  # nor a SCORE payload

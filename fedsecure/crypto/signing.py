@@ -39,6 +39,7 @@ DOMAIN_UPDATE = b"fedsecure/v1/update-manifest"
 DOMAIN_LEDGER_HEAD = b"fedsecure/v1/ledger-head"
 DOMAIN_TASK_REPORT = b"fedsecure/v1/task-report"
 DOMAIN_DECLINE = b"fedsecure/v1/decline"
+DOMAIN_STEP_SCORES = b"fedsecure/v1/step-scores"
 
 NONCE_BYTES = 16
 
@@ -143,6 +144,16 @@ def scores_digest(scores: Sequence[Score]) -> bytes:
     for s in scores:
         fields += [s.item_id, float(s.value)]
     return sha256(canonical(DOMAIN_SCORES, fields))
+
+
+def step_scores_digest(step: int, scores: Sequence[Score]) -> bytes:
+    """Payload digest of one ALIGN step's scores: the step is signed with them, so an
+    answer to step 7 can never be replayed as an answer to step 8 (own domain: it can
+    never pass for a SCORE task's payload either)."""
+    fields: list[Field] = [step, len(scores)]
+    for s in scores:
+        fields += [s.item_id, float(s.value)]
+    return sha256(canonical(DOMAIN_STEP_SCORES, fields))
 
 
 def manifest_digest(m: UpdateManifest) -> bytes:

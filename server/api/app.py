@@ -27,6 +27,7 @@ from fedsecure.types import Role, RunConfig, TaskKind
 from server.api.admin_servicer import AdminServicer
 from server.rounds.admission import Admission
 from server.rounds.engine import CLOSE_RETRY_S, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
+from server.mixture.sessions import ScoreSessions
 from server.api.federation_servicer import FederationServicer
 from server.rounds.phases import PhasePlanner
 from server.secagg.aggregator import SecureAggregator
@@ -78,6 +79,7 @@ async def start_server(
     keyholder_backoff: Backoff | None = None,
     max_close_attempts: int = MAX_CLOSE_ATTEMPTS,
     close_retry_s: float = CLOSE_RETRY_S,
+    sessions: ScoreSessions | None = None,
 ) -> RunningServer:
     """Start the aggregation server on ``address`` (port 0 picks a free port).
 
@@ -86,7 +88,8 @@ async def start_server(
     one the planners were given (:meth:`SecureAggregator.open`); without one, the server
     opens its own with ``keyholder_address`` (default: the kit's) for the uploads it
     accepts. Closing a phase is tried ``max_close_attempts`` times, ``close_retry_s``
-    apart, before the round is retried with a fresh sample.
+    apart, before the round is retried with a fresh sample. ``sessions`` are the ALIGN
+    stage's score sessions, shared with its planner (:class:`server.rewards.align.AlignPlanner`).
     """
     if kit.role is not Role.SERVER:
         raise ValueError(f"the server needs a server kit, got a {kit.role.value} kit")
@@ -110,7 +113,7 @@ async def start_server(
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
                            objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits,
-                           backbones=frozenset(sealed_backbones(kit.settings))), server)
+                           backbones=frozenset(sealed_backbones(kit.settings)), sessions=sessions), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator
 
 from fedsecure import __version__, serde
 from fedsecure.crypto import signing
-from fedsecure.errors import InvalidSubmission, LimitExceeded, NotFound
+from fedsecure.errors import InvalidSubmission, LimitExceeded, NotFound, TaskClosed, UnknownTask
 from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
 from fedsecure.transport.auth import current_peer
 from fedsecure.transport.limits import Limits
 from fedsecure.crypto.packing import parse_encoding
 from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_kind
-from fedsecure.types import Capabilities, PayloadKind, SignedContribution, TensorChunk, UpdateManifest
+from fedsecure.types import Capabilities, PayloadKind, SignedContribution, TaskKind, TensorChunk, UpdateManifest
 
+from server.mixture.sessions import ScoreSessions
 from server.rounds.admission import Admission, Submission
 from server.rounds.engine import RoundEngine
 from server.secagg.accumulator import HomomorphicAccumulator
@@ -33,9 +34,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     """Thin servicer over the round engine, admission and the object store."""
 
     def __init__(self, *, store: Store, engine: RoundEngine, admission: Admission, objects: ObjectStore,
-                 accumulator: HomomorphicAccumulator, limits: Limits, backbones: frozenset[str] = frozenset()) -> None:
+                 accumulator: HomomorphicAccumulator, limits: Limits, backbones: frozenset[str] = frozenset(),
+                 sessions: ScoreSessions | None = None) -> None:
         self.store, self.engine, self.admission, self.objects, self.limits = store, engine, admission, objects, limits
         self.accumulator = accumulator
+        self.sessions = sessions or ScoreSessions()
         self.backbones = backbones  # the ones the kits seal (one per architecture); empty: none sealed
 
     @domain_errors
@@ -229,6 +232,58 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             data = await asyncio.to_thread(self.objects.get, digest)
             chunk = TensorChunk(name=request.group, dtype="bytes", shape=(), index=index, data=data, sha256=digest)
             yield federation_pb2.DownloadAggregateResponse(chunk=serde.chunk_to_proto(chunk))
+
+    @domain_errors
+    async def ScoreSession(self, request_iterator, context) -> AsyncIterator[federation_pb2.ScoreSessionResponse]:  # type: ignore[no-untyped-def, override]
+        peer = current_peer()
+        name = self._enrolled()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "open":
+            raise InvalidSubmission("a score session starts with its open message")
+        row = self.store.runs.task(first.open.task_id)
+        if row is None or row.client != name or row.task.kind is not TaskKind.ALIGN:
+            raise UnknownTask(f"task {first.open.task_id!r} is not an ALIGN task of {name}")
+        if row.state != "open":
+            raise TaskClosed(f"task {row.task.task_id} is {row.state}")
+        session = self.sessions.attach(name, row.task)
+        reader = asyncio.create_task(self._read_step_scores(request_iterator, peer, session))
+        try:
+            async for out in session.outgoing():
+                if isinstance(out, str):
+                    yield federation_pb2.ScoreSessionResponse(end=federation_pb2.SessionEnd(reason=out))
+                    return
+                yield serde.score_batch_to_proto(out)
+        finally:
+            reader.cancel()
+            self.sessions.detach(session)
+
+    async def _read_step_scores(self, request_iterator, peer, session) -> None:  # type: ignore[no-untyped-def]
+        """Each answer is verified before it reaches its step; a bad one fails that step
+        for this client only (it is left out of the step's fusion), never another step."""
+        try:
+            async for msg in request_iterator:
+                if msg.WhichOneof("part") != "scores":
+                    self.sessions.end([session.client], "only step scores may follow the open message")
+                    return
+                if len(msg.scores.scores) > self.limits.max_score_items:
+                    self.sessions.deliver(session, msg.scores.step, error=ValueError("too many scores"))
+                    continue
+                try:
+                    answer = serde.step_scores_from_proto(msg.scores)
+                    self.admission.check_step_scores(peer, answer.envelope, task=session.task,
+                                                     payload_sha256=signing.step_scores_digest(answer.step,
+                                                                                               answer.scores))
+                    if answer.envelope.nonce in session.nonces:
+                        raise InvalidSubmission("nonce already used in this session: replayed answer refused")
+                except (ValueError, InvalidSubmission) as exc:  # SignatureError is a ValueError
+                    self.sessions.deliver(session, msg.scores.step, error=ValueError(f"refused: {exc}"))
+                    continue
+                session.nonces.add(answer.envelope.nonce)
+                self.sessions.deliver(session, answer.step, answer.scores)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the client's stream broke: its session ends
+            self.sessions.end([session.client], f"stream failed: {type(exc).__name__}")
 
     @domain_errors
     async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]

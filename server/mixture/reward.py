@@ -32,8 +32,9 @@ from server.mixture.fusion import capability_mask, normalise_scores
 log = logging.getLogger(__name__)
 
 Scorer = Callable[[int, Sequence[ScoreItem], float], Sequence[Score]]
-"""One client's scoring channel: ``scorer(step, items, timeout_s)`` returns its scores or
-raises (a timeout included); it is called from a worker thread."""
+"""One client's scoring channel: ``scorer(exchange, items, timeout_s)`` returns its scores
+or raises (a timeout included); it is called from a worker thread. ``exchange`` numbers
+the requests of a stage (the "step" a signed answer is bound to on the wire)."""
 
 FeatureFn = Callable[[Sequence[Prompt]], torch.Tensor]
 """Prompt features (P, D) for the router and expert selection."""
@@ -53,6 +54,7 @@ class StepLog:
     """What one reward call did: who answered, who was left out and why, timings."""
 
     step: int
+    exchange: int = 0
     answered: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
     scoring_s: dict[str, float] = field(default_factory=dict)
@@ -96,6 +98,11 @@ class MixtureReward:
         self.clients, self.combiner, self.features = list(clients), combiner, features
         self.deadline_s, self.group_of, self.offender_threshold = deadline_s, group_of, offender_threshold
         self.step = 0
+        # Every exchange with the clients (a GRPO step's batch, the router's preference
+        # batch) gets its own number on the wire, so an answer to one can never be taken
+        # for the answer to another (the router's refresh and a round's first step share
+        # a GRPO step).
+        self.exchanges = 0
         self.logs: list[StepLog] = []
         self.faults: Counter[str] = Counter()
         self._png: dict[str, bytes] = {}
@@ -141,7 +148,8 @@ class MixtureReward:
                 index[p.prompt_id] = len(unique)
                 unique.append(p)
             prompt_of.append(index[p.prompt_id])
-        entry = StepLog(step=self.step, prompts=len(unique))
+        self.exchanges += 1
+        entry = StepLog(step=self.step, prompts=len(unique), exchange=self.exchanges)
         capable = capability_mask([c.modalities for c in self.clients],
                                   has_image=[p.image is not None for p in unique],
                                   has_question=[bool(p.question) for p in unique])  # (C, P)
@@ -185,7 +193,7 @@ class MixtureReward:
             if not mine:
                 continue
             started = time.perf_counter()
-            futures[ci] = (self._pool.submit(client.scorer, self.step, mine, self.deadline_s), started)
+            futures[ci] = (self._pool.submit(client.scorer, entry.exchange, mine, self.deadline_s), started)
         for ci, (future, started) in futures.items():
             name = self.clients[ci].name
             try:

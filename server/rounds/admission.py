@@ -38,6 +38,7 @@ from fedsecure.types import (
     Score,
     ScoreSpec,
     SubmitAck,
+    Task,
     TaskKind,
 )
 
@@ -49,6 +50,9 @@ ALLOWED_PAYLOADS: dict[TaskKind, frozenset[PayloadKind]] = {
     TaskKind.SCORE: frozenset({PayloadKind.SCORES, PayloadKind.DECLINE}),
     TaskKind.PERSONALISE: frozenset({PayloadKind.TASK_REPORT, PayloadKind.DECLINE}),
     TaskKind.REPORT_LEDGER: frozenset({PayloadKind.LEDGER_HEAD, PayloadKind.DECLINE}),
+    # step scores travel in the task's score session (checked by check_step_scores); the
+    # task itself closes with a report or a decline
+    TaskKind.ALIGN: frozenset({PayloadKind.TASK_REPORT, PayloadKind.DECLINE}),
 }
 
 
@@ -145,6 +149,24 @@ class Admission:
                 self.store.clients.set_state(tx, peer.identity.name, "exhausted")
         self.engine.poke()
         return SubmitAck(submission_id=sid)
+
+    def check_step_scores(self, peer: Peer, env: Envelope, *, task: Task, payload_sha256: bytes) -> None:
+        """Verify one ALIGN step's signed answer in ``task``'s score session; raises
+        InvalidSubmission/SignatureError, never returns False (fail closed). Bound to the
+        caller, the task's run, round and task id, the payload kind, and (through the
+        digest) the step and its scores; the session drops a repeated nonce."""
+        self._verify_envelope(peer, env)
+        if not hmac.compare_digest(payload_sha256, env.payload_sha256):
+            raise InvalidSubmission("step scores do not match the digest the envelope signs")
+        if env.payload_kind is not PayloadKind.STEP_SCORES:
+            raise InvalidSubmission(f"envelope declares {env.payload_kind.name}, a score session carries STEP_SCORES")
+        if (env.run_id, env.round, env.task_id) != (task.run_id, task.round, task.task_id):
+            raise InvalidSubmission(f"step scores bound to run {env.run_id!r} round {env.round} task {env.task_id!r}, "
+                                    f"the session is for task {task.task_id}")
+        if abs(now_ms() - env.timestamp_ms) > self.limits.clock_skew_ms:
+            raise InvalidSubmission("envelope timestamp is outside the allowed clock skew")
+        if len(env.nonce) != signing.NONCE_BYTES:
+            raise InvalidSubmission(f"nonce must be {signing.NONCE_BYTES} bytes")
 
     def _check_scores(self, row: TaskRow, scores: tuple[Score, ...]) -> None:
         spec = row.task.spec

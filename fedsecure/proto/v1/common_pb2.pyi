@@ -21,6 +21,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_SCORE: _ClassVar[TaskKind]
     TASK_KIND_PERSONALISE: _ClassVar[TaskKind]
     TASK_KIND_REPORT_LEDGER: _ClassVar[TaskKind]
+    TASK_KIND_ALIGN: _ClassVar[TaskKind]
 
 class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYLOAD_KIND_LEDGER_HEAD: _ClassVar[PayloadKind]
     PAYLOAD_KIND_TASK_REPORT: _ClassVar[PayloadKind]
     PAYLOAD_KIND_DECLINE: _ClassVar[PayloadKind]
+    PAYLOAD_KIND_STEP_SCORES: _ClassVar[PayloadKind]
 
 class DeclineReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,12 +49,14 @@ TASK_KIND_TRAIN: TaskKind
 TASK_KIND_SCORE: TaskKind
 TASK_KIND_PERSONALISE: TaskKind
 TASK_KIND_REPORT_LEDGER: TaskKind
+TASK_KIND_ALIGN: TaskKind
 PAYLOAD_KIND_UNSPECIFIED: PayloadKind
 PAYLOAD_KIND_SCORES: PayloadKind
 PAYLOAD_KIND_UPDATE: PayloadKind
 PAYLOAD_KIND_LEDGER_HEAD: PayloadKind
 PAYLOAD_KIND_TASK_REPORT: PayloadKind
 PAYLOAD_KIND_DECLINE: PayloadKind
+PAYLOAD_KIND_STEP_SCORES: PayloadKind
 DECLINE_REASON_UNSPECIFIED: DeclineReason
 DECLINE_REASON_BUDGET_EXHAUSTED: DeclineReason
 DECLINE_REASON_UNSUPPORTED_TASK: DeclineReason
@@ -185,8 +189,18 @@ class ReportLedgerSpec(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AlignSpec(_message.Message):
+    __slots__ = ("steps", "step_deadline_ms", "download_groups")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    step_deadline_ms: int
+    download_groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, steps: _Optional[int] = ..., step_deadline_ms: _Optional[int] = ..., download_groups: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Task(_message.Message):
-    __slots__ = ("run_id", "round", "task_id", "kind", "deadline_unix_ms", "attempt", "train", "score", "personalise", "report_ledger")
+    __slots__ = ("run_id", "round", "task_id", "kind", "deadline_unix_ms", "attempt", "train", "score", "personalise", "report_ledger", "align")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +211,7 @@ class Task(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PERSONALISE_FIELD_NUMBER: _ClassVar[int]
     REPORT_LEDGER_FIELD_NUMBER: _ClassVar[int]
+    ALIGN_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     task_id: str
@@ -207,7 +222,8 @@ class Task(_message.Message):
     score: ScoreSpec
     personalise: PersonaliseSpec
     report_ledger: ReportLedgerSpec
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., deadline_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., score: _Optional[_Union[ScoreSpec, _Mapping]] = ..., personalise: _Optional[_Union[PersonaliseSpec, _Mapping]] = ..., report_ledger: _Optional[_Union[ReportLedgerSpec, _Mapping]] = ...) -> None: ...
+    align: AlignSpec
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., deadline_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., score: _Optional[_Union[ScoreSpec, _Mapping]] = ..., personalise: _Optional[_Union[PersonaliseSpec, _Mapping]] = ..., report_ledger: _Optional[_Union[ReportLedgerSpec, _Mapping]] = ..., align: _Optional[_Union[AlignSpec, _Mapping]] = ...) -> None: ...
 
 class LedgerHead(_message.Message):
     __slots__ = ("seq", "entry_sha256", "epsilon", "delta", "epsilon_budget")

@@ -152,3 +152,51 @@ class HeartbeatResponse(_message.Message):
     run_state: str
     round: int
     def __init__(self, server_time_ms: _Optional[int] = ..., run_id: _Optional[str] = ..., run_state: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class ScoreSessionOpen(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class StepScores(_message.Message):
+    __slots__ = ("step", "envelope", "scores")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    envelope: _common_pb2.SignedEnvelope
+    scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.Score]
+    def __init__(self, step: _Optional[int] = ..., envelope: _Optional[_Union[_common_pb2.SignedEnvelope, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.Score, _Mapping]]] = ...) -> None: ...
+
+class ScoreSessionRequest(_message.Message):
+    __slots__ = ("open", "scores")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    open: ScoreSessionOpen
+    scores: StepScores
+    def __init__(self, open: _Optional[_Union[ScoreSessionOpen, _Mapping]] = ..., scores: _Optional[_Union[StepScores, _Mapping]] = ...) -> None: ...
+
+class ScoreBatch(_message.Message):
+    __slots__ = ("step", "items", "deadline_unix_ms")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoreItem]
+    deadline_unix_ms: int
+    def __init__(self, step: _Optional[int] = ..., items: _Optional[_Iterable[_Union[_common_pb2.ScoreItem, _Mapping]]] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SessionEnd(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ScoreSessionResponse(_message.Message):
+    __slots__ = ("batch", "end")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    batch: ScoreBatch
+    end: SessionEnd
+    def __init__(self, batch: _Optional[_Union[ScoreBatch, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ...) -> None: ...

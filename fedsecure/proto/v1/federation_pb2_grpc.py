@@ -75,6 +75,11 @@ class FederationStub:
                 request_serializer=fedsecure_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fedsecure_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.ScoreSession = channel.stream_stream(
+                '/fedsecure.v1.Federation/ScoreSession',
+                request_serializer=fedsecure_dot_v1_dot_federation__pb2.ScoreSessionRequest.SerializeToString,
+                response_deserializer=fedsecure_dot_v1_dot_federation__pb2.ScoreSessionResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -133,6 +138,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreSession(self, request_iterator, context):
+        """The ALIGN stage's scoring channel: the client opens it for its ALIGN task; the server
+        sends one batch per GRPO step, the client answers each with signed scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +188,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fedsecure_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=fedsecure_dot_v1_dot_federation__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'ScoreSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScoreSession,
+                    request_deserializer=fedsecure_dot_v1_dot_federation__pb2.ScoreSessionRequest.FromString,
+                    response_serializer=fedsecure_dot_v1_dot_federation__pb2.ScoreSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +411,33 @@ class Federation:
             '/fedsecure.v1.Federation/Heartbeat',
             fedsecure_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             fedsecure_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedsecure.v1.Federation/ScoreSession',
+            fedsecure_dot_v1_dot_federation__pb2.ScoreSessionRequest.SerializeToString,
+            fedsecure_dot_v1_dot_federation__pb2.ScoreSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

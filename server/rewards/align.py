@@ -1,0 +1,113 @@
+"""The ALIGN phase planner: each participant is handed an ALIGN task and opens a score
+session for it; a driver waits (bounded) for the sessions, runs one round of the ALIGN
+stage — router refresh, then GRPO steps on the fused reward of the clients that answer
+each step — on a worker thread, writes the round's record to ``metrics.jsonl``, and ends
+the sessions; each client then closes its task with a report (docs/design.md §4).
+
+The stage (policy, router, pool, checkpoints) is built once by ``build_stage`` with the
+roster of every enrolled client, so the router's client axis stays fixed across rounds; a
+client absent from a round simply answers nothing. After a server restart mid-stage, the
+driver starts again when the first client reopens its session, and the stage resumes
+from its last checkpointed step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey
+from fedsecure.types import AlignSpec, TaskSpec
+from server.mixture.reward import ScoringClient
+from server.mixture.sessions import ScoreSessions, Session
+from server.mixture.stage import AlignRoundResult, AlignStage
+from server.rewards.planners import MetricsLog, published_groups
+from server.rounds.phases import PhaseContext
+from server.rounds.store import SubmissionRow
+
+log = logging.getLogger(__name__)
+
+StageBuilder = Callable[[Sequence[ScoringClient]], AlignStage]
+"""Builds the ALIGN stage for a roster of scoring clients (called once, off the event loop)."""
+
+
+class AlignPlanner:
+    """See the module docstring."""
+
+    def __init__(self, *, sessions: ScoreSessions, build_stage: StageBuilder, metrics: MetricsLog,
+                 steps_per_round: int, step_deadline_s: float = 30.0, connect_timeout_s: float = 60.0) -> None:
+        if steps_per_round < 1 or not step_deadline_s > 0 or not connect_timeout_s > 0:
+            raise ValueError("steps_per_round >= 1 and positive deadlines are needed")
+        self.sessions, self.build_stage, self.metrics = sessions, build_stage, metrics
+        self.steps_per_round, self.step_deadline_s, self.connect_timeout_s = (steps_per_round, step_deadline_s,
+                                                                              connect_timeout_s)
+        self.stage: AlignStage | None = None
+        self.results: list[AlignRoundResult] = []
+        self._drivers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._roster: list[ScoringClient] = []
+        self._modalities: dict[str, tuple] = {}  # type: ignore[type-arg]
+        sessions.on_attach = self._on_attach
+
+    def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
+        """An ALIGN task per participant (with the attention means to apply first); the
+        stage's round starts as soon as their sessions are open."""
+        if not self._roster:
+            self._modalities = {c.name: c.capabilities.modalities for c in ctx.store.client_infos()}
+            self._roster = [ScoringClient(name, tuple(mods), self.sessions.scorer(name))
+                            for name, mods in sorted(self._modalities.items()) if mods]
+        groups = tuple(g for g in published_groups(ctx, ctx.round)
+                       if GroupKey.parse(g).family == ATTENTION_FAMILY)
+        self._start(ctx.run_id, ctx.round, participants)
+        spec = AlignSpec(steps=self.steps_per_round, step_deadline_ms=int(self.step_deadline_s * 1000),
+                         download_groups=groups)
+        return {p: spec for p in participants}
+
+    def _on_attach(self, session: Session) -> None:
+        # After a restart nothing drives the open phase: the first session to reopen restarts it.
+        key = (session.task.run_id, session.task.round)
+        if key not in self._drivers:
+            log.info("score session of %s reopened round %d of the ALIGN stage", session.client, key[1])
+            self._start(*key, participants=None)
+
+    def _start(self, run_id: str, round_: int, participants: Sequence[str] | None) -> None:
+        key = (run_id, round_)
+        if key in self._drivers and not self._drivers[key].done():
+            return
+        self._drivers[key] = asyncio.get_running_loop().create_task(self._drive(run_id, round_, participants))
+
+    async def _drive(self, run_id: str, round_: int, participants: Sequence[str] | None) -> None:
+        try:
+            if participants is not None:
+                connected = await self.sessions.wait_for(participants, self.connect_timeout_s)
+            else:  # resumed: whoever reconnects within the window
+                await asyncio.sleep(min(self.connect_timeout_s, 5.0))
+                connected = self.sessions.connected()
+            log.info("ALIGN round %d: score sessions open for %s", round_, connected)
+            if self.stage is None:
+                if not self._roster:
+                    raise RuntimeError("no roster of scoring clients: the phase was not planned in this process")
+                stage = await asyncio.to_thread(self.build_stage, self._roster)
+                if stage.config.steps_per_round != self.steps_per_round:
+                    raise ValueError(f"the stage runs {stage.config.steps_per_round} steps per round, the ALIGN "
+                                     f"tasks announce {self.steps_per_round}")
+                await asyncio.to_thread(stage.resume)
+                self.stage = stage
+            result = await asyncio.to_thread(self.stage.run_round, round_ - 1)  # stage rounds count from 0
+            self.results.append(result)
+            self.metrics.write({**dataclasses.asdict(result), "stage_round": result.round, "run_id": run_id,
+                                "round": round_, "phase": "align", "connected": connected})
+            reason = result.stopped or f"round {round_} of the ALIGN stage is done"
+        except Exception as exc:  # noqa: BLE001 - the phase must still end; the reason is logged and sent
+            log.exception("ALIGN round %d failed", round_)
+            self.metrics.write({"run_id": run_id, "round": round_, "phase": "align",
+                                "error": f"{type(exc).__name__}: {exc}"})
+            reason = f"the ALIGN stage failed: {type(exc).__name__}"
+        self.sessions.end(None, reason)
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        """Wait for the round's driver (already done when every client finished)."""
+        driver = self._drivers.get((ctx.run_id, ctx.round))
+        if driver is not None:
+            await driver
