@@ -172,3 +172,18 @@ def test_restart_mid_stage_resumes_from_the_last_step_with_the_router(tmp_path: 
     assert scored_steps == [6, 7]  # the interrupted step is redone once; earlier steps are not rescored
     assert calls == [0, 1, 2, 3, 4, 5]
     restarted.reward.close()
+
+
+def test_reward_hacking_rule(tmp_path: Path) -> None:
+    from server.mixture.stage import AlignRoundResult
+
+    stage = build(tmp_path, clients=[ScoringClient("good", TEXT, good)], routed=False)
+    stage.config = AlignStageConfig(hacking_rounds=2)
+    stage.history = [{"reward_level": 1.0, "monitor_accuracy": 0.6}, {"reward_level": 2.0, "monitor_accuracy": 0.5}]
+    rising_falling = AlignRoundResult(round=2, reward_level=3.0, monitor_accuracy=0.4)
+    assert "reward hacking" in (stage._hacking(rising_falling) or "")
+    assert stage._hacking(AlignRoundResult(round=2, reward_level=3.0, monitor_accuracy=0.55)) is None  # accuracy up
+    assert stage._hacking(AlignRoundResult(round=2, reward_level=1.5, monitor_accuracy=0.4)) is None  # reward down
+    stage.history = stage.history[1:]
+    assert stage._hacking(rising_falling) is None  # one round of it is not yet a pattern
+    stage.reward.close()

@@ -61,16 +61,25 @@ class PreferenceSet:
 
     @classmethod
     def from_records(cls, records: Sequence[VQARecord], *, processor: object, seed: int = 0) -> PreferenceSet:
-        """One pair per record; the rejected answer is a seeded wrong answer of the same type."""
+        """Two pairs per record: the true answer against a seeded wrong answer of the same
+        type, and against one of another type. GRPO's completions can be any answer, so the
+        router must learn whom to trust on both kinds of mistake (measured: fit on
+        same-type pairs only, it trusted clients that prefer a wrong *type*, and GRPO on
+        its fusion lost every colour question)."""
         rng = random.Random(seed)
         prompts = vqa_prompts(records, processor=processor)
         vocab = answers()
-        rejected = []
-        for r in records:
-            wrong = [a for a in vocab if a != r.answer and answer_type(a) == answer_type(r.answer)]
-            rejected.append(rng.choice(wrong))
-        return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records), rejected=tuple(rejected),
-                   groups=tuple(answer_type(r.answer) for r in records))
+        out_prompts, chosen, rejected, groups = [], [], [], []
+        for p, r in zip(prompts, records, strict=True):
+            kind = answer_type(r.answer)
+            same = [a for a in vocab if a != r.answer and answer_type(a) == kind]
+            other = [a for a in vocab if answer_type(a) != kind]
+            for wrong in (rng.choice(same), rng.choice(other)):
+                out_prompts.append(p)
+                chosen.append(r.answer)
+                rejected.append(wrong)
+                groups.append(kind)
+        return cls(prompts=tuple(out_prompts), chosen=tuple(chosen), rejected=tuple(rejected), groups=tuple(groups))
 
 
 @dataclass
@@ -95,17 +104,13 @@ class AlignRoundResult:
 
 def score_preferences(reward: MixtureReward, prefs: PreferenceSet) -> PreferenceScores:
     """Every client scores both answers of every pair it can judge (the same channel and
-    checks as a GRPO step)."""
+    checks as a GRPO step). A prompt may carry several pairs."""
     prompts = [p for p in prefs.prompts for _ in range(2)]
     completions = [a for pair in zip(prefs.chosen, prefs.rejected, strict=True) for a in pair]
-    unique, prompt_of, raw, answered, _ = reward.collect(prompts, completions, tag="router:")
-    if len(unique) != len(prefs.prompts):
-        raise ValueError("preference prompt ids must be distinct")
-    chosen, rejected = raw[:, 0::2], raw[:, 1::2]
+    _, _, raw, answered, _ = reward.collect(prompts, completions, tag="router:")  # columns: items in order
     both = answered[:, 0::2] & answered[:, 1::2]
-    capable = both.T.clone()
-    return PreferenceScores(features=reward.prompt_features(unique), chosen=chosen, rejected=rejected,
-                            answered=both, capable=capable)
+    return PreferenceScores(features=reward.prompt_features(prefs.prompts), chosen=raw[:, 0::2],
+                            rejected=raw[:, 1::2], answered=both, capable=both.T.clone())
 
 
 class AlignStage:
