@@ -202,10 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration"],
+    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "mor"],
                    help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
                         "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL; "
-                        "collaboration: FedCola's module table on the public questions (JSON, Markdown, SVG)")
+                        "collaboration: FedCola's module table on the public questions (JSON, Markdown, SVG); "
+                        "mor: an ALIGN step's costs and the federation tax (remote scoring over mTLS vs in process)")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")

@@ -31,8 +31,8 @@ from fedsecure.types import Role
 # so it trains and scores alone while the others aggregate.
 DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"), ("clinic-d", "image_text"))
 DEEP_CLIENT, DEEP_LAYERS = "clinic-d", 3
-DEMO_PHASES = "train,score,report_ledger"
-GRPO_STEPS = 150
+DEMO_PHASES = "train,score,align,report_ledger"
+ALIGN_STEPS = 20
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-steps", type=int, default=40, help="DP steps per client per round")
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's privacy budget")
     p.add_argument("--max-pairs", type=int, default=4000, help="pairs per client (keeps the demo short)")
-    p.add_argument("--grpo-steps", type=int, default=GRPO_STEPS,
-                   help="GRPO steps of the server's alignment stage (0: skip it)")
+    p.add_argument("--align-steps", type=int, default=ALIGN_STEPS,
+                   help="GRPO steps per round of the ALIGN stage, on the clients' fused scores (0: no ALIGN phase)")
     p.add_argument("--grpo-eval", type=int, default=500, help="test questions the alignment is measured on")
     p.add_argument("--backbone-steps", type=int, default=600,
                    help="steps of the operator's backbone pretraining on public data (0: frozen random stacks)")
@@ -95,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
     if kits_dir.exists():
         raise FileExistsError(f"{kits_dir} exists: the demo provisions a fresh consortium, use a new --out")
     names = [n for n, _ in DEMO_CLIENTS]
+    phases = DEMO_PHASES if args.align_steps > 0 else DEMO_PHASES.replace("align,", "")
     # The key holder makes its CKKS key pair first, as its own party; provisioning seals
     # only the public context into the kits.
     keys_dir = work / "keyholder-keys"
@@ -126,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
                                    "--keyholder-address", keyholder_address,
                                    "--port-file", str(port_file), "--rounds", str(args.rounds),
                                    "--quorum", "2", "--min-clients", str(len(names)),
-                                   "--phases", DEMO_PHASES, "--phase-deadline", str(args.phase_deadline),
+                                   "--phases", phases, "--phase-deadline", str(args.phase_deadline),
+                                   "--align-steps", str(args.align_steps),
                                    "--local-steps", str(args.local_steps),
                                    "--prompts-per-round", str(args.questions_per_round)], logs)
         procs.append(server)
@@ -165,10 +167,10 @@ def main(args: argparse.Namespace) -> int:
                          "audit": audits.get(name, {"ok": False, "violations": ["no ledger"]}),
                          "score_ranking_accuracy": quality.get(name, {}).get("ranking_accuracy"),
                          "public_questions": quality.get(name, {})}
-    alignment = _align(work / "alignment", steps=args.grpo_steps, eval_limit=args.grpo_eval) \
-        if args.grpo_steps > 0 and status["state"] == "finished" else None
+    alignment = _align(kits.server / "state" / "align", kits.server / "state" / "metrics.jsonl",
+                       eval_limit=args.grpo_eval) if args.align_steps > 0 else None
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
-               "rounds": args.rounds, "phases": DEMO_PHASES.split(","), "clients": clients,
+               "rounds": args.rounds, "phases": phases.split(","), "clients": clients,
                "decryptions": decryptions, "alignment": alignment,
                "backbone": None if probe is None else {k: probe[k] for k in ("sha256", "steps", "before", "after")},
                "backbone_deep": None if deep_probe is None else {k: deep_probe[k] for k in
@@ -198,25 +200,39 @@ def _pretrain(folder: Path, steps: int, log_stem: Path, label: str, *extra: str)
     return probe
 
 
-def _align(out: Path, *, steps: int, eval_limit: int) -> dict[str, object]:
-    """The server's alignment stage: SFT warm start on its seed set, then GRPO of the tiny
-    policy VLM on its public prompt pool. The reward here is exact match against the pool's
-    answers (a check the server can compute itself, proving the engine); the fused client
-    rewards take its place in the federated round."""
-    from server.alignment.job import AlignmentSettings, run_alignment
+def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
+    """What the ALIGN stage did to the server's policy: test exact match of the base
+    (vision pretraining + SFT) and of the last checkpoint, and each round's record — the
+    router's weights per question type, the clients left out of steps, the held-out
+    monitor (``server.mixture``)."""
+    from server.mixture.vqa_stage import evaluate_stage
 
-    print(f"[demo] server alignment: SFT warm start, then {steps} GRPO steps (exact-match reward), "
-          f"progress in the log every 10 steps", flush=True)
-    result = run_alignment(AlignmentSettings(out=out, steps=steps, eval_limit=eval_limit, device="auto"))
-    print(f"[demo] policy test accuracy (exact match, {result.end.count} easy-VQA test questions): "
-          f"{result.start.accuracy:.3f} -> {result.end.accuracy:.3f}; mean reward "
-          f"{result.mean_reward_first:.3f} -> {result.mean_reward_last:.3f}; aligned policy in {result.policy_dir}",
-          flush=True)
-    return {"start_accuracy": result.start.accuracy, "end_accuracy": result.end.accuracy,
-            "start_by_type": result.start.by_type, "end_by_type": result.end.by_type, "steps": result.steps,
-            "skipped_steps": result.skipped_steps, "mean_reward_first": result.mean_reward_first,
-            "mean_reward_last": result.mean_reward_last, "policy_dir": str(result.policy_dir),
-            "seconds": round(result.seconds, 1)}
+    rounds = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    rounds = [r for r in rounds if r.get("phase") == "align"]
+    if not (out / "base").exists():
+        print("[demo] the ALIGN stage never ran (no base policy)", flush=True)
+        return {"rounds": rounds}
+    started = time.monotonic()
+    ev = evaluate_stage(out, limit=eval_limit)
+    for r in rounds:
+        if "error" in r:
+            print(f"[demo] ALIGN round {r['round']}: FAILED {r['error']}")
+            continue
+        weights = "; ".join(f"{t}: " + ", ".join(f"{c} {w:.2f}" for c, w in ws.items())
+                            for t, ws in sorted(r.get("router_weights", {}).items()))
+        print(f"[demo] ALIGN round {r['round']}: {r['steps']} GRPO steps ({r['skipped']} skipped) on the fused "
+              f"scores of {', '.join(r['connected'])}; router fit "
+              f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} pairwise; held-out accuracy "
+              f"{r['monitor_accuracy']:.3f}; left out of steps: {r['left_out'] or 'none'}"
+              f"{'; STOPPED: ' + r['stopped'] if r.get('stopped') else ''}")
+        print(f"[demo]   router weights per question type: {weights}")
+    print(f"[demo] policy test accuracy (exact match, {ev.end.count} easy-VQA test questions), base -> after "
+          f"{ev.steps} GRPO steps on the clients' fused rewards: {ev.start.accuracy:.3f} -> {ev.end.accuracy:.3f}; "
+          "by type: " + ", ".join(f"{t} {ev.start.by_type[t]:.2f} -> {ev.end.by_type.get(t, 0.0):.2f}"
+                                 for t in sorted(ev.start.by_type)), flush=True)
+    return {"start_accuracy": ev.start.accuracy, "end_accuracy": ev.end.accuracy, "start_by_type": ev.start.by_type,
+            "end_by_type": ev.end.by_type, "steps": ev.steps, "rounds": rounds,
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float) -> dict[str, object]:

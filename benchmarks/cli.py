@@ -33,6 +33,10 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))
     elif args.what == "collaboration":
         _collaboration(args)
+    elif args.what == "mor":
+        from benchmarks.bench_mor import MorBenchConfig, bench_mor
+
+        print(json.dumps(bench_mor(MorBenchConfig(steps=args.steps, threads=args.threads))))
     return 0
 
 

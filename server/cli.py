@@ -14,6 +14,7 @@ from fedsecure.data.shares import server_part
 
 from server.api.app import start_server
 from server.rounds.phases import PhasePlanner
+from server.mixture.sessions import ScoreSessions
 from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
 from server.secagg.aggregator import SecureAggregator
 from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
@@ -42,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     work.add_argument("--prompts-per-round", type=int, default=32,
                       help="public questions scored per round (every answer of each)")
     work.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (the server's public parts)")
+    align = p.add_argument_group("ALIGN stage (phase 'align': GRPO of the server's policy on the clients' fused scores)")
+    align.add_argument("--align-steps", type=int, default=20, help="GRPO steps per round")
+    align.add_argument("--align-out", type=Path, help="policy, router and checkpoints (default: STATE/align)")
+    align.add_argument("--align-prompts", type=int, default=16, help="prompts per GRPO step")
+    align.add_argument("--align-step-deadline", type=float, default=30.0, help="seconds a step waits for scores")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
@@ -57,13 +63,25 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
                      max_attempts=args.max_attempts, enroll_timeout_s=args.enroll_timeout)
 
 
-def build_planners(args: argparse.Namespace, state_dir: Path,
-                   aggregator: SecureAggregator) -> dict[TaskKind, PhasePlanner]:
+def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: SecureAggregator,
+                   sessions: ScoreSessions | None = None) -> dict[TaskKind, PhasePlanner]:
     """The real planners this server offers (reward training with secure aggregation,
-    and scoring)."""
+    scoring, and — given the score ``sessions`` — the ALIGN stage)."""
     metrics = MetricsLog(state_dir / "metrics.jsonl")
     questions = server_part("reward_eval", seed=args.data_seed)
-    return {
+    planners: dict[TaskKind, PhasePlanner] = {}
+    if sessions is not None and args.align_steps > 0:
+        from server.mixture.vqa_stage import VQAStageSettings, build_vqa_stage
+        from server.rewards.align import AlignPlanner
+
+        settings = VQAStageSettings(out=args.align_out or state_dir / "align", steps_per_round=args.align_steps,
+                                    prompts_per_step=args.align_prompts, step_deadline_s=args.align_step_deadline,
+                                    seed=args.data_seed)
+        planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics,
+                                                build_stage=lambda roster: build_vqa_stage(roster, settings),
+                                                steps_per_round=args.align_steps,
+                                                step_deadline_s=args.align_step_deadline)
+    return planners | {
         TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=args.local_steps,
                                      learning_rate=args.learning_rate, batch_size=args.batch_size),
         TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
@@ -82,8 +100,10 @@ def main(args: argparse.Namespace) -> int:
 
 async def _serve(args, kit, address, state_dir, config) -> None:  # type: ignore[no-untyped-def]
     aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=args.keyholder_address)
+    sessions = ScoreSessions()
     running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config,
-                                 planners=build_planners(args, state_dir, aggregator), aggregator=aggregator)
+                                 planners=build_planners(args, state_dir, aggregator, sessions),
+                                 aggregator=aggregator, sessions=sessions)
     write_port_file(args.port_file, running.port)
     await until_terminated()
     log.info("shutting down")

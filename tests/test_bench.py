@@ -32,3 +32,17 @@ def test_bench_he_reports_every_field_and_beats_the_reference_on_size() -> None:
     assert out["params"] == 5000 and out["clients"] == 3 and ref["clients"] == 2  # type: ignore[index]
     assert out["max_abs_error"] <= 1e-4 and ref["max_abs_error"] <= 1e-6  # type: ignore[index, operator]
     assert out["bytes_per_param"] < ref["bytes_per_param"] / 2  # type: ignore[index, operator]
+
+
+def test_bench_mor_measures_both_paths_and_the_tax() -> None:
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "bench", "mor", "--json", "--steps", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path in ("in_process", "remote"):
+        figures = doc[path]
+        assert figures["steps"] == 1 and figures["skipped"] == 0  # 3 steps, 2 warm-up
+        assert figures["step_s"] > 0 and figures["rollout_s"] > 0 and figures["fusion_s"] >= 0
+        # every client answered every measured step, over its channel
+        assert {c: v["answered"] for c, v in figures["scoring"].items()} == {"it": 1, "img": 1, "txt": 1}
+    assert doc["federation_tax"] > 0

@@ -17,7 +17,7 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
                            "--local-steps", "8", "--max-pairs", "600",
-                           "--grpo-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
+                           "--align-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
                           capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -28,7 +28,7 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert summary["backbone_deep"]["sha256"] != summary["backbone"]["sha256"]
     assert {c["kind"] for c in summary["clients"].values()} == {"image_text", "image", "text"}
     for client in summary["clients"].values():
-        assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "REPORT_LEDGER": 2} and not client["refused"]
+        assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "ALIGN": 2, "REPORT_LEDGER": 2} and not client["refused"]
         assert 0 < client["epsilon"] <= client["epsilon_budget"] == 8.0
         assert client["audit"]["ok"], client["audit"]
         assert 0.0 <= client["heldout_accuracy"] <= 1.0
@@ -55,9 +55,16 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
     assert "reward models on the server's public questions" in proc.stdout
-    alignment = summary["alignment"]  # the server's GRPO stage ran and exported a loadable policy
-    assert alignment["steps"] == 2 and 0.0 <= alignment["end_accuracy"] <= 1.0
-    assert (Path(alignment["policy_dir"]) / "model.safetensors").is_file() and "policy test accuracy" in proc.stdout
+    # The ALIGN stage: each round, GRPO steps on the fused scores every client sent over its
+    # score session, the router refit and its weights logged per question type.
+    alignment = summary["alignment"]
+    assert alignment["steps"] == 4 and 0.0 <= alignment["end_accuracy"] <= 1.0
+    rounds = alignment["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["steps"] == 2 for r in rounds)
+    assert all(r["connected"] == sorted(summary["clients"]) for r in rounds)
+    assert all(r["router_fit"]["accuracy_after"] >= 0.0 and set(r["router_weights"]) == {"color", "shape", "yesno"}
+               for r in rounds)
+    assert "policy test accuracy" in proc.stdout and "router weights per question type" in proc.stdout
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
 

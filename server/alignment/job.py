@@ -96,7 +96,7 @@ class AlignmentResult:
     seconds: float
 
 
-def _prepare_base(settings: AlignmentSettings) -> Path:
+def prepare_base(settings: AlignmentSettings) -> Path:
     """Build or load the base, warm-start it, save it once (atomically) as ``base/``."""
     base = settings.out / "base"
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
     placement = select_placement(settings.device)  # under torchrun: joins the process group
     lead = placement.rank == 0  # one writer of shared files; every rank trains
     if lead:
-        _prepare_base(settings)
+        prepare_base(settings)
     if placement.distributed:
         torch.distributed.barrier()
     model, processor = load_policy(settings.out / "base")

@@ -132,6 +132,7 @@ class AlignStage:
         self.config, self.preferences, self.router = config, preferences, router
         self.log_path, self.on_step = log_path, on_step
         self.history: list[dict[str, float]] = []  # per finished round: reward level, monitor accuracy
+        self.reports: list[StepReport] = []  # every step this process ran
         self.skipped_in_a_row = 0
         engine.extra_state = self._extra_state
         engine.restore_extra = self._restore_extra
@@ -187,6 +188,7 @@ class AlignStage:
         while engine.step_count < target:
             self.reward.step = engine.step_count
             report = engine.step(engine.sample_prompts(self.pool), self.reward)  # checkpoints the step
+            self.reports.append(report)
             result.steps += 1
             if self.on_step is not None:
                 self.on_step(report)
