@@ -24,6 +24,7 @@ DELEGATED = {
     "keyholder-keygen": "keyholder.cli:keygen_main",
     "client": "client_sdk.cli:main",
     "bench": "benchmarks.cli:main",
+    "experiment": "benchmarks.cli:experiment",
     "align": "server.alignment.cli:align_main",
     "eval": "server.alignment.cli:eval_main",
     "demo": "apps.demo:main",
@@ -233,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench-collaboration"),
                    help="collaboration: folder for collaboration.json, .md and .svg")
     p.set_defaults(func=_delegate("bench"))
+
+    p = sub.add_parser("experiment", help="experiments that write JSON, a Markdown table and a plot")
+    p.add_argument("what", choices=["mor"], help="mor: routed mixture of client rewards vs its competitors")
+    p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
+    p.add_argument("--steps", type=int, default=40, help="GRPO steps per method")
+    p.add_argument("--prompts-per-step", type=int, default=16)
+    p.add_argument("--eval-questions", type=int, default=2000, help="fixed easy-VQA test questions (paired)")
+    p.add_argument("--rounds", type=int, default=3, help="federated rounds of the reward models")
+    p.add_argument("--local-steps", type=int, default=30, help="DP steps per client per round")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backbone", type=Path, default=None, help="the federation's backbone (default: pretrain one)")
+    p.add_argument("--backbone-steps", type=int, default=2000, help="pretraining steps if no --backbone")
+    p.add_argument("--out", type=Path, default=Path("experiment-mor"), help="folder for mor.json, .md and .svg")
+    p.set_defaults(func=_delegate("experiment"))
 
     from server.alignment.cli import add_align_arguments, add_eval_arguments
 

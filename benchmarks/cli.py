@@ -40,19 +40,46 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiment(args: argparse.Namespace) -> int:
+    """``fedsecure experiment mor``: run the comparison, write JSON/Markdown/SVG, print the summary."""
+    import logging
+
+    from benchmarks.experiment_mor import MorExperimentConfig, run_experiment, write_outputs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    warnings.filterwarnings("ignore")
+    backbone = _backbone(args)
+    cfg = MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                              methods=tuple(args.methods.split(",")) if args.methods else (), steps=args.steps,
+                              prompts_per_step=args.prompts_per_step, eval_questions=args.eval_questions,
+                              rounds=args.rounds, local_steps=args.local_steps, device=args.device,
+                              threads=args.threads)
+    result = run_experiment(cfg)
+    paths = write_outputs(result, args.out)
+    print(json.dumps({"summary": result["summary"], "gains": result["gains"], "outputs": [str(p) for p in paths],
+                      "wall_s": result["wall_s"]}))
+    return 0
+
+
+def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The federation's backbone: the one given, or one pretrained (once) under ``--out``."""
+    if args.backbone is not None:
+        return args.backbone
+    from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+
+    backbone = args.out / "backbone"
+    if not (backbone / "backbone.json").exists():
+        pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads))
+    return backbone
+
+
 def _collaboration(args: argparse.Namespace) -> None:
     import logging
 
     from benchmarks.bench_collaboration import ROWS, CollaborationConfig, bench_collaboration, write_outputs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    backbone = args.backbone
-    if backbone is None:
-        from server.backbone.pretrain import PretrainSettings, pretrain_backbone
-
-        backbone = args.out / "backbone"
-        if not (backbone / "backbone.json").exists():
-            pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads))
+    backbone = _backbone(args)
     cfg = CollaborationConfig(backbone=backbone, seeds=tuple(int(s) for s in args.seeds.split(",")),
                               rows=tuple(args.rows.split(",")) if args.rows else ROWS, rounds=args.rounds,
                               local_steps=args.local_steps, pairs_per_client=args.pairs,

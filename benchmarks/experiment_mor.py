@@ -1,0 +1,352 @@
+"""``fedsecure experiment mor``: does routing the clients' rewards align the policy better
+than its competitors? (issue 13, item 6.)
+
+Per seed, one federation of six clients (two per kind, Dirichlet(0.5) shares, DP-SGD at
+the same ε, FedCola's collaboration: :func:`benchmarks.bench_collaboration.federated_clients`)
+produces the client reward models; the same federation with plain FedAvg produces the
+FedAvg'd reward model (its image+text client); the server trains a reward model of its own
+on its public preference set alone. Every method then starts from the same base policy
+(vision tower pretrained on public images, SFT on the seed set), the same prompts and
+seeds, and runs ``steps`` GRPO steps in process with its reward:
+
+- ``start``: no GRPO; ``oracle``: exact match against the pool's answers (upper bound);
+- ``routed``: the router (fit on the public preference set) over the six clients;
+- ``uniform``, ``min``, ``max``, ``expert`` (FedGRPO-style competence), ``table``
+  (per-question-type weights fit on the same preference set; handed the type);
+- ``single:<client>``: each client alone; ``fedavg``: the FedAvg'd model alone;
+  ``server_only``: the server's own model alone;
+- robustness: ``routed+random``, ``uniform+random``, ``routed+inverted``,
+  ``uniform+inverted`` — the six clients plus one that returns random (inverted) scores.
+
+Labels: the pool's answers are used only by the oracle and for evaluation; the router,
+expert selection and table learn only from client scores on the public preference set.
+Simplification (stated in the results): the clients' final reward models are used for the
+whole alignment, rather than each round's (the replay the issue allows).
+
+Reported per method, mean ± std over seeds: exact match on ``eval_questions`` fixed
+easy-VQA test questions (paired across methods), per question type; reward quality before
+GRPO (top-1 of the fused score over all 13 answers on held-out public questions); router
+weights per question type; ε per client (the accountant the audit uses). Writes JSON, a
+Markdown table and an SVG plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("fedsecure.experiment.mor")
+
+BASE_METHODS = ("start", "oracle", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
+ROBUSTNESS = ("routed+random", "uniform+random", "routed+inverted", "uniform+inverted")
+TYPES = ("color", "shape", "yesno")
+
+
+@dataclass(frozen=True)
+class MorExperimentConfig:
+    """The experiment's scale (defaults: the CPU run, about an hour on 2 cores)."""
+
+    backbone: Path
+    out: Path
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ()  # empty: every method
+    steps: int = 40
+    prompts_per_step: int = 16
+    group_size: int = 8
+    learning_rate: float = 3e-4
+    eval_questions: int = 2000
+    quality_questions: int = 150
+    router_pairs: int = 300
+    rounds: int = 3
+    local_steps: int = 30
+    pairs_per_client: int = 1500
+    epsilon: float = 8.0
+    server_steps: int = 300
+    device: str = "cpu"
+    threads: int = 2
+
+
+def all_methods(clients: Sequence[str]) -> tuple[str, ...]:
+    """Every method of the comparison, single clients included."""
+    return (*BASE_METHODS, *(f"single:{c}" for c in clients), *ROBUSTNESS)
+
+
+def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
+    from fedsecure.types import Modality
+
+    return {"image_text": (Modality.IMAGE_TEXT,), "image": (Modality.IMAGE,), "text": (Modality.TEXT,)}[kind]
+
+
+def _channel(model: object, tokenizer: object):  # type: ignore[no-untyped-def]
+    from fedsecure.models.scoring import score_items
+    from fedsecure.types import Score
+
+    def score(exchange, items, timeout):  # type: ignore[no-untyped-def]
+        return [Score(i.item_id, v) for i, v in zip(items, score_items(model, tokenizer, items), strict=True)]  # type: ignore[arg-type]
+    return score
+
+
+def _adversary(kind: str, honest, seed: int):  # type: ignore[no-untyped-def]
+    """A client that answers with random scores, or with an honest model's scores negated."""
+    from fedsecure.types import Score
+
+    rng = random.Random(seed)
+
+    def score(exchange, items, timeout):  # type: ignore[no-untyped-def]
+        if kind == "random":
+            return [Score(i.item_id, rng.gauss(0.0, 1.0)) for i in items]
+        return [Score(s.item_id, -s.value) for s in honest(exchange, items, timeout)]
+    return score
+
+
+def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> object:
+    """The server's own image+text reward model, trained on its public preference set only."""
+    from client_sdk.dp_training import train_nonprivate
+    from fedsecure.data.preferences import build_pairs
+    from fedsecure.data.shares import server_part
+    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.reward import build_reward_model, config_on_backbone
+
+    torch.manual_seed(seed)
+    model, _ = build_reward_model(config_on_backbone("image_text", cfg.backbone, federation_seed=seed))
+    pairs = build_pairs(server_part("router")[:cfg.router_pairs], seed=seed)
+    train_nonprivate(model=model, data=encode_pairs(pairs, tokenizer), steps=cfg.server_steps, learning_rate=3e-3,
+                     batch_size=64, seed=seed)
+    return model
+
+
+def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Top-1 of the fused score over all answers, per question type (reward quality)."""
+    from fedsecure.data.easyvqa import answer_type, answers
+    from server.mixture.combiners import StepScores
+    from server.mixture.fusion import normalise_scores
+
+    vocab = answers()
+    expanded = [p for p in prompts for _ in vocab]
+    unique, prompt_of, raw, answered, _ = reward.collect(expanded, list(vocab) * len(prompts), tag="quality:")
+    groups = tuple(reward.group_of(p) for p in unique) if reward.group_of is not None else ()
+    fused, covered = reward.combiner(StepScores(z=normalise_scores(raw, answered), answered=answered,
+                                                prompt_of=torch.tensor(prompt_of),
+                                                features=reward.prompt_features(unique), groups=groups))
+    fused = torch.where(covered, fused, float("-inf")).reshape(len(prompts), len(vocab))
+    hits: dict[str, list[float]] = {}
+    for p, row in zip(prompts, fused, strict=True):
+        hits.setdefault(answer_type(p.answer), []).append(float(vocab[int(row.argmax())] == p.answer))
+    out = {f"top1_all.{t}": statistics.fmean(v) for t, v in hits.items()}
+    out["top1_all"] = statistics.fmean(x for v in hits.values() for x in v)
+    return out
+
+
+def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path, roster_models, fedavg_model,
+                server_model, tokenizer, test, quality, prompt_pool,
+                work: Path) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from fedsecure.data.easyvqa import answer_type
+    from fedsecure.data.shares import server_part
+    from fedsecure.models.policy_vlm import load_policy
+    from server.alignment.devices import select_placement
+    from server.alignment.grpo import GRPOConfig, GRPOEngine
+    from server.alignment.grpo_loss import GRPOLossConfig
+    from server.alignment.policy import Policy, PolicySetup
+    from server.alignment.rollouts import SamplingConfig
+    from server.alignment.vqa_eval import evaluate_policy, exact_match_reward
+    from server.mixture.combiners import ExpertSelection, Extreme, LookupTable, Routed, Uniform
+    from server.mixture.features import reference_features
+    from server.mixture.reward import MixtureReward, ScoringClient
+    from server.mixture.router import Router
+    from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet, score_preferences
+
+    started = time.monotonic()
+    model, processor = load_policy(base)
+    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full"), placement=select_placement(cfg.device))
+    test_prompts, pool = test(processor), prompt_pool(processor)
+    if method == "start":
+        ev = evaluate_policy(policy, test_prompts)
+        return {"accuracy": ev.accuracy, "by_type": ev.by_type, "seconds": round(time.monotonic() - started, 1)}
+    shutil.rmtree(work, ignore_errors=True)
+    engine = GRPOEngine(policy=policy, config=GRPOConfig(
+        group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, learning_rate=cfg.learning_rate, seed=seed,
+        loss=GRPOLossConfig(beta=0.04), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
+        checkpoint_dir=work, checkpoint_every=1)
+    out: dict[str, object] = {}
+    if method == "oracle":
+        for _ in range(cfg.steps):
+            engine.step(engine.sample_prompts(pool), exact_match_reward)
+        out["reward_quality"] = {"top1_all": 1.0}
+    else:
+        base_method, _, extra = method.partition("+")
+        if base_method.startswith("single:"):
+            name = base_method.split(":", 1)[1]
+            roster = [ScoringClient(name, _modalities(roster_models[name][0]), _channel(*roster_models[name][1:]))]
+        elif base_method == "fedavg":
+            roster = [ScoringClient("fedavg", _modalities("image_text"), _channel(fedavg_model, tokenizer))]
+        elif base_method == "server_only":
+            roster = [ScoringClient("server", _modalities("image_text"), _channel(server_model, tokenizer))]
+        else:
+            roster = [ScoringClient(n, _modalities(k), _channel(m, t)) for n, (k, m, t) in roster_models.items()]
+        if extra:
+            honest = roster[0].scorer
+            roster.append(ScoringClient(extra, _modalities("image_text"), _adversary(extra, honest, seed)))
+        features = reference_features(policy)
+        router = Router(feature_dim=int(features(pool[:1]).shape[1]), clients=len(roster)) \
+            if base_method == "routed" else None
+        combiner = {"routed": lambda: Routed(router), "min": lambda: Extreme("min"),
+                    "max": lambda: Extreme("max")}.get(base_method, Uniform)()
+        reward = MixtureReward(clients=roster, combiner=combiner, features=features, deadline_s=600.0,
+                               group_of=lambda p: answer_type(p.answer or "yes"))
+        prefs = PreferenceSet.from_records(server_part("router")[:cfg.router_pairs], processor=processor, seed=seed)
+        if base_method in ("expert", "table"):
+            data = score_preferences(reward, prefs)
+            reward.combiner = (ExpertSelection.fit(data) if base_method == "expert"
+                               else LookupTable.fit(data, prefs.groups))
+        stage = AlignStage(engine=engine, reward=reward, pool=pool, monitor=[], router=router,
+                           preferences=prefs if router is not None else None,
+                           config=AlignStageConfig(steps_per_round=cfg.steps, max_skipped_steps=cfg.steps))
+        result = stage.run_round(0)  # the router (if any) is fit first, on the preference set
+        # Reward quality of this method's fused score: the client models, the router and the
+        # (frozen) prompt features did not change during GRPO, so this is the reward GRPO used.
+        out["reward_quality"] = _fused_top1(reward, quality(processor))
+        if router is not None:
+            out["router_fit"], out["router_weights"] = result.router_fit, result.router_weights
+        out["skipped"], out["left_out"] = result.skipped, result.left_out
+        reward.close()
+    ev = evaluate_policy(policy, test_prompts)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"accuracy": ev.accuracy, "by_type": ev.by_type, **out, "seconds": round(time.monotonic() - started, 1)}
+
+
+def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
+    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, CollaborationConfig, federated_clients
+    from fedsecure.data.shares import client_pairs, server_part, server_records
+    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.reward import RewardModelConfig
+    from fedsecure.models.tokenizer import build_tokenizer
+    from fedsecure.privacy.accountant import epsilon
+    from server.alignment.job import AlignmentSettings, prepare_base
+    from server.alignment.prompts import vqa_prompts
+    from server.alignment.vqa_eval import eval_prompts
+
+    started = time.monotonic()
+    collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
+                                 pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
+    tok = build_tokenizer(RewardModelConfig().max_length)
+    encoded = {c: encode_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c], alpha=collab.alpha,
+                                            seed=seed, limit=cfg.pairs_per_client), tok) for c in CLIENTS}
+    methods = cfg.methods or all_methods(CLIENTS)
+    clients, _ = federated_clients(collab, "fedcola", seed, encoded)
+    eps = {c.name: round(epsilon(c.history, delta=collab.delta), 4) for c in clients}
+    log.info("seed %d: FedCola federation done in %.0f s, ε %s", seed, time.monotonic() - started, eps)
+    fedavg_model = None
+    if "fedavg" in methods:
+        fedavg_model = next(c.model for c in federated_clients(collab, "fedavg", seed, encoded)[0]
+                            if c.kind == "image_text")
+    server_model = _server_model(cfg, seed, tok) if "server_only" in methods else None
+    base = prepare_base(AlignmentSettings(out=cfg.out / f"seed-{seed}", seed=seed, device=cfg.device))
+    roster_models = {c.name: (c.kind, c.model, tok) for c in clients}
+
+    cache: dict[str, list[object]] = {}  # every method loads the same base: one encoding per seed
+
+    def cached(key: str, make):  # type: ignore[no-untyped-def]
+        def get(processor):  # type: ignore[no-untyped-def]
+            if key not in cache:
+                cache[key] = make(processor)
+            return cache[key]
+        return get
+
+    test = cached("test", lambda p: eval_prompts(p, limit=cfg.eval_questions, seed=0))  # the same for all: paired
+    quality = cached("quality", lambda p: vqa_prompts(server_part("reward_eval")[:cfg.quality_questions], processor=p))
+    prompt_pool = cached("pool", lambda p: vqa_prompts(server_records(seed=0)[0][:2000], processor=p))
+
+    rows: dict[str, object] = {}
+    for method in methods:
+        rows[method] = _run_method(method, cfg=cfg, seed=seed, base=base, roster_models=roster_models,
+                                   fedavg_model=fedavg_model, server_model=server_model, tokenizer=tok, test=test,
+                                   quality=quality, prompt_pool=prompt_pool, work=cfg.out / f"seed-{seed}" / "grpo")
+        log.info("seed %d, %s: accuracy %.3f %s (%.0f s)", seed, method, rows[method]["accuracy"],  # type: ignore[index]
+                 {k: round(v, 2) for k, v in rows[method]["by_type"].items()}, rows[method]["seconds"])  # type: ignore[index, union-attr]
+    return {"methods": rows, "epsilon": eps, "seconds": round(time.monotonic() - started, 1)}
+
+
+def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
+    """Every seed, then means ± std and paired differences against ``routed``."""
+    torch.set_num_threads(cfg.threads)
+    started = time.monotonic()
+    per_seed = {s: _one_seed(cfg, s) for s in cfg.seeds}
+    methods = list(next(iter(per_seed.values()))["methods"])  # type: ignore[call-overload]
+
+    def stat(values: list[float]) -> list[float]:
+        return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
+
+    summary: dict[str, dict[str, object]] = {}
+    for m in methods:
+        rows = [per_seed[s]["methods"][m] for s in cfg.seeds]  # type: ignore[index]
+        entry: dict[str, object] = {"accuracy": stat([r["accuracy"] for r in rows])}
+        for t in TYPES:
+            entry[t] = stat([r["by_type"].get(t, math.nan) for r in rows])
+        if all("reward_quality" in r for r in rows):
+            entry["reward_quality"] = stat([r["reward_quality"]["top1_all"] for r in rows])
+        if "routed" in methods and m != "routed":
+            diffs = [per_seed[s]["methods"]["routed"]["accuracy"] - per_seed[s]["methods"][m]["accuracy"]  # type: ignore[index]
+                     for s in cfg.seeds]
+            mean, std = stat(diffs)
+            entry["routed_minus"] = [mean, std]
+            entry["verdict"] = ("routed beats" if mean > std and mean > 0 else
+                                "routed loses" if -mean > std and mean < 0 else "tie")
+        summary[m] = entry
+    gains = {}
+    if "oracle" in summary and "start" in summary and "routed" in summary:
+        start = summary["start"]["accuracy"][0]  # type: ignore[index]
+        gains = {"oracle_gain": round(summary["oracle"]["accuracy"][0] - start, 4),  # type: ignore[index]
+                 "routed_gain": round(summary["routed"]["accuracy"][0] - start, 4)}  # type: ignore[index]
+        gains["routed_share_of_oracle_gain"] = (round(gains["routed_gain"] / gains["oracle_gain"], 3)
+                                                if gains["oracle_gain"] > 0 else None)
+    return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
+            "summary": summary, "gains": gains,
+            "per_seed": {str(s): r for s, r in per_seed.items()}, "wall_s": round(time.monotonic() - started, 1)}
+
+
+def markdown_table(result: dict[str, object]) -> str:
+    """Methods × (test accuracy, per type, reward quality, routed − method, verdict)."""
+    cfg, summary = result["config"], result["summary"]  # type: ignore[index]
+    f = lambda ms: "n/a" if ms is None else f"{ms[0]:.3f} ± {ms[1]:.3f}"  # noqa: E731
+    lines = [f"Exact match on {cfg['eval_questions']} fixed easy-VQA test questions after {cfg['steps']} GRPO "  # type: ignore[index]
+             f"steps ({cfg['prompts_per_step']} prompts × {cfg['group_size']}); seeds {cfg['seeds']}, mean ± std; "  # type: ignore[index]
+             f"reward quality = top-1 of the fused score over all 13 answers on {cfg['quality_questions']} "  # type: ignore[index]
+             f"held-out public questions, before GRPO; wall {result['wall_s']} s.", "",
+             "| method | accuracy | colour | shape | yes/no | reward quality | routed − method | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, e in summary.items():  # type: ignore[union-attr]
+        lines.append(f"| {m} | {f(e['accuracy'])} | {f(e['color'])} | {f(e['shape'])} | {f(e['yesno'])} | "
+                     f"{f(e.get('reward_quality'))} | {f(e.get('routed_minus'))} | {e.get('verdict', '')} |")
+    gains = result.get("gains") or {}
+    if gains:
+        lines += ["", f"Gain over the start: oracle {gains['oracle_gain']:+.3f}, routed {gains['routed_gain']:+.3f} "  # type: ignore[index]
+                      f"(share of the oracle's gain: {gains['routed_share_of_oracle_gain']})."]  # type: ignore[index]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
+    """mor.json, mor.md and mor.svg (accuracy per question type, per method)."""
+    from benchmarks.svg_bars import grouped_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "mor.json", out / "mor.md", out / "mor.svg"]
+    paths[0].write_text(json.dumps(result, indent=2, sort_keys=True))
+    paths[1].write_text(markdown_table(result))
+    summary = result["summary"]  # type: ignore[index]
+    groups = ["all", *TYPES]
+    series = {m: [tuple(e["accuracy"]), *(tuple(e[t]) for t in TYPES)] for m, e in summary.items()  # type: ignore[union-attr]
+              if not m.startswith("single:")}
+    paths[2].write_text(grouped_bars([("test exact match (mean ± std over seeds)", groups, series)],
+                                     panel_width=900))
+    return paths
