@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure demo``."""
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="write summary.json (and keep kits and logs) here")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     p.add_argument("--phase-deadline", type=int, default=300)
     p.add_argument("--local-steps", type=int, default=40, help="DP steps per client per round")
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's privacy budget")
@@ -143,7 +143,10 @@ def main(args: argparse.Namespace) -> int:
                                        *(["--backbone", str(mine)] if mine else [])], logs,
                                 threads=max(1, (os.cpu_count() or 1) // len(names))))
         print(f"[demo] started clients {', '.join(names)}")
+        federation_started = time.monotonic()
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
+        print(f"[demo] federation: {status['rounds_closed']} rounds (train, score, align, report) in "
+              f"{time.monotonic() - federation_started:.0f} s", flush=True)
         for p in procs[2:]:
             p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
         heads_file = _export_heads(kits.admin, address, work / "ledger_heads.json")
@@ -186,8 +189,32 @@ def main(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cache_root() -> Path:
+    """Where the demo keeps pretrained artefacts between runs (``FEDSECURE_CACHE``)."""
+    return Path(os.environ.get("FEDSECURE_CACHE") or Path.home() / ".cache" / "fedsecure")
+
+
 def _pretrain(folder: Path, steps: int, log_stem: Path, label: str, *extra: str) -> dict[str, object]:
-    """``fedsecure backbone pretrain`` as the operator runs it; returns its manifest."""
+    """``fedsecure backbone pretrain`` as the operator runs it; returns its manifest. A
+    backbone pretrained before with the same settings is reused — after its digest is
+    checked against the one recorded when it was made (a changed file is pretrained anew)."""
+    import hashlib
+    import shutil
+
+    from fedsecure import __version__
+    from fedsecure.models.backbone import backbone_digest
+
+    started = time.monotonic()
+    key = hashlib.sha256(json.dumps({"steps": steps, "extra": list(extra), "version": __version__}).encode())
+    entry = _cache_root() / f"backbone-{key.hexdigest()[:16]}"
+    if (entry / "manifest.json").is_file() and (entry / "backbone").is_dir():
+        probe = json.loads((entry / "manifest.json").read_text())
+        if backbone_digest(entry / "backbone") == probe.get("sha256"):
+            shutil.copytree(entry / "backbone", folder)
+            log_stem.with_suffix(".json").write_text(json.dumps(probe))
+            print(f"[demo] reusing the backbone{label} pretrained earlier ({steps} steps, digest "
+                  f"{str(probe['sha256'])[:12]}… verified) from {entry}", flush=True)
+            return probe
     print(f"[demo] operator pretrains a reward-model backbone{label} on public data ({steps} steps)", flush=True)
     with open(log_stem.with_suffix(".json"), "wb") as out, open(log_stem.with_suffix(".log"), "wb") as err:
         subprocess.run([sys.executable, "-m", "apps.cli", "backbone", "pretrain", "--out", str(folder),
@@ -196,7 +223,17 @@ def _pretrain(folder: Path, steps: int, log_stem: Path, label: str, *extra: str)
     print(f"[demo] backbone{label} probes on public evaluation images, before -> after: colour "
           f"{probe['before']['probe_colour']:.2f} -> {probe['after']['probe_colour']:.2f}, shape "
           f"{probe['before']['probe_shape']:.2f} -> {probe['after']['probe_shape']:.2f}; masked tokens "
-          f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f}")
+          f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f} "
+          f"({time.monotonic() - started:.0f} s)", flush=True)
+    try:  # kept for the next run; a failure here only costs that run the pretraining
+        tmp = entry.with_name(entry.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder, tmp / "backbone")
+        (tmp / "manifest.json").write_text(json.dumps(probe))
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    except OSError as exc:
+        print(f"[demo] could not cache the backbone in {entry}: {exc}", flush=True)
     return probe
 
 
@@ -220,7 +257,8 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
             continue
         weights = "; ".join(f"{t}: " + ", ".join(f"{c} {w:.2f}" for c, w in ws.items())
                             for t, ws in sorted(r.get("router_weights", {}).items()))
-        print(f"[demo] ALIGN round {r['round']}: {r['steps']} GRPO steps ({r['skipped']} skipped) on the fused "
+        print(f"[demo] ALIGN round {r['round']} ({r['seconds']:.0f} s): {r['steps']} GRPO steps ({r['skipped']} "
+              f"skipped) on the fused "
               f"scores of {', '.join(r['connected'])}; router fit "
               f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} pairwise; held-out accuracy "
               f"{r['monitor_accuracy']:.3f}; left out of steps: {r['left_out'] or 'none'}"
@@ -229,7 +267,8 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
     print(f"[demo] policy test accuracy (exact match, {ev.end.count} easy-VQA test questions), base -> after "
           f"{ev.steps} GRPO steps on the clients' fused rewards: {ev.start.accuracy:.3f} -> {ev.end.accuracy:.3f}; "
           "by type: " + ", ".join(f"{t} {ev.start.by_type[t]:.2f} -> {ev.end.by_type.get(t, 0.0):.2f}"
-                                 for t in sorted(ev.start.by_type)), flush=True)
+                                 for t in sorted(ev.start.by_type)) + f" (measured in {time.monotonic() - started:.0f} s)",
+          flush=True)
     return {"start_accuracy": ev.start.accuracy, "end_accuracy": ev.end.accuracy, "start_by_type": ev.start.by_type,
             "end_by_type": ev.end.by_type, "steps": ev.steps, "rounds": rounds,
             "seconds": round(time.monotonic() - started, 1)}

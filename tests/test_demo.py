@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
                            "--local-steps", "8", "--max-pairs", "600",
                            "--align-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
-                          capture_output=True, text=True, timeout=840)
+                          capture_output=True, text=True, timeout=840,
+                          env={**os.environ, "FEDSECURE_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["state"], summary["rounds_closed"]) == ("finished", 2)
@@ -74,3 +76,19 @@ def test_demo_refuses_to_reuse_a_consortium(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "fresh consortium" in proc.stderr
+
+
+def test_pretrained_backbones_are_reused_by_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from apps.demo import _pretrain
+    from fedsecure.models.backbone import backbone_digest
+
+    monkeypatch.setenv("FEDSECURE_CACHE", str(tmp_path / "cache"))
+    first = _pretrain(tmp_path / "a", 3, tmp_path / "a-log", "")
+    again = _pretrain(tmp_path / "b", 3, tmp_path / "b-log", "")
+    assert "reusing the backbone" in capsys.readouterr().out
+    assert again["sha256"] == first["sha256"] == backbone_digest(tmp_path / "b")
+    cached = next((tmp_path / "cache").glob("backbone-*/backbone/backbone.json"))
+    cached.write_text(cached.read_text() + " ")  # a changed cached file: pretrained anew, never trusted
+    third = _pretrain(tmp_path / "c", 3, tmp_path / "c-log", "")
+    assert "reusing" not in capsys.readouterr().out and backbone_digest(tmp_path / "c") == third["sha256"]
