@@ -281,7 +281,11 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
     """Every seed, then means ± std and paired differences against ``routed``."""
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    per_seed = {s: _one_seed(cfg, s) for s in cfg.seeds}
+    per_seed = {}
+    for s in cfg.seeds:
+        per_seed[s] = _one_seed(cfg, s)
+        cfg.out.mkdir(parents=True, exist_ok=True)  # a long run leaves each finished seed behind
+        (cfg.out / f"seed-{s}.json").write_text(json.dumps(per_seed[s], indent=1, sort_keys=True))
     methods = list(next(iter(per_seed.values()))["methods"])  # type: ignore[call-overload]
 
     def stat(values: list[float]) -> list[float]:

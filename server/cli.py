@@ -78,6 +78,7 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
                                     prompts_per_step=args.align_prompts, step_deadline_s=args.align_step_deadline,
                                     seed=args.data_seed)
         planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics,
+                                                roster_file=settings.out / "roster.json",
                                                 build_stage=lambda roster: build_vqa_stage(roster, settings),
                                                 steps_per_round=args.align_steps,
                                                 step_deadline_s=args.align_step_deadline)

@@ -53,14 +53,33 @@ class ScoreSessions:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
+        self._changed: asyncio.Condition | None = None
         # called (on the loop) when a session opens, e.g. to start or resume the stage's driver
         self.on_attach: Callable[[Session], None] | None = None
+        # clients expected in the current round: a step waits (within its deadline) for one
+        # of them whose session broke to reopen it, instead of counting it absent at once
+        self.expected: set[str] = set()
 
-    def _event(self) -> asyncio.Event:
+    def _condition(self) -> asyncio.Condition:
         if self._changed is None:
-            self._changed = asyncio.Event()
+            self._changed = asyncio.Condition()
         return self._changed
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._condition():
+                self._condition().notify_all()
+        asyncio.get_running_loop().create_task(notify())
+
+    async def _until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds after a session change, or ``timeout_s``."""
+        cond = self._condition()
+        async with cond:
+            try:
+                await asyncio.wait_for(cond.wait_for(predicate), max(0.0, timeout_s))
+            except TimeoutError:
+                pass
+            return predicate()
 
     def attach(self, client: str, task: Task) -> Session:
         """Open ``client``'s session for ``task``; an older session of that client ends."""
@@ -70,7 +89,7 @@ class ScoreSessions:
             self._end(old, "replaced by a newer session")
         session = Session(client=client, task=task)
         self._sessions[client] = session
-        self._event().set()
+        self._notify()
         if self.on_attach is not None:
             self.on_attach(session)
         return session
@@ -90,27 +109,23 @@ class ScoreSessions:
     async def wait_for(self, clients: Sequence[str], timeout_s: float) -> list[str]:
         """Wait until every one of ``clients`` has a session, or ``timeout_s``; returns
         those connected."""
-        until = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            now = [c for c in clients if c in self._sessions]
-            left = until - asyncio.get_running_loop().time()
-            if len(now) == len(clients) or left <= 0:
-                return now
-            self._event().clear()
-            try:
-                await asyncio.wait_for(self._event().wait(), left)
-            except TimeoutError:
-                pass
+        await self._until(lambda: all(c in self._sessions for c in clients), timeout_s)
+        return [c for c in clients if c in self._sessions]
 
     async def request(self, client: str, step: int, items: Sequence[ScoreItem], timeout_s: float) -> Sequence[Score]:
         """Send ``client`` the step's batch and wait for its verified answer; raises
         ConnectionError without a session, TimeoutError past the deadline."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
+        if client not in self._sessions and client in self.expected:
+            await self._until(lambda: client in self._sessions, timeout_s)
         session = self._sessions.get(client)
         if session is None:
             raise ConnectionError(f"{client} has no open score session")
+        timeout_s = max(0.0, until - loop.time())
         if step in session.pending:
             raise ValueError(f"step {step} is already pending for {client}")
-        fut: asyncio.Future[Sequence[Score]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Sequence[Score]] = loop.create_future()
         session.pending[step] = fut
         deadline_ms = int((time.time() + timeout_s) * 1000)
         session.outbox.put_nowait(ScoreBatch(step=step, items=tuple(items), deadline_unix_ms=deadline_ms))

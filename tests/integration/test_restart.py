@@ -102,3 +102,64 @@ def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: P
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
+
+
+def test_sigkill_mid_align_stage_resumes_from_the_last_step(kits: Provisioned, tmp_path: Path) -> None:
+    """The ALIGN stage of the real server (the easy-VQA policy): SIGKILL after a few GRPO
+    steps, restart on the same state; the clients reopen their score sessions, the stage
+    resumes from its last checkpointed step for the same roster, and no step runs twice."""
+    import json
+
+    from fedsecure.types import Capabilities, Modality, Score, TaskReport
+
+    state, port_file, log = tmp_path / "state", tmp_path / "port", tmp_path / "server.log"
+    steps = 6
+
+    def server(address: str) -> subprocess.Popen[bytes]:
+        port_file.unlink(missing_ok=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "apps.cli", "server", "--kit", str(kits.server), "--address", address,
+             "--state", str(state), "--port-file", str(port_file), "--rounds", "1", "--quorum", "2",
+             "--min-clients", "3", "--phases", "align", "--phase-deadline", "600",
+             "--align-steps", str(steps), "--align-prompts", "4"],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    def handler(task: Task, ctx) -> TaskReport:  # type: ignore[no-untyped-def]
+        return ctx.score_session(task, lambda batch: [Score(i.item_id, float(len(i.completion)))
+                                                      for i in batch.items])
+
+    latest = state / "align" / "checkpoints" / "latest.json"
+    proc = server("127.0.0.1:0")
+    procs = [proc]
+    try:
+        port = wait_for(lambda: port_file.exists() and port_file.read_text(), 30, "server port")
+        address = f"127.0.0.1:{port}"
+        backoff = Backoff(initial_s=0.2, max_delay_s=1.0, max_elapsed_s=120)
+        clients = [FederatedClient(kit=load_kit(kits.clients[n]), address=address, poll_wait_ms=500, backoff=backoff,
+                                   capabilities=Capabilities(modalities=(Modality.TEXT,)),
+                                   handlers={TaskKind.ALIGN: handler}) for n in "abc"]
+        threads = [run_in_thread(c) for c in clients]
+        wait_for(lambda: latest.exists() and json.loads(latest.read_text())["step"] >= 2, 300, "two GRPO steps")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        killed_at = json.loads(latest.read_text())["step"]
+        assert killed_at < steps
+        proc = server(address)
+        procs.append(proc)
+        for t, out in threads:
+            t.join(400)
+            assert not t.is_alive() and "error" not in out, (out, log.read_text()[-3000:])
+        for c in clients:
+            c.close()
+        assert json.loads(latest.read_text())["step"] == steps
+        runs = _query(state / "server.sqlite", "SELECT state, rounds_closed FROM runs")
+        assert runs == [("finished", 1)], (runs, log.read_text()[-3000:])
+        records = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()]
+        align = [r for r in records if r.get("phase") == "align"]
+        # the restarted server ran only the rest of the round: each step once
+        assert len(align) == 1 and align[0]["steps"] == steps - killed_at and align[0]["router_fit"] is None, align
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
