@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     align.add_argument("--align-out", type=Path, help="policy, router and checkpoints (default: STATE/align)")
     align.add_argument("--align-prompts", type=int, default=16, help="prompts per GRPO step")
     align.add_argument("--align-step-deadline", type=float, default=30.0, help="seconds a step waits for scores")
+    align.add_argument("--align-hacking-rounds", type=int, default=2,
+                       help="rounds of rising fused reward with falling held-out accuracy that stop the stage")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
@@ -76,6 +78,7 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
 
         settings = VQAStageSettings(out=args.align_out or state_dir / "align", steps_per_round=args.align_steps,
                                     prompts_per_step=args.align_prompts, step_deadline_s=args.align_step_deadline,
+                                    hacking_rounds=args.align_hacking_rounds,
                                     seed=args.data_seed)
         planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics,
                                                 roster_file=settings.out / "roster.json",

@@ -41,7 +41,9 @@ class AlignStageConfig:
 
     steps_per_round: int = 10
     max_skipped_steps: int = 5
-    hacking_rounds: int = 3
+    # measured in the demo: fused reward -3.0 -> 0.8 -> 5.8 while held-out exact match
+    # went 0.63 -> 0.59 -> 0.58; two such rounds in a row are enough to stop
+    hacking_rounds: int = 2
     router_steps: int = 300
 
     def __post_init__(self) -> None:

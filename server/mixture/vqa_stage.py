@@ -51,6 +51,7 @@ class VQAStageSettings:
     router_pairs: int = 300
     monitor_questions: int = 200
     step_deadline_s: float = 30.0
+    hacking_rounds: int = 2
     seed: int = 0
     device: str = "auto"
 
@@ -76,7 +77,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
     reward = MixtureReward(clients=roster, combiner=Routed(router), features=features,
                            deadline_s=settings.step_deadline_s)
     return AlignStage(engine=engine, reward=reward, pool=pool, monitor=monitor, preferences=preferences,
-                      router=router, config=AlignStageConfig(steps_per_round=settings.steps_per_round),
+                      router=router, config=AlignStageConfig(steps_per_round=settings.steps_per_round,
+                                                             hacking_rounds=settings.hacking_rounds),
                       log_path=settings.out / "align.jsonl")
 
 
