@@ -236,8 +236,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     @domain_errors
     async def ScoreSession(self, request_iterator, context) -> AsyncIterator[federation_pb2.ScoreSessionResponse]:  # type: ignore[no-untyped-def, override]
         peer = current_peer()
+        first = await anext(aiter(request_iterator), None)  # decoded (or refused) before anything else
         name = self._enrolled()
-        first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "open":
             raise InvalidSubmission("a score session starts with its open message")
         row = self.store.runs.task(first.open.task_id)
