@@ -79,8 +79,13 @@ def test_encrypted_round_end_to_end_with_faults(start_federation, tmp_path) -> N
     assert_refused(lambda: up(_stream(client_a, task_a, good_a, chunks=[good_a.chunks[0], foreign]), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "does not load")
     # Corrupt ciphertext bytes (signed as such, so only the parser can tell).
+    # A flipped byte inside the compressed coefficients can decode to other, still valid
+    # coefficients (nothing could tell those from an honest ciphertext: it happened once in
+    # CI); a corrupt SEAL header never parses.
     corrupt = bytearray(good_a.chunks[1])
-    corrupt[100] ^= 0xFF
+    header = corrupt.find(b"\x5e\xa1")  # SEAL's magic; then version, compression mode, size
+    assert header > 0
+    corrupt[header + 3] ^= 0xFF
     assert_refused(lambda: up(_stream(client_a, task_a, good_a, chunks=[good_a.chunks[0], bytes(corrupt)]), timeout=10),
              grpc.StatusCode.INVALID_ARGUMENT, "chunk 1")
     # Disconnect after the first chunk was added: the call is cancelled mid-stream.
