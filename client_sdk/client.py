@@ -20,7 +20,8 @@ from google.protobuf.message import Message
 
 from fedsecure import __version__, serde
 from fedsecure.crypto import signing
-from fedsecure.errors import InvalidSubmission, InvalidTaskSpec, PrivacyBudgetExceeded, TrainingDiverged
+from fedsecure.errors import (InvalidSubmission, InvalidTaskSpec, PersonalisationRefused, PrivacyBudgetExceeded,
+                              TrainingDiverged)
 from fedsecure.kit import Kit
 from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
@@ -311,6 +312,10 @@ class FederatedClient:
             return handler(task, ctx)
         except PrivacyBudgetExceeded as exc:
             return Decline(DeclineReason.BUDGET_EXHAUSTED, str(exc))
+        except PersonalisationRefused as exc:
+            # Not enough of its own data to decide (its message gives the minimum).
+            log.error("%s: %s refused: %s", self.name, task.kind.name, exc)
+            return Decline(DeclineReason.NO_DATA, str(exc))
         except (InvalidTaskSpec, TrainingDiverged) as exc:
             # Our own messages name layouts, groups and coefficients, never data: the server
             # (and its operator) learn exactly why the task was refused.

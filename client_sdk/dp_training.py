@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,10 +117,12 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
     budget = ledger.budget
     # Calibrate for every planned step still to come, so later rounds are not starved.
     sigma = calibrate_noise(history, sample_rate=q, steps=steps * max(1, rounds_left), delta=budget.delta,
-                            target_epsilon=budget.epsilon, kind=ledger.accountant)
+                            target_epsilon=budget.federation_epsilon, kind=ledger.accountant)
     eps_after = epsilon([*history, (sigma, q, steps)], delta=budget.delta, kind=ledger.accountant)
-    if eps_after > budget.epsilon:
-        raise PrivacyBudgetExceeded(f"ε would reach {eps_after:.3f} > budget {budget.epsilon}")
+    if eps_after > budget.federation_epsilon:
+        # The personalisation reserve is not federated training's to spend (PrivacyBudget).
+        raise PrivacyBudgetExceeded(f"ε would reach {eps_after:.3f} > {budget.federation_epsilon:g} "
+                                    f"(budget {budget.epsilon:g} less its personalisation reserve)")
     entry = ledger.record(run_id=run_id, round_=round_, step=(sigma, q, steps), epsilon_after=eps_after,
                           data_digest=data.digest)
 
@@ -137,6 +140,10 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
                        loss_last=losses[-1] if losses else math.nan, parameters_changed=changed)
 
 
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(margins of a batch, the batch's pair indices) -> mean loss over the batch."""
+
+
 class DPStepper:
     """One DP-SGD step at a time: Poisson batch, per-pair gradients (Opacus), clipping,
     noise, optimizer step. Used by training and by ``fedsecure bench dp``."""
@@ -152,8 +159,10 @@ class DPStepper:
                                  expected_batch_size=settings.batch_size)
         self.rng = None if settings.secure_mode else np.random.default_rng(secrets.randbits(64))
 
-    def step(self, data: EncodedPairs) -> float | None:
-        """One step; returns the batch loss (None for an empty Poisson batch)."""
+    def step(self, data: EncodedPairs, loss_fn: PairLoss | None = None) -> float | None:
+        """One step; returns the batch loss (None for an empty Poisson batch).
+        ``loss_fn(margins, indices)`` replaces the Bradley–Terry loss (distillation);
+        it must be a mean of per-pair terms, so each pair's gradient stays its own."""
         idx = poisson_batch(len(data), self.q, secure=self.settings.secure_mode, rng=self.rng)
         self.optimizer.zero_grad(set_to_none=True)
         if len(idx) == 0:
@@ -162,7 +171,9 @@ class DPStepper:
         with warnings.catch_warnings():
             # Opacus's hooks sit on modules whose inputs need no gradient (frozen base): expected.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            loss = bt_loss(self.gsm(data.batch(torch.from_numpy(idx))))
+            indices = torch.from_numpy(idx)
+            margins = self.gsm(data.batch(indices))
+            loss = bt_loss(margins) if loss_fn is None else loss_fn(margins, indices)
             loss.backward()
         fold_paired_rows(self.params, len(idx))
         self.optimizer.step()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +22,15 @@ from fedsecure.data.preferences import PreferencePair, holdout
 from fedsecure.kit import Kit
 from fedsecure.models.encoding import EncodedPairs, encode_pairs
 from fedsecure.models.scoring import score_items
-from fedsecure.errors import InvalidTaskSpec, TrainingDiverged
+from fedsecure.errors import InvalidTaskSpec, PersonalisationRefused, TrainingDiverged
 from fedsecure.models.gate import attach_gates, merge_gates, remove_gates
 from fedsecure.models.groups import GroupKey
 from fedsecure.models.reward import (
     SHARED_ADAPTER,
+    RewardModel,
     RewardModelConfig,
     build_reward_model,
     load_reward_model,
-    save_reward_model,
 )
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
@@ -42,6 +40,7 @@ from fedsecure.types import (
     Capabilities,
     LedgerHead,
     Modality,
+    PersonaliseSpec,
     Role,
     Score,
     ScoreBatch,
@@ -64,11 +63,16 @@ from client_sdk.adapter_exchange import (
 )
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
 from client_sdk.outcomes import Aggregate, Handler, Scores, TaskContext, Update
+from client_sdk.personalisation.plan import PersonalisationSettings
+from client_sdk.personalisation.runner import OUTPUT_DIR, Personaliser, save_atomically
+from client_sdk.personalisation.stages import components as personal_components
+from client_sdk.personalisation.stages import federation_model
 
 log = logging.getLogger("fedsecure.client.reward")
 
 MODALITIES = {"image_text": (Modality.IMAGE_TEXT,), "image": (Modality.IMAGE,), "text": (Modality.TEXT,)}
 MODEL_DIR = "reward_model"
+PERSONAL_DIR = "personal_model"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,12 @@ class ParticipantConfig:
     dp: DPSettings = field(default_factory=DPSettings)
     accountant: str = "rdp"
     holdout_fraction: float = 0.2
+    # TAP's validation split, carved from the non-held-out pairs and never trained on in
+    # the federation, so that replacement decisions judge generalisation, and disjoint
+    # from the held-out split that reports results.
+    validation_fraction: float = 0.15
+    personalisation: PersonalisationSettings = field(default_factory=PersonalisationSettings)
+    score_personalised: bool = False   # the operator's switch: score with the personalised model once it exists
     seed: int = 0
 
 
@@ -101,6 +111,11 @@ class RewardParticipant:
         train, held = holdout(pairs, fraction=config.holdout_fraction, seed=config.seed)
         if not train or not held:
             raise ValueError(f"{len(pairs)} pairs are too few to hold out an evaluation set")
+        validation: list[PreferencePair] = []
+        if config.validation_fraction > 0:
+            train, validation = holdout(train, fraction=config.validation_fraction, seed=config.seed + 1)
+            if not train:
+                raise ValueError(f"{len(pairs)} pairs are too few to carve a validation split")
         self.ledger = Ledger(state_dir / "ledger.jsonl", kit=kit, budget=config.budget, accountant=config.accountant)
         model_dir = state_dir / MODEL_DIR
         if model_dir.exists():
@@ -113,7 +128,9 @@ class RewardParticipant:
         # Encoding validates every record up front (clear error, before any ledger entry).
         self.train_data: EncodedPairs = encode_pairs(train, self.tokenizer)
         self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer)
+        self.validation_data: EncodedPairs | None = encode_pairs(validation, self.tokenizer) if validation else None
         self.encryptor: Encryptor | None = None
+        self.personalised: RewardModel | None = None
         self.reports: list[TaskReport] = []                # one per training round
         self.applied: list[tuple[int, str, int]] = []      # (round, group, contributors) applied
 
@@ -129,7 +146,8 @@ class RewardParticipant:
 
     def handlers(self) -> dict[TaskKind, Handler]:
         """Task handlers to register with a FederatedClient."""
-        return {TaskKind.TRAIN: self.train, TaskKind.SCORE: self.score, TaskKind.ALIGN: self.align}
+        return {TaskKind.TRAIN: self.train, TaskKind.SCORE: self.score, TaskKind.ALIGN: self.align,
+                TaskKind.PERSONALISE: self.personalise}
 
     def ledger_head(self) -> LedgerHead:
         """The ledger head reported every round."""
@@ -257,12 +275,14 @@ class RewardParticipant:
                if gates else {})}.items())))
         self.reports.append(report)
         if not spec.upload_group:
+            self._save_personal()
             return report
         clamped = clip_shared_adapters(self.model, bound=self._encryptor().params.value_bound, families=families)
         if clamped:
             log.warning("%s round %d: %d adapter values clamped into the CKKS bound before sharing",
                         self.kit.name, task.round, clamped)
             self._save()
+        self._save_personal()
         # Post-processing of the DP-trained model: encrypting it costs no further budget.
         return encrypt_adapters(self.model, encryptor=self._encryptor(), families=families, weight=weight)
 
@@ -272,7 +292,7 @@ class RewardParticipant:
         if not isinstance(spec, ScoreSpec):
             raise TypeError("score handler got a non-score task")
         self._apply_aggregates(task, ctx, spec.download_groups, task.round)
-        values = score_items(self.model, self.tokenizer, spec.items)
+        values = score_items(self._scoring_model(), self.tokenizer, spec.items)
         return Scores(tuple(Score(i.item_id, v) for i, v in zip(spec.items, values, strict=True)))
 
     def align(self, task: Task, ctx: TaskContext) -> TaskReport:
@@ -282,22 +302,64 @@ class RewardParticipant:
         if not isinstance(spec, AlignSpec):
             raise TypeError("align handler got a non-align task")
         self._apply_aggregates(task, ctx, spec.download_groups, task.round)
+        model = self._scoring_model()
 
         def scorer(batch: ScoreBatch) -> list[Score]:
-            return [Score(i.item_id, v) for i, v in zip(batch.items, score_items(self.model, self.tokenizer,
+            return [Score(i.item_id, v) for i, v in zip(batch.items, score_items(model, self.tokenizer,
                                                                                batch.items), strict=True)]
         return ctx.score_session(task, scorer)
 
+    def personalise(self, task: Task, ctx: TaskContext) -> TaskReport:
+        """TAP after the federation (client_sdk.personalisation): replace shared
+        components by margin on the validation split, distil the federation's model into
+        the personal one under DP, save it, report held-out metrics only."""
+        spec = task.spec
+        if not isinstance(spec, PersonaliseSpec):
+            raise TypeError("personalise handler got a non-personalise task")
+        try:  # the server's knobs, checked before anything is read or charged
+            settings = dataclasses.replace(self.config.personalisation, margin=spec.replace_margin,
+                                           distill_steps=spec.distill_steps, distill_weight=spec.distill_weight,
+                                           temperature=spec.temperature)
+        except ValueError as exc:
+            raise InvalidTaskSpec(str(exc)) from exc
+        personal_dir = self.state_dir / PERSONAL_DIR
+        if not personal_dir.exists():
+            raise PersonalisationRefused("no personal model: this client has not trained in a federation round")
+        if self.validation_data is None:
+            raise PersonalisationRefused("this client keeps no validation split (validation_fraction 0)")
+        personal, _ = load_reward_model(personal_dir)
+        run_id, round_ = spec.source_run_id or task.run_id, spec.source_round or task.round
+        parts = personal_components(personal, spec.download_groups)
+        aggregates = {g: _downloaded(ctx, run_id, g, round_) for g in parts}
+        teacher = federation_model(personal, aggregates)
+        outcome = Personaliser(state_dir=self.state_dir, ledger=self.ledger, tokenizer=self.tokenizer,
+                               settings=settings, dp=self.config.dp).run(
+            personal=personal, teacher=teacher, parts=parts, train=self.train_data, validation=self.validation_data,
+            heldout=self.heldout_data, run_id=run_id, round_=round_)
+        self.personalised = outcome.model
+        log.info("%s personalised on %s round %d: %s; held-out %.3f personal, %.3f global, %.3f personalised; "
+                 "ε=%.3f/%.1f", self.kit.name, run_id, round_,
+                 ", ".join(f"{d.component} {'replaced' if d.replaced else 'kept'}" for d in outcome.decisions)
+                 or "no shared component", outcome.metrics["heldout_accuracy_personal"],
+                 outcome.metrics["heldout_accuracy_global"], outcome.metrics["heldout_accuracy_personalised"],
+                 self.ledger.epsilon, self.config.budget.epsilon)
+        return TaskReport(metrics=tuple(sorted(outcome.metrics.items())))
+
+    def _scoring_model(self) -> RewardModel:
+        """The model that scores: the personalised one when the operator enabled it and it
+        exists, else the federated one."""
+        if self.config.score_personalised:
+            if self.personalised is None and (self.state_dir / OUTPUT_DIR).exists():
+                self.personalised, _ = load_reward_model(self.state_dir / OUTPUT_DIR)
+            if self.personalised is not None:
+                return self.personalised
+        return self.model
+
     def _save(self) -> None:
-        # Write beside, then swap: a crash never leaves a half-written model.
-        final = self.state_dir / MODEL_DIR
-        tmp = self.state_dir / f".{MODEL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_reward_model(self.model, self.tokenizer, tmp)
-        old = self.state_dir / f".{MODEL_DIR}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        save_atomically(self.model, self.tokenizer, self.state_dir / MODEL_DIR)
+
+    def _save_personal(self) -> None:
+        # The client's own model as it leaves a training round, before later tasks apply
+        # the federation's means: TAP's "personal" side.
+        save_atomically(self.model, self.tokenizer, self.state_dir / PERSONAL_DIR)
 

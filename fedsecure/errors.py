@@ -102,3 +102,8 @@ class CheckpointError(FedsecureError, ValueError):
 class StateVersionError(FedsecureError, RuntimeError):
     """Durable state (a state folder, the server's database) was written by another
     version of fedsecure; it is refused, never misread."""
+
+
+class PersonalisationRefused(FedsecureError, ValueError):
+    """Personalisation cannot decide or run on what this client has (a validation split
+    too small, no personal model yet); nothing was replaced or charged."""

@@ -231,7 +231,8 @@ def task_to_proto(t: Task) -> common_pb2.Task:
     elif isinstance(s, PersonaliseSpec):
         msg.personalise.CopyFrom(common_pb2.PersonaliseSpec(
             replace_margin=s.replace_margin, distill_steps=s.distill_steps, distill_weight=s.distill_weight,
-            temperature=s.temperature, download_groups=list(s.download_groups)))
+            temperature=s.temperature, download_groups=list(s.download_groups), source_run_id=s.source_run_id,
+            source_round=s.source_round))
     elif isinstance(s, ReportLedgerSpec):
         msg.report_ledger.SetInParent()
     elif isinstance(s, AlignSpec):
@@ -263,7 +264,8 @@ def task_from_proto(msg: common_pb2.Task) -> Task:
         p = msg.personalise
         spec = PersonaliseSpec(replace_margin=p.replace_margin, distill_steps=p.distill_steps,
                                distill_weight=p.distill_weight, temperature=p.temperature,
-                               download_groups=tuple(p.download_groups))
+                               download_groups=tuple(p.download_groups), source_run_id=p.source_run_id,
+                               source_round=p.source_round)
     elif kind is TaskKind.ALIGN:
         a = msg.align
         spec = AlignSpec(steps=a.steps, step_deadline_ms=a.step_deadline_ms, download_groups=tuple(a.download_groups))

@@ -131,13 +131,17 @@ class ScoreSpec:
 
 @dataclass(frozen=True)
 class PersonaliseSpec:
-    """Parameters of the TAP personalisation task."""
+    """Parameters of the TAP personalisation task: compare the federation's versions
+    (``download_groups`` of ``source_run_id``'s round ``source_round``; empty/0: the
+    task's own run and round) with the personal ones, replace by margin, distil."""
 
     replace_margin: float = 0.0
     distill_steps: int = 0
     distill_weight: float = 0.0
     temperature: float = 1.0
     download_groups: tuple[str, ...] = ()
+    source_run_id: str = ""
+    source_round: int = 0
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ specs = st.one_of(
     st.builds(ScoreSpec, items=st.lists(st.builds(ScoreItem, item_id=text, prompt_id=text, image_png=st.binary(max_size=64),
                                                   question=text, completion=text), max_size=3).map(tuple)),
     st.builds(PersonaliseSpec, replace_margin=finite, distill_steps=u32, distill_weight=finite, temperature=finite,
-              download_groups=names),
+              download_groups=names, source_run_id=text, source_round=u32),
     st.just(ReportLedgerSpec()),
     st.builds(AlignSpec, steps=u32, step_deadline_ms=u32, download_groups=names),
 )

@@ -59,11 +59,15 @@ class LedgerEntry:
     data_digest: str
     certificate: str = ""   # PEM, genesis only
     signature: str = ""     # hex DER
+    purpose: str = ""       # "" = federated training; "personalise:replace", "personalise:distill"
 
     def body(self) -> bytes:
-        """Canonical JSON of every field but the signature (what is signed)."""
+        """Canonical JSON of every field but the signature (what is signed). An empty
+        ``purpose`` is left out, so entries written before the field existed verify."""
         d = asdict(self)
         d.pop("signature")
+        if not d["purpose"]:
+            d.pop("purpose")
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     def sha256(self) -> str:
@@ -106,17 +110,20 @@ class Ledger:
                 os.fsync(fh.fileno())
 
     def _entry(self, *, seq: int, prev: str, run_id: str, round_: int, step: Step, eps: float, data_digest: str,
-               certificate: str = "") -> LedgerEntry:
+               certificate: str = "", purpose: str = "") -> LedgerEntry:
         unsigned = LedgerEntry(seq=seq, prev_sha256=prev, time=time.time(), client=self.kit.name, run_id=run_id,
                                round=round_, mechanism=MECHANISM, noise_multiplier=step[0], sample_rate=step[1],
                                steps=step[2], delta=self.budget.delta, epsilon_after=eps,
                                epsilon_budget=self.budget.epsilon, accountant=self.accountant,
-                               data_digest=data_digest, certificate=certificate)
+                               data_digest=data_digest, certificate=certificate, purpose=purpose)
         sig = signing.sign(self.kit.private_key, signing.canonical(DOMAIN_LEDGER, [unsigned.body()]))
         return LedgerEntry(**{**asdict(unsigned), "signature": sig.hex()})
 
     def _append(self, entry: LedgerEntry) -> None:
-        line = json.dumps(asdict(entry), sort_keys=True, separators=(",", ":")) + "\n"
+        fields = asdict(entry)
+        if not fields["purpose"]:
+            fields.pop("purpose")  # the line as it was before the field existed
+        line = json.dumps(fields, sort_keys=True, separators=(",", ":")) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)  # one write of one whole line, then fsync: all or (torn) nothing
             fh.flush()
@@ -138,13 +145,15 @@ class Ledger:
         return LedgerHead(seq=last.seq, entry_sha256=bytes.fromhex(last.sha256()), epsilon=last.epsilon_after,
                           delta=self.budget.delta, epsilon_budget=self.budget.epsilon)
 
-    def record(self, *, run_id: str, round_: int, step: Step, epsilon_after: float, data_digest: str) -> LedgerEntry:
-        """Append one release (before the training it describes starts)."""
+    def record(self, *, run_id: str, round_: int, step: Step, epsilon_after: float, data_digest: str,
+               purpose: str = "") -> LedgerEntry:
+        """Append one release (before the training it describes starts); ``purpose``
+        names a release that is not federated training (personalisation's stages)."""
         if epsilon_after > self.budget.epsilon:
             raise LedgerError("refusing to record a release beyond the budget")
         last = self.entries[-1]
         entry = self._entry(seq=last.seq + 1, prev=last.sha256(), run_id=run_id, round_=round_, step=step,
-                            eps=epsilon_after, data_digest=data_digest)
+                            eps=epsilon_after, data_digest=data_digest, purpose=purpose)
         self._append(entry)
         return entry
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64secure/v1/common.proto\x12\x0c\x66\x65\x64secure.v1\"\xd4\x01\n\x0eSignedEnvelope\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12/\n\x0cpayload_kind\x18\x07 \x01(\x0e\x32\x19.fedsecure.v1.PayloadKind\x12\x16\n\x0epayload_sha256\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"f\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05index\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"\xe2\x01\n\x0c\x43\x61pabilities\x12*\n\nmodalities\x18\x01 \x03(\x0e\x32\x16.fedsecure.v1.Modality\x12\x43\n\rsample_counts\x18\x02 \x03(\x0b\x32,.fedsecure.v1.Capabilities.SampleCountsEntry\x12\x17\n\x0f\x62\x61\x63kbone_sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x62lock_shape\x18\x04 \x01(\t\x1a\x33\n\x11SampleCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb2\x02\n\tTrainSpec\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x16\n\x0eplanned_rounds\x18\x04 \x01(\r\x12\x17\n\x0f\x64ownload_groups\x18\x05 \x03(\t\x12\x12\n\naux_groups\x18\x06 \x03(\t\x12?\n\x0c\x63ompensation\x18\x07 \x03(\x0b\x32).fedsecure.v1.TrainSpec.CompensationEntry\x12\x14\n\x0cupload_group\x18\x08 \x01(\t\x12\x14\n\x0cweight_total\x18\t \x01(\x01\x1a\x33\n\x11\x43ompensationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"h\n\tScoreItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x11\n\timage_png\x18\x03 \x01(\x0c\x12\x10\n\x08question\x18\x04 \x01(\t\x12\x12\n\ncompletion\x18\x05 \x01(\t\"L\n\tScoreSpec\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.fedsecure.v1.ScoreItem\x12\x17\n\x0f\x64ownload_groups\x18\x02 \x03(\t\"\x86\x01\n\x0fPersonaliseSpec\x12\x16\n\x0ereplace_margin\x18\x01 \x01(\x01\x12\x15\n\rdistill_steps\x18\x02 \x01(\r\x12\x16\n\x0e\x64istill_weight\x18\x03 \x01(\x01\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x17\n\x0f\x64ownload_groups\x18\x05 \x03(\t\"\x12\n\x10ReportLedgerSpec\"M\n\tAlignSpec\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x18\n\x10step_deadline_ms\x18\x02 \x01(\r\x12\x17\n\x0f\x64ownload_groups\x18\x03 \x03(\t\"\xfc\x02\n\x04Task\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.fedsecure.v1.TaskKind\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12(\n\x05train\x18\n \x01(\x0b\x32\x17.fedsecure.v1.TrainSpecH\x00\x12(\n\x05score\x18\x0b \x01(\x0b\x32\x17.fedsecure.v1.ScoreSpecH\x00\x12\x34\n\x0bpersonalise\x18\x0c \x01(\x0b\x32\x1d.fedsecure.v1.PersonaliseSpecH\x00\x12\x37\n\rreport_ledger\x18\r \x01(\x0b\x32\x1e.fedsecure.v1.ReportLedgerSpecH\x00\x12(\n\x05\x61lign\x18\x0e \x01(\x0b\x32\x17.fedsecure.v1.AlignSpecH\x00\x42\x06\n\x04spec\"g\n\nLedgerHead\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x65ntry_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x05 \x01(\x01\"\'\n\x05Score\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"t\n\nTaskReport\x12\x36\n\x07metrics\x18\x01 \x03(\x0b\x32%.fedsecure.v1.TaskReport.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"F\n\x07\x44\x65\x63line\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.fedsecure.v1.DeclineReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"l\n\x0eUpdateManifest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x14\n\x0c\x63hunk_sha256\x18\x04 \x03(\x0c\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\":\n\x0eSubmitResponse\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08*d\n\x08Modality\x12\x18\n\x14MODALITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODALITY_IMAGE\x10\x01\x12\x11\n\rMODALITY_TEXT\x10\x02\x12\x17\n\x13MODALITY_IMAGE_TEXT\x10\x03*\x9c\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x13\n\x0fTASK_KIND_SCORE\x10\x02\x12\x19\n\x15TASK_KIND_PERSONALISE\x10\x03\x12\x1b\n\x17TASK_KIND_REPORT_LEDGER\x10\x04\x12\x13\n\x0fTASK_KIND_ALIGN\x10\x05*\xd1\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13PAYLOAD_KIND_SCORES\x10\x01\x12\x17\n\x13PAYLOAD_KIND_UPDATE\x10\x02\x12\x1c\n\x18PAYLOAD_KIND_LEDGER_HEAD\x10\x03\x12\x1c\n\x18PAYLOAD_KIND_TASK_REPORT\x10\x04\x12\x18\n\x14PAYLOAD_KIND_DECLINE\x10\x05\x12\x1c\n\x18PAYLOAD_KIND_STEP_SCORES\x10\x06*\xb8\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45\x43LINE_REASON_BUDGET_EXHAUSTED\x10\x01\x12#\n\x1f\x44\x45\x43LINE_REASON_UNSUPPORTED_TASK\x10\x02\x12\x1a\n\x16\x44\x45\x43LINE_REASON_NO_DATA\x10\x03\x12!\n\x1d\x44\x45\x43LINE_REASON_INTERNAL_ERROR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64secure/v1/common.proto\x12\x0c\x66\x65\x64secure.v1\"\xd4\x01\n\x0eSignedEnvelope\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12/\n\x0cpayload_kind\x18\x07 \x01(\x0e\x32\x19.fedsecure.v1.PayloadKind\x12\x16\n\x0epayload_sha256\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"f\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05index\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"\xe2\x01\n\x0c\x43\x61pabilities\x12*\n\nmodalities\x18\x01 \x03(\x0e\x32\x16.fedsecure.v1.Modality\x12\x43\n\rsample_counts\x18\x02 \x03(\x0b\x32,.fedsecure.v1.Capabilities.SampleCountsEntry\x12\x17\n\x0f\x62\x61\x63kbone_sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x62lock_shape\x18\x04 \x01(\t\x1a\x33\n\x11SampleCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb2\x02\n\tTrainSpec\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x16\n\x0eplanned_rounds\x18\x04 \x01(\r\x12\x17\n\x0f\x64ownload_groups\x18\x05 \x03(\t\x12\x12\n\naux_groups\x18\x06 \x03(\t\x12?\n\x0c\x63ompensation\x18\x07 \x03(\x0b\x32).fedsecure.v1.TrainSpec.CompensationEntry\x12\x14\n\x0cupload_group\x18\x08 \x01(\t\x12\x14\n\x0cweight_total\x18\t \x01(\x01\x1a\x33\n\x11\x43ompensationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"h\n\tScoreItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x11\n\timage_png\x18\x03 \x01(\x0c\x12\x10\n\x08question\x18\x04 \x01(\t\x12\x12\n\ncompletion\x18\x05 \x01(\t\"L\n\tScoreSpec\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.fedsecure.v1.ScoreItem\x12\x17\n\x0f\x64ownload_groups\x18\x02 \x03(\t\"\xb3\x01\n\x0fPersonaliseSpec\x12\x16\n\x0ereplace_margin\x18\x01 \x01(\x01\x12\x15\n\rdistill_steps\x18\x02 \x01(\r\x12\x16\n\x0e\x64istill_weight\x18\x03 \x01(\x01\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x17\n\x0f\x64ownload_groups\x18\x05 \x03(\t\x12\x15\n\rsource_run_id\x18\x06 \x01(\t\x12\x14\n\x0csource_round\x18\x07 \x01(\x04\"\x12\n\x10ReportLedgerSpec\"M\n\tAlignSpec\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x18\n\x10step_deadline_ms\x18\x02 \x01(\r\x12\x17\n\x0f\x64ownload_groups\x18\x03 \x03(\t\"\xfc\x02\n\x04Task\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.fedsecure.v1.TaskKind\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12(\n\x05train\x18\n \x01(\x0b\x32\x17.fedsecure.v1.TrainSpecH\x00\x12(\n\x05score\x18\x0b \x01(\x0b\x32\x17.fedsecure.v1.ScoreSpecH\x00\x12\x34\n\x0bpersonalise\x18\x0c \x01(\x0b\x32\x1d.fedsecure.v1.PersonaliseSpecH\x00\x12\x37\n\rreport_ledger\x18\r \x01(\x0b\x32\x1e.fedsecure.v1.ReportLedgerSpecH\x00\x12(\n\x05\x61lign\x18\x0e \x01(\x0b\x32\x17.fedsecure.v1.AlignSpecH\x00\x42\x06\n\x04spec\"g\n\nLedgerHead\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x65ntry_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x05 \x01(\x01\"\'\n\x05Score\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"t\n\nTaskReport\x12\x36\n\x07metrics\x18\x01 \x03(\x0b\x32%.fedsecure.v1.TaskReport.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"F\n\x07\x44\x65\x63line\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.fedsecure.v1.DeclineReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"l\n\x0eUpdateManifest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x14\n\x0c\x63hunk_sha256\x18\x04 \x03(\x0c\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\":\n\x0eSubmitResponse\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08*d\n\x08Modality\x12\x18\n\x14MODALITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODALITY_IMAGE\x10\x01\x12\x11\n\rMODALITY_TEXT\x10\x02\x12\x17\n\x13MODALITY_IMAGE_TEXT\x10\x03*\x9c\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x13\n\x0fTASK_KIND_SCORE\x10\x02\x12\x19\n\x15TASK_KIND_PERSONALISE\x10\x03\x12\x1b\n\x17TASK_KIND_REPORT_LEDGER\x10\x04\x12\x13\n\x0fTASK_KIND_ALIGN\x10\x05*\xd1\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13PAYLOAD_KIND_SCORES\x10\x01\x12\x17\n\x13PAYLOAD_KIND_UPDATE\x10\x02\x12\x1c\n\x18PAYLOAD_KIND_LEDGER_HEAD\x10\x03\x12\x1c\n\x18PAYLOAD_KIND_TASK_REPORT\x10\x04\x12\x18\n\x14PAYLOAD_KIND_DECLINE\x10\x05\x12\x1c\n\x18PAYLOAD_KIND_STEP_SCORES\x10\x06*\xb8\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45\x43LINE_REASON_BUDGET_EXHAUSTED\x10\x01\x12#\n\x1f\x44\x45\x43LINE_REASON_UNSUPPORTED_TASK\x10\x02\x12\x1a\n\x16\x44\x45\x43LINE_REASON_NO_DATA\x10\x03\x12!\n\x1d\x44\x45\x43LINE_REASON_INTERNAL_ERROR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINSPEC_COMPENSATIONENTRY']._serialized_options = b'8\001'
   _globals['_TASKREPORT_METRICSENTRY']._loaded_options = None
   _globals['_TASKREPORT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODALITY']._serialized_start=2209
-  _globals['_MODALITY']._serialized_end=2309
-  _globals['_TASKKIND']._serialized_start=2312
-  _globals['_TASKKIND']._serialized_end=2468
-  _globals['_PAYLOADKIND']._serialized_start=2471
-  _globals['_PAYLOADKIND']._serialized_end=2680
-  _globals['_DECLINEREASON']._serialized_start=2683
-  _globals['_DECLINEREASON']._serialized_end=2867
+  _globals['_MODALITY']._serialized_start=2254
+  _globals['_MODALITY']._serialized_end=2354
+  _globals['_TASKKIND']._serialized_start=2357
+  _globals['_TASKKIND']._serialized_end=2513
+  _globals['_PAYLOADKIND']._serialized_start=2516
+  _globals['_PAYLOADKIND']._serialized_end=2725
+  _globals['_DECLINEREASON']._serialized_start=2728
+  _globals['_DECLINEREASON']._serialized_end=2912
   _globals['_SIGNEDENVELOPE']._serialized_start=44
   _globals['_SIGNEDENVELOPE']._serialized_end=256
   _globals['_TENSORCHUNK']._serialized_start=258
@@ -62,25 +62,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORESPEC']._serialized_start=1006
   _globals['_SCORESPEC']._serialized_end=1082
   _globals['_PERSONALISESPEC']._serialized_start=1085
-  _globals['_PERSONALISESPEC']._serialized_end=1219
-  _globals['_REPORTLEDGERSPEC']._serialized_start=1221
-  _globals['_REPORTLEDGERSPEC']._serialized_end=1239
-  _globals['_ALIGNSPEC']._serialized_start=1241
-  _globals['_ALIGNSPEC']._serialized_end=1318
-  _globals['_TASK']._serialized_start=1321
-  _globals['_TASK']._serialized_end=1701
-  _globals['_LEDGERHEAD']._serialized_start=1703
-  _globals['_LEDGERHEAD']._serialized_end=1806
-  _globals['_SCORE']._serialized_start=1808
-  _globals['_SCORE']._serialized_end=1847
-  _globals['_TASKREPORT']._serialized_start=1849
-  _globals['_TASKREPORT']._serialized_end=1965
-  _globals['_TASKREPORT_METRICSENTRY']._serialized_start=1919
-  _globals['_TASKREPORT_METRICSENTRY']._serialized_end=1965
-  _globals['_DECLINE']._serialized_start=1967
-  _globals['_DECLINE']._serialized_end=2037
-  _globals['_UPDATEMANIFEST']._serialized_start=2039
-  _globals['_UPDATEMANIFEST']._serialized_end=2147
-  _globals['_SUBMITRESPONSE']._serialized_start=2149
-  _globals['_SUBMITRESPONSE']._serialized_end=2207
+  _globals['_PERSONALISESPEC']._serialized_end=1264
+  _globals['_REPORTLEDGERSPEC']._serialized_start=1266
+  _globals['_REPORTLEDGERSPEC']._serialized_end=1284
+  _globals['_ALIGNSPEC']._serialized_start=1286
+  _globals['_ALIGNSPEC']._serialized_end=1363
+  _globals['_TASK']._serialized_start=1366
+  _globals['_TASK']._serialized_end=1746
+  _globals['_LEDGERHEAD']._serialized_start=1748
+  _globals['_LEDGERHEAD']._serialized_end=1851
+  _globals['_SCORE']._serialized_start=1853
+  _globals['_SCORE']._serialized_end=1892
+  _globals['_TASKREPORT']._serialized_start=1894
+  _globals['_TASKREPORT']._serialized_end=2010
+  _globals['_TASKREPORT_METRICSENTRY']._serialized_start=1964
+  _globals['_TASKREPORT_METRICSENTRY']._serialized_end=2010
+  _globals['_DECLINE']._serialized_start=2012
+  _globals['_DECLINE']._serialized_end=2082
+  _globals['_UPDATEMANIFEST']._serialized_start=2084
+  _globals['_UPDATEMANIFEST']._serialized_end=2192
+  _globals['_SUBMITRESPONSE']._serialized_start=2194
+  _globals['_SUBMITRESPONSE']._serialized_end=2252
 # @@protoc_insertion_point(module_scope)

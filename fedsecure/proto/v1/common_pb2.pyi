@@ -172,18 +172,22 @@ class ScoreSpec(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., download_groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PersonaliseSpec(_message.Message):
-    __slots__ = ("replace_margin", "distill_steps", "distill_weight", "temperature", "download_groups")
+    __slots__ = ("replace_margin", "distill_steps", "distill_weight", "temperature", "download_groups", "source_run_id", "source_round")
     REPLACE_MARGIN_FIELD_NUMBER: _ClassVar[int]
     DISTILL_STEPS_FIELD_NUMBER: _ClassVar[int]
     DISTILL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     DOWNLOAD_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ROUND_FIELD_NUMBER: _ClassVar[int]
     replace_margin: float
     distill_steps: int
     distill_weight: float
     temperature: float
     download_groups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, replace_margin: _Optional[float] = ..., distill_steps: _Optional[int] = ..., distill_weight: _Optional[float] = ..., temperature: _Optional[float] = ..., download_groups: _Optional[_Iterable[str]] = ...) -> None: ...
+    source_run_id: str
+    source_round: int
+    def __init__(self, replace_margin: _Optional[float] = ..., distill_steps: _Optional[int] = ..., distill_weight: _Optional[float] = ..., temperature: _Optional[float] = ..., download_groups: _Optional[_Iterable[str]] = ..., source_run_id: _Optional[str] = ..., source_round: _Optional[int] = ...) -> None: ...
 
 class ReportLedgerSpec(_message.Message):
     __slots__ = ()
