@@ -87,6 +87,13 @@ def _admin(args: argparse.Namespace) -> int:
             config = RunConfig(rounds=args.rounds, quorum=args.quorum, min_clients=args.min_clients,
                                phases=tuple(PhaseConfig(k, args.phase_deadline) for k in kinds))
             print(admin.start_run(config).run_id)
+        elif args.action == "personalise":
+            # A run of its own for the newest finished run: TAP on its last published
+            # aggregates, then the ledger heads (the server's PersonalisePlanner).
+            config = RunConfig(rounds=1, quorum=args.quorum, min_clients=args.min_clients,
+                               phases=(PhaseConfig(TaskKind.PERSONALISE, args.phase_deadline),
+                                       PhaseConfig(TaskKind.REPORT_LEDGER, args.phase_deadline)))
+            print(admin.start_run(config).run_id)
         elif args.action == "stop":
             print(admin.stop_run().state)
         elif args.action == "heads":
@@ -175,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, type=Path)
     p.add_argument("--address", help="the server's host:port (default: the kit's)")
     p.add_argument("--keyholder-address", help="the key holder's host:port for revoke (default: the kit's)")
-    p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop", "heads"],
-                   help="heads: export every ledger head clients reported, for `fedsecure audit --server-heads`")
+    p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop", "heads", "personalise"],
+                   help="heads: export every ledger head clients reported, for `fedsecure audit --server-heads`; "
+                        "personalise: TAP personalisation for the newest finished run")
     p.add_argument("name", nargs="?", help="client to revoke")
     p.add_argument("--reason", default="")
     p.add_argument("--out", type=Path, help="heads: write the export here (default: print it)")

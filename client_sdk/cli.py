@@ -21,6 +21,10 @@ from client_sdk.client import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig, RewardParticipant
 
+# Share of the ε budget federated training leaves for personalisation: 10% (ε 0.8 of 8),
+# measured to leave room for the replacement decisions and 30 distillation steps.
+DEFAULT_RESERVE = 0.1
+
 
 def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
     """Where a client's private pairs and reward model come from (shared with the audit)."""
@@ -46,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, default=8.0, help="privacy budget ε over all rounds")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
+    p.add_argument("--personalisation-reserve", type=float, default=None,
+                   help="share of ε kept from federated training for personalisation (default: the kit's "
+                        f"personalisation_reserve, else {DEFAULT_RESERVE})")
+    p.add_argument("--score-personalised", action="store_true",
+                   help="once personalised, score the server's items with the personalised model")
     p.add_argument("--clip", type=float, default=0.1, help="per-pair gradient norm bound")
     p.add_argument("--insecure-dp", action="store_true",
                    help="turn DP secure_mode off (seedable PRNG): tests and benchmarks only")
@@ -78,12 +87,22 @@ def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
     return config_on_backbone(args.kind, folder)
 
 
+def personalisation_reserve(args: argparse.Namespace, kit: Kit) -> float:
+    """The command line's reserve, else the kit's setting, else the default."""
+    flag = getattr(args, "personalisation_reserve", None)
+    if flag is not None:
+        return float(flag)
+    return float(kit.settings.get("personalisation_reserve", DEFAULT_RESERVE))
+
+
 def build_participant(args: argparse.Namespace, *, dp: DPSettings | None = None) -> RewardParticipant:
     """A reward participant from command-line options."""
     kit = load_kit(args.kit, expected_role=Role.CLIENT)
     config = ParticipantConfig(
         model=model_config(args, kit),
-        budget=PrivacyBudget(getattr(args, "epsilon", 8.0), getattr(args, "delta", 1e-5)),
+        budget=PrivacyBudget(getattr(args, "epsilon", 8.0), getattr(args, "delta", 1e-5),
+                             personalisation_reserve=personalisation_reserve(args, kit)),
+        score_personalised=getattr(args, "score_personalised", False),
         dp=dp or DPSettings(max_grad_norm=args.clip, secure_mode=not args.insecure_dp),
         accountant=getattr(args, "accountant", "rdp"), seed=args.data_seed)
     return RewardParticipant(kit=kit, state_dir=args.state or kit.path / "state", pairs=load_pairs(args, kit),
@@ -103,11 +122,21 @@ def main(args: argparse.Namespace) -> int:
            "aggregates_applied": [list(a) for a in participant.applied],
            "heldout_pairs": len(participant.heldout_data), "train_pairs": len(participant.train_data),
            "epsilon": participant.ledger.epsilon, "epsilon_budget": participant.config.budget.epsilon,
+           "personalisation_reserve": participant.config.budget.personalisation_reserve,
+           "personalisation": _personalisation_doc(participant),
            "delta": participant.config.budget.delta, "ledger": str(participant.ledger.path)}
     if args.summary is not None:
         args.summary.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc))
     return 0
+
+
+def _personalisation_doc(participant: RewardParticipant) -> dict[str, object] | None:
+    """The client's personalisation report, if it personalised (metrics and decisions)."""
+    from client_sdk.personalisation.runner import REPORT_FILE
+
+    path = participant.state_dir / REPORT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def membership_main(args: argparse.Namespace) -> int:

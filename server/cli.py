@@ -15,6 +15,7 @@ from fedsecure.data.shares import server_part
 from server.api.app import start_server
 from server.rounds.phases import PhasePlanner
 from server.mixture.sessions import ScoreSessions
+from server.rewards.personalise import PersonalisePlanner
 from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
 from server.secagg.aggregator import SecureAggregator
 from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
@@ -43,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     work.add_argument("--prompts-per-round", type=int, default=32,
                       help="public questions scored per round (every answer of each)")
     work.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (the server's public parts)")
+    tap = p.add_argument_group("PERSONALISE phase (TAP, in the run's last round; also `fedsecure admin personalise`)")
+    tap.add_argument("--replace-margin", type=float, default=0.01,
+                     help="replace a component when L_global + margin < L_personal on the client's validation split")
+    tap.add_argument("--distill-steps", type=int, default=30, help="DP-SGD steps of distillation (0: replacement only)")
+    tap.add_argument("--distill-weight", type=float, default=1.0, help="λ of the distillation term")
+    tap.add_argument("--distill-temperature", type=float, default=1.0, help="τ of the distillation term")
     align = p.add_argument_group("ALIGN stage (phase 'align': GRPO of the server's policy on the clients' fused scores)")
     align.add_argument("--align-steps", type=int, default=20, help="GRPO steps per round")
     align.add_argument("--align-out", type=Path, help="policy, router and checkpoints (default: STATE/align)")
@@ -90,6 +97,9 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
                                      learning_rate=args.learning_rate, batch_size=args.batch_size),
         TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
                                      seed=args.data_seed),
+        TaskKind.PERSONALISE: PersonalisePlanner(metrics=metrics, margin=args.replace_margin,
+                                                 distill_steps=args.distill_steps, distill_weight=args.distill_weight,
+                                                 temperature=args.distill_temperature),
     }
 
 

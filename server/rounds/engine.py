@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from fedsecure.errors import RunStateError
 from fedsecure.types import RunConfig, RunStatus, Task, TaskKind
 
-from server.rounds.phases import PhaseContext, PhasePlanner, default_planners
+from server.rounds.phases import PhaseContext, PhasePlanner, default_planners, phase_applies
 from server.rounds.store import RunRow, Store, now_ms
 
 log = logging.getLogger("fedsecure.server.engine")
@@ -137,11 +137,16 @@ class RoundEngine:
         phase = cfg.phases[rnd.phase_index]
         ctx = PhaseContext(run.run_id, run.round, run.attempt, rnd.phase_index, phase.kind, cfg, self.store)
         if rnd.phase_state == "planning":
-            if rnd.phase_index == 0:
-                participants = list(rnd.participants)
-            else:  # later phases go to those who completed the previous one
-                previous = self.store.runs.phase_tasks(run.run_id, run.round, run.attempt, rnd.phase_index - 1)
-                participants = [t.client for t in previous if t.state == "done"]
+            if not phase_applies(self.planners[phase.kind], ctx):
+                self._pass_over_phase(ctx, run)
+                return True
+            participants = list(rnd.participants)
+            # Later phases go to those who completed the last phase that handed out tasks.
+            for index in range(rnd.phase_index - 1, -1, -1):
+                previous = self.store.runs.phase_tasks(run.run_id, run.round, run.attempt, index)
+                if previous:
+                    participants = [t.client for t in previous if t.state == "done"]
+                    break
             self._plan_phase(ctx, participants)
             return True
         if rnd.phase_state == "closing":
@@ -195,6 +200,29 @@ class RoundEngine:
                                phase_deadline_ms=deadline)
         self._notify(list(specs))
 
+    def _pass_over_phase(self, ctx: PhaseContext, run: RunRow) -> None:
+        """A phase that does not apply this round: no tasks; on to the next phase (or the
+        round's end, as a closed phase would)."""
+        log.info("%s round %d: phase %s does not apply this round", ctx.run_id, ctx.round, ctx.kind.name)
+        self._advance_after_phase(ctx, run)
+
+    def _advance_after_phase(self, ctx: PhaseContext, run: RunRow) -> None:
+        cfg = run.config
+        with self.store.tx() as tx:
+            if ctx.phase_index + 1 < len(cfg.phases):
+                self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, phase_index=ctx.phase_index + 1,
+                                   phase_state="planning")
+            else:
+                self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, state="closed", phase_state="closed",
+                                   closed_ms=now_ms())
+                finished = ctx.round >= cfg.rounds
+                self.store.runs.update(tx, ctx.run_id, rounds_closed=run.rounds_closed + 1,
+                                 round=ctx.round if finished else ctx.round + 1,
+                                 attempt=ctx.attempt if finished else 1,
+                                 state="finished" if finished else "running",
+                                 waiting_since_ms=None if finished else now_ms())
+                log.info("%s round %d closed%s", ctx.run_id, ctx.round, "; run finished" if finished else "")
+
     async def _finish_phase(self, ctx: PhaseContext, run: RunRow) -> bool:
         if time.monotonic() < self._closing_retry_at:
             return False
@@ -220,21 +248,7 @@ class RoundEngine:
             self._closing_retry_at = time.monotonic() + self.close_retry_s
             return False
         self._close_failures.pop(key, None)
-        cfg = run.config
-        with self.store.tx() as tx:
-            if ctx.phase_index + 1 < len(cfg.phases):
-                self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, phase_index=ctx.phase_index + 1,
-                                   phase_state="planning")
-            else:
-                self.store.runs.update_round(tx, ctx.run_id, ctx.round, ctx.attempt, state="closed", phase_state="closed",
-                                   closed_ms=now_ms())
-                finished = ctx.round >= cfg.rounds
-                self.store.runs.update(tx, ctx.run_id, rounds_closed=run.rounds_closed + 1,
-                                 round=ctx.round if finished else ctx.round + 1,
-                                 attempt=ctx.attempt if finished else 1,
-                                 state="finished" if finished else "running",
-                                 waiting_since_ms=None if finished else now_ms())
-                log.info("%s round %d closed%s", ctx.run_id, ctx.round, "; run finished" if finished else "")
+        self._advance_after_phase(ctx, run)
         return True
 
     def _retry_round(self, run: RunRow, reason: str) -> None:

@@ -40,6 +40,15 @@ class PhasePlanner(Protocol):
         ...
 
 
+def phase_applies(planner: object, ctx: PhaseContext) -> bool:
+    """Whether a phase runs in this round. A planner may define ``applies(ctx)`` (e.g.
+    personalisation runs in a run's last round only); a phase that does not apply is
+    passed over with no task, and the next phase goes to the participants of the last
+    phase that ran."""
+    applies = getattr(planner, "applies", None)
+    return True if applies is None else bool(applies(ctx))
+
+
 class ReportLedgerPlanner:
     """Each participant reports its privacy-ledger head; the server stores the heads
     as they arrive (docs/design.md §4, last step of a round)."""

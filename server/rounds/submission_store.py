@@ -123,6 +123,15 @@ class SubmissionStore:
                                     " ORDER BY group_name", (run_id, round_)).fetchall()
         return [r[0] for r in rows]
 
+    def latest_published(self, *, exclude_run: str = "") -> tuple[str, int] | None:
+        """(run, round) of the newest round with published aggregates of a *finished*
+        run other than ``exclude_run``: what an on-demand personalisation starts from."""
+        row = self.db.conn.execute(
+            "SELECT a.run_id, MAX(a.round) FROM aggregates a JOIN runs r ON r.run_id = a.run_id"
+            " WHERE r.state='finished' AND a.run_id<>? GROUP BY a.run_id ORDER BY r.created_ms DESC, r.rowid DESC"
+            " LIMIT 1", (exclude_run,)).fetchone()
+        return (row[0], int(row[1])) if row else None
+
     def aggregate(self, run_id: str, round_: int, group: str) -> tuple[str, list[bytes], int] | None:
         """(encoding, chunk digests, contributors) of a published aggregate."""
         row = self.db.conn.execute("SELECT encoding, chunk_digests, contributors FROM aggregates WHERE run_id=?"
