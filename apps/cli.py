@@ -211,11 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "mor"],
+    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "mor", "personalise"],
                    help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
                         "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL; "
                         "collaboration: FedCola's module table on the public questions (JSON, Markdown, SVG); "
-                        "mor: an ALIGN step's costs and the federation tax (remote scoring over mTLS vs in process)")
+                        "mor: an ALIGN step's costs and the federation tax (remote scoring over mTLS vs in process); "
+                        "personalise: TAP's stages per client kind (local-only, global, replaced, personalised; "
+                        "ε per stage from the ledger)")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
@@ -239,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", type=Path, default=None,
                    help="collaboration: the federation's pretrained backbone folder (default: pretrain one)")
     p.add_argument("--backbone-steps", type=int, default=2000, help="collaboration: pretraining steps if no --backbone")
-    p.add_argument("--out", type=Path, default=Path("bench-collaboration"),
-                   help="collaboration: folder for collaboration.json, .md and .svg")
+    p.add_argument("--out", type=Path, default=None,
+                   help="collaboration, personalise: folder for the JSON, .md and .svg "
+                        "(default: bench-collaboration, bench-personalise)")
+    p.add_argument("--distill-steps", type=int, default=30, help="personalise: DP distillation steps")
+    p.add_argument("--margin", type=float, default=0.01, help="personalise: TAP's replacement margin")
+    p.add_argument("--reserve", type=float, default=0.1, help="personalise: share of ε kept for personalisation")
     p.set_defaults(func=_delegate("bench"))
 
     p = sub.add_parser("experiment", help="experiments that write JSON, a Markdown table and a plot")

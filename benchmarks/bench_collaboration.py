@@ -36,7 +36,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +164,8 @@ def _dp_round(client: _Client, cfg: CollaborationConfig, round_: int) -> None:
             stepper.step(data)  # type: ignore[arg-type]
 
 
-def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig) -> dict[str, float]:
+def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
+               on_trained: Callable[[int, list[_Client]], None] | None = None) -> dict[str, float]:
     from fedsecure.models.gate import attach_gates, merge_gates
     from fedsecure.models.reward import SHARED_ADAPTER
     from server.rewards.compensation import Member, coefficients
@@ -181,6 +182,8 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig) -> di
             _dp_round(c, cfg, round_)
             if gated:
                 gates += merge_gates(c.model).values()
+        if on_trained is not None:  # each client's own model, before this round's aggregation
+            on_trained(round_, clients)
         if row in ("attention", "compensation", "fedcola", "random_backbone"):
             _average(clients, lambda c, n, p: f"lora_B.{SHARED_ADAPTER}" in n)
         if row in ("compensation", "fedcola"):
@@ -231,10 +234,12 @@ def _evaluate(model: torch.nn.Module, batches: Sequence[tuple[list[str], dict[st
     return reward_quality(judged)
 
 
-def federated_clients(cfg: CollaborationConfig, row: str, seed: int,
-                      encoded: dict[str, object]) -> tuple[list[_Client], dict[str, float]]:
+def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: dict[str, object],
+                      on_trained: Callable[[int, list[_Client]], None] | None = None,
+                      ) -> tuple[list[_Client], dict[str, float]]:
     """The six clients' reward models after ``row``'s federation on seed ``seed`` (their
-    encoded pairs in ``encoded``), and the row's extra figures (e.g. the spent ε)."""
+    encoded pairs in ``encoded``), and the row's extra figures (e.g. the spent ε);
+    ``on_trained(round, clients)`` sees each round's local models before aggregation."""
     from fedsecure.models.reward import RewardModelConfig, build_reward_model, config_on_backbone
 
     clients = []
@@ -245,7 +250,7 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int,
                   else config_on_backbone(kind, cfg.backbone, federation_seed=seed))
         model, _ = build_reward_model(config)
         clients.append(_Client(name, kind, model, encoded[name]))
-    return clients, _federated(row, clients, cfg)
+    return clients, _federated(row, clients, cfg, on_trained)
 
 
 def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) -> dict[str, dict[str, dict[str, float]]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
+from pathlib import Path
 
 
 def main(args: argparse.Namespace) -> int:
@@ -33,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))
     elif args.what == "collaboration":
         _collaboration(args)
+    elif args.what == "personalise":
+        _personalise(args)
     elif args.what == "mor":
         from benchmarks.bench_mor import MorBenchConfig, bench_mor
 
@@ -73,12 +77,32 @@ def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return backbone
 
 
+def _personalise(args: argparse.Namespace) -> None:
+    import logging
+
+    from benchmarks.bench_personalise import PersonaliseBenchConfig, bench_personalise, markdown_table, write_outputs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out = args.out or Path("bench-personalise")
+    cfg = PersonaliseBenchConfig(backbone=_backbone(args), seeds=tuple(int(s) for s in args.seeds.split(",")),
+                                 rounds=args.rounds, local_steps=args.local_steps, pairs_per_client=args.pairs,
+                                 eval_questions=args.questions, distill_steps=args.distill_steps, margin=args.margin,
+                                 reserve=args.reserve, threads=args.threads)
+    result = bench_personalise(cfg)
+    paths = write_outputs(result, args.out)
+    print(markdown_table(result), file=sys.stderr)
+    print(json.dumps({"summary": result["summary"], "audits_passed": result["audits_passed"],
+                      "audits": result["audits"], "epsilon_max": result["epsilon_max"],
+                      "outputs": [str(p) for p in paths], "wall_s": result["wall_s"]}))
+
+
 def _collaboration(args: argparse.Namespace) -> None:
     import logging
 
     from benchmarks.bench_collaboration import ROWS, CollaborationConfig, bench_collaboration, write_outputs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out = args.out or Path("bench-collaboration")
     backbone = _backbone(args)
     cfg = CollaborationConfig(backbone=backbone, seeds=tuple(int(s) for s in args.seeds.split(",")),
                               rows=tuple(args.rows.split(",")) if args.rows else ROWS, rounds=args.rounds,

@@ -18,6 +18,7 @@ personalisation of the same source is returned as it is, with no new release.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ class PersonalisationOutcome:
     decisions: tuple[Decision, ...]
     metrics: dict[str, float]
     resumed: bool = False
+    replaced: RewardModel | None = None   # stage 1's model (None when returned from a finished run)
 
 
 def save_atomically(model: RewardModel, tokenizer: object, folder: Path) -> None:
@@ -135,6 +137,7 @@ class Personaliser:
             progress.update(stage="replaced", decisions=[asdict(d) for d in decisions])
             _write_json(self.work / PROGRESS_FILE, progress)
         replaced_acc = pairwise_accuracy(model, heldout)
+        replaced_model = copy.deepcopy(model) if s.distill_steps else model
         # --- stage 2 ---------------------------------------------------------------------
         step = self._distill_step(plan, run_id, round_, distill_charged, train)
         result = None
@@ -161,7 +164,7 @@ class Personaliser:
         progress["stage"] = "done"
         _write_json(self.work / PROGRESS_FILE, progress)
         shutil.rmtree(self.work / REPLACED_DIR, ignore_errors=True)
-        return PersonalisationOutcome(model, tuple(decisions), metrics, resumed=resumed)
+        return PersonalisationOutcome(model, tuple(decisions), metrics, resumed=resumed, replaced=replaced_model)
 
     def _distill_step(self, plan: PersonalisationPlan, run_id: str, round_: int, charged: bool,
                       train: EncodedPairs) -> tuple[float, float, int] | None:
