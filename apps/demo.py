@@ -31,7 +31,7 @@ from fedsecure.types import Role
 # so it trains and scores alone while the others aggregate.
 DEMO_CLIENTS = (("hospital-a", "image_text"), ("hospital-b", "image"), ("bank-c", "text"), ("clinic-d", "image_text"))
 DEEP_CLIENT, DEEP_LAYERS = "clinic-d", 3
-DEMO_PHASES = "train,score,align,report_ledger"
+DEMO_PHASES = "train,score,align,personalise,report_ledger"  # personalise: the last round only
 ALIGN_STEPS = 20
 
 
@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpo-eval", type=int, default=500, help="test questions the alignment is measured on")
     p.add_argument("--backbone-steps", type=int, default=600,
                    help="steps of the operator's backbone pretraining on public data (0: frozen random stacks)")
+    p.add_argument("--distill-steps", type=int, default=30,
+                   help="DP distillation steps of the clients' personalisation (TAP, after the last round)")
     p.add_argument("--questions-per-round", type=int, default=64,
                    help="public questions each client's reward model is measured on per round")
 
@@ -130,6 +132,7 @@ def main(args: argparse.Namespace) -> int:
                                    "--phases", phases, "--phase-deadline", str(args.phase_deadline),
                                    "--align-steps", str(args.align_steps),
                                    "--local-steps", str(args.local_steps),
+                                   "--distill-steps", str(args.distill_steps),
                                    "--prompts-per-round", str(args.questions_per_round)], logs)
         procs.append(server)
         address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
@@ -145,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"[demo] started clients {', '.join(names)}")
         federation_started = time.monotonic()
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
-        print(f"[demo] federation: {status['rounds_closed']} rounds (train, score, align, report) in "
+        print(f"[demo] federation: {status['rounds_closed']} rounds (train, score, align, report; personalise "
+              f"after the last) in "
               f"{time.monotonic() - federation_started:.0f} s", flush=True)
         for p in procs[2:]:
             p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
@@ -369,3 +373,16 @@ def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
         cells = [f"{t} {q[f'top1_all.{t}']:.2f}/{q[f'top1_type.{t}']:.2f}/{q[f'pairwise.{t}']:.2f}"
                  f" (n={int(q[f'count.{t}'])})" for t in ("color", "shape", "yesno") if f"top1_all.{t}" in q]
         print(f"  {name:<11} {'; '.join(cells) if cells else 'no score submitted'}")
+    print("[demo] personalisation (TAP, after the last round) on each client's held-out pairs: its own model / "
+          "the federation's / after replacement / personalised; components replaced; ε after:")
+    for name, c in summary["clients"].items():
+        doc = c.get("personalisation")
+        if not doc:
+            print(f"  {name:<11} not personalised (declined: see its log)")
+            continue
+        m = doc["metrics"]
+        replaced = [d["component"].split("@")[0] for d in doc["decisions"] if d["replaced"]]
+        print(f"  {name:<11} {m['heldout_accuracy_personal']:.3f} / {m['heldout_accuracy_global']:.3f} / "
+              f"{m['heldout_accuracy_replaced']:.3f} / {m['heldout_accuracy_personalised']:.3f}; "
+              f"{len(replaced)} of {len(doc['decisions'])} replaced ({', '.join(replaced) or 'none'}); "
+              f"ε {m['epsilon']:.3f} / {m['epsilon_budget']:g}")

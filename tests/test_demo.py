@@ -17,7 +17,7 @@ from fedsecure.models.groups import GroupKey
 def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
-                           "--local-steps", "8", "--max-pairs", "600",
+                           "--local-steps", "8", "--max-pairs", "1200", "--distill-steps", "3",
                            "--align-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
                           capture_output=True, text=True, timeout=840,
                           env={**os.environ, "FEDSECURE_CACHE": str(tmp_path / "cache")})
@@ -30,8 +30,13 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert summary["backbone_deep"]["sha256"] != summary["backbone"]["sha256"]
     assert {c["kind"] for c in summary["clients"].values()} == {"image_text", "image", "text"}
     for client in summary["clients"].values():
-        assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "ALIGN": 2, "REPORT_LEDGER": 2} and not client["refused"]
+        assert client["completed"] == {"TRAIN": 2, "SCORE": 2, "ALIGN": 2, "PERSONALISE": 1,
+                                       "REPORT_LEDGER": 2} and not client["refused"]
         assert 0 < client["epsilon"] <= client["epsilon_budget"] == 8.0
+        # Personalised after the last round, within the budget the federation left it.
+        tap = client["personalisation"]["metrics"]
+        assert tap["distill_steps"] == 3 and tap["epsilon"] == client["epsilon"]
+        assert 0.0 <= tap["heldout_accuracy_personalised"] <= 1.0
         assert client["audit"]["ok"], client["audit"]
         assert 0.0 <= client["heldout_accuracy"] <= 1.0
         # Judged on the server's public questions, every answer scored, per question type.
@@ -67,6 +72,7 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert all(r["router_fit"]["accuracy_after"] >= 0.0 and set(r["router_weights"]) == {"color", "shape", "yesno"}
                for r in rounds)
     assert "policy test accuracy" in proc.stdout and "router weights per question type" in proc.stdout
+    assert "personalisation (TAP" in proc.stdout and "not personalised" not in proc.stdout
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
 
