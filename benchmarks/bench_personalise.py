@@ -67,6 +67,7 @@ class PersonaliseBenchConfig:
     distill_weight: float = 1.0
     temperature: float = 1.0
     distill_learning_rate: float = 0.01
+    resolution: float = 0.05      # the clients' default: at least 120 validation pairs per decision
     threads: int = 2
 
     def __post_init__(self) -> None:
@@ -167,7 +168,8 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
     ledgers: dict[str, dict[str, float]] = {}
     settings = PersonalisationSettings(margin=cfg.margin, distill_steps=cfg.distill_steps,
                                        distill_weight=cfg.distill_weight, temperature=cfg.temperature,
-                                       learning_rate=cfg.distill_learning_rate, batch_size=cfg.batch_size)
+                                       learning_rate=cfg.distill_learning_rate, batch_size=cfg.batch_size,
+                                       resolution=cfg.resolution)
     dp = DPSettings(max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size)
     for client in fed:
         name, kind = client.name, client.kind
