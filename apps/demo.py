@@ -384,5 +384,6 @@ def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
         replaced = [d["component"].split("@")[0] for d in doc["decisions"] if d["replaced"]]
         print(f"  {name:<11} {m['heldout_accuracy_personal']:.3f} / {m['heldout_accuracy_global']:.3f} / "
               f"{m['heldout_accuracy_replaced']:.3f} / {m['heldout_accuracy_personalised']:.3f}; "
-              f"{len(replaced)} of {len(doc['decisions'])} replaced ({', '.join(replaced) or 'none'}); "
+              f"{len(replaced)} of {len(doc['decisions'])} replaced ({', '.join(replaced) or 'none'}); distilled model "
+              f"{'kept' if m.get('distillation_kept') else 'dropped'} (held-out {m.get('heldout_accuracy_distilled', 0):.3f}); "
               f"ε {m['epsilon']:.3f} / {m['epsilon_budget']:g}")

@@ -12,7 +12,9 @@ for the replacement decisions only) and training pairs. Per seed:
   last round's training; ``global`` the same model with every shared component at the
   federation's version (the last round's published means: TAP's teacher);
 - ``replaced``: stage 1 (replacement by margin on the validation split, DP decisions);
-- ``personalised``: stage 1 + stage 2 (DP distillation of the teacher).
+- ``personalised``: stage 1 + stage 2 (DP distillation of the teacher, kept only when a
+  last DP decision finds it better than stage 1 on the validation split; the share kept
+  is reported).
 
 Stages 1 and 2 run the client's own code (client_sdk.personalisation) with a real signed
 ledger per client (a throwaway consortium), so ε per stage is read from the ledger and
@@ -66,7 +68,7 @@ class PersonaliseBenchConfig:
     distill_steps: int = 30
     distill_weight: float = 1.0
     temperature: float = 1.0
-    distill_learning_rate: float = 0.01
+    distill_learning_rate: float = 0.003
     resolution: float = 0.05      # the clients' default: at least 120 validation pairs per decision
     threads: int = 2
 
@@ -209,6 +211,8 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
                          "epsilon_after_replace": by_purpose.get("personalise:replace", by_purpose["federation"]),
                          "epsilon_after_distill": by_purpose.get("personalise:distill", math.nan),
                          "components": m.get("components", 0.0), "replaced": m.get("replaced", 0.0),
+                         "distillation_kept": m.get("distillation_kept", 0.0),
+                         "heldout_distilled": m.get("heldout_accuracy_distilled", math.nan),
                          "refused": refused, "audit_ok": float(audit.ok),
                          "validation_pairs": float(len(validation)), "heldout_pairs": float(len(held)),
                          "seconds": round(time.monotonic() - started, 1)}
@@ -241,7 +245,7 @@ def bench_personalise(cfg: PersonaliseBenchConfig) -> dict[str, object]:
                             for s in cfg.seeds]
                 summary.setdefault(kind, {}).setdefault(variant, {})[metric] = _ms(per_seed)
         for key in ("epsilon_federation", "epsilon_after_replace", "epsilon_after_distill", "replaced", "components",
-                    "refused"):
+                    "refused", "distillation_kept", "heldout_distilled"):
             per_seed = [_nanmean([runs[s]["ledgers"][n][key] for n in names]) for s in cfg.seeds]  # type: ignore[index]
             summary[kind].setdefault("ledger", {})[key] = _ms(per_seed)
         best_other = max(summary[kind]["local_only"]["heldout"][0], summary[kind]["global"]["heldout"][0])
@@ -282,12 +286,14 @@ def markdown_table(result: dict[str, object]) -> str:
                                                         ("heldout", "public_top1", "public_pairwise"))]
             lines.append(f"| {kind} | {variant} | " + " | ".join(cells) + " |")
     lines += ["", "| kind | ε after federation | after replacement | after distillation | components replaced "
-              "| personalised − max(local-only, global) held-out | target |", "|---|---|---|---|---|---|---|"]
+              "| distilled model kept (its held-out) | personalised − max(local-only, global) held-out | target |",
+              "|---|---|---|---|---|---|---|---|"]
     for kind in KINDS:
         led = s[kind]["ledger"]  # type: ignore[index]
         gap = s[kind]["target"]["personalised_minus_best"][0]  # type: ignore[index]
         lines.append(f"| {kind} | {led['epsilon_federation'][0]:.3f} | {led['epsilon_after_replace'][0]:.3f} | "
                      f"{led['epsilon_after_distill'][0]:.3f} | {led['replaced'][0]:.2f} of {led['components'][0]:.1f} | "
+                     f"{led['distillation_kept'][0]:.2f} ({led['heldout_distilled'][0]:.3f}) | "
                      f"{gap:+.3f} | {'met' if gap >= 0 else 'missed'} |")
     lines += ["", f"Audits passed: {result['audits_passed']} of {result['audits']}; largest ε: {result['epsilon_max']}; "
               f"personalisations refused (validation split below the minimum; the client keeps its own model): "

@@ -21,7 +21,8 @@ from client_sdk.personalisation import runner as runner_module
 from client_sdk.personalisation.plan import PersonalisationSettings, plan_personalisation
 from client_sdk.personalisation.rules import (distillation_loss, preference_kl, replacement_statistic,
                                               should_replace)
-from client_sdk.personalisation.stages import components, federation_model, margins_of, replace_components
+from client_sdk.personalisation.stages import (components, federation_model, keep_distilled, margins_of,
+                                               replace_components)
 from client_sdk.reward_participant import PERSONAL_DIR, ParticipantConfig, RewardParticipant
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
 from fedsecure.data.shares import client_pairs
@@ -102,7 +103,7 @@ def test_plan_fits_the_reserve_and_refuses_without_one() -> None:
     history = [(sigma, q, 90)]
     plan = plan_personalisation(history=history, budget=budget, accountant="rdp", components=3, train_pairs=1000,
                                 settings=PersonalisationSettings())
-    assert plan.decisions == (6.0, 1.0, 3)
+    assert plan.decisions == (6.0, 1.0, 4)  # 3 components + keeping or dropping the distilled model
     assert plan.distillation is not None and plan.distillation[1:] == (q, 30)
     assert epsilon(history, delta=1e-5) < plan.epsilon_after_decisions < plan.epsilon_after <= 8.0
     # The federation spent the whole budget (no reserve): personalisation is refused up front.
@@ -146,6 +147,22 @@ def test_stage_one_replaces_a_better_federation_component_and_keeps_an_equal_one
                                             settings=dataclasses.replace(SETTINGS, margin=10.0), noise=zero_noise)
     assert not decision.replaced
     assert torch.equal(margins_of(model, validation), margins_of(personal, validation))
+
+
+def test_the_distilled_model_is_kept_only_when_it_beats_stage_one_on_validation() -> None:
+    trained, train, validation = _text_model_and_data()
+    train_nonprivate(model=trained, data=train, steps=40, learning_rate=3e-3, batch_size=32)
+    worse = copy.deepcopy(trained)
+    with torch.no_grad():
+        worse.head[2].weight.zero_()
+        worse.head[2].bias.zero_()  # every margin 0: loss log 2 on every pair
+    settings = dataclasses.replace(SETTINGS, margin=0.0)
+    assert keep_distilled(replaced=worse, distilled=trained, validation=validation, settings=settings,
+                          noise=lambda std: 0.0).replaced
+    assert not keep_distilled(replaced=trained, distilled=worse, validation=validation, settings=settings,
+                              noise=lambda std: 0.0).replaced
+    assert not keep_distilled(replaced=trained, distilled=copy.deepcopy(trained), validation=validation,
+                              settings=settings, noise=lambda std: 0.0).replaced  # a tie keeps stage 1
 
 
 # --- a participant, end to end ----------------------------------------------------------
@@ -203,11 +220,13 @@ def test_participant_personalises_within_its_budget_and_the_audit_passes(kits: P
     for key in ("personal", "global", "replaced", "personalised"):
         assert 0.0 <= report[f"heldout_accuracy_{key}"] <= 1.0
     saved, _ = load_reward_model(tmp_path / "a" / "personalised_model")
-    replaced_or_personal, _ = load_reward_model(tmp_path / "a" / PERSONAL_DIR)
-    assert any(not torch.equal(p, q) for p, q in zip(saved.state_dict().values(),
-                                                      replaced_or_personal.state_dict().values()))
+    personal, _ = load_reward_model(tmp_path / "a" / PERSONAL_DIR)
+    changed = any(not torch.equal(p, q) for p, q in zip(saved.state_dict().values(), personal.state_dict().values()))
+    assert changed == bool(report["replaced"] or report["distillation_kept"])
+    assert report["distillation_kept"] in (0.0, 1.0) and 0.0 <= report["heldout_accuracy_distilled"] <= 1.0
     doc = json.loads((tmp_path / "a" / "personalisation.json").read_text())
     assert doc["source"] == "run-x#1" and len(doc["decisions"]) == 1
+    assert doc["distillation"]["component"] == "distillation"
     audit = audit_ledger(part.ledger.path, ca_cert=part.kit.ca_cert)
     assert audit.ok, audit.violations
     # Asked again for the same source: the saved result, no new release.

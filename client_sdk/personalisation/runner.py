@@ -6,8 +6,10 @@ crash rule, fedsecure.privacy.ledger):
    refusal, nothing written;
 2. ledger entry ``personalise:replace``; stage 1; the replaced model and the decisions
    saved (``personalisation/replaced``, ``progress.json``);
-3. ledger entry ``personalise:distill``; stage 2; the personalised model saved
-   (``personalised_model``) with its report (``personalisation.json``).
+3. ledger entry ``personalise:distill``; stage 2; one last decision (charged in step 2's
+   entry) keeps the distilled model only if it beats the stage-1 model on the validation
+   split by the margin; the personalised model saved (``personalised_model``) with its
+   report (``personalisation.json``).
 
 A crash after step 2 resumes at stage 2 without a second charge for stage 1. A crash
 inside stage 2 restarts stage 2 from the saved stage-1 model *under the entry already
@@ -33,7 +35,8 @@ from fedsecure.privacy.ledger import Ledger
 
 from client_sdk.dp_training import DPSettings, pairwise_accuracy
 from client_sdk.personalisation.plan import PersonalisationPlan, PersonalisationSettings, plan_personalisation
-from client_sdk.personalisation.stages import Decision, Noise, distil, replace_components, secure_noise
+from client_sdk.personalisation.stages import (Decision, Noise, distil, keep_distilled, replace_components,
+                                              secure_noise)
 
 WORK_DIR, REPLACED_DIR, PROGRESS_FILE = "personalisation", "replaced", "progress.json"
 OUTPUT_DIR, REPORT_FILE = "personalised_model", "personalisation.json"
@@ -107,7 +110,7 @@ class Personaliser:
             return PersonalisationOutcome(model, tuple(Decision(**d) for d in report["decisions"]),
                                           report["metrics"], resumed=True)
         stage1_saved = progress.get("stage") in ("replaced", "distilling") and (self.work / REPLACED_DIR).exists()
-        if parts and not stage1_saved and len(validation) < s.min_validation_pairs:
+        if (parts or s.distill_steps) and not stage1_saved and len(validation) < s.min_validation_pairs:
             raise PersonalisationRefused(
                 f"the validation split has {len(validation)} pairs; deciding a replacement needs at least "
                 f"{s.min_validation_pairs} (decision noise {s.decision_noise:g} × clip {s.loss_clip:g} / resolution "
@@ -146,6 +149,13 @@ class Personaliser:
             _write_json(self.work / PROGRESS_FILE, progress)
             result = distil(student=model, teacher=teacher, data=train, settings=s, dp=self.dp,
                             noise_multiplier=step[0], sample_rate=step[1])
+            distilled_acc = pairwise_accuracy(model, heldout)
+            # Charged with stage 1's entry (its last query): keep the distilled model only if
+            # it beats the stage-1 model on the validation split by the margin.
+            verdict = keep_distilled(replaced=replaced_model, distilled=model, validation=validation, settings=s,
+                                     noise=self.noise)
+            if not verdict.replaced:
+                model = replaced_model
         metrics = {
             "heldout_accuracy_personal": pairwise_accuracy(personal, heldout),
             "heldout_accuracy_global": pairwise_accuracy(teacher, heldout),
@@ -154,12 +164,15 @@ class Personaliser:
             "components": float(len(decisions)), "replaced": float(sum(d.replaced for d in decisions)),
             "epsilon": self.ledger.epsilon, "epsilon_budget": self.ledger.budget.epsilon,
             "distill_steps": float(result.steps if result else 0),
+            "distillation_kept": float(verdict.replaced) if result else 0.0,
             "distill_noise_multiplier": float(step[0]) if step else 0.0,
-            **({"distill_loss_first": result.loss_first, "distill_loss_last": result.loss_last,
+            **({"heldout_accuracy_distilled": distilled_acc,
+                "distill_loss_first": result.loss_first, "distill_loss_last": result.loss_last,
                 "distill_parameters_changed": float(result.parameters_changed)} if result else {}),
         }
         save_atomically(model, self.tokenizer, self.state_dir / OUTPUT_DIR)
         _write_json(self.state_dir / REPORT_FILE, {"source": source, "decisions": [asdict(d) for d in decisions],
+                                                  "distillation": asdict(verdict) if result else None,
                                                   "metrics": metrics, "settings": asdict(s)})
         progress["stage"] = "done"
         _write_json(self.work / PROGRESS_FILE, progress)

@@ -111,6 +111,18 @@ def replace_components(*, personal: RewardModel, teacher: RewardModel, parts: Ma
     return model, decisions
 
 
+def keep_distilled(*, replaced: RewardModel, distilled: RewardModel, validation: EncodedPairs,
+                   settings: PersonalisationSettings, noise: Noise = secure_noise) -> Decision:
+    """After stage 2, TAP's rule once more: keep the distilled model only when it lowers
+    the validation loss of the stage-1 model by the margin (a DP decision, as in
+    stage 1). ``replaced`` = "personal", ``distilled`` = the candidate."""
+    stat = replacement_statistic(pair_losses(margins_of(replaced, validation)),
+                                 pair_losses(margins_of(distilled, validation)), clip=settings.loss_clip,
+                                 noise=noise(settings.decision_noise * settings.loss_clip))
+    return Decision(component="distillation", statistic=stat, margin=settings.margin,
+                    replaced=should_replace(global_loss=0.0, personal_loss=stat, margin=settings.margin))
+
+
 @dataclass(frozen=True)
 class DistillResult:
     """What stage 2 did."""
