@@ -134,7 +134,7 @@ class Personaliser:
                                    purpose=PURPOSE_REPLACE)
             model, decisions = (replace_components(personal=personal, teacher=teacher, parts=parts,
                                                    validation=validation, settings=s, noise=self.noise)
-                                if parts else (personal, []))
+                                if parts else (copy.deepcopy(personal), []))  # stage 2 trains it in place
             self.work.mkdir(parents=True, exist_ok=True)
             save_atomically(model, self.tokenizer, self.work / REPLACED_DIR)
             progress.update(stage="replaced", decisions=[asdict(d) for d in decisions])
