@@ -89,7 +89,7 @@ def test_bad_settings_are_refused(bad: dict[str, float]) -> None:
 
 
 def test_min_validation_pairs_follows_noise_clip_and_resolution() -> None:
-    assert PersonalisationSettings().min_validation_pairs == 120   # 6 × 1 / 0.05
+    assert PersonalisationSettings().min_validation_pairs == 80   # 4 × 1 / 0.05
     assert SETTINGS.min_validation_pairs == 12
 
 
@@ -103,7 +103,7 @@ def test_plan_fits_the_reserve_and_refuses_without_one() -> None:
     history = [(sigma, q, 90)]
     plan = plan_personalisation(history=history, budget=budget, accountant="rdp", components=3, train_pairs=1000,
                                 settings=PersonalisationSettings())
-    assert plan.decisions == (6.0, 1.0, 4)  # 3 components + keeping or dropping the distilled model
+    assert plan.decisions == (4.0, 1.0, 4)  # 3 components + keeping or dropping the distilled model
     assert plan.distillation is not None and plan.distillation[1:] == (q, 30)
     assert epsilon(history, delta=1e-5) < plan.epsilon_after_decisions < plan.epsilon_after <= 8.0
     # The federation spent the whole budget (no reserve): personalisation is refused up front.
@@ -261,8 +261,8 @@ def test_bad_spec_and_small_validation_split_are_refused_and_nothing_changes(kit
     for bad in (dict(replace_margin=-0.01), dict(temperature=0.0), dict(distill_weight=-1.0)):
         with pytest.raises(InvalidTaskSpec):
             part.personalise(_personalise_task(part, aggregates, **bad), _ctx(aggregates))
-    assert len(part.validation_data) < 120  # type: ignore[arg-type]
-    with pytest.raises(PersonalisationRefused, match="at least 120"):
+    assert len(part.validation_data) < 80  # type: ignore[arg-type]
+    with pytest.raises(PersonalisationRefused, match="at least 80"):
         part.personalise(_personalise_task(part, aggregates), _ctx(aggregates))
     assert len(part.ledger.entries) == 2 and not (tmp_path / "a" / "personalised_model").exists()
 
