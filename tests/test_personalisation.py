@@ -35,7 +35,7 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.provision import Provisioned
 from fedsecure.types import PersonaliseSpec, Task, TaskKind, TrainSpec
 
-# Small splits in tests: a coarser resolution lowers the minimum validation size to 12.
+# Small splits in tests: a coarser resolution lowers the minimum validation size to 8.
 SETTINGS = PersonalisationSettings(resolution=0.5, batch_size=32, distill_steps=4, learning_rate=3e-3)
 
 
@@ -90,7 +90,7 @@ def test_bad_settings_are_refused(bad: dict[str, float]) -> None:
 
 def test_min_validation_pairs_follows_noise_clip_and_resolution() -> None:
     assert PersonalisationSettings().min_validation_pairs == 80   # 4 × 1 / 0.05
-    assert SETTINGS.min_validation_pairs == 12
+    assert SETTINGS.min_validation_pairs == 8
 
 
 # --- the budget pre-flight ------------------------------------------------------------
