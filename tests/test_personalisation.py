@@ -214,7 +214,7 @@ def test_participant_personalises_within_its_budget_and_the_audit_passes(kits: P
     report = dict(part.personalise(_personalise_task(part, aggregates), _ctx(aggregates)).metrics)
     purposes = [e.purpose for e in part.ledger.entries[1:]]
     assert purposes == ["", "personalise:replace", "personalise:distill"]
-    assert 8.0 * 0.9 - 0.05 < part.ledger.epsilon <= 8.0 and report["epsilon"] == part.ledger.epsilon
+    assert 8.0 * 0.9 - 0.05 < part.ledger.epsilon <= 8.0 * 0.995 and report["epsilon"] == part.ledger.epsilon
     assert report["components"] == 1.0 and report["distill_steps"] == SETTINGS.distill_steps
     assert report["distill_parameters_changed"] > 0
     for key in ("personal", "global", "replaced", "personalised"):
