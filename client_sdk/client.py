@@ -58,6 +58,8 @@ class ClientRunSummary:
     refused: list[str] = field(default_factory=list)
     retries: int = 0
     run_state: str = ""
+    heartbeats: int = 0           # sent and answered
+    heartbeat_failures: int = 0   # not answered (the server learns of this client from its next call)
 
 
 def report_ledger_head(provider: Callable[[], LedgerHead]) -> Handler:
@@ -111,6 +113,7 @@ class FederatedClient:
         poll_wait_ms: int = 5_000,
         limits: Limits = DEFAULT_LIMITS,
         on_progress: Callable[[str], None] | None = None,
+        heartbeat: bool = True,
     ) -> None:
         if kit.role is not Role.CLIENT:
             raise ValueError(f"FederatedClient needs a client kit, got a {kit.role.value} kit")
@@ -131,6 +134,7 @@ class FederatedClient:
                                             options=channel_options(limits, target_name=kit.server_name))
         self._stub = federation_pb2_grpc.FederationStub(self._channel)
         self._summary = ClientRunSummary()
+        self.heartbeat = heartbeat  # off only to play a client that hangs silently (tests)
         # Tasks answered or refused: never handled twice (bounded, newest kept).
         self._handled: deque[str] = deque(maxlen=64)
 
@@ -329,8 +333,33 @@ class FederatedClient:
             until_run_finished: bool = True, max_idle_s: float | None = None) -> ClientRunSummary:
         """Serve tasks until the run ends (or ``max_tasks``, ``stop``, ``max_idle_s``)."""
         self._summary = summary = ClientRunSummary()
-        self.hello()
+        hello = self.hello()
         self._progress(f"enrolled with {self.address}")
+        beating = threading.Event()
+        if self.heartbeat and hello.heartbeat_interval_ms > 0:
+            threading.Thread(target=self._beat, args=(hello.heartbeat_interval_ms / 1000, beating), daemon=True,
+                             name=f"{self.name}-heartbeat").start()
+        try:
+            return self._serve(summary, max_tasks=max_tasks, stop=stop, until_run_finished=until_run_finished,
+                               max_idle_s=max_idle_s)
+        finally:
+            beating.set()
+
+    def _beat(self, interval_s: float, stopped: threading.Event) -> None:
+        """Heartbeat at the server's interval while ``run()`` serves, long tasks included,
+        so the server can tell a busy client from a gone one (bounded: one call per
+        interval, each with a deadline; a failure is counted, never fatal)."""
+        request = federation_pb2.HeartbeatRequest()
+        while not stopped.wait(max(0.05, interval_s)):
+            try:
+                self._stub.Heartbeat(request, timeout=min(RPC_DEADLINE_S, max(1.0, interval_s)))
+                self._summary.heartbeats += 1
+            except grpc.RpcError as err:
+                self._summary.heartbeat_failures += 1
+                log.debug("%s: heartbeat failed: %s", self.name, err.code().name)
+
+    def _serve(self, summary: ClientRunSummary, *, max_tasks: int | None, stop: threading.Event | None,
+               until_run_finished: bool, max_idle_s: float | None) -> ClientRunSummary:
         idle_since = time.monotonic()
         handled = 0
         while not (stop is not None and stop.is_set()):

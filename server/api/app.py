@@ -26,7 +26,7 @@ from fedsecure.types import Role, RunConfig, TaskKind
 
 from server.api.admin_servicer import AdminServicer
 from server.rounds.admission import Admission
-from server.rounds.engine import CLOSE_RETRY_S, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
+from server.rounds.engine import CLOSE_RETRY_S, HEARTBEAT_INTERVAL_MS, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
 from server.mixture.sessions import ScoreSessions
 from server.api.federation_servicer import FederationServicer
 from server.rounds.phases import PhasePlanner
@@ -80,6 +80,7 @@ async def start_server(
     max_close_attempts: int = MAX_CLOSE_ATTEMPTS,
     close_retry_s: float = CLOSE_RETRY_S,
     sessions: ScoreSessions | None = None,
+    heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
 ) -> RunningServer:
     """Start the aggregation server on ``address`` (port 0 picks a free port).
 
@@ -90,6 +91,8 @@ async def start_server(
     accepts. Closing a phase is tried ``max_close_attempts`` times, ``close_retry_s``
     apart, before the round is retried with a fresh sample. ``sessions`` are the ALIGN
     stage's score sessions, shared with its planner (:class:`server.rewards.align.AlignPlanner`).
+    Clients are told to send a heartbeat every ``heartbeat_interval_ms``; a phase whose only
+    missing participants are silent for three intervals closes early (never below quorum).
     """
     if kit.role is not Role.SERVER:
         raise ValueError(f"the server needs a server kit, got a {kit.role.value} kit")
@@ -99,7 +102,7 @@ async def start_server(
         aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=keyholder_address,
                                            keyholder_backoff=keyholder_backoff, limits=limits)
     engine = RoundEngine(store, planners, liveness_ms=liveness_ms, max_close_attempts=max_close_attempts,
-                         close_retry_s=close_retry_s)
+                         close_retry_s=close_retry_s, heartbeat_interval_ms=heartbeat_interval_ms)
     if run_config is not None and store.runs.active() is None and store.runs.latest() is None:
         engine.start_run(run_config)
     revoked = store.clients.revoked_names()

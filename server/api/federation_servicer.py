@@ -25,7 +25,6 @@ from server.rounds.objects import ObjectStore
 from fedsecure.transport.status_codes import domain_errors
 from server.rounds.store import Store, now_ms
 
-HEARTBEAT_INTERVAL_MS = 10_000
 MAX_SKIP_IDS = 64
 _TERMINAL = ("finished", "stopped", "failed")
 
@@ -58,7 +57,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.engine.poke()
         return federation_pb2.HelloResponse(
             client_id=peer.identity.name, server_version=__version__, run_id=run.run_id if run else "",
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, max_chunk_bytes=self.limits.max_chunk_bytes,
+            heartbeat_interval_ms=self.engine.heartbeat_interval_ms, max_chunk_bytes=self.limits.max_chunk_bytes,
             max_chunks=self.limits.max_chunks_per_stream, server_time_ms=now_ms())
 
     def _enrolled(self) -> str:

@@ -50,6 +50,13 @@ class ClientStore:
         row = self.db.conn.execute("SELECT capabilities FROM clients WHERE name=?", (name,)).fetchone()
         return _capabilities(row[0]) if row else None
 
+    def silent(self, names: list[str], *, seen_before_ms: int) -> list[str]:
+        """Those of ``names`` not seen since ``seen_before_ms`` (no heartbeat, poll or
+        submission), sorted; a name never enrolled counts as silent."""
+        seen = {n: t for n, t in self.db.conn.execute(
+            f"SELECT name, last_seen_ms FROM clients WHERE name IN ({','.join('?' * len(names))})", names)}
+        return sorted(n for n in names if seen.get(n, 0) < seen_before_ms)
+
     def eligible(self, *, seen_since_ms: int) -> list[str]:
         """Active clients seen recently: the pool participants are sampled from."""
         rows = self.db.conn.execute(

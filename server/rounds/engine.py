@@ -29,6 +29,11 @@ log = logging.getLogger("fedsecure.server.engine")
 
 # A client counts as present if it polled within this window.
 LIVENESS_MS = 60_000
+# Clients send Heartbeat this often (told at Hello) while they serve tasks; a participant
+# unheard for SILENT_HEARTBEATS intervals is silent: a phase whose only missing answers
+# are from silent participants closes early (still never below quorum).
+HEARTBEAT_INTERVAL_MS = 10_000
+SILENT_HEARTBEATS = 3
 TICK_S = 0.25
 # Closing a phase (e.g. secure aggregation through the key holder) is retried this many
 # times, CLOSE_RETRY_S apart; then the attempt fails and the round is retried with a
@@ -42,9 +47,13 @@ class RoundEngine:
     """Owns the run's state machine; all methods run on the server's event loop."""
 
     def __init__(self, store: Store, planners: Mapping[TaskKind, PhasePlanner] | None = None,
-                 *, liveness_ms: int = LIVENESS_MS, max_close_attempts: int = MAX_CLOSE_ATTEMPTS, close_retry_s: float = CLOSE_RETRY_S) -> None:
+                 *, liveness_ms: int = LIVENESS_MS, max_close_attempts: int = MAX_CLOSE_ATTEMPTS, close_retry_s: float = CLOSE_RETRY_S,
+                 heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
         if max_close_attempts < 1 or close_retry_s < 0:
             raise ValueError("max_close_attempts must be >= 1 and close_retry_s >= 0")
+        if heartbeat_interval_ms < 1:
+            raise ValueError("heartbeat_interval_ms must be >= 1")
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.store = store
         self.planners: dict[TaskKind, PhasePlanner] = {**default_planners(), **(planners or {})}
         self.liveness_ms = liveness_ms
@@ -155,7 +164,7 @@ class RoundEngine:
         done = [t for t in tasks if t.state == "done"]
         waiting = [t for t in tasks if t.state == "open"]
         past_deadline = now_ms() >= rnd.phase_deadline_ms
-        if waiting and not past_deadline:
+        if waiting and not past_deadline and not self._only_silent_missing(run, done, waiting):
             return False
         if len(done) >= cfg.quorum:
             with self.store.tx() as tx:
@@ -168,6 +177,21 @@ class RoundEngine:
         reason = (f"round {run.round} attempt {run.attempt}: phase {phase.kind.name} ended with "
                   f"{len(done)} of {len(tasks)} done, quorum {cfg.quorum}")
         self._retry_round(run, reason)
+        return True
+
+    def _only_silent_missing(self, run: RunRow, done: Sequence[object], waiting: Sequence[object]) -> bool:
+        """True when quorum answered and every participant still missing is silent (no
+        heartbeat, poll or submission for SILENT_HEARTBEATS intervals): waiting for them
+        to the deadline would only delay the round."""
+        if len(done) < run.config.quorum:
+            return False
+        missing = [t.client for t in waiting]  # type: ignore[attr-defined]
+        silent = self.store.clients.silent(missing, seen_before_ms=now_ms() - SILENT_HEARTBEATS
+                                           * self.heartbeat_interval_ms)
+        if silent != sorted(missing):
+            return False
+        log.warning("%s round %d: closing early, only silent participants are missing: %s", run.run_id, run.round,
+                    silent)
         return True
 
     def _try_open_round(self, run: RunRow) -> bool:
