@@ -441,12 +441,14 @@ def commit_from_proto(msg: keyholder_pb2.DecryptCommit) -> DecryptCommit:
 
 def receipt_to_proto(r: DecryptReceipt) -> keyholder_pb2.DecryptReceipt:
     """Domain receipt -> wire."""
-    return keyholder_pb2.DecryptReceipt(log_seq=r.log_seq, log_entry_sha256=r.log_entry_sha256, signature=r.signature)
+    return keyholder_pb2.DecryptReceipt(log_seq=r.log_seq, log_entry_sha256=r.log_entry_sha256, signature=r.signature,
+                                        entry_json=r.entry_json, keyholder_certificate=r.keyholder_certificate)
 
 
 def receipt_from_proto(msg: keyholder_pb2.DecryptReceipt) -> DecryptReceipt:
     """Wire -> domain receipt."""
-    return DecryptReceipt(log_seq=msg.log_seq, log_entry_sha256=msg.log_entry_sha256, signature=msg.signature)
+    return DecryptReceipt(log_seq=msg.log_seq, log_entry_sha256=msg.log_entry_sha256, signature=msg.signature,
+                          entry_json=msg.entry_json, keyholder_certificate=msg.keyholder_certificate)
 
 
 def revocations_to_proto(r: SignedRevocations) -> keyholder_pb2.SignedRevocations:

@@ -276,6 +276,8 @@ class DecryptReceipt:
     log_seq: int
     log_entry_sha256: bytes
     signature: bytes
+    entry_json: str = ""                # the log entry itself (canonical JSON), for the server to check
+    keyholder_certificate: bytes = b""  # PEM of the key holder that signed it
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,13 @@ from pathlib import Path
 from cryptography import x509
 
 from fedsecure.crypto import pki, signing
+from fedsecure.crypto.receipts import aggregate_digest, decryption_statement, entry_json
 from fedsecure.errors import SignatureError
 from fedsecure.kit import Kit
 from fedsecure.types import DecryptReceipt
 
-DOMAIN_DECRYPTION = b"fedsecure/v1/keyholder-decryption"
+__all__ = ["DecryptionEntry", "DecryptionLog", "DecryptionLogError", "aggregate_digest", "verify_decryption_log",
+           "verify_receipt"]
 GENESIS = "0" * 64
 
 
@@ -48,17 +50,16 @@ class DecryptionEntry:
 
     def body(self) -> bytes:
         """Canonical bytes the signature covers."""
-        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        return signing.canonical(DOMAIN_DECRYPTION, [json.dumps(doc, sort_keys=True, separators=(",", ":"))])
+        return decryption_statement(self.json())
+
+    def json(self) -> str:
+        """The entry's canonical JSON (what a receipt carries for the server to check)."""
+        return entry_json({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()})
 
     def sha256(self) -> str:
         """This entry's hash (the next entry's ``prev_sha256``)."""
         return hashlib.sha256(self.body()).hexdigest()
 
-
-def aggregate_digest(chunk_sha256: Sequence[bytes]) -> str:
-    """One digest naming an aggregate by its ordered chunk digests."""
-    return hashlib.sha256(b"".join(chunk_sha256)).hexdigest()
 
 
 class DecryptionLog:
@@ -101,7 +102,8 @@ class DecryptionLog:
             os.fsync(fh.fileno())
         self.entries.append(entry)
         self._index(entry)
-        return DecryptReceipt(log_seq=entry.seq, log_entry_sha256=bytes.fromhex(entry.sha256()), signature=sig)
+        return DecryptReceipt(log_seq=entry.seq, log_entry_sha256=bytes.fromhex(entry.sha256()), signature=sig,
+                              entry_json=entry.json(), keyholder_certificate=pki.cert_pem(self.kit.cert))
 
 
 def verify_receipt(receipt: DecryptReceipt, *, keyholder_cert: x509.Certificate, entry: DecryptionEntry) -> None:

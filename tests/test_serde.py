@@ -159,7 +159,7 @@ def test_stored_submission_forms_round_trip() -> None:
     assert serde.stored_update(serde.contribution_to_proto(contribution).SerializeToString()) == contribution
     commit = DecryptCommit("r", 1, "attn.text", (contribution,), (b"a" * 32, b"b" * 32), 0.75)
     assert serde.commit_from_proto(serde.commit_to_proto(commit)) == commit
-    receipt = DecryptReceipt(3, b"h" * 32, b"sig")
+    receipt = DecryptReceipt(3, b"h" * 32, b"sig", entry_json='{"seq":3}', keyholder_certificate=b"PEM")
     assert serde.receipt_from_proto(serde.receipt_to_proto(receipt)) == receipt
     scores = (Score("i1", 0.5), Score("i2", -1.0))
     req = federation_pb2.SubmitScoresRequest(scores=serde.scores_to_proto(scores))

@@ -20,6 +20,7 @@ from fedsecure.transport import chunking
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, STREAM_DEADLINE_S, Limits, channel_options
 from fedsecure.transport.retry import RETRYABLE, Backoff
+from fedsecure.crypto.receipts import verify_receipt
 from fedsecure.types import DecryptCommit, DecryptReceipt, TensorChunk
 
 log = logging.getLogger("fedsecure.server.keyholder")
@@ -47,6 +48,7 @@ class KeyHolderClient:
                  backoff: Backoff = Backoff(initial_s=0.5, max_delay_s=5.0, max_elapsed_s=30.0)) -> None:
         self.address = address or kit.keyholder_address
         self.backoff = backoff
+        self.ca_cert = kit.ca_cert
         self._channel = grpc.aio.secure_channel(self.address, channel_credentials(kit),
                                                 options=channel_options(limits, target_name=kit.keyholder_name))
         self._stub = keyholder_pb2_grpc.KeyHolderStub(self._channel)
@@ -120,4 +122,10 @@ class KeyHolderClient:
                 raise ValueError(f"unexpected {which} from the key holder")
         if receipt is None:
             raise ValueError("key holder stream ended without a receipt")
-        return Decrypted(np.frombuffer(b"".join(parts), dtype="<f8").copy(), receipt)
+        plaintext = b"".join(parts)
+        # Fail closed before anything is published: the plaintext must be the one a
+        # CA-certified key holder logged for exactly this commit (fedsecure.crypto.receipts).
+        verify_receipt(receipt, ca_cert=self.ca_cert, run_id=commit.run_id, round_=commit.round, group=commit.group,
+                       contributors=[c.envelope.client_id for c in commit.contributions],
+                       aggregate_chunk_sha256=commit.aggregate_chunk_sha256, plaintext=plaintext)
+        return Decrypted(np.frombuffer(plaintext, dtype="<f8").copy(), receipt)

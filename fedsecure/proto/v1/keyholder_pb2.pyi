@@ -80,14 +80,18 @@ class ChunkChallenge(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecryptReceipt(_message.Message):
-    __slots__ = ("log_seq", "log_entry_sha256", "signature")
+    __slots__ = ("log_seq", "log_entry_sha256", "signature", "entry_json", "keyholder_certificate")
     LOG_SEQ_FIELD_NUMBER: _ClassVar[int]
     LOG_ENTRY_SHA256_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_JSON_FIELD_NUMBER: _ClassVar[int]
+    KEYHOLDER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     log_seq: int
     log_entry_sha256: bytes
     signature: bytes
-    def __init__(self, log_seq: _Optional[int] = ..., log_entry_sha256: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    entry_json: str
+    keyholder_certificate: bytes
+    def __init__(self, log_seq: _Optional[int] = ..., log_entry_sha256: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., entry_json: _Optional[str] = ..., keyholder_certificate: _Optional[bytes] = ...) -> None: ...
 
 class DecryptResponse(_message.Message):
     __slots__ = ("challenge", "plaintext_chunk", "receipt")
