@@ -6,7 +6,9 @@ consortium CA at the handshake. This interceptor then, for every call:
 2. refuses revoked certificates (UNAUTHENTICATED: the credential is no longer valid);
 3. refuses roles the method does not admit (PERMISSION_DENIED);
 4. refuses calls without a deadline (INVALID_ARGUMENT): every RPC must be bounded;
-5. refuses requests that do not decode or carry out-of-range integers (INVALID_ARGUMENT,
+5. refuses an identity's calls beyond its rate limit (RESOURCE_EXHAUSTED), when one is set:
+   one participant's flood cannot starve the others (:mod:`fedsecure.transport.rate_limit`);
+6. refuses requests that do not decode or carry out-of-range integers (INVALID_ARGUMENT,
    a generic message: :mod:`fedsecure.transport.decoding`).
 Servicers read the caller from :func:`current_peer`.
 """
@@ -24,6 +26,7 @@ from cryptography import x509
 from fedsecure.crypto import pki
 from fedsecure.errors import CertificateError
 from fedsecure.transport import decoding
+from fedsecure.transport.rate_limit import RateLimiter
 from fedsecure.types import Role
 
 
@@ -54,8 +57,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Maps the peer certificate to (identity, role) and enforces per-service roles."""
 
     def __init__(self, *, ca_cert: x509.Certificate, service_roles: Mapping[str, frozenset[Role]],
-                 is_revoked: RevocationCheck) -> None:
+                 is_revoked: RevocationCheck, rate_limiter: RateLimiter | None = None) -> None:
         self._ca = ca_cert
+        self._limiter = rate_limiter
         self._service_roles = dict(service_roles)
         self._is_revoked = is_revoked
         self._cache: dict[bytes, Peer] = {}
@@ -92,6 +96,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if ident.role not in allowed:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"role {ident.role.value} may not call {method}")
+        if self._limiter is not None and not self._limiter.allow(ident.name):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{ident.name}: more than {self._limiter.rate:g} calls per second; slow down")
         _peer.set(peer)
 
 

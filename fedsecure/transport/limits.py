@@ -22,6 +22,10 @@ class Limits:
     max_score_items: int = 100_000
     max_pull_wait_ms: int = 30_000
     clock_skew_ms: int = 10 * 60 * 1000
+    # Per identity (certificate): sustained calls per second and burst. A client makes a
+    # few calls a second at most (poll, heartbeat, a stream per upload); far above that is a flood.
+    calls_per_second: float = 100.0
+    call_burst: int = 200
 
     def __post_init__(self) -> None:
         if self.max_chunk_bytes + 64 * 1024 > self.max_message_bytes:

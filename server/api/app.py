@@ -19,6 +19,7 @@ from fedsecure.models.backbone import sealed_backbones
 from fedsecure.state_version import claim_state_dir
 from fedsecure.proto.v1 import admin_pb2_grpc, federation_pb2_grpc
 from fedsecure.transport.auth import AuthInterceptor
+from fedsecure.transport.rate_limit import RateLimiter
 from fedsecure.transport.credentials import server_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
 from fedsecure.transport.retry import Backoff
@@ -110,7 +111,8 @@ async def start_server(
     def is_revoked(ident: Identity) -> bool:
         return ident.name in revoked
 
-    interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES, is_revoked=is_revoked)
+    interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES, is_revoked=is_revoked,
+                                  rate_limiter=RateLimiter(rate=limits.calls_per_second, burst=limits.call_burst))
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(limits),
                              maximum_concurrent_rpcs=1024)
     federation_pb2_grpc.add_FederationServicer_to_server(
