@@ -79,24 +79,30 @@ def bt_loss(margins: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def margins(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> torch.Tensor:
+    """Bradley–Terry margins of every pair in evaluation mode, shape (n,); the model's
+    training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    out = [model(data.batch(torch.arange(s, min(s + batch_size, len(data))))) for s in range(0, len(data), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def pairwise_accuracy(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> float:
     """Share of pairs whose chosen answer gets the higher reward (a tie counts half)."""
-    model.eval()
-    hits = 0.0
-    for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
-        margins = model(data.batch(idx))
-        hits += float((margins > 0).sum()) + 0.5 * float((margins == 0).sum())
-    model.train()
-    return hits / len(data)
+    m = margins(model, data, batch_size=batch_size)
+    return (float((m > 0).sum()) + 0.5 * float((m == 0).sum())) / len(data)
 
 
-def _trainable(model: RewardModel) -> list[tuple[str, torch.nn.Parameter]]:
+def trainable_parameters(model: RewardModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of everything DP training updates."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _check_changed(model: RewardModel, before: dict[str, torch.Tensor]) -> int:
-    changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in _trainable(model))
+def check_changed(model: RewardModel, before: dict[str, torch.Tensor]) -> int:
+    """How many trainable parameters differ from ``before``; raises if none did."""
+    changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in trainable_parameters(model))
     if changed == 0:
         # Known Opacus+peft failure (opacus#820, peft#3409): ε is spent, weights never move.
         raise RuntimeError("training spent privacy budget but changed no trainable parameter")
@@ -126,7 +132,7 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
     entry = ledger.record(run_id=run_id, round_=round_, step=(sigma, q, steps), epsilon_after=eps_after,
                           data_digest=data.digest)
 
-    before = {name: p.detach().clone() for name, p in _trainable(model)}
+    before = {name: p.detach().clone() for name, p in trainable_parameters(model)}
     losses: list[float] = []
     with DPStepper(model=model, settings=settings, noise_multiplier=sigma, learning_rate=learning_rate,
                    sample_rate=q) as stepper:
@@ -134,7 +140,7 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
             loss = stepper.step(data)
             if loss is not None:
                 losses.append(loss)
-    changed = _check_changed(model, before)
+    changed = check_changed(model, before)
     return TrainResult(steps=steps, noise_multiplier=sigma, sample_rate=q, epsilon_after=eps_after,
                        ledger_seq=entry.seq, loss_first=losses[0] if losses else math.nan,
                        loss_last=losses[-1] if losses else math.nan, parameters_changed=changed)
@@ -151,7 +157,7 @@ class DPStepper:
     def __init__(self, *, model: RewardModel, settings: DPSettings, noise_multiplier: float, learning_rate: float,
                  sample_rate: float) -> None:
         self.settings, self.sigma, self.q = settings, noise_multiplier, sample_rate
-        self.params = _trainable(model)
+        self.params = trainable_parameters(model)
         self.gsm = get_gsm_class(settings.grad_sample_mode)(model, batch_first=True, loss_reduction="mean")
         inner = torch.optim.AdamW([p for _, p in self.params], lr=learning_rate, weight_decay=0.0)
         opt_cls = _SecureNoiseDPOptimizer if settings.secure_mode else DPOptimizer
@@ -221,8 +227,8 @@ def _noise_only_step(optimizer: DPOptimizer, params: list[tuple[str, torch.nn.Pa
 def train_nonprivate(*, model: RewardModel, data: EncodedPairs, steps: int, learning_rate: float,
                      batch_size: int, seed: int = 0) -> list[float]:
     """The same loop without DP (baselines and benchmarks only); returns the losses."""
-    params = [p for _, p in _trainable(model)]
-    before = {name: p.detach().clone() for name, p in _trainable(model)}
+    params = [p for _, p in trainable_parameters(model)]
+    before = {name: p.detach().clone() for name, p in trainable_parameters(model)}
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     losses = []
@@ -233,5 +239,5 @@ def train_nonprivate(*, model: RewardModel, data: EncodedPairs, steps: int, lear
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    _check_changed(model, before)
+    check_changed(model, before)
     return losses

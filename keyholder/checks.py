@@ -27,7 +27,8 @@ from fedsecure.crypto.packing import Section, parse_encoding
 from fedsecure.errors import CertificateError, CkksError, DecryptionRefused, SignatureError
 from fedsecure.types import DecryptCommit, PayloadKind, Role
 
-from keyholder.decryption_log import DecryptionLog, aggregate_digest
+from fedsecure.crypto.receipts import aggregate_digest
+from keyholder.decryption_log import DecryptionLog
 
 # Float sums of the same weights in another order can differ in the last bits.
 WEIGHT_TOLERANCE = 1e-9

@@ -17,13 +17,10 @@ from pathlib import Path
 from cryptography import x509
 
 from fedsecure.crypto import pki, signing
-from fedsecure.crypto.receipts import aggregate_digest, decryption_statement, entry_json
-from fedsecure.errors import SignatureError
+from fedsecure.crypto.receipts import decryption_statement, entry_json
 from fedsecure.kit import Kit
 from fedsecure.types import DecryptReceipt
 
-__all__ = ["DecryptionEntry", "DecryptionLog", "DecryptionLogError", "aggregate_digest", "verify_decryption_log",
-           "verify_receipt"]
 GENESIS = "0" * 64
 
 
@@ -104,13 +101,6 @@ class DecryptionLog:
         self._index(entry)
         return DecryptReceipt(log_seq=entry.seq, log_entry_sha256=bytes.fromhex(entry.sha256()), signature=sig,
                               entry_json=entry.json(), keyholder_certificate=pki.cert_pem(self.kit.cert))
-
-
-def verify_receipt(receipt: DecryptReceipt, *, keyholder_cert: x509.Certificate, entry: DecryptionEntry) -> None:
-    """Check a receipt names ``entry`` and is signed by the key holder; raise otherwise."""
-    if receipt.log_seq != entry.seq or receipt.log_entry_sha256.hex() != entry.sha256():
-        raise SignatureError("receipt does not name this log entry")
-    signing.verify(keyholder_cert.public_key(), entry.body(), receipt.signature, what="key holder receipt")
 
 
 def verify_decryption_log(path: Path, *, cert: x509.Certificate) -> list[DecryptionEntry]:

@@ -39,7 +39,8 @@ from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
 from fedsecure.types import Role, TensorChunk
 
 from keyholder.checks import CheckedCommit, challenge, check_commit
-from keyholder.decryption_log import DecryptionLog, aggregate_digest
+from fedsecure.crypto.receipts import aggregate_digest
+from keyholder.decryption_log import DecryptionLog
 from keyholder.keys import load_secret
 from keyholder.revocations import RevocationStore
 from fedsecure.transport.status_codes import domain_errors

@@ -15,14 +15,13 @@ import pytest
 import torch
 
 from client_sdk.adapter_exchange import adapter_groups
-from client_sdk.dp_training import DPSettings, train_nonprivate
+from client_sdk.dp_training import DPSettings, margins, train_nonprivate
 from client_sdk.outcomes import Aggregate, TaskContext
 from client_sdk.personalisation import runner as runner_module
 from client_sdk.personalisation.plan import PersonalisationSettings, plan_personalisation
 from client_sdk.personalisation.rules import (distillation_loss, preference_kl, replacement_statistic,
                                               should_replace)
-from client_sdk.personalisation.stages import (components, federation_model, keep_distilled, margins_of,
-                                               replace_components)
+from client_sdk.personalisation.stages import components, federation_model, keep_distilled, replace_components
 from client_sdk.reward_participant import PERSONAL_DIR, ParticipantConfig, RewardParticipant
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
 from fedsecure.data.shares import client_pairs
@@ -137,7 +136,7 @@ def test_stage_one_replaces_a_better_federation_component_and_keeps_an_equal_one
     model, (decision,) = replace_components(personal=personal, teacher=trained, parts=parts, validation=validation,
                                             settings=dataclasses.replace(SETTINGS, margin=0.0), noise=zero_noise)
     assert decision.replaced and decision.statistic > 0
-    assert torch.equal(margins_of(model, validation), margins_of(trained, validation))
+    assert torch.equal(margins(model, validation), margins(trained, validation))
     # The same component on both sides: statistic 0, and 0 + margin < 0 is false at margin 0.
     model, (decision,) = replace_components(personal=trained, teacher=trained, parts=parts, validation=validation,
                                             settings=dataclasses.replace(SETTINGS, margin=0.0), noise=zero_noise)
@@ -146,7 +145,7 @@ def test_stage_one_replaces_a_better_federation_component_and_keeps_an_equal_one
     model, (decision,) = replace_components(personal=personal, teacher=trained, parts=parts, validation=validation,
                                             settings=dataclasses.replace(SETTINGS, margin=10.0), noise=zero_noise)
     assert not decision.replaced
-    assert torch.equal(margins_of(model, validation), margins_of(personal, validation))
+    assert torch.equal(margins(model, validation), margins(personal, validation))
 
 
 def test_the_distilled_model_is_kept_only_when_it_beats_stage_one_on_validation() -> None:

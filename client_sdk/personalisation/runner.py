@@ -88,11 +88,10 @@ class Personaliser:
         path = self.work / PROGRESS_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def _entry_seqs(self, source: str) -> dict[str, int]:
-        """Ledger entries already written for this source, by purpose."""
-        run_id, _, round_ = source.rpartition("#")
+    def _entry_seqs(self, run_id: str, round_: int) -> dict[str, int]:
+        """Ledger entries already written for this source (run, round), by purpose."""
         return {e.purpose: e.seq for e in self.ledger.entries[1:]
-                if e.purpose.startswith("personalise:") and e.run_id == run_id and str(e.round) == round_}
+                if e.purpose.startswith("personalise:") and e.run_id == run_id and e.round == round_}
 
     def run(self, *, personal: RewardModel, teacher: RewardModel, parts: Mapping[str, list[str]],
             train: EncodedPairs, validation: EncodedPairs, heldout: EncodedPairs, run_id: str,
@@ -103,7 +102,7 @@ class Personaliser:
         progress = self._progress()
         if progress.get("source") != source:
             progress = {"source": source}
-        done = self._entry_seqs(source)
+        done = self._entry_seqs(run_id, round_)
         if progress.get("stage") == "done" and (self.state_dir / OUTPUT_DIR).exists():
             model, _ = load_reward_model(self.state_dir / OUTPUT_DIR)
             report = json.loads((self.state_dir / REPORT_FILE).read_text())
@@ -184,7 +183,7 @@ class Personaliser:
         """The distillation's release: the entry already written for this source (a
         restart after a crash), else a new entry written now, before training."""
         if charged:
-            seq = self._entry_seqs(f"{run_id}#{round_}")[PURPOSE_DISTILL]
+            seq = self._entry_seqs(run_id, round_)[PURPOSE_DISTILL]
             return self.ledger.entries[seq].step()
         if plan.distillation is None:
             return None

@@ -10,6 +10,7 @@ gates have none and stay personal.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from fedsecure.models.reward import RewardModel
 from fedsecure.privacy.noise import secure_standard_normal
 
 from client_sdk.adapter_exchange import apply_aggregate, family_parameters, group_of
-from client_sdk.dp_training import DPSettings, DPStepper
+from client_sdk.dp_training import DPSettings, DPStepper, check_changed, margins, trainable_parameters
 from client_sdk.outcomes import Aggregate
 from client_sdk.personalisation.plan import PersonalisationSettings
 from client_sdk.personalisation.rules import distillation_loss, pair_losses, replacement_statistic, should_replace
@@ -57,16 +58,6 @@ def federation_model(personal: RewardModel, aggregates: Mapping[str, Aggregate])
     return teacher
 
 
-@torch.no_grad()
-def margins_of(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> torch.Tensor:
-    """Bradley–Terry margins of every pair (evaluation mode), shape (n,)."""
-    was_training = model.training
-    model.eval()
-    out = [model(data.batch(torch.arange(s, min(s + batch_size, len(data))))) for s in range(0, len(data), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 @dataclass(frozen=True)
 class Decision:
     """One component's replacement decision: the noisy mean loss difference it was made
@@ -96,12 +87,12 @@ def replace_components(*, personal: RewardModel, teacher: RewardModel, parts: Ma
         raise ValueError(f"validation split has {len(validation)} pairs, fewer than the "
                          f"{settings.min_validation_pairs} needed to decide")
     model = copy.deepcopy(personal)
-    current = pair_losses(margins_of(model, validation))
+    current = pair_losses(margins(model, validation))
     decisions = []
     for component, names in parts.items():
         candidate = copy.deepcopy(model)
         _copy_component(candidate, teacher, names)
-        losses = pair_losses(margins_of(candidate, validation))
+        losses = pair_losses(margins(candidate, validation))
         stat = replacement_statistic(current, losses, clip=settings.loss_clip,
                                      noise=noise(settings.decision_noise * settings.loss_clip))
         replaced = should_replace(global_loss=0.0, personal_loss=stat, margin=settings.margin)
@@ -125,8 +116,8 @@ def keep_distilled(*, replaced: RewardModel, distilled: RewardModel, validation:
     validation loss of over-confident models while costing held-out accuracy (one client
     0.771 -> 0.678), and accuracy is what a reward model is judged on. Each pair's
     difference lies in [−1, 1], so the same Gaussian mechanism (clip C) covers it."""
-    stat = replacement_statistic(ranked_right(margins_of(distilled, validation)),
-                                 ranked_right(margins_of(replaced, validation)), clip=settings.loss_clip,
+    stat = replacement_statistic(ranked_right(margins(distilled, validation)),
+                                 ranked_right(margins(replaced, validation)), clip=settings.loss_clip,
                                  noise=noise(settings.decision_noise * settings.loss_clip))
     return Decision(component="distillation", statistic=stat, margin=settings.margin,
                     replaced=should_replace(global_loss=0.0, personal_loss=stat, margin=settings.margin))
@@ -147,9 +138,8 @@ def distil(*, student: RewardModel, teacher: RewardModel, data: EncodedPairs, se
     """Stage 2: DP-SGD on ``data`` with TAP's loss (task + λτ²·KL to the teacher's
     preference probabilities); changes ``student`` in place. The teacher's margins are
     computed once, without gradients; the caller has already written the ledger entry."""
-    teacher_margins = margins_of(teacher, data)
-    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    before = {n: p.detach().clone() for n, p in trainable}
+    teacher_margins = margins(teacher, data)
+    before = {n: p.detach().clone() for n, p in trainable_parameters(student)}
 
     def loss_fn(margins: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return distillation_loss(margins, teacher_margins[idx], weight=settings.distill_weight,
@@ -157,17 +147,14 @@ def distil(*, student: RewardModel, teacher: RewardModel, data: EncodedPairs, se
 
     losses: list[float] = []
     student.train()
-    dp = DPSettings(max_grad_norm=dp.max_grad_norm, batch_size=settings.batch_size, secure_mode=dp.secure_mode,
-                    grad_sample_mode=dp.grad_sample_mode) if dp.batch_size != settings.batch_size else dp
+    dp = dataclasses.replace(dp, batch_size=settings.batch_size)
     with DPStepper(model=student, settings=dp, noise_multiplier=noise_multiplier,
                    learning_rate=settings.learning_rate, sample_rate=sample_rate) as stepper:
         for _ in range(settings.distill_steps):
             loss = stepper.step(data, loss_fn)
             if loss is not None:
                 losses.append(loss)
-    changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in trainable)
-    if settings.distill_steps and not changed:
-        raise RuntimeError("distillation spent privacy budget but changed no parameter")
+    changed = check_changed(student, before) if settings.distill_steps else 0
     nan = float("nan")
     return DistillResult(steps=settings.distill_steps, loss_first=losses[0] if losses else nan,
                          loss_last=losses[-1] if losses else nan, parameters_changed=changed)
