@@ -106,3 +106,14 @@ def test_revocation_at_run_time(start_federation: Callable[..., Federation], kit
     # The server keeps serving everyone else.
     with FederatedClient(kit=fed.kit("a"), address=fed.address) as other:
         assert other.hello().client_id == "a"
+
+
+def test_revoking_the_admins_name_does_not_lock_the_operator_out(
+        start_federation: Callable[..., Federation], kits: Provisioned) -> None:
+    """The revocation list holds client credentials only (found by fuzzing: revoking the
+    name "admin" used to refuse the admin's own calls from then on)."""
+    fed = start_federation()
+    with AdminClient(kit=load_kit(kits.admin), address=fed.address) as admin:
+        admin.revoke("admin", "fuzz")
+        assert "admin" in fed.store(lambda s: s.clients.revoked_names())
+        admin.clients()  # still served

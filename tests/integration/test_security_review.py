@@ -132,14 +132,14 @@ def _with_value(msg: Message, path: tuple[str, ...], value: int) -> None:
     _with_value(child, path[1:], value)
 
 
-def _call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes) -> None:
+def _call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes, timeout: float = 10) -> None:
     name = f"/{method.containing_service.full_name}/{method.name}"
     if method.client_streaming:
         kind = channel.stream_stream if method.server_streaming else channel.stream_unary
-        result = kind(name)(iter([payload]), timeout=10)
+        result = kind(name)(iter([payload]), timeout=timeout)
     else:
         kind = channel.unary_stream if method.server_streaming else channel.unary_unary
-        result = kind(name)(payload, timeout=10)
+        result = kind(name)(payload, timeout=timeout)
     if method.server_streaming:
         list(result)
 
