@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,9 +70,18 @@ def _admin(args: argparse.Namespace) -> int:
                               "tasks_done": run.tasks_done, "detail": run.detail,
                               "clients_enrolled": enrolled, "clients_revoked": revoked}, indent=2))
         elif args.action == "clients":
+            now_ms = time.time() * 1000
             for c in admin.clients():
                 print(f"{c.name}\t{c.state}\t{','.join(m.name.lower() for m in c.capabilities.modalities)}"
-                      f"\tledger seq {c.ledger_head.seq} eps {c.ledger_head.epsilon:.3f}")
+                      f"\tledger seq {c.ledger_head.seq} eps {c.ledger_head.epsilon:.3f}"
+                      f"\tlast seen {max(0.0, (now_ms - c.last_seen_ms) / 1000):.0f} s ago")
+        elif args.action == "metrics":
+            m = admin.metrics()
+            print(json.dumps({"uptime_s": m.uptime_ms / 1000, "rss_mib": round(m.rss_bytes / 2**20, 1),
+                              "open_fds": m.open_fds,
+                              "rpcs": {r.method: {"calls": r.calls, "codes": dict(r.codes), "p50_ms": round(r.p50_ms, 2),
+                                                  "p99_ms": round(r.p99_ms, 2), "max_ms": round(r.max_ms, 2)}
+                                       for r in m.rpcs}}, indent=2))
         elif args.action == "revoke":
             if not args.name:
                 raise ValueError("revoke needs a client NAME")
@@ -182,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, type=Path)
     p.add_argument("--address", help="the server's host:port (default: the kit's)")
     p.add_argument("--keyholder-address", help="the key holder's host:port for revoke (default: the kit's)")
-    p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop", "heads", "personalise"],
+    p.add_argument("action", choices=["status", "clients", "revoke", "start", "stop", "heads", "personalise", "metrics"],
                    help="heads: export every ledger head clients reported, for `fedsecure audit --server-heads`; "
+                        "metrics: server-side latency and status counts per RPC, memory, file descriptors; "
                         "personalise: TAP personalisation for the newest finished run")
     p.add_argument("name", nargs="?", help="client to revoke")
     p.add_argument("--reason", default="")

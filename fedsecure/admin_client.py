@@ -14,6 +14,7 @@ from fedsecure.crypto.revocation import sign_revocations
 from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc, keyholder_pb2_grpc
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, channel_options
+from fedsecure.transport.metrics import ServerMetrics
 from fedsecure.types import ClientInfo, LedgerHead, Role, RunConfig, RunStatus
 
 
@@ -77,6 +78,10 @@ class AdminClient(_AdminChannel):
         """Revoke a client's certificate now; True if it was not revoked before."""
         r = self._stub.RevokeClient(admin_pb2.RevokeClientRequest(name=name, reason=reason), timeout=self._timeout)
         return r.newly_revoked
+
+    def metrics(self) -> ServerMetrics:
+        """Server-side latency and status counts per RPC, memory and file descriptors."""
+        return serde.metrics_from_proto(self._stub.Metrics(admin_pb2.MetricsRequest(), timeout=self._timeout))
 
 
 class KeyHolderAdminClient(_AdminChannel):

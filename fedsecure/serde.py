@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from fedsecure.errors import InvalidSubmission
 from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2, keyholder_pb2
+from fedsecure.transport.metrics import RpcStats, ServerMetrics
 from fedsecure.types import (
     AlignSpec,
     Capabilities,
@@ -372,6 +373,23 @@ def client_info_from_proto(msg: admin_pb2.ClientInfo) -> ClientInfo:
     return ClientInfo(name=msg.name, state=msg.state, capabilities=capabilities_from_proto(msg.capabilities),
                       last_seen_ms=msg.last_seen_ms, ledger_head=ledger_head_from_proto(msg.ledger_head),
                       sdk_version=msg.sdk_version)
+
+
+def metrics_to_proto(m: ServerMetrics) -> admin_pb2.MetricsResponse:
+    """Domain server metrics -> wire."""
+    return admin_pb2.MetricsResponse(
+        rpcs=[admin_pb2.RpcMetrics(method=r.method, calls=r.calls, p50_ms=r.p50_ms, p99_ms=r.p99_ms, max_ms=r.max_ms,
+                                   codes=[admin_pb2.StatusCount(code=c, calls=n) for c, n in r.codes])
+              for r in m.rpcs],
+        rss_bytes=m.rss_bytes, open_fds=m.open_fds, uptime_ms=m.uptime_ms)
+
+
+def metrics_from_proto(msg: admin_pb2.MetricsResponse) -> ServerMetrics:
+    """Wire -> domain server metrics."""
+    return ServerMetrics(
+        rpcs=tuple(RpcStats(method=r.method, calls=r.calls, codes=tuple((c.code, c.calls) for c in r.codes),
+                            p50_ms=r.p50_ms, p99_ms=r.p99_ms, max_ms=r.max_ms) for r in msg.rpcs),
+        rss_bytes=msg.rss_bytes, open_fds=msg.open_fds, uptime_ms=msg.uptime_ms)
 
 
 # --- stored forms (the server keeps accepted submissions as their wire bytes) ----------

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from fedsecure import serde
 from fedsecure.errors import InvalidSubmission
 from fedsecure.proto.v1 import common_pb2
+from fedsecure.transport.metrics import RpcStats, ServerMetrics
 from fedsecure.types import (
     AlignSpec,
     Capabilities,
@@ -224,3 +225,12 @@ def test_step_scores_need_an_envelope() -> None:
 
     with pytest.raises(ValueError, match="no signed envelope"):
         serde.step_scores_from_proto(federation_pb2.StepScores(step=1))
+
+
+@given(rpcs=st.lists(st.builds(RpcStats, method=text, calls=u64,
+                               codes=st.lists(st.tuples(text, u64), max_size=3).map(tuple),
+                               p50_ms=finite, p99_ms=finite, max_ms=finite), max_size=3).map(tuple),
+       rss=u64, fds=st.integers(0, 2**32 - 1), uptime=u64)
+def test_server_metrics_round_trip(rpcs, rss, fds, uptime) -> None:  # type: ignore[no-untyped-def]
+    m = ServerMetrics(rpcs=rpcs, rss_bytes=rss, open_fds=fds, uptime_ms=uptime)
+    assert serde.metrics_from_proto(serde.metrics_to_proto(m)) == m

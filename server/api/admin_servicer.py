@@ -7,15 +7,19 @@ from fedsecure.crypto import pki
 from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc
 
 from server.rounds.engine import RoundEngine
+from fedsecure.transport.metrics import RpcRecorder
 from fedsecure.transport.status_codes import domain_errors
 from server.rounds.store import Store
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    """Status, run control, client listing, run-time revocation, ledger-head export."""
+    """Status, run control, client listing, run-time revocation, ledger-head export,
+    server metrics."""
 
-    def __init__(self, *, store: Store, engine: RoundEngine, revoked: set[str]) -> None:
+    def __init__(self, *, store: Store, engine: RoundEngine, revoked: set[str],
+                 recorder: RpcRecorder | None = None) -> None:
         self.store, self.engine, self.revoked = store, engine, revoked
+        self.recorder = recorder or RpcRecorder()
 
     @domain_errors
     async def Status(self, request, context):  # type: ignore[no-untyped-def]
@@ -49,3 +53,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @domain_errors
     async def ExportLedgerHeads(self, request, context):  # type: ignore[no-untyped-def]
         return serde.ledger_heads_export_to_proto(self.store.submissions.ledger_heads())
+
+    @domain_errors
+    async def Metrics(self, request, context):  # type: ignore[no-untyped-def]
+        return serde.metrics_to_proto(self.recorder.snapshot())

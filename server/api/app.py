@@ -19,6 +19,7 @@ from fedsecure.models.backbone import sealed_backbones
 from fedsecure.state_version import claim_state_dir
 from fedsecure.proto.v1 import admin_pb2_grpc, federation_pb2_grpc
 from fedsecure.transport.auth import AuthInterceptor
+from fedsecure.transport.metrics import MetricsInterceptor, RpcRecorder
 from fedsecure.transport.rate_limit import RateLimiter
 from fedsecure.transport.credentials import server_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
@@ -117,13 +118,16 @@ async def start_server(
 
     interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES, is_revoked=is_revoked,
                                   rate_limiter=RateLimiter(rate=limits.calls_per_second, burst=limits.call_burst))
-    server = grpc.aio.server(interceptors=[interceptor], options=server_options(limits),
+    recorder = RpcRecorder()
+    # Metrics outermost: refusals by the authentication interceptor are timed and counted too.
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(recorder), interceptor], options=server_options(limits),
                              maximum_concurrent_rpcs=1024)
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
                            objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits,
                            backbones=frozenset(sealed_backbones(kit.settings)), sessions=sessions), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(store=store, engine=engine, revoked=revoked), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(store=store, engine=engine, revoked=revoked, recorder=recorder), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_secure_port(address, server_credentials(kit))

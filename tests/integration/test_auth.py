@@ -117,3 +117,19 @@ def test_revoking_the_admins_name_does_not_lock_the_operator_out(
         admin.revoke("admin", "fuzz")
         assert "admin" in fed.store(lambda s: s.clients.revoked_names())
         admin.clients()  # still served
+
+
+def test_admin_metrics_count_each_call_and_its_status(start_federation: Callable[..., Federation],
+                                                      kits: Provisioned) -> None:
+    fed = start_federation()
+    with FederatedClient(kit=fed.kit("a"), address=fed.address) as client:
+        client.hello()
+    with _channel(fed, fed.kit("a")) as ch:  # a client may not call Admin: counted as refused
+        with pytest.raises(grpc.RpcError):
+            admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=5)
+    with AdminClient(kit=load_kit(kits.admin), address=fed.address) as admin:
+        m = admin.metrics()
+    hello, status = m.rpc("Hello"), m.rpc("Status")
+    assert hello is not None and hello.calls == 1 and hello.codes == (("OK", 1),) and hello.p99_ms > 0
+    assert status is not None and status.codes == (("PERMISSION_DENIED", 1),)
+    assert m.rss_bytes > 0 and m.open_fds > 0

@@ -154,3 +154,43 @@ class ExportLedgerHeadsResponse(_message.Message):
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     clients: _containers.RepeatedCompositeFieldContainer[ClientLedgerHeads]
     def __init__(self, clients: _Optional[_Iterable[_Union[ClientLedgerHeads, _Mapping]]] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusCount(_message.Message):
+    __slots__ = ("code", "calls")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    calls: int
+    def __init__(self, code: _Optional[str] = ..., calls: _Optional[int] = ...) -> None: ...
+
+class RpcMetrics(_message.Message):
+    __slots__ = ("method", "calls", "codes", "p50_ms", "p99_ms", "max_ms")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    calls: int
+    codes: _containers.RepeatedCompositeFieldContainer[StatusCount]
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    def __init__(self, method: _Optional[str] = ..., calls: _Optional[int] = ..., codes: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
+
+class MetricsResponse(_message.Message):
+    __slots__ = ("rpcs", "rss_bytes", "open_fds", "uptime_ms")
+    RPCS_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FDS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    rpcs: _containers.RepeatedCompositeFieldContainer[RpcMetrics]
+    rss_bytes: int
+    open_fds: int
+    uptime_ms: int
+    def __init__(self, rpcs: _Optional[_Iterable[_Union[RpcMetrics, _Mapping]]] = ..., rss_bytes: _Optional[int] = ..., open_fds: _Optional[int] = ..., uptime_ms: _Optional[int] = ...) -> None: ...

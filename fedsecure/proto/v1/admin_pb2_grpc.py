@@ -64,6 +64,11 @@ class AdminStub:
                 request_serializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsRequest.SerializeToString,
                 response_deserializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsResponse.FromString,
                 _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/fedsecure.v1.Admin/Metrics',
+                request_serializer=fedsecure_dot_v1_dot_admin__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=fedsecure_dot_v1_dot_admin__pb2.MetricsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -106,6 +111,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metrics(self, request, context):
+        """Server-side latency and status counts per RPC, and the process's memory and file
+        descriptors (`fedsecure admin metrics`, `fedsecure bench load`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +151,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExportLedgerHeads,
                     request_deserializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsRequest.FromString,
                     response_serializer=fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsResponse.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=fedsecure_dot_v1_dot_admin__pb2.MetricsRequest.FromString,
+                    response_serializer=fedsecure_dot_v1_dot_admin__pb2.MetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +320,33 @@ class Admin:
             '/fedsecure.v1.Admin/ExportLedgerHeads',
             fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsRequest.SerializeToString,
             fedsecure_dot_v1_dot_admin__pb2.ExportLedgerHeadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsecure.v1.Admin/Metrics',
+            fedsecure_dot_v1_dot_admin__pb2.MetricsRequest.SerializeToString,
+            fedsecure_dot_v1_dot_admin__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
