@@ -20,7 +20,12 @@ def main(args: argparse.Namespace) -> int:
     elif args.what == "he":
         from benchmarks.bench_he import bench_he
 
-        print(json.dumps(bench_he(n_params=args.params, clients=args.clients, repeats=args.repeats)))
+        print(json.dumps(bench_he(n_params=args.params, clients=args.clients or 8, repeats=args.repeats)))
+    elif args.what == "load":
+        from benchmarks.bench_load import LoadConfig, bench_load
+
+        print(json.dumps(bench_load(LoadConfig(clients=args.clients or 100, seconds=args.seconds,
+                                               rss_at_s=args.rss_at))))
     elif args.what == "grpo":
         from benchmarks.bench_grpo import BenchConfig, bench_grpo
 

@@ -98,6 +98,45 @@ _UNARY_FORMS: dict[type, _UnaryForm] = {
 }
 
 
+def sign_envelope(kit: Kit, task: Task, kind: PayloadKind, payload_sha256: bytes) -> Envelope:
+    """A fresh envelope for ``task`` over a payload digest, signed with ``kit``'s key
+    (a new random nonce and the current time: the server refuses replays and stale ones)."""
+    env = Envelope(client_id=kit.name, run_id=task.run_id, round=task.round, task_id=task.task_id,
+                   nonce=signing.new_nonce(), timestamp_ms=int(time.time() * 1000), payload_kind=kind,
+                   payload_sha256=payload_sha256)
+    return dataclasses.replace(env, signature=signing.sign(kit.private_key, signing.envelope_bytes(env)))
+
+
+def unary_request(kit: Kit, task: Task, outcome: Outcome) -> tuple[str, Message]:
+    """(Federation method, signed request) answering ``task`` with a unary ``outcome``
+    (scores, ledger head, report or decline; an ``Update`` streams: :func:`upload_requests`)."""
+    form = _UNARY_FORMS.get(type(outcome))
+    if form is None:
+        raise TypeError(f"{type(outcome).__name__} is not a unary Outcome")
+    env = sign_envelope(kit, task, form.kind, form.digest(outcome))
+    return form.method, form.request(serde.envelope_to_proto(env), outcome)
+
+
+def upload_requests(kit: Kit, task: Task, update: Update, limits: Limits = DEFAULT_LIMITS
+                    ) -> list[federation_pb2.UploadUpdateRequest]:
+    """The signed header and the chunks of ``update``'s stream (one fixed list, so a
+    resend carries the same bytes and the server counts it once)."""
+    for i, c in enumerate(update.chunks):
+        if len(c) > limits.max_chunk_bytes:
+            raise ValueError(f"update chunk {i} exceeds {limits.max_chunk_bytes} bytes")
+    manifest = UpdateManifest(group=update.group, weight=update.weight, encoding=update.encoding,
+                              chunk_sha256=tuple(signing.sha256(c) for c in update.chunks),
+                              total_bytes=sum(len(c) for c in update.chunks))
+    env = sign_envelope(kit, task, PayloadKind.UPDATE, signing.manifest_digest(manifest))
+    header = federation_pb2.UploadHeader(envelope=serde.envelope_to_proto(env),
+                                         manifest=serde.manifest_to_proto(manifest))
+    out = [federation_pb2.UploadUpdateRequest(header=header)]
+    for index, data in enumerate(update.chunks):
+        chunk = next(chunking.split(data, name=update.group, chunk_bytes=max(1, len(data)), start_index=index))
+        out.append(federation_pb2.UploadUpdateRequest(chunk=serde.chunk_to_proto(chunk)))
+    return out
+
+
 class FederatedClient:
     """A federation participant. Register a handler per task kind, then ``run()``."""
 
@@ -212,43 +251,16 @@ class FederatedClient:
 
     def sign(self, task: Task, kind: PayloadKind, payload_sha256: bytes) -> Envelope:
         """A fresh envelope for ``task`` over a payload digest, signed with the kit key."""
-        env = Envelope(client_id=self.name, run_id=task.run_id, round=task.round, task_id=task.task_id,
-                       nonce=signing.new_nonce(), timestamp_ms=int(time.time() * 1000), payload_kind=kind,
-                       payload_sha256=payload_sha256)
-        sig = signing.sign(self.kit.private_key, signing.envelope_bytes(env))
-        return dataclasses.replace(env, signature=sig)
+        return sign_envelope(self.kit, task, kind, payload_sha256)
 
     def submit(self, task: Task, outcome: Outcome) -> object:
         """Sign and send an outcome; resends (after transient errors) reuse the same bytes."""
         if isinstance(outcome, Update):
-            return self._upload(task, outcome)
-        form = _UNARY_FORMS.get(type(outcome))
-        if form is None:
-            raise TypeError(f"handler returned {type(outcome).__name__}, not an Outcome")
-        env = self.sign(task, form.kind, form.digest(outcome))
-        request = form.request(serde.envelope_to_proto(env), outcome)
-        rpc = getattr(self._stub, form.method)
+            requests = upload_requests(self.kit, task, outcome, self.limits)
+            return self._retry(lambda: self._stub.UploadUpdate(iter(requests), timeout=STREAM_DEADLINE_S))
+        method, request = unary_request(self.kit, task, outcome)
+        rpc = getattr(self._stub, method)
         return self._retry(lambda: rpc(request, timeout=RPC_DEADLINE_S))
-
-    def _upload(self, task: Task, update: Update) -> object:
-        for i, c in enumerate(update.chunks):
-            if len(c) > self.limits.max_chunk_bytes:
-                raise ValueError(f"update chunk {i} exceeds {self.limits.max_chunk_bytes} bytes")
-        manifest = UpdateManifest(group=update.group, weight=update.weight, encoding=update.encoding,
-                                  chunk_sha256=tuple(signing.sha256(c) for c in update.chunks),
-                                  total_bytes=sum(len(c) for c in update.chunks))
-        env = self.sign(task, PayloadKind.UPDATE, signing.manifest_digest(manifest))
-        header = federation_pb2.UploadHeader(envelope=serde.envelope_to_proto(env),
-                                             manifest=serde.manifest_to_proto(manifest))
-
-        def stream() -> Iterator[federation_pb2.UploadUpdateRequest]:
-            yield federation_pb2.UploadUpdateRequest(header=header)
-            for index, data in enumerate(update.chunks):
-                chunk = next(chunking.split(data, name=update.group, chunk_bytes=max(1, len(data)),
-                                            start_index=index))
-                yield federation_pb2.UploadUpdateRequest(chunk=serde.chunk_to_proto(chunk))
-
-        return self._retry(lambda: self._stub.UploadUpdate(stream(), timeout=STREAM_DEADLINE_S))
 
     # --- the ALIGN stage's score session --------------------------------------------------
 

@@ -43,6 +43,11 @@ class LimitExceeded(FedsecureError, ValueError):
     """A stream carries more chunks or bytes than the server allows."""
 
 
+class StorageFull(FedsecureError, OSError):
+    """The server's object store is at its size limit or its disk is full: the upload is
+    refused whole (nothing of it counts) and may be sent again once space is freed."""
+
+
 class NotFound(FedsecureError, LookupError):
     """A requested object (aggregate, run, client) does not exist."""
 

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_serving_arguments(p, party="server", address_setting="server_address",
                           state="its database, object store and metrics")
     p.add_argument("--keyholder-address", help="host:port of the key holder (default: the kit's keyholder_address)")
+    p.add_argument("--object-store-limit-mib", type=int, default=None,
+                   help="most MiB of uploaded chunks and aggregates kept on disk; an upload beyond it is refused "
+                        "whole with RESOURCE_EXHAUSTED (default: no limit but the disk's)")
     run = p.add_argument_group("start a run at start-up (ignored when a run already exists)")
     run.add_argument("--rounds", type=int, help="rounds of the run; omit to wait for `fedsecure admin start`")
     run.add_argument("--quorum", type=int, default=2)
@@ -113,7 +116,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(args, kit, address, state_dir, config) -> None:  # type: ignore[no-untyped-def]
-    aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=args.keyholder_address)
+    limit = args.object_store_limit_mib
+    aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=args.keyholder_address,
+                                       object_store_bytes=limit * 2**20 if limit else None)
     sessions = ScoreSessions()
     running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config,
                                  planners=build_planners(args, state_dir, aggregator, sessions),

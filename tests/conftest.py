@@ -120,7 +120,7 @@ def start_federation(kits: Provisioned, keyholder_keys: Path, tmp_path: Path) ->
               planners: Mapping[TaskKind, Any] | Callable[[Any], Mapping[TaskKind, Any]] | None = None,
               limits: Limits = DEFAULT_LIMITS, liveness_ms: int = 60_000, keyholder: bool = False,
               keyholder_address: str | None = None, keyholder_backoff: Any = None,
-              **server_options: Any) -> Federation:
+              object_store_bytes: int | None = None, **server_options: Any) -> Federation:
         """``keyholder=True`` starts a key holder first and points the server at it;
         ``keyholder_address`` points the server elsewhere (e.g. at nothing). ``planners``
         may be a function of the server's aggregator (for planners that need it)."""
@@ -135,7 +135,7 @@ def start_federation(kits: Provisioned, keyholder_keys: Path, tmp_path: Path) ->
         server_kit = load_kit(kits.server)
         aggregator = loop.call(lambda: SecureAggregator.open(
             kit=server_kit, state_dir=state, keyholder_address=keyholder_address or "127.0.0.1:9",
-            keyholder_backoff=keyholder_backoff, limits=limits))
+            keyholder_backoff=keyholder_backoff, limits=limits, object_store_bytes=object_store_bytes))
         if callable(planners):
             planners = planners(aggregator)
         fed.server = loop.run(start_server(kit=server_kit, state_dir=state, run_config=config, planners=planners,

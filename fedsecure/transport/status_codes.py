@@ -15,6 +15,7 @@ from fedsecure.errors import (
     DecryptionRefused,
     InvalidSubmission,
     LimitExceeded,
+    StorageFull,
     NotFound,
     RunStateError,
     SignatureError,
@@ -33,6 +34,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RunStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictingSubmission, grpc.StatusCode.ALREADY_EXISTS),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DecryptionRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )

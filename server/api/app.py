@@ -107,6 +107,7 @@ async def start_server(
                          close_retry_s=close_retry_s, heartbeat_interval_ms=heartbeat_interval_ms)
     if run_config is not None and store.runs.active() is None and store.runs.latest() is None:
         engine.start_run(run_config)
+    await aggregator.collect_garbage(store)  # what a crash or the last run left behind
     revoked = store.clients.revoked_names()
 
     def is_revoked(ident: Identity) -> bool:

@@ -3,26 +3,47 @@
 An object's name is the SHA-256 of its bytes, so a chunk named in a signed manifest
 is fetched and re-verified by its digest alone. Writes go to a temp file, are fsynced
 and renamed into place, so a crash never leaves a half-written object under a valid
-name. Objects never referenced by an accepted submission (a client that disconnected
-mid-stream) are simply never read; :meth:`ObjectStore.remove` deletes them.
+name. Objects no longer referenced (a refused or abandoned upload, a retried attempt,
+contributions superseded by their published aggregate) are deleted by the garbage
+collector (:mod:`server.secagg.garbage`).
+
+An optional size limit keeps uploads from filling the disk; at the limit, or when the
+disk itself is full, :meth:`ObjectStore.put` raises :class:`StorageFull` and writes
+nothing, so the upload is refused whole and nothing accepted is lost.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from fedsecure.crypto.signing import sha256
+from fedsecure.errors import StorageFull
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 class ObjectStore:
-    """Bytes by SHA-256 under ``root/ab/cdef…``."""
+    """Bytes by SHA-256 under ``root/ab/cdef…``, at most ``max_bytes`` in all (None: no limit)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_bytes: int | None = None) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive (or None for no limit)")
         self.root = root
+        self.max_bytes = max_bytes
         root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._used = sum(size for _, size, _ in self.objects())
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held now."""
+        return self._used
 
     def _path(self, digest: bytes) -> Path:
         if len(digest) != 32:
@@ -31,23 +52,52 @@ class ObjectStore:
         return self.root / hexd[:2] / hexd[2:]
 
     def put(self, data: bytes) -> bytes:
-        """Store ``data`` durably; return its digest (idempotent)."""
+        """Store ``data`` durably; return its digest (idempotent). Raises StorageFull,
+        having written nothing, at the size limit or when the disk is full."""
         digest = sha256(data)
         path = self._path(digest)
         if path.exists():
+            # Fresh again: the collector spares young objects, and this one is in use now.
+            os.utime(path)
             return digest
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with self._lock:
+            if self.max_bytes is not None and self._used + len(data) > self.max_bytes:
+                raise StorageFull(f"object store is full ({self._used} of {self.max_bytes} bytes used); "
+                                  "upload refused, send it again later")
+            self._used += len(data)  # reserved before writing: concurrent puts cannot overshoot
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except BaseException as exc:
+            with self._lock:
+                self._used -= len(data)
+            if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+                raise StorageFull("the server's disk is full; upload refused, send it again later") from exc
             raise
         return digest
+
+    def objects(self) -> Iterator[tuple[bytes, int, float]]:
+        """(digest, size, modification time) of every object stored."""
+        for sub in self.root.iterdir():
+            if not (sub.is_dir() and len(sub.name) == 2):
+                continue
+            for f in sub.iterdir():
+                if f.name.startswith(".tmp-") or len(f.name) != 62:
+                    continue
+                try:
+                    st = f.stat()
+                    yield bytes.fromhex(sub.name + f.name), st.st_size, st.st_mtime
+                except (OSError, ValueError):
+                    continue  # removed meanwhile, or not one of ours
 
     def get(self, digest: bytes) -> bytes:
         """Read an object and re-check its digest (disk corruption fails loudly)."""
@@ -60,6 +110,14 @@ class ObjectStore:
         """Whether an object is stored."""
         return self._path(digest).exists()
 
-    def remove(self, digest: bytes) -> None:
-        """Delete an object if present."""
-        self._path(digest).unlink(missing_ok=True)
+    def remove(self, digest: bytes) -> int:
+        """Delete an object if present; returns the bytes freed."""
+        path = self._path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        with self._lock:
+            self._used -= size
+        return size

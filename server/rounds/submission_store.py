@@ -132,6 +132,21 @@ class SubmissionStore:
             " LIMIT 1", (exclude_run,)).fetchone()
         return (row[0], int(row[1])) if row else None
 
+    def live_update_payloads(self, payload_kind: int) -> list[bytes]:
+        """Payloads of accepted submissions of ``payload_kind`` whose round attempt is still
+        open: their chunks may yet be summed (a closing retried, a sum rebuilt). Those of
+        closed attempts are superseded by the published aggregate, those of retried ones
+        expired."""
+        return [row[0] for row in self.db.conn.execute(
+            "SELECT s.payload FROM submissions s JOIN tasks t ON t.task_id = s.task_id"
+            " JOIN rounds r ON (r.run_id, r.round, r.attempt) = (t.run_id, t.round, t.attempt)"
+            " WHERE s.payload_kind=? AND r.state NOT IN ('closed', 'retried')", (payload_kind,))]
+
+    def published_chunk_digests(self) -> set[bytes]:
+        """Every chunk of every published aggregate (kept: later rounds and TAP read them)."""
+        return {bytes.fromhex(h) for (text,) in self.db.conn.execute("SELECT chunk_digests FROM aggregates")
+                for h in json.loads(text)}
+
     def aggregate(self, run_id: str, round_: int, group: str) -> tuple[str, list[bytes], int] | None:
         """(encoding, chunk digests, contributors) of a published aggregate."""
         row = self.db.conn.execute("SELECT encoding, chunk_digests, contributors FROM aggregates WHERE run_id=?"

@@ -31,7 +31,8 @@ from server.secagg.accumulator import HomomorphicAccumulator
 from server.secagg.keyholder_client import KeyHolderClient
 from server.rounds.objects import ObjectStore
 from server.rounds.phases import PhaseContext
-from server.rounds.store import SubmissionRow
+from server.rounds.store import Store, SubmissionRow
+from server.secagg.garbage import GarbageReport, collect_garbage
 
 log = logging.getLogger("fedsecure.server.aggregation")
 
@@ -45,11 +46,13 @@ class SecureAggregator:
 
     @classmethod
     def open(cls, *, kit: Kit, state_dir: Path, keyholder_address: str | None = None,
-             keyholder_backoff: Backoff | None = None, limits: Limits = DEFAULT_LIMITS) -> SecureAggregator:
-        """The server's aggregator over its object store (``state_dir/objects``), with a
-        channel to the key holder (call from the server's event loop)."""
+             keyholder_backoff: Backoff | None = None, limits: Limits = DEFAULT_LIMITS,
+             object_store_bytes: int | None = None) -> SecureAggregator:
+        """The server's aggregator over its object store (``state_dir/objects``, at most
+        ``object_store_bytes``; None: no limit but the disk's), with a channel to the key
+        holder (call from the server's event loop)."""
         claim_state_dir(state_dir, role=Role.SERVER)  # before anything is written there
-        objects = ObjectStore(state_dir / "objects")
+        objects = ObjectStore(state_dir / "objects", max_bytes=object_store_bytes)
         accumulator = HomomorphicAccumulator(public_context=ckks.kit_public_context(kit), params=ckks.kit_params(kit),
                                              objects=objects)
         keyholder = KeyHolderClient(kit=kit, address=keyholder_address, limits=limits,
@@ -68,6 +71,8 @@ class SecureAggregator:
 
     async def aggregate(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> dict[str, int]:
         """Publish every group's mean; returns group -> contributors. Idempotent."""
+        # Older rounds' garbage first: the aggregates about to be published need the space.
+        await self.collect_garbage(ctx.store)
         members_of: dict[str, list[tuple[str, SignedContribution]]] = {}
         revoked = ctx.store.clients.revoked_names()
         for sid, c in self.updates(accepted):
@@ -91,6 +96,10 @@ class SecureAggregator:
             published[group] = len(members)
         self.accumulator.drop(ctx.run_id, ctx.round)
         return published
+
+    async def collect_garbage(self, store: Store) -> GarbageReport:
+        """Free the object store of what no round can use any more (off the event loop)."""
+        return await asyncio.to_thread(collect_garbage, store=store, objects=self.objects)
 
     async def _one(self, ctx: PhaseContext, group: str, members: list[tuple[str, SignedContribution]]) -> None:
         sums = await asyncio.to_thread(self.accumulator.sum_chunks, run_id=ctx.run_id, round_=ctx.round,
