@@ -22,9 +22,12 @@ from tests.conftest import Federation
 from tests.integration.test_security_review import SERVICES, _call, _channels
 
 CRASHES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-# Examples per method: a few hundred calls in `make test`; a longer run with, e.g.,
-# FEDSECURE_FUZZ_EXAMPLES=500 (about 10,000 calls per service).
+# Examples per method: a few hundred calls in `make test`. The benchmark run sets
+# FEDSECURE_FUZZ_CALLS (calls per service, spread over its methods) and a shorter
+# FEDSECURE_FUZZ_DEADLINE_S (a hostile PullTask.wait_ms holds its call until just before it).
 EXAMPLES = int(os.environ.get("FEDSECURE_FUZZ_EXAMPLES", "25"))
+CALLS_PER_SERVICE = int(os.environ.get("FEDSECURE_FUZZ_CALLS", "0"))
+DEADLINE_S = float(os.environ.get("FEDSECURE_FUZZ_DEADLINE_S", "3"))
 FD = FieldDescriptor
 TEXT = st.one_of(st.just(""), st.text(max_size=40), st.just("\x00\x07\x1b[2J\u202e"), st.just("é" * 3000),
                  st.sampled_from(["a", "b", "admin", "server", "run-x", "attn.text@random-h64l2a4m128"]),
@@ -76,8 +79,7 @@ def hostile(draw: st.DrawFn, desc: Descriptor, depth: int = 0) -> bytes:
 
 def _outcome(channel: grpc.Channel, method: MethodDescriptor, payload: bytes) -> grpc.StatusCode:
     try:
-        # A short deadline: a hostile PullTask.wait_ms holds the call until just before it.
-        _call(channel, method, payload, timeout=3)
+        _call(channel, method, payload, timeout=DEADLINE_S)
     except grpc.RpcError as err:
         return err.code()
     return grpc.StatusCode.OK
@@ -85,6 +87,8 @@ def _outcome(channel: grpc.Channel, method: MethodDescriptor, payload: bytes) ->
 
 def _fuzz_service(fed: Federation, service_index: int, examples: int) -> dict[str, int]:
     service, role = SERVICES[service_index]
+    if CALLS_PER_SERVICE:
+        examples = -(-CALLS_PER_SERVICE // len(service.methods))
     open_channel = _channels(fed)
     seen: dict[str, int] = {}
     with open_channel(service.name, role) as ch:
@@ -115,7 +119,9 @@ def test_every_rpc_survives_hostile_input(start_federation: Callable[..., Federa
     fed = start_federation(keyholder=True, limits=Limits(calls_per_second=1e9, call_burst=10**9))
     total: dict[str, int] = {}
     for index in range(len(SERVICES)):
-        for code, n in _fuzz_service(fed, index, examples=EXAMPLES).items():
+        seen = _fuzz_service(fed, index, examples=EXAMPLES)
+        print(f"fuzz outcomes {SERVICES[index][0].name}: {sum(seen.values())} calls {seen}")
+        for code, n in seen.items():
             total[code] = total.get(code, 0) + n
     print("fuzz outcomes:", total)
     assert sum(total.values()) >= 300, total
