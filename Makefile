@@ -9,13 +9,19 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first, pinned: the CPU build of 2.13.0 is on disk; anything looser pulls a
-# multi-GB CUDA build. The stamp is refreshed whenever pyproject.toml changes.
+# multi-GB CUDA build. The stamp is refreshed whenever pyproject.toml changes. Quiet:
+# pip's output goes to $(VENV)/install.log and is shown only when a step fails.
+INSTALL_LOG := $(VENV)/install.log
+QUIETLY = >> $(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); echo "install failed (log: $(INSTALL_LOG))"; exit 1; }
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (log: $(INSTALL_LOG))"
+	@: > $(INSTALL_LOG)
+	@$(PY) -m pip install --upgrade pip $(QUIETLY)
+	@$(PY) -m pip install torch==2.13.0 $(QUIETLY)
+	@$(PY) -m pip install -e '.[test]' $(QUIETLY)
+	@touch $(STAMP)
 
 demo: install
 	$(VENV)/bin/fedsecure demo
@@ -25,8 +31,8 @@ test: install
 
 # TRL for `fedsecure bench grpo`: without its dependencies, so torch stays the pinned CPU build.
 bench-deps: install
-	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m pip install --quiet --no-deps trl==1.16.0
+	@$(PY) -m pip install -e '.[bench]' $(QUIETLY)
+	@$(PY) -m pip install --no-deps trl==1.16.0 $(QUIETLY)
 
 proto: install
 	$(PY) -m fedsecure.proto.generate
