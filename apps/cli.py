@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fedsecure.config_file import ConfigFileError, ConfigSchema, apply_config
 from fedsecure.errors import KitError, StateVersionError
 
 # Subcommands whose work lives in one side's package: "module:function", imported only
@@ -298,9 +299,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_schemas() -> dict[str, ConfigSchema]:
+    """The commands that take ``--config FILE``, with their files' schemas."""
+    from client_sdk.cli import CONFIG_SCHEMA as CLIENT_CONFIG
+    from server.cli import CONFIG_SCHEMA as SERVER_CONFIG
+
+    return {"server": SERVER_CONFIG, "client": CLIENT_CONFIG}
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (argparse keeps them in its subparsers action)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Read ``--config FILE`` of a configurable command before the real parse, so the
+    file's values become defaults that flags override."""
+    schemas = config_schemas()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in schemas:
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv[argv.index(command) + 1:])
+    if known.config is not None:
+        apply_config(subcommand_parser(parser, command), known.config, schemas[command])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedsecure`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        _apply_config_file(parser, argv)
+    except ConfigFileError as exc:
+        print(f"fedsecure: configuration refused: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     try:

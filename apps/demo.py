@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
 from fedsecure.provision import provision
@@ -117,6 +119,8 @@ def main(args: argparse.Namespace) -> int:
           f"and {len(names)} client kits (public CKKS context only) in {kits_dir}")
     port_file = work / "server.port"
     keyholder_port_file = work / "keyholder.port"
+    configs = work / "configs"
+    configs.mkdir(exist_ok=True)
     procs: list[_Proc] = []
     try:
         keyholder = _spawn("keyholder", ["keyholder", "--kit", str(kits.keyholder), "--keys", str(keys_dir),
@@ -125,27 +129,30 @@ def main(args: argparse.Namespace) -> int:
         procs.append(keyholder)
         keyholder_address = f"127.0.0.1:{_wait_for_file(keyholder_port_file, keyholder, 60)}"
         print(f"[demo] key holder listening on {keyholder_address} (mTLS: decryptions for the server, revocations from the admin)")
-        server = _spawn("server", ["server", "--kit", str(kits.server), "--address", "127.0.0.1:0",
-                                   "--keyholder-address", keyholder_address,
-                                   "--port-file", str(port_file), "--rounds", str(args.rounds),
-                                   "--quorum", "2", "--min-clients", str(len(names)),
-                                   "--phases", phases, "--phase-deadline", str(args.phase_deadline),
-                                   "--align-steps", str(args.align_steps),
-                                   "--local-steps", str(args.local_steps),
-                                   "--distill-steps", str(args.distill_steps),
-                                   "--prompts-per-round", str(args.questions_per_round)], logs)
+        # The run is written down first (configs/server.toml) and started from the file; only
+        # what is known at launch (the ports) comes as flags.
+        server_toml = _write_toml(configs / "server.toml", {
+            "server": {"kit": str(kits.server)},
+            "run": {"rounds": args.rounds, "quorum": 2, "min_clients": len(names), "phases": phases.split(","),
+                    "phase_deadline_s": args.phase_deadline},
+            "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round},
+            "personalise": {"distill_steps": args.distill_steps},
+            "align": {"steps": args.align_steps}})
+        server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
+                                   "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs)
         procs.append(server)
         address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
         print(f"[demo] server listening on {address} (mTLS)")
         for name, kind in DEMO_CLIENTS:
             mine = deep if name == DEEP_CLIENT else backbone
-            procs.append(_spawn(name, ["client", "--kit", str(kits.clients[name]), "--address", address,
-                                       "--kind", kind, "--easyvqa-clients", ",".join(names),
-                                       "--max-pairs", str(args.max_pairs), "--epsilon", str(args.epsilon),
-                                       "--summary", str(logs / f"{name}.json"),
-                                       *(["--backbone", str(mine)] if mine else [])], logs,
+            client_toml = _write_toml(configs / f"{name}.toml", {
+                "client": {"kit": str(kits.clients[name]), "summary": str(logs / f"{name}.json")},
+                "data": {"kind": kind, "easyvqa_clients": ",".join(names), "max_pairs": args.max_pairs,
+                         **({"backbone": str(mine)} if mine else {})},
+                "privacy": {"epsilon": args.epsilon}})
+            procs.append(_spawn(name, ["client", "--config", str(client_toml), "--address", address], logs,
                                 threads=max(1, (os.cpu_count() or 1) // len(names))))
-        print(f"[demo] started clients {', '.join(names)}")
+        print(f"[demo] started clients {', '.join(names)} (configuration files: {configs})")
         federation_started = time.monotonic()
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
         print(f"[demo] federation: {status['rounds_closed']} rounds (train, score, align, report; personalise "
@@ -191,6 +198,13 @@ def main(args: argparse.Namespace) -> int:
     if not ok:
         print(f"[demo] FAILED: run {status['state']} ({status['detail']}); logs in {logs}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _write_toml(path: Path, data: dict[str, dict[str, object]]) -> Path:
+    """Write a configuration file the demo starts a party from (a user can start from it too)."""
+    path.write_text("# written by `fedsecure demo`; the schema is in README.md, Configuration files\n"
+                    + tomli_w.dumps(data), encoding="utf-8")
+    return path
 
 
 def _cache_root() -> Path:

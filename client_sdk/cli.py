@@ -43,8 +43,21 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
                    help="the federation's pretrained backbone folder (its SHA-256 must be the one the kit seals)")
 
 
+# `fedsecure client --config client.toml`: section -> key -> option (README, "Configuration files").
+CONFIG_SCHEMA = {
+    "client": {"kit": "kit", "state": "state", "address": "address", "summary": "summary", "max_idle_s": "max_idle"},
+    "data": {"kind": "kind", "pairs": "pairs", "easyvqa_clients": "easyvqa_clients", "alpha": "alpha",
+             "data_seed": "data_seed", "max_pairs": "max_pairs", "backbone": "backbone"},
+    "privacy": {"epsilon": "epsilon", "delta": "delta", "accountant": "accountant", "clip": "clip",
+                "personalisation_reserve": "personalisation_reserve", "insecure_dp": "insecure_dp"},
+    "scoring": {"personalised": "score_personalised"},
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure client``."""
+    p.add_argument("--config", type=Path, help="a TOML client configuration (README: Configuration files); "
+                                                "flags override it")
     add_data_arguments(p)
     p.add_argument("--address", help="server host:port (default: the kit's server_address)")
     p.add_argument("--epsilon", type=float, default=8.0, help="privacy budget ε over all rounds")

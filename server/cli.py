@@ -23,8 +23,26 @@ from fedsecure.transport.serving import add_serving_arguments, until_terminated,
 log = logging.getLogger("fedsecure.server")
 
 
+# `fedsecure server --config run.toml`: section -> key -> option (README, "Configuration files").
+CONFIG_SCHEMA = {
+    "server": {"kit": "kit", "address": "address", "state": "state", "keyholder_address": "keyholder_address",
+               "object_store_limit_mib": "object_store_limit_mib"},
+    "run": {"rounds": "rounds", "quorum": "quorum", "min_clients": "min_clients", "sample_rate": "sample_rate",
+            "phases": "phases", "phase_deadline_s": "phase_deadline", "max_attempts": "max_attempts",
+            "enroll_timeout_s": "enroll_timeout"},
+    "training": {"local_steps": "local_steps", "learning_rate": "learning_rate", "batch_size": "batch_size",
+                 "prompts_per_round": "prompts_per_round", "data_seed": "data_seed"},
+    "personalise": {"replace_margin": "replace_margin", "distill_steps": "distill_steps",
+                    "distill_weight": "distill_weight", "distill_temperature": "distill_temperature"},
+    "align": {"steps": "align_steps", "out": "align_out", "prompts": "align_prompts",
+              "step_deadline_s": "align_step_deadline", "hacking_rounds": "align_hacking_rounds"},
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure server``."""
+    p.add_argument("--config", type=Path, help="a TOML run configuration (README: Configuration files); "
+                                                "flags override it")
     add_serving_arguments(p, party="server", address_setting="server_address",
                           state="its database, object store and metrics")
     p.add_argument("--keyholder-address", help="host:port of the key holder (default: the kit's keyholder_address)")

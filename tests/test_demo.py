@@ -75,6 +75,12 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert "personalisation (TAP" in proc.stdout and "not personalised" not in proc.stdout
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
+    # The parties were started from configuration files a user can start from too.
+    import tomllib
+
+    run = tomllib.loads((out / "configs" / "server.toml").read_text())
+    assert run["run"]["rounds"] == 2 and run["run"]["phases"][0] == "train"
+    assert {p.stem for p in (out / "configs").glob("*.toml")} == {"server", *summary["clients"]}
 
 
 def test_demo_refuses_to_reuse_a_consortium(tmp_path: Path) -> None:

@@ -66,14 +66,17 @@ def hostile(draw: st.DrawFn, desc: Descriptor, depth: int = 0) -> bytes:
             count = draw(st.sampled_from([1, 2, 200])) if f.is_repeated else 1
             sub = draw(hostile(f.message_type, depth + 1))
             if len(sub) * count > 16 << 20:
-                count = 1  # past any message limit already; 200 copies would only exhaust the fuzzer's memory
+                count = 1  # past the message limit already; 200 copies would only exhaust the fuzzer's memory
             target = [getattr(msg, f.name).add() for _ in range(count)] if f.is_repeated else [getattr(msg, f.name)]
             for t in target:
                 t.MergeFromString(sub)
             continue
         value = draw(SCALARS[f.type])
         if f.is_repeated:
-            getattr(msg, f.name).extend([value] * draw(st.sampled_from([0, 1, 3, 500])))
+            count = draw(st.sampled_from([0, 1, 3, 500]))
+            if isinstance(value, str | bytes) and len(value) * count > 4 << 20:
+                count = 3  # already past the 8 MiB message limit; more only exhausts the fuzzer's memory
+            getattr(msg, f.name).extend([value] * count)
         else:
             setattr(msg, f.name, value)
     return msg.SerializeToString()
