@@ -29,9 +29,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# TRL for `fedsecure bench grpo`: without its dependencies, so torch stays the pinned CPU build.
+# TRL for `fedsecure bench grpo`: without its dependencies (datasets, its one other need,
+# is ours already), so torch stays the pinned CPU build.
 bench-deps: install
-	@$(PY) -m pip install -e '.[bench]' $(QUIETLY)
 	@$(PY) -m pip install --no-deps trl==1.16.0 $(QUIETLY)
 
 proto: install

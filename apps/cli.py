@@ -119,6 +119,17 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from fedsecure.data.local import DataError, check_pairs
+
+    try:
+        report = check_pairs(args.path, needs_images=args.kind != "text")
+    except DataError as exc:
+        report = exc.report
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
+    return 0 if report.ok else 1
+
+
 def _audit(args: argparse.Namespace) -> int:
     if args.membership:
         from client_sdk.cli import membership_main
@@ -184,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbone", help="pretrain the federation's reward-model backbone on public data")
     backbone_args(p)
     p.set_defaults(func=_delegate("backbone"))
+
+    p = sub.add_parser("data", help="check a client's own preference data before it trains on it")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("path", type=Path, help="JSONL file, Parquet file or Hugging Face `datasets` folder")
+    p.add_argument("--kind", default="image_text", choices=["image_text", "image", "text"],
+                   help="the reward model kind it is for (text needs no images)")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(func=_data)
 
     p = sub.add_parser("client", help="run a federation client")
     client_args(p)

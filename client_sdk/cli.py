@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedsecure.data.local import load_pairs_jsonl
+from fedsecure.data.local import load_pairs as load_local_pairs
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.data.shares import client_pairs
 from fedsecure.errors import KitError
@@ -33,7 +33,8 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     p.add_argument("--kind", choices=KINDS, default="image_text",
                    help="reward model kind: image_text, image or text (docs/design.md §5)")
     data = p.add_mutually_exclusive_group(required=required)
-    data.add_argument("--pairs", type=Path, help="local preference pairs (JSONL)")
+    data.add_argument("--pairs", type=Path, help="local preference pairs: JSONL, Parquet or a `datasets` folder "
+                                                 "(check it first: `fedsecure data check PATH`)")
     data.add_argument("--easyvqa-clients", help="comma-separated federation clients: use this client's "
                                                 "Dirichlet share of easy-VQA")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the easy-VQA split")
@@ -78,7 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
     """The client's pairs, from its own file or its easy-VQA share."""
     if args.pairs is not None:
-        pairs = load_pairs_jsonl(args.pairs, needs_images=args.kind != "text")
+        # Refused whole, with every bad record in the message (DataError is a ValueError:
+        # the command prints it and exits 2 before anything is trained or sent).
+        pairs = load_local_pairs(args.pairs, needs_images=args.kind != "text")
     else:
         clients = [c.strip() for c in args.easyvqa_clients.split(",") if c.strip()]
         pairs = client_pairs(name=kit.name, clients=clients, kind=args.kind, alpha=args.alpha, seed=args.data_seed)

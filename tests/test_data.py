@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsecure.data.easyvqa import answer_type, answers, decode_png, image_png, load_image, load_records
-from fedsecure.data.local import load_pairs_jsonl
+from fedsecure.data.local import DataError, check_pairs, load_pairs
 from fedsecure.data.partition import category, split_federation
 from fedsecure.data.preferences import build_pairs, holdout
 from fedsecure.data.shares import client_pairs, server_records
@@ -84,24 +84,100 @@ def _write(tmp: Path, lines: list[str]) -> Path:
 def test_local_pairs_file_validation_names_the_record(tmp_path: Path) -> None:
     (tmp_path / "img.png").write_bytes(image_png("train", 0))
     ok = {"id": "r1", "image": "img.png", "question": "what color is the shape?", "chosen": "blue", "rejected": "red"}
-    pairs = load_pairs_jsonl(_write(tmp_path, [json.dumps(ok)]), needs_images=True)
+    pairs = load_pairs(_write(tmp_path, [json.dumps(ok)]), needs_images=True)
     assert pairs[0].image_path.endswith("img.png")
     cases = [
-        ([], "empty"),
-        (["{not json"], "pairs.jsonl:1: corrupt record"),
-        ([json.dumps({**ok, "chosen": "purple"})], "record r1: unknown answer 'purple'"),
-        ([json.dumps({**ok, "image": "missing.png"})], "record r1: image missing.png not found"),
-        ([json.dumps({k: v for k, v in ok.items() if k != "image"})], "record r1: missing image"),
-        ([json.dumps(ok), json.dumps({**ok, "id": "r2", "rejected": "blue"})], "pairs.jsonl:2 record r2: chosen and"),
-        ([json.dumps({**ok, "question": ""})], "pairs.jsonl:1: record must have"),
+        ([], "the dataset is empty"),
+        (["{not json"], "line 1: cannot read: corrupt record"),
+        ([json.dumps({**ok, "chosen": "purple"})], "line 1 record r1: unknown answer 'purple'"),
+        ([json.dumps({**ok, "image": "missing.png"})], "line 1 record r1: image missing.png not found"),
+        ([json.dumps({k: v for k, v in ok.items() if k != "image"})], "line 1 record r1: missing image"),
+        ([json.dumps(ok), json.dumps({**ok, "id": "r2", "rejected": "blue"})], "line 2 record r2: chosen and"),
+        ([json.dumps({**ok, "question": ""})], "line 1 record r1: missing or empty string fields ['question']"),
+        ([json.dumps(ok), json.dumps(ok)], "line 2 record r1: duplicate id (first at line 1)"),
     ]
     for lines, message in cases:
-        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-            load_pairs_jsonl(_write(tmp_path, lines), needs_images=True)
-    assert load_pairs_jsonl(_write(tmp_path, [json.dumps({**ok, "image": ""})]), needs_images=False)
+        with pytest.raises(DataError) as err:
+            load_pairs(_write(tmp_path, lines), needs_images=True)
+        assert message in str(err.value), str(err.value)
+    assert load_pairs(_write(tmp_path, [json.dumps({**ok, "image": ""})]), needs_images=False)
+
+
+def _records(n_bad: int) -> list[dict[str, str]]:
+    good = [{"id": f"g{i}", "image": "img.png", "question": "what shape is this?", "chosen": "circle",
+             "rejected": "triangle"} for i in range(3)]
+    bad = [{"id": f"b{i}", "image": "img.png", "question": "q", "chosen": "circle", "rejected": "circle"}
+           for i in range(n_bad)]
+    return good[:1] + bad + good[1:]
+
+
+def test_the_report_lists_every_bad_record_with_its_position(tmp_path: Path) -> None:
+    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    path = _write(tmp_path, [json.dumps(r) for r in _records(30)])
+    report = check_pairs(path, needs_images=True)
+    assert (report.records, len(report.pairs), len(report.bad)) == (33, 3, 30) and not report.ok
+    assert [b.position for b in report.bad] == [f"line {i}" for i in range(2, 32)]
+    assert all(b.reason == "chosen and rejected are the same answer" for b in report.bad)
+    with pytest.raises(DataError) as err:
+        load_pairs(path, needs_images=True)
+    assert err.value.report.bad == report.bad and "and 10 more" in str(err.value)  # the message stays short
+
+
+def test_parquet_and_datasets_folders_with_the_same_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetDict
+
+    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    records = _records(2)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "pairs.parquet")
+    Dataset.from_list(records).save_to_disk(str(tmp_path / "pairs-ds"))
+    (tmp_path / "pairs-ds" / "img.png").write_bytes(image_png("train", 0))  # images relative to the folder
+    for path, form in ((tmp_path / "pairs.parquet", "parquet"), (tmp_path / "pairs-ds", "datasets")):
+        report = check_pairs(path, needs_images=True)
+        assert report.form == form and [p.record_id for p in report.pairs] == ["g0", "g1", "g2"]
+        assert [(b.position, b.record_id) for b in report.bad] == [("row 1", "b0"), ("row 2", "b1")]
+    good = [r for r in records if r["id"].startswith("g")]
+    pq.write_table(pa.Table.from_pylist(good), tmp_path / "good.parquet")
+    assert len(load_pairs(tmp_path / "good.parquet", needs_images=True)) == 3
+    DatasetDict({"train": Dataset.from_list(good)}).save_to_disk(str(tmp_path / "splits"))
+    assert "holds splits ['train']" in check_pairs(tmp_path / "splits", needs_images=False).describe()
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    assert "file: cannot read" in check_pairs(tmp_path / "junk.parquet", needs_images=False).describe()
+    with pytest.raises(DataError, match="not a `datasets` folder"):
+        check_pairs(tmp_path, needs_images=False)
+
+
+def test_data_check_command_reports_and_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from apps.cli import main
+
+    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    bad = _write(tmp_path, [json.dumps(r) for r in _records(2)])
+    assert main(["data", "check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "3 usable, 2 bad" in out and "line 2 record b0: chosen and rejected are the same answer" in out
+    assert main(["data", "check", str(bad), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and [b["position"] for b in report["bad"]] == ["line 2", "line 3"]
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(_records(0)[0]) + "\n")
+    assert main(["data", "check", str(good), "--kind", "text"]) == 0
 
 
 @given(st.binary(max_size=64))
 def test_decode_png_refuses_junk(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode_png(data)
+
+
+def test_the_client_refuses_to_start_on_bad_data_with_the_report(tmp_path: Path, kits,  # type: ignore[no-untyped-def]
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from apps.cli import main
+
+    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    bad = _write(tmp_path, [json.dumps(r) for r in _records(2)])
+    code = main(["client", "--kit", str(kits.clients["a"]), "--state", str(tmp_path / "state"), "--pairs", str(bad),
+                 "--address", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 bad" in err and "line 3 record b1: chosen and rejected are the same answer" in err
+    assert not (tmp_path / "state" / "ledger.jsonl").exists()  # nothing charged, nothing trained
