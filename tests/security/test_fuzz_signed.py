@@ -95,9 +95,9 @@ def _uploads(client: FederatedClient, task: Task, seen: dict[str, int]) -> None:
                 blob = bytearray(real.chunks[0])
                 if flip % 2:
                     blob = blob[: len(blob) - 1 - flip % 100]
-                else:
+                else:  # SEAL's header: size, version, compression mode, stream size (not the reserved bytes)
                     header = blob.find(b"\x5e\xa1")
-                    blob[header + 2 + flip % 14] ^= 1 + flip % 255
+                    blob[header + (2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15)[flip % 12]] ^= 1 + flip % 255
                 data = [bytes(blob), *real.chunks[1:]]
             chunks = [common_pb2.TensorChunk(name=real.group, dtype="bytes", index=i, data=d, sha256=signing.sha256(d))
                       for i, d in enumerate(data)]
