@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from fedsecure.config_file import ConfigFileError, ConfigSchema, apply_config
@@ -63,13 +64,10 @@ def _admin(args: argparse.Namespace) -> int:
 
     kit = load_kit(args.kit, expected_role=Role.ADMIN)
     with AdminClient(kit=kit, address=args.address) as admin:
+        if args.action == "status" and args.watch:
+            return _watch_status(admin, interval_s=args.interval)
         if args.action == "status":
-            run, enrolled, revoked = admin.status()
-            print(json.dumps({"run_id": run.run_id, "state": run.state, "round": run.round,
-                              "attempt": run.attempt, "phase": run.phase.name if run.phase else None,
-                              "rounds_closed": run.rounds_closed, "tasks_open": run.tasks_open,
-                              "tasks_done": run.tasks_done, "detail": run.detail,
-                              "clients_enrolled": enrolled, "clients_revoked": revoked}, indent=2))
+            print(json.dumps(_status_json(*admin.status()), indent=2))
         elif args.action == "clients":
             now_ms = time.time() * 1000
             for c in admin.clients():
@@ -128,6 +126,37 @@ def _data(args: argparse.Namespace) -> int:
         report = exc.report
     print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
     return 0 if report.ok else 1
+
+
+def _status_json(run: Any, enrolled: int, revoked: int) -> dict[str, Any]:
+    return {"run_id": run.run_id, "state": run.state, "round": run.round, "attempt": run.attempt,
+            "phase": run.phase.name if run.phase else None, "rounds_closed": run.rounds_closed,
+            "tasks_open": run.tasks_open, "tasks_done": run.tasks_done, "detail": run.detail,
+            "clients_enrolled": enrolled, "clients_revoked": revoked}
+
+
+def _watch_status(admin: Any, *, interval_s: float) -> int:
+    """`fedsecure admin status --watch`: one line per change until the run ends (Ctrl-C
+    stops watching, never the run); every call has its deadline."""
+    if interval_s <= 0:
+        raise ValueError("--interval must be positive")
+    last = None
+    try:
+        while True:
+            status = _status_json(*admin.status())
+            line = (f"{time.strftime('%H:%M:%S')} {status['run_id'] or '-'} {status['state']}: round "
+                    f"{status['round']} (attempt {status['attempt']}) phase {status['phase'] or '-'}, "
+                    f"{status['rounds_closed']} rounds closed, tasks {status['tasks_done']} done / "
+                    f"{status['tasks_open']} open, {status['clients_enrolled']} clients"
+                    + (f" — {status['detail']}" if status["detail"] else ""))
+            if line[9:] != (last or "")[9:]:
+                print(line, flush=True)
+                last = line
+            if status["state"] in ("finished", "stopped", "failed", "none"):
+                return 0 if status["state"] == "finished" else 1
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -224,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-clients", type=int, default=2)
     p.add_argument("--phases", default="report_ledger")
     p.add_argument("--phase-deadline", type=int, default=60)
+    p.add_argument("--watch", action="store_true", help="status: print a line at each change until the run ends")
+    p.add_argument("--interval", type=float, default=2.0, help="status --watch: seconds between polls")
     p.set_defaults(func=_admin)
 
     p = sub.add_parser("audit", help="verify privacy ledgers and recompute ε independently")

@@ -23,6 +23,7 @@ from opacus.grad_sample.utils import get_gsm_class
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from fedsecure.progress import progress
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.models.encoding import EncodedPairs
 from fedsecure.models.reward import PAIRED_ROWS, RewardModel
@@ -135,11 +136,13 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
     before = {name: p.detach().clone() for name, p in trainable_parameters(model)}
     losses: list[float] = []
     with DPStepper(model=model, settings=settings, noise_multiplier=sigma, learning_rate=learning_rate,
-                   sample_rate=q) as stepper:
+                   sample_rate=q) as stepper, progress(total=steps, desc=f"round {round_} DP training") as bar:
         for _ in range(steps):
             loss = stepper.step(data)
             if loss is not None:
                 losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(1)
     changed = check_changed(model, before)
     return TrainResult(steps=steps, noise_multiplier=sigma, sample_rate=q, epsilon_after=eps_after,
                        ledger_seq=entry.seq, loss_first=losses[0] if losses else math.nan,

@@ -14,6 +14,7 @@ import numpy as np
 from fedsecure.data.easyvqa import decode_png
 from fedsecure.models.encoding import encode_items
 from fedsecure.models.reward import RewardModel
+from fedsecure.progress import progress
 from fedsecure.types import ScoreItem
 
 SCORE_BATCH = 256
@@ -31,11 +32,14 @@ def score_triples(model: RewardModel, tokenizer: object, *, images: Sequence[np.
     model.eval()
     values: list[float] = []
     try:
-        for start in range(0, len(questions), SCORE_BATCH):
-            end = start + SCORE_BATCH
-            batch = encode_items(list(images[start:end]) if images is not None else [], questions[start:end],
-                                 completions[start:end], tokenizer)
-            values.extend(float(v) for v in model.score(batch))
+        # A bar only for work of several batches (a SCORE task), not for each ALIGN step's few items.
+        with progress(total=len(questions), desc="scoring", unit="item", show=len(questions) > SCORE_BATCH) as bar:
+            for start in range(0, len(questions), SCORE_BATCH):
+                end = start + SCORE_BATCH
+                batch = encode_items(list(images[start:end]) if images is not None else [], questions[start:end],
+                                     completions[start:end], tokenizer)
+                values.extend(float(v) for v in model.score(batch))
+                bar.update(min(end, len(questions)) - start)
     finally:
         model.train(was_training)
     return values

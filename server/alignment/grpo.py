@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsecure.progress import progress
 from fedsecure.errors import CheckpointError, RewardRejected
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
@@ -286,11 +287,14 @@ class GRPOEngine:
             raise ValueError("steps must be >= 0")
         check_prompts(pool, needs_image=self.policy.is_vlm)
         reports = []
-        while self.step_count < steps:
-            report = self.step(self.sample_prompts(pool), reward)
-            reports.append(report)
-            if on_step is not None:
-                on_step(report)
+        with progress(total=steps, initial=self.step_count, desc="GRPO",
+                      show=self.policy.placement.rank == 0) as bar:  # one bar under DDP
+            while self.step_count < steps:
+                report = self.step(self.sample_prompts(pool), reward)
+                reports.append(report)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(report)
         return reports
 
     def _meta(self) -> dict[str, object]:

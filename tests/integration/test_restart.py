@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from fedsecure.proto.v1 import federation_pb2
 from fedsecure.provision import Provisioned
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, Task, TaskKind
+from tests.faults.harness import query
 from tests.helpers import run_in_thread, wait_for
 
 
@@ -30,18 +30,6 @@ def _server(kits: Provisioned, state: Path, address: str, port_file: Path, log: 
          "--min-clients", "3", "--phases", "report_ledger", "--phase-deadline", "120"],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
-
-
-def _query(db: Path, sql: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
-    if not db.exists():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []  # schema not created yet
-    finally:
-        con.close()
 
 
 def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: Path) -> None:
@@ -64,8 +52,8 @@ def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: P
                                    handlers={TaskKind.REPORT_LEDGER: slow_report} if n == "c" else None)
                    for n in "abc"]
         threads = [run_in_thread(c) for c in clients]
-        before = wait_for(lambda: _query(db, "SELECT submission_id, client, payload FROM submissions ORDER BY client")
-                       if len(_query(db, "SELECT 1 FROM submissions")) == 2 else None, 30, "a and b to submit")
+        before = wait_for(lambda: query(db, "SELECT submission_id, client, payload FROM submissions ORDER BY client")
+                       if len(query(db, "SELECT 1 FROM submissions")) == 2 else None, 30, "a and b to submit")
         assert [row[1] for row in before] == ["a", "b"]
 
         os.kill(proc.pid, signal.SIGKILL)  # no chance to flush or say goodbye
@@ -87,11 +75,11 @@ def test_sigkill_while_tasks_are_out_then_restart(kits: Provisioned, tmp_path: P
             assert not t.is_alive() and "error" not in out, out
         for c in clients:
             c.close()
-        runs = _query(db, "SELECT state, rounds_closed FROM runs")
+        runs = query(db, "SELECT state, rounds_closed FROM runs")
         assert runs == [("finished", 2)], (runs, log.read_text()[-3000:])
-        per_task = _query(db, "SELECT task_id, COUNT(*) FROM submissions GROUP BY task_id")
+        per_task = query(db, "SELECT task_id, COUNT(*) FROM submissions GROUP BY task_id")
         assert len(per_task) == 6 and all(n == 1 for _, n in per_task)
-        kept = _query(db, "SELECT submission_id, client FROM submissions WHERE submission_id IN (?, ?)",
+        kept = query(db, "SELECT submission_id, client FROM submissions WHERE submission_id IN (?, ?)",
                       before[0][0], before[1][0])
         assert sorted(kept) == sorted((sid, client) for sid, client, _ in before)
         assert [o["summary"].completed["REPORT_LEDGER"] for _, o in threads] == [2, 2, 2]
@@ -152,7 +140,7 @@ def test_sigkill_mid_align_stage_resumes_from_the_last_step(kits: Provisioned, t
         for c in clients:
             c.close()
         assert json.loads(latest.read_text())["step"] == steps
-        runs = _query(state / "server.sqlite", "SELECT state, rounds_closed FROM runs")
+        runs = query(state / "server.sqlite", "SELECT state, rounds_closed FROM runs")
         assert runs == [("finished", 1)], (runs, log.read_text()[-3000:])
         records = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()]
         align = [r for r in records if r.get("phase") == "align"]

@@ -186,3 +186,26 @@ def test_admin_controls_runs(start_federation: Callable[..., Federation], kits: 
             admin._stub.StartRun(__import__("fedsecure.proto.v1.admin_pb2", fromlist=["x"]).StartRunRequest(),
                                  timeout=5)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "rounds" in err.value.details()
+
+
+def test_admin_status_watch_prints_each_change_until_the_run_ends(
+        start_federation: Callable[..., Federation], kits: Provisioned, capsys: pytest.CaptureFixture[str]) -> None:
+    from apps.cli import main
+
+    cfg = RunConfig(rounds=2, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.REPORT_LEDGER, 30),))
+    fed = start_federation(cfg)
+    result: dict[str, int] = {}
+    watcher = threading.Thread(target=lambda: result.setdefault("code", main(
+        ["admin", "--kit", str(kits.admin), "--address", fed.address, "status", "--watch", "--interval", "0.1"])))
+    watcher.start()
+    time.sleep(1.0)  # the run waits for its clients: the watcher has printed that
+    clients = _clients(fed, "ab")
+    started = [run_in_thread(c) for c in clients]
+    watcher.join(60)
+    for t, _ in started:
+        t.join(30)
+    lines = capsys.readouterr().out.splitlines()
+    assert result["code"] == 0 and "finished" in lines[-1] and "2 rounds closed" in lines[-1]
+    assert len(lines) >= 2 and len({line[9:] for line in lines}) == len(lines)  # a line per change only
+    for c in clients:
+        c.close()
