@@ -117,6 +117,14 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from server.report import write_report
+
+    summary = write_report(metrics=args.metrics, out=args.out, json_out=args.json, run_id=args.run)
+    print(f"run {summary['run_id']}: {len(summary['rounds'])} rounds, {len(summary['clients'])} clients -> {args.out}")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from fedsecure.data.local import DataError, check_pairs
 
@@ -224,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbone", help="pretrain the federation's reward-model backbone on public data")
     backbone_args(p)
     p.set_defaults(func=_delegate("backbone"))
+
+    p = sub.add_parser("report", help="the run report (HTML with charts, and JSON) from a server's metrics log")
+    p.add_argument("--metrics", required=True, type=Path, help="the server's STATE/metrics.jsonl")
+    p.add_argument("--out", type=Path, default=Path("report.html"))
+    p.add_argument("--json", type=Path, help="also write every number as JSON here")
+    p.add_argument("--run", help="the run to report (default: the newest in the log)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="check a client's own preference data before it trains on it")
     p.add_argument("action", choices=["check"])

@@ -183,6 +183,13 @@ def main(args: argparse.Namespace) -> int:
                          "public_questions": quality.get(name, {})}
     alignment = _align(kits.server / "state" / "align", kits.server / "state" / "metrics.jsonl",
                        eval_limit=args.grpo_eval) if args.align_steps > 0 else None
+    report = None
+    metrics = kits.server / "state" / "metrics.jsonl"
+    if metrics.exists() and status["run_id"]:
+        from server.report import write_report  # the operator's view of the run, beside audit.html
+
+        write_report(metrics=metrics, out=work / "report.html", json_out=work / "report.json", run_id=status["run_id"])
+        report = str(work / "report.html")
     summary = {"run_id": status["run_id"], "state": status["state"], "rounds_closed": status["rounds_closed"],
                "rounds": args.rounds, "phases": phases.split(","), "clients": clients,
                "decryptions": decryptions, "alignment": alignment,
@@ -190,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
                "backbone_deep": None if deep_probe is None else {k: deep_probe[k] for k in
                                                                  ("sha256", "shape", "steps", "before", "after")},
                "seconds": round(time.monotonic() - started, 2),
-               "work_dir": str(work), "audit_report": str(work / "audit.html")}
+               "work_dir": str(work), "audit_report": str(work / "audit.html"), "run_report": report}
     _print_summary(summary)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     ok = (status["state"] == "finished" and status["rounds_closed"] == args.rounds
@@ -367,7 +374,8 @@ def _public_quality(metrics: Path) -> dict[str, dict[str, float]]:
 
 def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
     print(f"[demo] run {summary['run_id']}: {summary['state']}, {summary['rounds_closed']}/{summary['rounds']}"
-          f" rounds in {summary['seconds']} s; audit report: {summary['audit_report']}")
+          f" rounds in {summary['seconds']} s; audit report: {summary['audit_report']}; "
+          f"run report: {summary['run_report']}")
     for d in summary["decryptions"]:
         print(f"[demo] key holder decrypted round {d['round']} {d['group']}: sum of {', '.join(d['contributors'])}"
               f" (re-added chunks {d['sampled_chunks']})")

@@ -75,6 +75,10 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert "personalisation (TAP" in proc.stdout and "not personalised" not in proc.stdout
     for name in ("server", "keyholder", "admin"):
         assert (out / "kits" / name / "kit.sig").exists()
+    # The run report beside the audit page: every round, every client, numbers also in JSON.
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2] and set(report["clients"]) == set(summary["clients"])
+    assert (out / "report.html").read_text().count("<svg") == 4 and summary["run_report"]
     # The parties were started from configuration files a user can start from too.
     import tomllib
 

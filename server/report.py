@@ -1,0 +1,209 @@
+"""The run report (`fedsecure report`, and `report.html` beside `audit.html` in the demo):
+what an operator hands to a privacy officer or a colleague after a run — rounds, who
+trained and what was aggregated, each client's held-out and public-question accuracy and
+ε spent over the rounds, the ALIGN stage's router weights and the policy's accuracy curve.
+
+It reads only the server's metrics log (``STATE/metrics.jsonl``), so it shows what the
+server learnt, never more. Every number in the page is also in the JSON (``--json``).
+Charts are inline SVG (no scripts, no network), readable in any browser and in print.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The metrics log's records (one JSON object per line); raises ValueError naming a bad line."""
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not JSON: {exc.msg}") from exc
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: not a JSON object")
+        records.append(rec)
+    return records
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None) -> dict[str, Any]:
+    """The report's numbers: per round and per client, from the newest run (or ``run_id``)."""
+    runs = [r["run_id"] for r in records if isinstance(r.get("run_id"), str)]
+    if not runs:
+        raise ValueError("the metrics log holds no run")
+    run = run_id or runs[-1]
+    mine = [r for r in records if r.get("run_id") == run]
+    if not mine:
+        raise ValueError(f"the metrics log holds nothing of run {run!r}")
+    rounds: dict[int, dict[str, Any]] = {}
+    clients: dict[str, dict[int, dict[str, float]]] = {}
+    for r in mine:
+        rnd = r.get("round")
+        if not isinstance(rnd, int):
+            continue
+        row = rounds.setdefault(rnd, {"round": rnd, "trained": [], "uploaded": [], "aggregated": {}})
+        phase, client = r.get("phase"), r.get("client")
+        if phase == "train" and isinstance(client, str):
+            if r.get("uploaded"):
+                row["uploaded"].append(client)
+                continue
+            row["trained"].append(client)
+            cell = clients.setdefault(client, {}).setdefault(rnd, {})
+            for key in ("heldout_accuracy", "epsilon", "epsilon_budget", "loss_first", "loss_last", "steps"):
+                if (v := _finite(r.get(key))) is not None:
+                    cell[key] = v
+        elif phase == "score" and isinstance(client, str):
+            cell = clients.setdefault(client, {}).setdefault(rnd, {})
+            if (v := _finite(r.get("ranking_accuracy"))) is not None:
+                cell["public_pairwise"] = v
+            if (v := _finite(r.get("top1_all"))) is not None:
+                cell["public_top1"] = v
+        elif phase == "aggregate":
+            row["aggregated"] = {k.split(".", 1)[1]: int(v) for k, v in r.items() if k.startswith("contributors.")}
+        elif phase == "align":
+            row["align"] = {k: r[k] for k in ("steps", "skipped", "monitor_accuracy", "reward_level", "router_weights",
+                                              "left_out", "stopped", "error") if k in r}
+        elif phase == "personalise" and isinstance(client, str):
+            row.setdefault("personalised", {})[client] = {k: v for k, v in r.items()
+                                                          if k.startswith("heldout_accuracy") or k == "epsilon"}
+    return {"run_id": run, "rounds": [rounds[k] for k in sorted(rounds)],
+            "clients": {c: {str(k): v for k, v in sorted(by_round.items())} for c, by_round in sorted(clients.items())}}
+
+
+def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], *, y_label: str,
+               y_range: tuple[float, float] | None = None, width: int = 520, height: int = 260) -> str:
+    """An inline SVG line chart of ``series`` (name -> (x, y) points), with a legend."""
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return f'<p class="empty">{html.escape(title)}: no data</p>'
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = y_range or (min(ys), max(ys))
+    if y1 <= y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    left, right, top, bottom = 56, 150, 28, 36
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}"><title>{html.escape(title)}</title>',
+           f'<text x="{left}" y="18" class="chart-title">{html.escape(title)}</text>',
+           f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#444"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#444"/>']
+    for frac in (0.0, 0.5, 1.0):
+        y = y0 + frac * (y1 - y0)
+        out.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" class="tick">{y:.3g}</text>')
+    for x in sorted(set(xs)):
+        out.append(f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">{x:g}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle" class="tick">round</text>')
+    out.append(f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle" '
+               f'class="tick">{html.escape(y_label)}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        pts = sorted(pts)
+        path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
+        out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in pts]
+        ly = top + 14 + 16 * i
+        out.append(f'<rect x="{left + pw + 12}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
+                   f'<text x="{left + pw + 26}" y="{ly}" class="legend">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _series(summary: Mapping[str, Any], key: str) -> dict[str, list[tuple[float, float]]]:
+    return {c: [(float(r), v[key]) for r, v in by_round.items() if key in v]
+            for c, by_round in summary["clients"].items() if any(key in v for v in by_round.values())}
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value)) or "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "—"
+    return "—" if value is None else str(value)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#111}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #bbb;padding:.25em .6em;
+text-align:left}th{background:#f1f1f1}.charts{display:flex;flex-wrap:wrap;gap:1em}
+.chart-title{font-weight:600;font-size:13px}.tick,.legend{font-size:11px}.empty{color:#777}
+.note{color:#555;font-size:.9em}"""
+
+
+def render_html(summary: Mapping[str, Any]) -> str:
+    """The report as one self-contained HTML page."""
+    rounds = summary["rounds"]
+    sections = [f"<h1>Run report: {html.escape(summary['run_id'])}</h1>",
+                f'<p class="note">{len(rounds)} rounds, {len(summary["clients"])} clients. Numbers are what the '
+                "server recorded (its metrics log); each client's ε is the one it reported from its own ledger "
+                "— check the ledgers themselves in audit.html. Every number is also in the JSON.</p>",
+                "<h2>Rounds</h2>",
+                _table(["round", "trained", "uploaded (CKKS)", "aggregated groups (contributors)", "ALIGN steps",
+                        "policy accuracy", "stopped"],
+                       [[r["round"], sorted(r["trained"]), sorted(r["uploaded"]), r["aggregated"],
+                         r.get("align", {}).get("steps"), r.get("align", {}).get("monitor_accuracy"),
+                         r.get("align", {}).get("stopped") or r.get("align", {}).get("error")] for r in rounds])]
+    charts = [line_chart("ε spent (reported)", _series(summary, "epsilon"), y_label="ε"),
+              line_chart("Held-out pairwise accuracy", _series(summary, "heldout_accuracy"), y_label="accuracy",
+                         y_range=(0.0, 1.0)),
+              line_chart("Public questions: pairwise accuracy", _series(summary, "public_pairwise"),
+                         y_label="accuracy", y_range=(0.0, 1.0))]
+    policy = [(float(r["round"]), float(r["align"]["monitor_accuracy"])) for r in rounds
+              if isinstance(r.get("align", {}).get("monitor_accuracy"), int | float)
+              and math.isfinite(r["align"]["monitor_accuracy"])]
+    charts.append(line_chart("Policy accuracy (held-out, after each ALIGN round)", {"policy": policy},
+                             y_label="exact match", y_range=(0.0, 1.0)))
+    sections += ["<h2>Curves</h2>", f'<div class="charts">{"".join(charts)}</div>', "<h2>Clients per round</h2>"]
+    rows = [[c, int(r), v.get("heldout_accuracy"), v.get("public_pairwise"), v.get("public_top1"), v.get("epsilon"),
+             v.get("epsilon_budget"), v.get("loss_first"), v.get("loss_last")]
+            for c, by_round in summary["clients"].items() for r, v in by_round.items()]
+    sections.append(_table(["client", "round", "held-out acc.", "public pairwise", "public top-1", "ε", "ε budget",
+                            "loss first", "loss last"], rows))
+    weights = [(r["round"], t, w) for r in rounds for t, w in sorted(r.get("align", {}).get("router_weights", {}).items())]
+    if weights:
+        sections += ["<h2>Router weights per question type</h2>",
+                     _table(["round", "question type", "weights"], weights)]
+    personal = [(r["round"], c, v) for r in rounds for c, v in sorted(r.get("personalised", {}).items())]
+    if personal:
+        sections += ["<h2>Personalisation (TAP)</h2>", _table(["round", "client", "metrics"], personal)]
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Run report '
+            f'{html.escape(summary["run_id"])}</title><style>{STYLE}</style></head><body>{"".join(sections)}'
+            "</body></html>")
+
+
+def write_report(*, metrics: Path, out: Path, json_out: Path | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Write ``report.html`` (and the JSON) from a server's metrics log; returns the summary."""
+    summary = summarise(read_metrics(metrics), run_id=run_id)
+    out.write_text(render_html(summary), encoding="utf-8")
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return summary
