@@ -28,6 +28,9 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="test questions (seeded subset)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default=d.parallel,
+                   help="under torchrun: ddp (each rank a full copy) or fsdp (parameters, gradients and optimiser "
+                        "state sharded over the ranks, for policies that do not fit one GPU)")
 
 
 def align_main(args: argparse.Namespace) -> int:
@@ -37,7 +40,8 @@ def align_main(args: argparse.Namespace) -> int:
     settings = AlignmentSettings(out=args.out, policy_path=args.policy, adapter=args.adapter,
                                  sft_epochs=args.sft_epochs, vision_pretrain_steps=args.vision_pretrain_steps, steps=args.steps, prompts_per_step=args.prompts_per_step,
                                  group_size=args.group_size, learning_rate=args.lr, beta=args.beta,
-                                 eval_limit=args.eval_limit, seed=args.seed, device=args.device)
+                                 eval_limit=args.eval_limit, seed=args.seed, device=args.device,
+                                 parallel=args.parallel)
     result = run_alignment(settings)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}))
     return 0

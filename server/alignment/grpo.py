@@ -25,6 +25,7 @@ import torch
 
 from fedsecure.progress import progress
 from fedsecure.errors import CheckpointError, RewardRejected
+from server.alignment.sharding import PARALLEL_MODES, full_tensor, load_full, load_optimizer_state, optimizer_state, shard
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
 from server.alignment.policy import Policy
@@ -115,11 +116,18 @@ class GRPOEngine:
     checkpoint every ``checkpoint_every`` steps; :meth:`resume` continues from the last."""
 
     def __init__(self, *, policy: Policy, config: GRPOConfig, checkpoint_dir: Path | None = None,
-                 checkpoint_every: int = 0) -> None:
+                 checkpoint_every: int = 0, parallel: str = "ddp") -> None:
         if checkpoint_every < 0 or (checkpoint_every and checkpoint_dir is None):
             raise ValueError("checkpoint_every needs a checkpoint_dir and must be >= 0")
-        self.policy, self.config = policy, config
+        if parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, not {parallel!r}")
+        if parallel == "fsdp" and not policy.placement.distributed:
+            raise ValueError("parallel='fsdp' shards over ranks: run under torchrun with 2 or more processes")
+        self.policy, self.config, self.parallel = policy, config, parallel
         self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
+        if parallel == "fsdp":
+            policy.fingerprint()  # of the whole weights, before they are split over the ranks
+            shard(policy.model)  # before the optimiser: it must see the sharded parameters
         params = [p for _, p in policy.trainable()]
         self._params = params
         if not params:
@@ -135,7 +143,7 @@ class GRPOEngine:
         # the graded forward; under torchrun wrapped in DDP so gradients are averaged
         self.scorer: torch.nn.Module = CompletionScorer(policy.model, temperature=config.sampling.temperature,
                                                         suppressed=policy.suppressed, autocast=policy.placement.autocast)
-        if policy.placement.distributed:
+        if policy.placement.distributed and parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             device = policy.placement.device
@@ -299,18 +307,22 @@ class GRPOEngine:
 
     def _meta(self) -> dict[str, object]:
         return {"config": dataclasses.asdict(self.config), "fingerprint": self.policy.fingerprint(),
-                "adapter": self.policy.setup.adapter}
+                "adapter": self.policy.setup.adapter, "parallel": self.parallel}
 
     def save(self) -> Path:
         """Checkpoint now (rank 0 only under DDP); returns the checkpoint directory."""
         if self.checkpoint_dir is None:
             raise CheckpointError("this engine has no checkpoint_dir")
+        # Under FSDP gathering the full tensors is a collective: every rank takes part.
+        trainable = {n: full_tensor(p.detach()) for n, p in self.policy.trainable()} if self.parallel == "fsdp" else None
+        names = [n for n, _ in self.policy.trainable()]
+        optimizer = optimizer_state(self.policy.model, self.optimizer, names) if self.parallel == "fsdp" else None
         if self.policy.placement.rank != 0:
             return self.checkpoint_dir
         extra, extra_meta = self.extra_state() if self.extra_state is not None else ({}, {})
         return save_checkpoint(self.checkpoint_dir, step=self.step_count,
-                               trainable={n: p for n, p in self.policy.trainable()},
-                               optimizer=self.optimizer.state_dict(), meta=self._meta(), extra=extra,
+                               trainable=trainable or {n: p for n, p in self.policy.trainable()},
+                               optimizer=optimizer or self.optimizer.state_dict(), meta=self._meta(), extra=extra,
                                extra_meta=extra_meta)
 
     def resume(self) -> int:
@@ -326,13 +338,15 @@ class GRPOEngine:
         for key in ("fingerprint", "config", "adapter"):
             if state.meta.get(key) != meta[key]:
                 raise CheckpointError(f"checkpoint {path} was taken with a different {key}")
+        taken = state.meta.get("parallel", "ddp")  # checkpoints from before FSDP: ddp's format
+        if taken != self.parallel:
+            raise CheckpointError(f"checkpoint {path} was taken with --parallel {taken}; resume it with the same")
         params = dict(self.policy.trainable())
         if set(state.trainable) != set(params):
             raise CheckpointError(f"checkpoint {path} holds other trainable parameters than this policy")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state.trainable[name].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(state.optimizer)
+        for name, p in params.items():
+            load_full(p, state.trainable[name])
+        load_optimizer_state(self.policy.model, self.optimizer, state.optimizer, list(params))
         if self.restore_extra is not None:
             self.restore_extra(state.extra, state.extra_meta)
         self.step_count = state.step

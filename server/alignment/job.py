@@ -33,12 +33,13 @@ from fedsecure.models.policy_vlm import (
     load_policy,
     save_policy,
 )
-from server.alignment.devices import select_placement
+from server.alignment.devices import Placement, select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
 from server.alignment.grpo_loss import GRPOLossConfig
 from server.alignment.policy import Adapter, Policy, PolicySetup
 from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
+from server.alignment.sharding import full_state
 from server.alignment.sft import SFTConfig, sft_warm_start
 from server.alignment.vision_pretrain import VisionPretrainConfig, pretrain_vision_tower, vision_tower
 from server.alignment.vqa_eval import (
@@ -74,6 +75,7 @@ class AlignmentSettings:
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "auto"
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per rank) or fsdp (sharded; server/alignment/sharding.py)
 
     def __post_init__(self) -> None:
         if (self.steps < 0 or self.sft_epochs < 0 or self.vision_pretrain_steps < 0 or self.eval_limit < 1
@@ -155,7 +157,7 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
                         loss=GRPOLossConfig(beta=settings.beta),
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=settings.max_new_tokens))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / "checkpoints",
-                        checkpoint_every=settings.checkpoint_every)
+                        checkpoint_every=settings.checkpoint_every, parallel=settings.parallel)
     resumed = engine.resume()
     pool, _ = server_records(seed=0)
     pool_prompts = vqa_prompts(pool, processor=processor)
@@ -193,7 +195,17 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
     engine.save()
     end = evaluate_policy(policy, test)
     policy_dir = settings.out / "policy"
-    if lead:
+    if settings.parallel == "fsdp":
+        # The weights are spread over the ranks: gather them (every rank takes part), then
+        # rank 0 loads them into an unsharded copy of the same policy and exports that.
+        weights = full_state(policy.model)
+        if lead:
+            base, _ = load_policy(settings.out / "base")
+            whole = Policy.for_vlm(base, processor, setup=policy.setup,
+                                   placement=Placement(device=torch.device("cpu"), autocast=None))
+            whole.model.load_state_dict(weights)
+            export_policy(whole, processor, policy_dir)
+    elif lead:
         export_policy(policy, processor, policy_dir)
     rewards = [r.mean_reward for r in reports if not r.skipped]
     window = max(1, min(20, len(rewards) // 4))

@@ -1,0 +1,25 @@
+"""Run under ``torchrun --nproc_per_node=2`` by test_grpo_fsdp.py: the standalone
+alignment job (`fedsecure align --parallel fsdp`) on the built-in tiny VLM, two CPU ranks."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import sys
+from pathlib import Path
+
+from server.alignment.job import AlignmentSettings, run_alignment
+
+
+def main(out: Path) -> None:
+    faulthandler.dump_traceback_later(400, exit=True)
+    settings = AlignmentSettings(out=out, adapter="lora", sft_epochs=0, vision_pretrain_steps=0, steps=2,
+                                 prompts_per_step=2, group_size=4, eval_limit=8, checkpoint_every=1, device="cpu",
+                                 parallel="fsdp")
+    result = run_alignment(settings)
+    (out / f"job-rank{__import__('os').environ['RANK']}.json").write_text(json.dumps(
+        {"steps": result.steps, "end": result.end.accuracy, "start": result.start.accuracy}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
