@@ -413,6 +413,13 @@ def stored_scores(payload: bytes) -> tuple[Score, ...]:
     return scores_from_proto(msg.scores)
 
 
+def stored_ledger_head(payload: bytes) -> LedgerHead:
+    """The head of an accepted ReportLedger submission."""
+    msg = federation_pb2.ReportLedgerRequest()
+    msg.ParseFromString(payload)
+    return ledger_head_from_proto(msg.head)
+
+
 def stored_outcome(payload: bytes) -> TaskReport | Decline:
     """Report or decline of an accepted FinishTask submission."""
     msg = federation_pb2.FinishTaskRequest()

@@ -16,7 +16,7 @@ from server.api.app import start_server
 from server.rounds.phases import PhasePlanner
 from server.mixture.sessions import ScoreSessions
 from server.rewards.personalise import PersonalisePlanner
-from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+from server.rewards.planners import LedgerReportPlanner, MetricsLog, ScorePlanner, TrainPlanner
 from server.secagg.aggregator import SecureAggregator
 from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
 
@@ -118,6 +118,7 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
                                      learning_rate=args.learning_rate, batch_size=args.batch_size),
         TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
                                      seed=args.data_seed),
+        TaskKind.REPORT_LEDGER: LedgerReportPlanner(metrics=metrics),
         TaskKind.PERSONALISE: PersonalisePlanner(metrics=metrics, margin=args.replace_margin,
                                                  distill_steps=args.distill_steps, distill_weight=args.distill_weight,
                                                  temperature=args.distill_temperature),

@@ -66,12 +66,20 @@ def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None
             for key in ("heldout_accuracy", "epsilon", "epsilon_budget", "loss_first", "loss_last", "steps"):
                 if (v := _finite(r.get(key))) is not None:
                     cell[key] = v
+        elif phase == "ledger" and isinstance(client, str):
+            cell = clients.setdefault(client, {}).setdefault(rnd, {})
+            for key in ("epsilon", "epsilon_budget"):
+                if (v := _finite(r.get(key))) is not None:
+                    cell[key] = v
         elif phase == "score" and isinstance(client, str):
             cell = clients.setdefault(client, {}).setdefault(rnd, {})
             if (v := _finite(r.get("ranking_accuracy"))) is not None:
                 cell["public_pairwise"] = v
-            if (v := _finite(r.get("top1_all"))) is not None:
-                cell["public_top1"] = v
+            # top-1 over all answers, weighted by how many questions of each type were judged
+            counts = {k[6:]: n for k, n in r.items() if k.startswith("count.") and _finite(n)}
+            top1 = [(r.get(f"top1_all.{t}"), n) for t, n in counts.items() if _finite(r.get(f"top1_all.{t}")) is not None]
+            if top1 and sum(n for _, n in top1) > 0:
+                cell["public_top1"] = sum(v * n for v, n in top1) / sum(n for _, n in top1)
         elif phase == "aggregate":
             row["aggregated"] = {k.split(".", 1)[1]: int(v) for k, v in r.items() if k.startswith("contributors.")}
         elif phase == "align":
@@ -89,7 +97,7 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], 
     """An inline SVG line chart of ``series`` (name -> (x, y) points), with a legend."""
     points = [p for pts in series.values() for p in pts]
     if not points:
-        return f'<p class="empty">{html.escape(title)}: no data</p>'
+        return f'<p class="empty">{html.escape(title)}: not reported to the server in this run</p>'
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y0, y1 = y_range or (min(ys), max(ys))
@@ -164,8 +172,10 @@ def render_html(summary: Mapping[str, Any]) -> str:
     rounds = summary["rounds"]
     sections = [f"<h1>Run report: {html.escape(summary['run_id'])}</h1>",
                 f'<p class="note">{len(rounds)} rounds, {len(summary["clients"])} clients. Numbers are what the '
-                "server recorded (its metrics log); each client's ε is the one it reported from its own ledger "
-                "— check the ledgers themselves in audit.html. Every number is also in the JSON.</p>",
+                "server recorded (its metrics log); each client's ε is the head it reported from its own ledger "
+                "(check the ledgers themselves in audit.html); held-out accuracy appears only for clients that "
+                "report it (one uploading adapters sends ciphertexts, not metrics). Every number is also in the "
+                "JSON.</p>",
                 "<h2>Rounds</h2>",
                 _table(["round", "trained", "uploaded (CKKS)", "aggregated groups (contributors)", "ALIGN steps",
                         "policy accuracy", "stopped"],

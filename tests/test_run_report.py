@@ -25,7 +25,9 @@ def _records() -> list[dict[str, object]]:
             out.append({"run_id": RUN, "round": rnd, "phase": "train", "client": client, "heldout_accuracy": acc,
                         "epsilon": 2.0 * rnd, "epsilon_budget": 8.0, "loss_first": 0.69, "loss_last": 0.6})
             out.append({"run_id": RUN, "round": rnd, "phase": "score", "client": client, "ranking_accuracy": 0.4 + 0.05 * rnd,
-                        "top1_all": 0.2})
+                        "count.color": 10, "top1_all.color": 0.2, "count.shape": 30, "top1_all.shape": 0.4})
+            out.append({"run_id": RUN, "round": rnd, "phase": "ledger", "client": client, "seq": rnd,
+                        "epsilon": 2.0 * rnd, "epsilon_budget": 8.0})
         out.append({"run_id": RUN, "round": rnd, "phase": "aggregate", "contributors.attn.image@x": 2.0})
         out.append({"run_id": RUN, "round": rnd, "phase": "align", "steps": 4, "skipped": 0,
                     "monitor_accuracy": 0.3 + 0.02 * rnd, "router_weights": {"color": {"a": 0.7, "b": 0.3}}})
@@ -53,7 +55,7 @@ def test_summary_html_and_json(tmp_path: Path) -> None:
     assert summary["rounds"][2]["aggregated"] == {"attn.image@x": 2}
     assert summary["clients"]["a"]["3"] == {"heldout_accuracy": pytest.approx(0.8), "epsilon": 6.0,
                                             "epsilon_budget": 8.0, "loss_first": 0.69, "loss_last": 0.6,
-                                            "public_pairwise": pytest.approx(0.55), "public_top1": 0.2}
+                                            "public_pairwise": pytest.approx(0.55), "public_top1": pytest.approx(0.35)}
     assert summary["rounds"][2]["personalised"]["a"]["heldout_accuracy_personalised"] == 0.8
     assert json.loads((tmp_path / "report.json").read_text())["clients"]["b"]["2"]["epsilon"] == 4.0
 

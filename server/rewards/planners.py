@@ -22,7 +22,7 @@ from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_fam
 
 from server.rewards.compensation import Member, check_coefficients, coefficients
 from server.rewards.quality import JudgedQuestion, reward_quality
-from server.rounds.phases import PhaseContext
+from server.rounds.phases import PhaseContext, ReportLedgerPlanner
 from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import SubmissionRow
 
@@ -220,3 +220,20 @@ class ScorePlanner:
                                 "prompts": len(judged), "ranking_accuracy": pairwise, **quality,
                                 "mean_score": sum(values) / max(1, len(values)),
                                 "finite": all(math.isfinite(v) for v in values)})
+
+
+class LedgerReportPlanner(ReportLedgerPlanner):
+    """REPORT_LEDGER, also writing each reported head to the metrics log, so the run
+    report can show every client's ε over the rounds (what the server was told; the
+    auditor checks the ledgers themselves)."""
+
+    def __init__(self, *, metrics: MetricsLog) -> None:
+        self.metrics = metrics
+
+    async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
+        """Record the heads accepted in this phase."""
+        for sub in accepted:
+            if sub.payload_kind == int(PayloadKind.LEDGER_HEAD):
+                head = serde.stored_ledger_head(sub.payload)
+                self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "ledger", "client": sub.client,
+                                    "seq": head.seq, "epsilon": head.epsilon, "epsilon_budget": head.epsilon_budget})

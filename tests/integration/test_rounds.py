@@ -209,3 +209,23 @@ def test_admin_status_watch_prints_each_change_until_the_run_ends(
     assert len(lines) >= 2 and len({line[9:] for line in lines}) == len(lines)  # a line per change only
     for c in clients:
         c.close()
+
+
+def test_ledger_heads_reach_the_metrics_log_for_the_run_report(start_federation: Callable[..., Federation],
+                                                               tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from server.report import summarise
+    from server.rewards.planners import LedgerReportPlanner, MetricsLog
+
+    log = tmp_path / "metrics.jsonl"
+    cfg = RunConfig(rounds=1, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.REPORT_LEDGER, 30),))
+    fed = start_federation(cfg, planners={TaskKind.REPORT_LEDGER: LedgerReportPlanner(metrics=MetricsLog(log))})
+    heads = {n: LedgerHead(seq=2, entry_sha256=bytes(32), epsilon=eps, delta=1e-5, epsilon_budget=8.0)
+             for n, eps in (("a", 1.5), ("b", 2.5))}
+    clients = [FederatedClient(kit=fed.kit(n), address=fed.address, poll_wait_ms=500, ledger_head=lambda n=n: heads[n])
+               for n in "ab"]
+    _run_all(clients)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["client"], r["epsilon"]) for r in records if r["phase"] == "ledger") == [("a", 1.5), ("b", 2.5)]
+    assert summarise(records)["clients"]["b"]["1"] == {"epsilon": 2.5, "epsilon_budget": 8.0}
