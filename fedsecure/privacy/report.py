@@ -43,7 +43,8 @@ def _plot(audits: Sequence[LedgerAudit], width: int = 640, height: int = 300) ->
         x = pad + (width - 2 * pad) * (i / max(1, xmax))
         return x, height - pad - (height - 2 * pad) * (eps / ymax)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    legend = 150  # a stacked legend at the right: end-of-line labels overlapped where lines meet
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width + legend}" height="{height}" role="img" '
              f'aria-label="epsilon over releases per client">',
              f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#333"/>',
@@ -52,6 +53,8 @@ def _plot(audits: Sequence[LedgerAudit], width: int = 640, height: int = 300) ->
              f'font-size="12">ε spent</text>',
              f'<text x="{pad - 6}" y="{pad + 4}" text-anchor="end" font-size="10">{ymax:.1f}</text>',
              f'<text x="{pad - 6}" y="{height - pad}" text-anchor="end" font-size="10">0</text>']
+    parts += [f'<text x="{xy(i, 0.0)[0]:.1f}" y="{height - pad + 14}" text-anchor="middle" font-size="10">{i}</text>'
+              for i in range(1, xmax + 1)]
     for k, a in enumerate(series):
         colour = _COLOURS[k % len(_COLOURS)]
         pts = [xy(0, 0.0)] + [xy(i + 1, r.epsilon_ledger) for i, r in enumerate(a.releases)]
@@ -60,8 +63,9 @@ def _plot(audits: Sequence[LedgerAudit], width: int = 640, height: int = 300) ->
         _, by = xy(0, a.epsilon_budget)
         parts.append(f'<line x1="{pad}" y1="{by:.1f}" x2="{width - pad}" y2="{by:.1f}" stroke="{colour}" '
                      f'stroke-dasharray="4 4"/>')
-        parts.append(f'<text x="{width - pad + 4}" y="{pts[-1][1]:.1f}" font-size="11" fill="{colour}">'
-                     f'{html.escape(a.client)}</text>')
+        ly = pad + 16 * k
+        parts.append(f'<rect x="{width - pad + 16}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{width - pad + 30}" y="{ly}" font-size="11">{html.escape(a.client)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
