@@ -154,3 +154,28 @@ def assert_refused(call: Any, code: Any, text: str) -> None:
         call()
     assert err.value.code() is code, err.value.details()
     assert text in (err.value.details() or ""), err.value.details()
+
+
+def run_torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 240) -> str:
+    """Run ``tests/<script>`` under ``torchrun --standalone`` on CPU; return its stdout.
+    In its own session: on a timeout the whole group (torchrun and every rank) is killed,
+    none left behind, and the ranks' dumped stacks are in the failure message."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.Popen([str(torchrun), "--standalone", f"--nproc_per_node={nproc}",
+                             str(Path(__file__).with_name(script)), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"torchrun timed out; where the ranks were:\n{out}\n{err[-6000:]}") from None
+    assert proc.returncode == 0, err[-4000:]
+    return out

@@ -5,29 +5,16 @@ the same changed weights, and a checkpoint written under FSDP resumes exactly.""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_torchrun
+
 
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_two_sharded_ranks_train_identically_and_resume(tmp_path: Path, adapter: str) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2",
-                             str(Path(__file__).with_name("fsdp_worker.py")), str(tmp_path), adapter],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"torchrun timed out; where the ranks were:\n{out}\n{err[-6000:]}") from None
-    assert proc.returncode == 0, err[-4000:]
+    run_torchrun("fsdp_worker.py", str(tmp_path), adapter)
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["changed"] and r1["changed"] and r0["skipped"] == r1["skipped"] == [None, None]
     assert r0["checksum"] == r1["checksum"]  # the same full weights on both ranks
@@ -43,17 +30,7 @@ def test_the_alignment_job_under_fsdp_trains_exports_and_evaluates(tmp_path: Pat
     weights to export one loadable policy, and `fedsecure eval` reads it."""
     from apps.cli import main
 
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2",
-                             str(Path(__file__).with_name("fsdp_job_worker.py")), str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("torchrun timed out") from None
-    assert proc.returncode == 0, err[-4000:]
+    run_torchrun("fsdp_job_worker.py", str(tmp_path), timeout=400)
     r0, r1 = (json.loads((tmp_path / f"job-rank{i}.json").read_text()) for i in (0, 1))
     assert r0["steps"] == r1["steps"] == 2 and r0["end"] == r1["end"]
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 2
