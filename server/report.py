@@ -177,12 +177,14 @@ def render_html(summary: Mapping[str, Any]) -> str:
                 "report it (one uploading adapters sends ciphertexts, not metrics). Every number is also in the "
                 "JSON.</p>",
                 "<h2>Rounds</h2>",
-                _table(["round", "trained", "uploaded (CKKS)", "aggregated groups (contributors)", "ALIGN steps",
-                        "policy accuracy", "stopped"],
+                _table(["round", "reported training metrics", "uploaded (CKKS)", "aggregated groups (contributors)",
+                        "ALIGN steps", "policy accuracy", "stopped"],
                        [[r["round"], sorted(r["trained"]), sorted(r["uploaded"]), r["aggregated"],
                          r.get("align", {}).get("steps"), r.get("align", {}).get("monitor_accuracy"),
                          r.get("align", {}).get("stopped") or r.get("align", {}).get("error")] for r in rounds])]
-    charts = [line_chart("ε spent (reported)", _series(summary, "epsilon"), y_label="ε"),
+    budgets = [v.get("epsilon_budget", v.get("epsilon", 0.0)) for by in summary["clients"].values() for v in by.values()]
+    charts = [line_chart("ε spent (reported; from 0 to the budget)", _series(summary, "epsilon"), y_label="ε",
+                         y_range=(0.0, max(budgets, default=1.0) or 1.0)),
               line_chart("Held-out pairwise accuracy", _series(summary, "heldout_accuracy"), y_label="accuracy",
                          y_range=(0.0, 1.0)),
               line_chart("Public questions: pairwise accuracy", _series(summary, "public_pairwise"),
@@ -193,11 +195,13 @@ def render_html(summary: Mapping[str, Any]) -> str:
     charts.append(line_chart("Policy accuracy (held-out, after each ALIGN round)", {"policy": policy},
                              y_label="exact match", y_range=(0.0, 1.0)))
     sections += ["<h2>Curves</h2>", f'<div class="charts">{"".join(charts)}</div>', "<h2>Clients per round</h2>"]
-    rows = [[c, int(r), v.get("heldout_accuracy"), v.get("public_pairwise"), v.get("public_top1"), v.get("epsilon"),
-             v.get("epsilon_budget"), v.get("loss_first"), v.get("loss_last")]
-            for c, by_round in summary["clients"].items() for r, v in by_round.items()]
-    sections.append(_table(["client", "round", "held-out acc.", "public pairwise", "public top-1", "ε", "ε budget",
-                            "loss first", "loss last"], rows))
+    columns = [("held-out acc.", "heldout_accuracy"), ("public pairwise", "public_pairwise"),
+               ("public top-1", "public_top1"), ("ε", "epsilon"), ("ε budget", "epsilon_budget"),
+               ("loss first", "loss_first"), ("loss last", "loss_last")]
+    cells = [(c, int(r), v) for c, by_round in summary["clients"].items() for r, v in by_round.items()]
+    shown = [(title, key) for title, key in columns if any(key in v for _, _, v in cells)]  # no all-empty column
+    sections.append(_table(["client", "round", *(t for t, _ in shown)],
+                           [[c, r, *(v.get(k) for _, k in shown)] for c, r, v in cells]))
     weights = [(r["round"], t, w) for r in rounds for t, w in sorted(r.get("align", {}).get("router_weights", {}).items())]
     if weights:
         sections += ["<h2>Router weights per question type</h2>",
