@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsecure.progress import track
+
 log = logging.getLogger("fedsecure.bench.collaboration")
 
 ROWS = ("random_backbone", "local_only", "fedavg", "attention", "compensation", "fedcola", "central")
@@ -268,7 +270,7 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
     encoded = {c: encode_pairs(p, tok) for c, p in pairs.items()}
     batches = {kind: eval_batches(kind, questions, tok) for kind in KINDS}
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for row in cfg.rows:
+    for row in track(cfg.rows, desc=f"seed {seed}", unit="row"):
         started = time.monotonic()
         per_kind: dict[str, list[dict[str, float]]] = {}
         extra: dict[str, float] = {}
@@ -300,7 +302,7 @@ def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
     questions = server_part("reward_eval")[: cfg.eval_questions]
-    runs = {seed: _one_seed(cfg, seed, questions) for seed in cfg.seeds}
+    runs = {seed: _one_seed(cfg, seed, questions) for seed in track(cfg.seeds, desc="seeds", unit="seed")}
     summary: dict[str, dict[str, dict[str, list[float]]]] = {}
     for row in cfg.rows:
         for kind in (*KINDS, "_"):

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsecure.progress import track
+
 log = logging.getLogger("fedsecure.bench.personalise")
 
 VARIANTS = ("local_only", "global", "personal", "replaced", "personalised")
@@ -235,7 +237,8 @@ def bench_personalise(cfg: PersonaliseBenchConfig) -> dict[str, object]:
         work = Path(tmp)
         public = generate_keys(keys_dir=work / "keyholder")
         consortium = provision(out=work / "consortium", clients=list(CLIENTS), keyholder_public_context=public.read_bytes())
-        runs = {seed: _one_seed(cfg, seed, questions, consortium, work) for seed in cfg.seeds}
+        runs = {seed: _one_seed(cfg, seed, questions, consortium, work)
+                for seed in track(cfg.seeds, desc="seeds", unit="seed")}
     summary: dict[str, dict[str, dict[str, list[float]]]] = {}
     for kind in KINDS:
         names = [c for c in CLIENTS if KIND_OF[c] == kind]

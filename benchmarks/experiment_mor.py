@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from fedsecure.progress import track
+
 log = logging.getLogger("fedsecure.experiment.mor")
 
 BASE_METHODS = ("start", "oracle", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
@@ -268,7 +270,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     prompt_pool = cached("pool", lambda p: vqa_prompts(server_records(seed=0)[0][:2000], processor=p))
 
     rows: dict[str, object] = {}
-    for method in methods:
+    for method in track(methods, desc=f"seed {seed}", unit="method"):
         rows[method] = _run_method(method, cfg=cfg, seed=seed, base=base, roster_models=roster_models,
                                    fedavg_model=fedavg_model, server_model=server_model, tokenizer=tok, test=test,
                                    quality=quality, prompt_pool=prompt_pool, work=cfg.out / f"seed-{seed}" / "grpo")

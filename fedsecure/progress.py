@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -33,3 +34,14 @@ def progress(*, total: int, desc: str, unit: str = "step", show: bool = True,
     disable = True if not show else (None if forced is None else not forced)
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True,
                 leave=False, **kwargs)
+
+
+T = TypeVar("T")
+
+
+def track(items: Iterable[T], *, desc: str, unit: str = "item", total: int | None = None) -> Iterator[T]:
+    """Iterate over ``items`` with a progress bar (the same rules as :func:`progress`)."""
+    with progress(total=total if total is not None else len(items), desc=desc, unit=unit) as bar:  # type: ignore[arg-type]
+        for item in items:
+            yield item
+            bar.update(1)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 from server.alignment.job import AlignmentSettings, run_alignment
 
@@ -17,8 +20,10 @@ def main(out: Path) -> None:
                                  prompts_per_step=2, group_size=4, eval_limit=8, checkpoint_every=1, device="cpu",
                                  parallel="fsdp")
     result = run_alignment(settings)
-    (out / f"job-rank{__import__('os').environ['RANK']}.json").write_text(json.dumps(
+    (out / f"job-rank{os.environ['RANK']}.json").write_text(json.dumps(
         {"steps": result.steps, "end": result.end.accuracy, "start": result.start.accuracy}))
+    torch.distributed.barrier()  # leave together (see fsdp_worker.py)
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def main(out: Path, adapter: str) -> None:
         "resumed_equal": all(torch.equal(a, b) for a, b in zip(after, again, strict=True)),
         "optimizer_steps": sorted({int(s["step"]) for s in resumed.optimizer.state.values() if "step" in s}),
     }))
+    # Both ranks leave together: a rank that tears its process group down while the other
+    # is still inside a collective aborts the other ("terminate called ..."), seen once in CI.
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -27,3 +27,12 @@ def test_bars_follow_the_setting(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setenv("FEDSECURE_PROGRESS", "0")
     _run()
     assert capsys.readouterr().err == ""
+
+
+def test_track_yields_every_item_and_counts(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedsecure.progress import track
+
+    monkeypatch.setenv("FEDSECURE_PROGRESS", "1")
+    assert list(track(["a", "b", "c"], desc="rows", unit="row")) == ["a", "b", "c"]
+    assert "rows" in capsys.readouterr().err
+    assert list(track(iter(range(4)), desc="gen", total=4)) == [0, 1, 2, 3]

@@ -44,6 +44,11 @@ def align_main(args: argparse.Namespace) -> int:
                                  parallel=args.parallel)
     result = run_alignment(settings)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun: leave together, or a late rank's collective aborts
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
