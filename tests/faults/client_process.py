@@ -22,7 +22,7 @@ from fedsecure.kit import load_kit
 from fedsecure.proto.v1 import federation_pb2
 from fedsecure.transport.limits import STREAM_DEADLINE_S
 from fedsecure.types import Task, TaskKind
-from tests.faults.harness import BACKOFF, CAPABILITIES, fault_update
+from tests.faults.harness import BACKOFF, CAPABILITIES, fault_update, personalised_report
 from tests.helpers import length_scorer
 
 
@@ -74,7 +74,8 @@ def main() -> None:
 
     cls = HangingClient if args.hang == "upload" else FederatedClient
     client = cls(kit=kit, address=args.address, poll_wait_ms=500, backoff=BACKOFF, capabilities=CAPABILITIES,
-                 handlers={TaskKind.TRAIN: lambda task, ctx: fault_update(kit, task), TaskKind.SCORE: score})
+                 handlers={TaskKind.TRAIN: lambda task, ctx: fault_update(kit, task), TaskKind.SCORE: score,
+                           TaskKind.PERSONALISE: lambda task, ctx: personalised_report(task)})
     summary = client.run()
     print(f"{kit.name}: done {dict(summary.completed)} refused {len(summary.refused)}", flush=True)
 

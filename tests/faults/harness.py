@@ -3,8 +3,9 @@ and server (`fedsecure keyholder`, `fedsecure server` with the reward planners),
 on threads or in processes of their own, and the checks every cell ends with.
 
 The run: 2 rounds of TRAIN (real CKKS uploads of both attention groups, summed by the
-server, decrypted by the key holder), SCORE and REPORT_LEDGER; 3 clients whose updates
-hold one constant each, so a published mean tells exactly who was counted and how often.
+server, decrypted by the key holder), SCORE, PERSONALISE (the last round only: the
+clients report TAP's metrics) and REPORT_LEDGER; 3 clients whose updates hold one
+constant each, so a published mean tells exactly who was counted and how often.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from client_sdk import FederatedClient, Update
 from fedsecure.kit import load_kit
 from fedsecure.provision import Provisioned
 from fedsecure.transport.retry import Backoff
-from fedsecure.types import Capabilities, LedgerHead, Modality, PayloadKind, Task, TaskKind, TrainSpec
+from fedsecure.types import Capabilities, LedgerHead, Modality, PayloadKind, Task, TaskKind, TaskReport, TrainSpec
 from keyholder.decryption_log import verify_decryption_log
 from tests.helpers import IMAGE, TEST_SHAPE, TEXT, encrypted_update, length_scorer, run_in_thread, wait_for
 
@@ -45,6 +46,12 @@ def fault_update(kit: Any, task: Task) -> Update:
     value = VALUES[kit.name]
     return encrypted_update(kit, {IMAGE: np.full(N, value), TEXT: np.full(N, value)},
                             1.0 / task.spec.weight_total)
+
+
+def personalised_report(task: Task) -> TaskReport:
+    """A PERSONALISE answer: the metrics a client reports after TAP (its model stays home)."""
+    assert task.kind is TaskKind.PERSONALISE
+    return TaskReport(metrics=(("heldout_accuracy_personalised", 0.5),))
 
 
 def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
@@ -113,7 +120,7 @@ class FaultFederation:
         self.address = self._spawn("server", [
             "server", "--kit", str(self.kits.server), "--state", str(self.state), "--keyholder-address",
             self.kh_address, "--rounds", str(ROUNDS), "--quorum", str(self.quorum), "--min-clients", "3",
-            "--phases", "train,score,report_ledger", "--phase-deadline", str(self.phase_deadline_s),
+            "--phases", "train,score,personalise,report_ledger", "--phase-deadline", str(self.phase_deadline_s),
             "--prompts-per-round", "2", "--local-steps", "1", "--align-steps", "0"], self.address or "127.0.0.1:0")
 
     def signal(self, name: str, sig: signal.Signals) -> None:
@@ -157,8 +164,14 @@ class FaultFederation:
                 hold.wait_if_mine(name, task)
             return LedgerHead()
 
+        def personalise(task: Task, ctx: Any) -> TaskReport:
+            if hold:
+                hold.wait_if_mine(name, task)
+            return personalised_report(task)
+
         client = FederatedClient(kit=kit, address=self.address, poll_wait_ms=500, backoff=BACKOFF,
                                  capabilities=CAPABILITIES, handlers={TaskKind.TRAIN: train, TaskKind.SCORE: score,
+                                                                      TaskKind.PERSONALISE: personalise,
                                                                       TaskKind.REPORT_LEDGER: report_ledger})
         self.clients.append(client)
         self.threads.append(run_in_thread(client))
