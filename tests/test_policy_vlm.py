@@ -65,6 +65,18 @@ def test_missing_and_text_only_checkpoints_are_refused(tmp_path: Path) -> None:
         load_policy(tmp_path / "junk")
 
 
+def test_families_the_policy_path_does_not_handle_are_refused_by_name(tmp_path: Path) -> None:
+    """A VLM family that needs more than token ids and pixel_values (LLaVA-NeXT's image
+    sizes, Qwen2-VL's grid and rope positions) would train on wrongly handled images."""
+    from transformers import LlavaNextConfig, Qwen2VLConfig
+
+    for name, config in (("next", LlavaNextConfig()), ("qwen", Qwen2VLConfig())):
+        config.save_pretrained(tmp_path / name)
+        with pytest.raises(PolicyLoadError, match=r"supported families: llava \(LLaVA-1.5-shaped") as err:
+            load_policy(tmp_path / name)
+        assert repr(config.model_type) in str(err.value)
+
+
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused(saved: Path, tmp_path: Path) -> None:
     model, processor = load_policy(saved)
     processor.tokenizer.add_tokens([f"extra{i}" for i in range(8)])

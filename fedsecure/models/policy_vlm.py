@@ -123,6 +123,10 @@ def check_tokenizer(model: Any, processor: Any) -> None:
         raise PolicyLoadError("the tokenizer defines no EOS or padding token")
 
 
+SUPPORTED_FAMILIES = {"llava": "LLaVA-1.5-shaped, including the built-in tiny policy"}
+"""Vision-language families the policy path handles completely (model_type -> what it is)."""
+
+
 def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """(model, processor) from a local vision-language checkpoint directory. Raises
     FileNotFoundError for a missing path and PolicyLoadError for anything that is not a
@@ -141,6 +145,13 @@ def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, A
 
     if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise PolicyLoadError(f"{path} holds a {config.model_type!r} model, not a vision-language model")
+    if config.model_type not in SUPPORTED_FAMILIES:
+        # Fail closed: the rollouts and updates pass the model its token ids and pixel_values
+        # only; a family that needs more (image sizes, grid sizes, rope positions) would
+        # load, run and train on wrongly handled images without a word.
+        raise PolicyLoadError(
+            f"{path} holds a {config.model_type!r} vision-language model; supported families: "
+            + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FAMILIES.items()))
     hf_logging.disable_progress_bar()
     try:
         processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
