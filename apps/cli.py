@@ -152,14 +152,13 @@ def _watch_status(admin: Any, *, interval_s: float) -> int:
     try:
         while True:
             status = _status_json(*admin.status())
-            line = (f"{time.strftime('%H:%M:%S')} {status['run_id'] or '-'} {status['state']}: round "
-                    f"{status['round']} (attempt {status['attempt']}) phase {status['phase'] or '-'}, "
-                    f"{status['rounds_closed']} rounds closed, tasks {status['tasks_done']} done / "
-                    f"{status['tasks_open']} open, {status['clients_enrolled']} clients"
-                    + (f" — {status['detail']}" if status["detail"] else ""))
-            if line[9:] != (last or "")[9:]:
-                print(line, flush=True)
-                last = line
+            if status != last:
+                print(f"{time.strftime('%H:%M:%S')} {status['run_id'] or '-'} {status['state']}: round "
+                      f"{status['round']} (attempt {status['attempt']}) phase {status['phase'] or '-'}, "
+                      f"{status['rounds_closed']} rounds closed, tasks {status['tasks_done']} done / "
+                      f"{status['tasks_open']} open, {status['clients_enrolled']} clients"
+                      + (f" — {status['detail']}" if status["detail"] else ""), flush=True)
+                last = status
             if status["state"] in ("finished", "stopped", "failed", "none"):
                 return 0 if status["state"] == "finished" else 1
             time.sleep(interval_s)

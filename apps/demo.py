@@ -26,6 +26,7 @@ import tomli_w
 from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
 from fedsecure.provision import provision
+from fedsecure.transport.serving import wait_for_port_file
 from fedsecure.types import Role
 
 # Clients of the three kinds of docs/design.md §5, and one of another architecture (a
@@ -75,17 +76,6 @@ def _spawn(name: str, argv: list[str], logs: Path, *, threads: int | None = None
     return _Proc(name, popen, log_path)
 
 
-def _wait_for_file(path: Path, proc: _Proc, timeout_s: float) -> str:
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        if path.exists():
-            return path.read_text().strip()
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited early; see {proc.log_path}:\n{proc.log_path.read_text()[-2000:]}")
-        time.sleep(0.1)
-    raise TimeoutError(f"{proc.name} did not start within {timeout_s} s")
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 only if the run finished with every round closed."""
     if args.rounds < 1:
@@ -127,7 +117,9 @@ def main(args: argparse.Namespace) -> int:
                                          "--address", "127.0.0.1:0",
                                          "--port-file", str(keyholder_port_file), "--quorum", "2"], logs)
         procs.append(keyholder)
-        keyholder_address = f"127.0.0.1:{_wait_for_file(keyholder_port_file, keyholder, 60)}"
+        kh_port = wait_for_port_file(keyholder_port_file, keyholder.popen, what=keyholder.name, timeout_s=60,
+                                     log=keyholder.log_path)
+        keyholder_address = f"127.0.0.1:{kh_port}"
         print(f"[demo] key holder listening on {keyholder_address} (mTLS: decryptions for the server, revocations from the admin)")
         # The run is written down first (configs/server.toml) and started from the file; only
         # what is known at launch (the ports) comes as flags.
@@ -141,7 +133,8 @@ def main(args: argparse.Namespace) -> int:
         server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
                                    "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs)
         procs.append(server)
-        address = f"127.0.0.1:{_wait_for_file(port_file, server, 60)}"
+        port = wait_for_port_file(port_file, server.popen, what=server.name, timeout_s=60, log=server.log_path)
+        address = f"127.0.0.1:{port}"
         print(f"[demo] server listening on {address} (mTLS)")
         for name, kind in DEMO_CLIENTS:
             mine = deep if name == DEEP_CLIENT else backbone

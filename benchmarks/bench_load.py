@@ -43,6 +43,7 @@ from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federa
 from fedsecure.provision import provision
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, STREAM_DEADLINE_S, channel_options
+from fedsecure.transport.serving import wait_for_port_file
 from fedsecure.transport.metrics import ServerMetrics, percentile
 from fedsecure.types import Capabilities, Decline, DeclineReason, LedgerHead, Modality, Score, ScoreSpec, Task, TaskKind
 
@@ -178,17 +179,6 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT)
 
 
-def _wait_port(port_file: Path, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 120) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text().strip():
-            return int(port_file.read_text())
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before serving")
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not start within {timeout_s:.0f} s")
-
-
 def _metrics_json(m: ServerMetrics) -> dict[str, object]:
     return {r.method.rsplit("/", 1)[-1]: {"calls": r.calls, "errors": r.errors, "codes": dict(r.codes),
                                           "p50_ms": round(r.p50_ms, 2), "p99_ms": round(r.p99_ms, 2),
@@ -255,14 +245,15 @@ def bench_load(cfg: LoadConfig, *, progress: Callable[[str], None] = lambda m: p
                          "--address", "127.0.0.1:0", "--state", str(root / "kh-state"), "--port-file",
                          str(kh_port_file)], root / "keyholder.log")]
         try:
-            kh_port = _wait_port(kh_port_file, procs[0], "key holder")
+            kh_port = wait_for_port_file(kh_port_file, procs[0], what="key holder", timeout_s=120,
+                                         log=root / "keyholder.log")
             procs.append(_spawn(["server", "--kit", str(kits_dir.server), "--address", "127.0.0.1:0", "--state",
                                  str(root / "server-state"), "--port-file", str(port_file), "--keyholder-address",
                                  f"127.0.0.1:{kh_port}", "--rounds", "100000", "--quorum", "2", "--min-clients",
                                  str(cfg.clients), "--phases", "train,score,report_ledger", "--phase-deadline",
                                  str(cfg.phase_deadline_s), "--prompts-per-round", str(cfg.prompts_per_round),
                                  "--local-steps", "1", "--align-steps", "0"], root / "server.log"))
-            port = _wait_port(port_file, procs[1], "server")
+            port = wait_for_port_file(port_file, procs[1], what="server", timeout_s=120, log=root / "server.log")
             kits = [load_kit(kits_dir.clients[n]) for n in names]
             result = asyncio.run(_drive(cfg, kits, load_kit(kits_dir.admin), f"127.0.0.1:{port}", progress))
         finally:

@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -25,6 +27,21 @@ def write_port_file(path: Path | None, port: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(str(port))
     os.replace(tmp, path)
+
+
+def wait_for_port_file(path: Path, proc: subprocess.Popen[bytes], *, what: str, timeout_s: float,
+                       log: Path | None = None) -> int:
+    """The port a process launched with ``--port-file path`` wrote once serving; raises
+    (with the tail of its ``log``) if it exits first or does not serve within ``timeout_s``."""
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text())
+        if proc.poll() is not None:
+            tail = f"; see {log}:\n{log.read_text(errors='replace')[-2000:]}" if log is not None else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before serving{tail}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not start within {timeout_s:.0f} s")
 
 
 async def until_terminated() -> None:
