@@ -17,7 +17,7 @@ from server.alignment.devices import select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine, check_rewards, per_completion
 from server.alignment.grpo_loss import GRPOLossConfig
 from server.alignment.policy import Policy, PolicySetup
-from server.alignment.prompts import Prompt
+from server.alignment.prompts import ImageInputs, Prompt
 from server.alignment.rollouts import SamplingConfig
 
 VOCAB, PAD, BOS, EOS = 32, 0, 1, 2
@@ -119,7 +119,7 @@ def test_groups_without_reward_variance_make_no_update() -> None:
 
 def test_prompts_a_text_policy_cannot_take_are_refused_before_training() -> None:
     engine = GRPOEngine(policy=tiny_policy(), config=config())
-    image_prompt = Prompt("img", "q", (3, 4), pixel_values=torch.zeros(3, 8, 8))
+    image_prompt = Prompt("img", "q", (3, 4), images=ImageInputs.of({"pixel_values": torch.zeros(1, 3, 8, 8)}))
     with pytest.raises(PromptError, match="img"):
         engine.train([*pool(3), image_prompt], per_completion(low_tokens), steps=1)
     assert engine.step_count == 0

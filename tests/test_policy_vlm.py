@@ -45,11 +45,11 @@ def test_a_saved_tiny_policy_loads_through_the_generic_loader(saved: Path) -> No
     assert (saved / "model.safetensors").is_file() and not list(saved.glob("*.bin"))
     reference, _ = build_tiny_vlm(seed=0)
     record = load_records("test")[0]
-    ids, pixels = encode_prompt(processor, question=record.question, image=np.zeros((64, 64, 3), np.uint8))
+    ids, images = encode_prompt(processor, question=record.question, image=np.zeros((64, 64, 3), np.uint8))
     assert ids.count(model.config.image_token_index) == 16  # (64 / 16)² patches
     with torch.no_grad():
-        a = model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
-        b = reference(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
+        a = model(input_ids=torch.tensor([ids]), **images).logits
+        b = reference(input_ids=torch.tensor([ids]), **images).logits
     torch.testing.assert_close(a, b)
 
 

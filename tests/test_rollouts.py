@@ -85,7 +85,7 @@ def test_top_p_keeps_the_nucleus_and_greedy_takes_the_argmax() -> None:
 
 
 def test_shared_prefix_scoring_matches_a_full_forward_in_values_and_gradients() -> None:
-    from server.alignment.rollouts import position_ids
+    from server.alignment.positions import text_positions as position_ids
 
     m, r = model(), run(6)
     suppressed = torch.tensor([PAD, BOS])

@@ -23,6 +23,12 @@ from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, easyvqa_vocabulary
 
 IMAGE_TOKEN = "<image>"
 PATCH = 16
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endfor %}")
+"""The built-in policy's chat template: ``[CLS] <image> question``; no role words, as the
+tiny model is trained from scratch on easy-VQA and has no dialogue to follow."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def build_policy_processor(config: TinyVLMConfig = TinyVLMConfig()) -> Any:
                                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=config.patch_size,
                           vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
-                          num_additional_image_tokens=1)
+                          num_additional_image_tokens=1, chat_template=TINY_CHAT_TEMPLATE)
 
 
 def build_tiny_vlm(*, config: TinyVLMConfig = TinyVLMConfig(), seed: int = 0) -> tuple[Any, Any]:
@@ -164,14 +170,40 @@ def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, A
     return model.eval(), processor
 
 
-def encode_prompt(processor: Any, *, question: str, image: np.ndarray | None) -> tuple[tuple[int, ...], torch.Tensor]:
-    """(token ids, pixel values) of one VQA prompt, through the checkpoint's own processor."""
+TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
+"""Processor outputs that describe the text; every other output is an image input."""
+
+
+def chat_prompt(processor: Any, question: str) -> str:
+    """The checkpoint's own chat template applied to one user turn (an image, then the
+    question) with the assistant's turn opened: the form the model was tuned to answer."""
+    if not getattr(processor, "chat_template", None):
+        raise PromptError("the policy's processor has no chat template: it cannot say how a question is asked")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return str(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+
+def encode_prompt(processor: Any, *, question: str,
+                  image: np.ndarray | None) -> tuple[tuple[int, ...], dict[str, torch.Tensor]]:
+    """(token ids, image inputs) of one VQA prompt through the checkpoint's own processor
+    and chat template. The image inputs are every non-text output of the processor, each
+    with a leading dimension of this one prompt (``pixel_values``, and ``image_sizes``,
+    ``image_grid_thw`` or ``pixel_attention_mask`` where the family has them)."""
     if image is None:
         raise PromptError("a vision-language policy needs an image with every prompt")
     if not question.strip():
         raise PromptError("empty question")
-    enc = processor(text=[f"{processor.image_token} {question}"], images=[image], return_tensors="pt")
-    return tuple(enc["input_ids"][0].tolist()), enc["pixel_values"][0]
+    text = chat_prompt(processor, question)
+    tok = processor.tokenizer
+    # as the processor's own apply_chat_template does: a template that writes BOS itself
+    # must not get a second one from the tokenizer
+    bos = tok.bos_token
+    enc = processor(text=[text], images=[image], return_tensors="pt",
+                    add_special_tokens=not (bos is not None and text.startswith(bos)))
+    images = {k: v for k, v in enc.items() if k not in TEXT_INPUTS and isinstance(v, torch.Tensor)}
+    if "pixel_values" not in images:
+        raise PromptError("the policy's processor returned no pixel_values for the image")
+    return tuple(enc["input_ids"][0].tolist()), images
 
 
 def encode_answer(processor: Any, answer: str) -> tuple[int, ...]:

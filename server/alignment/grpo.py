@@ -29,7 +29,7 @@ from server.alignment.sharding import PARALLEL_MODES, full_tensor, load_full, lo
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
 from server.alignment.policy import Policy
-from server.alignment.prompts import Prompt, check_prompts, collate_prompts
+from server.alignment.prompts import Prompt, check_prompts, collate_images, collate_prompts
 from server.alignment.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
 
 log = logging.getLogger(__name__)
@@ -228,21 +228,24 @@ class GRPOEngine:
                 graded: torch.Tensor | None) -> dict[str, float]:
         cfg, policy = self.config, self.policy
         device, g = policy.placement.device, cfg.group_size
-        pixels = None
-        if policy.is_vlm:  # one image per prompt: the scorer shares each prompt's prefix
-            pixels = torch.stack([p.pixel_values for p in prompts]).to(device)  # type: ignore[misc]
         advantages = advantages.to(device)
         mask = rollouts.completion_mask.to(device)
         chunks = [(c, slice(c.start * g, c.stop * g)) for c in self._chunks(len(prompts))]
 
-        def inputs(c: slice, rows: slice) -> tuple[torch.Tensor | None, ...]:
+        # each chunk's image inputs, batched once (the scorer encodes each prompt's image once
+        # and shares the prefix across its G completions)
+        images = [collate_images(prompts[c]) if policy.is_vlm else None for c, _ in chunks]
+
+        def inputs(k: int, c: slice, rows: slice) -> tuple[object, ...]:
+            chunk_images = images[k]
             return (rollouts.prompt_ids[::g][c], rollouts.prompt_mask[::g][c], rollouts.completion_ids[rows],
-                    rollouts.completion_mask[rows], None if pixels is None else pixels[c])
+                    rollouts.completion_mask[rows],
+                    None if chunk_images is None else {key: v.to(device) for key, v in chunk_images.items()})
 
         def score(module: torch.nn.Module) -> torch.Tensor:
             scorer = CompletionScorer(module, temperature=cfg.sampling.temperature, suppressed=policy.suppressed,
                                       autocast=policy.placement.autocast)
-            return torch.cat([scorer(*inputs(c, rows)) for c, rows in chunks])
+            return torch.cat([scorer(*inputs(k, c, rows)) for k, (c, rows) in enumerate(chunks)])
 
         ref_logp = old_logp = None
         with torch.no_grad():
@@ -267,7 +270,7 @@ class GRPOEngine:
                 # forward as well as the backward, or the reducer expects a sync that never comes
                 sync = contextlib.nullcontext() if last or not hasattr(self.scorer, "no_sync") else self.scorer.no_sync()
                 with sync:
-                    logp = graded if graded is not None else self.scorer(*inputs(c, rows))
+                    logp = graded if graded is not None else self.scorer(*inputs(k, c, rows))
                     loss, stats = grpo_loss(logp=logp,
                                             old_logp=logp.detach() if old_logp is None else old_logp[rows],
                                             ref_logp=None if ref_logp is None else ref_logp[rows],

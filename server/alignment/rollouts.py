@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from server.alignment.positions import following_positions, prompt_positions
 from server.alignment.prompts import PromptBatch
 
 
@@ -43,12 +44,6 @@ class Rollouts:
     completion_mask: torch.Tensor
     sampling_logp: torch.Tensor
     group_size: int
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, so a padded prompt sees the same positions as an
-    unpadded one."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def suppress(logits: torch.Tensor, suppressed: torch.Tensor | None, *, inplace: bool = False) -> torch.Tensor:
@@ -123,21 +118,23 @@ def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: Sa
         raise ValueError("group_size must be >= 1")
     device = next(model.parameters()).device
     ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-    extra = {} if batch.pixel_values is None else {"pixel_values": batch.pixel_values.to(device)}
+    images = batch.image_kwargs(device)
+    positions = prompt_positions(model, ids, mask, images or None)
     use_amp = autocast is not None
     # prompts of equal length need no mask (padding after EOS is never attended to by an
     # earlier token): attention then runs its plain causal path, without building a mask
     dense = bool(mask.all())
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=use_amp):
-        out = model(input_ids=ids, attention_mask=None if dense else mask, position_ids=position_ids(mask),
-                    use_cache=True, logits_to_keep=1, **extra)
+        out = model(input_ids=ids, attention_mask=None if dense else mask, position_ids=positions,
+                    use_cache=True, logits_to_keep=1, **images)
     cache, logits = out.past_key_values, out.logits[:, -1]
     if group_size > 1:
         cache.batch_repeat_interleave(group_size)
         logits = logits.repeat_interleave(group_size, 0)
     rows = ids.shape[0] * group_size
     attn = mask.repeat_interleave(group_size, 0)
-    pos = position_ids(attn)[:, -1]
+    # the positions of every token this loop may feed back, (rows, T) or (3, rows, T)
+    ahead = following_positions(positions, config.max_new_tokens, repeat=group_size)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     # asking whether every row is done waits for the GPU: do it every few steps there
     check_every = 1 if device.type == "cpu" else 8
@@ -159,10 +156,9 @@ def _decode(model: nn.Module, batch: PromptBatch, *, group_size: int, config: Sa
             break
         if not dense:
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        pos = pos + 1
         with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=use_amp):
-            out = model(input_ids=tok[:, None], attention_mask=None if dense else attn, position_ids=pos[:, None],
-                        past_key_values=cache, use_cache=True)
+            out = model(input_ids=tok[:, None], attention_mask=None if dense else attn,
+                        position_ids=ahead[..., step:step + 1], past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
     completion_mask = torch.stack(mask_out, 1)
     rollouts = Rollouts(prompt_ids=ids.repeat_interleave(group_size, 0),
@@ -192,27 +188,26 @@ class CompletionScorer(nn.Module):
         self.suppressed = suppressed
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                completion_mask: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """``prompt_ids``/``prompt_mask``/``pixel_values``: one row per prompt; completions:
-        G consecutive rows per prompt."""
+                completion_mask: torch.Tensor, images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``prompt_ids``/``prompt_mask``/``images`` (the batched image inputs): one row per
+        prompt; completions: G consecutive rows per prompt."""
         group = completion_ids.shape[0] // prompt_ids.shape[0]
         t = completion_ids.shape[1]
-        extra = {} if pixel_values is None else {"pixel_values": pixel_values}
-        device = prompt_ids.device
+        images = images or {}
         dense = bool(prompt_mask.all())  # as in generation: no mask needed without left padding
+        positions = prompt_positions(self.model, prompt_ids, prompt_mask, images or None)
+        device = prompt_ids.device
         with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             out = self.model(input_ids=prompt_ids, attention_mask=None if dense else prompt_mask,
-                             position_ids=position_ids(prompt_mask),
-                             use_cache=True, logits_to_keep=1, **extra)
+                             position_ids=positions, use_cache=True, logits_to_keep=1, **images)
             logits = out.logits[:, -1:].repeat_interleave(group, 0)
             if t > 1:
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(group)
                 mask = torch.cat([prompt_mask.repeat_interleave(group, 0), completion_mask], dim=1)
-                last = position_ids(prompt_mask)[:, -1:].repeat_interleave(group, 0)
-                positions = last + torch.arange(1, t, device=device)
                 rest = self.model(input_ids=completion_ids[:, :-1], attention_mask=None if dense else mask[:, :-1],
-                                  position_ids=positions, past_key_values=cache, use_cache=True).logits
+                                  position_ids=following_positions(positions, t - 1, repeat=group),
+                                  past_key_values=cache, use_cache=True).logits
                 logits = torch.cat([logits, rest], dim=1)
         logits = suppress(logits.float(), self.suppressed)
         if self.temperature > 0 and self.temperature != 1.0:
@@ -224,10 +219,11 @@ class CompletionScorer(nn.Module):
 
 
 def completion_logp(model: nn.Module, rollouts: Rollouts, *, temperature: float,
-                    pixel_values: torch.Tensor | None = None, autocast: torch.dtype | None = None,
+                    images: dict[str, torch.Tensor] | None = None, autocast: torch.dtype | None = None,
                     suppressed: torch.Tensor | None = None) -> torch.Tensor:
-    """:class:`CompletionScorer` on a :class:`Rollouts` (``pixel_values``: one per prompt)."""
+    """:class:`CompletionScorer` on a :class:`Rollouts` (``images``: the prompts' batched
+    image inputs, :attr:`PromptBatch.images`)."""
     g = rollouts.group_size
     scorer = CompletionScorer(model, temperature=temperature, suppressed=suppressed, autocast=autocast)
     return scorer(rollouts.prompt_ids[::g], rollouts.prompt_mask[::g], rollouts.completion_ids,
-                  rollouts.completion_mask, pixel_values)
+                  rollouts.completion_mask, images)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from fedsecure.errors import PromptError
-from server.alignment.prompts import Prompt
-from server.alignment.rollouts import position_ids
+from server.alignment.positions import prompt_positions
+from server.alignment.prompts import Prompt, collate_images
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class SFTConfig:
             raise ValueError("need epochs >= 0, batch_size >= 1, learning_rate > 0")
 
 
-def _batch(prompts: Sequence[Prompt], targets: Sequence[tuple[int, ...]], pad_id: int,
+def _batch(model: nn.Module, prompts: Sequence[Prompt], targets: Sequence[tuple[int, ...]], pad_id: int,
            device: torch.device) -> dict[str, torch.Tensor]:
     rows = [(*p.input_ids, *t) for p, t in zip(prompts, targets, strict=True)]
     width = max(len(r) for r in rows)
@@ -44,9 +44,11 @@ def _batch(prompts: Sequence[Prompt], targets: Sequence[tuple[int, ...]], pad_id
         ids[i, width - len(row):] = torch.tensor(row)
         mask[i, width - len(row):] = 1
         labels[i, width - len(target):] = torch.tensor(target)  # loss on the answer only
-    out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": position_ids(mask)}
-    if prompts[0].pixel_values is not None:
-        out["pixel_values"] = torch.stack([p.pixel_values for p in prompts])  # type: ignore[misc]
+    images = collate_images(prompts) or {}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels, **images}
+    # the answer continues the prompt's positions (M-RoPE families included): computed over
+    # the whole row, whose image tokens all sit in the prompt
+    out["position_ids"] = prompt_positions(model, ids, mask, images or None)
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -65,7 +67,7 @@ def sft_warm_start(model: nn.Module, *, prompts: Sequence[Prompt], targets: Sequ
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            loss = model(**_batch([prompts[i] for i in idx], [targets[i] for i in idx], pad_id, device)).loss
+            loss = model(**_batch(model, [prompts[i] for i in idx], [targets[i] for i in idx], pad_id, device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -12,7 +12,7 @@ import torch
 
 from server.alignment.policy import Policy
 from server.alignment.prompts import Prompt, collate_prompts
-from server.alignment.rollouts import position_ids
+from server.alignment.positions import prompt_positions
 
 
 def reference_features(policy: Policy, *, batch_size: int = 64) -> Callable[[Sequence[Prompt]], torch.Tensor]:
@@ -23,11 +23,11 @@ def reference_features(policy: Policy, *, batch_size: int = 64) -> Callable[[Seq
         with torch.no_grad(), policy.reference() as model:
             for start in range(0, len(prompts), batch_size):
                 batch = collate_prompts(prompts[start:start + batch_size], pad_id=policy.pad_id)
-                extra = {} if batch.pixel_values is None else {"pixel_values": batch.pixel_values.to(device)}
-                mask = batch.attention_mask.to(device)
-                hidden = model(input_ids=batch.input_ids.to(device), attention_mask=mask,
-                               position_ids=position_ids(mask), output_hidden_states=True,
-                               **extra).hidden_states[-1]
+                images = batch.image_kwargs(device)
+                ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+                hidden = model(input_ids=ids, attention_mask=mask,
+                               position_ids=prompt_positions(model, ids, mask, images or None),
+                               output_hidden_states=True, **images).hidden_states[-1]
                 out.append(hidden[:, -1].float().cpu())  # left padding: the last column is the last token
         return torch.cat(out)
     return features
