@@ -129,15 +129,29 @@ def check_tokenizer(model: Any, processor: Any) -> None:
         raise PolicyLoadError("the tokenizer defines no EOS or padding token")
 
 
-SUPPORTED_FAMILIES = {"llava": "LLaVA-1.5-shaped, including the built-in tiny policy"}
-"""Vision-language families the policy path handles completely (model_type -> what it is)."""
+SUPPORTED_FAMILIES = {
+    "llava": "LLaVA-1.5, including the built-in tiny policy",
+    "llava_next": "LLaVA-NeXT (any-resolution tiles, image_sizes)",
+    "idefics3": "Idefics3 (pixel_attention_mask)",
+    "qwen2_vl": "Qwen2-VL (M-RoPE, image_grid_thw; its processor needs torchvision)",
+    "qwen2_5_vl": "Qwen2.5-VL (M-RoPE, image_grid_thw; its processor needs torchvision)",
+}
+"""Vision-language families the policy path handles completely (model_type -> what it is):
+every image input their processor returns reaches the model, and positions follow their
+rope (server/alignment/positions.py)."""
+
+NEEDS_TORCHVISION = frozenset({"qwen2_vl", "qwen2_5_vl"})
+"""Families whose processor includes a video processor, which transformers builds only with
+torchvision installed, even for image-only use (transformers#48558)."""
 
 
 def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """(model, processor) from a local vision-language checkpoint directory. Raises
     FileNotFoundError for a missing path and PolicyLoadError for anything that is not a
-    usable VLM (a text-only model, no processor, a tokenizer that does not match)."""
+    usable VLM (a text-only model, an unsupported family, no processor or chat template,
+    a tokenizer that does not match)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import is_torchvision_available
     from transformers.utils import logging as hf_logging
 
     path = Path(path)
@@ -152,12 +166,14 @@ def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, A
     if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise PolicyLoadError(f"{path} holds a {config.model_type!r} model, not a vision-language model")
     if config.model_type not in SUPPORTED_FAMILIES:
-        # Fail closed: the rollouts and updates pass the model its token ids and pixel_values
-        # only; a family that needs more (image sizes, grid sizes, rope positions) would
-        # load, run and train on wrongly handled images without a word.
+        # Fail closed: a family whose image inputs or positions the rollouts do not know
+        # would load, run and train on wrongly handled images without a word.
         raise PolicyLoadError(
             f"{path} holds a {config.model_type!r} vision-language model; supported families: "
             + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FAMILIES.items()))
+    if config.model_type in NEEDS_TORCHVISION and not is_torchvision_available():
+        raise PolicyLoadError(f"{path} holds a {config.model_type!r} model, whose processor transformers "
+                              "builds only with torchvision installed (pip install torchvision matching torch)")
     hf_logging.disable_progress_bar()
     try:
         processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
@@ -166,6 +182,8 @@ def load_policy(path: Path, *, dtype: torch.dtype | None = None) -> tuple[Any, A
         raise PolicyLoadError(f"{path}: cannot load model or processor: {exc}") from exc
     if not hasattr(processor, "image_processor"):
         raise PolicyLoadError(f"{path} has no image processor: its processor cannot take images")
+    if not getattr(processor, "chat_template", None):
+        raise PolicyLoadError(f"{path} has no chat template: the form of a question cannot be known")
     check_tokenizer(model, processor)
     return model.eval(), processor
 
