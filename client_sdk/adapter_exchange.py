@@ -154,7 +154,8 @@ def aux_adapters(model: RewardModel, aggregate: Aggregate) -> dict[str, torch.Te
     for name in model.attention_adapter_names():
         slot = slot_of(name)
         assert slot is not None
-        other = f"{attention_module(key.stack, slot.block, slot.role)}.lora_B.{SHARED_ADAPTER}.weight"
+        other = (f"{attention_module(key.stack, slot.block, slot.role, family=model.config.tower_family)}"
+                 f".lora_B.{SHARED_ADAPTER}.weight")
         expected[other] = np.zeros(tuple(params[name].shape))
     try:
         values = _values(aggregate, TensorLayout.of(expected))

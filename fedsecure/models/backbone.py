@@ -1,6 +1,7 @@
-"""The federation's reward-model backbone: one image stack (ViT) and one text stack
-(BERT) of one block shape, pretrained once by the operator on public data and used,
-frozen, by every client. Identical on every client by construction: the operator
+"""The federation's reward-model backbone: one image stack and one text stack of one block
+shape, used frozen by every client: a fedsecure folder (ViT and BERT pretrained once by the
+operator on public data, layout below) or a CLIP/SigLIP checkpoint with its own tokenizer
+and image processor (fedsecure/models/towers.py). Identical on every client by construction: the operator
 distributes one folder, its SHA-256 is sealed in every kit, and a client refuses a
 folder whose digest differs (docs/design.md §5).
 
@@ -25,6 +26,7 @@ from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 from fedsecure.data.easyvqa import IMAGE_SIZE
 from fedsecure.errors import KitError
+from fedsecure.models.towers import checkpoint_family, tower_configs
 
 MANIFEST = "backbone.json"
 IMAGE_DIR, TEXT_DIR, TOKENIZER = "image", "text", "tokenizer.json"
@@ -41,9 +43,12 @@ class BackboneShape:
     patch: int = 8
     max_length: int = 24
     dropout: float = 0.1
+    family: str = "fedsecure"  # or a dual-encoder checkpoint's family (fedsecure/models/towers.py)
 
     def __post_init__(self) -> None:
-        if self.hidden % self.heads or IMAGE_SIZE % self.patch or min(self.layers, self.intermediate) < 1:
+        # a fedsecure stack takes the 64×64 images as they are; a checkpoint's processor resizes them
+        patch_fits = self.family != "fedsecure" or IMAGE_SIZE % self.patch == 0
+        if self.hidden % self.heads or not patch_fits or min(self.layers, self.intermediate) < 1:
             raise ValueError(f"unusable backbone shape {self}")
 
 
@@ -90,12 +95,36 @@ def save_backbone(folder: Path, *, image: ViTModel, text: BertModel, tokenizer: 
 
 
 def shape_of(folder: Path) -> BackboneShape:
-    """The block shape a backbone folder declares."""
+    """The block shape a backbone folder declares: a fedsecure folder's manifest, or the
+    tower configs of a CLIP/SigLIP checkpoint (whose two towers must share one block shape:
+    FedCola's gate adds one modality's attention adapters to the other's layers)."""
+    try:
+        family = checkpoint_family(folder)
+    except ValueError as exc:
+        raise KitError(str(exc)) from exc
+    if family is not None:
+        return _checkpoint_shape(folder, family)
     try:
         doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         return BackboneShape(**doc["shape"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KitError(f"{folder}: not a fedsecure backbone ({exc})") from exc
+
+
+def _checkpoint_shape(folder: Path, family: str) -> BackboneShape:
+    vision, text = tower_configs(folder)
+    shapes = {name: (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size)
+              for name, c in (("vision", vision), ("text", text))}
+    if shapes["vision"] != shapes["text"]:
+        raise KitError(f"{folder}: the {family} towers differ in block shape (hidden, layers, heads, mlp: "
+                       f"vision {shapes['vision']}, text {shapes['text']}); a reward backbone needs one shape")
+    hidden, layers, heads, intermediate = shapes["text"]
+    try:
+        return BackboneShape(hidden=hidden, layers=layers, heads=heads, intermediate=intermediate,
+                             patch=int(vision.patch_size), max_length=int(text.max_position_embeddings),
+                             dropout=float(getattr(text, "attention_dropout", 0.0)), family=family)
+    except ValueError as exc:
+        raise KitError(f"{folder}: {exc}") from exc
 
 
 def verify_backbone(folder: Path, *, expected_sha256: str | Sequence[str]) -> BackboneShape:

@@ -35,6 +35,13 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
+def pixel_transform(tokenizer: object) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How images become pixel values for the model the tokenizer belongs to: a checkpoint's
+    own image processor (:class:`fedsecure.models.towers.CheckpointProcessor`), else
+    :func:`pixels`."""
+    return getattr(tokenizer, "pixels", pixels)
+
+
 @dataclass
 class EncodedPairs:
     """Pairs as tensors; images stored once per image id (uint8)."""
@@ -45,6 +52,8 @@ class EncodedPairs:
     chosen_answer: torch.Tensor     # (N,)
     rejected_answer: torch.Tensor   # (N,)
     digest: str                     # what the ledger records as "data used"
+    # uint8 images -> the image stack's input: [-1, 1] as they are, or a checkpoint's processor
+    to_pixels: Callable[[torch.Tensor], torch.Tensor] = pixels
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
@@ -54,7 +63,7 @@ class EncodedPairs:
         out = {k: v[idx] for k, v in self.text.items()}
         seq = out["chosen_input_ids"].shape[1]
         out["position_ids"] = torch.arange(seq).expand(len(idx), seq).contiguous()  # (B, L) for per-sample grads
-        out["pixel_values"] = pixels(self.images[self.image_index[idx]])
+        out["pixel_values"] = self.to_pixels(self.images[self.image_index[idx]])
         out["chosen_answer"] = self.chosen_answer[idx]
         out["rejected_answer"] = self.rejected_answer[idx]
         return out
@@ -113,7 +122,7 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
         text=text,
         chosen_answer=torch.tensor([answer_id(p.chosen) for p in pairs], dtype=torch.long),
         rejected_answer=torch.tensor([answer_id(p.rejected) for p in pairs], dtype=torch.long),
-        digest=pairs_digest(pairs))
+        digest=pairs_digest(pairs), to_pixels=pixel_transform(tokenizer))
 
 
 def encode_items(images: Sequence[np.ndarray], questions: Sequence[str], completions: Sequence[str],
@@ -123,6 +132,7 @@ def encode_items(images: Sequence[np.ndarray], questions: Sequence[str], complet
     seq = out["chosen_input_ids"].shape[1]
     out["position_ids"] = torch.arange(seq).expand(len(questions), seq).contiguous()
     if images:
-        out["pixel_values"] = pixels(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
+        out["pixel_values"] = pixel_transform(tokenizer)(
+            torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
     out["chosen_answer"] = torch.tensor([answer_id(c) for c in completions], dtype=torch.long)
     return out

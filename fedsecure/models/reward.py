@@ -19,7 +19,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -32,13 +32,17 @@ from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, backbone_digest, shap
 from fedsecure.models.groups import block_shape
 from fedsecure.models.slots import slot_of
 from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from fedsecure.models.towers import TOWER_FAMILIES, CheckpointProcessor, image_features, load_towers, text_features
 
 Kind = Literal["image_text", "image", "text"]
 KINDS: tuple[str, ...] = ("image_text", "image", "text")
 # Attention projections of BERT (query/key/value, attention.output.dense) and ViT
 # (q/k/v/o_proj); MLPs of BERT (intermediate.dense, output.dense) and ViT (mlp.fc1/fc2).
-ATTENTION_TARGETS = r".*\.attention\.(self\.)?(query|key|value|q_proj|k_proj|v_proj|o_proj)|.*\.attention\.output\.dense"
-MLP_TARGETS = r".*\.intermediate\.dense|.*layer\.\d+\.output\.dense|.*\.mlp\.fc[12]"
+# CLIP/SigLIP towers: self_attn.(q|k|v|out)_proj and mlp.fc1/fc2 (fedsecure/models/towers.py).
+ATTENTION_TARGETS = (r".*\.attention\.(self\.)?(query|key|value|q_proj|k_proj|v_proj|o_proj)|.*\.attention\.output\.dense"
+                     r"|.*\.self_attn\.(q_proj|k_proj|v_proj|out_proj)")
+# (block MLPs only: not the MLP inside SigLIP's pooling head)
+MLP_TARGETS = r".*\.intermediate\.dense|.*layer\.\d+\.output\.dense|.*layers\.\d+\.mlp\.fc[12]"
 SHARED_ADAPTER, LOCAL_ADAPTER = "attn", "local"
 UNKNOWN_ANSWER_REWARD = -20.0
 PAIRED_ROWS = 2  # text layers see each pair as 2 rows (chosen, rejected) in one batch  # log-probability floor for answers outside the vocabulary
@@ -64,13 +68,20 @@ class RewardModelConfig:
     text_backbone: str | None = None   # local HF checkpoint folder; None = build from config
     image_backbone: str | None = None
     backbone_sha256: str = ""          # the federation's backbone folder digest ("" = random stacks)
+    # "fedsecure": BERT/ViT stacks with the easy-VQA word tokenizer and 64×64 pixels; "clip" or
+    # "siglip": a dual-encoder checkpoint with its own tokenizer and image processor
+    tower_family: str = "fedsecure"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.tower_family not in ("fedsecure", *TOWER_FAMILIES):
+            raise ValueError(f"tower_family must be fedsecure or one of {TOWER_FAMILIES}, got {self.tower_family!r}")
+        if self.tower_family != "fedsecure" and not (self.text_backbone or self.image_backbone):
+            raise ValueError(f"a {self.tower_family} reward model needs its checkpoint folder")
         if self.hidden % self.heads:
             raise ValueError("hidden must be divisible by heads")
-        if IMAGE_SIZE % self.patch:
+        if self.tower_family == "fedsecure" and IMAGE_SIZE % self.patch:
             raise ValueError(f"patch must divide the image size {IMAGE_SIZE}")
 
 
@@ -87,17 +98,22 @@ class RewardModel(nn.Module):
         super().__init__()
         self.config = config
         self.answer_vocab = answers()
-        self.text: BertModel | None = None
-        self.image: ViTModel | None = None
+        self.text: nn.Module | None = None
+        self.image: nn.Module | None = None
         c = config
-        if c.kind in ("image_text", "text"):
+        if c.tower_family != "fedsecure":
+            towers = load_towers(Path(c.text_backbone or c.image_backbone or ""), c.tower_family,
+                                 which=[s for s, kinds in (("text", ("image_text", "text")),
+                                                           ("image", ("image_text", "image"))) if c.kind in kinds])
+            self.text, self.image = towers.get("text"), towers.get("image")
+        if c.tower_family == "fedsecure" and c.kind in ("image_text", "text"):
             self.text = (BertModel.from_pretrained(c.text_backbone, local_files_only=True, add_pooling_layer=False)
                          if c.text_backbone else BertModel(BertConfig(
                              vocab_size=vocab_size, hidden_size=c.hidden, num_hidden_layers=c.layers,
                              num_attention_heads=c.heads, intermediate_size=c.intermediate,
                              max_position_embeddings=c.max_length, type_vocab_size=2, hidden_dropout_prob=c.dropout,
                              attention_probs_dropout_prob=c.dropout), add_pooling_layer=False))
-        if c.kind in ("image_text", "image"):
+        if c.tower_family == "fedsecure" and c.kind in ("image_text", "image"):
             self.image = (ViTModel.from_pretrained(c.image_backbone, local_files_only=True, add_pooling_layer=False)
                           if c.image_backbone else ViTModel(ViTConfig(
                               image_size=IMAGE_SIZE, patch_size=c.patch, num_channels=3, hidden_size=c.hidden,
@@ -184,6 +200,9 @@ class RewardModel(nn.Module):
     def _text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                   position_ids: torch.Tensor) -> torch.Tensor:
         assert self.text is not None
+        if self.config.tower_family != "fedsecure":  # no segment ids: one text, pooled as trained
+            return text_features(self.text, self.config.tower_family, input_ids=input_ids,
+                                 attention_mask=attention_mask, position_ids=position_ids)
         out = self.text(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids)
         return out.last_hidden_state[:, 0]
@@ -191,6 +210,8 @@ class RewardModel(nn.Module):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """CLS features of the image stack (computed once per pair, shared by both answers)."""
         assert self.image is not None
+        if self.config.tower_family != "fedsecure":
+            return image_features(self.image, self.config.tower_family, pixel_values)
         return self.image(pixel_values=pixel_values).last_hidden_state[:, 0]
 
     def reward(self, batch: dict[str, torch.Tensor], which: str, image_feats: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,9 +263,17 @@ class RewardModel(nn.Module):
 
 # --- building, saving, loading -------------------------------------------------------
 
-def build_reward_model(config: RewardModelConfig) -> tuple[RewardModel, object]:
-    """A fresh reward model and the locally built tokenizer."""
-    tok = build_tokenizer(config.max_length)
+def _tokenizer_for(config: RewardModelConfig) -> Any:
+    """The easy-VQA word tokenizer, or a dual-encoder checkpoint's own tokenizer and image
+    processor (:class:`CheckpointProcessor`)."""
+    if config.tower_family == "fedsecure":
+        return build_tokenizer(config.max_length)
+    return CheckpointProcessor(Path(config.text_backbone or config.image_backbone or ""), max_length=config.max_length)
+
+
+def build_reward_model(config: RewardModelConfig) -> tuple[RewardModel, Any]:
+    """A fresh reward model and the tokenizer its inputs are encoded with."""
+    tok = _tokenizer_for(config)
     return RewardModel(config, tok.get_vocab_size()), tok
 
 
@@ -263,7 +292,8 @@ def load_reward_model(folder: Path) -> tuple[RewardModel, object]:
         if not (folder / name).exists():
             raise ValueError(f"{folder}: not a reward model (missing {name})")
     config = RewardModelConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-    tok = load_tokenizer(folder / TOKENIZER_FILE)
+    # a checkpoint's own processor is read from the (digest-verified) checkpoint, never from a copy
+    tok = load_tokenizer(folder / TOKENIZER_FILE) if config.tower_family == "fedsecure" else _tokenizer_for(config)
     model = RewardModel(config, tok.get_vocab_size())
     missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)
     if missing or unexpected:
@@ -272,11 +302,14 @@ def load_reward_model(folder: Path) -> tuple[RewardModel, object]:
 
 
 def config_on_backbone(kind: str, folder: Path, **overrides: object) -> RewardModelConfig:
-    """A reward model of ``kind`` on the federation's pretrained backbone in ``folder``
-    (its block shape, its stacks; call :func:`fedsecure.models.backbone.verify_backbone`
-    first so that the folder is the one the kit seals)."""
+    """A reward model of ``kind`` on the federation's pretrained backbone in ``folder``: a
+    fedsecure backbone folder or a CLIP/SigLIP checkpoint (its block shape, its towers;
+    call :func:`fedsecure.models.backbone.verify_backbone` first so that the folder is the
+    one the kit seals)."""
     s = shape_of(folder)
+    stacks = ((str(folder / TEXT_DIR), str(folder / IMAGE_DIR)) if s.family == "fedsecure"
+              else (str(folder), str(folder)))
     return RewardModelConfig(kind=kind, hidden=s.hidden, layers=s.layers, heads=s.heads, intermediate=s.intermediate,
                              patch=s.patch, max_length=s.max_length, dropout=s.dropout,
-                             text_backbone=str(folder / TEXT_DIR), image_backbone=str(folder / IMAGE_DIR),
+                             text_backbone=stacks[0], image_backbone=stacks[1], tower_family=s.family,
                              backbone_sha256=backbone_digest(folder), **overrides)  # type: ignore[arg-type]

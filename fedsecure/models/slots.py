@@ -25,6 +25,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], dict[str, str]], ...] = (
     ("text", re.compile(r"encoder\.layer\.(\d+)\.(output)\.dense$"), {"output": "down"}),
     ("image", re.compile(r"layers\.(\d+)\.attention\.(q|k|v|o)_proj$"), {"q": "q", "k": "k", "v": "v", "o": "o"}),
     ("image", re.compile(r"layers\.(\d+)\.mlp\.(fc1|fc2)$"), {"fc1": "up", "fc2": "down"}),
+    # CLIP and SigLIP towers (fedsecure/models/towers.py): the same names in both stacks
+    *((stack, re.compile(r"encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj$"),
+       {"q": "q", "k": "k", "v": "v", "out": "o"}) for stack in ("text", "image")),
+    ("text", re.compile(r"encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)$"), {"fc1": "up", "fc2": "down"}),
 )
 
 
@@ -63,16 +67,23 @@ def slot_of(module_name: str) -> Slot | None:
 
 
 _ATTENTION_PATHS = {
-    "text": {"q": "encoder.layer.{b}.attention.self.query", "k": "encoder.layer.{b}.attention.self.key",
-             "v": "encoder.layer.{b}.attention.self.value", "o": "encoder.layer.{b}.attention.output.dense"},
-    "image": {r: f"layers.{{b}}.attention.{r}_proj" for r in ATTENTION_ROLES},
+    "fedsecure": {
+        "text": {"q": "encoder.layer.{b}.attention.self.query", "k": "encoder.layer.{b}.attention.self.key",
+                 "v": "encoder.layer.{b}.attention.self.value", "o": "encoder.layer.{b}.attention.output.dense"},
+        "image": {r: f"layers.{{b}}.attention.{r}_proj" for r in ATTENTION_ROLES},
+    },
+    **{family: {stack: {r: f"encoder.layers.{{b}}.self_attn.{'out' if r == 'o' else r}_proj"
+                        for r in ATTENTION_ROLES} for stack in ("text", "image")}
+       for family in ("clip", "siglip")},
 }
 
 
-def attention_module(stack: str, block: int, role: str) -> str:
-    """The module path of an attention projection in a reward model (the inverse of
-    :func:`slot_of` for attention slots): what another stack's parameters are called."""
+def attention_module(stack: str, block: int, role: str, *, family: str = "fedsecure") -> str:
+    """The module path of an attention projection in a reward model on a ``family``
+    backbone (the inverse of :func:`slot_of` for attention slots): what another stack's
+    parameters are called. Every member of an adapter group shares one backbone, hence one
+    family."""
     try:
-        return f"{stack}." + _ATTENTION_PATHS[stack][role].format(b=block)
+        return f"{stack}." + _ATTENTION_PATHS[family][stack][role].format(b=block)
     except KeyError:
-        raise ValueError(f"no attention projection {role!r} in a {stack!r} stack") from None
+        raise ValueError(f"no attention projection {role!r} in a {stack!r} stack of a {family!r} backbone") from None
