@@ -4,9 +4,10 @@ image processor and a chat template shaped like the family's real one (role word
 markers, end-of-turn token as EOS). Saved in the standard layout, they are loaded by the
 same ``load_policy`` that loads a downloaded checkpoint.
 
-Qwen2-VL's processor (like SmolVLM's) cannot be built without torchvision, which this
-machine's CPU-only torch cannot load; for it :func:`qwen_inputs` produces what that
-processor would return (the chat template rendered, each image placeholder expanded to the
+Qwen2-VL's and SmolVLM's processors cannot be built without torchvision, which this
+machine's CPU-only torch cannot load (only CUDA builds of it exist for torch 2.13); for
+SmolVLM :func:`smolvlm` stands in an Idefics3 processor around its image processor, for
+Qwen2-VL :func:`qwen_inputs` produces what that processor would return (the chat template rendered, each image placeholder expanded to the
 image's merged patch count, the image processor's ``pixel_values`` and ``image_grid_thw``),
 so the model side (M-RoPE positions, image inputs) is tested all the same.
 """
@@ -166,8 +167,33 @@ def qwen_inputs(tok: Any, images: Any, *, question: str, image: np.ndarray) -> t
     return tuple(tok(text, add_special_tokens=False)["input_ids"]), dict(out)
 
 
+def smolvlm(seed: int = 0) -> tuple[Any, Any]:
+    """SmolVLM (Idefics3's architecture, its own classes), with a stand-in processor:
+    SmolVLM's own processor needs torchvision (a video processor), so its image processor
+    goes into an ``Idefics3Processor``, which writes the same prompt for an unsplit image
+    (``<fake_token_around_image><global-img><image>×n<fake_token_around_image>``)."""
+    from transformers import Idefics3Processor, SmolVLMConfig, SmolVLMForConditionalGeneration
+    from transformers.models.smolvlm import SmolVLMImageProcessorPil
+
+    tok = word_tokenizer(IDEFICS3_SPECIALS, eos="<end_of_utterance>")
+    images = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32},
+                                      max_image_size={"longest_edge": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    text = tiny_llama_config(vocab_size=len(tok), hidden=64, layers=2, heads=4, bos_id=tok.bos_token_id,
+                             eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    config = SmolVLMConfig(vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32,
+                                          "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+                           text_config=text.to_dict(), scale_factor=2,
+                           image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
+    return _seeded(seed, lambda: SmolVLMForConditionalGeneration(config)), processor
+
+
 BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {"llava": llava, "llava_next": llava_next, "idefics3": idefics3}
 """Families whose processor builds here: built, saved and loaded through ``load_policy``."""
+
+STAND_INS: dict[str, Callable[..., tuple[Any, Any]]] = {"smolvlm": smolvlm}
+"""Families tested in memory with a stand-in processor (their own needs torchvision)."""
 
 
 def save_family(family: str, path: Path, *, seed: int = 0) -> Path:

@@ -29,10 +29,11 @@ from server.alignment.policy import Policy, PolicySetup
 from server.alignment.positions import prompt_positions
 from server.alignment.prompts import ImageInputs, Prompt, collate_images, collate_prompts, vqa_prompts
 from server.alignment.rollouts import SamplingConfig, completion_logp, generate
-from tests.policy_families import BUILDERS, qwen_inputs, qwen_parts, save_family
+from tests.policy_families import BUILDERS, STAND_INS, qwen_inputs, qwen_parts, save_family
 
 LOADABLE = sorted(BUILDERS)
 QWEN = ["qwen2_vl", "qwen2_5_vl"]
+IN_MEMORY = [*sorted(STAND_INS), *QWEN]  # their processors need torchvision (see tests/policy_families.py)
 QUESTIONS = load_records("test")[:3]  # questions of different lengths: left padding is exercised
 
 
@@ -56,7 +57,7 @@ def _family(name: str, saved: dict[str, Path]) -> tuple[Any, list[Prompt], torch
             prompts.append(Prompt(r.record_id, r.question, ids, images=ImageInputs.of(inputs)))
         never = torch.tensor([model.config.image_token_id, tok.pad_token_id])
         return model, prompts, never
-    model, processor = load_policy(saved[name])
+    model, processor = STAND_INS[name]() if name in STAND_INS else load_policy(saved[name])
     prompts = vqa_prompts(QUESTIONS, processor=processor)
     from server.alignment.policy import vlm_suppressed_ids
     return model, prompts, torch.tensor(vlm_suppressed_ids(processor))
@@ -78,7 +79,7 @@ def test_each_family_loads_through_the_generic_loader(family: str, saved: dict[s
                                   else processor.tokenizer.convert_tokens_to_ids(processor.image_token)) > 1
 
 
-@pytest.mark.parametrize("family", LOADABLE + QWEN)
+@pytest.mark.parametrize("family", LOADABLE + IN_MEMORY)
 def test_cached_rollout_log_probs_equal_a_full_forward(family: str, saved: dict[str, Path]) -> None:
     """The rollouts' log-probs (prefix encoded once, its cache repeated for G completions,
     one token at a time) and the GRPO scorer's equal one plain forward of each whole row."""
@@ -107,7 +108,7 @@ def test_cached_rollout_log_probs_equal_a_full_forward(family: str, saved: dict[
     torch.testing.assert_close(scored, full, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", LOADABLE + QWEN)
+@pytest.mark.parametrize("family", LOADABLE + IN_MEMORY)
 def test_the_answer_depends_on_the_image(family: str, saved: dict[str, Path]) -> None:
     """Same question, another image: the next-token distribution moves (a path that
     dropped an image input, or fed every prompt the same image, would leave it unchanged)."""
@@ -117,7 +118,7 @@ def test_the_answer_depends_on_the_image(family: str, saved: dict[str, Path]) ->
         ids, other = qwen_inputs(tok, images, question=QUESTIONS[0].question, image=_image(99))
         swapped = Prompt("swapped", QUESTIONS[0].question, ids, images=ImageInputs.of(other))
     else:
-        processor = load_policy(saved[family])[1]
+        processor = STAND_INS[family]()[1] if family in STAND_INS else load_policy(saved[family])[1]
         record = QUESTIONS[0]
         from fedsecure.models.policy_vlm import encode_prompt
         ids, other = encode_prompt(processor, question=record.question, image=_image(99))
@@ -133,7 +134,7 @@ def test_the_answer_depends_on_the_image(family: str, saved: dict[str, Path]) ->
     assert (logits[0] - logits[1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", LOADABLE + QWEN)
+@pytest.mark.parametrize("family", LOADABLE + IN_MEMORY)
 def test_one_grpo_step_updates_every_family(family: str, saved: dict[str, Path]) -> None:
     model, prompts, never = _family(family, saved)
     eos, pad = _eos_pad(model)

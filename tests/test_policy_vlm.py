@@ -65,17 +65,19 @@ def test_missing_and_text_only_checkpoints_are_refused(tmp_path: Path) -> None:
         load_policy(tmp_path / "junk")
 
 
-def test_a_qwen2_vl_checkpoint_is_refused_with_the_reason_where_torchvision_is_missing(tmp_path: Path) -> None:
-    """Qwen2-VL's processor includes a video processor, which transformers builds only with
+def test_qwen_and_smolvlm_checkpoints_are_refused_with_the_reason_where_torchvision_is_missing(
+        tmp_path: Path) -> None:
+    """Their processors include a video processor, which transformers builds only with
     torchvision; the refusal says so rather than failing deep inside transformers."""
-    from transformers import Qwen2VLConfig
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, SmolVLMConfig
     from transformers.utils import is_torchvision_available
 
     if is_torchvision_available():  # this machine's CPU torch cannot load torchvision: the case CI has
-        pytest.skip("torchvision present: the Qwen2-VL processor can be built")
-    Qwen2VLConfig().save_pretrained(tmp_path / "qwen")
-    with pytest.raises(PolicyLoadError, match="torchvision"):
-        load_policy(tmp_path / "qwen")
+        pytest.skip("torchvision present: these processors can be built")
+    for name, config in (("qwen", Qwen2VLConfig()), ("qwen25", Qwen2_5_VLConfig()), ("smol", SmolVLMConfig())):
+        config.save_pretrained(tmp_path / name)
+        with pytest.raises(PolicyLoadError, match=f"{config.model_type}.*torchvision"):
+            load_policy(tmp_path / name)
 
 
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused(saved: Path, tmp_path: Path) -> None:

@@ -135,12 +135,13 @@ SUPPORTED_FAMILIES = {
     "idefics3": "Idefics3 (pixel_attention_mask)",
     "qwen2_vl": "Qwen2-VL (M-RoPE, image_grid_thw; its processor needs torchvision)",
     "qwen2_5_vl": "Qwen2.5-VL (M-RoPE, image_grid_thw; its processor needs torchvision)",
+    "smolvlm": "SmolVLM (pixel_attention_mask; its processor needs torchvision)",
 }
 """Vision-language families the policy path handles completely (model_type -> what it is):
 every image input their processor returns reaches the model, and positions follow their
 rope (server/alignment/positions.py)."""
 
-NEEDS_TORCHVISION = frozenset({"qwen2_vl", "qwen2_5_vl"})
+NEEDS_TORCHVISION = frozenset({"qwen2_vl", "qwen2_5_vl", "smolvlm"})
 """Families whose processor includes a video processor, which transformers builds only with
 torchvision installed, even for image-only use (transformers#48558)."""
 
