@@ -94,25 +94,32 @@ IDEFICS3_SPECIALS = ["<image>", "<fake_token_around_image>", "<global-img>", "<e
                      *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))]
 
 
-def idefics3(seed: int = 0) -> tuple[Any, Any]:
-    """Idefics3 (SigLIP-style tower, pixel shuffle; ``pixel_attention_mask``)."""
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+def _idefics_style(seed: int, config_cls: Any, model_cls: Any, image_processor_cls: Any) -> tuple[Any, Any]:
+    """An Idefics3-architecture model (SigLIP-style tower, pixel shuffle) with an Idefics3
+    processor around ``image_processor_cls``: (32 / 8)² patches, 2×2 merged per token by the
+    pixel shuffle, so 4 image tokens per unsplit image."""
+    from transformers import Idefics3Processor
 
     tok = word_tokenizer(IDEFICS3_SPECIALS, eos="<end_of_utterance>")
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32},
-                                       max_image_size={"longest_edge": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    # (32 / 8)² patches, 2×2 of them merged per token by the pixel shuffle: 4 image tokens
+    images = image_processor_cls(do_image_splitting=False, size={"longest_edge": 32},
+                                 max_image_size={"longest_edge": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4,
                                   chat_template=IDEFICS3_TEMPLATE)
     text = tiny_llama_config(vocab_size=len(tok), hidden=64, layers=2, heads=4, bos_id=tok.bos_token_id,
                              eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
-    config = Idefics3Config(vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32,
-                                           "intermediate_size": 64, "num_hidden_layers": 2,
-                                           "num_attention_heads": 2},
-                            text_config=text.to_dict(), scale_factor=2,
-                            image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
-    return _seeded(seed, lambda: Idefics3ForConditionalGeneration(config)), processor
+    config = config_cls(vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                                       "num_hidden_layers": 2, "num_attention_heads": 2},
+                        text_config=text.to_dict(), scale_factor=2,
+                        image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
+    return _seeded(seed, lambda: model_cls(config)), processor
+
+
+def idefics3(seed: int = 0) -> tuple[Any, Any]:
+    """Idefics3 (``pixel_attention_mask``)."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+
+    return _idefics_style(seed, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil)
 
 
 QWEN_TEMPLATE = (
@@ -172,21 +179,10 @@ def smolvlm(seed: int = 0) -> tuple[Any, Any]:
     SmolVLM's own processor needs torchvision (a video processor), so its image processor
     goes into an ``Idefics3Processor``, which writes the same prompt for an unsplit image
     (``<fake_token_around_image><global-img><image>×n<fake_token_around_image>``)."""
-    from transformers import Idefics3Processor, SmolVLMConfig, SmolVLMForConditionalGeneration
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
     from transformers.models.smolvlm import SmolVLMImageProcessorPil
 
-    tok = word_tokenizer(IDEFICS3_SPECIALS, eos="<end_of_utterance>")
-    images = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32},
-                                      max_image_size={"longest_edge": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4,
-                                  chat_template=IDEFICS3_TEMPLATE)
-    text = tiny_llama_config(vocab_size=len(tok), hidden=64, layers=2, heads=4, bos_id=tok.bos_token_id,
-                             eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
-    config = SmolVLMConfig(vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32,
-                                          "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-                           text_config=text.to_dict(), scale_factor=2,
-                           image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
-    return _seeded(seed, lambda: SmolVLMForConditionalGeneration(config)), processor
+    return _idefics_style(seed, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil)
 
 
 BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {"llava": llava, "llava_next": llava_next, "idefics3": idefics3}

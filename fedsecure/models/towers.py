@@ -8,12 +8,11 @@ are neither the size nor the normalisation its vision tower was trained on.
 (``encode_batch`` of (question, answer) pairs, ``pixels`` of uint8 images), so encoding,
 DP training and scoring are the same code for every backbone.
 
-Features: CLIP pools its towers as it was trained (the text tower at the end-of-text token
-— it is causal, so question and answer are one text, the answer inside what the pooled
-token sees —, the vision tower's class token); SigLIP's text tower pools its last
-position, and its vision features are the mean of the patch states (its attention-pooling
-head is skipped: it is an ``nn.MultiheadAttention``, which Opacus's per-sample gradients
-do not support even frozen around adapters).
+Features are the towers' pooled outputs, as each checkpoint was trained to pool: CLIP's
+text tower at the end-of-text token (it is causal, so question and answer go in as one
+text, the answer inside what the pooled token sees) and its vision tower's class token;
+SigLIP's text tower at its last position and its vision tower's attention-pooling head (the
+mean of the patch states for a checkpoint without that head).
 """
 
 from __future__ import annotations
@@ -83,12 +82,11 @@ def text_features(tower: nn.Module, family: str, *, input_ids: torch.Tensor, att
 
 
 def image_features(tower: nn.Module, family: str, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, hidden) image features: CLIP's pooled class token, SigLIP's mean patch state."""
-    if family == "siglip":  # embeddings → encoder → final norm, without the pooling head
-        inner: Any = getattr(tower, "vision_model", tower)
-        states = inner.encoder(inner.embeddings(pixel_values)).last_hidden_state
-        return inner.post_layernorm(states).mean(1)
-    return tower(pixel_values=pixel_values).pooler_output
+    """(B, hidden) pooled image features, as the checkpoint pools them."""
+    out = tower(pixel_values=pixel_values)
+    if out.pooler_output is None:  # a SigLIP vision tower saved without its pooling head
+        return out.last_hidden_state.mean(1)
+    return out.pooler_output
 
 
 class CheckpointProcessor:
