@@ -116,6 +116,7 @@ def test_dp_training_on_a_pretrained_backbone_moves_adapters_and_accuracy(
     assert result.parameters_changed == len(before)
     assert all(not torch.equal(before[n], after[n]) for n in before)
     acc_after = pairwise_accuracy(model, held_data)
+    print(f"{family}: held-out pairwise accuracy {acc_before:.3f} -> {acc_after:.3f}, epsilon {result.epsilon_after:.2f}")
     assert acc_before == 0.5  # zero-initialised head: every answer ties
     assert acc_after > 0.6, f"{family}: held-out pairwise accuracy {acc_after:.3f}"
 
