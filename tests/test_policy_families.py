@@ -12,6 +12,7 @@ either, hence the full forward leaves the numbering to the model itself."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ import torch
 from apps.cli import main as cli_main
 from fedsecure.data.easyvqa import load_records
 from fedsecure.errors import PolicyLoadError
-from fedsecure.models.policy_vlm import SUPPORTED_FAMILIES, load_policy
+from fedsecure.models.policy_vlm import SUPPORTED_FAMILIES, encode_prompt, load_policy
 from server.alignment.devices import select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine
-from server.alignment.policy import Policy, PolicySetup
+from server.alignment.policy import Policy, PolicySetup, vlm_suppressed_ids
 from server.alignment.positions import prompt_positions
 from server.alignment.prompts import ImageInputs, Prompt, collate_images, collate_prompts, vqa_prompts
 from server.alignment.rollouts import SamplingConfig, completion_logp, generate
@@ -47,20 +48,29 @@ def _image(seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8)
 
 
-def _family(name: str, saved: dict[str, Path]) -> tuple[Any, list[Prompt], torch.Tensor | None]:
-    """(model, prompts with images, ids never to sample) of one family."""
+Encode = Callable[[str, np.ndarray], Prompt]
+
+
+def _family(name: str, saved: dict[str, Path]) -> tuple[Any, Encode, torch.Tensor]:
+    """(model, prompt encoder (question, image) -> Prompt, ids never to sample) of one family:
+    through its processor and chat template, or for Qwen what its processor would return."""
     if name in QWEN:
         model, tok, images = qwen_parts(name)
-        prompts = []
-        for i, r in enumerate(QUESTIONS):
-            ids, inputs = qwen_inputs(tok, images, question=r.question, image=_image(i))
-            prompts.append(Prompt(r.record_id, r.question, ids, images=ImageInputs.of(inputs)))
-        never = torch.tensor([model.config.image_token_id, tok.pad_token_id])
-        return model, prompts, never
+
+        def encode_qwen(question: str, image: np.ndarray) -> Prompt:
+            ids, inputs = qwen_inputs(tok, images, question=question, image=image)
+            return Prompt(question, question, ids, images=ImageInputs.of(inputs))
+        return model, encode_qwen, torch.tensor([model.config.image_token_id, tok.pad_token_id])
     model, processor = STAND_INS[name]() if name in STAND_INS else load_policy(saved[name])
-    prompts = vqa_prompts(QUESTIONS, processor=processor)
-    from server.alignment.policy import vlm_suppressed_ids
-    return model, prompts, torch.tensor(vlm_suppressed_ids(processor))
+
+    def encode(question: str, image: np.ndarray) -> Prompt:
+        ids, inputs = encode_prompt(processor, question=question, image=image)
+        return Prompt(question, question, ids, images=ImageInputs.of(inputs))
+    return model, encode, torch.tensor(vlm_suppressed_ids(processor))
+
+
+def _prompts(encode: Encode) -> list[Prompt]:
+    return [encode(r.question, _image(i)) for i, r in enumerate(QUESTIONS)]
 
 
 def _eos_pad(model: Any) -> tuple[int, int]:
@@ -75,15 +85,15 @@ def test_each_family_loads_through_the_generic_loader(family: str, saved: dict[s
     assert processor.chat_template and (saved[family] / "model.safetensors").is_file()
     prompt = vqa_prompts(QUESTIONS[:1], processor=processor)[0]
     # the image placeholder is expanded by the family's processor, not left as one token
-    assert prompt.input_ids.count(processor.image_token_id if hasattr(processor, "image_token_id")
-                                  else processor.tokenizer.convert_tokens_to_ids(processor.image_token)) > 1
+    assert prompt.input_ids.count(processor.tokenizer.convert_tokens_to_ids(processor.image_token)) > 1
 
 
 @pytest.mark.parametrize("family", LOADABLE + IN_MEMORY)
 def test_cached_rollout_log_probs_equal_a_full_forward(family: str, saved: dict[str, Path]) -> None:
     """The rollouts' log-probs (prefix encoded once, its cache repeated for G completions,
     one token at a time) and the GRPO scorer's equal one plain forward of each whole row."""
-    model, prompts, never = _family(family, saved)
+    model, encode, never = _family(family, saved)
+    prompts = _prompts(encode)
     eos, pad = _eos_pad(model)
     batch = collate_prompts(prompts, pad_id=pad)
     g, config = 2, SamplingConfig(temperature=1.0, max_new_tokens=5)
@@ -112,20 +122,11 @@ def test_cached_rollout_log_probs_equal_a_full_forward(family: str, saved: dict[
 def test_the_answer_depends_on_the_image(family: str, saved: dict[str, Path]) -> None:
     """Same question, another image: the next-token distribution moves (a path that
     dropped an image input, or fed every prompt the same image, would leave it unchanged)."""
-    model, prompts, _ = _family(family, saved)
-    if family in QWEN:
-        _, tok, images = qwen_parts(family)
-        ids, other = qwen_inputs(tok, images, question=QUESTIONS[0].question, image=_image(99))
-        swapped = Prompt("swapped", QUESTIONS[0].question, ids, images=ImageInputs.of(other))
-    else:
-        processor = STAND_INS[family]()[1] if family in STAND_INS else load_policy(saved[family])[1]
-        record = QUESTIONS[0]
-        from fedsecure.models.policy_vlm import encode_prompt
-        ids, other = encode_prompt(processor, question=record.question, image=_image(99))
-        swapped = Prompt("swapped", record.question, ids, images=ImageInputs.of(other))
-    assert swapped.input_ids == prompts[0].input_ids
+    model, encode, _ = _family(family, saved)
+    original, swapped = encode(QUESTIONS[0].question, _image(0)), encode(QUESTIONS[0].question, _image(99))
+    assert swapped.input_ids == original.input_ids
     _, pad = _eos_pad(model)
-    batch = collate_prompts([prompts[0], swapped], pad_id=pad)
+    batch = collate_prompts([original, swapped], pad_id=pad)
     with torch.no_grad():
         images = batch.images or {}
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -136,7 +137,8 @@ def test_the_answer_depends_on_the_image(family: str, saved: dict[str, Path]) ->
 
 @pytest.mark.parametrize("family", LOADABLE + IN_MEMORY)
 def test_one_grpo_step_updates_every_family(family: str, saved: dict[str, Path]) -> None:
-    model, prompts, never = _family(family, saved)
+    model, encode, never = _family(family, saved)
+    prompts = _prompts(encode)
     eos, pad = _eos_pad(model)
     policy = Policy(model, setup=PolicySetup(adapter="lora", lora_rank=4, lora_alpha=8), placement=select_placement("cpu"),
                     eos_id=eos, pad_id=pad, is_vlm=True, suppressed_ids=never.tolist())

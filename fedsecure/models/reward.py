@@ -201,7 +201,7 @@ class RewardModel(nn.Module):
                   position_ids: torch.Tensor) -> torch.Tensor:
         assert self.text is not None
         if self.config.tower_family != "fedsecure":  # no segment ids: one text, pooled as trained
-            return text_features(self.text, self.config.tower_family, input_ids=input_ids,
+            return text_features(self.text, input_ids=input_ids,
                                  attention_mask=attention_mask, position_ids=position_ids)
         out = self.text(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids)
@@ -211,7 +211,7 @@ class RewardModel(nn.Module):
         """CLS features of the image stack (computed once per pair, shared by both answers)."""
         assert self.image is not None
         if self.config.tower_family != "fedsecure":
-            return image_features(self.image, self.config.tower_family, pixel_values)
+            return image_features(self.image, pixel_values)
         return self.image(pixel_values=pixel_values).last_hidden_state[:, 0]
 
     def reward(self, batch: dict[str, torch.Tensor], which: str, image_feats: torch.Tensor | None = None) -> torch.Tensor:

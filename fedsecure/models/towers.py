@@ -74,14 +74,14 @@ def load_towers(folder: Path, family: str, *, which: Sequence[str] = ("image", "
     return out
 
 
-def text_features(tower: nn.Module, family: str, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def text_features(tower: nn.Module, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   position_ids: torch.Tensor) -> torch.Tensor:
     """(B, hidden) pooled text features, as the checkpoint pools them."""
     out = tower(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     return out.pooler_output
 
 
-def image_features(tower: nn.Module, family: str, pixel_values: torch.Tensor) -> torch.Tensor:
+def image_features(tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, hidden) pooled image features, as the checkpoint pools them."""
     out = tower(pixel_values=pixel_values)
     if out.pooler_output is None:  # a SigLIP vision tower saved without its pooling head
