@@ -17,24 +17,28 @@ import torch
 
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
 from fedsecure.data.preferences import holdout
-from fedsecure.data.shares import client_pairs
+from fedsecure.data.easyvqa import answers, load_image
+from fedsecure.data.shares import client_pairs, server_part
 from fedsecure.errors import KitError
 from fedsecure.kit import load_kit
 from fedsecure.models.backbone import backbone_digest, shape_of, verify_backbone
 from fedsecure.models.encoding import encode_items, encode_pairs
 from fedsecure.models.reward import (
     KINDS,
+    RewardModel,
     build_reward_model,
     config_on_backbone,
     load_reward_model,
     save_reward_model,
 )
+from fedsecure.models.scoring import score_triples
 from fedsecure.models.slots import attention_module, slot_of
 from fedsecure.models.tokenizer import build_tokenizer
 from fedsecure.models.towers import CheckpointProcessor
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.provision import provision
+from server.rewards.quality import JudgedQuestion, reward_quality
 from tests.reward_backbones import IMAGE_SIZE, MAX_LENGTH, SAVERS
 
 FAMILIES = sorted(SAVERS)
@@ -100,6 +104,24 @@ def test_the_frozen_towers_are_the_checkpoints_and_adapters_sit_on_every_block(
         assert f"{path}.lora_B.attn.weight" in params
 
 
+PUBLIC_QUESTIONS = 60
+
+
+def _public_pairwise(model: RewardModel, tok: object) -> float:
+    """Mean pairwise accuracy over question types on the server's public evaluation
+    questions, every answer scored (where the server judges reward models, not a client's
+    own share)."""
+    vocab = answers()
+    records = server_part("reward_eval")[:PUBLIC_QUESTIONS]
+    images = None if model.image is None else [load_image(r.split, r.image_id) for r in records for _ in vocab]
+    scores = score_triples(model, tok, images=images, questions=[r.question for r in records for _ in vocab],
+                           completions=list(vocab) * len(records))
+    judged = [JudgedQuestion(r.answer, dict(zip(vocab, scores[i * len(vocab):(i + 1) * len(vocab)], strict=True)))
+              for i, r in enumerate(records)]
+    quality = reward_quality(judged)
+    return float(np.mean([v for k, v in quality.items() if k.startswith("pairwise.")]))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dp_training_on_a_pretrained_backbone_moves_adapters_and_accuracy(
         family: str, folders: dict[str, Path], kits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -108,17 +130,20 @@ def test_dp_training_on_a_pretrained_backbone_moves_adapters_and_accuracy(
     train, held = holdout(client_pairs(name="a", clients=["a", "b"], kind="text", limit=1500), fraction=0.2, seed=0)
     train_data, held_data = encode_pairs(train, tok), encode_pairs(held, tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    acc_before = pairwise_accuracy(model, held_data)
+    acc_before, public_before = pairwise_accuracy(model, held_data), _public_pairwise(model, tok)
     ledger = Ledger(tmp_path / "ledger.jsonl", kit=load_kit(kits.clients["a"]), budget=PrivacyBudget(8.0, 1e-5))
     result = train_private(model=model, data=train_data, ledger=ledger, settings=DPSettings(), steps=60,
                            learning_rate=0.03, rounds_left=1, run_id=f"run-{family}", round_=1)
     after = dict(model.named_parameters())
     assert result.parameters_changed == len(before)
     assert all(not torch.equal(before[n], after[n]) for n in before)
-    acc_after = pairwise_accuracy(model, held_data)
-    print(f"{family}: held-out pairwise accuracy {acc_before:.3f} -> {acc_after:.3f}, epsilon {result.epsilon_after:.2f}")
-    assert acc_before == 0.5  # zero-initialised head: every answer ties
+    acc_after, public_after = pairwise_accuracy(model, held_data), _public_pairwise(model, tok)
+    print(f"{family}: held-out pairwise accuracy {acc_before:.3f} -> {acc_after:.3f}; public questions, "
+          f"pairwise against every same-type answer {public_before:.3f} -> {public_after:.3f}; "
+          f"epsilon {result.epsilon_after:.2f}")
+    assert acc_before == 0.5 and public_before == 0.5  # zero-initialised head: every answer ties
     assert acc_after > 0.6, f"{family}: held-out pairwise accuracy {acc_after:.3f}"
+    assert public_after != public_before  # the metric the server judges by moved
 
 
 @pytest.mark.parametrize("family", FAMILIES)
