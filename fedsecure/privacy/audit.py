@@ -106,10 +106,18 @@ def audit_ledger(path: Path, *, ca_cert: x509.Certificate,
     (:mod:`fedsecure.privacy.heads_export`), to catch rollback and forks."""
     report = LedgerAudit(path=str(path))
     try:
-        entries = verify_ledger(path, ca_cert=ca_cert)
+        _audit_into(report, path, ca_cert=ca_cert, server_heads=server_heads)
     except LedgerError as exc:
         report.violations.append(str(exc))
-        return report
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything unforeseen: this ledger FAILs,
+        # the others in the same command are still audited (never a traceback with no verdicts).
+        report.violations.append(f"{path}: could not be audited ({type(exc).__name__}): treated as a violation")
+    return report
+
+
+def _audit_into(report: LedgerAudit, path: Path, *, ca_cert: x509.Certificate,
+                server_heads: Mapping[str, Sequence[LedgerHead]] | None) -> None:
+    entries = verify_ledger(path, ca_cert=ca_cert)
     genesis = entries[0]
     report.client, report.accountant = genesis.client, genesis.accountant
     report.epsilon_budget, report.delta = genesis.epsilon_budget, genesis.delta
@@ -118,7 +126,6 @@ def audit_ledger(path: Path, *, ca_cert: x509.Certificate,
         _check_heads(report, entries, server_heads.get(report.client, []))
     else:
         report.notes.append("no server heads given: rollback and forks not cross-checked")
-    return report
 
 
 def _check_releases(report: LedgerAudit, entries: list[LedgerEntry]) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from cryptography import x509
@@ -78,6 +79,37 @@ class LedgerEntry:
     def step(self) -> Step:
         """The release as an accountant step."""
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+_MAX_INT = 2**63 - 1
+
+
+def _typed_entry(raw: object, where: str) -> LedgerEntry:
+    """One parsed line as a :class:`LedgerEntry`, every field of its declared type.
+
+    Why: a ledger comes from the party it audits; its signature only proves who wrote
+    it, not that the values are sane. A string where a number belongs once crashed the
+    whole audit and reached the HTML page unescaped (OWASP: validate input, then encode
+    output). Fails closed: raises :class:`LedgerError` naming the entry and field."""
+    if not isinstance(raw, dict):
+        raise LedgerError(f"{where}: malformed: not a JSON object")
+    known = {f.name: _TYPES[str(f.type)] for f in fields(LedgerEntry)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise LedgerError(f"{where}: malformed: unknown field(s) {', '.join(map(repr, unknown[:5]))}")
+    for name, value in raw.items():
+        want = known[name]
+        ok = (isinstance(value, str) if want is str
+              else isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT if want is int
+              else isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+        if not ok:
+            raise LedgerError(f"{where}: malformed: field {name!r} must be a "
+                              f"{'non-negative integer' if want is int else 'finite number' if want is float else 'string'}")
+    try:
+        return LedgerEntry(**raw)
+    except TypeError as exc:  # a required field missing
+        raise LedgerError(f"{where}: malformed: {exc}") from exc
 
 
 class Ledger:
@@ -173,9 +205,10 @@ def verify_ledger(path: Path, *, ca_cert: x509.Certificate) -> list[LedgerEntry]
     for lineno, line in enumerate(lines, start=1):
         where = f"{path}: entry {lineno - 1} (line {lineno})"
         try:
-            entry = LedgerEntry(**json.loads(line))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise LedgerError(f"{where}: malformed: {exc}") from exc
+            raw = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # bad JSON, 5,000-digit numbers, deep nesting
+            raise LedgerError(f"{where}: malformed: not one JSON object per line") from exc
+        entry = _typed_entry(raw, where)
         if entry.seq != lineno - 1:
             raise LedgerError(f"{where}: sequence number {entry.seq}, expected {lineno - 1} (re-ordered or cut)")
         if entry.prev_sha256 != prev:

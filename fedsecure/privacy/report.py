@@ -70,6 +70,13 @@ def _plot(audits: Sequence[LedgerAudit], width: int = 640, height: int = 300) ->
     return "".join(parts)
 
 
+def _e(value: object) -> str:
+    """Every value on the page is escaped, numbers included: a ledger is written by the
+    party it audits, so nothing in it is trusted to be what its field says (OWASP XSS
+    prevention rule 1: encode before inserting untrusted data into HTML)."""
+    return html.escape(str(value), quote=True)
+
+
 def to_html(audits: Sequence[LedgerAudit]) -> str:
     """A standalone page a person can read without the terminal."""
     verdict = "All ledgers pass" if all(a.ok for a in audits) else "Violations found"
@@ -77,15 +84,15 @@ def to_html(audits: Sequence[LedgerAudit]) -> str:
     for a in audits:
         reasons = "<br>".join(html.escape(v) for v in a.violations) or "—"
         rows.append(f"<tr class='{'ok' if a.ok else 'bad'}'><td>{html.escape(a.client or a.path)}</td>"
-                    f"<td>{'PASS' if a.ok else 'FAIL'}</td><td>{a.epsilon:.4f}</td><td>{a.epsilon_budget:g}</td>"
-                    f"<td>{a.delta:g}</td><td>{len(a.releases)}</td><td>{html.escape(a.accountant)}</td>"
-                    f"<td>{html.escape(a.independent_accountant)}</td><td>{reasons}</td></tr>")
+                    f"<td>{'PASS' if a.ok else 'FAIL'}</td><td>{_e(f'{a.epsilon:.4f}')}</td><td>{_e(f'{a.epsilon_budget:g}')}</td>"
+                    f"<td>{_e(f'{a.delta:g}')}</td><td>{len(a.releases)}</td><td>{_e(a.accountant)}</td>"
+                    f"<td>{_e(a.independent_accountant)}</td><td>{reasons}</td></tr>")
     detail = []
     for a in audits:
         detail.append(f"<h3>{html.escape(a.client or a.path)}</h3><table><tr><th>seq</th><th>run</th><th>round</th>"
                       "<th>ε (ledger)</th><th>ε (recomputed)</th></tr>"
-                      + "".join(f"<tr><td>{r.seq}</td><td>{html.escape(r.run_id)}</td><td>{r.round}</td>"
-                                f"<td>{r.epsilon_ledger:.4f}</td><td>{r.epsilon_recomputed:.4f}</td></tr>"
+                      + "".join(f"<tr><td>{_e(r.seq)}</td><td>{_e(r.run_id)}</td><td>{_e(r.round)}</td>"
+                                f"<td>{_e(f'{r.epsilon_ledger:.4f}')}</td><td>{_e(f'{r.epsilon_recomputed:.4f}')}</td></tr>"
                                 for r in a.releases) + "</table>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>fedsecure privacy audit</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse;margin:1em 0}}
