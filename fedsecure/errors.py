@@ -76,6 +76,15 @@ class CkksError(FedsecureError, ValueError):
     values out of range, a context that cannot do what is asked of it)."""
 
 
+class CallRevoked(FedsecureError, PermissionError):
+    """The caller's credential was revoked while its call was open; the call is ended."""
+
+
+class StreamTimeout(FedsecureError, TimeoutError):
+    """A stream did not send what it must within the server's time limit (its first
+    message, or the whole call)."""
+
+
 class DecryptionRefused(FedsecureError, PermissionError):
     """The key holder refuses to decrypt an aggregate; the message gives the reason."""
 

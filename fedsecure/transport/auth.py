@@ -8,6 +8,9 @@ consortium CA at the handshake. This interceptor then, for every call:
 4. refuses calls without a deadline (INVALID_ARGUMENT): every RPC must be bounded;
 5. refuses an identity's calls beyond its rate limit (RESOURCE_EXHAUSTED), when one is set:
    one participant's flood cannot starve the others (:mod:`fedsecure.transport.rate_limit`);
+   and beyond the calls it may hold open at once (:mod:`fedsecure.transport.call_guard`);
+   each call then runs under a server-side time limit and ends when its identity is revoked,
+   and every message of a request stream re-checks revocation;
 6. refuses requests that do not decode or carry out-of-range integers (INVALID_ARGUMENT,
    a generic message: :mod:`fedsecure.transport.decoding`).
 Servicers read the caller from :func:`current_peer`.
@@ -15,8 +18,9 @@ Servicers read the caller from :func:`current_peer`.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +28,10 @@ import grpc
 from cryptography import x509
 
 from fedsecure.crypto import pki
-from fedsecure.errors import CertificateError
+from fedsecure.errors import CallRevoked, CertificateError, LimitExceeded
 from fedsecure.transport import decoding
+from fedsecure.transport.call_guard import CallGuard, Ticket, bounded
+from fedsecure.transport.limits import DEFAULT_LIMITS, Limits
 from fedsecure.transport.rate_limit import RateLimiter
 from fedsecure.types import Role
 
@@ -54,15 +60,23 @@ def current_peer() -> Peer:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Maps the peer certificate to (identity, role) and enforces per-service roles."""
+    """Maps the peer certificate to (identity, role) and enforces per-service roles,
+    rate and concurrency limits, server-side time limits and revocation of open calls."""
 
     def __init__(self, *, ca_cert: x509.Certificate, service_roles: Mapping[str, frozenset[Role]],
-                 is_revoked: RevocationCheck, rate_limiter: RateLimiter | None = None) -> None:
+                 is_revoked: RevocationCheck, rate_limiter: RateLimiter | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self._ca = ca_cert
         self._limiter = rate_limiter
         self._service_roles = dict(service_roles)
         self._is_revoked = is_revoked
         self._cache: dict[bytes, Peer] = {}
+        self.limits = limits
+        self.guard = CallGuard(per_identity=limits.max_calls_per_identity, client_calls=limits.max_client_calls)
+
+    def end_calls(self, name: str) -> int:
+        """End every open call of identity ``name`` (after revoking it); returns how many."""
+        return self.guard.revoke(name)
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -73,9 +87,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # A method's own entry ("pkg.Service/Method") overrides its service's. Fail closed:
         # a service nobody listed admits nobody.
         allowed = self._service_roles.get(method, self._service_roles.get(service, frozenset()))
-        return _wrap(handler, lambda ctx: self._authorise(ctx, allowed, handler_call_details.method))
+        return _wrap(handler, lambda ctx: self._authorise(ctx, allowed, handler_call_details.method), self)
 
-    async def _authorise(self, context: grpc.aio.ServicerContext, allowed: frozenset[Role], method: str) -> None:
+    async def _authorise(self, context: grpc.aio.ServicerContext, allowed: frozenset[Role], method: str) -> Ticket:
         if context.time_remaining() is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: calls without a deadline are refused")
         pems = context.auth_context().get("x509_pem_cert") or []
@@ -99,33 +113,81 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if self._limiter is not None and not self._limiter.allow(ident.name):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{ident.name}: more than {self._limiter.rate:g} calls per second; slow down")
+        try:
+            ticket = self.guard.enter(ident.name, is_client=ident.role is Role.CLIENT)
+        except LimitExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         _peer.set(peer)
+        return ticket
+
+    def still_valid(self, ticket: Ticket) -> None:
+        """Raise :class:`CallRevoked` if ``ticket``'s identity was revoked (checked on
+        every streamed message: fail closed, never one message more)."""
+        peer = _peer.get()
+        if ticket.revoked.is_set() or (peer is not None and self._is_revoked(peer.identity)):
+            raise CallRevoked(f"the credential of {ticket.name} was revoked; its open calls are ended")
 
 
-def _wrap(handler: grpc.RpcMethodHandler, authorise: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, authorise: Callable[[Any], Awaitable[Ticket]],
+          auth: AuthInterceptor) -> grpc.RpcMethodHandler:
     # The caller is authorised first, then its request is looked at: an unauthenticated
     # caller learns nothing from how its bytes parse (decoding.py explains the marker).
     des, ser = decoding.safe_deserializer(handler.request_deserializer), handler.response_serializer
+    guard, limits = auth.guard, auth.limits
 
-    async def admit(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await authorise(context)
+    async def admit(request: Any, context: grpc.aio.ServicerContext) -> Ticket:
+        ticket = await authorise(context)
         if isinstance(request, decoding.Undecodable):
+            guard.leave(ticket)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return ticket
+
+    async def refuse(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, CallRevoked):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+
+    def checked(requests: Any, ticket: Ticket) -> AsyncIterator[Any]:
+        async def gen() -> AsyncIterator[Any]:
+            async for request in decoding.checked_stream(requests):
+                auth.still_valid(ticket)
+                yield request
+        return gen()
+
+    async def streamed(items: AsyncIterator[Any], ticket: Ticket, context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[Any]:
+        # Each response is awaited under the call's server-side limit and its revocation.
+        until = asyncio.get_running_loop().time() + limits.max_stream_call_s
+        try:
+            while True:
+                done, item = await bounded(_next(items), ticket, until - asyncio.get_running_loop().time())
+                if done:
+                    return
+                yield item
+        except (CallRevoked, TimeoutError) as exc:
+            await refuse(context, exc)
+        finally:
+            guard.leave(ticket)
 
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request, context):  # type: ignore[no-untyped-def]
-            await admit(request, context)
-            return await inner_uu(request, context)
+            ticket = await admit(request, context)
+            try:
+                return await bounded(inner_uu(request, context), ticket, limits.max_unary_call_s)
+            except (CallRevoked, TimeoutError) as exc:
+                await refuse(context, exc)
+            finally:
+                guard.leave(ticket)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
         async def unary_stream(request, context):  # type: ignore[no-untyped-def]
-            await admit(request, context)
-            async for item in inner_us(request, context):
+            ticket = await admit(request, context)
+            async for item in streamed(inner_us(request, context), ticket, context):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
@@ -133,15 +195,29 @@ def _wrap(handler: grpc.RpcMethodHandler, authorise: Callable[[Any], Any]) -> gr
         inner_su = handler.stream_unary
 
         async def stream_unary(request_iterator, context):  # type: ignore[no-untyped-def]
-            await authorise(context)
-            return await inner_su(decoding.checked_stream(request_iterator), context)
+            ticket = await authorise(context)
+            try:
+                return await bounded(inner_su(checked(request_iterator, ticket), context), ticket,
+                                     limits.max_stream_call_s)
+            except (CallRevoked, TimeoutError) as exc:
+                await refuse(context, exc)
+            finally:
+                guard.leave(ticket)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
     inner_ss = handler.stream_stream
 
     async def stream_stream(request_iterator, context):  # type: ignore[no-untyped-def]
-        await authorise(context)
-        async for item in inner_ss(decoding.checked_stream(request_iterator), context):
+        ticket = await authorise(context)
+        async for item in streamed(inner_ss(checked(request_iterator, ticket), context), ticket, context):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
+
+
+async def _next(items: AsyncIterator[Any]) -> tuple[bool, Any]:
+    """(True, None) at the end of ``items``, else (False, the next item)."""
+    try:
+        return False, await anext(items)
+    except StopAsyncIteration:
+        return True, None

@@ -26,10 +26,30 @@ class Limits:
     # few calls a second at most (poll, heartbeat, a stream per upload); far above that is a flood.
     calls_per_second: float = 100.0
     call_burst: int = 200
+    # Calls *held* open (issue 23 item 4): per identity, by all clients together, and the
+    # slots kept beyond the clients' for operators and health checks. A client holds a
+    # poll, a heartbeat, a score session and an upload or download at most.
+    max_calls_per_identity: int = 16
+    max_client_calls: int = 2048
+    reserved_calls: int = 64
+    # Server-side time limits, whatever deadline the caller asked for; and how long a
+    # stream may take to send its first message.
+    max_unary_call_s: float = 120.0
+    max_stream_call_s: float = 3600.0
+    first_message_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_chunk_bytes + 64 * 1024 > self.max_message_bytes:
             raise ValueError("a chunk plus its framing must fit in one message")
+        if not 1 <= self.max_calls_per_identity <= self.max_client_calls or self.reserved_calls < 1:
+            raise ValueError("need 1 <= max_calls_per_identity <= max_client_calls and reserved_calls >= 1")
+        if min(self.max_unary_call_s, self.max_stream_call_s, self.first_message_s) <= 0:
+            raise ValueError("server-side time limits must be positive")
+
+    @property
+    def max_concurrent_calls(self) -> int:
+        """The transport's limit: the clients' share plus the operators' reserve."""
+        return self.max_client_calls + self.reserved_calls
 
 
 DEFAULT_LIMITS = Limits()

@@ -11,11 +11,13 @@ from typing import Any
 import grpc
 
 from fedsecure.errors import (
+    CallRevoked,
     ConflictingSubmission,
     DecryptionRefused,
     InvalidSubmission,
     LimitExceeded,
     StorageFull,
+    StreamTimeout,
     NotFound,
     RunStateError,
     SignatureError,
@@ -36,6 +38,8 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DecryptionRefused, grpc.StatusCode.FAILED_PRECONDITION),
+    (CallRevoked, grpc.StatusCode.UNAUTHENTICATED),
+    (StreamTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fedsecure import __version__, serde
 from fedsecure.crypto import pki
 from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc
@@ -17,9 +19,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     server metrics."""
 
     def __init__(self, *, store: Store, engine: RoundEngine, revoked: set[str],
-                 recorder: RpcRecorder | None = None) -> None:
+                 recorder: RpcRecorder | None = None, on_revoke: Callable[[str], None] | None = None) -> None:
         self.store, self.engine, self.revoked = store, engine, revoked
         self.recorder = recorder or RpcRecorder()
+        self.on_revoke = on_revoke
 
     @domain_errors
     async def Status(self, request, context):  # type: ignore[no-untyped-def]
@@ -45,8 +48,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def RevokeClient(self, request, context):  # type: ignore[no-untyped-def]
         name = pki.check_name(request.name)
         newly = self.store.revoke(name, request.reason or "revoked by admin")
-        # Effective at once: the interceptor consults this set on every call.
+        # Effective at once: the interceptor consults this set on every call and every
+        # streamed message, and the client's calls already open are ended.
         self.revoked.add(name)
+        if self.on_revoke is not None:
+            self.on_revoke(name)
         self.engine.poke()
         return admin_pb2.RevokeClientResponse(newly_revoked=newly)
 

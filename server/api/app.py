@@ -56,6 +56,7 @@ class RunningServer:
     stop_event: asyncio.Event
     engine_task: asyncio.Task[None]
     health: health_async.HealthServicer
+    interceptor: AuthInterceptor
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting calls, finish the engine loop, close the database."""
@@ -118,17 +119,29 @@ async def start_server(
         return ident.role == Role.CLIENT and ident.name in revoked
 
     interceptor = AuthInterceptor(ca_cert=kit.ca_cert, service_roles=SERVICE_ROLES, is_revoked=is_revoked,
-                                  rate_limiter=RateLimiter(rate=limits.calls_per_second, burst=limits.call_burst))
+                                  rate_limiter=RateLimiter(rate=limits.calls_per_second, burst=limits.call_burst),
+                                  limits=limits)
     recorder = RpcRecorder()
     # Metrics outermost: refusals by the authentication interceptor are timed and counted too.
+    # The transport holds the clients' share plus a reserve the interceptor never lets
+    # clients take: the admin and health checks are served while clients saturate theirs.
     server = grpc.aio.server(interceptors=[MetricsInterceptor(recorder), interceptor], options=server_options(limits),
-                             maximum_concurrent_rpcs=1024)
+                             maximum_concurrent_rpcs=limits.max_concurrent_calls)
+    sessions = sessions if sessions is not None else ScoreSessions()
+
+    def on_revoke(name: str) -> None:
+        # Revocation reaches calls already open (issue 23 item 3): the client's score
+        # session ends (its pending steps leave it out), then every open call is ended.
+        sessions.revoke(name)
+        interceptor.end_calls(name)
+
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(store=store, engine=engine, admission=Admission(store, engine, limits),
                            objects=aggregator.objects, accumulator=aggregator.accumulator, limits=limits,
                            backbones=frozenset(sealed_backbones(kit.settings)), sessions=sessions), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(store=store, engine=engine, revoked=revoked, recorder=recorder), server)
+        AdminServicer(store=store, engine=engine, revoked=revoked, recorder=recorder, on_revoke=on_revoke),
+        server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_secure_port(address, server_credentials(kit))
@@ -140,4 +153,4 @@ async def start_server(
     stop_event = asyncio.Event()
     engine_task = asyncio.create_task(engine.run_forever(stop_event))
     log.info("server %s listening on port %d (mTLS)", kit.name, port)
-    return RunningServer(port, server, engine, store, aggregator, stop_event, engine_task, health)
+    return RunningServer(port, server, engine, store, aggregator, stop_event, engine_task, health, interceptor)

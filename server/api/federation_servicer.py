@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fedsecure import __version__, serde
 from fedsecure.crypto import signing
-from fedsecure.errors import InvalidSubmission, LimitExceeded, NotFound, TaskClosed, UnknownTask
+from fedsecure.errors import InvalidSubmission, LimitExceeded, NotFound, StreamTimeout, TaskClosed, UnknownTask
 from fedsecure.proto.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from fedsecure.transport import chunking
 from fedsecure.transport.auth import current_peer
@@ -136,7 +136,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     @domain_errors
     async def UploadUpdate(self, request_iterator, context):  # type: ignore[no-untyped-def]
         peer = current_peer()
-        first = await anext(aiter(request_iterator), None)
+        first = await self._first(request_iterator)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidSubmission("an upload starts with its header")
         header = first.header
@@ -175,6 +175,14 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         else:
             self.accumulator.complete(session)
         return self._ack(ack)
+
+    async def _first(self, request_iterator):  # type: ignore[no-untyped-def]
+        """A stream's first message, within ``first_message_s``: an idle stream must not
+        hold a slot while it decides what to send (issue 23 item 4)."""
+        try:
+            return await asyncio.wait_for(anext(aiter(request_iterator), None), self.limits.first_message_s)
+        except TimeoutError:
+            raise StreamTimeout(f"no first message within {self.limits.first_message_s:g} s") from None
 
     def _check_groups(self, client: str, manifest: UpdateManifest) -> None:
         """Every section must be a group this client may join: its stack's backbone and
@@ -235,7 +243,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     @domain_errors
     async def ScoreSession(self, request_iterator, context) -> AsyncIterator[federation_pb2.ScoreSessionResponse]:  # type: ignore[no-untyped-def, override]
         peer = current_peer()
-        first = await anext(aiter(request_iterator), None)  # decoded (or refused) before anything else
+        first = await self._first(request_iterator)  # decoded (or refused) before anything else
         name = self._enrolled()
         if first is None or first.WhichOneof("part") != "open":
             raise InvalidSubmission("a score session starts with its open message")
@@ -258,24 +266,40 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     async def _read_step_scores(self, request_iterator, peer, session) -> None:  # type: ignore[no-untyped-def]
         """Each answer is verified before it reaches its step; a bad one fails that step
-        for this client only (it is left out of the step's fusion), never another step."""
+        for this client only (it is left out of the step's fusion), never another step.
+
+        Cheap checks first, on the event loop; the costly ones (decoding the scores,
+        digesting, the signature) off it, and only for an answer a step is waiting for
+        (issue 23 item 5: a flood of answers to no pending step once slowed every other
+        client's calls 50-fold). A client may send no more answers than it was asked for;
+        every message re-checks the task's state (and, in the interceptor, revocation)."""
         try:
             async for msg in request_iterator:
                 if msg.WhichOneof("part") != "scores":
                     self.sessions.end([session.client], "only step scores may follow the open message")
                     return
+                session.received += 1
+                if session.received > session.asked:
+                    self.sessions.end([session.client], f"more answers ({session.received}) than steps asked "
+                                                        f"({session.asked}): session ended")
+                    return
+                step = msg.scores.step
+                if not session.is_pending(step):
+                    session.dropped += 1  # late, repeated or never asked: dropped unverified
+                    continue
+                row = self.store.runs.task(session.task.task_id)
+                if row is None or row.state != "open":
+                    self.sessions.end([session.client], f"task {session.task.task_id} is no longer open")
+                    return
                 if len(msg.scores.scores) > self.limits.max_score_items:
-                    self.sessions.deliver(session, msg.scores.step, error=ValueError("too many scores"))
+                    self.sessions.deliver(session, step, error=ValueError("too many scores"))
                     continue
                 try:
-                    answer = serde.step_scores_from_proto(msg.scores)
-                    self.admission.check_step_scores(peer, answer.envelope, task=session.task,
-                                                     payload_sha256=signing.step_scores_digest(answer.step,
-                                                                                               answer.scores))
+                    answer = await asyncio.to_thread(self._verified_answer, peer, msg.scores, session.task)
                     if answer.envelope.nonce in session.nonces:
                         raise InvalidSubmission("nonce already used in this session: replayed answer refused")
                 except (ValueError, InvalidSubmission) as exc:  # SignatureError is a ValueError
-                    self.sessions.deliver(session, msg.scores.step, error=ValueError(f"refused: {exc}"))
+                    self.sessions.deliver(session, step, error=ValueError(f"refused: {exc}"))
                     continue
                 session.nonces.add(answer.envelope.nonce)
                 self.sessions.deliver(session, answer.step, answer.scores)
@@ -283,6 +307,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             raise
         except Exception as exc:  # noqa: BLE001 - the client's stream broke: its session ends
             self.sessions.end([session.client], f"stream failed: {type(exc).__name__}")
+
+    def _verified_answer(self, peer, proto, task):  # type: ignore[no-untyped-def]
+        """Decode and verify one step's answer (on a worker thread: no store access)."""
+        answer = serde.step_scores_from_proto(proto)
+        self.admission.check_step_scores(peer, answer.envelope, task=task,
+                                         payload_sha256=signing.step_scores_digest(answer.step, answer.scores))
+        return answer
 
     @domain_errors
     async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]

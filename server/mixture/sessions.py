@@ -35,7 +35,14 @@ class Session:
     nonces: set[bytes] = field(default_factory=set)
     answered: int = 0
     dropped: int = 0
+    asked: int = 0      # batches sent: the client may send no more answers than this
+    received: int = 0   # answers received, verified or not
     end_reason: str = ""
+
+    def is_pending(self, step: int) -> bool:
+        """Whether a step is waiting for this client's answer to ``step``."""
+        fut = self.pending.get(step)
+        return fut is not None and not fut.done()
 
     async def outgoing(self) -> AsyncIterator[ScoreBatch | str]:
         """Batches to send, then the reason the session ends (a str), then nothing."""
@@ -127,6 +134,7 @@ class ScoreSessions:
             raise ValueError(f"step {step} is already pending for {client}")
         fut: asyncio.Future[Sequence[Score]] = loop.create_future()
         session.pending[step] = fut
+        session.asked += 1
         deadline_ms = int((time.time() + timeout_s) * 1000)
         session.outbox.put_nowait(ScoreBatch(step=step, items=tuple(items), deadline_unix_ms=deadline_ms))
         try:
@@ -155,6 +163,14 @@ class ScoreSessions:
             session = self._sessions.get(c)
             if session is not None:
                 self._end(session, reason)
+
+    def revoke(self, client: str) -> None:
+        """``client``'s credential was revoked: its session ends and no step waits for it."""
+        self.expected.discard(client)
+        session = self._sessions.get(client)
+        if session is not None:
+            self._end(session, "the client's credential was revoked")
+            self.detach(session)
 
     @staticmethod
     def _end(session: Session, reason: str) -> None:
