@@ -63,3 +63,24 @@ def test_collector_keeps_referenced_and_young_objects(tmp_path: Path, monkeypatc
     assert objects._path(published).stat().st_mtime > old + 1000
     with pytest.raises(ValueError):
         collect_garbage(store=None, objects=objects, min_age_s=-1)  # type: ignore[arg-type]
+
+
+def test_a_refused_upload_deletes_only_what_it_wrote_and_nobody_else_uses(tmp_path: Path) -> None:
+    objects = ObjectStore(tmp_path / "objects")
+    mine, shared, accepted_elsewhere = (bytes([i]) * 40 for i in range(3))
+    pinned, created = [], []
+    for data in (mine, shared, accepted_elsewhere):
+        digest, new = objects.put_pinned(data)
+        pinned.append(digest)
+        if new:
+            created.append(digest)
+    assert len(created) == 3
+    other, _ = objects.put_pinned(shared)                 # a second upload in flight uses it
+    accepted, new = objects.put_pinned(accepted_elsewhere)  # a third, accepted, named it
+    assert not new
+    objects.release([accepted], accepted=True)
+    freed = objects.release(pinned, created=created, accepted=False)
+    assert freed == 40 and not objects.has(pinned[0])
+    assert objects.has(other) and objects.has(accepted)
+    objects.release([other], created=[], accepted=False)  # it had not written it: kept
+    assert objects.has(other) and objects.used_bytes == 80

@@ -20,6 +20,8 @@ class Limits:
     max_chunks_per_stream: int = 4096
     max_stream_bytes: int = 2048 * MiB
     max_score_items: int = 100_000
+    # Per client: bytes of uploads stored but not (yet) accepted (issue 23 item 6).
+    max_pending_upload_bytes: int = 2048 * MiB
     max_pull_wait_ms: int = 30_000
     clock_skew_ms: int = 10 * 60 * 1000
     # Per identity (certificate): sustained calls per second and burst. A client makes a

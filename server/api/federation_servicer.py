@@ -39,6 +39,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.accumulator = accumulator
         self.sessions = sessions or ScoreSessions()
         self.backbones = backbones  # the ones the kits seal (one per architecture); empty: none sealed
+        self._pending_bytes: dict[str, int] = {}  # per client: bytes of its uploads in flight
 
     @domain_errors
     async def Hello(self, request, context):  # type: ignore[no-untyped-def]
@@ -155,8 +156,15 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             raise InvalidSubmission("an upload carries at least one chunk")
         row = self.admission.precheck(peer, env)  # refuse before storing a single chunk
         self._check_groups(peer.identity.name, manifest)
+        name = peer.identity.name
+        pending = self._pending_bytes.get(name, 0)
+        if pending + manifest.total_bytes > self.limits.max_pending_upload_bytes:
+            # Bytes stored but not (yet) accepted are capped per client (issue 23 item 6).
+            raise LimitExceeded(f"{name} has {pending} bytes of uploads in flight; this one ({manifest.total_bytes}) "
+                                f"would pass the limit of {self.limits.max_pending_upload_bytes}")
         session = self.accumulator.begin(upload_id=signing.envelope_digest(env).hex(), run_id=env.run_id,
                                          round_=env.round, attempt=row.task.attempt, manifest=manifest)
+        self._pending_bytes[name] = pending + manifest.total_bytes
         try:
             await self._receive(request_iterator, manifest, session)
             sub = Submission(envelope=env, payload_sha256=digest,
@@ -168,6 +176,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             # Synchronous on purpose: it must finish even while the call is being cancelled.
             self.accumulator.rollback(session)
             raise
+        finally:
+            left = self._pending_bytes.get(name, 0) - manifest.total_bytes
+            if left > 0:
+                self._pending_bytes[name] = left
+            else:
+                self._pending_bytes.pop(name, None)
         if ack.duplicate:
             # The same signed upload was streamed twice at once and the other copy won: this
             # copy's chunks must not count a second time.
@@ -218,8 +232,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
             total += len(chunk.data)
             if total > manifest.total_bytes:
                 raise LimitExceeded("chunks carry more bytes than the manifest announces")
-            # Kept under its digest (the key holder may ask for it), then added to the sum.
-            await asyncio.to_thread(self.objects.put, chunk.data)
+            # Validated, kept under its digest (the key holder may ask for it), added to the sum.
             await asyncio.to_thread(self.accumulator.add_chunk, session, received, chunk.data, chunk.sha256)
             received += 1
         if received != len(manifest.chunk_sha256) or total != manifest.total_bytes:

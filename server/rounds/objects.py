@@ -7,6 +7,11 @@ name. Objects no longer referenced (a refused or abandoned upload, a retried att
 contributions superseded by their published aggregate) are deleted by the garbage
 collector (:mod:`server.secagg.garbage`).
 
+Chunks of an upload in flight are *pinned*. When an upload is refused, the chunks it
+wrote itself are deleted at once unless another upload pins them or an accepted one
+named them (:meth:`ObjectStore.release`): refused uploads must not fill the store
+(issue 23 item 6: sixteen refused 4 MiB uploads once filled a 64 MiB store).
+
 An optional size limit keeps uploads from filling the disk; at the limit, or when the
 disk itself is full, :meth:`ObjectStore.put` raises :class:`StorageFull` and writes
 nothing, so the upload is refused whole and nothing accepted is lost.
@@ -19,7 +24,8 @@ import hmac
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fedsecure.crypto.signing import sha256
@@ -39,6 +45,8 @@ class ObjectStore:
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._used = sum(size for _, size, _ in self.objects())
+        self._pins: Counter[bytes] = Counter()  # digests in use by uploads in flight
+        self._kept: set[bytes] = set()          # digests an accepted upload named (this process)
 
     @property
     def used_bytes(self) -> int:
@@ -85,6 +93,45 @@ class ObjectStore:
             raise
         return digest
 
+    def put_pinned(self, data: bytes) -> tuple[bytes, bool]:
+        """Store ``data`` for an upload in flight and pin it: (digest, whether this call
+        created the object). Every pin is released by :meth:`release`."""
+        digest = sha256(data)
+        with self._lock:
+            self._pins[digest] += 1
+        try:
+            existed = self.has(digest)
+            self.put(data)
+        except BaseException:
+            self._unpin([digest])
+            raise
+        return digest, not existed
+
+    def _unpin(self, digests: Iterable[bytes]) -> None:
+        with self._lock:
+            for d in digests:
+                self._pins[d] -= 1
+                if self._pins[d] <= 0:
+                    del self._pins[d]
+
+    def release(self, pinned: Iterable[bytes], *, created: Iterable[bytes] = (), accepted: bool) -> int:
+        """Release an upload's pins. Accepted: its chunks are kept. Refused: the objects
+        it created are deleted unless pinned by another upload or named by an accepted
+        one. Returns the bytes freed."""
+        pinned = list(pinned)
+        self._unpin(pinned)
+        if accepted:
+            with self._lock:
+                self._kept.update(pinned)
+            return 0
+        freed = 0
+        for digest in set(created):
+            with self._lock:
+                if self._pins[digest] > 0 or digest in self._kept:
+                    continue
+            freed += self.remove(digest)
+        return freed
+
     def objects(self) -> Iterator[tuple[bytes, int, float]]:
         """(digest, size, modification time) of every object stored."""
         for sub in self.root.iterdir():
@@ -120,4 +167,5 @@ class ObjectStore:
             return 0
         with self._lock:
             self._used -= size
+            self._kept.discard(digest)
         return size

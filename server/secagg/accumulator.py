@@ -58,6 +58,8 @@ class UploadSession:
     encoding: Encoding
     ranges: dict[str, tuple[int, int]]
     added: list[tuple[str, int, bytes]] = field(default_factory=list)  # group, position, chunk digest
+    pinned: list[bytes] = field(default_factory=list)   # chunks stored for it (pinned in the object store)
+    created: list[bytes] = field(default_factory=list)  # those it wrote itself
 
 
 class HomomorphicAccumulator:
@@ -107,7 +109,9 @@ class HomomorphicAccumulator:
         return (session.run_id, session.round, session.attempt, name)
 
     def add_chunk(self, session: UploadSession, index: int, data: bytes, digest: bytes) -> None:
-        """Add chunk ``index`` of an upload to its group's sum (call from a worker thread)."""
+        """Validate chunk ``index`` of an upload, store it (the key holder may ask for it),
+        then add it to its group's sum (call from a worker thread). A chunk that does not
+        validate is never stored."""
         for name, (start, count) in session.ranges.items():
             if start <= index < start + count:
                 group = self._sums[self._key(session, name)]
@@ -116,6 +120,10 @@ class HomomorphicAccumulator:
                     vecs = group.chunks[position].load(data)
                 except CkksError as exc:
                     raise InvalidSubmission(f"chunk {index}: {exc}") from exc
+                stored, created = self.objects.put_pinned(data)
+                session.pinned.append(stored)
+                if created:
+                    session.created.append(stored)
                 with group.lock:
                     group.chunks[position].add_loaded(vecs)
                 session.added.append((name, position, digest))
@@ -123,14 +131,19 @@ class HomomorphicAccumulator:
         raise InvalidSubmission(f"chunk index {index} is outside the update")
 
     def rollback(self, session: UploadSession) -> None:
-        """Subtract what a failed upload added; the sums are exactly as before it."""
-        for name, position, digest in reversed(session.added):
-            group = self._sums[self._key(session, name)]
-            with group.lock:
-                group.chunks[position].subtract(self.objects.get(digest))
-        session.added.clear()
-        for s in session.encoding.sections:
-            self._sums[self._key(session, s.name)].in_flight.discard(session.upload_id)
+        """Subtract what a failed upload added; the sums are exactly as before it. The
+        chunks it stored are then deleted (unless another upload uses them)."""
+        try:
+            for name, position, digest in reversed(session.added):
+                group = self._sums[self._key(session, name)]
+                with group.lock:
+                    group.chunks[position].subtract(self.objects.get(digest))
+            session.added.clear()
+            for s in session.encoding.sections:
+                self._sums[self._key(session, s.name)].in_flight.discard(session.upload_id)
+        finally:
+            self.objects.release(session.pinned, created=session.created, accepted=False)
+            session.pinned.clear()
 
     def complete(self, session: UploadSession) -> None:
         """The upload was accepted: its chunks now count in the sums."""
@@ -138,6 +151,8 @@ class HomomorphicAccumulator:
             group = self._sums[self._key(session, s.name)]
             group.in_flight.discard(session.upload_id)
             group.complete.add(session.upload_id)
+        self.objects.release(session.pinned, accepted=True)
+        session.pinned.clear()
 
     def sum_chunks(self, *, run_id: str, round_: int, attempt: int, group: str,
                    contributions: Sequence[tuple[str, UpdateManifest]]) -> list[bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 
 from fedsecure.crypto.packing import parse_plain_encoding
 from fedsecure.kit import load_kit
@@ -15,7 +16,7 @@ from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 from keyholder.decryption_log import verify_decryption_log
 from server.rewards.planners import MetricsLog, TrainPlanner
 from server.secagg.garbage import collect_garbage
-from tests.helpers import TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
+from tests.helpers import IMAGE, TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 
 N = 2048
 RUN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 8),))
@@ -57,3 +58,61 @@ def test_full_object_store_refuses_whole_and_loses_nothing_accepted(start_federa
     assert objects.used_bytes == sum(n for _, n, _ in objects.objects())
     for c, _ in tasks.values():
         c.close()
+
+
+def test_refused_uploads_leave_nothing_in_the_store_and_cannot_fill_it(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Attack review (issue 23 item 6): chunks were written before they were validated and
+    kept after a refusal, so refused uploads filled the store and honest clients were then
+    refused. Now: a chunk that does not validate is never written, a refused upload's
+    chunks are deleted, and a client's bytes in flight are capped."""
+    from fedsecure.crypto import ckks
+    from fedsecure.transport.limits import Limits
+    from tests.integration.test_secure_aggregation import _stream
+
+    n = 3 * 2048  # three ciphertexts per chunk; a chunk per group: two chunks per upload
+    groups = {TEXT: np.full(n, 0.2), IMAGE: np.full(n, 0.2)}
+    fed = start_federation(RUN, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "metrics.jsonl"), aggregator=aggregator)}, keyholder=True,
+        limits=Limits(max_pending_upload_bytes=64 * 1024 * 1024))
+    tasks = pull_tasks(fed, ("a", "b", "c"))
+    client_a, task_a = tasks["a"]
+    good = encrypted_update(fed.kit("a"), groups, 1 / 3)
+    assert len(good.chunks) >= 2
+    size = sum(len(c) for c in good.chunks)
+    objects = fed.server.aggregator.objects
+    objects.max_bytes = 4 * size  # room for four honest uploads
+    stub = client_a._stub
+
+    # Refused at the first chunk (not a ciphertext): nothing is written.
+    junk = [b"\x00" * len(good.chunks[0]), *good.chunks[1:]]
+    # Refused at the last chunk (valid first chunks, then another scale): what was written is deleted.
+    parts = ckks.unframe(good.chunks[-1])
+    late_bad = [*good.chunks[:-1], ckks.frame([parts[0][: len(parts[0]) // 2], *parts[1:]])]
+    for _ in range(8):  # twice what the store holds, had refused bytes stayed
+        for chunks in (junk, late_bad):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.UploadUpdate(_stream(client_a, task_a, good, chunks=chunks), timeout=10)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert objects.used_bytes == 0 and not list(objects.objects())
+
+    # The honest clients are then accepted, and so is a; the round closes.
+    for name, (client, task) in tasks.items():
+        client.submit(task, encrypted_update(fed.kit(name), groups, 1 / 3))
+    wait_for(lambda: fed.loop.call(fed.server.engine.status).state == "finished", 60, "the run to finish")
+    for c, _ in tasks.values():
+        c.close()
+
+
+def test_a_clients_uploads_in_flight_are_capped(start_federation, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedsecure.transport.limits import Limits
+
+    one = RunConfig(rounds=1, quorum=1, min_clients=1, phases=(PhaseConfig(TaskKind.TRAIN, 30),))
+    fed = start_federation(one, planners=lambda aggregator: {TaskKind.TRAIN: TrainPlanner(
+        metrics=MetricsLog(tmp_path / "metrics.jsonl"), aggregator=aggregator)}, keyholder=True,
+        limits=Limits(max_pending_upload_bytes=1000))
+    tasks = pull_tasks(fed, ("a",))
+    client, task = tasks["a"]
+    update = encrypted_update(fed.kit("a"), {TEXT: np.full(N, 0.2)}, 1 / 3)
+    assert_refused(lambda: client.submit(task, update), grpc.StatusCode.RESOURCE_EXHAUSTED, "uploads in flight")
+    assert not list(fed.server.aggregator.objects.objects())
+    client.close()
