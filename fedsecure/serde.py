@@ -7,6 +7,7 @@ missing oneofs) and raises :class:`fedsecure.errors.InvalidSubmission` or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -16,6 +17,7 @@ from fedsecure.errors import InvalidSubmission
 from fedsecure.proto.v1 import admin_pb2, common_pb2, federation_pb2, keyholder_pb2
 from fedsecure.transport.metrics import RpcStats, ServerMetrics
 from fedsecure.types import (
+    MAX_ABS_SCORE,
     AlignSpec,
     Capabilities,
     ClientInfo,
@@ -177,8 +179,15 @@ def scores_to_proto(scores: tuple[Score, ...]) -> list[common_pb2.Score]:
 
 
 def scores_from_proto(msgs) -> tuple[Score, ...]:  # type: ignore[no-untyped-def]
-    """Wire -> domain scores."""
-    return tuple(Score(item_id=m.item_id, value=m.value) for m in msgs)
+    """Wire -> domain scores; a non-finite value or one beyond ``MAX_ABS_SCORE`` is refused
+    here, where it enters (fail closed: ValueError, the answer is refused whole)."""
+    out = []
+    for m in msgs:
+        if not (math.isfinite(m.value) and abs(m.value) <= MAX_ABS_SCORE):
+            raise ValueError(f"score for item {m.item_id[:64]!r} is not a finite number of magnitude at most "
+                             f"{MAX_ABS_SCORE:g}")
+        out.append(Score(item_id=m.item_id, value=m.value))
+    return tuple(out)
 
 
 def report_to_proto(r: TaskReport) -> common_pb2.TaskReport:

@@ -220,6 +220,12 @@ class Score:
     value: float
 
 
+MAX_ABS_SCORE = 1e6
+"""The largest score magnitude accepted from a client. Scores are standardised per client
+before fusion, so no honest scale needs more; a larger one (1e39 passes a float64 finiteness
+check and becomes inf in float32) is refused when decoded (issue 23 item 2)."""
+
+
 @dataclass(frozen=True)
 class TaskReport:
     """Metrics a client reports when it finishes a train or personalise task."""

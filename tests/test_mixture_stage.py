@@ -183,7 +183,40 @@ def test_reward_hacking_rule(tmp_path: Path) -> None:
     rising_falling = AlignRoundResult(round=2, reward_level=3.0, monitor_accuracy=0.4)
     assert "reward hacking" in (stage._hacking(rising_falling) or "")
     assert stage._hacking(AlignRoundResult(round=2, reward_level=3.0, monitor_accuracy=0.55)) is None  # accuracy up
-    assert stage._hacking(AlignRoundResult(round=2, reward_level=1.5, monitor_accuracy=0.4)) is None  # reward down
     stage.history = stage.history[1:]
     assert stage._hacking(rising_falling) is None  # one round of it is not yet a pattern
+    stage.history = [{"reward_level": 1.0, "monitor_accuracy": 0.600}, {"reward_level": 1.0, "monitor_accuracy": 0.595}]
+    assert stage._hacking(AlignRoundResult(round=2, reward_level=1.0, monitor_accuracy=0.59)) is None  # within noise
     stage.reward.close()
+
+
+def test_the_hacking_monitor_cannot_be_blinded_by_a_client(tmp_path: Path) -> None:
+    """Attack review (issue 23 item 2): the monitor watched the mean of the clients' raw
+    scores, which a client moves at will. An offset that makes the level fall, or a score
+    of 1e39 (finite as a Python float, inf in float32: the level became NaN), hid falling
+    held-out accuracy. Now the rule watches only what the server measures, and such a
+    score is refused where it enters."""
+    from server.mixture.stage import AlignRoundResult
+
+    stage = build(tmp_path, clients=[ScoringClient("good", TEXT, good)], routed=False)
+    stage.config = AlignStageConfig(hacking_rounds=2)
+    for level in (-1.0, float("nan")):  # the attacker's offset drives the level down, or to NaN
+        stage.history = [{"reward_level": 3.0, "monitor_accuracy": 0.6}, {"reward_level": 2.0, "monitor_accuracy": 0.5}]
+        assert "reward hacking" in (stage._hacking(AlignRoundResult(round=2, reward_level=level,
+                                                                    monitor_accuracy=0.4)) or "")
+    stage.reward.close()
+
+    def huge(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        return [Score(i.item_id, 1e39) for i in items]
+
+    blinding = build(tmp_path / "b", clients=[ScoringClient("good", TEXT, good), ScoringClient("huge", TEXT, huge)],
+                     routed=False, steps=2)
+    result = blinding.run_round(0)
+    assert result.skipped == 0 and result.left_out == {"huge": 2} and math.isfinite(result.reward_level)
+    assert "magnitude" in blinding.reward.logs[0].left_out["huge"]
+    blinding.reward.close()
+    from fedsecure import serde
+    from fedsecure.proto.v1 import common_pb2
+    for value in (1e39, -1e7, math.inf):
+        with pytest.raises(ValueError, match="magnitude"):
+            serde.scores_from_proto([common_pb2.Score(item_id="x", value=value)])

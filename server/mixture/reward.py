@@ -24,7 +24,7 @@ import torch
 
 from fedsecure.data.easyvqa import encode_png
 from fedsecure.errors import RewardRejected
-from fedsecure.types import Modality, Score, ScoreItem
+from fedsecure.types import MAX_ABS_SCORE, Modality, Score, ScoreItem
 from server.alignment.prompts import Prompt
 from server.mixture.combiners import Combiner, StepScores
 from server.mixture.fusion import capability_mask, normalise_scores
@@ -73,8 +73,9 @@ def check_answer(scores: Sequence[Score], sent: Sequence[ScoreItem]) -> list[flo
     for s in scores:
         if s.item_id in by_id:
             raise ValueError(f"item {s.item_id!r} scored twice")
-        if not isinstance(s.value, float | int) or not math.isfinite(s.value):
-            raise ValueError(f"score for item {s.item_id!r} is {s.value!r}, not a finite number")
+        if not isinstance(s.value, float | int) or not math.isfinite(s.value) or abs(s.value) > MAX_ABS_SCORE:
+            raise ValueError(f"score for item {s.item_id!r} is {s.value!r}, not a finite number of magnitude "
+                             f"at most {MAX_ABS_SCORE:g}")
         by_id[s.item_id] = float(s.value)
     missing = [i.item_id for i in sent if i.item_id not in by_id]
     if missing:
@@ -185,7 +186,8 @@ class MixtureReward:
     def _collect(self, sent: Sequence[Sequence[ScoreItem]], items: Sequence[ScoreItem],
                  entry: StepLog) -> tuple[torch.Tensor, torch.Tensor]:
         position = {it.item_id: n for n, it in enumerate(items)}
-        raw = torch.zeros(len(self.clients), len(items))
+        # float64: a client's value must never overflow on its way in (issue 23 item 2)
+        raw = torch.zeros(len(self.clients), len(items), dtype=torch.float64)
         answered = torch.zeros(len(self.clients), len(items), dtype=torch.bool)
         deadline = time.monotonic() + self.deadline_s
         futures = {}
@@ -215,7 +217,7 @@ class MixtureReward:
             entry.scoring_s[name] = time.perf_counter() - started
             entry.answered.append(name)
             cols = torch.tensor([position[it.item_id] for it in sent[ci]])
-            raw[ci, cols] = torch.tensor(values)
+            raw[ci, cols] = torch.tensor(values, dtype=torch.float64)
             answered[ci, cols] = True
         return raw, answered
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -45,10 +46,14 @@ class AlignStageConfig:
     # went 0.63 -> 0.59 -> 0.58; two such rounds in a row are enough to stop
     hacking_rounds: int = 2
     router_steps: int = 300
+    # ... provided held-out accuracy fell by at least this much over those rounds in all
+    hacking_min_drop: float = 0.02
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
+        if not 0.0 <= self.hacking_min_drop < 1.0:
+            raise ValueError("hacking_min_drop must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -222,17 +227,22 @@ class AlignStage:
         return result
 
     def _hacking(self, result: AlignRoundResult) -> str | None:
-        """Reward up while held-out accuracy goes down, ``hacking_rounds`` rounds in a row."""
-        series = [*self.history, {"reward_level": result.reward_level, "monitor_accuracy": result.monitor_accuracy}]
+        """Held-out accuracy fell ``hacking_rounds`` rounds in a row, by ``hacking_min_drop``
+        or more in all. Only what the server measures itself counts: the clients' raw
+        score level is theirs to move (an offset, or a value that overflows, once blinded
+        a rule that needed the reward to rise: issue 23 item 2). It is logged, not trusted."""
+        series = [*(h["monitor_accuracy"] for h in self.history), result.monitor_accuracy]
         n = self.config.hacking_rounds
         if len(series) < n + 1:
             return None
         window = series[-(n + 1):]
-        if all(b["reward_level"] > a["reward_level"] and b["monitor_accuracy"] < a["monitor_accuracy"]
-               for a, b in zip(window, window[1:], strict=False)):
-            return (f"reward hacking suspected: the fused reward rose while held-out accuracy fell for {n} rounds "
-                    f"({window[0]['monitor_accuracy']:.3f} -> {window[-1]['monitor_accuracy']:.3f}); the ALIGN "
-                    "stage stops")
+        if not all(math.isfinite(a) for a in window):
+            return None  # no held-out set: nothing the server can judge by
+        if all(b < a for a, b in zip(window, window[1:], strict=False)) and \
+                window[0] - window[-1] >= self.config.hacking_min_drop:
+            return (f"reward hacking suspected: held-out accuracy fell for {n} rounds in a row "
+                    f"({window[0]:.3f} -> {window[-1]:.3f}) while the policy trained on the fused reward; the "
+                    "ALIGN stage stops")
         return None
 
     def _write(self, result: AlignRoundResult) -> None:

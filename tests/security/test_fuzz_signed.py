@@ -209,7 +209,7 @@ def test_signed_hostile_payloads_reach_the_deep_checks_and_the_run_goes_on(
     assert sum(seen.values()) >= 4 * EXAMPLES
     # Past the signature: no refusal was about the envelope or its signature.
     assert not [d for d in DETAILS if "signature" in d or "envelope" in d], DETAILS
-    assert any("malformed ciphertext" in d for d in DETAILS) and any("non-finite" in d for d in DETAILS), DETAILS
+    assert any("malformed ciphertext" in d for d in DETAILS) and any("non-finite" in d or d.startswith("score for item") for d in DETAILS), DETAILS
     # A hostile answer the checks let through (a valid decline, say) may have sent the round
     # to another attempt: the client's legitimate answers still carry the run to its end.
     wait_for(lambda: _answer_one(client) == "finished", 120, "the run to finish")
