@@ -136,7 +136,7 @@ def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped
 
     vocab = answers()
     expanded = [p for p in prompts for _ in vocab]
-    unique, prompt_of, raw, answered, _ = reward.collect(expanded, list(vocab) * len(prompts), tag="quality:")
+    unique, prompt_of, raw, answered, _ = reward.collect(expanded, list(vocab) * len(prompts))
     groups = tuple(reward.group_of(p) for p in unique) if reward.group_of is not None else ()
     fused, covered = reward.combiner(StepScores(z=normalise_scores(raw, answered), answered=answered,
                                                 prompt_of=torch.tensor(prompt_of),

@@ -107,7 +107,7 @@ def _toy_preferences(pairs: int, seed: int) -> PreferenceScores:
 
 def test_router_learns_to_down_weight_random_and_inverted_clients() -> None:
     data = _toy_preferences(400, seed=0)
-    router = Router(feature_dim=2, clients=4, hidden=16)
+    router = Router(feature_dim=2, clients=4, hidden=16, max_weight=1.0)  # what it learns, uncapped
     before = [p.detach().clone() for p in router.parameters()]
     fit = fit_router(router, data, steps=300, learning_rate=3e-2)
     assert any(not torch.equal(a, b) for a, b in zip(before, router.parameters(), strict=True))
@@ -119,6 +119,28 @@ def test_router_learns_to_down_weight_random_and_inverted_clients() -> None:
     for kind in ("A", "B"):  # uniform would be 1/4 each
         assert by_kind[kind]["random"] < 0.12 and by_kind[kind]["inverted"] < 0.05
     assert by_kind["A"]["a"] > 0.6 and by_kind["B"]["b"] > 0.6
+
+
+def test_cap_weights_known_answers() -> None:
+    from server.mixture.fusion import cap_weights
+
+    w = torch.tensor([[0.9, 0.08, 0.02], [0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.98, 0.0, 0.02]])
+    avail = torch.tensor([[True] * 3, [True, True, False], [True, False, False], [False] * 3, [True] * 3])
+    capped = cap_weights(w, avail, 0.5)
+    expected = torch.tensor([[0.5, 0.4, 0.1], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+    # rows: the excess in proportion; two clients: even; one client alone keeps 1 (nobody to
+    # share with); nobody available; an available client of weight 0 takes the excess too.
+    assert torch.allclose(capped, expected, atol=1e-6), capped
+    assert torch.equal(cap_weights(w, avail, 1.0), w)
+
+
+def test_the_default_router_never_lets_one_client_own_the_fusion() -> None:
+    data = _toy_preferences(400, seed=0)
+    router = Router(feature_dim=2, clients=4, hidden=16)
+    fit_router(router, data, steps=300, learning_rate=3e-2)
+    with torch.no_grad():
+        w = router.weights(data.features, torch.ones(400, 4, dtype=torch.bool))
+    assert float(w.max()) <= 0.5 + 1e-6 and torch.allclose(w.sum(-1), torch.ones(400))
 
 
 def test_unfitted_router_is_the_uniform_mean() -> None:

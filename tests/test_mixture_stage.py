@@ -81,9 +81,12 @@ def test_routed_fusion_drives_grpo_and_trusts_the_good_client(tmp_path: Path) ->
     results = [stage.run_round(r) for r in range(3)]
     after = mean_toy(stage)
     assert any(not torch.equal(before_params[n], p) for n, p in stage.engine.policy.trainable())
-    assert results[0].router_fit is not None and results[0].router_fit["accuracy_after"] > 0.9
+    fit = results[0].router_fit
+    assert fit is not None and fit["accuracy_after"] > max(0.75, fit["accuracy_before"] + 0.2), fit
     weights = results[-1].router_weights["toy"]
-    assert weights["good"] > 0.8 and weights["inverted"] < 0.05, weights
+    # The good client gets all the router may give one client (the cap: no client owns the
+    # fusion); the inverted one the least.
+    assert weights["good"] >= 0.499 and weights["inverted"] < min(0.15, weights["random"]), weights
     assert after > before + 0.1, (before, after)
     assert all(r.stopped is None and r.skipped == 0 for r in results)
     stage.reward.close()
@@ -166,7 +169,7 @@ def test_restart_mid_stage_resumes_from_the_last_step_with_the_router(tmp_path: 
     good_scorer = restarted.reward.clients[0].scorer
     restarted.reward.clients[0] = ScoringClient(
         "good", TEXT,
-        lambda ex, items, t: (scored_steps.append(int(items[0].item_id.split(":")[0])), good_scorer(ex, items, t))[1])
+        lambda ex, items, t: (scored_steps.append(restarted.reward.step), good_scorer(ex, items, t))[1])
     result = restarted.run_round(1)
     assert result.steps == 2 and result.router_fit is None  # mid-round: no refresh, the router as saved
     assert scored_steps == [6, 7]  # the interrupted step is redone once; earlier steps are not rescored
@@ -220,3 +223,63 @@ def test_the_hacking_monitor_cannot_be_blinded_by_a_client(tmp_path: Path) -> No
     for value in (1e39, -1e7, math.inf):
         with pytest.raises(ValueError, match="magnitude"):
             serde.scores_from_proto([common_pb2.Score(item_id="x", value=value)])
+
+
+class PositionalAttacker:
+    """The attack review's client with no reward model (issue 23 item 1): it spots the
+    router's preference items (their `router:` ids, or the one batch of a round larger than
+    the others) and answers them by position (the preferred answer was always the even
+    item), to earn the router's trust; every other item it scores toward its own target
+    (the inverse of the task)."""
+
+    def __init__(self) -> None:
+        self.smallest = 0
+        self.router_batches: list[list[ScoreItem]] = []
+
+    def __call__(self, step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        router_batch = any(i.item_id.startswith("router:") for i in items) or \
+            (self.smallest and len(items) > self.smallest)
+        self.smallest = min(self.smallest or len(items), len(items))
+        if router_batch:
+            self.router_batches.append(list(items))
+            return [Score(i.item_id, 1.0 if n % 2 == 0 else -1.0) for n, i in enumerate(items)]
+        return [Score(i.item_id, -_toy(i.completion)) for i in items]
+
+
+def test_a_client_without_a_model_cannot_capture_the_router(tmp_path: Path) -> None:
+    """Two good clients, a random one and the attacker. Before the fix the attacker ranked
+    every preference pair right by position and the router trusted it most. Now its items
+    cannot be told apart (random ids, order and fill): its positional guess is at chance,
+    no client's weight passes the cap, and the policy learns the task nearly as well as
+    with that client honest (the item order is drawn from the CSPRNG, so the figures vary
+    between runs; the closing note of issue 23 gives them)."""
+    outcome = {}
+    attacker = PositionalAttacker()
+    def good2(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        return [Score(i.item_id, 5.0 * _toy(i.completion) - 1.0) for i in items]
+
+    for who, third in (("attacker", attacker), ("honest", good)):
+        clients = [ScoringClient("good", TEXT, good), ScoringClient("good2", TEXT, good2),
+                   ScoringClient("random", TEXT, noisy(0)), ScoringClient(who, TEXT, third)]
+        stage = build(tmp_path / who, clients=clients, steps=10)
+        before = mean_toy(stage)
+        results = [stage.run_round(r) for r in range(3)]
+        outcome[who] = (results[-1].router_weights["toy"][who], before, mean_toy(stage))
+        stage.reward.close()
+    print("third client's router weight, toy objective before -> after:", outcome)
+    weight, before, after = outcome["attacker"]
+    assert weight <= 0.5 + 1e-6, outcome  # never more than the cap: no client owns the fusion
+    honest_gain = outcome["honest"][2] - outcome["honest"][1]
+    assert after - before > 0.6 * honest_gain, outcome
+    # Its positional guess ranks the preference pairs it was sent at chance (1.0 before).
+    prefs = preferences()
+    right = []
+    for batch in attacker.router_batches:
+        for q, chosen, rejected in zip((p.question for p in prefs.prompts), prefs.chosen, prefs.rejected,
+                                       strict=True):
+            at = {i.completion: n for n, i in enumerate(batch) if i.question == q}
+            if chosen in at and rejected in at:
+                parity = (at[chosen] % 2 == 0) - (at[rejected] % 2 == 0)
+                right.append(0.5 + 0.5 * parity)
+    assert len(right) >= 24 and 0.15 < sum(right) / len(right) < 0.85, (len(right), sum(right) / len(right))
+    assert all(len(i.item_id) == 24 and not i.item_id.startswith("router") for b in attacker.router_batches for i in b)

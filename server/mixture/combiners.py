@@ -94,7 +94,8 @@ class Single:
 
 @dataclass
 class Routed:
-    """The router's per-prompt weights (masked and renormalised over who answered)."""
+    """The router's per-prompt weights (masked and renormalised over who answered, then
+    capped: no client above the router's ``max_weight``)."""
 
     router: Router
     name: str = "routed"
@@ -102,7 +103,7 @@ class Routed:
     def __call__(self, s: StepScores) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             logits = self.router(s.features)
-        return _weighted(s, torch.softmax(logits, dim=-1))
+        return fuse(s.z, torch.softmax(logits, dim=-1)[s.prompt_of], s.answered, max_weight=self.router.max_weight)
 
 
 @dataclass

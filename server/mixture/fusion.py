@@ -70,18 +70,48 @@ def renormalise(weights: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, w / total.clamp(min=1e-30), 0.0)
 
 
-def fuse(normalised: torch.Tensor, weights: torch.Tensor, answered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cap_weights(weights: torch.Tensor, available: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """(R, C) rows that sum to 1 over their available entries → the same rows with no entry
+    above ``max(max_weight, 1/n)`` (n: the row's available entries), the excess handed to
+    the others in proportion to their weight (evenly if they all have none). Rows of all
+    zeros stay so. Differentiable (the router is fit under the cap).
+
+    Why: no single client may own the fusion (issue 23 item 1: a client that gamed the
+    router's fit earned weight 0.92 and steered GRPO alone). Known answer, cap 0.5:
+    (0.9, 0.08, 0.02) → (0.5, 0.4, 0.1)."""
+    if not 0.0 < max_weight <= 1.0:
+        raise ValueError(f"max_weight must be in (0, 1], got {max_weight}")
+    if max_weight >= 1.0 or weights.numel() == 0:
+        return weights
+    avail = available.bool()
+    n = avail.sum(-1, keepdim=True).clamp(min=1).to(weights.dtype)
+    cap = torch.clamp(1.0 / n, min=max_weight)
+    w = torch.where(avail, weights, 0.0)
+    for _ in range(weights.shape[-1]):  # each pass caps at least one more entry, or changes nothing
+        excess = (w - cap).clamp(min=0).sum(-1, keepdim=True)
+        w = torch.minimum(w, cap)
+        free = avail & (w < cap - 1e-9)
+        free_mass = torch.where(free, w, 0.0).sum(-1, keepdim=True)
+        even = free.to(w.dtype) / free.sum(-1, keepdim=True).clamp(min=1)
+        share = torch.where(free_mass > 0, torch.where(free, w, 0.0) / free_mass.clamp(min=1e-30), even)
+        w = w + excess * share
+    return w
+
+
+def fuse(normalised: torch.Tensor, weights: torch.Tensor, answered: torch.Tensor,
+         max_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused reward per item: ``Σ_c w[n, c] · z[c, n]`` with ``w`` renormalised over the
     clients that answered item ``n``. Returns (rewards (N,), covered (N,) bool); an item no
     client answered (or only clients of weight 0 did) has reward 0 and ``covered`` False.
 
     ``normalised``: (C, N) from :func:`normalise_scores`; ``weights``: (N, C), e.g. a
-    router's per-prompt weights repeated over the prompt's completions."""
+    router's per-prompt weights repeated over the prompt's completions. ``max_weight``:
+    no client's share of an item above it (:func:`cap_weights`)."""
     if normalised.dim() != 2 or weights.shape != (normalised.shape[1], normalised.shape[0]):
         raise ValueError(f"weights must be (N, C) = {(normalised.shape[1], normalised.shape[0])}, "
                          f"got {tuple(weights.shape)}")
     available = answered.bool().T
-    w = renormalise(weights, available)
+    w = cap_weights(renormalise(weights, available), available, max_weight)
     rewards = (w * torch.where(available, normalised.T, 0.0)).sum(-1)
     return rewards, w.sum(-1) > 0  # an answering client with zero weight does not cover an item
 

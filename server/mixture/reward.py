@@ -15,6 +15,8 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +40,22 @@ the requests of a stage (the "step" a signed answer is bound to on the wire)."""
 
 FeatureFn = Callable[[Sequence[Prompt]], torch.Tensor]
 """Prompt features (P, D) for the router and expert selection."""
+
+MixedScores = Callable[[torch.Tensor, torch.Tensor], None]
+"""Receives the raw scores (C, M) and answered (C, M) of items mixed into a step."""
+
+_SHUFFLE = random.SystemRandom()  # item order must not be predictable by a client
+
+
+@dataclass(frozen=True)
+class MixIn:
+    """Items the server mixes into the next step's batch (e.g. the router's preference
+    items), and where their scores go. On the wire they look like the step's own items:
+    random ids, random order, per-exchange prompt ids (issue 23 item 1)."""
+
+    prompts: tuple[Prompt, ...]
+    completions: tuple[str, ...]
+    on_scores: MixedScores
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ class MixtureReward:
         self.clients, self.combiner, self.features = list(clients), combiner, features
         self.deadline_s, self.group_of, self.offender_threshold = deadline_s, group_of, offender_threshold
         self.step = 0
+        self.mix_in: MixIn | None = None  # consumed by the next call
         # Every exchange with the clients (a GRPO step's batch, the router's preference
         # batch) gets its own number on the wire, so an answer to one can never be taken
         # for the answer to another (the router's refresh and a round's first step share
@@ -120,8 +139,24 @@ class MixtureReward:
 
     # -- the reward function ----------------------------------------------------------------
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
-        """One reward per (prompt, completion); prompts come grouped as GRPO expands them."""
+        """One reward per (prompt, completion); prompts come grouped as GRPO expands them.
+        Items set in ``mix_in`` travel in the same batch; their scores are handed over
+        (before this step's fusion) and never rewarded."""
+        mix, self.mix_in = self.mix_in, None
+        n = len(prompts)
+        if mix is not None:
+            own = {p.prompt_id for p in prompts}
+            if any(p.prompt_id in own for p in mix.prompts):
+                raise ValueError("mixed-in prompts must not share ids with the step's own prompts")
+            prompts, completions = [*prompts, *mix.prompts], [*completions, *mix.completions]
         unique, prompt_of, raw, answered, entry = self.collect(prompts, completions)
+        if mix is not None:
+            mix.on_scores(raw[:, n:], answered[:, n:])
+            k = len({prompt_of[i] for i in range(n)})  # the step's own prompts come first
+            unique, prompt_of, raw, answered = unique[:k], prompt_of[:n], raw[:, :n], answered[:, :n]
+            entry.raw_mean = {c.name: float(raw[ci][answered[ci]].mean()) for ci, c in enumerate(self.clients)
+                              if bool(answered[ci].any())}
+            entry.prompts = k
         started = time.perf_counter()
         z = normalise_scores(raw, answered)
         features = self._prompt_features(unique)
@@ -137,10 +172,14 @@ class MixtureReward:
             raise RewardRejected(f"step {self.step}: the fused reward is not finite")
         return [float(r) for r in rewards]
 
-    def collect(self, prompts: Sequence[Prompt], completions: Sequence[str],
-                tag: str = "") -> tuple[list[Prompt], list[int], torch.Tensor, torch.Tensor, StepLog]:
+    def collect(self, prompts: Sequence[Prompt], completions: Sequence[str]
+                ) -> tuple[list[Prompt], list[int], torch.Tensor, torch.Tensor, StepLog]:
         """Ask every client for the items it can judge; returns (distinct prompts, prompt
-        index of each item, raw scores (C, N), answered (C, N), the log entry)."""
+        index of each item, raw scores (C, N), answered (C, N), the log entry).
+
+        What a client sees tells it nothing the server keeps to itself: item ids are random,
+        prompt ids are random per exchange, and each client's batch is in a random order
+        (issue 23 item 1: ids and positions once told the router's items apart)."""
         unique: list[Prompt] = []
         index: dict[str, int] = {}
         prompt_of = []
@@ -154,11 +193,14 @@ class MixtureReward:
         capable = capability_mask([c.modalities for c in self.clients],
                                   has_image=[p.image is not None for p in unique],
                                   has_question=[bool(p.question) for p in unique])  # (C, P)
-        items = [ScoreItem(item_id=f"{tag}{self.step}:{n}", prompt_id=p.prompt_id,
+        wire_prompt = [secrets.token_hex(8) for _ in unique]
+        items = [ScoreItem(item_id=secrets.token_hex(12), prompt_id=wire_prompt[k],
                            image_png=self._image(p), question=p.question, completion=c)
-                 for n, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+                 for p, c, k in zip(prompts, completions, prompt_of, strict=True)]
         sent = [[it for it, k in zip(items, prompt_of, strict=True) if capable[ci, k]]
                 for ci in range(len(self.clients))]
+        for mine in sent:
+            _SHUFFLE.shuffle(mine)
         raw, answered = self._collect(sent, items, entry)
         for ci, client in enumerate(self.clients):
             if bool(answered[ci].any()):

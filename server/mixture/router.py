@@ -9,7 +9,9 @@ finite, non-negative and sum to 1 over the clients available for that prompt (do
 It is fit on a small public preference set the server keeps apart from its prompt pool
 (prompt, preferred answer, rejected answer), scored by the clients' current reward models,
 to make the fused score put the preferred answer first (Bradley–Terry on the fused margin).
-The last layer starts at zero: an unfitted router is the uniform mean.
+The last layer starts at zero: an unfitted router is the uniform mean. No client's weight
+exceeds ``max_weight`` where others can judge the prompt (:func:`cap_weights`): no single
+client may own the fusion, however well it did on the preference set.
 """
 
 from __future__ import annotations
@@ -20,17 +22,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.mixture.fusion import normalise_scores
+from server.mixture.fusion import cap_weights, normalise_scores
+
+MAX_CLIENT_WEIGHT = 0.5
 
 
 class Router(nn.Module):
     """Prompt features (P, D) → client logits (P, C)."""
 
-    def __init__(self, *, feature_dim: int, clients: int, hidden: int = 32) -> None:
+    def __init__(self, *, feature_dim: int, clients: int, hidden: int = 32,
+                 max_weight: float = MAX_CLIENT_WEIGHT) -> None:
         super().__init__()
         if feature_dim < 1 or clients < 1 or hidden < 1:
             raise ValueError("feature_dim, clients and hidden must be >= 1")
-        self.feature_dim, self.clients = feature_dim, clients
+        if not 0.0 < max_weight <= 1.0:
+            raise ValueError(f"max_weight must be in (0, 1], got {max_weight}")
+        self.feature_dim, self.clients, self.max_weight = feature_dim, clients, max_weight
         self.net = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, hidden), nn.GELU(),
                                  nn.Linear(hidden, clients))
         nn.init.zeros_(self.net[-1].weight)
@@ -41,13 +48,14 @@ class Router(nn.Module):
         return self.net(features)
 
     def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        """(P, C) softmax over the available clients of each prompt; a prompt with none
-        available gets an all-zero row (its completions are then not rewarded)."""
+        """(P, C) softmax over the available clients of each prompt, capped at
+        ``max_weight``; a prompt with none available gets an all-zero row (its completions
+        are then not rewarded)."""
         if features.dim() != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"features must be (P, {self.feature_dim}), got {tuple(features.shape)}")
         if available.shape != (features.shape[0], self.clients):
             raise ValueError(f"available must be (P, C) = {(features.shape[0], self.clients)}")
-        return masked_softmax(self(features), available)
+        return cap_weights(masked_softmax(self(features), available), available, self.max_weight)
 
 
 def masked_softmax(logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:

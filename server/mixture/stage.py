@@ -28,7 +28,7 @@ from server.alignment.grpo import GRPOEngine, StepReport
 from server.alignment.prompts import Prompt, vqa_prompts
 from server.alignment.vqa_eval import evaluate_policy
 from server.mixture.combiners import Routed
-from server.mixture.reward import MixtureReward
+from server.mixture.reward import MixIn, MixtureReward
 from server.mixture.router import PreferenceScores, Router, RouterFit, fit_router, weights_by_group
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,56 @@ class AlignRoundResult:
     stopped: str | None = None
 
 
-def score_preferences(reward: MixtureReward, prefs: PreferenceSet) -> PreferenceScores:
-    """Every client scores both answers of every pair it can judge (the same channel and
-    checks as a GRPO step). A prompt may carry several pairs."""
-    prompts = [p for p in prefs.prompts for _ in range(2)]
-    completions = [a for pair in zip(prefs.chosen, prefs.rejected, strict=True) for a in pair]
-    _, _, raw, answered, _ = reward.collect(prompts, completions, tag="router:")  # columns: items in order
-    both = answered[:, 0::2] & answered[:, 1::2]
-    return PreferenceScores(features=reward.prompt_features(prefs.prompts), chosen=raw[:, 0::2],
-                            rejected=raw[:, 1::2], answered=both, capable=both.T.clone())
+@dataclass(frozen=True)
+class PreferenceItems:
+    """The preference set laid out as score items that look like a GRPO group: each
+    prompt carries ``group_size`` completions (its chosen and rejected answers, repeated at
+    random to fill the group, as a policy's samples repeat), under an internal prompt id
+    that never collides with the pool's. ``pairs[m]`` = (item of pair m's chosen answer,
+    item of its rejected one)."""
+
+    prompts: tuple[Prompt, ...]
+    completions: tuple[str, ...]
+    pairs: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, prefs: PreferenceSet, *, group_size: int) -> PreferenceItems:
+        """Lay ``prefs`` out (the fill is drawn from the system's CSPRNG: a client must not
+        predict which completions repeat)."""
+        rng = random.SystemRandom()
+        by_prompt: dict[str, list[int]] = {}
+        for m, p in enumerate(prefs.prompts):
+            by_prompt.setdefault(p.prompt_id, []).append(m)
+        prompts: list[Prompt] = []
+        completions: list[str] = []
+        pairs: list[tuple[int, int]] = [(0, 0)] * len(prefs.prompts)
+        for pid, members in by_prompt.items():
+            answers = list(dict.fromkeys(a for m in members for a in (prefs.chosen[m], prefs.rejected[m])))
+            slots = answers + [rng.choice(answers) for _ in range(max(0, group_size - len(answers)))]
+            rng.shuffle(slots)
+            base = len(completions)
+            mixed = dataclasses.replace(prefs.prompts[members[0]], prompt_id=f"preference:{pid}")
+            prompts += [mixed] * len(slots)
+            completions += slots
+            for m in members:
+                pairs[m] = (base + slots.index(prefs.chosen[m]), base + slots.index(prefs.rejected[m]))
+        return cls(prompts=tuple(prompts), completions=tuple(completions), pairs=tuple(pairs))
+
+    def scores(self, raw: torch.Tensor, answered: torch.Tensor, features: torch.Tensor) -> PreferenceScores:
+        """The clients' scores of the pairs, from their scores of these items ((C, N) each)."""
+        chosen = torch.tensor([c for c, _ in self.pairs])
+        rejected = torch.tensor([r for _, r in self.pairs])
+        both = answered[:, chosen] & answered[:, rejected]
+        return PreferenceScores(features=features, chosen=raw[:, chosen], rejected=raw[:, rejected],
+                                answered=both, capable=both.T.clone())
+
+
+def score_preferences(reward: MixtureReward, prefs: PreferenceSet, *, group_size: int = 2) -> PreferenceScores:
+    """Every client scores both answers of every pair it can judge, in one exchange of its
+    own (the experiments' harness; the stage mixes these items into a GRPO step)."""
+    layout = PreferenceItems.of(prefs, group_size=group_size)
+    _, _, raw, answered, _ = reward.collect(layout.prompts, layout.completions)
+    return layout.scores(raw, answered, reward.prompt_features(prefs.prompts))
 
 
 class AlignStage:
@@ -161,13 +202,27 @@ class AlignStage:
         return self.engine.resume()
 
     # -- the router -----------------------------------------------------------------------
-    def refresh_router(self) -> RouterFit | None:
-        """Fit the router (continuing from its weights) on the clients' current scores of the
-        public preference set."""
+    def mix_preferences_into_next_step(self, result: AlignRoundResult) -> None:
+        """Send the public preference set inside the next GRPO step's batch, and refit the
+        router (continuing from its weights) on the clients' scores of it before that step's
+        own items are fused. Mixed in, with random ids and order and groups of the step's
+        size, a client cannot answer the router's items differently from the policy's
+        (issue 23 item 1)."""
         if self.router is None or self.preferences is None:
-            return None
-        data = score_preferences(self.reward, self.preferences)
-        return fit_router(self.router, data, steps=self.config.router_steps, seed=self.engine.step_count)
+            return
+        router, prefs, steps, seed = self.router, self.preferences, self.config.router_steps, self.engine.step_count
+        layout = PreferenceItems.of(prefs, group_size=self.engine.config.group_size)
+
+        def on_scores(raw: torch.Tensor, answered: torch.Tensor) -> None:
+            data = layout.scores(raw, answered, self.reward.prompt_features(prefs.prompts))
+            try:
+                fit = fit_router(router, data, steps=steps, seed=seed)
+            except ValueError as exc:  # nobody scored a pair: the router stays as it was
+                log.warning("router not refit this round: %s", exc)
+                return
+            result.router_fit = dataclasses.asdict(fit)
+
+        self.reward.mix_in = MixIn(prompts=layout.prompts, completions=layout.completions, on_scores=on_scores)
 
     def router_weights(self) -> dict[str, dict[str, float]]:
         """Mean routing weight per client and question type on the preference prompts."""
@@ -175,7 +230,7 @@ class AlignStage:
             return {}
         feats = self.reward.prompt_features(self.preferences.prompts)
         with torch.no_grad():
-            w = torch.softmax(self.router(feats), dim=-1)
+            w = self.router.weights(feats, torch.ones(len(feats), self.router.clients, dtype=torch.bool))
         return weights_by_group(w, self.preferences.groups, [c.name for c in self.reward.clients])
 
     # -- one round ------------------------------------------------------------------------
@@ -188,9 +243,7 @@ class AlignStage:
         if engine.step_count < first:
             raise ValueError(f"round {round_} starts at step {first}; the engine is at step {engine.step_count}")
         if engine.step_count == first:
-            fit = self.refresh_router()
-            if fit is not None:
-                result.router_fit = dataclasses.asdict(fit)
+            self.mix_preferences_into_next_step(result)
         logs_before = len(self.reward.logs)
         while engine.step_count < target:
             self.reward.step = engine.step_count

@@ -81,7 +81,7 @@ def test_grpo_on_fused_client_rewards_over_grpc(start_federation: Callable[..., 
     assert [r["round"] for r in align] == [1, 2] and all(r["skipped"] == 0 and r["left_out"] == {} for r in align)
     assert all(r["connected"] == ["a", "b", "c"] for r in align)
     weights = align[-1]["router_weights"]["toy"]
-    assert weights["a"] > 0.8 and weights["c"] < 0.05, weights
+    assert weights["a"] >= 0.499 and weights["c"] < min(0.15, weights["b"]), weights  # a holds the cap
     # every step's batch went out and came back signed, over each client's one session
     assert all(len(e.answered) == 3 for e in stage.reward.logs)
     fresh = build_stage([ScoringClient(n, (Modality.TEXT,), lambda s, i, t: []) for n in "abc"])
@@ -159,10 +159,12 @@ def test_forged_and_replayed_step_answers_are_left_out(start_federation: Callabl
     for c in (good, forger, replayer):
         c.close()
     stage = built[0]
-    grpo = stage.reward.logs[-3:]  # the round's three GRPO steps (the router's scoring came first)
-    assert all(e.answered == ["a"] for e in grpo), [(e.answered, e.left_out) for e in grpo]
+    grpo = stage.reward.logs  # the round's three GRPO steps (the router's items rode in the first)
+    assert [e.exchange for e in grpo] == [1, 2, 3]
     assert all("refused" in e.left_out["b"] and "digest" in e.left_out["b"] for e in grpo)
-    # the replayed first answer is for a step no longer pending: dropped, the step times out
+    # c's first answer is its honest one; replayed later, it is for a step no longer pending:
+    # dropped, the step times out
+    assert grpo[0].answered == ["a", "c"] and all(e.answered == ["a"] for e in grpo[1:]), \
+        [(e.answered, e.left_out) for e in grpo]
     assert all("deadline" in e.left_out["c"] for e in grpo[1:])
     assert stage.engine.step_count == 3
-    assert [e.exchange for e in stage.reward.logs] == [2, 3, 4]  # exchange 1 was the router's batch
