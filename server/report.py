@@ -63,8 +63,9 @@ def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None
                 continue
             row["trained"].append(client)
             cell = clients.setdefault(client, {}).setdefault(rnd, {})
+            reported = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
             for key in ("heldout_accuracy", "epsilon", "epsilon_budget", "loss_first", "loss_last", "steps"):
-                if (v := _finite(r.get(key))) is not None:
+                if (v := _finite(reported.get(key))) is not None:
                     cell[key] = v
         elif phase == "ledger" and isinstance(client, str):
             cell = clients.setdefault(client, {}).setdefault(rnd, {})
@@ -86,7 +87,8 @@ def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None
             row["align"] = {k: r[k] for k in ("steps", "skipped", "monitor_accuracy", "reward_level", "router_weights",
                                               "left_out", "stopped", "error") if k in r}
         elif phase == "personalise" and isinstance(client, str):
-            row.setdefault("personalised", {})[client] = {k: v for k, v in r.items()
+            reported = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+            row.setdefault("personalised", {})[client] = {k: v for k, v in reported.items()
                                                           if k.startswith("heldout_accuracy") or k == "epsilon"}
     return {"run_id": run, "rounds": [rounds[k] for k in sorted(rounds)],
             "clients": {c: {str(k): v for k, v in sorted(by_round.items())} for c, by_round in sorted(clients.items())}}

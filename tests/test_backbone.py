@@ -148,3 +148,37 @@ def test_the_server_refuses_a_client_on_another_backbone(backbone, tmp_path: Pat
     finally:
         loop.run(server.stop(grace=0.1))
         loop.close()
+
+
+def test_symbolic_links_in_a_backbone_folder_are_refused(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Attack review (issue 23 item 11): the digest skipped a linked folder and followed a
+    linked file, so it did not cover what the loader reads, and a link can be re-pointed
+    after the check."""
+    folder, _ = backbone
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder / "text", elsewhere)
+    for name, target in (("linked_dir", elsewhere), ("linked_file", elsewhere / "config.json")):
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        (copy / name).symlink_to(target)
+        with pytest.raises(KitError, match="symbolic link"):
+            backbone_digest(copy)
+        with pytest.raises(KitError, match="symbolic link"):
+            verify_backbone(copy, expected_sha256=backbone_digest(folder))
+
+
+def test_a_backbone_edited_after_start_up_is_refused_at_the_next_load(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The reward model is rebuilt from the backbone folder whenever a failed round is rolled
+    back; a stack config edited after the folder was verified once changed the outputs."""
+    from fedsecure.models.reward import load_reward_model, save_reward_model
+
+    folder = tmp_path / "bb"
+    shutil.copytree(backbone[0], folder)
+    model, tok = build_reward_model(config_on_backbone("image_text", folder))
+    save_reward_model(model, tok, tmp_path / "saved")
+    load_reward_model(tmp_path / "saved")  # unchanged: loads
+    config = json.loads((folder / "text" / "config.json").read_text())
+    config["layer_norm_eps"] = 0.5
+    (folder / "text" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KitError, match="changed after it was verified"):
+        load_reward_model(tmp_path / "saved")

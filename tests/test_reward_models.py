@@ -9,6 +9,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from fedsecure.data.shares import client_pairs
+from fedsecure.models.backbone import backbone_digest
 from fedsecure.models.encoding import encode_items, encode_pairs
 from fedsecure.models.reward import (
     KINDS,
@@ -74,7 +75,8 @@ def test_real_local_checkpoint_loads_by_path(tmp_path: Path) -> None:
                                 num_attention_heads=4, intermediate_size=128, max_position_embeddings=24),
                      add_pooling_layer=False)
     bert.save_pretrained(tmp_path / "bert")
-    model, _ = build_reward_model(RewardModelConfig(kind="text", text_backbone=str(tmp_path / "bert")))
+    model, _ = build_reward_model(RewardModelConfig(kind="text", text_backbone=str(tmp_path / "bert"),
+                                                    backbone_sha256=backbone_digest(tmp_path)))
     assert model.text is not None and model.text.config.num_hidden_layers == 1
     loaded = model.text.embeddings.word_embeddings.weight
     assert torch.equal(loaded, bert.embeddings.word_embeddings.weight)

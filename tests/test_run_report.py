@@ -17,13 +17,15 @@ RUN = "run-x"
 
 
 def _records() -> list[dict[str, object]]:
-    out: list[dict[str, object]] = [{"run_id": "run-old", "round": 1, "phase": "train", "client": "z", "epsilon": 9.0}]
+    out: list[dict[str, object]] = [{"run_id": "run-old", "round": 1, "phase": "train", "client": "z",
+                                                             "metrics": {"epsilon": 9.0}}]
     for rnd in (1, 2, 3):
         out.append({"run_id": RUN, "round": rnd, "phase": "train_plan", "upload.a": "attn"})
         for client, acc in (("a", 0.5 + 0.1 * rnd), ("b", 0.55)):
             out.append({"run_id": RUN, "round": rnd, "phase": "train", "client": client, "uploaded": 1.0, "weight": 0.5})
-            out.append({"run_id": RUN, "round": rnd, "phase": "train", "client": client, "heldout_accuracy": acc,
-                        "epsilon": 2.0 * rnd, "epsilon_budget": 8.0, "loss_first": 0.69, "loss_last": 0.6})
+            out.append({"run_id": RUN, "round": rnd, "phase": "train", "client": client, "metrics": {
+                "heldout_accuracy": acc, "epsilon": 2.0 * rnd, "epsilon_budget": 8.0, "loss_first": 0.69,
+                "loss_last": 0.6}})
             out.append({"run_id": RUN, "round": rnd, "phase": "score", "client": client, "ranking_accuracy": 0.4 + 0.05 * rnd,
                         "count.color": 10, "top1_all.color": 0.2, "count.shape": 30, "top1_all.shape": 0.4})
             out.append({"run_id": RUN, "round": rnd, "phase": "ledger", "client": client, "seq": rnd,
@@ -31,8 +33,8 @@ def _records() -> list[dict[str, object]]:
         out.append({"run_id": RUN, "round": rnd, "phase": "aggregate", "contributors.attn.image@x": 2.0})
         out.append({"run_id": RUN, "round": rnd, "phase": "align", "steps": 4, "skipped": 0,
                     "monitor_accuracy": 0.3 + 0.02 * rnd, "router_weights": {"color": {"a": 0.7, "b": 0.3}}})
-    out.append({"run_id": RUN, "round": 3, "phase": "personalise", "client": "a", "heldout_accuracy_personalised": 0.8,
-                "epsilon": 7.9})
+    out.append({"run_id": RUN, "round": 3, "phase": "personalise", "client": "a",
+                "metrics": {"heldout_accuracy_personalised": 0.8, "epsilon": 7.9}})
     return out
 
 
@@ -79,3 +81,21 @@ def test_bad_logs_are_refused_with_the_line(tmp_path: Path, capsys: pytest.Captu
         summarise([{"run_id": "r", "round": 1}], run_id="nope")
     assert main(["report", "--metrics", str(bad), "--out", str(tmp_path / "r.html")]) == 2
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_a_clients_metric_names_cannot_overwrite_the_servers_fields(tmp_path: Path) -> None:
+    """Attack review (issue 23 item 9): a client's report named `phase`, `round`, `run_id`
+    and `uploaded`; merged into the server's record, it replaced them, its record vanished
+    from the run report, and a client that uploaded nothing was listed as an uploader."""
+    from server.rewards.planners import MetricsLog, client_metrics
+
+    hostile = (("phase", 1.0), ("round", 99.0), ("run_id", 5.0), ("uploaded", 1.0), ("client", 3.0),
+               ("heldout_accuracy", 0.7), ("epsilon", float("nan")), ("steps", True))
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write({"run_id": RUN, "round": 1, "phase": "train", "client": "m", **client_metrics(hostile)})
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert (record["run_id"], record["round"], record["phase"], record["client"]) == (RUN, 1, "train", "m")
+    assert record["metrics"] == {"heldout_accuracy": 0.7} and record["metrics_dropped"] == 7
+    summary = summarise([record])
+    assert summary["rounds"][0]["trained"] == ["m"] and summary["rounds"][0]["uploaded"] == []
+    assert summary["clients"]["m"]["1"] == {"heldout_accuracy": 0.7}

@@ -16,6 +16,7 @@ Folder layout (standard Hugging Face checkpoints, safetensors + JSON, never pick
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -70,8 +71,21 @@ def build_stacks(shape: BackboneShape, vocab_size: int, *, seed: int) -> tuple[V
 
 
 def backbone_digest(folder: Path) -> str:
-    """SHA-256 over every file of the folder (relative path and content), manifest included."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    """SHA-256 over every file of the folder (relative path and content), manifest included.
+
+    A symbolic link anywhere inside is refused (KitError): `rglob` skipped linked folders
+    and followed linked files, so the digest did not cover what a loader would read, and a
+    link's target can change after it was checked (issue 23 item 11; CWE-59)."""
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in dirs + names:
+            path = Path(root) / name
+            if path.is_symlink():
+                raise KitError(f"{folder}: {path.relative_to(folder)} is a symbolic link; a backbone folder "
+                               "holds only real files (copy the target in)")
+            if name in names:
+                files.append(path)
+    files.sort()
     if not files:
         raise KitError(f"{folder}: no backbone files")
     h = hashlib.sha256()

@@ -15,6 +15,7 @@ load the same way (``from_pretrained(path)``). Adapters:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 from fedsecure.data.easyvqa import IMAGE_SIZE, answers
+from fedsecure.errors import KitError
 from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, backbone_digest, shape_of
 from fedsecure.models.groups import block_shape
 from fedsecure.models.slots import slot_of
@@ -101,6 +103,7 @@ class RewardModel(nn.Module):
         self.text: nn.Module | None = None
         self.image: nn.Module | None = None
         c = config
+        _check_backbone(c)
         if c.tower_family != "fedsecure":
             towers = load_towers(Path(c.text_backbone or c.image_backbone or ""), c.tower_family,
                                  which=[s for s, kinds in (("text", ("image_text", "text")),
@@ -299,6 +302,29 @@ def load_reward_model(folder: Path) -> tuple[RewardModel, object]:
     if missing or unexpected:
         raise ValueError(f"{folder}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model, tok
+
+
+def backbone_folder(config: RewardModelConfig) -> Path | None:
+    """The backbone folder a config reads its stacks from (None: stacks built from config)."""
+    stack = config.text_backbone or config.image_backbone
+    if not stack:
+        return None
+    return Path(stack).parent if config.tower_family == "fedsecure" else Path(stack)
+
+
+def _check_backbone(config: RewardModelConfig) -> None:
+    """Every load re-verifies the backbone folder against the digest the config was made
+    with (fail closed: KitError): a file changed after start-up would otherwise change the
+    model's outputs (issue 23 item 11). A folder without a sealed digest is refused too."""
+    folder = backbone_folder(config)
+    if folder is None:
+        return
+    if not config.backbone_sha256:
+        raise KitError(f"{folder}: a reward model on a backbone folder needs that folder's digest")
+    got = backbone_digest(folder)
+    if not hmac.compare_digest(got, config.backbone_sha256):
+        raise KitError(f"{folder}: backbone digest {got[:16]}… is not the {config.backbone_sha256[:16]}… this model "
+                       "was built on; the folder changed after it was verified")
 
 
 def config_on_backbone(kind: str, folder: Path, **overrides: object) -> RewardModelConfig:

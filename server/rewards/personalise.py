@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from fedsecure import serde
 from fedsecure.types import Decline, PersonaliseSpec, TaskReport, TaskSpec
 
-from server.rewards.planners import MetricsLog, published_groups
+from server.rewards.planners import MetricsLog, client_metrics, published_groups
 from server.rounds.phases import PhaseContext
 from server.rounds.store import SubmissionRow
 
@@ -74,7 +74,7 @@ class PersonalisePlanner:
             record: dict[str, object] = {"run_id": ctx.run_id, "round": ctx.round, "phase": "personalise",
                                          "client": sub.client}
             if isinstance(outcome, TaskReport):
-                record.update(dict(outcome.metrics))
+                record.update(client_metrics(outcome.metrics))
             elif isinstance(outcome, Decline):
                 record.update(declined=outcome.reason.name, detail=outcome.detail)
             self.metrics.write(record)

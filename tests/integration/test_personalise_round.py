@@ -70,7 +70,7 @@ def test_personalise_phase_in_the_last_round_and_on_demand(start_federation: Cal
     reports = {r["client"]: r for r in records if r["phase"] == "personalise"}
     assert set(reports) == set(NAMES)
     for name, part in parts.items():
-        r = reports[name]
+        r = reports[name]["metrics"]
         assert {"heldout_accuracy_personal", "heldout_accuracy_global", "heldout_accuracy_personalised",
                 "epsilon"} <= set(r) and r["distill_parameters_changed"] > 0 and r["components"] >= 1
         purposes = [e.purpose for e in part.ledger.entries[1:]]
