@@ -82,7 +82,7 @@ def test_routed_fusion_drives_grpo_and_trusts_the_good_client(tmp_path: Path) ->
     after = mean_toy(stage)
     assert any(not torch.equal(before_params[n], p) for n, p in stage.engine.policy.trainable())
     fit = results[0].router_fit
-    assert fit is not None and fit["accuracy_after"] > max(0.75, fit["accuracy_before"] + 0.2), fit
+    assert fit is not None and fit["accuracy_after"] >= 0.75 and fit["loss_after"] < fit["loss_before"] - 0.1, fit
     weights = results[-1].router_weights["toy"]
     # The good client gets all the router may give one client (the cap: no client owns the
     # fusion); the inverted one the least.
@@ -283,3 +283,44 @@ def test_a_client_without_a_model_cannot_capture_the_router(tmp_path: Path) -> N
                 right.append(0.5 + 0.5 * parity)
     assert len(right) >= 24 and 0.15 < sum(right) / len(right) < 0.85, (len(right), sum(right) / len(right))
     assert all(len(i.item_id) == 24 and not i.item_id.startswith("router") for b in attacker.router_batches for i in b)
+
+
+def test_a_silent_client_does_not_hold_every_step_to_its_deadline(tmp_path: Path) -> None:
+    """Attack review (issue 23 item 8): a client that never answers held each of six steps
+    to its 5 s deadline (38-40 s a round instead of 1-6 s) and timeouts were not counted.
+    Now the step moves on once the answers in hand cover every prompt (plus a grace), a
+    client that missed two steps in a row is not waited for again this round, and its
+    misses are counted (not as offences)."""
+    import time
+
+    def silent(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        time.sleep(timeout)  # what a session that never answers does
+        raise TimeoutError("no answer")
+
+    stage = build(tmp_path, clients=[ScoringClient("good", TEXT, good), ScoringClient("silent", TEXT, silent)],
+                  routed=False, steps=6)
+    stage.reward.deadline_s = 5.0
+    started = time.monotonic()
+    result = stage.run_round(0)
+    took = time.monotonic() - started
+    assert result.skipped == 0 and result.left_out == {"silent": 6}, result.left_out
+    assert took < 15.0, took  # six steps at the deadline would be 30 s
+    logs = stage.reward.logs
+    assert all("deadline" in e.left_out["silent"] or "earlier step" in e.left_out["silent"] for e in logs[:2])
+    assert all("not asked" in e.left_out["silent"] for e in logs[2:]), [e.left_out for e in logs]
+    assert stage.reward.misses["silent"] == 2 and "silent" not in stage.reward.offenders()
+    stage.reward.close()
+
+
+def test_the_align_phase_stays_open_for_its_planned_work(tmp_path: Path) -> None:
+    from server.rewards.align import AlignPlanner
+    from server.rewards.planners import MetricsLog
+    from server.rounds.phases import phase_deadline_s
+    from server.mixture.sessions import ScoreSessions
+
+    planner = AlignPlanner(sessions=ScoreSessions(), build_stage=lambda roster: None,  # type: ignore[arg-type, return-value]
+                           metrics=MetricsLog(tmp_path / "m.jsonl"),
+                           steps_per_round=6, step_deadline_s=30.0, connect_timeout_s=60.0)
+    assert phase_deadline_s(planner, 120) == planner.min_deadline_s() >= 60 + 7 * 30
+    assert phase_deadline_s(planner, 5000) == 5000
+    assert phase_deadline_s(object(), 120) == 120

@@ -107,13 +107,14 @@ class MixtureReward:
 
     def __init__(self, *, clients: Sequence[ScoringClient], combiner: Combiner, features: FeatureFn,
                  deadline_s: float = 30.0, group_of: Callable[[Prompt], str] | None = None,
-                 offender_threshold: int = 3) -> None:
+                 offender_threshold: int = 3, skip_after_misses: int = 2, min_grace_s: float = 0.5) -> None:
         if not clients:
             raise ValueError("the mixture needs at least one client")
         if len({c.name for c in clients}) != len(clients):
             raise ValueError("client names must be unique")
-        if not deadline_s > 0 or offender_threshold < 1:
-            raise ValueError("deadline_s must be > 0 and offender_threshold >= 1")
+        if not deadline_s > 0 or offender_threshold < 1 or skip_after_misses < 1 or min_grace_s < 0:
+            raise ValueError("deadline_s must be > 0, offender_threshold and skip_after_misses >= 1, "
+                             "min_grace_s >= 0")
         self.clients, self.combiner, self.features = list(clients), combiner, features
         self.deadline_s, self.group_of, self.offender_threshold = deadline_s, group_of, offender_threshold
         self.step = 0
@@ -125,6 +126,10 @@ class MixtureReward:
         self.exchanges = 0
         self.logs: list[StepLog] = []
         self.faults: Counter[str] = Counter()
+        self.misses: Counter[str] = Counter()           # steps each client did not answer in time
+        self.missed_in_a_row: Counter[str] = Counter()  # this round; reset by new_round()
+        self.skip_after_misses, self.min_grace_s = skip_after_misses, min_grace_s
+        self._busy: dict[str, concurrent.futures.Future[Sequence[Score]]] = {}
         self._png: dict[str, bytes] = {}
         self._feature_cache: dict[str, torch.Tensor] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(clients), thread_name_prefix="score")
@@ -225,43 +230,86 @@ class MixtureReward:
                 self._feature_cache[p.prompt_id] = f.detach().float().cpu()
         return torch.stack([self._feature_cache[p.prompt_id] for p in prompts])
 
+    def new_round(self) -> None:
+        """A round of the stage starts: every client is asked again, whatever it missed."""
+        self.missed_in_a_row.clear()
+
     def _collect(self, sent: Sequence[Sequence[ScoreItem]], items: Sequence[ScoreItem],
                  entry: StepLog) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ask, then wait for the answers until the step's deadline, or — once the answers
+        in hand cover every item someone was asked for — a grace as long again as that
+        took (at least ``min_grace_s``). A client that missed ``skip_after_misses`` steps in
+        a row, or is still answering an earlier one, is not waited for in this round
+        (issue 23 item 8: one silent client once held every step to its deadline)."""
         position = {it.item_id: n for n, it in enumerate(items)}
-        # float64: a client's value must never overflow on its way in (issue 23 item 2)
         raw = torch.zeros(len(self.clients), len(items), dtype=torch.float64)
         answered = torch.zeros(len(self.clients), len(items), dtype=torch.bool)
-        deadline = time.monotonic() + self.deadline_s
-        futures = {}
+        needed = torch.zeros(len(items), dtype=torch.bool)
+        begun = time.monotonic()
+        deadline = begun + self.deadline_s
+        pending: dict[concurrent.futures.Future[Sequence[Score]], tuple[int, float]] = {}
         for ci, (client, mine) in enumerate(zip(self.clients, sent, strict=True)):
             if not mine:
                 continue
-            started = time.perf_counter()
-            futures[ci] = (self._pool.submit(client.scorer, entry.exchange, mine, self.deadline_s), started)
-        for ci, (future, started) in futures.items():
-            name = self.clients[ci].name
-            try:
-                values = check_answer(future.result(timeout=max(0.0, deadline - time.monotonic())), sent[ci])
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                entry.left_out[name] = "missed the step's deadline"
+            if self.missed_in_a_row[client.name] >= self.skip_after_misses:
+                entry.left_out[client.name] = (f"not asked: missed {self.missed_in_a_row[client.name]} steps in a "
+                                               "row this round")
                 continue
-            except ValueError as exc:  # a bad answer: the client's fault, counted
-                self.faults[name] += 1
-                entry.left_out[name] = f"answer refused: {exc}"
-                if self.faults[name] == self.offender_threshold:
-                    log.warning("client %s: %d answers refused in this stage (repeat offender)", name,
-                                self.faults[name])
+            busy = self._busy.get(client.name)
+            if busy is not None and not busy.done():
+                self._missed(client.name, entry, "still answering an earlier step")
                 continue
-            except Exception as exc:  # noqa: BLE001 - a failed channel leaves the client out of this step only
-                entry.left_out[name] = f"scoring failed: {type(exc).__name__}: {exc}"
-                continue
-            entry.scoring_s[name] = time.perf_counter() - started
-            entry.answered.append(name)
-            cols = torch.tensor([position[it.item_id] for it in sent[ci]])
-            raw[ci, cols] = torch.tensor(values, dtype=torch.float64)
-            answered[ci, cols] = True
+            future = self._pool.submit(client.scorer, entry.exchange, mine, self.deadline_s)
+            self._busy[client.name] = future
+            pending[future] = (ci, time.perf_counter())
+            needed[[position[it.item_id] for it in mine]] = True
+        graced = False
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            done, _ = concurrent.futures.wait(pending, timeout=left, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                ci, started = pending.pop(future)
+                self._take(ci, future, sent[ci], position, raw, answered, entry, started)
+            if not graced and pending and bool(answered.any(0)[needed].all()):
+                graced = True  # every item has an answer: the stragglers get a grace, not the deadline
+                now = time.monotonic()
+                deadline = min(deadline, now + max(self.min_grace_s, now - begun))
+        for future, (ci, _) in pending.items():
+            future.cancel()
+            self._missed(self.clients[ci].name, entry, "missed the step's deadline")
         return raw, answered
+
+    def _missed(self, name: str, entry: StepLog, why: str) -> None:
+        entry.left_out[name] = why
+        self.misses[name] += 1
+        self.missed_in_a_row[name] += 1
+
+    def _take(self, ci: int, future: concurrent.futures.Future[Sequence[Score]], mine: Sequence[ScoreItem],
+              position: Mapping[str, int], raw: torch.Tensor, answered: torch.Tensor, entry: StepLog,
+              started: float) -> None:
+        name = self.clients[ci].name
+        try:
+            values = check_answer(future.result(), mine)
+        except TimeoutError:  # the channel's own deadline (a session that did not answer)
+            self._missed(name, entry, "missed the step's deadline")
+            return
+        except ValueError as exc:  # a bad answer: the client's fault, counted
+            self.faults[name] += 1
+            entry.left_out[name] = f"answer refused: {exc}"
+            if self.faults[name] == self.offender_threshold:
+                log.warning("client %s: %d answers refused in this stage (repeat offender)", name, self.faults[name])
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed channel leaves the client out of this step only
+            entry.left_out[name] = f"scoring failed: {type(exc).__name__}: {exc}"
+            return
+        self.missed_in_a_row[name] = 0
+        entry.scoring_s[name] = time.perf_counter() - started
+        entry.answered.append(name)
+        cols = torch.tensor([position[it.item_id] for it in mine])
+        raw[ci, cols] = torch.tensor(values, dtype=torch.float64)
+        answered[ci, cols] = True
 
 
 def group_by(prompts: Sequence[Prompt], key: Callable[[Prompt], str]) -> Mapping[str, list[int]]:

@@ -242,6 +242,7 @@ class AlignStage:
         first, target = round_ * cfg.steps_per_round, (round_ + 1) * cfg.steps_per_round
         if engine.step_count < first:
             raise ValueError(f"round {round_} starts at step {first}; the engine is at step {engine.step_count}")
+        self.reward.new_round()
         if engine.step_count == first:
             self.mix_preferences_into_next_step(result)
         logs_before = len(self.reward.logs)

@@ -57,6 +57,13 @@ class AlignPlanner:
         self.stopped: str | None = None  # why the stage ended early (its later rounds only end the sessions)
         sessions.on_attach = self._on_attach
 
+    def min_deadline_s(self) -> float:
+        """The longest the round's planned work may take: the sessions' connect window, every
+        step to its deadline (plus the round's first, which carries the router's items), and
+        a margin for the policy's own compute and evaluation (the phase stays open at least
+        this long, whatever its configured deadline)."""
+        return self.connect_timeout_s + (self.steps_per_round + 1) * self.step_deadline_s * 1.5 + 120.0
+
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
         """An ALIGN task per participant (with the attention means to apply first); the
         stage's round starts as soon as their sessions are open."""

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from fedsecure.errors import RunStateError
 from fedsecure.types import RunConfig, RunStatus, Task, TaskKind
 
-from server.rounds.phases import PhaseContext, PhasePlanner, default_planners, phase_applies
+from server.rounds.phases import PhaseContext, PhasePlanner, default_planners, phase_applies, phase_deadline_s
 from server.rounds.store import RunRow, Store, now_ms
 
 log = logging.getLogger("fedsecure.server.engine")
@@ -213,8 +213,9 @@ class RoundEngine:
         return True
 
     def _plan_phase(self, ctx: PhaseContext, participants: Sequence[str]) -> None:
-        specs = self.planners[ctx.kind].plan(ctx, participants)
-        deadline = now_ms() + ctx.config.phases[ctx.phase_index].deadline_s * 1000
+        planner = self.planners[ctx.kind]
+        specs = planner.plan(ctx, participants)
+        deadline = now_ms() + int(phase_deadline_s(planner, ctx.config.phases[ctx.phase_index].deadline_s) * 1000)
         with self.store.tx() as tx:
             for client, spec in sorted(specs.items()):
                 task = Task(run_id=ctx.run_id, round=ctx.round, task_id=f"t-{secrets.token_hex(8)}",

@@ -49,6 +49,15 @@ def phase_applies(planner: object, ctx: PhaseContext) -> bool:
     return True if applies is None else bool(applies(ctx))
 
 
+def phase_deadline_s(planner: object, configured_s: float) -> float:
+    """How long a phase stays open: the configured deadline, or longer when the planner
+    says its planned work needs more (``min_deadline_s()``, e.g. the ALIGN stage's steps
+    times their deadline). A phase shorter than its own work was closed under a running
+    stage, the round retried and its TRAIN handed out again (issue 23 item 8)."""
+    floor = getattr(planner, "min_deadline_s", None)
+    return max(float(configured_s), float(floor()) if floor is not None else 0.0)
+
+
 class ReportLedgerPlanner:
     """Each participant reports its privacy-ledger head; the server stores the heads
     as they arrive (docs/design.md §4, last step of a round)."""
