@@ -181,3 +181,72 @@ def test_the_client_refuses_to_start_on_bad_data_with_the_report(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2 and "2 bad" in err and "line 3 record b1: chosen and rejected are the same answer" in err
     assert not (tmp_path / "state" / "ledger.jsonl").exists()  # nothing charged, nothing trained
+
+
+def test_hostile_data_files_are_refused_record_by_record(tmp_path: Path) -> None:
+    """Attack review (issue 23 item 10): deep nesting gave a traceback, a 5,000-digit integer
+    aborted the whole check, images outside the folder, a symbolic link to a system file
+    and bytes that are not an image were reported usable. Every bad record now gets its
+    own reason and the good ones are still counted."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "img.png").write_bytes(image_png("train", 0))
+    (data / "junk.png").write_bytes(b"\x89PNG not really an image")
+    (data / "link.png").symlink_to("/etc/hostname")
+    (tmp_path / "outside.png").write_bytes(image_png("train", 1))
+    ok = {"id": "ok", "image": "img.png", "question": "what color is the shape?", "chosen": "blue", "rejected": "red"}
+    lines = [
+        json.dumps(ok),
+        "[" * 100_000 + "]" * 100_000,
+        '{"id": "big", "n": ' + "9" * 5000 + "}",
+        json.dumps({**ok, "id": "up", "image": "../outside.png"}),
+        json.dumps({**ok, "id": "abs", "image": str(tmp_path / "outside.png")}),
+        json.dumps({**ok, "id": "link", "image": "link.png"}),
+        json.dumps({**ok, "id": "junk", "image": "junk.png"}),
+        json.dumps({**ok, "id": "long", "question": "x" * 5000}),
+        json.dumps({**ok, "id": "ok2"}),
+    ]
+    path = data / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with open(path, "ab") as fh:
+        fh.write(b"\xff\xfe not utf-8\n")
+    report = check_pairs(path, needs_images=True)
+    reasons = {b.position: b.reason for b in report.bad}
+    assert [p.record_id for p in report.pairs] == ["ok", "ok2"] and len(report.bad) == 8, report.describe()
+    assert "nested too deeply or a number out of range" in reasons["line 2"] == reasons["line 3"]
+    assert "outside the data folder" in reasons["line 4"] and "outside the data folder" in reasons["line 5"]
+    assert "symbolic link" in reasons["line 6"] and "does not decode" in reasons["line 7"]
+    assert "longer than" in reasons["line 8"] and "not UTF-8" in reasons["line 10"]
+
+
+def test_oversized_images_and_tables_and_foreign_arrow_files_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from PIL import Image
+
+    import fedsecure.data.local as local
+
+    Image.fromarray(np.zeros((300, 300, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    ok = {"id": "r", "image": "big.png", "question": "what color is the shape?", "chosen": "blue", "rejected": "red"}
+    (tmp_path / "p.jsonl").write_text(json.dumps(ok) + "\n")
+    old = local.MAX_IMAGE_PIXELS, local.MAX_TABLE_BYTES
+    try:
+        local.MAX_IMAGE_PIXELS = 200 * 200  # a decompression bomb, scaled down
+        assert "more than allowed" in check_pairs(tmp_path / "p.jsonl", needs_images=True).bad[0].reason
+        local.MAX_TABLE_BYTES = 50_000      # a table that inflates, scaled down
+        rows = [{**ok, "id": f"r{i}", "question": "q" * 4000} for i in range(50)]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet", compression="zstd")
+        assert (tmp_path / "p.parquet").stat().st_size < 50_000
+        assert "more than 50000 bytes of text" in check_pairs(tmp_path / "p.parquet", needs_images=False).describe()
+    finally:
+        local.MAX_IMAGE_PIXELS, local.MAX_TABLE_BYTES = old
+    # A `datasets` folder whose state.json names an Arrow file outside it.
+    Dataset.from_list([ok]).save_to_disk(str(tmp_path / "other"))
+    Dataset.from_list([{**ok, "id": "mine"}]).save_to_disk(str(tmp_path / "ds"))
+    state = json.loads((tmp_path / "ds" / "state.json").read_text())
+    foreign = next((tmp_path / "other").glob("*.arrow"))
+    state["_data_files"] = [{"filename": f"../other/{foreign.name}"}]
+    (tmp_path / "ds" / "state.json").write_text(json.dumps(state))
+    assert "outside the folder" in check_pairs(tmp_path / "ds", needs_images=False).describe()

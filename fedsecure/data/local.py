@@ -28,6 +28,14 @@ REQUIRED = ("id", "question", "chosen", "rejected")
 COLUMNS = (*REQUIRED, "image")
 REPORT_LINES = 20  # bad records listed in an exception's message (the report holds them all)
 
+# Bounds on what a data file may make the checker hold (issue 23 item 10: a 427 KiB Parquet
+# file once took 2.5 GB; a 5,000-digit integer or deep nesting aborted the whole check).
+MAX_LINE_BYTES = 1 << 20            # one JSONL record
+MAX_TEXT_CHARS = 4096               # one field's text
+MAX_TABLE_BYTES = 256 << 20         # a Parquet or `datasets` table, uncompressed
+MAX_IMAGE_BYTES = 8 << 20           # one image file
+MAX_IMAGE_PIXELS = 4096 * 4096      # one decoded image (decompression bombs)
+
 
 class DataError(FedsecureError, ValueError):
     """A local dataset with bad records; ``report`` lists every one of them."""
@@ -94,30 +102,19 @@ def _form(path: Path) -> str:
 def _records(path: Path, form: str) -> Iterator[tuple[str, Any]]:
     """(position, record or an exception) for every record, in order."""
     if form == "jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            yield "file", exc
-            return
-        for lineno, line in enumerate(lines, start=1):
-            if line.strip():
-                try:
-                    yield f"line {lineno}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"line {lineno}", ValueError(f"corrupt record: {exc.msg}")
+        yield from _jsonl_records(path)
         return
     try:
         if form == "parquet":
-            import pyarrow.parquet as pq
+            yield from _parquet_records(path)
+            return
+        from datasets import DatasetDict, load_from_disk
 
-            rows = pq.read_table(path).to_pylist()
-        else:
-            from datasets import DatasetDict, load_from_disk
-
-            data = load_from_disk(str(path))
-            if isinstance(data, DatasetDict):
-                raise ValueError(f"holds splits {sorted(data)}: save the one split to use")
-            rows = data.to_list()
+        _check_datasets_folder(path)
+        data = load_from_disk(str(path))
+        if isinstance(data, DatasetDict):
+            raise ValueError(f"holds splits {sorted(data)}: save the one split to use")
+        rows = iter(data)  # one row at a time, from the memory-mapped table
     except ImportError as exc:
         yield "file", ValueError(f"reading {form} needs {exc.name} (installed with fedsecure)")
         return
@@ -128,12 +125,141 @@ def _records(path: Path, form: str) -> Iterator[tuple[str, Any]]:
         yield f"row {index}", row
 
 
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Parquet rows a batch at a time, text columns kept dictionary-encoded until each row
+    is taken, and a row with a field too long refused before it is materialised: a small
+    file can inflate (compression, a dictionary value repeated in every row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    size = sum(meta.row_group(i).column(j).total_uncompressed_size
+               for i in range(meta.num_row_groups) for j in range(meta.num_columns))
+    if size > MAX_TABLE_BYTES:
+        raise ValueError(f"holds {size} bytes uncompressed, more than the {MAX_TABLE_BYTES} allowed")
+    schema = meta.schema.to_arrow_schema()
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    index = 0
+    for batch in pq.ParquetFile(path, read_dictionary=text).iter_batches(batch_size=256):
+        longest = [0] * batch.num_rows
+        for name in text:
+            col = batch.column(name)
+            if pa.types.is_dictionary(col.type):
+                sizes = pc.binary_length(col.dictionary).fill_null(0).to_pylist()
+                per_row = [sizes[k] if k is not None else 0 for k in col.indices.to_pylist()]
+            else:
+                per_row = pc.binary_length(col).fill_null(0).to_pylist()
+            longest = [max(a, b) for a, b in zip(longest, per_row, strict=True)]
+        for i in range(batch.num_rows):
+            if longest[i] > 4 * MAX_TEXT_CHARS:
+                yield f"row {index}", ValueError(f"a field is longer than {MAX_TEXT_CHARS} characters")
+            else:
+                yield f"row {index}", batch.slice(i, 1).to_pylist()[0]
+            index += 1
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """JSONL records one line at a time (bounded memory); a line that is too long, not
+    UTF-8, not JSON, too deep or holding an integer Python will not convert is that
+    line's own bad record, never the end of the check."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        yield "file", exc
+        return
+    with fh:
+        lineno = 0
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line, bounded reads
+                    raw = fh.readline(MAX_LINE_BYTES + 1)
+                yield f"line {lineno}", ValueError(f"longer than {MAX_LINE_BYTES} bytes")
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield f"line {lineno}", ValueError("not UTF-8 text")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield f"line {lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"line {lineno}", ValueError(f"corrupt record: {exc.msg}")
+            except (ValueError, RecursionError):  # 5,000-digit integers, deep nesting
+                yield f"line {lineno}", ValueError("corrupt record: nested too deeply or a number out of range")
+
+
+def _check_datasets_folder(path: Path) -> None:
+    """A `datasets` folder may only name data files inside itself (its state.json lists
+    them by name: `../` or an absolute path once read an Arrow file from elsewhere), none a
+    symbolic link, and not more bytes than a table may hold."""
+    if (path / "dataset_dict.json").exists():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"unreadable dataset_dict.json ({type(exc).__name__})") from exc
+        raise ValueError(f"holds splits {sorted(str(x)[:40] for x in splits)[:10]}: save the one split to use")
+    state = path / "state.json"
+    try:
+        files = json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"unreadable state.json ({type(exc).__name__})") from exc
+    total = 0
+    for entry in files if isinstance(files, list) else [None]:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"state.json names a data file outside the folder: {str(name)[:80]!r}")
+        file = path / name
+        if file.is_symlink() or not file.is_file():
+            raise ValueError(f"data file {name} is missing or a symbolic link")
+        total += file.stat().st_size
+    if total > MAX_TABLE_BYTES:
+        raise ValueError(f"holds {total} bytes of data files, more than the {MAX_TABLE_BYTES} allowed")
+
+
+def _image(base: Path, name: str) -> str:
+    """The image's path if it lies inside the data folder, is a real file (not a link) and
+    decodes as an image of at most ``MAX_IMAGE_PIXELS``; else ValueError saying why."""
+    from PIL import Image
+
+    root = base.resolve()
+    candidate = base / name
+    if Path(name).is_absolute() or candidate.is_symlink():
+        raise ValueError(f"image {name[:80]} is outside the data folder or a symbolic link")
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"image {name[:80]} is outside the data folder")
+    if not resolved.is_file():
+        raise ValueError(f"image {name[:80]} not found")
+    if resolved.stat().st_size > MAX_IMAGE_BYTES:
+        raise ValueError(f"image {name[:80]} is larger than {MAX_IMAGE_BYTES} bytes")
+    try:
+        with Image.open(resolved) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image {name[:80]} has {im.width}x{im.height} pixels, more than allowed")
+            im.load()  # decodes it: bytes that are not an image are refused here
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for junk
+        raise ValueError(f"image {name[:80]} does not decode as an image ({type(exc).__name__})") from exc
+    return str(resolved)
+
+
 def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str]) -> PreferencePair:
     if not isinstance(rec, dict):
         raise ValueError("a record must be an object with fields " + ", ".join(COLUMNS))
     missing = [k for k in REQUIRED if not isinstance(rec.get(k), str) or not rec[k]]
     if missing:
         raise ValueError(f"missing or empty string fields {missing}")
+    long = [k for k in REQUIRED if len(rec[k]) > MAX_TEXT_CHARS]
+    if long:
+        raise ValueError(f"fields {long} are longer than {MAX_TEXT_CHARS} characters")
     for name in ("chosen", "rejected"):
         if rec[name] not in vocab:
             raise ValueError(f"unknown answer {rec[name]!r} in {name!r}")
@@ -143,10 +269,7 @@ def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str]) -> Preferen
     if needs_images:
         if not isinstance(rec.get("image"), str) or not rec["image"]:
             raise ValueError("missing image (a PNG path relative to the data's folder)")
-        image_path = (base / rec["image"]).resolve()
-        if not image_path.is_file():
-            raise ValueError(f"image {rec['image']} not found")
-        image = str(image_path)
+        image = _image(base, rec["image"])
     return PreferencePair(record_id=str(rec["id"]), split="local", image_id=-1, question=rec["question"],
                           chosen=rec["chosen"], rejected=rec["rejected"], image_path=image)
 
@@ -159,12 +282,17 @@ def check_pairs(path: Path, *, needs_images: bool) -> DataReport:
     base = path if form == "datasets" else path.parent
     vocab = set(answers())
     seen: dict[str, str] = {}
+    held = 0  # bytes of text kept: the whole dataset is bounded, whatever its form
     for position, rec in _records(path, form):
+        if held > MAX_TABLE_BYTES:
+            report.bad.append(BadRecord(position, "", f"the dataset holds more than {MAX_TABLE_BYTES} bytes of "
+                                                      "text; the rest was not read (split it)"))
+            break
         if isinstance(rec, Exception):
             report.bad.append(BadRecord(position, "", f"cannot read: {rec}"))
             continue
         report.records += 1
-        record_id = str(rec.get("id", "")) if isinstance(rec, dict) else ""
+        record_id = rec["id"][:80] if isinstance(rec, dict) and isinstance(rec.get("id"), str) else ""
         try:
             pair = _pair(rec, base, needs_images, vocab)
         except ValueError as exc:
@@ -174,6 +302,7 @@ def check_pairs(path: Path, *, needs_images: bool) -> DataReport:
             report.bad.append(BadRecord(position, record_id, f"duplicate id (first at {seen[pair.record_id]})"))
             continue
         seen[pair.record_id] = position
+        held += sum(len(x) for x in (pair.record_id, pair.question, pair.chosen, pair.rejected, pair.image_path))
         report.pairs.append(pair)
     return report
 
