@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import tomli_w
 
 from fedsecure.admin_client import AdminClient
@@ -76,8 +77,26 @@ def _spawn(name: str, argv: list[str], logs: Path, *, threads: int | None = None
     return _Proc(name, popen, log_path)
 
 
+class DemoStopped(RuntimeError):
+    """The demo could not finish (its time limit, a party that died); the message is the
+    one sentence the user sees, every party already shut down."""
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the demo; exit 0 only if the run finished with every round closed."""
+    """Run the demo; exit 0 only if the run finished with every round closed. A demo that
+    cannot finish stops with one clear sentence and every party shut down, never a
+    traceback (issue 23 item 13)."""
+    try:
+        return _main(args)
+    except DemoStopped as exc:
+        print(f"[demo] stopped: {exc}", file=sys.stderr)
+        return 1
+    except (subprocess.TimeoutExpired, TimeoutError) as exc:  # a step with its own bound (keygen, a port file)
+        print(f"[demo] stopped: a step ran past its time limit ({exc}); every party was shut down", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise ValueError("--rounds must be >= 1")
     started = time.monotonic()
@@ -148,11 +167,20 @@ def main(args: argparse.Namespace) -> int:
         print(f"[demo] started clients {', '.join(names)} (configuration files: {configs})")
         federation_started = time.monotonic()
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
+        if status["state"] not in ("finished", "failed", "stopped"):
+            raise DemoStopped(f"the run was still {status['state']} after --timeout {args.timeout:g} s (round "
+                              f"{status['rounds_closed']} of {args.rounds} closed): this machine is slower than the "
+                              f"demo's budget; every party was shut down; logs in {logs} (rerun with a larger "
+                              "--timeout)")
         print(f"[demo] federation: {status['rounds_closed']} rounds (train, score, align, report; personalise "
               f"after the last) in "
               f"{time.monotonic() - federation_started:.0f} s", flush=True)
         for p in procs[2:]:
-            p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
+            try:
+                p.popen.wait(timeout=max(1.0, started + args.timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise DemoStopped(f"client {p.name} was still finishing when --timeout {args.timeout:g} s ran out; "
+                                  f"every party was shut down; logs in {logs} (rerun with a larger --timeout)") from None
         heads_file = _export_heads(kits.admin, address, work / "ledger_heads.json")
     finally:
         for p in procs:
@@ -297,7 +325,11 @@ def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float)
     last = ""
     with AdminClient(kit=load_kit(admin_kit, expected_role=Role.ADMIN), address=address) as admin:
         while True:
-            run, enrolled, _ = admin.status()
+            try:
+                run, enrolled, _ = admin.status()
+            except grpc.RpcError as err:
+                raise DemoStopped(f"the server stopped answering ({err.code().name}); every party was shut down; "
+                                  "see its log") from None
             line = (f"[demo] run {run.state}: round {run.round}/{run.config.rounds} attempt {run.attempt}, "
                     f"phase {run.phase.name if run.phase else '-'}, {enrolled} clients enrolled, "
                     f"{run.rounds_closed} rounds closed")

@@ -110,3 +110,26 @@ def test_pretrained_backbones_are_reused_by_digest(tmp_path: Path, monkeypatch: 
     cached.write_text(cached.read_text() + " ")  # a changed cached file: pretrained anew, never trusted
     third = _pretrain(tmp_path / "c", 3, tmp_path / "c-log", "")
     assert "reusing" not in capsys.readouterr().out and backbone_digest(tmp_path / "c") == third["sha256"]
+
+
+@pytest.mark.timeout(300)
+def test_a_demo_that_cannot_finish_stops_with_one_sentence_and_no_party_left(tmp_path: Path) -> None:
+    """Attack review (issue 23 item 13): on a busy machine the demo died with a traceback
+    (subprocess.TimeoutExpired while waiting for the clients). Out of time, it now says so
+    in one sentence, shuts every party down and exits 1."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "1", "--out", str(out),
+                           "--timeout", "1", "--backbone-steps", "0", "--align-steps", "0", "--max-pairs", "200"],
+                          capture_output=True, text=True, timeout=280,
+                          env={**os.environ, "FEDSECURE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "[demo] stopped: " in proc.stderr, proc.stderr
+    assert "--timeout" in proc.stderr
+    left = []  # no server, key holder or client still running
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(out).encode() in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+        except OSError:
+            continue
+    assert not left, left
