@@ -287,14 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "mor", "personalise", "load"],
+    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "mor", "personalise", "load",
+                                          "flood"],
                    help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
                         "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL; "
                         "collaboration: FedCola's module table on the public questions (JSON, Markdown, SVG); "
                         "mor: an ALIGN step's costs and the federation tax (remote scoring over mTLS vs in process); "
                         "personalise: TAP's stages per client kind (local-only, global, replaced, personalised; "
                         "ε per stage from the ledger); load: many mTLS clients against a real server and key holder "
-                        "(server-side latency per RPC, memory, file descriptors)")
+                        "(server-side latency per RPC, memory, file descriptors); flood: another client's heartbeat "
+                        "latency while one client floods its score session")
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per variant")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians reported)")
@@ -304,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", action="store_true", help="dp: with FedCola's gates attached (image or text kinds)")
     p.add_argument("--params", type=int, default=1_000_000, help="he: values per client update")
     p.add_argument("--clients", type=int, default=None, help="he: contributions summed (8); load: clients (100)")
-    p.add_argument("--seconds", type=float, default=30.0, help="load: how long the clients run")
+    p.add_argument("--seconds", type=float, default=30.0, help="load: how long the clients run; flood: each window")
     p.add_argument("--rss-at", type=float, default=30.0, help="load: memory growth is measured from here to the end")
     p.add_argument("--hidden", type=int, default=128, help="grpo: LM hidden size")
     p.add_argument("--layers", type=int, default=2, help="grpo: LM layers")

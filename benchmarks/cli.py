@@ -21,6 +21,10 @@ def main(args: argparse.Namespace) -> int:
         from benchmarks.bench_he import bench_he
 
         print(json.dumps(bench_he(n_params=args.params, clients=args.clients or 8, repeats=args.repeats)))
+    elif args.what == "flood":
+        from benchmarks.bench_flood import bench_flood
+
+        print(json.dumps(bench_flood(window_s=args.seconds), indent=2))
     elif args.what == "load":
         from benchmarks.bench_load import LoadConfig, bench_load
 

@@ -4,6 +4,7 @@ train the same tiny policy on different prompts; DDP must keep them identical.""
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import sys
 from pathlib import Path
@@ -20,10 +21,9 @@ from server.alignment.prompts import Prompt
 from server.alignment.rollouts import SamplingConfig
 
 
-def main(out: Path) -> None:
-    # A rank stuck in a collective prints every thread's stack and exits, so a hang in CI
-    # shows where it was (the test's own timeout is 240 s).
-    faulthandler.dump_traceback_later(180, exit=True)
+def _train(out: Path) -> dict[str, object]:
+    """Train under DDP; return plain results. Everything holding the DDP wrapper (its
+    reducer) is local here and freed on return, before the process group is destroyed."""
     placement = select_placement("cpu")
     assert placement.distributed, "run me under torchrun with 2 processes"
     torch.manual_seed(0)  # the same initial weights on every rank
@@ -37,14 +37,25 @@ def main(out: Path) -> None:
     pool = [Prompt(f"p{i}", "", (3 + i, 4 + i, 5)) for i in range(16)]
     picked = [p.prompt_id for p in engine.sample_prompts(pool)]
     reports = engine.train(pool, per_completion(lambda p, c: sum(int(t) < 12 for t in c.split()) / 6), steps=2)
-    torch.distributed.barrier()  # rank 0 has written its checkpoint; finish together
     params = [p.detach() for _, p in policy.trainable()]
-    (out / f"rank{placement.rank}.json").write_text(json.dumps({
-        "checksum": [float(p.double().sum()) for p in params],
-        "changed": any(not torch.equal(a, b) for a, b in zip(before, params, strict=True)),
-        "prompts": picked,
-        "skipped": [r.skipped for r in reports],
-    }))
+    return {"rank": placement.rank, "checksum": [float(p.double().sum()) for p in params],
+            "changed": any(not torch.equal(a, b) for a, b in zip(before, params, strict=True)),
+            "prompts": picked, "skipped": [r.skipped for r in reports]}
+
+
+def main(out: Path) -> None:
+    # A rank stuck in a collective prints every thread's stack and exits, so a hang in CI
+    # shows where it was (the test's own timeout is 240 s).
+    faulthandler.dump_traceback_later(180, exit=True)
+    result = _train(out)
+    gc.collect()
+    # Why the order matters (issue 23 item 12): the DDP wrapper used to live in main()'s
+    # locals and was freed only when main() returned, after destroy_process_group(); its
+    # reducer's teardown then hung once in ~20 runs on a loaded machine (the stack showed
+    # <module>, i.e. after main() had returned). Now it is freed first, then the ranks
+    # leave together.
+    (out / f"rank{result.pop('rank')}.json").write_text(json.dumps(result))
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -4,6 +4,7 @@ alignment job (`fedsecure align --parallel fsdp`) on the built-in tiny VLM, two 
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ def main(out: Path) -> None:
     result = run_alignment(settings)
     (out / f"job-rank{os.environ['RANK']}.json").write_text(json.dumps(
         {"steps": result.steps, "end": result.end.accuracy, "start": result.start.accuracy}))
+    gc.collect()  # the job's FSDP wrappers are freed before their process group (see ddp_worker.py)
     torch.distributed.barrier()  # leave together (see fsdp_worker.py)
     torch.distributed.destroy_process_group()
 

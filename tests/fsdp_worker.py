@@ -5,6 +5,7 @@ with the same changed weights, and a new engine resumes the checkpoint exactly."
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import sys
 from pathlib import Path
@@ -36,8 +37,9 @@ def _full(engine: GRPOEngine) -> list[torch.Tensor]:
     return [full_tensor(p.detach()).clone() for _, p in engine.policy.trainable()]
 
 
-def main(out: Path, adapter: str) -> None:
-    faulthandler.dump_traceback_later(180, exit=True)
+def _train(out: Path, adapter: str) -> dict[str, object]:
+    """Train, resume, compare; return plain results (the FSDP engines are freed on return,
+    before the process group is destroyed: see ddp_worker.py)."""
     engine = _engine(out, adapter)
     rank = engine.policy.placement.rank
     before = _full(engine)
@@ -51,7 +53,8 @@ def main(out: Path, adapter: str) -> None:
     resumed = _engine(out, adapter)
     step = resumed.resume()
     again = _full(resumed)
-    (out / f"rank{rank}.json").write_text(json.dumps({
+    return {
+        "rank": rank,
         "checksum": [float(p.double().sum()) for p in after],
         "changed": any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)),
         "local_fraction": local / total,
@@ -59,7 +62,14 @@ def main(out: Path, adapter: str) -> None:
         "resumed_step": step,
         "resumed_equal": all(torch.equal(a, b) for a, b in zip(after, again, strict=True)),
         "optimizer_steps": sorted({int(s["step"]) for s in resumed.optimizer.state.values() if "step" in s}),
-    }))
+    }
+
+
+def main(out: Path, adapter: str) -> None:
+    faulthandler.dump_traceback_later(180, exit=True)
+    result = _train(out, adapter)
+    gc.collect()
+    (out / f"rank{result.pop('rank')}.json").write_text(json.dumps(result))
     # Both ranks leave together: a rank that tears its process group down while the other
     # is still inside a collective aborts the other ("terminate called ..."), seen once in CI.
     torch.distributed.barrier()

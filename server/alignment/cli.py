@@ -47,6 +47,9 @@ def align_main(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     if dist.is_initialized():  # under torchrun: leave together, or a late rank's collective aborts
+        import gc
+
+        gc.collect()  # the DDP/FSDP wrappers go before their process group (a reducer freed after it hung)
         dist.barrier()
         dist.destroy_process_group()
     return 0

@@ -112,7 +112,7 @@ def test_binding_and_signature_violations(score_fed) -> None:  # type: ignore[no
              grpc.StatusCode.INVALID_ARGUMENT, "items in order")
     nan = tuple(dataclasses.replace(s, value=math.nan) for s in _scores(task))
     assert_refused(lambda: stub.SubmitScores(_scores_request(client, task, scores=nan), timeout=5),
-             grpc.StatusCode.INVALID_ARGUMENT, "non-finite")
+             grpc.StatusCode.INVALID_ARGUMENT, "not a finite number")
     head = LedgerHead()
     env = client.sign(task, PayloadKind.LEDGER_HEAD, signing.ledger_head_digest(head))
     assert_refused(lambda: stub.ReportLedger(federation_pb2.ReportLedgerRequest(
