@@ -238,9 +238,11 @@ class MixtureReward:
                  entry: StepLog) -> tuple[torch.Tensor, torch.Tensor]:
         """Ask, then wait for the answers until the step's deadline, or — once the answers
         in hand cover every item someone was asked for — a grace as long again as that
-        took (at least ``min_grace_s``). A client that missed ``skip_after_misses`` steps in
-        a row, or is still answering an earlier one, is not waited for in this round
-        (issue 23 item 8: one silent client once held every step to its deadline)."""
+        took (at least ``min_grace_s``): one silent client once held every step to its
+        deadline (issue 23 item 8). A client still answering an earlier step is not asked
+        again yet. Every miss is counted; only a miss of the whole deadline counts toward
+        ``skip_after_misses`` in a row, after which the client is not waited for again this
+        round (a slower honest client cut off by the grace keeps being asked)."""
         position = {it.item_id: n for n, it in enumerate(items)}
         raw = torch.zeros(len(self.clients), len(items), dtype=torch.float64)
         answered = torch.zeros(len(self.clients), len(items), dtype=torch.bool)
@@ -257,7 +259,7 @@ class MixtureReward:
                 continue
             busy = self._busy.get(client.name)
             if busy is not None and not busy.done():
-                self._missed(client.name, entry, "still answering an earlier step")
+                self._missed(client.name, entry, "still answering an earlier step", in_a_row=False)
                 continue
             future = self._pool.submit(client.scorer, entry.exchange, mine, self.deadline_s)
             self._busy[client.name] = future
@@ -278,13 +280,18 @@ class MixtureReward:
                 deadline = min(deadline, now + max(self.min_grace_s, now - begun))
         for future, (ci, _) in pending.items():
             future.cancel()
-            self._missed(self.clients[ci].name, entry, "missed the step's deadline")
+            if graced:
+                self._missed(self.clients[ci].name, entry, "missed the step's grace (the others had answered every "
+                             "item)", in_a_row=False)
+            else:
+                self._missed(self.clients[ci].name, entry, "missed the step's deadline")
         return raw, answered
 
-    def _missed(self, name: str, entry: StepLog, why: str) -> None:
+    def _missed(self, name: str, entry: StepLog, why: str, *, in_a_row: bool = True) -> None:
         entry.left_out[name] = why
         self.misses[name] += 1
-        self.missed_in_a_row[name] += 1
+        if in_a_row:
+            self.missed_in_a_row[name] += 1
 
     def _take(self, ci: int, future: concurrent.futures.Future[Sequence[Score]], mine: Sequence[ScoreItem],
               position: Mapping[str, int], raw: torch.Tensor, answered: torch.Tensor, entry: StepLog,
