@@ -287,11 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
-    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "mor", "personalise", "load",
-                                          "flood"],
+    p.add_argument("what", choices=["dp", "dp-utility", "he", "grpo", "collaboration", "reward-sweep", "mor",
+                                     "personalise", "load", "flood"],
                    help="dp: DP step time vs non-private; dp-utility: accuracy, membership AUC, audit ε; "
                         "he: CKKS secure aggregation costs and error; grpo: GRPO step, ours vs TRL; "
                         "collaboration: FedCola's module table on the public questions (JSON, Markdown, SVG); "
+                        "reward-sweep: one client's reward-model recipe over a grid of schedules (JSON, Markdown); "
                         "mor: an ALIGN step's costs and the federation tax (remote scoring over mTLS vs in process); "
                         "personalise: TAP's stages per client kind (local-only, global, replaced, personalised; "
                         "ε per stage from the ledger); load: many mTLS clients against a real server and key holder "
@@ -315,9 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="collaboration: comma-separated seeds")
     p.add_argument("--rows", default=None, help="collaboration: comma-separated rows (default: all)")
     p.add_argument("--rounds", type=int, default=3, help="collaboration: federated rounds")
-    p.add_argument("--local-steps", type=int, default=30, help="collaboration: DP steps per client per round")
+    p.add_argument("--local-steps", type=int, default=100, help="collaboration: DP steps per client per round")
     p.add_argument("--pairs", type=int, default=1500, help="collaboration: pairs per client")
-    p.add_argument("--questions", type=int, default=150, help="collaboration: public questions measured")
+    p.add_argument("--questions", type=int, default=150, help="collaboration: public questions measured; reward-sweep: per type")
     p.add_argument("--central-steps", type=int, default=300, help="collaboration: steps of the central reference")
     p.add_argument("--backbone", type=Path, default=None,
                    help="collaboration: the federation's pretrained backbone folder (default: pretrain one)")
@@ -325,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="collaboration, personalise: folder for the JSON, .md and .svg "
                         "(default: bench-collaboration, bench-personalise)")
+    p.add_argument("--grid", default="default", help="reward-sweep: a named grid of recipes (default, quick)")
+    p.add_argument("--point", action="append", metavar="KEY=VALUE,...",
+                   help="reward-sweep: a recipe instead of the grid, e.g. objective=listwise,learning_rate=0.01,"
+                        "steps=300,rounds=1,batch_size=128,max_grad_norm=0.1,trainable=all,private=1 (repeatable)")
+    p.add_argument("--client", default=None, help="reward-sweep: whose share (default: the kind's first client)")
     p.add_argument("--distill-steps", type=int, default=30, help="personalise: DP distillation steps")
     p.add_argument("--margin", type=float, default=0.01, help="personalise: TAP's replacement margin")
     p.add_argument("--reserve", type=float, default=0.1, help="personalise: share of ε kept for personalisation")
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-per-step", type=int, default=16)
     p.add_argument("--eval-questions", type=int, default=2000, help="fixed easy-VQA test questions (paired)")
     p.add_argument("--rounds", type=int, default=3, help="federated rounds of the reward models")
-    p.add_argument("--local-steps", type=int, default=30, help="DP steps per client per round")
+    p.add_argument("--local-steps", type=int, default=100, help="DP steps per client per round")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backbone", type=Path, default=None, help="the federation's backbone (default: pretrain one)")

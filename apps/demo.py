@@ -284,8 +284,9 @@ def _pretrain(folder: Path, steps: int, log_stem: Path, label: str, *extra: str)
 
 
 def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
-    """What the ALIGN stage did to the server's policy: test exact match of the base
-    (vision pretraining + SFT) and of the last checkpoint, and each round's record — the
+    """What the ALIGN stage did to the server's policy: test exact match per type of the
+    start (vision pretraining + SFT), of the exported policy (the promotion gate's choice)
+    and of the last checkpoint, and each round's record — the
     router's weights per question type, the clients left out of steps, the held-out
     monitor (``server.mixture``)."""
     from server.mixture.vqa_stage import evaluate_stage
@@ -307,17 +308,29 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
               f"skipped) on the fused "
               f"scores of {', '.join(r['connected'])}; router fit "
               f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} pairwise; held-out accuracy "
-              f"{r['monitor_accuracy']:.3f}; left out of steps: {r['left_out'] or 'none'}"
+              f"{r['monitor_accuracy']:.3f} (type-averaged {r.get('monitor_type_mean', float('nan')):.3f}, start "
+              f"{_type_mean(r.get('start_by_type')):.3f}; {'promoted' if r.get('promoted') else 'not promoted'}); "
+              f"left out of steps: {r['left_out'] or 'none'}"
               f"{'; STOPPED: ' + r['stopped'] if r.get('stopped') else ''}")
         print(f"[demo]   router weights per question type: {weights}")
-    print(f"[demo] policy test accuracy (exact match, {ev.end.count} easy-VQA test questions), base -> after "
-          f"{ev.steps} GRPO steps on the clients' fused rewards: {ev.start.accuracy:.3f} -> {ev.end.accuracy:.3f}; "
-          "by type: " + ", ".join(f"{t} {ev.start.by_type[t]:.2f} -> {ev.end.by_type.get(t, 0.0):.2f}"
-                                 for t in sorted(ev.start.by_type)) + f" (measured in {time.monotonic() - started:.0f} s)",
-          flush=True)
+    def by_type(a: object, b: object) -> str:
+        return ", ".join(f"{t} {a.by_type[t]:.2f} -> {b.by_type.get(t, 0.0):.2f}"  # type: ignore[attr-defined]
+                         for t in sorted(a.by_type))  # type: ignore[attr-defined]
+    exported = ("the start: no round beat it on the held-out questions, so alignment's result is not shipped"
+                if ev.promoted_step == 0 else f"the policy after GRPO step {ev.promoted_step}")
+    print(f"[demo] policy test accuracy (exact match, {ev.end.count} easy-VQA test questions), start -> exported "
+          f"({exported}): {ev.start.accuracy:.3f} -> {ev.end.accuracy:.3f}; by type: {by_type(ev.start, ev.end)}; "
+          f"after all {ev.steps} GRPO steps: {ev.last.accuracy:.3f} ({by_type(ev.start, ev.last)}) "
+          f"(measured in {time.monotonic() - started:.0f} s)", flush=True)
     return {"start_accuracy": ev.start.accuracy, "end_accuracy": ev.end.accuracy, "start_by_type": ev.start.by_type,
-            "end_by_type": ev.end.by_type, "steps": ev.steps, "rounds": rounds,
+            "end_by_type": ev.end.by_type, "last_accuracy": ev.last.accuracy, "last_by_type": ev.last.by_type,
+            "promoted_step": ev.promoted_step, "steps": ev.steps, "rounds": rounds,
             "seconds": round(time.monotonic() - started, 1)}
+
+
+def _type_mean(by_type: object) -> float:
+    values = list(by_type.values()) if isinstance(by_type, dict) else []
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _watch(admin_kit: Path, address: str, clients: list[_Proc], deadline: float) -> dict[str, object]:

@@ -64,9 +64,9 @@ class CollaborationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     rows: tuple[str, ...] = ROWS
     rounds: int = 3
-    local_steps: int = 30
-    batch_size: int = 64
-    learning_rate: float = 0.03
+    local_steps: int = 100
+    batch_size: int = 128
+    learning_rate: float = 0.01
     max_grad_norm: float = 0.1
     epsilon: float = 8.0
     delta: float = 1e-5
@@ -221,7 +221,10 @@ def eval_batches(kind: str, questions: Sequence[object], tokenizer: object,
     return out
 
 
-def _evaluate(model: torch.nn.Module, batches: Sequence[tuple[list[str], dict[str, torch.Tensor]]]) -> dict[str, float]:
+def evaluate_model(model: torch.nn.Module,
+                   batches: Sequence[tuple[list[str], dict[str, torch.Tensor]]]) -> dict[str, float]:
+    """:func:`server.rewards.quality.reward_quality` of ``model`` on :func:`eval_batches`, in
+    evaluation mode (where it is left: training puts it back in its own mode)."""
     from fedsecure.data.easyvqa import answers
     from server.rewards.quality import JudgedQuestion, reward_quality
 
@@ -232,7 +235,6 @@ def _evaluate(model: torch.nn.Module, batches: Sequence[tuple[list[str], dict[st
         for truths, batch in batches:
             scores = model.score(batch).view(len(truths), len(vocab)).tolist()  # type: ignore[operator]
             judged += [JudgedQuestion(t, dict(zip(vocab, row, strict=True))) for t, row in zip(truths, scores, strict=True)]
-    model.train()
     return reward_quality(judged)
 
 
@@ -258,16 +260,21 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
 def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) -> dict[str, dict[str, dict[str, float]]]:
     """row -> kind -> metric -> value (mean over the kind's two clients)."""
     from client_sdk.dp_training import train_nonprivate
+    from fedsecure.data.easyvqa import answers
+    from fedsecure.data.preferences import records_from_pairs
     from fedsecure.data.shares import client_pairs
-    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import RewardModelConfig, build_reward_model, config_on_backbone
+
+    def encode(pairs):  # type: ignore[no-untyped-def]  # the clients' own listwise records
+        return encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
 
     from fedsecure.models.tokenizer import build_tokenizer
 
     tok = build_tokenizer(RewardModelConfig().max_length)  # every model here uses this local tokenizer
     pairs = {c: client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c], alpha=cfg.alpha, seed=seed,
                              limit=cfg.pairs_per_client) for c in CLIENTS}
-    encoded = {c: encode_pairs(p, tok) for c, p in pairs.items()}
+    encoded = {c: encode(p) for c, p in pairs.items()}
     batches = {kind: eval_batches(kind, questions, tok) for kind in KINDS}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for row in track(cfg.rows, desc=f"seed {seed}", unit="row"):
@@ -281,13 +288,13 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
                 union = [p for c in CLIENTS for p in client_pairs(name=c, clients=list(CLIENTS), kind=kind,
                                                                     alpha=cfg.alpha, seed=seed,
                                                                     limit=cfg.pairs_per_client)]
-                train_nonprivate(model=model, data=encode_pairs(union, tok), steps=cfg.central_steps,
+                train_nonprivate(model=model, data=encode(union), steps=cfg.central_steps,
                                  learning_rate=3e-3, batch_size=cfg.batch_size, seed=seed)
-                per_kind[kind] = [_evaluate(model, batches[kind])]
+                per_kind[kind] = [evaluate_model(model, batches[kind])]
         else:
             clients, extra = federated_clients(cfg, row, seed, encoded)
             for c in clients:
-                per_kind.setdefault(c.kind, []).append(_evaluate(c.model, batches[c.kind]))
+                per_kind.setdefault(c.kind, []).append(evaluate_model(c.model, batches[c.kind]))
         out[row] = {kind: {k: statistics.fmean(m[k] for m in ms) for k in ms[0]} for kind, ms in per_kind.items()}
         out[row]["_"] = {"seconds": round(time.monotonic() - started, 1), **extra}
         log.info("seed %d, %s: %.0f s; %s", seed, row, out[row]["_"]["seconds"],

@@ -11,14 +11,17 @@ import torch
 
 
 def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, gate: bool = False) -> dict[str, object]:
-    """DP-SGD step vs the same step without DP on the default reward model (``mode``: an
-    Opacus per-sample gradient engine other than the default; ``gate``: with FedCola's
-    gates in place, as a uni-modal client trains from round 2 on)."""
+    """DP-SGD step vs the same step without DP on the default reward model, trained as a
+    client trains it (listwise records over every answer; ``mode``: an Opacus per-sample
+    gradient engine other than the default; ``gate``: with FedCola's gates in place, as a
+    uni-modal client trains from round 2 on)."""
     import dataclasses
 
-    from client_sdk.dp_training import DPSettings, DPStepper, bt_loss
+    from client_sdk.dp_training import DPSettings, DPStepper, data_loss, training_mode
+    from fedsecure.data.easyvqa import answers
+    from fedsecure.data.preferences import records_from_pairs
     from fedsecure.data.shares import client_pairs
-    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import SHARED_ADAPTER, RewardModelConfig, build_reward_model
 
     settings = DPSettings()  # the defaults a client runs with (secure mode on)
@@ -34,16 +37,19 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
         aux = {slot_of(n).position: torch.randn_like(p) * 0.01  # type: ignore[union-attr]
                for n, p in model.named_parameters() if f"lora_B.{SHARED_ADAPTER}" in n}
         attach_gates(model, stack=kind, adapter=SHARED_ADAPTER, aux=aux)
-    data = encode_pairs(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=4096), tok)
+    data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=4096),
+                                             answer_set=answers()), tok)
     q = settings.batch_size / len(data)
     params = [p for p in model.parameters() if p.requires_grad]
     plain_opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
 
     def nonprivate_step() -> None:
+        training_mode(model)  # the modes DP training runs in (dropout off in the frozen stacks)
         idx = torch.randperm(len(data), generator=gen)[: settings.batch_size]
         plain_opt.zero_grad(set_to_none=True)
-        bt_loss(model(data.batch(idx))).backward()
+        batch = data.batch(idx)
+        data_loss(data, model(batch), batch).backward()
         plain_opt.step()
 
     def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -65,12 +71,13 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
             private_s += timed(lambda: st.step(data), steps)
     p, n = statistics.median(private_s), statistics.median(nonprivate_s)
     return {"private_step_s": round(p, 5), "nonprivate_step_s": round(n, 5), "overhead": round(p / n, 3),
-            "pairs_per_s": round(settings.batch_size / p, 1),
+            "records_per_s": round(settings.batch_size / p, 1),
             "config": {"kind": kind, "batch_size": settings.batch_size, "max_grad_norm": settings.max_grad_norm,
                        "secure_mode": settings.secure_mode, "grad_sample_mode": settings.grad_sample_mode,
                        "gate": gate,
                        "steps_per_variant": steps * repeats, "repeats": repeats, "threads": torch.get_num_threads(),
-                       "trainable_params": sum(x.numel() for x in params), "pairs": len(data)}}
+                       "trainable_params": sum(x.numel() for x in params), "records": len(data),
+                       "candidates_per_record": data.candidates, "objective": "listwise"}}
 
 
 def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delta: float = 1e-5,

@@ -118,9 +118,9 @@ def _federation_aggregates(personal: dict[str, torch.nn.Module], sizes: dict[str
 
 def _public(model: torch.nn.Module, batches) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Public-question quality: top-1 over all answers and pairwise, over every type."""
-    from benchmarks.bench_collaboration import _evaluate
+    from benchmarks.bench_collaboration import evaluate_model
 
-    q = _evaluate(model, batches)
+    q = evaluate_model(model, batches)
     counts = {k[6:]: v for k, v in q.items() if k.startswith("count.")}
     n = sum(counts.values()) or 1.0
     return {"public_top1": sum(q[f"top1_all.{t}"] * c for t, c in counts.items()) / n,

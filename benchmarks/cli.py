@@ -44,6 +44,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(bench_dp_utility(kinds=kinds, steps=args.steps)))
     elif args.what == "collaboration":
         _collaboration(args)
+    elif args.what == "reward-sweep":
+        _reward_sweep(args)
     elif args.what == "personalise":
         _personalise(args)
     elif args.what == "mor":
@@ -121,3 +123,21 @@ def _collaboration(args: argparse.Namespace) -> None:
     paths = write_outputs(result, args.out)
     result["outputs"] = [str(p) for p in paths]
     print(json.dumps(result["summary"] | {"outputs": result["outputs"], "wall_s": result["wall_s"]}))
+
+
+def _reward_sweep(args: argparse.Namespace) -> None:
+    import logging
+
+    from benchmarks.bench_reward_sweep import SweepConfig, bench_reward_sweep, markdown_table, points_from, write_outputs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out = args.out or Path("bench-reward-sweep")
+    kind = "image_text" if args.kind == "all" else args.kind
+    client = args.client or {"image_text": "it-1", "image": "img-1", "text": "txt-1"}[kind]
+    cfg = SweepConfig(backbone=_backbone(args), kind=kind, client=client, records=args.pairs,
+                      per_type=args.questions, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                      points=points_from(args.grid, overrides=args.point or ()), threads=args.threads)
+    result = bench_reward_sweep(cfg)
+    paths = write_outputs(result, args.out, name=f"reward_sweep_{kind}_{client}_{args.pairs}")
+    print(markdown_table(result), file=sys.stderr)
+    print(json.dumps(result["summary"] | {"outputs": [str(p) for p in paths], "wall_s": result["wall_s"]}))

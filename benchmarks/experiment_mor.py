@@ -71,7 +71,7 @@ class MorExperimentConfig:
     quality_questions: int = 150
     router_pairs: int = 300
     rounds: int = 3
-    local_steps: int = 30
+    local_steps: int = 100
     pairs_per_client: int = 1500
     epsilon: float = 8.0
     server_steps: int = 300
@@ -115,16 +115,17 @@ def _adversary(kind: str, honest, seed: int):  # type: ignore[no-untyped-def]
 def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> object:
     """The server's own image+text reward model, trained on its public preference set only."""
     from client_sdk.dp_training import train_nonprivate
-    from fedsecure.data.preferences import build_pairs
+    from fedsecure.data.easyvqa import answers
+    from fedsecure.data.preferences import build_pairs, records_from_pairs
     from fedsecure.data.shares import server_part
-    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import build_reward_model, config_on_backbone
 
     torch.manual_seed(seed)
     model, _ = build_reward_model(config_on_backbone("image_text", cfg.backbone, federation_seed=seed))
     pairs = build_pairs(server_part("router")[:cfg.router_pairs], seed=seed)
-    train_nonprivate(model=model, data=encode_pairs(pairs, tokenizer), steps=cfg.server_steps, learning_rate=3e-3,
-                     batch_size=64, seed=seed)
+    train_nonprivate(model=model, data=encode_records(records_from_pairs(pairs, answer_set=answers()), tokenizer),
+                     steps=cfg.server_steps, learning_rate=3e-3, batch_size=64, seed=seed)
     return model
 
 
@@ -170,7 +171,8 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
 
     started = time.monotonic()
     model, processor = load_policy(base)
-    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full"), placement=select_placement(cfg.device))
+    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full", freeze_vision_tower=True),
+                            placement=select_placement(cfg.device))
     test_prompts, pool = test(processor), prompt_pool(processor)
     if method == "start":
         ev = evaluate_policy(policy, test_prompts)
@@ -178,7 +180,7 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     shutil.rmtree(work, ignore_errors=True)
     engine = GRPOEngine(policy=policy, config=GRPOConfig(
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, learning_rate=cfg.learning_rate, seed=seed,
-        loss=GRPOLossConfig(beta=0.04), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
+        loss=GRPOLossConfig(beta=0.0), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
         checkpoint_dir=work, checkpoint_every=1)
     out: dict[str, object] = {}
     if method == "oracle":
@@ -229,12 +231,15 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
 
 def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     from benchmarks.bench_collaboration import CLIENTS, KIND_OF, CollaborationConfig, federated_clients
-    from fedsecure.data.shares import client_pairs, server_part, server_records
-    from fedsecure.models.encoding import encode_pairs
+    from fedsecure.data.easyvqa import answers
+    from fedsecure.data.preferences import records_from_pairs
+    from fedsecure.data.shares import client_pairs, server_part
+    from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import RewardModelConfig
     from fedsecure.models.tokenizer import build_tokenizer
     from fedsecure.privacy.accountant import epsilon
     from server.alignment.job import AlignmentSettings, prepare_base
+    from server.alignment.job import prompt_pool as balanced_pool
     from server.alignment.prompts import vqa_prompts
     from server.alignment.vqa_eval import eval_prompts
 
@@ -242,8 +247,10 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                                  pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
     tok = build_tokenizer(RewardModelConfig().max_length)
-    encoded = {c: encode_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c], alpha=collab.alpha,
-                                            seed=seed, limit=cfg.pairs_per_client), tok) for c in CLIENTS}
+    encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
+                                                                 alpha=collab.alpha, seed=seed,
+                                                                 limit=cfg.pairs_per_client), answer_set=answers()),
+                                 tok) for c in CLIENTS}
     methods = cfg.methods or all_methods(CLIENTS)
     clients, _ = federated_clients(collab, "fedcola", seed, encoded)
     eps = {c.name: round(epsilon(c.history, delta=collab.delta), 4) for c in clients}
@@ -267,7 +274,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
 
     test = cached("test", lambda p: eval_prompts(p, limit=cfg.eval_questions, seed=0))  # the same for all: paired
     quality = cached("quality", lambda p: vqa_prompts(server_part("reward_eval")[:cfg.quality_questions], processor=p))
-    prompt_pool = cached("pool", lambda p: vqa_prompts(server_records(seed=0)[0][:2000], processor=p))
+    prompt_pool = cached("pool", lambda p: vqa_prompts(balanced_pool(1500), processor=p))
 
     rows: dict[str, object] = {}
     for method in track(methods, desc=f"seed {seed}", unit="method"):

@@ -1,11 +1,21 @@
-"""Differentially private reward training (DP-SGD with Opacus): Bradley–Terry loss,
-Poisson sampling, per-pair clipping, Gaussian noise calibrated to the client's remaining
+"""Differentially private reward training (DP-SGD with Opacus): a listwise loss over each
+record's candidate answers (Bradley–Terry on pairs, for distillation and baselines),
+Poisson sampling, per-record clipping, Gaussian noise calibrated to the client's remaining
 budget over the planned rounds, one accountant per client spanning all rounds (its
 ledger), and a loud failure if training leaves the trainable parameters unchanged.
 
-The privacy unit is the preference pair: the chosen and rejected answers of one pair
-run through the model in two forward passes whose per-sample gradients Opacus sums
-before clipping, so a pair is clipped as a whole.
+The privacy unit is the record (or the pair): its K candidate answers run through the text
+layers as K rows of one stacked batch whose per-row gradients are summed back into one
+gradient per record before clipping, so a record is clipped as a whole.
+
+Deliberate choices (issue 24, measured with ``fedsecure bench reward-sweep``):
+- dropout is off during training: only modules that own trainable parameters are in
+  training mode (Opacus captures activations only there); the frozen pretrained stacks stay
+  in evaluation mode as ``from_pretrained`` loads them. Dropout in a frozen stack only adds
+  noise on top of DP's, and switched on in some rounds and not others;
+- each round starts a fresh optimiser (AdamW, no state carried): the federation replaces
+  the shared adapters between rounds, so moment estimates of the previous round describe
+  parameters that no longer exist.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 
 from fedsecure.progress import progress
 from fedsecure.errors import PrivacyBudgetExceeded
-from fedsecure.models.encoding import EncodedPairs
+from fedsecure.models.encoding import EncodedPairs, EncodedRecords
 from fedsecure.models.reward import PAIRED_ROWS, RewardModel
 from fedsecure.privacy.accountant import calibrate_noise, epsilon
 from fedsecure.privacy.ledger import Ledger
@@ -36,8 +46,8 @@ from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
 class DPSettings:
     """Mechanism settings; ``secure_mode`` is on unless explicitly turned off."""
 
-    max_grad_norm: float = 0.1    # tuned on easy-VQA (bench dp-utility): small clips + larger steps
-    batch_size: int = 128         # expected batch size under Poisson sampling
+    max_grad_norm: float = 0.1    # chosen with lr 0.01 by `fedsecure bench reward-sweep` (issue 24)
+    batch_size: int = 128         # expected batch size (records) under Poisson sampling
     secure_mode: bool = True
     grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks, functorch, ew
 
@@ -74,19 +84,69 @@ class _SecureNoiseDPOptimizer(DPOptimizer):
             _mark_as_processed(p.summed_grad)
 
 
+TrainingData = EncodedPairs | EncodedRecords
+"""What DP training steps over: records (listwise) or pairs (Bradley–Terry)."""
+
+
 def bt_loss(margins: torch.Tensor) -> torch.Tensor:
     """Bradley–Terry negative log-likelihood of preferring the chosen answer."""
     return -F.logsigmoid(margins).mean()
+
+
+def listwise_loss(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over records of −log softmax(rewards)[chosen] over each record's candidates
+    (the Plackett–Luce top-1 / ListNet likelihood; with two candidates it is exactly the
+    Bradley–Terry loss). ``rewards`` (B, K) with the chosen answer in column 0, ``mask``
+    (B, K) marks real candidates; a mean of per-record terms, so each record's gradient
+    stays its own."""
+    masked = rewards.masked_fill(~mask, float("-inf"))
+    return -torch.log_softmax(masked, dim=-1)[:, 0].mean()
+
+
+def data_loss(data: TrainingData, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss of a forward pass over ``data``'s batch."""
+    return listwise_loss(out, batch["candidate_mask"]) if isinstance(data, EncodedRecords) else bt_loss(out)
+
+
+def rows_per_unit(data: TrainingData) -> int:
+    """How many rows a privacy unit is in the text layers: K candidates, or 2 per pair."""
+    return data.candidates if isinstance(data, EncodedRecords) else PAIRED_ROWS
+
+
+def training_mode(model: torch.nn.Module) -> None:
+    """Training mode only on modules that own a trainable parameter, evaluation mode
+    everywhere else (dropout off in the frozen stacks; see the module docstring)."""
+    model.eval()
+    for module in model.modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.training = True
+
+
+@torch.no_grad()
+def record_accuracy(model: RewardModel, data: EncodedRecords, *, batch_size: int = 128) -> float:
+    """Share of records whose chosen answer scores strictly above every other candidate,
+    in evaluation mode (the model's modes are restored afterwards)."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    hits = 0
+    for s in range(0, len(data), batch_size):
+        batch = data.batch(torch.arange(s, min(s + batch_size, len(data))))
+        r = model(batch).masked_fill(~batch["candidate_mask"], float("-inf"))
+        hits += int((r[:, 1:] < r[:, :1]).all(dim=1).sum())
+    for m, mode in zip(model.modules(), modes, strict=True):
+        m.training = mode
+    return hits / len(data)
 
 
 @torch.no_grad()
 def margins(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> torch.Tensor:
     """Bradley–Terry margins of every pair in evaluation mode, shape (n,); the model's
     training mode is restored afterwards."""
-    was_training = model.training
+    modes = [m.training for m in model.modules()]
     model.eval()
     out = [model(data.batch(torch.arange(s, min(s + batch_size, len(data))))) for s in range(0, len(data), batch_size)]
-    model.train(was_training)
+    for m, mode in zip(model.modules(), modes, strict=True):
+        m.training = mode
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -110,7 +170,7 @@ def check_changed(model: RewardModel, before: dict[str, torch.Tensor]) -> int:
     return changed
 
 
-def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, settings: DPSettings, steps: int,
+def train_private(*, model: RewardModel, data: TrainingData, ledger: Ledger, settings: DPSettings, steps: int,
                   learning_rate: float, rounds_left: int, run_id: str, round_: int) -> TrainResult:
     """One round of local DP training. Refuses (PrivacyBudgetExceeded) before touching
     data if the planned steps would overspend; records the release in the ledger first."""
@@ -118,7 +178,7 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
     if steps < 1:
         raise ValueError("steps must be >= 1")
     if n < settings.batch_size:
-        raise ValueError(f"local dataset has {n} pairs, fewer than one batch of {settings.batch_size}")
+        raise ValueError(f"local dataset has {n} records, fewer than one batch of {settings.batch_size}")
     q = settings.batch_size / n
     history = ledger.history()
     budget = ledger.budget
@@ -150,17 +210,20 @@ def train_private(*, model: RewardModel, data: EncodedPairs, ledger: Ledger, set
 
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(margins of a batch, the batch's pair indices) -> mean loss over the batch."""
+"""(the model's output on a batch, the batch's indices) -> mean loss over the batch."""
 
 
 class DPStepper:
-    """One DP-SGD step at a time: Poisson batch, per-pair gradients (Opacus), clipping,
-    noise, optimizer step. Used by training and by ``fedsecure bench dp``."""
+    """One DP-SGD step at a time: Poisson batch, per-record gradients (Opacus), clipping,
+    noise, optimizer step. Used by training and by ``fedsecure bench dp``. The model is in
+    :func:`training_mode` while the stepper is open and in evaluation mode after."""
 
     def __init__(self, *, model: RewardModel, settings: DPSettings, noise_multiplier: float, learning_rate: float,
                  sample_rate: float) -> None:
         self.settings, self.sigma, self.q = settings, noise_multiplier, sample_rate
+        self.model = model
         self.params = trainable_parameters(model)
+        training_mode(model)
         self.gsm = get_gsm_class(settings.grad_sample_mode)(model, batch_first=True, loss_reduction="mean")
         inner = torch.optim.AdamW([p for _, p in self.params], lr=learning_rate, weight_decay=0.0)
         opt_cls = _SecureNoiseDPOptimizer if settings.secure_mode else DPOptimizer
@@ -168,10 +231,10 @@ class DPStepper:
                                  expected_batch_size=settings.batch_size)
         self.rng = None if settings.secure_mode else np.random.default_rng(secrets.randbits(64))
 
-    def step(self, data: EncodedPairs, loss_fn: PairLoss | None = None) -> float | None:
+    def step(self, data: TrainingData, loss_fn: PairLoss | None = None) -> float | None:
         """One step; returns the batch loss (None for an empty Poisson batch).
-        ``loss_fn(margins, indices)`` replaces the Bradley–Terry loss (distillation);
-        it must be a mean of per-pair terms, so each pair's gradient stays its own."""
+        ``loss_fn(output, indices)`` replaces the data's own loss (distillation); it must be
+        a mean of per-unit terms, so each record's (pair's) gradient stays its own."""
         idx = poisson_batch(len(data), self.q, secure=self.settings.secure_mode, rng=self.rng)
         self.optimizer.zero_grad(set_to_none=True)
         if len(idx) == 0:
@@ -181,16 +244,18 @@ class DPStepper:
             # Opacus's hooks sit on modules whose inputs need no gradient (frozen base): expected.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             indices = torch.from_numpy(idx)
-            margins = self.gsm(data.batch(indices))
-            loss = bt_loss(margins) if loss_fn is None else loss_fn(margins, indices)
+            batch = data.batch(indices)
+            out = self.gsm(batch)
+            loss = data_loss(data, out, batch) if loss_fn is None else loss_fn(out, indices)
             loss.backward()
-        fold_paired_rows(self.params, len(idx))
+        fold_rows(self.params, len(idx), rows_per_unit(data))
         self.optimizer.step()
         return float(loss.detach())
 
     def close(self) -> None:
-        """Remove Opacus's hooks: the model is an ordinary module again."""
+        """Remove Opacus's hooks: the model is an ordinary module again (in evaluation mode)."""
         self.gsm._close()
+        self.model.eval()
 
     def __enter__(self) -> DPStepper:
         return self
@@ -199,22 +264,23 @@ class DPStepper:
         self.close()
 
 
-def fold_paired_rows(params: list[tuple[str, torch.nn.Parameter]], pairs: int) -> None:
-    """Make every per-sample gradient a per-*pair* gradient before clipping.
+def fold_rows(params: list[tuple[str, torch.nn.Parameter]], units: int, rows: int) -> None:
+    """Make every per-sample gradient a per-*unit* (record or pair) gradient before clipping.
 
-    Layers that saw a pair as two rows (i: chosen, pairs+i: rejected) got one gradient
-    per row, each scaled by Opacus's mean-reduction factor 2*pairs instead of pairs; the
-    pair's gradient is their sum halved. Layers that saw one row per pair are untouched.
-    Clipping per pair keeps the pair the privacy unit (docs/design.md §2).
+    Layers that saw a unit as ``rows`` rows (candidate-major: row j·units + i is candidate j
+    of unit i) got one gradient per row, each scaled by Opacus's mean-reduction factor
+    rows·units instead of units; the unit's gradient is their sum divided by ``rows``.
+    Layers that saw one row per unit are untouched. Clipping per unit keeps the record (the
+    pair) the privacy unit (docs/design.md §2).
     """
     for name, p in params:
         gs = p.grad_sample
         if isinstance(gs, list):
             raise RuntimeError(f"{name}: several forward passes per step; expected one stacked pass")
-        if gs.shape[0] == PAIRED_ROWS * pairs:
-            p.grad_sample = (gs[:pairs] + gs[pairs:]) / PAIRED_ROWS
-        elif gs.shape[0] != pairs:
-            raise RuntimeError(f"{name}: {gs.shape[0]} per-sample gradients for {pairs} pairs")
+        if rows > 1 and gs.shape[0] == rows * units:
+            p.grad_sample = gs.view(rows, units, *gs.shape[1:]).sum(0) / rows
+        elif gs.shape[0] != units:
+            raise RuntimeError(f"{name}: {gs.shape[0]} per-sample gradients for {units} records")
 
 
 def _noise_only_step(optimizer: DPOptimizer, params: list[tuple[str, torch.nn.Parameter]], sigma: float,
@@ -227,10 +293,12 @@ def _noise_only_step(optimizer: DPOptimizer, params: list[tuple[str, torch.nn.Pa
     optimizer.original_optimizer.step()
 
 
-def train_nonprivate(*, model: RewardModel, data: EncodedPairs, steps: int, learning_rate: float,
+def train_nonprivate(*, model: RewardModel, data: TrainingData, steps: int, learning_rate: float,
                      batch_size: int, seed: int = 0) -> list[float]:
-    """The same loop without DP (baselines and benchmarks only); returns the losses."""
+    """The same loop without DP (baselines and benchmarks only); returns the losses. The
+    model is left in evaluation mode."""
     params = [p for _, p in trainable_parameters(model)]
+    training_mode(model)
     before = {name: p.detach().clone() for name, p in trainable_parameters(model)}
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -238,9 +306,11 @@ def train_nonprivate(*, model: RewardModel, data: EncodedPairs, steps: int, lear
     for _ in range(steps):
         idx = torch.from_numpy(rng.choice(len(data), size=min(batch_size, len(data)), replace=False))
         optimizer.zero_grad(set_to_none=True)
-        loss = bt_loss(model(data.batch(idx)))
+        batch = data.batch(idx)
+        loss = data_loss(data, model(batch), batch)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+    model.eval()
     check_changed(model, before)
     return losses

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from fedsecure.crypto import ckks
 from fedsecure.crypto.ckks_encryptor import Encryptor
-from fedsecure.data.preferences import PreferencePair, holdout
+from fedsecure.data.easyvqa import answers
+from fedsecure.data.preferences import PreferencePair, holdout, records_from_pairs
 from fedsecure.kit import Kit
-from fedsecure.models.encoding import EncodedPairs, encode_pairs
+from fedsecure.models.encoding import EncodedPairs, EncodedRecords, encode_pairs, encode_records
 from fedsecure.models.scoring import score_items
 from fedsecure.errors import InvalidTaskSpec, PersonalisationRefused, TrainingDiverged
 from fedsecure.models.gate import attach_gates, merge_gates, remove_gates
@@ -127,7 +128,11 @@ class RewardParticipant:
             self.model, self.tokenizer = build_reward_model(config.model)
             self._save()  # the starting point is durable: a failed round returns exactly here
         # Encoding validates every record up front (clear error, before any ledger entry).
-        self.train_data: EncodedPairs = encode_pairs(train, self.tokenizer)
+        # Federated training is listwise: each record against every other answer of the
+        # closed answer set (issue 24); TAP's distillation and the held-out figures use pairs.
+        self.train_data: EncodedRecords = encode_records(records_from_pairs(train, answer_set=answers()),
+                                                         self.tokenizer)
+        self.train_pairs: EncodedPairs = encode_pairs(train, self.tokenizer)
         self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer)
         self.validation_data: EncodedPairs | None = encode_pairs(validation, self.tokenizer) if validation else None
         self.encryptor: Encryptor | None = None
@@ -335,7 +340,7 @@ class RewardParticipant:
         teacher = federation_model(personal, aggregates)
         outcome = Personaliser(state_dir=self.state_dir, ledger=self.ledger, tokenizer=self.tokenizer,
                                settings=settings, dp=self.config.dp).run(
-            personal=personal, teacher=teacher, parts=parts, train=self.train_data, validation=self.validation_data,
+            personal=personal, teacher=teacher, parts=parts, train=self.train_pairs, validation=self.validation_data,
             heldout=self.heldout_data, run_id=run_id, round_=round_)
         self.personalised = outcome.model
         log.info("%s personalised on %s round %d: %s; held-out %.3f personal, %.3f global, %.3f personalised; "

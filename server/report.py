@@ -84,7 +84,9 @@ def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None
         elif phase == "aggregate":
             row["aggregated"] = {k.split(".", 1)[1]: int(v) for k, v in r.items() if k.startswith("contributors.")}
         elif phase == "align":
-            row["align"] = {k: r[k] for k in ("steps", "skipped", "monitor_accuracy", "reward_level", "router_weights",
+            row["align"] = {k: r[k] for k in ("steps", "skipped", "monitor_accuracy", "monitor_by_type",
+                                              "monitor_type_mean", "start_accuracy", "start_by_type", "promoted",
+                                              "best_round", "best_type_mean", "reward_level", "router_weights",
                                               "left_out", "stopped", "error") if k in r}
         elif phase == "personalise" and isinstance(client, str):
             reported = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
@@ -92,6 +94,47 @@ def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None
                                                           if k.startswith("heldout_accuracy") or k == "epsilon"}
     return {"run_id": run, "rounds": [rounds[k] for k in sorted(rounds)],
             "clients": {c: {str(k): v for k, v in sorted(by_round.items())} for c, by_round in sorted(clients.items())}}
+
+
+def _per_type(align: Mapping[str, object]) -> str:
+    """'colour 0.40 → 0.55, …' from an ALIGN round's record ('' when not measured)."""
+    start, now = align.get("start_by_type"), align.get("monitor_by_type")
+    if not isinstance(start, Mapping) or not isinstance(now, Mapping):
+        return ""
+    cells = []
+    for t in sorted(start, key=str):
+        a, b = _finite(start[t]), _finite(now.get(t))
+        if a is not None and b is not None:
+            cells.append(f"{t} {a:.2f} → {b:.2f}")
+    return ", ".join(cells)
+
+
+def _promotion(align: Mapping[str, object]) -> str:
+    """Which policy the ALIGN stage exports after this round, and whether this round's won."""
+    best = align.get("best_round")
+    if not isinstance(best, int):
+        return ""
+    which = "the start (alignment has not helped)" if best < 0 else f"round {best + 1}'s"
+    return f"{'yes' if align.get('promoted') else 'no'}; exported: {which}"
+
+
+def _policy_series(rounds: Sequence[Mapping[str, object]]) -> dict[str, list[tuple[float, float]]]:
+    """Per question type and type-averaged, held-out accuracy by round, from the start."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rounds:
+        align = r.get("align")
+        if not isinstance(align, Mapping):
+            continue
+        x = _finite(r.get("round"))
+        for when, by_type in ((0.0, align.get("start_by_type")), (x, align.get("monitor_by_type"))):
+            if when is None or not isinstance(by_type, Mapping) or (when == 0.0 and any(series.values())):
+                continue
+            values = {str(t): v for t, v in ((t, _finite(v)) for t, v in by_type.items()) if v is not None}
+            for t, v in values.items():
+                series.setdefault(t, []).append((when, v))
+            if values:
+                series.setdefault("type mean", []).append((when, sum(values.values()) / len(values)))
+    return series
 
 
 def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], *, y_label: str,
@@ -180,9 +223,11 @@ def render_html(summary: Mapping[str, Any]) -> str:
                 "JSON.</p>",
                 "<h2>Rounds</h2>",
                 _table(["round", "reported training metrics", "uploaded (CKKS)", "aggregated groups (contributors)",
-                        "ALIGN steps", "policy accuracy", "stopped"],
+                        "ALIGN steps", "policy accuracy (held-out)", "per type: start → this round",
+                        "promoted (exported)", "stopped"],
                        [[r["round"], sorted(r["trained"]), sorted(r["uploaded"]), r["aggregated"],
                          r.get("align", {}).get("steps"), r.get("align", {}).get("monitor_accuracy"),
+                         _per_type(r.get("align", {})), _promotion(r.get("align", {})),
                          r.get("align", {}).get("stopped") or r.get("align", {}).get("error")] for r in rounds])]
     budgets = [v.get("epsilon_budget", v.get("epsilon", 0.0)) for by in summary["clients"].values() for v in by.values()]
     charts = [line_chart("ε spent (reported; from 0 to the budget)", _series(summary, "epsilon"), y_label="ε",
@@ -191,10 +236,7 @@ def render_html(summary: Mapping[str, Any]) -> str:
                          y_range=(0.0, 1.0)),
               line_chart("Public questions: pairwise accuracy", _series(summary, "public_pairwise"),
                          y_label="accuracy", y_range=(0.0, 1.0))]
-    policy = [(float(r["round"]), float(r["align"]["monitor_accuracy"])) for r in rounds
-              if isinstance(r.get("align", {}).get("monitor_accuracy"), int | float)
-              and math.isfinite(r["align"]["monitor_accuracy"])]
-    charts.append(line_chart("Policy accuracy (held-out, after each ALIGN round)", {"policy": policy},
+    charts.append(line_chart("Policy accuracy per type (held-out; round 0 = before ALIGN)", _policy_series(rounds),
                              y_label="exact match", y_range=(0.0, 1.0)))
     sections += ["<h2>Curves</h2>", f'<div class="charts">{"".join(charts)}</div>', "<h2>Clients per round</h2>"]
     columns = [("held-out acc.", "heldout_accuracy"), ("public pairwise", "public_pairwise"),

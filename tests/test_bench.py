@@ -12,7 +12,7 @@ def test_bench_dp_prints_json() -> None:
                            "--repeats", "1", "--kind", "text"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"private_step_s", "nonprivate_step_s", "overhead", "pairs_per_s"} <= doc.keys()
+    assert {"private_step_s", "nonprivate_step_s", "overhead", "records_per_s"} <= doc.keys()
     assert doc["private_step_s"] > 0 and doc["nonprivate_step_s"] > 0
     import pytest
 

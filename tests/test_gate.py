@@ -8,7 +8,7 @@ import pytest
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from client_sdk.dp_training import DPSettings, DPStepper, bt_loss, fold_paired_rows
+from client_sdk.dp_training import DPSettings, DPStepper, bt_loss, fold_rows
 from fedsecure.data.shares import client_pairs
 from fedsecure.errors import TrainingDiverged
 from fedsecure.models.encoding import encode_pairs
@@ -76,7 +76,7 @@ def test_gate_per_pair_gradients_match_brute_force(kind: str, stack: str) -> Non
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     try:
         bt_loss(gsm(data.batch(torch.arange(len(data))))).backward()
-        fold_paired_rows(params, len(data))
+        fold_rows(params, len(data), 2)
         for n, p in gates:
             for i in range(len(data)):
                 torch.testing.assert_close(p.grad_sample[i], expected[i][n], rtol=1e-4, atol=1e-7)

@@ -32,7 +32,10 @@ def _records() -> list[dict[str, object]]:
                         "epsilon": 2.0 * rnd, "epsilon_budget": 8.0})
         out.append({"run_id": RUN, "round": rnd, "phase": "aggregate", "contributors.attn.image@x": 2.0})
         out.append({"run_id": RUN, "round": rnd, "phase": "align", "steps": 4, "skipped": 0,
-                    "monitor_accuracy": 0.3 + 0.02 * rnd, "router_weights": {"color": {"a": 0.7, "b": 0.3}}})
+                    "monitor_accuracy": 0.3 + 0.02 * rnd, "router_weights": {"color": {"a": 0.7, "b": 0.3}},
+                    "start_by_type": {"color": 0.3, "shape": 0.4, "yesno": 0.8},
+                    "monitor_by_type": {"color": 0.3 + 0.1 * rnd, "shape": 0.4, "yesno": 0.8},
+                    "promoted": rnd == 2, "best_round": 1 if rnd >= 2 else -1})
     out.append({"run_id": RUN, "round": 3, "phase": "personalise", "client": "a",
                 "metrics": {"heldout_accuracy_personalised": 0.8, "epsilon": 7.9}})
     return out
@@ -65,7 +68,10 @@ def test_summary_html_and_json(tmp_path: Path) -> None:
     parsed = _Structure()
     parsed.feed(page)
     assert parsed.tags.get("svg") == 4 and parsed.tags.get("table") == 4 and parsed.tags.get("h1") == 1
-    assert parsed.tags.get("path") == 2 + 2 + 2 + 1  # ε, held-out, public: a and b; the policy: one
+    # ε, held-out, public: a and b; the policy: each type and the type mean, from the start
+    assert parsed.tags.get("path") == 2 + 2 + 2 + 4
+    assert "color 0.30 → 0.50" in page and "exported: round 2&#x27;s" in page
+    assert "the start (alignment has not helped)" in page
     assert "<script" not in page and "run-old" not in page
     assert "Router weights per question type" in page and "Personalisation (TAP)" in page
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +39,22 @@ def answers() -> tuple[str, ...]:
     import easy_vqa
 
     return tuple(easy_vqa.get_answers())
+
+
+def balanced_by_type(records: Sequence[VQARecord], per_type: int) -> list[VQARecord]:
+    """The first ``per_type`` records of each answer type, in their order: three-quarters
+    of easy-VQA's questions are yes/no, which a policy answers without looking at the image
+    and which hide colour and shape in any overall figure (issue 24)."""
+    if per_type < 1:
+        raise ValueError("per_type must be >= 1")
+    taken: dict[str, int] = {}
+    out = []
+    for r in records:
+        t = answer_type(r.answer)
+        if taken.get(t, 0) < per_type:
+            taken[t] = taken.get(t, 0) + 1
+            out.append(r)
+    return out
 
 
 def answer_type(answer: str) -> str:

@@ -1,6 +1,10 @@
-"""Preference pairs: chosen = the correct answer, rejected = a wrong one, mixing random
-negatives (any other answer) and hard negatives (another answer of the same type).
-The pair is the privacy unit of DP training."""
+"""Preference data: pairs (chosen = the correct answer, rejected = a wrong one, mixing
+random negatives and hard negatives of the same type) and *records* (one question with its
+chosen answer and every rejected answer it carries), the privacy unit of DP training.
+
+A record uses all of its evidence at once (issue 24): with a closed answer set every other
+answer of the set is a negative; with free text, every rejected response the record's
+pairs carry. Held-out evaluation keeps the pairs."""
 
 from __future__ import annotations
 
@@ -52,6 +56,57 @@ def build_pairs(records: Sequence[VQARecord], *, seed: int, hard_fraction: float
         pairs.append(PreferencePair(r.record_id, r.split, r.image_id, r.question, r.answer,
                                     str(pool[rng.integers(len(pool))]), hard))
     return pairs
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    """One question with its chosen answer and the rejected ones (no duplicates, never the
+    chosen one): the unit that DP training clips and the accountant counts."""
+
+    record_id: str
+    split: str
+    image_id: int
+    question: str
+    chosen: str
+    rejected: tuple[str, ...]
+    image_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.rejected:
+            raise ValueError(f"record {self.record_id}: no rejected answer")
+        if self.chosen in self.rejected or len(set(self.rejected)) != len(self.rejected):
+            raise ValueError(f"record {self.record_id}: rejected answers must be distinct and differ from the chosen")
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The chosen answer first, then the rejected ones."""
+        return (self.chosen, *self.rejected)
+
+
+def records_from_pairs(pairs: Sequence[PreferencePair], *,
+                       answer_set: Sequence[str] | None = None) -> list[PreferenceRecord]:
+    """Group pairs into records by ``record_id`` (in first-seen order). With a closed
+    ``answer_set`` every other answer of the set is a rejected answer (the whole set is the
+    evidence); without one, the rejected answers the record's pairs carry. Raises
+    ValueError if one record id has two questions, images or chosen answers."""
+    grouped: dict[str, list[PreferencePair]] = {}
+    for p in pairs:
+        grouped.setdefault(p.record_id, []).append(p)
+    out = []
+    for rid, group in grouped.items():
+        first = group[0]
+        if any((p.question, p.chosen, p.split, p.image_id, p.image_path)
+               != (first.question, first.chosen, first.split, first.image_id, first.image_path) for p in group):
+            raise ValueError(f"record {rid}: its pairs disagree on question, image or chosen answer")
+        if answer_set is not None:
+            if first.chosen not in answer_set:
+                raise ValueError(f"record {rid}: chosen answer {first.chosen!r} is not in the answer set")
+            rejected = tuple(a for a in answer_set if a != first.chosen)
+        else:
+            rejected = tuple(dict.fromkeys(p.rejected for p in group if p.rejected != first.chosen))
+        out.append(PreferenceRecord(rid, first.split, first.image_id, first.question, first.chosen, rejected,
+                                    first.image_path))
+    return out
 
 
 def holdout(pairs: Sequence[PreferencePair], *, fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fedsecure.data.easyvqa import answers, decode_png, load_image
-from fedsecure.data.preferences import PreferencePair
+from fedsecure.data.preferences import PreferencePair, PreferenceRecord
 
 UNKNOWN_ANSWER = -1
 _PUNCT = re.compile(r"[^a-z ]")
@@ -69,6 +69,38 @@ class EncodedPairs:
         return out
 
 
+@dataclass
+class EncodedRecords:
+    """Records as tensors: each with K candidate answers (the chosen one first; shorter
+    candidate lists padded and masked out); images stored once per image id (uint8)."""
+
+    images: torch.Tensor             # (M, 3, 64, 64) uint8
+    image_index: torch.Tensor        # (N,) into images
+    text: dict[str, torch.Tensor]    # candidate_ input_ids, attention_mask, token_type_ids (N, K, L)
+    candidate_answer: torch.Tensor   # (N, K) answer-vocabulary ids (UNKNOWN_ANSWER outside it)
+    candidate_mask: torch.Tensor     # (N, K) bool: a real candidate, not padding
+    digest: str
+    to_pixels: Callable[[torch.Tensor], torch.Tensor] = pixels
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+    @property
+    def candidates(self) -> int:
+        """K, candidates per record (after padding)."""
+        return int(self.candidate_mask.shape[1])
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model inputs of the records at ``idx``."""
+        out = {k: v[idx] for k, v in self.text.items()}
+        seq = out["candidate_input_ids"].shape[2]
+        out["position_ids"] = torch.arange(seq).expand(len(idx), seq).contiguous()  # (B, L) for per-sample grads
+        out["pixel_values"] = self.to_pixels(self.images[self.image_index[idx]])
+        out["candidate_answer"] = self.candidate_answer[idx]
+        out["candidate_mask"] = self.candidate_mask[idx]
+        return out
+
+
 def _tokenize(tokenizer: object, questions: Sequence[str], answers_: Sequence[str]) -> dict[str, torch.Tensor]:
     enc = tokenizer.encode_batch(list(zip(questions, answers_, strict=True)))  # type: ignore[attr-defined]
     return {"input_ids": torch.tensor([e.ids for e in enc], dtype=torch.long),
@@ -76,7 +108,7 @@ def _tokenize(tokenizer: object, questions: Sequence[str], answers_: Sequence[st
             "token_type_ids": torch.tensor([e.type_ids for e in enc], dtype=torch.long)}
 
 
-def _image_key(p: PreferencePair) -> tuple[str, int, str]:
+def _image_key(p: PreferencePair | PreferenceRecord) -> tuple[str, int, str]:
     return (p.split, p.image_id, p.image_path)
 
 
@@ -91,12 +123,16 @@ def pairs_digest(pairs: Sequence[PreferencePair]) -> str:
     return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
 
 
-def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
-                 image_loader: Callable[[str, int], np.ndarray] = load_image) -> EncodedPairs:
-    """Encode pairs; raises ValueError naming the first record that cannot be encoded."""
-    if not pairs:
-        raise ValueError("no preference pairs")
-    keys = sorted({_image_key(p) for p in pairs})
+def records_digest(records: Sequence[PreferenceRecord]) -> str:
+    """SHA-256 over the records' content, in order."""
+    doc = [[r.record_id, r.image_id, r.question, r.chosen, list(r.rejected)] for r in records]
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+
+def _load_images(items: Sequence[PreferencePair] | Sequence[PreferenceRecord],
+                 image_loader: Callable[[str, int], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (M, 3, H, W), index (N,)): every distinct image loaded once."""
+    keys = sorted({_image_key(p) for p in items})  # type: ignore[arg-type]
     slot = {k: i for i, k in enumerate(keys)}
     imgs = []
     for key in keys:
@@ -104,13 +140,48 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
         try:
             imgs.append(_load_file_png(path) if path else image_loader(split, image_id))
         except (OSError, ValueError) as exc:
-            bad = next(p.record_id for p in pairs if _image_key(p) == key)
+            bad = next(p.record_id for p in items if _image_key(p) == key)  # type: ignore[arg-type]
             raise ValueError(f"record {bad}: image {path or image_id} cannot be loaded: {exc}") from exc
+    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor([slot[_image_key(p)] for p in items], dtype=torch.long)  # type: ignore[arg-type]
+
+
+def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, closed_vocabulary: bool = True,
+                   image_loader: Callable[[str, int], np.ndarray] = load_image) -> EncodedRecords:
+    """Encode records, every candidate of each as one (question, answer) text; raises
+    ValueError naming the first record that cannot be encoded. ``closed_vocabulary``:
+    every candidate must be an answer of the vocabulary (an image-only model scores nothing
+    else)."""
+    if not records:
+        raise ValueError("no preference records")
+    if closed_vocabulary:
+        for r in records:
+            for a in r.candidates:
+                if answer_id(a) == UNKNOWN_ANSWER:
+                    raise ValueError(f"record {r.record_id}: unknown answer {a!r}")
+    images, index = _load_images(records, image_loader)
+    k = max(len(r.candidates) for r in records)
+    n = len(records)
+    # Candidate-major within a record; padding repeats the chosen answer and is masked out.
+    padded = [list(r.candidates) + [r.chosen] * (k - len(r.candidates)) for r in records]
+    flat = _tokenize(tokenizer, [r.question for r in records for _ in range(k)], [a for row in padded for a in row])
+    text = {f"candidate_{key}": v.view(n, k, -1) for key, v in flat.items()}
+    mask = torch.tensor([[j < len(r.candidates) for j in range(k)] for r in records], dtype=torch.bool)
+    ids = torch.tensor([[answer_id(a) for a in row] for row in padded], dtype=torch.long)
+    return EncodedRecords(images=images, image_index=index, text=text, candidate_answer=ids, candidate_mask=mask,
+                          digest=records_digest(records), to_pixels=pixel_transform(tokenizer))
+
+
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
+                 image_loader: Callable[[str, int], np.ndarray] = load_image) -> EncodedPairs:
+    """Encode pairs; raises ValueError naming the first record that cannot be encoded."""
+    if not pairs:
+        raise ValueError("no preference pairs")
+    images, index = _load_images(pairs, image_loader)
     for p in pairs:
         for a in (p.chosen, p.rejected):
             if answer_id(a) == UNKNOWN_ANSWER:
                 raise ValueError(f"record {p.record_id}: unknown answer {a!r}")
-    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     q = [p.question for p in pairs]
     text = {}
     for which in ("chosen", "rejected"):
@@ -118,7 +189,7 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
             text[f"{which}_{k}"] = v
     return EncodedPairs(
         images=images,
-        image_index=torch.tensor([slot[_image_key(p)] for p in pairs], dtype=torch.long),
+        image_index=index,
         text=text,
         chosen_answer=torch.tensor([answer_id(p.chosen) for p in pairs], dtype=torch.long),
         rejected_answer=torch.tensor([answer_id(p.rejected) for p in pairs], dtype=torch.long),

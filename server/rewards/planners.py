@@ -99,8 +99,8 @@ class TrainPlanner:
     same architecture in the round, and come back with FedCola's compensation coefficient
     (``mlp_sharing``)."""
 
-    def __init__(self, *, metrics: MetricsLog, aggregator: SecureAggregator | None = None, local_steps: int = 60,
-                 learning_rate: float = 0.03, batch_size: int = 64, gates: bool = True,
+    def __init__(self, *, metrics: MetricsLog, aggregator: SecureAggregator | None = None, local_steps: int = 100,
+                 learning_rate: float = 0.01, batch_size: int = 128, gates: bool = True,
                  mlp_sharing: bool = True) -> None:
         if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("local_steps, learning_rate and batch_size must be positive")

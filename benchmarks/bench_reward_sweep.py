@@ -1,0 +1,251 @@
+"""``fedsecure bench reward-sweep``: one client's reward-model recipe under a grid of
+schedules (issue 24 item 1), judged where the server uses it.
+
+Each point trains a fresh reward model of one kind, on the federation's pretrained
+backbone, on one client's label-skewed share (the collaboration benchmark's Dirichlet
+partition), with the clients' own code: :class:`client_sdk.dp_training.DPStepper` at
+ε = 8 (noise calibrated by the clients' accountant over the point's steps) or, for the
+non-private references, :func:`client_sdk.dp_training.train_nonprivate`. A point varies
+the objective (listwise over every answer, or one sampled pair per record), learning rate,
+steps, rounds (a fresh optimiser each round, as a client starts one), expected batch,
+clipping norm and trainable set. Every model is measured on the server's public
+reward-evaluation questions against all answers (:mod:`server.rewards.quality`), with the
+number of questions per type; per point, mean ± std over seeds. Writes JSON and a Markdown
+table; the defaults in :mod:`client_sdk.dp_training`, ``fedsecure server`` and the demo
+were set from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedsecure.progress import track
+
+log = logging.getLogger("fedsecure.bench.reward_sweep")
+
+OBJECTIVES = ("listwise", "pairwise")
+# Which parameters train (on top of the model's own trainable set, which is "all").
+TRAINABLE = ("all", "no_image_stack", "no_mlp", "head")
+TYPES = ("color", "shape", "yesno")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One recipe."""
+
+    objective: str = "listwise"
+    learning_rate: float = 1e-2
+    steps: int = 300
+    rounds: int = 1
+    batch_size: int = 128
+    max_grad_norm: float = 0.1
+    trainable: str = "all"
+    private: bool = True
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES or self.trainable not in TRAINABLE:
+            raise ValueError(f"objective in {OBJECTIVES}, trainable in {TRAINABLE}")
+        if self.steps < self.rounds or self.rounds < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ValueError("need steps >= rounds >= 1, batch_size >= 1 and a positive learning rate")
+
+    @property
+    def label(self) -> str:
+        """A short name for tables."""
+        sched = f"{self.rounds}×{self.steps // self.rounds}" if self.rounds > 1 else str(self.steps)
+        dp = f"clip {self.max_grad_norm:g}" if self.private else "no DP"
+        return (f"{self.objective} lr {self.learning_rate:g} steps {sched} batch {self.batch_size} {dp} "
+                f"{self.trainable}")
+
+
+def _p(**kw: object) -> SweepPoint:
+    return SweepPoint(**kw)  # type: ignore[arg-type]
+
+
+# The recipe in use before issue 24 (first two rows), then one change at a time around the
+# diagnosis's recipe (listwise, lr 1e-2, 300 steps, batch 128, clip 0.1).
+GRIDS: dict[str, tuple[SweepPoint, ...]] = {
+    "default": (
+        _p(objective="pairwise", learning_rate=0.03, steps=90, rounds=3, batch_size=64),
+        _p(objective="pairwise", learning_rate=0.03, steps=90, rounds=3, batch_size=64, private=False),
+        _p(),
+        _p(private=False),
+        _p(trainable="no_image_stack"),
+        _p(trainable="no_mlp"),
+        _p(trainable="head"),
+        _p(learning_rate=3e-3),
+        _p(learning_rate=3e-2),
+        _p(steps=120),
+        _p(steps=300, rounds=3),
+        _p(batch_size=256),
+        _p(max_grad_norm=1.0),
+        _p(objective="pairwise"),
+    ),
+    "quick": (_p(objective="pairwise", steps=4, batch_size=16), _p(steps=4, batch_size=16),
+              _p(steps=4, batch_size=16, private=False)),
+}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The client, kind, data size and seeds every point shares."""
+
+    backbone: Path
+    kind: str = "image_text"
+    client: str = "it-1"
+    records: int = 1500
+    per_type: int = 300   # public questions per type (fewer where the part has fewer)
+    seeds: tuple[int, ...] = (0,)
+    points: tuple[SweepPoint, ...] = GRIDS["default"]
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.seeds or not self.points or self.records < 2 or self.per_type < 1:
+            raise ValueError("need a seed, a point, two records and one evaluation question")
+
+
+def restrict_trainable(model: torch.nn.Module, trainable: str) -> None:
+    """Freeze what a point does not train (``all`` keeps the model's own set)."""
+    for name, p in model.named_parameters():
+        if trainable == "no_image_stack" and name.startswith("image."):
+            p.requires_grad_(False)
+        elif trainable == "no_mlp" and ".local." in name:
+            p.requires_grad_(False)
+        elif trainable == "head" and not name.startswith(("head.", "fuse.")):
+            p.requires_grad_(False)
+
+
+def train_point(model: torch.nn.Module, data: object, point: SweepPoint, cfg: SweepConfig, seed: int) -> float:
+    """Train ``model`` by ``point``'s recipe; returns the noise multiplier (0 without DP)."""
+    from client_sdk.dp_training import DPSettings, DPStepper, train_nonprivate
+    from fedsecure.privacy.accountant import calibrate_noise
+
+    if not point.private:
+        for r in range(point.rounds):
+            train_nonprivate(model=model, data=data, steps=point.steps // point.rounds,  # type: ignore[arg-type]
+                             learning_rate=point.learning_rate, batch_size=point.batch_size, seed=seed * 100 + r)
+        return 0.0
+    q = min(1.0, point.batch_size / len(data))  # type: ignore[arg-type]
+    sigma = calibrate_noise([], sample_rate=q, steps=point.steps, delta=cfg.delta, target_epsilon=cfg.epsilon)
+    settings = DPSettings(max_grad_norm=point.max_grad_norm, batch_size=point.batch_size)
+    for _ in range(point.rounds):  # a fresh optimiser each round, as a client starts one per round
+        with DPStepper(model=model, settings=settings, noise_multiplier=sigma,  # type: ignore[arg-type]
+                       learning_rate=point.learning_rate, sample_rate=q) as stepper:
+            for _ in range(point.steps // point.rounds):
+                stepper.step(data)  # type: ignore[arg-type]
+    return sigma
+
+
+def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
+    """Every point on every seed; per point, mean ± std over seeds of each figure."""
+    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, eval_batches, evaluate_model
+    from fedsecure.data.easyvqa import answers, balanced_by_type
+    from fedsecure.data.preferences import records_from_pairs
+    from fedsecure.data.shares import client_pairs, server_part
+    from fedsecure.models.encoding import encode_pairs, encode_records
+    from fedsecure.models.reward import build_reward_model, config_on_backbone
+
+    if KIND_OF.get(cfg.client) is None:
+        raise ValueError(f"client must be one of {CLIENTS}")
+    torch.set_num_threads(cfg.threads)
+    started = time.monotonic()
+    questions = balanced_by_type(server_part("reward_eval"), cfg.per_type)
+    runs: dict[str, list[dict[str, float]]] = {p.label: [] for p in cfg.points}
+    tok = None
+    for seed in cfg.seeds:
+        pairs = client_pairs(name=cfg.client, clients=list(CLIENTS), kind=KIND_OF[cfg.client], seed=seed,
+                             limit=cfg.records)
+        encoded: dict[str, object] = {}
+        batches = None
+        for point in track(cfg.points, desc=f"seed {seed}", unit="point"):
+            torch.manual_seed(seed)
+            model, tok = build_reward_model(config_on_backbone(cfg.kind, cfg.backbone, federation_seed=seed))
+            if batches is None:
+                batches = eval_batches(cfg.kind, questions, tok)
+            if point.objective not in encoded:
+                encoded[point.objective] = (encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
+                                            if point.objective == "listwise" else encode_pairs(pairs, tok))
+            restrict_trainable(model, point.trainable)
+            t0 = time.monotonic()
+            sigma = train_point(model, encoded[point.objective], point, cfg, seed)
+            seconds = time.monotonic() - t0
+            figures = evaluate_model(model, batches)
+            types = [t for t in TYPES if f"top1_all.{t}" in figures]
+            metric = "top1_type" if cfg.kind == "image" else "top1_all"
+            figures["type_mean"] = statistics.fmean(figures[f"{metric}.{t}"] for t in types)
+            runs[point.label].append({**figures, "sigma": sigma, "train_s": seconds})
+            log.info("seed %d %s: %s %.1f s", seed, point.label,
+                     {t: round(figures[f"{metric}.{t}"], 3) for t in types}, seconds)
+    summary = {label: {k: [round(statistics.fmean(r[k] for r in rs), 4),
+                           round(statistics.stdev(r[k] for r in rs), 4) if len(rs) > 1 else 0.0]
+                       for k in rs[0]} for label, rs in runs.items()}
+    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+            "points": [dataclasses.asdict(p) | {"label": p.label} for p in cfg.points],
+            "summary": summary, "per_seed": runs, "wall_s": round(time.monotonic() - started, 1)}
+
+
+def markdown_table(result: dict[str, object]) -> str:
+    """Points × (per-type top-1, their mean, σ, training seconds)."""
+    cfg = result["config"]  # type: ignore[index]
+    summary: dict[str, dict[str, list[float]]] = result["summary"]  # type: ignore[assignment]
+    metric = "top1_type" if cfg["kind"] == "image" else "top1_all"  # type: ignore[index]
+    first = next(iter(summary.values()))
+    types = [t for t in TYPES if f"{metric}.{t}" in first]
+    counts = ", ".join(f"{t} {int(first[f'count.{t}'][0])}" for t in types)
+    lines = [f"{cfg['kind']} reward model, client {cfg['client']} ({cfg['records']} records), ε = {cfg['epsilon']}; "  # type: ignore[index]
+             f"{metric} on public reward-evaluation questions ({counts}); seeds {cfg['seeds']}, mean ± std; "  # type: ignore[index]
+             f"wall {result['wall_s']} s.", "",
+             "| recipe | " + " | ".join(types) + " | type mean | σ | train s |",
+             "|---" * (len(types) + 4) + "|"]
+
+    def cell(v: list[float]) -> str:
+        return f"{v[0]:.3f} ± {v[1]:.3f}"
+    for label, s in summary.items():
+        lines.append(f"| {label} | " + " | ".join(cell(s[f"{metric}.{t}"]) for t in types)
+                     + f" | {cell(s['type_mean'])} | {s['sigma'][0]:.2f} | {s['train_s'][0]:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: dict[str, object], out: Path, *, name: str = "reward_sweep") -> list[Path]:
+    """JSON and Markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.json", out / f"{name}.md"]
+    paths[0].write_text(json.dumps(result, indent=2, sort_keys=True, default=lambda o: list(o)
+                                   if isinstance(o, tuple) else str(o)))
+    paths[1].write_text(markdown_table(result))
+    return paths
+
+
+def points_from(grid: str, *, overrides: Sequence[str] = ()) -> tuple[SweepPoint, ...]:
+    """A named grid, or ``key=value,...`` points (one per override string)."""
+    if overrides:
+        fields = {f.name: f.type for f in dataclasses.fields(SweepPoint)}
+        points = []
+        for spec in overrides:
+            kw: dict[str, object] = {}
+            for item in filter(None, spec.split(",")):
+                key, _, value = item.partition("=")
+                if key not in fields:
+                    raise ValueError(f"unknown sweep field {key!r}; choose from {sorted(fields)}")
+                kw[key] = (value in ("1", "true", "yes") if key == "private"
+                           else value if key in ("objective", "trainable")
+                           else float(value) if key in ("learning_rate", "max_grad_norm") else int(value))
+            points.append(SweepPoint(**kw))  # type: ignore[arg-type]
+        return tuple(points)
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; choose from {sorted(GRIDS)}")
+    return GRIDS[grid]
+
+
+__all__ = ["GRIDS", "SweepConfig", "SweepPoint", "bench_reward_sweep", "markdown_table",
+           "points_from", "restrict_trainable", "write_outputs"]

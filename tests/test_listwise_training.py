@@ -1,0 +1,113 @@
+"""Listwise reward training (issue 24 item 1): records with every candidate answer, the
+loss's known answers, and DP training that moves the parameters and the metric."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client_sdk.dp_training import (
+    DPSettings,
+    DPStepper,
+    bt_loss,
+    listwise_loss,
+    record_accuracy,
+    train_nonprivate,
+)
+from fedsecure.data.easyvqa import answers
+from fedsecure.data.preferences import PreferencePair, PreferenceRecord, records_from_pairs
+from fedsecure.data.shares import client_pairs
+from fedsecure.models.encoding import encode_records
+from fedsecure.models.reward import RewardModelConfig, build_reward_model
+
+
+def test_listwise_loss_known_answers() -> None:
+    # Equal rewards over K real candidates: log K.
+    assert float(listwise_loss(torch.zeros(3, 5), torch.ones(3, 5, dtype=torch.bool))) == pytest.approx(math.log(5))
+    # Two candidates: exactly Bradley–Terry on the margin.
+    r = torch.tensor([[1.5, -0.5], [0.2, 0.7]])
+    torch.testing.assert_close(listwise_loss(r, torch.ones(2, 2, dtype=torch.bool)), bt_loss(r[:, 0] - r[:, 1]))
+    # Padding is ignored whatever it scores.
+    padded = torch.tensor([[1.5, -0.5, 99.0], [0.2, 0.7, -99.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    torch.testing.assert_close(listwise_loss(padded, mask), bt_loss(r[:, 0] - r[:, 1]))
+
+
+def _pair(rid: str, chosen: str, rejected: str, question: str = "what colour is the shape?") -> PreferencePair:
+    return PreferencePair(rid, "train", 1, question, chosen, rejected)
+
+
+def test_records_from_pairs_closed_set_and_free_text() -> None:
+    pairs = [_pair("r1", "red", "blue"), _pair("r1", "red", "green"), _pair("r1", "red", "blue"),
+             _pair("r2", "circle", "triangle", "what shape?")]
+    closed = records_from_pairs(pairs, answer_set=answers())
+    assert [r.record_id for r in closed] == ["r1", "r2"]
+    assert set(closed[0].candidates) == set(answers()) and closed[0].candidates[0] == "red"
+    free = records_from_pairs(pairs)
+    assert free[0].rejected == ("blue", "green") and free[1].rejected == ("triangle",)
+    with pytest.raises(ValueError, match="disagree"):
+        records_from_pairs([_pair("r1", "red", "blue"), _pair("r1", "teal", "blue")])
+    with pytest.raises(ValueError, match="not in the answer set"):
+        records_from_pairs([_pair("r1", "crimson", "blue")], answer_set=answers())
+    with pytest.raises(ValueError, match="distinct"):
+        PreferenceRecord("r", "train", 1, "q", "red", ("red",))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(answers()), st.sampled_from(answers())),
+                min_size=1, max_size=20))
+def test_records_never_reject_their_chosen_answer(rows: list[tuple[str, str, str]]) -> None:
+    chosen = {}
+    pairs = []
+    for rid, c, r in rows:
+        c = chosen.setdefault(rid, c)
+        if r != c:
+            pairs.append(_pair(rid, c, r))
+    if not pairs:
+        return
+    for rec in records_from_pairs(pairs):
+        assert rec.chosen not in rec.rejected and len(set(rec.rejected)) == len(rec.rejected)
+
+
+def test_encoded_records_pad_uneven_candidate_lists() -> None:
+    _, tok = build_reward_model(RewardModelConfig(kind="text"))
+    recs = [PreferenceRecord("a", "train", 1, "what colour?", "red", ("blue",)),
+            PreferenceRecord("b", "train", 1, "what colour?", "green", ("blue", "teal", "gray"))]
+    data = encode_records(recs, tok)
+    assert data.candidates == 4 and data.candidate_mask.tolist() == [[True, True, False, False], [True] * 4]
+    batch = data.batch(torch.arange(2))
+    assert batch["candidate_input_ids"].shape[:2] == (2, 4)
+
+
+def test_dp_stepper_keeps_frozen_stacks_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model, tok = build_reward_model(RewardModelConfig(kind="image_text"))
+    model.train()  # as a careless caller might leave it
+    data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b"], kind="image_text", limit=16),
+                                             answer_set=answers()), tok)
+    with DPStepper(model=model, settings=DPSettings(batch_size=8, secure_mode=False), noise_multiplier=1.0,
+                   learning_rate=1e-2, sample_rate=0.5) as stepper:
+        dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropouts and not any(m.training for m in dropouts)
+        assert model.head[0].training and model.fuse.training
+        stepper.step(data)
+    assert not model.training
+
+
+@pytest.mark.parametrize("kind", ["image_text", "image", "text"])
+def test_listwise_training_moves_parameters_and_accuracy(kind: str) -> None:
+    torch.manual_seed(0)
+    model, tok = build_reward_model(RewardModelConfig(kind=kind, dropout=0.0))
+    pairs = client_pairs(name="a", clients=["a", "b"], kind=kind, limit=256)
+    data = encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
+    before_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    before = record_accuracy(model, data)
+    losses = train_nonprivate(model=model, data=data, steps=60, learning_rate=1e-2, batch_size=64)
+    after = record_accuracy(model, data)
+    assert any(not torch.equal(before_params[n], p) for n, p in model.named_parameters() if p.requires_grad)
+    assert losses[-1] < losses[0]
+    # A zero head ties every candidate (ties count wrong); training must rank the chosen first.
+    assert before == 0.0 and after > 0.3

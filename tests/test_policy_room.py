@@ -1,0 +1,43 @@
+"""A policy with room to learn (issue 24 item 3): the warm start and GRPO's pool are
+balanced by question type, the tower's public pretraining never sees the held-out part,
+and GRPO can keep the pretrained tower frozen."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fedsecure.data.easyvqa import answer_type
+from fedsecure.data.shares import server_part
+from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
+from server.alignment.devices import select_placement
+from server.alignment.job import prompt_pool, public_labelled_records, seed_questions
+from server.alignment.policy import Policy, PolicySetup
+from server.alignment.vision_pretrain import vision_tower
+
+
+def test_warm_start_and_pool_are_balanced_by_type() -> None:
+    seed = Counter(answer_type(r.answer) for r in seed_questions(67))
+    assert seed == {"yesno": 67, "color": 67, "shape": 67}
+    pool = prompt_pool(1500)
+    counts = Counter(answer_type(r.answer) for r in pool)
+    assert len(set(counts.values())) == 1 and len(pool) <= 1500 and len(counts) == 3
+
+
+def test_tower_pretraining_never_sees_the_held_out_part() -> None:
+    held = {r.image_id for r in server_part("reward_eval")}
+    seen = {r.image_id for r in public_labelled_records()}
+    assert seen and not seen & held
+    assert {r.image_id for r in server_part("pretrain")} <= seen
+
+
+def test_grpo_can_keep_the_vision_tower_frozen() -> None:
+    assert PATCH == 8
+    model, processor = build_tiny_vlm(seed=0)
+    tower = {id(p) for p in vision_tower(model).parameters()}
+    policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full", freeze_vision_tower=True),
+                            placement=select_placement("cpu"))
+    trainable = policy.trainable()
+    assert trainable and not any(id(p) in tower for _, p in trainable)
+    model2, _ = build_tiny_vlm(seed=0)
+    full = Policy.for_vlm(model2, processor, setup=PolicySetup(adapter="full"), placement=select_placement("cpu"))
+    assert len(full.trainable()) > len(trainable)

@@ -1,0 +1,90 @@
+"""The ALIGN stage's promotion gate (issue 24 item 5): the start is measured before the
+first step and exported; a round's policy replaces it only when its type-averaged
+held-out accuracy beats the best so far by the margin; the choice survives a restart."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import server.mixture.stage as stage_module
+from server.alignment.vqa_eval import EvalResult
+from server.mixture.promotion import Measured, PromotionGate, type_mean
+from server.mixture.reward import ScoringClient
+from tests.test_mixture_stage import TEXT, build, good
+from tests.test_grpo_engine import pool, snapshot
+
+
+def _m(round_: int, step: int, **by_type: float) -> Measured:
+    return Measured(round=round_, step=step, accuracy=sum(by_type.values()) / len(by_type), by_type=by_type)
+
+
+def test_gate_known_answers() -> None:
+    assert type_mean({"color": 0.2, "shape": 0.4, "yesno": 0.9}) == pytest.approx(0.5)
+    assert math.isnan(type_mean({}))
+    gate = PromotionGate(margin=0.02)
+    with pytest.raises(ValueError, match="start"):
+        gate.consider(_m(0, 5, color=0.9))
+    gate.measure_start(_m(-1, 0, color=0.2, shape=0.4, yesno=0.9))            # type mean 0.50
+    # Overall accuracy up (yes/no), type mean down: not promoted.
+    assert not gate.consider(_m(0, 5, color=0.1, shape=0.3, yesno=0.95))
+    assert not gate.consider(_m(1, 10, color=0.21, shape=0.41, yesno=0.9))  # +0.01 < margin: noise
+    assert not gate.helped and gate.best is gate.start
+    assert gate.consider(_m(2, 15, color=0.5, shape=0.4, yesno=0.9))        # 0.60
+    assert gate.helped and gate.best.step == 15
+    assert not gate.consider(_m(3, 20, color=0.45, shape=0.4, yesno=0.9))   # worse than the best, not the start
+    again = PromotionGate.from_json(gate.to_json())
+    assert again == gate
+    with pytest.raises(ValueError):
+        PromotionGate(margin=1.5)
+    with pytest.raises(ValueError):
+        gate.measure_start(_m(0, 0, color=0.5))
+
+
+def _scripted(results: list[dict[str, float]]) -> Iterator[EvalResult]:
+    for by_type in results:
+        yield EvalResult(accuracy=sum(by_type.values()) / len(by_type), count=30, by_type=by_type)
+
+
+def test_the_stage_exports_the_start_unless_a_round_beats_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = _scripted([{"color": 0.5, "shape": 0.4, "yesno": 0.8},     # start: 0.567
+                          {"color": 0.2, "shape": 0.3, "yesno": 0.95},    # round 0: worse
+                          {"color": 0.7, "shape": 0.5, "yesno": 0.8},     # round 1: better
+                          {"color": 0.6, "shape": 0.5, "yesno": 0.8}])    # round 2 (after restart): worse
+    seen_steps: list[int] = []
+
+    def fake_eval(policy, prompts):  # noqa: ANN001, ANN202
+        seen_steps.append(stage.engine.step_count)
+        return next(measured)
+
+    monkeypatch.setattr(stage_module, "evaluate_policy", fake_eval)
+    clients = [ScoringClient("good", TEXT, good)]
+    exported: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def on_promote(m: Measured) -> None:
+        exported.append((m.step, snapshot(stage.engine.policy)))
+
+    stage = build(tmp_path, clients=clients, routed=False, steps=2)
+    stage.monitor, stage.on_promote = pool()[:4], on_promote
+    start = snapshot(stage.engine.policy)
+    r0 = stage.run_round(0)
+    assert seen_steps == [0, 2]  # the start is measured before the first step
+    assert not r0.promoted and r0.best_round == -1 and r0.start_by_type["color"] == 0.5
+    assert [s for s, _ in exported] == [0] and all(torch.equal(start[n], v) for n, v in exported[0][1].items())
+    r1 = stage.run_round(1)
+    assert r1.promoted and r1.best_round == 1 and r1.best_type_mean == pytest.approx(2.0 / 3.0)
+    assert [s for s, _ in exported] == [0, 4]
+    assert any(not torch.equal(start[n], v) for n, v in exported[1][1].items())
+    stage.reward.close()
+
+    stage = build(tmp_path, clients=clients, routed=False, steps=2)
+    stage.monitor, stage.on_promote = pool()[:4], on_promote
+    assert stage.resume() == 4
+    assert stage.gate.best is not None and stage.gate.best.step == 4  # checkpointed with the steps
+    r2 = stage.run_round(2)
+    assert not r2.promoted and r2.best_round == 1 and len(exported) == 2  # no start re-measured either
+    stage.reward.close()
