@@ -16,6 +16,7 @@ from fedsecure.data.easyvqa import load_records
 from fedsecure.data.shares import server_records
 from fedsecure.errors import PolicyLoadError, PromptError
 from fedsecure.models.policy_vlm import (
+    PATCH,
     build_tiny_vlm,
     check_tokenizer,
     encode_answer,
@@ -46,7 +47,7 @@ def test_a_saved_tiny_policy_loads_through_the_generic_loader(saved: Path) -> No
     reference, _ = build_tiny_vlm(seed=0)
     record = load_records("test")[0]
     ids, images = encode_prompt(processor, question=record.question, image=np.zeros((64, 64, 3), np.uint8))
-    assert ids.count(model.config.image_token_index) == 16  # (64 / 16)² patches
+    assert ids.count(model.config.image_token_index) == (64 // PATCH) ** 2 == 64  # (64 / 8)² patches
     with torch.no_grad():
         a = model(input_ids=torch.tensor([ids]), **images).logits
         b = reference(input_ids=torch.tensor([ids]), **images).logits
