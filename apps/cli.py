@@ -341,9 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
-    p.add_argument("--steps", type=int, default=40, help="GRPO steps per method")
-    p.add_argument("--prompts-per-step", type=int, default=16)
+    p.add_argument("--steps", type=int, default=80, help="GRPO steps per method")
+    p.add_argument("--prompts-per-step", type=int, default=64)
     p.add_argument("--eval-questions", type=int, default=2000, help="fixed easy-VQA test questions (paired)")
+    p.add_argument("--quality-per-type", type=int, default=300,
+                   help="held-out public questions per type for the reward quality")
     p.add_argument("--rounds", type=int, default=3, help="federated rounds of the reward models")
     p.add_argument("--local-steps", type=int, default=100, help="DP steps per client per round")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -67,6 +67,7 @@ def experiment(args: argparse.Namespace) -> int:
     cfg = MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),
                               methods=tuple(args.methods.split(",")) if args.methods else (), steps=args.steps,
                               prompts_per_step=args.prompts_per_step, eval_questions=args.eval_questions,
+                              quality_per_type=args.quality_per_type,
                               rounds=args.rounds, local_steps=args.local_steps, device=args.device,
                               threads=args.threads)
     result = run_experiment(cfg)

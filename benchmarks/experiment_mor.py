@@ -9,7 +9,8 @@ on its public preference set alone. Every method then starts from the same base 
 (vision tower pretrained on public images, SFT on the seed set), the same prompts and
 seeds, and runs ``steps`` GRPO steps in process with its reward:
 
-- ``start``: no GRPO; ``oracle``: exact match against the pool's answers (upper bound);
+- ``start``: no GRPO; ``text_only``: no policy at all, the most common training answer
+  for the question text (what never looking at the image reaches); ``oracle``: exact match against the pool's answers (upper bound);
 - ``routed``: the router (fit on the public preference set) over the six clients;
 - ``uniform``, ``min``, ``max``, ``expert`` (FedGRPO-style competence), ``table``
   (per-question-type weights fit on the same preference set; handed the type);
@@ -24,8 +25,12 @@ Simplification (stated in the results): the clients' final reward models are use
 whole alignment, rather than each round's (the replay the issue allows).
 
 Reported per method, mean ± std over seeds: exact match on ``eval_questions`` fixed
-easy-VQA test questions (paired across methods), per question type; reward quality before
-GRPO (top-1 of the fused score over all 13 answers on held-out public questions); router
+easy-VQA test questions (paired across methods), per question type and type-averaged (the
+headline: three quarters of the questions are yes/no, answerable without the image); reward
+quality before GRPO (top-1 of the fused score over all 13 answers, top-1 within the right
+type, and the right type first, on ``quality_per_type`` held-out public questions per type);
+GRPO scores the same (image, question, completion) many times across methods: each frozen
+client model's score is memoised (a pure function of the triple), which changes no figure; router
 weights per question type; ε per client (the accountant the audit uses). Writes JSON, a
 Markdown table and an SVG plot.
 """
@@ -50,25 +55,26 @@ from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.experiment.mor")
 
-BASE_METHODS = ("start", "oracle", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
+BASE_METHODS = ("start", "text_only", "oracle", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
 ROBUSTNESS = ("routed+random", "uniform+random", "routed+inverted", "uniform+inverted")
 TYPES = ("color", "shape", "yesno")
 
 
 @dataclass(frozen=True)
 class MorExperimentConfig:
-    """The experiment's scale (defaults: the CPU run, about an hour on 2 cores)."""
+    """The experiment's scale (defaults: the policy schedule of issue 24 — 64 prompts per
+    step; 80 steps is where the exact-match oracle's reward levels off)."""
 
     backbone: Path
     out: Path
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ()  # empty: every method
-    steps: int = 40
-    prompts_per_step: int = 16
+    steps: int = 80
+    prompts_per_step: int = 64
     group_size: int = 8
     learning_rate: float = 3e-4
     eval_questions: int = 2000
-    quality_questions: int = 150
+    quality_per_type: int = 300
     router_pairs: int = 300
     rounds: int = 3
     local_steps: int = 100
@@ -90,12 +96,21 @@ def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
     return {"image_text": (Modality.IMAGE_TEXT,), "image": (Modality.IMAGE,), "text": (Modality.TEXT,)}[kind]
 
 
-def _channel(model: object, tokenizer: object):  # type: ignore[no-untyped-def]
+def _channel(model: object, tokenizer: object, memo: dict[tuple[bytes, str, str], float]):  # type: ignore[no-untyped-def]
+    """A client answering with its (frozen, eval-mode) model; ``memo`` holds the scores of
+    triples it has already scored, keyed by the image's digest, the question and the
+    completion (item and prompt ids are random per exchange, so they cannot be the key)."""
+    import hashlib
+
     from fedsecure.models.scoring import score_items
     from fedsecure.types import Score
 
     def score(exchange, items, timeout):  # type: ignore[no-untyped-def]
-        return [Score(i.item_id, v) for i, v in zip(items, score_items(model, tokenizer, items), strict=True)]  # type: ignore[arg-type]
+        keys = [(hashlib.blake2b(i.image_png, digest_size=16).digest(), i.question, i.completion) for i in items]
+        todo = {k: i for k, i in zip(keys, items, strict=True) if k not in memo}
+        if todo:
+            memo.update(zip(todo, score_items(model, tokenizer, list(todo.values())), strict=True))  # type: ignore[arg-type]
+        return [Score(i.item_id, memo[k]) for i, k in zip(items, keys, strict=True)]
     return score
 
 
@@ -130,7 +145,9 @@ def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> obj
 
 
 def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Top-1 of the fused score over all answers, per question type (reward quality)."""
+    """Reward quality per question type: top-1 of the fused score over all answers, top-1
+    among the answers of the question's type, and how often the top answer has the right
+    type (what an image-only or text-only model can know, issue 24 item 4)."""
     from fedsecure.data.easyvqa import answer_type, answers
     from server.mixture.combiners import StepScores
     from server.mixture.fusion import normalise_scores
@@ -143,17 +160,26 @@ def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped
                                                 prompt_of=torch.tensor(prompt_of),
                                                 features=reward.prompt_features(unique), groups=groups))
     fused = torch.where(covered, fused, float("-inf")).reshape(len(prompts), len(vocab))
-    hits: dict[str, list[float]] = {}
+    types = [answer_type(a) for a in vocab]
+    hits: dict[str, dict[str, list[float]]] = {"top1_all": {}, "top1_type": {}, "type_first": {}}
     for p, row in zip(prompts, fused, strict=True):
-        hits.setdefault(answer_type(p.answer), []).append(float(vocab[int(row.argmax())] == p.answer))
-    out = {f"top1_all.{t}": statistics.fmean(v) for t, v in hits.items()}
-    out["top1_all"] = statistics.fmean(x for v in hits.values() for x in v)
+        t = answer_type(p.answer)
+        top = int(row.argmax())
+        within = torch.tensor([ty == t for ty in types])
+        hits["top1_all"].setdefault(t, []).append(float(vocab[top] == p.answer))
+        hits["top1_type"].setdefault(t, []).append(
+            float(vocab[int(torch.where(within, row, float("-inf")).argmax())] == p.answer))
+        hits["type_first"].setdefault(t, []).append(float(types[top] == t))
+    out = {f"{m}.{t}": statistics.fmean(v) for m, by in hits.items() for t, v in by.items()}
+    for m, by in hits.items():
+        out[m] = statistics.fmean(statistics.fmean(v) for v in by.values())  # type-averaged
+    out["questions_per_type"] = min(len(v) for v in hits["top1_all"].values())
     return out
 
 
 def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path, roster_models, fedavg_model,
-                server_model, tokenizer, test, quality, prompt_pool,
-                work: Path) -> dict[str, object]:  # type: ignore[no-untyped-def]
+                server_model, tokenizer, test, quality, prompt_pool, text_only,
+                work: Path, memos: dict[str, dict]) -> dict[str, object]:  # type: ignore[no-untyped-def]
     from fedsecure.data.easyvqa import answer_type
     from fedsecure.data.shares import server_part
     from fedsecure.models.policy_vlm import load_policy
@@ -162,7 +188,7 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     from server.alignment.grpo_loss import GRPOLossConfig
     from server.alignment.policy import Policy, PolicySetup
     from server.alignment.rollouts import SamplingConfig
-    from server.alignment.vqa_eval import evaluate_policy, exact_match_reward
+    from server.alignment.vqa_eval import evaluate_policy, evaluate_text_only, exact_match_reward
     from server.mixture.combiners import ExpertSelection, Extreme, LookupTable, Routed, Uniform
     from server.mixture.features import reference_features
     from server.mixture.reward import MixtureReward, ScoringClient
@@ -171,6 +197,9 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
 
     started = time.monotonic()
     model, processor = load_policy(base)
+    if method == "text_only":
+        ev = evaluate_text_only(test(processor), text_only)
+        return {"accuracy": ev.accuracy, "by_type": ev.by_type, "seconds": round(time.monotonic() - started, 1)}
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full", freeze_vision_tower=True),
                             placement=select_placement(cfg.device))
     test_prompts, pool = test(processor), prompt_pool(processor)
@@ -191,13 +220,17 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
         base_method, _, extra = method.partition("+")
         if base_method.startswith("single:"):
             name = base_method.split(":", 1)[1]
-            roster = [ScoringClient(name, _modalities(roster_models[name][0]), _channel(*roster_models[name][1:]))]
+            roster = [ScoringClient(name, _modalities(roster_models[name][0]),
+                                    _channel(*roster_models[name][1:], memos.setdefault(name, {})))]
         elif base_method == "fedavg":
-            roster = [ScoringClient("fedavg", _modalities("image_text"), _channel(fedavg_model, tokenizer))]
+            roster = [ScoringClient("fedavg", _modalities("image_text"),
+                                    _channel(fedavg_model, tokenizer, memos.setdefault("fedavg", {})))]
         elif base_method == "server_only":
-            roster = [ScoringClient("server", _modalities("image_text"), _channel(server_model, tokenizer))]
+            roster = [ScoringClient("server", _modalities("image_text"),
+                                    _channel(server_model, tokenizer, memos.setdefault("server", {})))]
         else:
-            roster = [ScoringClient(n, _modalities(k), _channel(m, t)) for n, (k, m, t) in roster_models.items()]
+            roster = [ScoringClient(n, _modalities(k), _channel(m, t, memos.setdefault(n, {})))
+                      for n, (k, m, t) in roster_models.items()]
         if extra:
             honest = roster[0].scorer
             roster.append(ScoringClient(extra, _modalities("image_text"), _adversary(extra, honest, seed)))
@@ -241,7 +274,8 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     from server.alignment.job import AlignmentSettings, prepare_base
     from server.alignment.job import prompt_pool as balanced_pool
     from server.alignment.prompts import vqa_prompts
-    from server.alignment.vqa_eval import eval_prompts
+    from server.alignment.vqa_eval import eval_prompts, text_only_answers
+    from fedsecure.data.easyvqa import balanced_by_type
 
     started = time.monotonic()
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
@@ -273,14 +307,18 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
         return get
 
     test = cached("test", lambda p: eval_prompts(p, limit=cfg.eval_questions, seed=0))  # the same for all: paired
-    quality = cached("quality", lambda p: vqa_prompts(server_part("reward_eval")[:cfg.quality_questions], processor=p))
+    quality = cached("quality", lambda p: vqa_prompts(balanced_by_type(server_part("reward_eval"), cfg.quality_per_type),
+                                                      processor=p))
     prompt_pool = cached("pool", lambda p: vqa_prompts(balanced_pool(1500), processor=p))
 
+    memos: dict[str, dict] = {}  # per scorer: the same frozen model scores a triple once per seed
+    text_only = text_only_answers()
     rows: dict[str, object] = {}
     for method in track(methods, desc=f"seed {seed}", unit="method"):
         rows[method] = _run_method(method, cfg=cfg, seed=seed, base=base, roster_models=roster_models,
                                    fedavg_model=fedavg_model, server_model=server_model, tokenizer=tok, test=test,
-                                   quality=quality, prompt_pool=prompt_pool, work=cfg.out / f"seed-{seed}" / "grpo")
+                                   quality=quality, prompt_pool=prompt_pool, text_only=text_only,
+                                   work=cfg.out / f"seed-{seed}" / "grpo", memos=memos)
         log.info("seed %d, %s: accuracy %.3f %s (%.0f s)", seed, method, rows[method]["accuracy"],  # type: ignore[index]
                  {k: round(v, 2) for k, v in rows[method]["by_type"].items()}, rows[method]["seconds"])  # type: ignore[index, union-attr]
     return {"methods": rows, "epsilon": eps, "seconds": round(time.monotonic() - started, 1)}
@@ -300,29 +338,41 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
     def stat(values: list[float]) -> list[float]:
         return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
 
+    def tmean(row: dict) -> float:  # type: ignore[type-arg]
+        return statistics.fmean(row["by_type"].get(t, math.nan) for t in TYPES)
+
     summary: dict[str, dict[str, object]] = {}
     for m in methods:
         rows = [per_seed[s]["methods"][m] for s in cfg.seeds]  # type: ignore[index]
-        entry: dict[str, object] = {"accuracy": stat([r["accuracy"] for r in rows])}
+        entry: dict[str, object] = {"accuracy": stat([r["accuracy"] for r in rows]),
+                                    "type_mean": stat([tmean(r) for r in rows])}
         for t in TYPES:
             entry[t] = stat([r["by_type"].get(t, math.nan) for r in rows])
         if all("reward_quality" in r for r in rows):
-            entry["reward_quality"] = stat([r["reward_quality"]["top1_all"] for r in rows])
+            for q in ("top1_all", "top1_type", "type_first"):
+                if all(q in r["reward_quality"] for r in rows):
+                    entry[f"reward_{q}"] = stat([r["reward_quality"][q] for r in rows])
         if "routed" in methods and m != "routed":
-            diffs = [per_seed[s]["methods"]["routed"]["accuracy"] - per_seed[s]["methods"][m]["accuracy"]  # type: ignore[index]
+            # Paired over seeds on the same test questions; the headline is type-averaged.
+            diffs = [tmean(per_seed[s]["methods"]["routed"]) - tmean(per_seed[s]["methods"][m])  # type: ignore[index]
                      for s in cfg.seeds]
             mean, std = stat(diffs)
             entry["routed_minus"] = [mean, std]
             entry["verdict"] = ("routed beats" if mean > std and mean > 0 else
                                 "routed loses" if -mean > std and mean < 0 else "tie")
         summary[m] = entry
-    gains = {}
+    gains: dict[str, object] = {}
     if "oracle" in summary and "start" in summary and "routed" in summary:
-        start = summary["start"]["accuracy"][0]  # type: ignore[index]
-        gains = {"oracle_gain": round(summary["oracle"]["accuracy"][0] - start, 4),  # type: ignore[index]
-                 "routed_gain": round(summary["routed"]["accuracy"][0] - start, 4)}  # type: ignore[index]
-        gains["routed_share_of_oracle_gain"] = (round(gains["routed_gain"] / gains["oracle_gain"], 3)
-                                                if gains["oracle_gain"] > 0 else None)
+        for key in ("type_mean", *TYPES, "accuracy"):
+            start = summary["start"][key][0]  # type: ignore[index]
+            gains[key] = {m: round(summary[m][key][0] - start, 4) for m in ("oracle", "routed")}  # type: ignore[index]
+        per_seed_oracle = {s: {t: per_seed[s]["methods"]["oracle"]["by_type"][t]  # type: ignore[index]
+                               - per_seed[s]["methods"]["start"]["by_type"][t] for t in TYPES}  # type: ignore[index]
+                           for s in cfg.seeds}
+        gains["oracle_per_seed"] = {str(s): {t: round(v, 4) for t, v in g.items()} for s, g in per_seed_oracle.items()}
+        oracle_gain = gains["type_mean"]["oracle"]  # type: ignore[index]
+        gains["routed_share_of_oracle_gain"] = (round(gains["type_mean"]["routed"] / oracle_gain, 3)  # type: ignore[index]
+                                                if oracle_gain > 0 else None)
     return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
             "summary": summary, "gains": gains,
             "per_seed": {str(s): r for s, r in per_seed.items()}, "wall_s": round(time.monotonic() - started, 1)}
@@ -334,17 +384,27 @@ def markdown_table(result: dict[str, object]) -> str:
     f = lambda ms: "n/a" if ms is None else f"{ms[0]:.3f} ± {ms[1]:.3f}"  # noqa: E731
     lines = [f"Exact match on {cfg['eval_questions']} fixed easy-VQA test questions after {cfg['steps']} GRPO "  # type: ignore[index]
              f"steps ({cfg['prompts_per_step']} prompts × {cfg['group_size']}); seeds {cfg['seeds']}, mean ± std; "  # type: ignore[index]
-             f"reward quality = top-1 of the fused score over all 13 answers on {cfg['quality_questions']} "  # type: ignore[index]
-             f"held-out public questions, before GRPO; wall {result['wall_s']} s.", "",
-             "| method | accuracy | colour | shape | yes/no | reward quality | routed − method | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "type mean = mean of colour, shape and yes/no (the headline; routed − method and the verdict are "
+             "on it, paired over seeds); reward quality, before GRPO, on "
+             f"{cfg['quality_per_type']} held-out public questions per type: top-1 of the fused score over all "  # type: ignore[index]
+             f"13 answers / within the right type / right type first (type-averaged); wall {result['wall_s']} s.", "",
+             "| method | type mean | accuracy | colour | shape | yes/no | reward top-1 all / type / type first "
+             "| routed − method | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def quality(e: dict) -> str:  # type: ignore[type-arg]
+        got = [e.get(f"reward_{q}") for q in ("top1_all", "top1_type", "type_first")]
+        return " / ".join(f"{v[0]:.2f}" for v in got if v is not None) or "n/a"
     for m, e in summary.items():  # type: ignore[union-attr]
-        lines.append(f"| {m} | {f(e['accuracy'])} | {f(e['color'])} | {f(e['shape'])} | {f(e['yesno'])} | "
-                     f"{f(e.get('reward_quality'))} | {f(e.get('routed_minus'))} | {e.get('verdict', '')} |")
+        lines.append(f"| {m} | {f(e['type_mean'])} | {f(e['accuracy'])} | {f(e['color'])} | {f(e['shape'])} | "
+                     f"{f(e['yesno'])} | {quality(e)} | {f(e.get('routed_minus'))} | {e.get('verdict', '')} |")
     gains = result.get("gains") or {}
     if gains:
-        lines += ["", f"Gain over the start: oracle {gains['oracle_gain']:+.3f}, routed {gains['routed_gain']:+.3f} "  # type: ignore[index]
-                      f"(share of the oracle's gain: {gains['routed_share_of_oracle_gain']})."]  # type: ignore[index]
+        g = gains  # type: ignore[assignment]
+        lines += ["", "Gain over the start (means over seeds): " + "; ".join(
+            f"{k} oracle {g[k]['oracle']:+.3f}, routed {g[k]['routed']:+.3f}"  # type: ignore[index]
+            for k in ("type_mean", *TYPES, "accuracy")) +
+            f". Routed's share of the oracle's type-averaged gain: {g['routed_share_of_oracle_gain']}."]  # type: ignore[index]
     return "\n".join(lines) + "\n"
 
 
@@ -357,8 +417,9 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     paths[0].write_text(json.dumps(result, indent=2, sort_keys=True))
     paths[1].write_text(markdown_table(result))
     summary = result["summary"]  # type: ignore[index]
-    groups = ["all", *TYPES]
-    series = {m: [tuple(e["accuracy"]), *(tuple(e[t]) for t in TYPES)] for m, e in summary.items()  # type: ignore[union-attr]
+    groups = ["type mean", "all", *TYPES]
+    series = {m: [tuple(e["type_mean"]), tuple(e["accuracy"]), *(tuple(e[t]) for t in TYPES)]  # type: ignore[union-attr]
+              for m, e in summary.items()  # type: ignore[union-attr]
               if not m.startswith("single:")}
     paths[2].write_text(grouped_bars([("test exact match (mean ± std over seeds)", groups, series)],
                                      panel_width=900))

@@ -16,9 +16,9 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
 
     backbone = tmp_path / "backbone"
     pretrain_backbone(PretrainSettings(out=backbone, steps=20))
-    methods = ("start", "oracle", "routed", "uniform", "expert", "table", "single:txt-1", "routed+random")
+    methods = ("start", "text_only", "oracle", "routed", "uniform", "expert", "table", "single:txt-1", "routed+random")
     cfg = MorExperimentConfig(backbone=backbone, out=tmp_path / "out", seeds=(0,), methods=methods, steps=2,
-                              prompts_per_step=4, eval_questions=24, quality_questions=12, router_pairs=40,
+                              prompts_per_step=4, eval_questions=24, quality_per_type=4, router_pairs=40,
                               rounds=1, local_steps=2, pairs_per_client=200, server_steps=5)
     result = run_experiment(cfg)
     paths = write_outputs(result, cfg.out)
@@ -26,15 +26,49 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
     summary = result["summary"]
     assert list(summary) == list(methods)
     for method, entry in summary.items():
-        assert 0.0 <= entry["accuracy"][0] <= 1.0
+        assert 0.0 <= entry["accuracy"][0] <= 1.0 and 0.0 <= entry["type_mean"][0] <= 1.0
         assert (method == "routed") == ("verdict" not in entry)
     seed = result["per_seed"]["0"]
     assert all(0 < e <= 8.0 for e in seed["epsilon"].values()) and len(seed["epsilon"]) == 6
     routed = seed["methods"]["routed"]
-    assert 0.0 <= routed["reward_quality"]["top1_all"] <= 1.0 and routed["router_fit"]["steps"] > 0
+    quality = routed["reward_quality"]
+    assert quality["questions_per_type"] == 4 and routed["router_fit"]["steps"] > 0
+    for q in ("top1_all", "top1_type", "type_first"):
+        assert 0.0 <= quality[q] <= 1.0
+    assert quality["top1_type"] >= quality["top1_all"]  # the right answer first overall is first within its type
+    text_only = seed["methods"]["text_only"]
+    assert "reward_quality" not in text_only and set(text_only["by_type"]) == {"color", "shape", "yesno"}
     assert set(routed["router_weights"]) <= {"color", "shape", "yesno"} and routed["router_weights"]
     assert len(seed["methods"]["routed+random"]["router_weights"]["yesno"]) == 7  # six clients + the adversary
     doc = json.loads(paths[0].read_text())
-    assert doc["gains"]["oracle_gain"] == pytest.approx(summary["oracle"]["accuracy"][0] - summary["start"]["accuracy"][0],
-                                                        abs=1e-3)
+    assert doc["gains"]["type_mean"]["oracle"] == pytest.approx(
+        summary["oracle"]["type_mean"][0] - summary["start"]["type_mean"][0], abs=1e-3)
+    assert set(doc["gains"]["oracle_per_seed"]["0"]) == {"color", "shape", "yesno"}
     assert "| routed |" in paths[1].read_text() and paths[2].read_text().startswith("<svg")
+
+
+def test_a_scoring_client_scores_each_triple_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The experiment memoises a frozen model's scores: a repeated (image, question,
+    completion) is answered from memory with the same value, under new item ids."""
+    import fedsecure.models.scoring
+    from benchmarks.experiment_mor import _channel
+    from fedsecure.types import ScoreItem
+
+    scored: list[str] = []
+
+    def fake_score_items(model, tokenizer, items):  # type: ignore[no-untyped-def]
+        scored.extend(i.completion for i in items)
+        return [float(len(i.completion)) for i in items]
+    monkeypatch.setattr(fedsecure.models.scoring, "score_items", fake_score_items)
+    memo: dict = {}
+    score = _channel(object(), object(), memo)
+    items = [ScoreItem(item_id=f"a{i}", image_png=b"img", question="what color is the shape?", completion=c)
+             for i, c in enumerate(["red", "blue", "red"])]
+    first = score(None, items, 1.0)
+    assert [s.value for s in first] == [3.0, 4.0, 3.0] and sorted(scored) == ["blue", "red"]
+    again = score(None, [ScoreItem(item_id="b0", image_png=b"img", question="what color is the shape?",
+                                   completion="blue"),
+                         ScoreItem(item_id="b1", image_png=b"other", question="what color is the shape?",
+                                   completion="blue")], 1.0)
+    assert [(s.item_id, s.value) for s in again] == [("b0", 4.0), ("b1", 4.0)]
+    assert sorted(scored) == ["blue", "blue", "red"]  # another image is another triple

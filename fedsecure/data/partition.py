@@ -44,7 +44,7 @@ def split_federation(
     seed: int = 0,
     server_image_fraction: float = 0.1,
     seed_set_size: int = 200,
-    extra_parts: tuple[tuple[str, float], ...] = (("pretrain", 0.125), ("router", 0.025), ("reward_eval", 0.05)),
+    extra_parts: tuple[tuple[str, float], ...] = (("pretrain", 0.125), ("router", 0.025), ("reward_eval", 0.07)),
     records: Sequence[VQARecord] | None = None,
 ) -> FederatedSplit:
     """Partition the train split; ``alpha`` small = very non-IID, large = near IID.

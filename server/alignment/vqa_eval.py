@@ -61,6 +61,33 @@ def eval_prompts(processor: Any, *, limit: int | None = None, seed: int = 0) -> 
     return vqa_prompts(records, processor=processor)
 
 
+def text_only_answers(records: Sequence[Any] | None = None) -> dict[str, str]:
+    """The most common answer for each question text in the training split (ties: the
+    alphabetically first): what a model that never looks at the image can reach. Three
+    quarters of easy-VQA's test questions are yes/no and this alone answers most of them
+    (issue 24), so every table of policy accuracy shows it next to the methods."""
+    counts: dict[str, Counter[str]] = {}
+    for r in load_records("train") if records is None else records:
+        counts.setdefault(normalise_answer(r.question), Counter())[normalise_answer(r.answer)] += 1
+    return {q: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for q, c in counts.items()}
+
+
+def evaluate_text_only(prompts: Sequence[Prompt], answers_by_question: dict[str, str]) -> EvalResult:
+    """Exact match of :func:`text_only_answers` on ``prompts`` (an unseen question text
+    counts as a miss), per answer type like :func:`evaluate`."""
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for p in prompts:
+        if p.answer is None:
+            raise ValueError(f"prompt {p.prompt_id} has no reference answer to match")
+        kind = answer_type(p.answer)
+        totals[kind] += 1
+        hits[kind] += int(answers_by_question.get(normalise_answer(p.question)) == normalise_answer(p.answer))
+    count = sum(totals.values())
+    return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
+                      by_type={k: hits[k] / totals[k] for k in sorted(totals)})
+
+
 def evaluate_policy(policy: Policy, prompts: Sequence[Prompt], **kwargs: Any) -> EvalResult:
     """:func:`evaluate` with the policy's own decoder and token ids."""
     return evaluate(policy.model, prompts=prompts, decode=policy.decode, eos_id=policy.eos_id, pad_id=policy.pad_id,
