@@ -36,6 +36,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from fedsecure.progress import progress
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.models.encoding import EncodedPairs, EncodedRecords
+from fedsecure.models.modes import evaluation_mode
 from fedsecure.models.reward import PAIRED_ROWS, RewardModel
 from fedsecure.privacy.accountant import calibrate_noise, epsilon
 from fedsecure.privacy.ledger import Ledger
@@ -126,15 +127,12 @@ def training_mode(model: torch.nn.Module) -> None:
 def record_accuracy(model: RewardModel, data: EncodedRecords, *, batch_size: int = 128) -> float:
     """Share of records whose chosen answer scores strictly above every other candidate,
     in evaluation mode (the model's modes are restored afterwards)."""
-    modes = [m.training for m in model.modules()]
-    model.eval()
     hits = 0
-    for s in range(0, len(data), batch_size):
-        batch = data.batch(torch.arange(s, min(s + batch_size, len(data))))
-        r = model(batch).masked_fill(~batch["candidate_mask"], float("-inf"))
-        hits += int((r[:, 1:] < r[:, :1]).all(dim=1).sum())
-    for m, mode in zip(model.modules(), modes, strict=True):
-        m.training = mode
+    with evaluation_mode(model):
+        for s in range(0, len(data), batch_size):
+            batch = data.batch(torch.arange(s, min(s + batch_size, len(data))))
+            r = model(batch).masked_fill(~batch["candidate_mask"], float("-inf"))
+            hits += int((r[:, 1:] < r[:, :1]).all(dim=1).sum())
     return hits / len(data)
 
 
@@ -142,11 +140,9 @@ def record_accuracy(model: RewardModel, data: EncodedRecords, *, batch_size: int
 def margins(model: RewardModel, data: EncodedPairs, *, batch_size: int = 256) -> torch.Tensor:
     """Bradley–Terry margins of every pair in evaluation mode, shape (n,); the model's
     training mode is restored afterwards."""
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    out = [model(data.batch(torch.arange(s, min(s + batch_size, len(data))))) for s in range(0, len(data), batch_size)]
-    for m, mode in zip(model.modules(), modes, strict=True):
-        m.training = mode
+    with evaluation_mode(model):
+        out = [model(data.batch(torch.arange(s, min(s + batch_size, len(data)))))
+               for s in range(0, len(data), batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opacus.grad_sample import GradSampleModule
-
-from client_sdk.dp_training import DPSettings, DPStepper, bt_loss, fold_rows
+from client_sdk.dp_training import DPSettings, DPStepper, bt_loss
 from fedsecure.data.shares import client_pairs
 from fedsecure.errors import TrainingDiverged
 from fedsecure.models.encoding import encode_pairs
 from fedsecure.models.gate import attach_gates, gate_values, gated_layers, merge_gates, remove_gates
 from fedsecure.models.reward import SHARED_ADAPTER, RewardModelConfig, build_reward_model
 from fedsecure.models.slots import Slot, slot_of
+from tests.gradient_checks import assert_per_unit_gradients_match
 
 
 def _aux_for(model: torch.nn.Module, scale: float = 0.2, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -66,22 +65,9 @@ def test_gate_per_pair_gradients_match_brute_force(kind: str, stack: str) -> Non
     model, data = _model_with_data(kind, n=4)
     attach_gates(model, stack=stack, adapter=SHARED_ADAPTER, aux=_aux_for(model))
     gates = [(n, p) for n, p in model.named_parameters() if n.endswith("fedcola_aux.gate")]
-    expected = []
-    for i in range(len(data)):
-        model.zero_grad(set_to_none=True)
-        bt_loss(model(data.batch(torch.tensor([i])))).backward()
-        expected.append({n: p.grad.detach().clone() for n, p in gates})
+    expected = assert_per_unit_gradients_match(model, lambda m, idx: bt_loss(m(data.batch(idx))), units=len(data),
+                                               rows=2, checked=gates, atol=1e-7)
     assert any(float(e[n].abs()) > 0 for e in expected for n, _ in gates)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    try:
-        bt_loss(gsm(data.batch(torch.arange(len(data))))).backward()
-        fold_rows(params, len(data), 2)
-        for n, p in gates:
-            for i in range(len(data)):
-                torch.testing.assert_close(p.grad_sample[i], expected[i][n], rtol=1e-4, atol=1e-7)
-    finally:
-        gsm._close()
 
 
 def test_gate_moves_under_dp_sgd_and_the_merge_is_b_plus_g_b_aux() -> None:

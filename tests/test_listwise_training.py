@@ -111,3 +111,27 @@ def test_listwise_training_moves_parameters_and_accuracy(kind: str) -> None:
     assert losses[-1] < losses[0]
     # A zero head ties every candidate (ties count wrong); training must rank the chosen first.
     assert before == 0.0 and after > 0.3
+
+
+def test_batches_drop_padding_columns_and_keep_the_rewards() -> None:
+    """A batch's text ends at the last column any of its rows attends to; the rewards are
+    those of the fully padded rows (every dropped column is masked padding)."""
+    from fedsecure.models.encoding import trim_padding
+
+    torch.manual_seed(0)
+    model, tok = build_reward_model(RewardModelConfig(kind="image_text"))
+    model.eval()
+    data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b"], kind="image_text", limit=40),
+                                             answer_set=answers()), tok)
+    idx = torch.arange(len(data))
+    batch = data.batch(idx)
+    width = int(data.text["candidate_attention_mask"][idx].sum(-1).max())
+    assert batch["candidate_input_ids"].shape[-1] == width < data.text["candidate_input_ids"].shape[-1]
+    assert batch["position_ids"].shape == (len(idx), width)
+    padded = {**batch, **{k: v[idx] for k, v in data.text.items()}}
+    seq = padded["candidate_input_ids"].shape[-1]
+    padded["position_ids"] = torch.arange(seq).expand(len(idx), seq).contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(padded), rtol=0, atol=1e-6)
+    left = {"attention_mask": torch.tensor([[0, 1, 1], [0, 0, 1]]), "input_ids": torch.tensor([[0, 5, 6], [0, 0, 7]])}
+    assert trim_padding(left)["input_ids"].shape[-1] == 3  # left padding: nothing to drop

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opacus.grad_sample import GradSampleModule
-
-from client_sdk.dp_training import bt_loss, fold_rows
+from client_sdk.dp_training import bt_loss
 from fedsecure.data.shares import client_pairs
 from fedsecure.models.encoding import encode_pairs
 from fedsecure.models.reward import KINDS, RewardModelConfig, build_reward_model
+from tests.gradient_checks import assert_per_unit_gradients_match
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -25,20 +24,8 @@ def test_opacus_per_pair_gradients_match_brute_force(kind: str) -> None:
                 p.add_(torch.randn_like(p) * 0.05)
     data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=5), tok)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    expected = []
-    for i in range(len(data)):
-        model.zero_grad(set_to_none=True)
-        bt_loss(model(data.batch(torch.tensor([i])))).backward()
-        expected.append({n: p.grad.detach().clone() for n, p in params})
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    try:
-        bt_loss(gsm(data.batch(torch.arange(len(data))))).backward()
-        fold_rows(params, len(data), 2)
-        for n, p in params:
-            for i in range(len(data)):
-                torch.testing.assert_close(p.grad_sample[i], expected[i][n], rtol=1e-4, atol=1e-6)
-    finally:
-        gsm._close()
+    assert_per_unit_gradients_match(model, lambda m, idx: bt_loss(m(data.batch(idx))), units=len(data), rows=2,
+                                    checked=params)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -61,22 +48,7 @@ def test_opacus_per_record_gradients_match_brute_force(kind: str) -> None:
     assert data.candidates == len(answers())
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+    def loss_of(module: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
         batch = data.batch(idx)
-        return listwise_loss(model(batch), batch["candidate_mask"])
-
-    expected = []
-    for i in range(len(data)):
-        model.zero_grad(set_to_none=True)
-        loss_of(torch.tensor([i])).backward()
-        expected.append({n: p.grad.detach().clone() for n, p in params})
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    try:
-        batch = data.batch(torch.arange(len(data)))
-        listwise_loss(gsm(batch), batch["candidate_mask"]).backward()
-        fold_rows(params, len(data), data.candidates)
-        for n, p in params:
-            for i in range(len(data)):
-                torch.testing.assert_close(p.grad_sample[i], expected[i][n], rtol=1e-4, atol=1e-6)
-    finally:
-        gsm._close()
+        return listwise_loss(module(batch), batch["candidate_mask"])
+    assert_per_unit_gradients_match(model, loss_of, units=len(data), rows=data.candidates, checked=params)

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedsecure.data.easyvqa import decode_png
 from fedsecure.models.encoding import encode_items
+from fedsecure.models.modes import evaluation_mode
 from fedsecure.models.reward import RewardModel
 from fedsecure.progress import progress
 from fedsecure.types import ScoreItem
@@ -28,20 +29,16 @@ def score_triples(model: RewardModel, tokenizer: object, *, images: Sequence[np.
         raise ValueError("images, questions and completions must have one entry per item")
     if (model.image is not None) != (images is not None):
         raise ValueError("images must be given exactly when the model has an image stack")
-    was_training = model.training
-    model.eval()
     values: list[float] = []
-    try:
-        # A bar only for work of several batches (a SCORE task), not for each ALIGN step's few items.
-        with progress(total=len(questions), desc="scoring", unit="item", show=len(questions) > SCORE_BATCH) as bar:
-            for start in range(0, len(questions), SCORE_BATCH):
-                end = start + SCORE_BATCH
-                batch = encode_items(list(images[start:end]) if images is not None else [], questions[start:end],
-                                     completions[start:end], tokenizer)
-                values.extend(float(v) for v in model.score(batch))
-                bar.update(min(end, len(questions)) - start)
-    finally:
-        model.train(was_training)
+    # A bar only for work of several batches (a SCORE task), not for each ALIGN step's few items.
+    with evaluation_mode(model), progress(total=len(questions), desc="scoring", unit="item",
+                                          show=len(questions) > SCORE_BATCH) as bar:
+        for start in range(0, len(questions), SCORE_BATCH):
+            end = start + SCORE_BATCH
+            batch = encode_items(list(images[start:end]) if images is not None else [], questions[start:end],
+                                 completions[start:end], tokenizer)
+            values.extend(float(v) for v in model.score(batch))
+            bar.update(min(end, len(questions)) - start)
     return values
 
 
