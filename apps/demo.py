@@ -315,16 +315,22 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
         print(f"[demo]   router weights per question type: {weights}")
     def by_type(a: object, b: object) -> str:
         return ", ".join(f"{t} {a.by_type[t]:.2f} -> {b.by_type.get(t, 0.0):.2f}"  # type: ignore[attr-defined]
-                         for t in sorted(a.by_type))  # type: ignore[attr-defined]
+                         for t in sorted(a.by_type)) + (  # type: ignore[attr-defined]
+            f", type mean {_type_mean(a.by_type):.3f} -> {_type_mean(b.by_type):.3f}")  # type: ignore[attr-defined]
     exported = ("the start: no round beat it on the held-out questions, so alignment's result is not shipped"
                 if ev.promoted_step == 0 else f"the policy after GRPO step {ev.promoted_step}")
     print(f"[demo] policy test accuracy (exact match, {ev.end.count} easy-VQA test questions), start -> exported "
           f"({exported}): {ev.start.accuracy:.3f} -> {ev.end.accuracy:.3f}; by type: {by_type(ev.start, ev.end)}; "
           f"after all {ev.steps} GRPO steps: {ev.last.accuracy:.3f} ({by_type(ev.start, ev.last)}) "
           f"(measured in {time.monotonic() - started:.0f} s)", flush=True)
+    text = ev.text_only
+    print(f"[demo] for scale, no policy at all (the most common training answer for the question text): "
+          f"{text.accuracy:.3f}; " + ", ".join(f"{t} {v:.2f}" for t, v in sorted(text.by_type.items())) +
+          f", type mean {_type_mean(text.by_type):.3f}", flush=True)
     return {"start_accuracy": ev.start.accuracy, "end_accuracy": ev.end.accuracy, "start_by_type": ev.start.by_type,
             "end_by_type": ev.end.by_type, "last_accuracy": ev.last.accuracy, "last_by_type": ev.last.by_type,
             "promoted_step": ev.promoted_step, "steps": ev.steps, "rounds": rounds,
+            "text_only_accuracy": ev.text_only.accuracy, "text_only_by_type": ev.text_only.by_type,
             "seconds": round(time.monotonic() - started, 1)}
 
 

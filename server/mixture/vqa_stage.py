@@ -30,7 +30,13 @@ from server.alignment.job import AlignmentSettings, export_policy, prepare_base,
 from server.alignment.policy import Policy, PolicySetup
 from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
-from server.alignment.vqa_eval import EvalResult, eval_prompts, evaluate_policy
+from server.alignment.vqa_eval import (
+    EvalResult,
+    eval_prompts,
+    evaluate_policy,
+    evaluate_text_only,
+    text_only_answers,
+)
 from server.mixture.combiners import Routed
 from server.mixture.features import reference_features
 from server.mixture.reward import MixtureReward, ScoringClient
@@ -112,6 +118,7 @@ class StageEvaluation:
     last: EvalResult
     steps: int
     promoted_step: int
+    text_only: EvalResult  # no policy: the most common training answer for the question text
 
 
 def evaluate_stage(out: Path, *, limit: int = 500, seed: int = 0, device: str = "auto") -> StageEvaluation:
@@ -121,9 +128,10 @@ def evaluate_stage(out: Path, *, limit: int = 500, seed: int = 0, device: str = 
     policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(device))
     test = eval_prompts(processor, limit=limit, seed=seed)
     start = evaluate_policy(policy, test)
+    text_only = evaluate_text_only(test, text_only_answers())
     path = latest_checkpoint(out / CHECKPOINTS)
     if path is None:
-        return StageEvaluation(start=start, end=start, last=start, steps=0, promoted_step=0)
+        return StageEvaluation(start=start, end=start, last=start, steps=0, promoted_step=0, text_only=text_only)
     state = load_checkpoint(path)
     params = dict(policy.trainable())
     with torch.no_grad():
@@ -140,4 +148,5 @@ def evaluate_stage(out: Path, *, limit: int = 500, seed: int = 0, device: str = 
         exported, exported_processor = load_policy(out / POLICY)
         end = evaluate_policy(Policy.for_vlm(exported, exported_processor, setup=STAGE_SETUP,
                                              placement=select_placement(device)), test)
-    return StageEvaluation(start=start, end=end, last=last, steps=state.step, promoted_step=promoted_step)
+    return StageEvaluation(start=start, end=end, last=last, steps=state.step, promoted_step=promoted_step,
+                           text_only=text_only)
