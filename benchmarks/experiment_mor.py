@@ -16,6 +16,10 @@ seeds, and runs ``steps`` GRPO steps in process with its reward:
   (per-question-type weights fit on the same preference set; handed the type);
 - ``single:<client>``: each client alone; ``fedavg``: the FedAvg'd model alone;
   ``server_only``: the server's own model alone;
+- ``routed/gated``, ``uniform/gated``: the same fusion, but GRPO only on the question
+  types where the fused reward, measured by the server on its labelled router questions
+  before any step (top-1 over all answers), beats the starting policy's own accuracy on
+  them — a judge worse than the student on a type is not learned from;
 - robustness: ``routed+random``, ``uniform+random``, ``routed+inverted``,
   ``uniform+inverted`` — the six clients plus one that returns random (inverted) scores.
 
@@ -56,6 +60,7 @@ from fedsecure.progress import track
 log = logging.getLogger("fedsecure.experiment.mor")
 
 BASE_METHODS = ("start", "text_only", "oracle", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
+GATED = ("routed/gated", "uniform/gated")
 ROBUSTNESS = ("routed+random", "uniform+random", "routed+inverted", "uniform+inverted")
 TYPES = ("color", "shape", "yesno")
 
@@ -87,7 +92,7 @@ class MorExperimentConfig:
 
 def all_methods(clients: Sequence[str]) -> tuple[str, ...]:
     """Every method of the comparison, single clients included."""
-    return (*BASE_METHODS, *(f"single:{c}" for c in clients), *ROBUSTNESS)
+    return (*BASE_METHODS, *GATED, *(f"single:{c}" for c in clients), *ROBUSTNESS)
 
 
 def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
@@ -177,6 +182,29 @@ def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped
     return out
 
 
+def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperimentConfig, seed: int,
+                 out: dict[str, object]):  # type: ignore[no-untyped-def]
+    """The pool restricted to the question types where the fused reward's top-1 on the
+    labelled router questions beats the starting policy's greedy accuracy on them."""
+    from fedsecure.data.easyvqa import answer_type
+    from fedsecure.data.shares import server_part
+    from server.alignment.prompts import vqa_prompts
+    from server.alignment.vqa_eval import evaluate_policy
+    from server.mixture.router import fit_router
+    from server.mixture.stage import score_preferences
+
+    if router is not None:  # fit as the stage's first step would, so the judge measured is the one used
+        fit_router(router, score_preferences(reward, prefs), seed=seed)
+    questions = vqa_prompts(server_part("router")[:cfg.router_pairs], processor=processor)
+    judge = _fused_top1(reward, questions)
+    student = evaluate_policy(policy, questions).by_type
+    kept = sorted(t for t in student if judge.get(f"top1_all.{t}", 0.0) > student[t])
+    out["gate"] = {"judge": {t: round(judge.get(f"top1_all.{t}", float("nan")), 3) for t in student},
+                   "student": {t: round(v, 3) for t, v in student.items()}, "kept": kept}
+    log.info("judge gate: judge %s, student %s -> GRPO on %s", out["gate"]["judge"], out["gate"]["student"], kept)
+    return [p for p in pool if answer_type(p.answer) in kept]
+
+
 def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path, roster_models, fedavg_model,
                 server_model, tokenizer, test, quality, prompt_pool, text_only,
                 work: Path, memos: dict[str, dict]) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -217,7 +245,8 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
             engine.step(engine.sample_prompts(pool), exact_match_reward)
         out["reward_quality"] = {"top1_all": 1.0}
     else:
-        base_method, _, extra = method.partition("+")
+        gated = method.endswith("/gated")
+        base_method, _, extra = method.removesuffix("/gated").partition("+")
         if base_method.startswith("single:"):
             name = base_method.split(":", 1)[1]
             roster = [ScoringClient(name, _modalities(roster_models[name][0]),
@@ -246,16 +275,19 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
             data = score_preferences(reward, prefs)
             reward.combiner = (ExpertSelection.fit(data) if base_method == "expert"
                                else LookupTable.fit(data, prefs.groups))
-        stage = AlignStage(engine=engine, reward=reward, pool=pool, monitor=[], router=router,
-                           preferences=prefs if router is not None else None,
-                           config=AlignStageConfig(steps_per_round=cfg.steps, max_skipped_steps=cfg.steps))
-        result = stage.run_round(0)  # the router (if any) is fit first, on the preference set
+        if gated:
+            pool = _judged_pool(reward, router, prefs, pool, policy, processor, cfg, seed, out)
+        if pool:  # a gate that trusts the judge on no type leaves the start as it is
+            stage = AlignStage(engine=engine, reward=reward, pool=pool, monitor=[], router=router,
+                               preferences=prefs if router is not None else None,
+                               config=AlignStageConfig(steps_per_round=cfg.steps, max_skipped_steps=cfg.steps))
+            result = stage.run_round(0)  # the router (if any) is fit first, on the preference set
+            if router is not None:
+                out["router_fit"], out["router_weights"] = result.router_fit, result.router_weights
+            out["skipped"], out["left_out"] = result.skipped, result.left_out
         # Reward quality of this method's fused score: the client models, the router and the
         # (frozen) prompt features did not change during GRPO, so this is the reward GRPO used.
         out["reward_quality"] = _fused_top1(reward, quality(processor))
-        if router is not None:
-            out["router_fit"], out["router_weights"] = result.router_fit, result.router_weights
-        out["skipped"], out["left_out"] = result.skipped, result.left_out
         reward.close()
     ev = evaluate_policy(policy, test_prompts)
     shutil.rmtree(work, ignore_errors=True)

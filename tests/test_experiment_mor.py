@@ -16,7 +16,7 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
 
     backbone = tmp_path / "backbone"
     pretrain_backbone(PretrainSettings(out=backbone, steps=20))
-    methods = ("start", "text_only", "oracle", "routed", "uniform", "expert", "table", "single:txt-1", "routed+random")
+    methods = ("start", "text_only", "oracle", "routed", "routed/gated", "uniform", "expert", "table", "single:txt-1", "routed+random")
     cfg = MorExperimentConfig(backbone=backbone, out=tmp_path / "out", seeds=(0,), methods=methods, steps=2,
                               prompts_per_step=4, eval_questions=24, quality_per_type=4, router_pairs=40,
                               rounds=1, local_steps=2, pairs_per_client=200, server_steps=5)
@@ -36,6 +36,9 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
     for q in ("top1_all", "top1_type", "type_first"):
         assert 0.0 <= quality[q] <= 1.0
     assert quality["top1_type"] >= quality["top1_all"]  # the right answer first overall is first within its type
+    gate = seed["methods"]["routed/gated"]["gate"]
+    assert set(gate["judge"]) == set(gate["student"]) and set(gate["kept"]) <= set(gate["student"])
+    assert all(gate["judge"][t] > gate["student"][t] for t in gate["kept"])
     text_only = seed["methods"]["text_only"]
     assert "reward_quality" not in text_only and set(text_only["by_type"]) == {"color", "shape", "yesno"}
     assert set(routed["router_weights"]) <= {"color", "shape", "yesno"} and routed["router_weights"]
