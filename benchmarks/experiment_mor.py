@@ -20,6 +20,8 @@ seeds, and runs ``steps`` GRPO steps in process with its reward:
   types where the fused reward, measured by the server on its labelled router questions
   before any step (top-1 over all answers), beats the starting policy's own accuracy on
   them — a judge worse than the student on a type is not learned from;
+- ``…/unscaled``: the same reward, GRPO advantages not divided by the group's reward std
+  (Dr. GRPO): a judge unsure between two answers makes a small update, not a full one;
 - robustness: ``routed+random``, ``uniform+random``, ``routed+inverted``,
   ``uniform+inverted`` — the six clients plus one that returns random (inverted) scores.
 
@@ -61,6 +63,7 @@ log = logging.getLogger("fedsecure.experiment.mor")
 
 BASE_METHODS = ("start", "text_only", "oracle", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
 GATED = ("routed/gated", "uniform/gated")
+UNSCALED = ("oracle/unscaled", "routed/unscaled", "uniform/unscaled")
 ROBUSTNESS = ("routed+random", "uniform+random", "routed+inverted", "uniform+inverted")
 TYPES = ("color", "shape", "yesno")
 
@@ -92,7 +95,7 @@ class MorExperimentConfig:
 
 def all_methods(clients: Sequence[str]) -> tuple[str, ...]:
     """Every method of the comparison, single clients included."""
-    return (*BASE_METHODS, *GATED, *(f"single:{c}" for c in clients), *ROBUSTNESS)
+    return (*BASE_METHODS, *GATED, *UNSCALED, *(f"single:{c}" for c in clients), *ROBUSTNESS)
 
 
 def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
@@ -225,6 +228,9 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
 
     started = time.monotonic()
     model, processor = load_policy(base)
+    name, *flags = method.split("/")
+    if set(flags) - {"gated", "unscaled"}:
+        raise ValueError(f"unknown variant in {method!r}: /gated and /unscaled exist")
     if method == "text_only":
         ev = evaluate_text_only(test(processor), text_only)
         return {"accuracy": ev.accuracy, "by_type": ev.by_type, "seconds": round(time.monotonic() - started, 1)}
@@ -237,16 +243,16 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     shutil.rmtree(work, ignore_errors=True)
     engine = GRPOEngine(policy=policy, config=GRPOConfig(
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, learning_rate=cfg.learning_rate, seed=seed,
-        loss=GRPOLossConfig(beta=0.0), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
+        loss=GRPOLossConfig(beta=0.0, scale_rewards="unscaled" not in flags), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
         checkpoint_dir=work, checkpoint_every=1)
     out: dict[str, object] = {}
-    if method == "oracle":
+    if name == "oracle":
         for _ in range(cfg.steps):
             engine.step(engine.sample_prompts(pool), exact_match_reward)
         out["reward_quality"] = {"top1_all": 1.0}
     else:
-        gated = method.endswith("/gated")
-        base_method, _, extra = method.removesuffix("/gated").partition("+")
+        gated = "gated" in flags
+        base_method, _, extra = name.partition("+")
         if base_method.startswith("single:"):
             name = base_method.split(":", 1)[1]
             roster = [ScoringClient(name, _modalities(roster_models[name][0]),

@@ -178,7 +178,7 @@ class GRPOEngine:
             log.warning("step %d skipped: %s", self.step_count, rejected or "a reward was rejected on another rank")
             return self._finish(StepReport(self.step_count, math.nan, math.nan, math.nan, math.nan, math.nan,
                                            math.nan, tokens, rollout_s, 0.0, skipped=f"reward rejected: {rejected or 'on another rank'}"))
-        advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps)
+        advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps, scale=cfg.loss.scale_rewards)
         mean, std = float(rewards.mean()), float(rewards.std()) if rewards.numel() > 1 else 0.0
         if not self._any_rank(bool(advantages.any())):
             return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,

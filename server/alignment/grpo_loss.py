@@ -19,7 +19,10 @@ Averaging = Literal["token", "sequence"]
 @dataclass(frozen=True)
 class GRPOLossConfig:
     """Clip range (ε, optional ε_high for DAPO-style asymmetric clipping), KL weight β,
-    advantage std epsilon, and how token losses are averaged:
+    advantage std epsilon, whether advantages are divided by the group's reward std
+(``scale_rewards``; off is Dr. GRPO's choice, Liu et al. 2025, "Understanding R1-Zero-Like
+Training": dividing by the std turns a judge's tiny, biased margins on a group into full-size
+updates), and how token losses are averaged:
 
     - ``"token"``: sum over every real token of the batch / number of real tokens (long
       completions weigh more; the DAPO / TRL-"dapo" choice);
@@ -31,6 +34,7 @@ class GRPOLossConfig:
     epsilon_high: float | None = None
     beta: float = 0.04
     std_eps: float = 1e-4
+    scale_rewards: bool = True
     averaging: Averaging = "sequence"
 
     def __post_init__(self) -> None:
@@ -42,9 +46,11 @@ class GRPOLossConfig:
             raise ValueError("averaging is 'token' or 'sequence'")
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, std_eps: float = 1e-4) -> torch.Tensor:
-    """(r - mean_group) / (std_group + eps) per completion. A group whose rewards are all
-    equal gets advantage 0 for every member: it carries no preference, hence no gradient."""
+def group_advantages(rewards: torch.Tensor, group_size: int, std_eps: float = 1e-4, *,
+                     scale: bool = True) -> torch.Tensor:
+    """(r - mean_group) / (std_group + eps) per completion, or r - mean_group when not
+    ``scale`` (Dr. GRPO). A group whose rewards are all equal gets advantage 0 for every
+    member: it carries no preference, hence no gradient."""
     if rewards.ndim != 1 or rewards.numel() % group_size or group_size < 2:
         raise ValueError(f"expected a flat reward vector of whole groups of {group_size} (>= 2)")
     if not torch.isfinite(rewards).all():
@@ -52,7 +58,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std_eps: float = 1e
     grouped = rewards.view(-1, group_size)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True)  # unbiased, as in the paper's implementations
-    adv = (grouped - mean) / (std + std_eps)
+    adv = (grouped - mean) / (std + std_eps) if scale else grouped - mean
     adv = torch.where(std > 0, adv, torch.zeros_like(adv))
     return adv.reshape(-1)
 
