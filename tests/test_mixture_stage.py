@@ -94,6 +94,31 @@ def test_routed_fusion_drives_grpo_and_trusts_the_good_client(tmp_path: Path) ->
     stage.reward.close()
 
 
+def test_the_router_learns_from_a_slow_client_on_its_preference_step(tmp_path: Path) -> None:
+    """A fast client that covers every item once started the grace and cut the slower ones
+    off the step that carries the router's preference items: the router was fit on the fast
+    client alone and never moved (the demo and `experiment mor`: loss before = after).
+    That step waits for every client (to the deadline); the steps after it keep the grace."""
+    import time
+
+    def slow_good(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
+        time.sleep(1.5)  # far longer than the fast client took, shorter than the 5 s deadline
+        return good(step, items, timeout)
+
+    clients = [ScoringClient("fast-random", TEXT, noisy(0)), ScoringClient("fast-inverted", TEXT, inverted),
+               ScoringClient("slow-good", TEXT, slow_good)]
+    stage = build(tmp_path, clients=clients, steps=2)
+    result = stage.run_round(0)
+    first, second = stage.reward.logs[0], stage.reward.logs[1]
+    assert "slow-good" not in first.left_out, first.left_out  # waited for on the router's step
+    assert "grace" in second.left_out.get("slow-good", "grace"), second.left_out  # the grace still holds after it
+    fit = result.router_fit
+    assert fit is not None and fit["loss_after"] < fit["loss_before"] - 0.05, fit
+    weights = result.router_weights["toy"]
+    assert weights["slow-good"] >= 0.499 and weights["fast-inverted"] < weights["slow-good"], weights
+    stage.reward.close()
+
+
 def test_bad_answers_leave_the_client_out_and_a_repeat_offender_is_reported(tmp_path: Path) -> None:
     def nan_scores(step: int, items: Sequence[ScoreItem], timeout: float) -> list[Score]:
         return [Score(i.item_id, math.nan) for i in items]

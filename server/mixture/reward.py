@@ -154,7 +154,13 @@ class MixtureReward:
             if any(p.prompt_id in own for p in mix.prompts):
                 raise ValueError("mixed-in prompts must not share ids with the step's own prompts")
             prompts, completions = [*prompts, *mix.prompts], [*completions, *mix.completions]
-        unique, prompt_of, raw, answered, entry = self.collect(prompts, completions)
+        # The step that carries the router's preference items waits for every client to
+        # the deadline, no grace: the router learns whom to trust only from the clients
+        # that answered those items, and the grace cut the slower image clients there, so the
+        # router was fit on the fast text clients alone and never moved (measured: loss
+        # before = after in every round of the demo and of `experiment mor`). Bounded: one
+        # step per round can be held to the deadline, never every step (issue 23 item 8).
+        unique, prompt_of, raw, answered, entry = self.collect(prompts, completions, grace=mix is None)
         if mix is not None:
             mix.on_scores(raw[:, n:], answered[:, n:])
             k = len({prompt_of[i] for i in range(n)})  # the step's own prompts come first
@@ -177,7 +183,7 @@ class MixtureReward:
             raise RewardRejected(f"step {self.step}: the fused reward is not finite")
         return [float(r) for r in rewards]
 
-    def collect(self, prompts: Sequence[Prompt], completions: Sequence[str]
+    def collect(self, prompts: Sequence[Prompt], completions: Sequence[str], *, grace: bool = True
                 ) -> tuple[list[Prompt], list[int], torch.Tensor, torch.Tensor, StepLog]:
         """Ask every client for the items it can judge; returns (distinct prompts, prompt
         index of each item, raw scores (C, N), answered (C, N), the log entry).
@@ -206,7 +212,7 @@ class MixtureReward:
                 for ci in range(len(self.clients))]
         for mine in sent:
             _SHUFFLE.shuffle(mine)
-        raw, answered = self._collect(sent, items, entry)
+        raw, answered = self._collect(sent, items, entry, grace=grace)
         for ci, client in enumerate(self.clients):
             if bool(answered[ci].any()):
                 entry.raw_mean[client.name] = float(raw[ci][answered[ci]].mean())
@@ -235,14 +241,15 @@ class MixtureReward:
         self.missed_in_a_row.clear()
 
     def _collect(self, sent: Sequence[Sequence[ScoreItem]], items: Sequence[ScoreItem],
-                 entry: StepLog) -> tuple[torch.Tensor, torch.Tensor]:
+                 entry: StepLog, *, grace: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Ask, then wait for the answers until the step's deadline, or — once the answers
         in hand cover every item someone was asked for — a grace as long again as that
         took (at least ``min_grace_s``): one silent client once held every step to its
         deadline (issue 23 item 8). A client still answering an earlier step is not asked
         again yet. Every miss is counted; only a miss of the whole deadline counts toward
         ``skip_after_misses`` in a row, after which the client is not waited for again this
-        round (a slower honest client cut off by the grace keeps being asked)."""
+        round (a slower honest client cut off by the grace keeps being asked). Without
+        ``grace`` every client asked is waited for until the deadline."""
         position = {it.item_id: n for n, it in enumerate(items)}
         raw = torch.zeros(len(self.clients), len(items), dtype=torch.float64)
         answered = torch.zeros(len(self.clients), len(items), dtype=torch.bool)
@@ -274,7 +281,7 @@ class MixtureReward:
             for future in done:
                 ci, started = pending.pop(future)
                 self._take(ci, future, sent[ci], position, raw, answered, entry, started)
-            if not graced and pending and bool(answered.any(0)[needed].all()):
+            if grace and not graced and pending and bool(answered.any(0)[needed].all()):
                 graced = True  # every item has an answer: the stragglers get a grace, not the deadline
                 now = time.monotonic()
                 deadline = min(deadline, now + max(self.min_grace_s, now - begun))
