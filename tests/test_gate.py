@@ -93,7 +93,9 @@ def test_gate_moves_under_dp_sgd_and_the_merge_is_b_plus_g_b_aux() -> None:
         expected = b_before[n] + torch.tensor(value) * aux[slot_of(n).position]  # type: ignore[union-attr]
         torch.testing.assert_close(params[f"{n}.lora_B.{SHARED_ADAPTER}.weight"].detach(), expected)
         assert params[f"{n}.lora_B.{SHARED_ADAPTER}.weight"].shape == b_before[n].shape  # no larger upload
-    torch.testing.assert_close(model(batch), gated, rtol=1e-5, atol=1e-6)  # same function after the merge
+    # Same function after the merge, up to float32 reassociation: B·x + g·(B_aux·x) and
+    # (B + g·B_aux)·x round differently (seen: 1.2e-6 on one reward of 16, DP noise is CSPRNG).
+    torch.testing.assert_close(model(batch), gated, rtol=1e-5, atol=5e-6)
 
 
 def test_bad_aux_adapters_are_refused_before_anything_is_attached() -> None:
