@@ -150,14 +150,17 @@ def test_corrupt_and_foreign_ciphertexts_refused(public_bytes) -> None:  # type:
     total = ckks.ChunkSum(ctx, P, 1)
     total.add(chunk)
     before = total.to_bytes()
-    # A flip inside the compressed coefficients can still parse (no checksum there): the
-    # manifest's SHA-256 catches that in transit; here: flips that break the structure.
-    corrupt = bytearray(chunk)
-    corrupt[100] ^= 0xFF
+    # A flip inside the compressed coefficients can still parse (no checksum there; a CI run
+    # once drew a ciphertext where a fixed offset did): the manifest's SHA-256 catches that in
+    # transit. Here: flips of the structure every ciphertext has, SEAL's header magic (0xA15E,
+    # little-endian) and the zstd frame magic that follows it.
+    corrupt_seal, corrupt_zstd = bytearray(chunk), bytearray(chunk)
+    corrupt_seal[chunk.index(b"\x5e\xa1")] ^= 0xFF
+    corrupt_zstd[chunk.index(b"\x28\xb5\x2f\xfd")] ^= 0xFF
     ref_secret = ckks.create_secret_context(ckks.NVFLARE_DEFAULT_PARAMS)
     foreign = Encryptor(public_context=ckks.public_context_bytes(ref_secret), params=ckks.NVFLARE_DEFAULT_PARAMS,
                         workers=1).encrypt(np.full(10, 0.5), weight=1.0)[0]
-    for bad in (bytes(corrupt), foreign, chunk[:-5], b"", chunk + chunk):
+    for bad in (bytes(corrupt_seal), bytes(corrupt_zstd), foreign, chunk[:-5], b"", chunk + chunk):
         with pytest.raises(CkksError):
             total.add(bad)
     assert total.to_bytes() == before  # a refused chunk never touches the sum

@@ -37,8 +37,9 @@ class AuxGate(nn.Module):
         self.scaling = float(scaling)
 
     def aux(self, ax: torch.Tensor) -> torch.Tensor:
-        """The ungated aux path ``scaling · B_aux (A x)``."""
-        return F.linear(ax, self.b_aux) * self.scaling
+        """The ungated aux path ``scaling · B_aux (A x)``, in the dtype of ``A x`` (the plain
+        attribute does not follow ``model.to(dtype)``)."""
+        return F.linear(ax, self.b_aux.to(ax.dtype)) * self.scaling
 
     def forward(self, ax: torch.Tensor) -> torch.Tensor:
         return self.gate * self.aux(ax)
