@@ -83,7 +83,7 @@ class MorExperimentConfig:
     learning_rate: float = 3e-4
     eval_questions: int = 2000
     quality_per_type: int = 300
-    router_pairs: int = 300
+    router_questions: int = 300
     rounds: int = 3
     local_steps: int = 100
     pairs_per_client: int = 1500
@@ -146,7 +146,7 @@ def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> obj
 
     torch.manual_seed(seed)
     model, _ = build_reward_model(config_on_backbone("image_text", cfg.backbone, federation_seed=seed))
-    pairs = build_pairs(server_part("router")[:cfg.router_pairs], seed=seed)
+    pairs = build_pairs(server_part("router")[:cfg.router_questions], seed=seed)
     train_nonprivate(model=model, data=encode_records(records_from_pairs(pairs, answer_set=answers()), tokenizer),
                      steps=cfg.server_steps, learning_rate=3e-3, batch_size=64, seed=seed)
     return model
@@ -199,7 +199,7 @@ def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperim
 
     if router is not None:  # fit as the stage's first step would, so the judge measured is the one used
         fit_router(router, score_preferences(reward, prefs), seed=seed)
-    questions = vqa_prompts(server_part("router")[:cfg.router_pairs], processor=processor)
+    questions = vqa_prompts(server_part("router")[:cfg.router_questions], processor=processor)
     judge = _fused_top1(reward, questions)
     student = evaluate_policy(policy, questions).by_type
     kept = sorted(t for t in student if judge.get(f"top1_all.{t}", 0.0) > student[t])
@@ -277,7 +277,7 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
                     "max": lambda: Extreme("max")}.get(base_method, Uniform)()
         reward = MixtureReward(clients=roster, combiner=combiner, features=features, deadline_s=600.0,
                                group_of=lambda p: answer_type(p.answer or "yes"))
-        prefs = PreferenceSet.from_records(server_part("router")[:cfg.router_pairs], processor=processor, seed=seed)
+        prefs = PreferenceSet.from_records(server_part("router")[:cfg.router_questions], processor=processor)
         if base_method in ("expert", "table"):
             data = score_preferences(reward, prefs)
             reward.combiner = (ExpertSelection.fit(data) if base_method == "expert"

@@ -46,9 +46,9 @@ def test_an_unfitted_router_is_uniform() -> None:
 def _prefs(correct_a: list[bool], correct_b: list[bool], features: torch.Tensor) -> PreferenceScores:
     m = len(correct_a)
     chosen = torch.tensor([[1.0 if c else -1.0 for c in correct_a], [1.0 if c else -1.0 for c in correct_b]])
-    ones = torch.ones(2, m, dtype=torch.bool)
-    return PreferenceScores(features=features, chosen=chosen, rejected=torch.zeros(2, m), answered=ones,
-                            capable=ones.T.clone())
+    return PreferenceScores(features=features, scores=torch.stack([chosen, torch.zeros(2, m)], -1),
+                            answered=torch.ones(2, m, 2, dtype=torch.bool), present=torch.ones(m, 2, dtype=torch.bool),
+                            capable=torch.ones(m, 2, dtype=torch.bool))
 
 
 def test_expert_selection_picks_the_competent_client_near_each_prompt() -> None:

@@ -100,9 +100,15 @@ def _toy_preferences(pairs: int, seed: int) -> PreferenceScores:
     good_b = torch.where(kind == 1, 2.0, 0.0)
     chosen = torch.stack([good_a + noise(), good_b + noise(), noise(), noise()])
     rejected = torch.stack([noise(), noise(), noise(), 2.0 + noise()])
-    ones = torch.ones(4, pairs, dtype=torch.bool)
-    return PreferenceScores(features=features, chosen=chosen, rejected=rejected, answered=ones,
-                            capable=ones.T.clone())
+    return _pairs(features, chosen, rejected)
+
+
+def _pairs(features: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> PreferenceScores:
+    """Lists of two (one rejected answer each), every client answering everything."""
+    c, m = chosen.shape
+    return PreferenceScores(features=features, scores=torch.stack([chosen, rejected], -1),
+                            answered=torch.ones(c, m, 2, dtype=torch.bool), present=torch.ones(m, 2, dtype=torch.bool),
+                            capable=torch.ones(m, c, dtype=torch.bool))
 
 
 def test_router_learns_to_down_weight_random_and_inverted_clients() -> None:
@@ -150,8 +156,57 @@ def test_unfitted_router_is_the_uniform_mean() -> None:
 
 
 def test_router_fit_refuses_unscored_preferences() -> None:
-    none = torch.zeros(2, 3, dtype=torch.bool)
-    data = PreferenceScores(features=torch.zeros(3, 2), chosen=torch.zeros(2, 3), rejected=torch.zeros(2, 3),
-                            answered=none, capable=none.T.clone())
-    with pytest.raises(ValueError, match="no preference pair"):
+    data = PreferenceScores(features=torch.zeros(3, 2), scores=torch.zeros(2, 3, 2),
+                            answered=torch.zeros(2, 3, 2, dtype=torch.bool), present=torch.ones(3, 2, dtype=torch.bool),
+                            capable=torch.zeros(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no preference list"):
         fit_router(Router(feature_dim=2, clients=2), data)
+
+
+def test_listwise_loss_known_answers() -> None:
+    """An unfitted router is the uniform mean, so the loss can be worked by hand. Lists of
+    two: Bradley–Terry, softplus(−s·Δ). Longer lists: −log softmax(s·fused)[preferred], and
+    a padded (absent) candidate never counts, whatever its score."""
+    from server.mixture.router import fused_scores
+
+    # One client, two prompts: z over (2, 0, 1, 1) → (1.4142, −1.4142, 0, 0).
+    pair = _pairs(torch.zeros(2, 1), torch.tensor([[2.0, 1.0]]), torch.tensor([[0.0, 1.0]]))
+    fit = fit_router(Router(feature_dim=1, clients=1), pair, steps=0, margin_scale=2.0)
+    expected = (math.log1p(math.exp(-2.0 * 2.8284)) + math.log(2.0)) / 2  # margins 2.83 and 0 (a tie)
+    assert math.isclose(fit.loss_before, expected, rel_tol=1e-4) and fit.accuracy_before == 0.75
+    # A list of three with a fourth, absent, slot holding a huge score.
+    scores = torch.tensor([[[1.0, 0.0, -1.0, 50.0]]])
+    present = torch.tensor([[True, True, True, False]])
+    data = PreferenceScores(features=torch.zeros(1, 1), scores=scores, answered=present.unsqueeze(0).clone(),
+                            present=present, capable=torch.ones(1, 1, dtype=torch.bool))
+    fused, covered = fused_scores(Router(feature_dim=1, clients=1), data)
+    z = 1.0 / math.sqrt(2.0 / 3.0)  # (1, 0, −1) standardised
+    assert torch.allclose(fused[0, :3], torch.tensor([z, 0.0, -z])) and fused[0, 3] == float("-inf") and covered.all()
+    fit = fit_router(Router(feature_dim=1, clients=1), data, steps=0, margin_scale=1.0)
+    logits = torch.tensor([z, 0.0, -z])
+    assert math.isclose(fit.loss_before, float(-torch.log_softmax(logits, 0)[0]), rel_tol=1e-5)
+    assert fit.accuracy_before == 1.0
+
+
+def test_listwise_fit_trusts_the_client_that_puts_the_answer_first() -> None:
+    """Client 0 puts the true answer first of five; client 1 ranks it above one wrong answer
+    only (the one a pairwise set would sample) and puts another wrong answer first. The
+    listwise fit moves weight to client 0 and the fused score puts the answer first."""
+    gen = torch.Generator().manual_seed(0)
+    m, k = 200, 5
+    first = torch.randn(m, k, generator=gen)
+    first[:, 0] = first.amax(-1) + 1.0
+    decoy = torch.randn(m, k, generator=gen)
+    decoy[:, 0] = decoy[:, 1] + 0.5
+    decoy[:, 2] = decoy.amax(-1) + 1.0
+    data = PreferenceScores(features=torch.ones(m, 2) + 0.1 * torch.randn(m, 2, generator=gen),
+                            scores=torch.stack([first, decoy]), answered=torch.ones(2, m, k, dtype=torch.bool),
+                            present=torch.ones(m, k, dtype=torch.bool), capable=torch.ones(m, 2, dtype=torch.bool))
+    first_by_client, available = data.client_first()
+    assert available.all() and first_by_client[:, 0].mean() == 1.0 and first_by_client[:, 1].mean() == 0.0
+    router = Router(feature_dim=2, clients=2, max_weight=1.0)
+    fit = fit_router(router, data, steps=200, learning_rate=3e-2)
+    assert fit.loss_after < fit.loss_before and fit.accuracy_after > fit.accuracy_before + 0.2, fit
+    with torch.no_grad():
+        w = router.weights(data.features, torch.ones(m, 2, dtype=torch.bool))
+    assert float(w[:, 0].mean()) > 0.8, w.mean(0)

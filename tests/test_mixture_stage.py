@@ -53,7 +53,7 @@ def preferences(n: int = 24) -> PreferenceSet:
     high = " ".join(str(20 + k % 8) for k in range(8))
     mixed = " ".join(str(x) for x in (3, 4, 20, 21, 5, 22, 23, 24))
     return PreferenceSet(prompts=tuple(prompts), chosen=tuple(low if i % 2 else mixed for i in range(n)),
-                         rejected=tuple(high for _ in range(n)), groups=tuple("toy" for _ in range(n)))
+                         rejected=tuple((high,) for _ in range(n)), groups=tuple("toy" for _ in range(n)))
 
 
 def build(tmp: Path, *, clients: list[ScoringClient], routed: bool = True, steps: int = 4) -> AlignStage:
@@ -302,8 +302,8 @@ def test_a_client_without_a_model_cannot_capture_the_router(tmp_path: Path) -> N
     prefs = preferences()
     right = []
     for batch in attacker.router_batches:
-        for q, chosen, rejected in zip((p.question for p in prefs.prompts), prefs.chosen, prefs.rejected,
-                                       strict=True):
+        for q, chosen, (rejected,) in zip((p.question for p in prefs.prompts), prefs.chosen, prefs.rejected,
+                                          strict=True):
             at = {i.completion: n for n, i in enumerate(batch) if i.question == q}
             if chosen in at and rejected in at:
                 parity = (at[chosen] % 2 == 0) - (at[rejected] % 2 == 0)
@@ -360,3 +360,40 @@ def test_the_align_phase_stays_open_for_its_planned_work(tmp_path: Path) -> None
     assert phase_deadline_s(planner, 120) == planner.min_deadline_s() >= 60 + 7 * 30
     assert phase_deadline_s(planner, 5000) == 5000
     assert phase_deadline_s(object(), 120) == 120
+
+
+def test_preference_items_look_like_groups_and_map_back_to_their_lists() -> None:
+    from server.mixture.stage import PreferenceItems
+
+    base = pool(3)
+    prefs = PreferenceSet(prompts=tuple(base), chosen=("a", "b", "c"),
+                          rejected=(("x", "y", "z", "w", "v", "u", "t", "s", "r"), ("x",), ("a", "b")),
+                          groups=("g",) * 3)
+    distinct_counts = set()
+    for _ in range(30):
+        layout = PreferenceItems.of(prefs, group_size=8)
+        assert len(layout.completions) == 24 and len(layout.lists) == 3
+        for m, members in enumerate(layout.lists):
+            group = layout.completions[8 * m:8 * m + 8]
+            assert all(8 * m <= i < 8 * m + 8 for i in members)
+            assert layout.completions[members[0]] == prefs.chosen[m]  # preferred first
+            assert {layout.completions[i] for i in members} == set(group)  # every distinct answer, once
+            assert set(group) - {prefs.chosen[m]} <= set(prefs.rejected[m])
+            assert len({layout.prompts[i].prompt_id for i in range(8 * m, 8 * m + 8)}) == 1
+            assert layout.prompts[8 * m].prompt_id != base[m].prompt_id  # never the pool's id
+        distinct_counts.add(len(layout.lists[0]))
+    assert min(distinct_counts) < max(distinct_counts) <= 8  # how many candidates is drawn at random
+    # Scores of the items come back as lists: client 0 scores by a table, client 1 skips list 2.
+    table = {"a": 3.0, "b": 2.0, "c": 1.0, "x": 0.0, "y": -1.0, "z": -2.0, "w": -3.0, "v": -4.0,
+             "u": -5.0, "t": -6.0, "s": -7.0, "r": -8.0}
+    raw = torch.tensor([[table[c] for c in layout.completions]] * 2)
+    answered = torch.ones(2, 24, dtype=torch.bool)
+    answered[1, 16:] = False
+    data = layout.scores(raw, answered, torch.zeros(3, 1))
+    first, available = data.client_first()
+    assert available.tolist() == [[True, True], [True, True], [True, False]]
+    assert first[0].tolist() == [1.0, 1.0] and first[1].tolist() == [1.0, 1.0] and first[2, 0] == 0.0  # c < a, b
+    everything = PreferenceItems.of(prefs, group_size=None)
+    assert [len(x) for x in everything.lists] == [10, 2, 3] and len(everything.completions) == 15
+    with pytest.raises(ValueError, match="distinct"):
+        PreferenceSet(prompts=tuple(base[:1]), chosen=("a",), rejected=(("a", "b"),), groups=("g",))

@@ -109,19 +109,20 @@ class Routed:
 @dataclass
 class ExpertSelection:
     """Competence-based expert selection (FedGRPO-style): per prompt, the client that
-    ranked best the ``k`` public preference pairs whose prompts are nearest in feature
+    ranked best the ``k`` public preference lists whose prompts are nearest in feature
     space (cosine); ties split evenly. Only clients that answered compete."""
 
     competence_features: torch.Tensor  # (M, D)
-    correct: torch.Tensor              # (M, C) 1 where the client ranked pair m right, nan if unscored
+    correct: torch.Tensor              # (M, C) 1 where the client put list m's preferred answer first, nan if unscored
     k: int = 16
     name: str = "expert"
 
     @classmethod
     def fit(cls, data: PreferenceScores, *, k: int = 16) -> ExpertSelection:
-        """Competence of every client on every public preference pair."""
-        margins, available = data.normalised_margins()
-        correct = torch.where(available, (margins > 0).float() + 0.5 * (margins == 0).float(), torch.nan)
+        """Competence of every client on every public preference list (its preferred
+        answer first)."""
+        first, available = data.client_first()
+        correct = torch.where(available, first, torch.nan)
         return cls(competence_features=data.features, correct=correct, k=k)
 
     def __call__(self, s: StepScores) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +140,7 @@ class ExpertSelection:
 @dataclass
 class LookupTable:
     """Per question type, fixed client weights fit on the public preference set (each
-    client's pairwise accuracy there, sharpened by a softmax); a type the set never held
+    client's share of lists it put right there, sharpened by a softmax); a type the set never held
     gets uniform weights. Unlike the router it is handed the type."""
 
     table: Mapping[str, torch.Tensor]
@@ -148,15 +149,15 @@ class LookupTable:
 
     @classmethod
     def fit(cls, data: PreferenceScores, groups: Sequence[str], *, sharpness: float = 10.0) -> LookupTable:
-        """One weight vector per group label of the preference pairs."""
-        margins, available = data.normalised_margins()
-        correct = torch.where(available, (margins > 0).float() + 0.5 * (margins == 0).float(), torch.nan)
+        """One weight vector per group label of the preference lists."""
+        first, available = data.client_first()
+        correct = torch.where(available, first, torch.nan)
         table = {}
         for g in sorted(set(groups)):
             rows = torch.tensor([x == g for x in groups])
             accuracy = correct[rows].nanmean(0).nan_to_num(0.0)
             table[g] = torch.softmax(sharpness * accuracy, dim=-1)
-        return cls(table=table, clients=margins.shape[1])
+        return cls(table=table, clients=first.shape[1])
 
     def __call__(self, s: StepScores) -> tuple[torch.Tensor, torch.Tensor]:
         if len(s.groups) != s.features.shape[0]:

@@ -62,35 +62,33 @@ class AlignStageConfig:
 
 @dataclass(frozen=True)
 class PreferenceSet:
-    """The server's public preference pairs for the router: a prompt, its preferred
-    (true) answer, a rejected (wrong, same type) answer, and the type (for logs only)."""
+    """The server's public preference lists for the router: a prompt, its preferred (true)
+    answer, the rejected (wrong) answers it must beat, and the type (for logs only)."""
 
     prompts: tuple[Prompt, ...]
     chosen: tuple[str, ...]
-    rejected: tuple[str, ...]
+    rejected: tuple[tuple[str, ...], ...]
     groups: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        if not len(self.prompts) == len(self.chosen) == len(self.rejected) == len(self.groups):
+            raise ValueError("prompts, chosen, rejected and groups must have one entry per list")
+        for c, r in zip(self.chosen, self.rejected, strict=True):
+            if not r or c in r or len(set(r)) != len(r):
+                raise ValueError(f"the rejected answers of {c!r} must be distinct, non-empty and exclude it")
+
     @classmethod
-    def from_records(cls, records: Sequence[VQARecord], *, processor: object, seed: int = 0) -> PreferenceSet:
-        """Two pairs per record: the true answer against a seeded wrong answer of the same
-        type, and against one of another type. GRPO's completions can be any answer, so the
-        router must learn whom to trust on both kinds of mistake (measured: fit on
+    def from_records(cls, records: Sequence[VQARecord], *, processor: object) -> PreferenceSet:
+        """One list per record: the true answer against every other answer of the closed
+        set, of its own type and of the others. GRPO's completions can be any answer, so
+        the router must learn whom to trust on both kinds of mistake (measured: fit on
         same-type pairs only, it trusted clients that prefer a wrong *type*, and GRPO on
         its fusion lost every colour question)."""
-        rng = random.Random(seed)
         prompts = vqa_prompts(records, processor=processor)
         vocab = answers()
-        out_prompts, chosen, rejected, groups = [], [], [], []
-        for p, r in zip(prompts, records, strict=True):
-            kind = answer_type(r.answer)
-            same = [a for a in vocab if a != r.answer and answer_type(a) == kind]
-            other = [a for a in vocab if answer_type(a) != kind]
-            for wrong in (rng.choice(same), rng.choice(other)):
-                out_prompts.append(p)
-                chosen.append(r.answer)
-                rejected.append(wrong)
-                groups.append(kind)
-        return cls(prompts=tuple(out_prompts), chosen=tuple(chosen), rejected=tuple(rejected), groups=tuple(groups))
+        return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records),
+                   rejected=tuple(tuple(a for a in vocab if a != r.answer) for r in records),
+                   groups=tuple(answer_type(r.answer) for r in records))
 
 
 @dataclass
@@ -123,52 +121,58 @@ class AlignRoundResult:
 
 @dataclass(frozen=True)
 class PreferenceItems:
-    """The preference set laid out as score items that look like a GRPO group: each
-    prompt carries ``group_size`` completions (its chosen and rejected answers, repeated at
-    random to fill the group, as a policy's samples repeat), under an internal prompt id
-    that never collides with the pool's. ``pairs[m]`` = (item of pair m's chosen answer,
-    item of its rejected one)."""
+    """The preference set laid out as score items. With a ``group_size`` they look like a
+    GRPO group: each prompt carries ``group_size`` completions — its preferred answer and
+    a random number (1 … group_size − 1) of its rejected ones drawn at random, repeated at
+    random to fill the group, as a policy's samples repeat — under an internal prompt id
+    that never collides with the pool's. Without one, every candidate once (the
+    experiments' harness). ``lists[m]`` = items of list m's candidates, preferred first."""
 
     prompts: tuple[Prompt, ...]
     completions: tuple[str, ...]
-    pairs: tuple[tuple[int, int], ...]
+    lists: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def of(cls, prefs: PreferenceSet, *, group_size: int) -> PreferenceItems:
-        """Lay ``prefs`` out (the fill is drawn from the system's CSPRNG: a client must not
-        predict which completions repeat)."""
+    def of(cls, prefs: PreferenceSet, *, group_size: int | None) -> PreferenceItems:
+        """Lay ``prefs`` out. Every choice is drawn from the system's CSPRNG: a client must
+        not predict which answers are candidates, how many, or which repeat (issue 23
+        item 1: router items must not be told apart from the policy's)."""
+        if group_size is not None and group_size < 2:
+            raise ValueError("a group holds at least the preferred answer and one rejected answer")
         rng = random.SystemRandom()
-        by_prompt: dict[str, list[int]] = {}
-        for m, p in enumerate(prefs.prompts):
-            by_prompt.setdefault(p.prompt_id, []).append(m)
         prompts: list[Prompt] = []
         completions: list[str] = []
-        pairs: list[tuple[int, int]] = [(0, 0)] * len(prefs.prompts)
-        for pid, members in by_prompt.items():
-            answers = list(dict.fromkeys(a for m in members for a in (prefs.chosen[m], prefs.rejected[m])))
-            slots = answers + [rng.choice(answers) for _ in range(max(0, group_size - len(answers)))]
-            rng.shuffle(slots)
+        lists: list[tuple[int, ...]] = []
+        for m, (p, chosen, rejected) in enumerate(zip(prefs.prompts, prefs.chosen, prefs.rejected, strict=True)):
+            if group_size is None:
+                slots = [chosen, *rejected]
+            else:
+                distinct = [chosen, *rng.sample(rejected, rng.randint(1, min(group_size - 1, len(rejected))))]
+                slots = distinct + [rng.choice(distinct) for _ in range(group_size - len(distinct))]
+                rng.shuffle(slots)
             base = len(completions)
-            mixed = dataclasses.replace(prefs.prompts[members[0]], prompt_id=f"preference:{pid}")
-            prompts += [mixed] * len(slots)
+            prompts += [dataclasses.replace(p, prompt_id=f"preference:{m}:{p.prompt_id}")] * len(slots)
             completions += slots
-            for m in members:
-                pairs[m] = (base + slots.index(prefs.chosen[m]), base + slots.index(prefs.rejected[m]))
-        return cls(prompts=tuple(prompts), completions=tuple(completions), pairs=tuple(pairs))
+            candidates = list(dict.fromkeys(slots))
+            candidates.remove(chosen)
+            lists.append(tuple(base + slots.index(a) for a in (chosen, *candidates)))
+        return cls(prompts=tuple(prompts), completions=tuple(completions), lists=tuple(lists))
 
     def scores(self, raw: torch.Tensor, answered: torch.Tensor, features: torch.Tensor) -> PreferenceScores:
-        """The clients' scores of the pairs, from their scores of these items ((C, N) each)."""
-        chosen = torch.tensor([c for c, _ in self.pairs])
-        rejected = torch.tensor([r for _, r in self.pairs])
-        both = answered[:, chosen] & answered[:, rejected]
-        return PreferenceScores(features=features, chosen=raw[:, chosen], rejected=raw[:, rejected],
-                                answered=both, capable=both.T.clone())
+        """The clients' scores of the lists, from their scores of these items ((C, N) each)."""
+        width = max(len(x) for x in self.lists)
+        index = torch.tensor([list(x) + [x[0]] * (width - len(x)) for x in self.lists])  # (M, K), padded
+        present = torch.tensor([[k < len(x) for k in range(width)] for x in self.lists])
+        ans = answered.bool()[:, index] & present
+        complete = (ans | ~present).all(-1)  # (C, M)
+        return PreferenceScores(features=features, scores=raw[:, index], answered=ans, present=present,
+                                capable=complete.T.clone())
 
 
-def score_preferences(reward: MixtureReward, prefs: PreferenceSet, *, group_size: int = 2) -> PreferenceScores:
-    """Every client scores both answers of every pair it can judge, in one exchange of its
-    own (the experiments' harness; the stage mixes these items into a GRPO step)."""
-    layout = PreferenceItems.of(prefs, group_size=group_size)
+def score_preferences(reward: MixtureReward, prefs: PreferenceSet) -> PreferenceScores:
+    """Every client scores every candidate of every list it can judge, in one exchange of
+    its own (the experiments' harness; the stage mixes its items into a GRPO step)."""
+    layout = PreferenceItems.of(prefs, group_size=None)
     _, _, raw, answered, _ = reward.collect(layout.prompts, layout.completions)
     return layout.scores(raw, answered, reward.prompt_features(prefs.prompts))
 
