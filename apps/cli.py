@@ -318,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="collaboration: federated rounds")
     p.add_argument("--local-steps", type=int, default=100, help="collaboration: DP steps per client per round")
     p.add_argument("--pairs", type=int, default=1500, help="collaboration: pairs per client")
-    p.add_argument("--questions", type=int, default=150, help="collaboration: public questions measured; reward-sweep: per type")
-    p.add_argument("--central-steps", type=int, default=300, help="collaboration: steps of the central reference")
+    p.add_argument("--questions", type=int, default=300,
+                   help="collaboration, reward-sweep: public questions measured per type; personalise: in all")
+    p.add_argument("--central-steps", type=int, default=1000, help="collaboration: steps of the central references")
     p.add_argument("--backbone", type=Path, default=None,
                    help="collaboration: the federation's pretrained backbone folder (default: pretrain one)")
     p.add_argument("--backbone-steps", type=int, default=2000, help="collaboration: pretraining steps if no --backbone")

@@ -17,10 +17,12 @@ and rounds. Rows (``ROWS``):
 - ``fedcola``: + the gate: uni-modal clients train a zero-initialised gate on the other
   stack's previous attention mean and merge it (:mod:`fedsecure.models.gate`);
 - ``central``: a reference never deployed — one non-private model per kind trained on the
-  union of every client's pairs.
+  union of every client's records;
+- ``central_dp``: the same union trained under DP-SGD at the clients' ε, batch, clip and
+  learning rate (what pooling the data would give if privacy were kept).
 
-Every model is measured on the server's public reward-evaluation questions against all
-13 answers (:mod:`server.rewards.quality`), per question type, mean over the two clients of
+Every model is measured on the server's public reward-evaluation questions (the same
+number of each type) against all 13 answers (:mod:`server.rewards.quality`), per question type, mean over the two clients of
 a kind, then mean ± std over seeds. Federated rows run the clients' own DP code
 (:class:`client_sdk.dp_training.DPStepper`, noise calibrated by the same accountant) and
 average in plaintext what the key holder would decrypt (CKKS adds ~1e-6 error; tested
@@ -47,7 +49,7 @@ from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.collaboration")
 
-ROWS = ("random_backbone", "local_only", "fedavg", "attention", "compensation", "fedcola", "central")
+ROWS = ("random_backbone", "local_only", "fedavg", "attention", "compensation", "fedcola", "central", "central_dp")
 KINDS = ("image_text", "image", "text")
 CLIENTS = ("it-1", "it-2", "img-1", "img-2", "txt-1", "txt-2")
 KIND_OF = {"it-1": "image_text", "it-2": "image_text", "img-1": "image", "img-2": "image", "txt-1": "text",
@@ -71,8 +73,8 @@ class CollaborationConfig:
     epsilon: float = 8.0
     delta: float = 1e-5
     pairs_per_client: int = 1500
-    eval_questions: int = 150
-    central_steps: int = 300
+    questions_per_type: int = 300
+    central_steps: int = 1000
     alpha: float = 0.5
     threads: int = 2
 
@@ -80,7 +82,7 @@ class CollaborationConfig:
         unknown = set(self.rows) - set(ROWS)
         if unknown or not self.rows:
             raise ValueError(f"unknown rows {sorted(unknown)}; choose from {ROWS}")
-        if not self.seeds or self.rounds < 1 or self.local_steps < 1 or self.eval_questions < 1:
+        if not self.seeds or self.rounds < 1 or self.local_steps < 1 or self.questions_per_type < 1:
             raise ValueError("need at least one seed, round, local step and evaluation question")
 
 
@@ -164,6 +166,19 @@ def _dp_round(client: _Client, cfg: CollaborationConfig, round_: int) -> None:
                    sample_rate=q) as stepper:
         for _ in range(cfg.local_steps):
             stepper.step(data)  # type: ignore[arg-type]
+
+
+def _central_dp(model: torch.nn.Module, data: object, cfg: CollaborationConfig) -> float:
+    """Train ``model`` on ``data`` under DP-SGD at the clients' ε and schedule; the σ used."""
+    from client_sdk.dp_training import DPSettings, DPStepper
+
+    q = cfg.batch_size / len(data)  # type: ignore[arg-type]
+    sigma = _sigma((), q, cfg.central_steps, cfg.delta, cfg.epsilon)
+    with DPStepper(model=model, settings=DPSettings(max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size),
+                   noise_multiplier=sigma, learning_rate=cfg.learning_rate, sample_rate=q) as stepper:
+        for _ in range(cfg.central_steps):
+            stepper.step(data)  # type: ignore[arg-type]
+    return sigma
 
 
 def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
@@ -281,15 +296,18 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
         started = time.monotonic()
         per_kind: dict[str, list[dict[str, float]]] = {}
         extra: dict[str, float] = {}
-        if row == "central":
+        if row in ("central", "central_dp"):
             for kind in KINDS:
                 torch.manual_seed(seed)
                 model, _ = build_reward_model(config_on_backbone(kind, cfg.backbone, federation_seed=seed))
-                union = [p for c in CLIENTS for p in client_pairs(name=c, clients=list(CLIENTS), kind=kind,
-                                                                    alpha=cfg.alpha, seed=seed,
-                                                                    limit=cfg.pairs_per_client)]
-                train_nonprivate(model=model, data=encode(union), steps=cfg.central_steps,
-                                 learning_rate=3e-3, batch_size=cfg.batch_size, seed=seed)
+                union = encode([p for c in CLIENTS for p in client_pairs(name=c, clients=list(CLIENTS), kind=kind,
+                                                                           alpha=cfg.alpha, seed=seed,
+                                                                           limit=cfg.pairs_per_client)])
+                if row == "central":
+                    train_nonprivate(model=model, data=union, steps=cfg.central_steps,
+                                     learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=seed)
+                else:
+                    extra[f"sigma.{kind}"] = _central_dp(model, union, cfg)
                 per_kind[kind] = [evaluate_model(model, batches[kind])]
         else:
             clients, extra = federated_clients(cfg, row, seed, encoded)
@@ -304,11 +322,12 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
 
 def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
     """Run every row for every seed; mean ± std per row, kind and metric."""
+    from fedsecure.data.easyvqa import answer_type, balanced_by_type
     from fedsecure.data.shares import server_part
 
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    questions = server_part("reward_eval")[: cfg.eval_questions]
+    questions = balanced_by_type(server_part("reward_eval"), cfg.questions_per_type)
     runs = {seed: _one_seed(cfg, seed, questions) for seed in track(cfg.seeds, desc="seeds", unit="seed")}
     summary: dict[str, dict[str, dict[str, list[float]]]] = {}
     for row in cfg.rows:
@@ -320,6 +339,7 @@ def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
                     round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "clients": {c: KIND_OF[c] for c in CLIENTS}, "eval_questions": len(questions),
+            "questions_per_type": {t: sum(answer_type(q.answer) == t for q in questions) for t in TYPES},
             "summary": summary, "per_seed": {str(s): r for s, r in runs.items()},
             "wall_s": round(time.monotonic() - started, 1)}
 
@@ -328,7 +348,8 @@ def markdown_table(result: dict[str, object]) -> str:
     """Per kind: rows × (type metric) as mean ± std."""
     summary = result["summary"]  # type: ignore[index]
     cfg = result["config"]  # type: ignore[index]
-    lines = [f"Public reward-evaluation questions ({result['eval_questions']}), every answer scored; "
+    per_type = ", ".join(f"{n} {t}" for t, n in result["questions_per_type"].items())  # type: ignore[attr-defined]
+    lines = [f"Public reward-evaluation questions ({per_type}; image-only: no yes/no), every answer scored; "
              f"ε = {cfg['epsilon']}, {cfg['rounds']} rounds × {cfg['local_steps']} DP steps, "
              f"seeds {cfg['seeds']}, mean ± std over seeds; wall {result['wall_s']} s.", ""]
     for kind in KINDS:

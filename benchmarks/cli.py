@@ -119,7 +119,7 @@ def _collaboration(args: argparse.Namespace) -> None:
     cfg = CollaborationConfig(backbone=backbone, seeds=tuple(int(s) for s in args.seeds.split(",")),
                               rows=tuple(args.rows.split(",")) if args.rows else ROWS, rounds=args.rounds,
                               local_steps=args.local_steps, pairs_per_client=args.pairs,
-                              eval_questions=args.questions, central_steps=args.central_steps, threads=args.threads)
+                              questions_per_type=args.questions, central_steps=args.central_steps, threads=args.threads)
     result = bench_collaboration(cfg)
     paths = write_outputs(result, args.out)
     result["outputs"] = [str(p) for p in paths]

@@ -18,7 +18,7 @@ def test_every_row_is_measured_and_written(tmp_path: Path) -> None:
     backbone = tmp_path / "backbone"
     pretrain_backbone(PretrainSettings(out=backbone, steps=2))
     cfg = CollaborationConfig(backbone=backbone, seeds=(0, 1), rounds=2, local_steps=1, batch_size=16,
-                              pairs_per_client=80, eval_questions=8, central_steps=2)
+                              pairs_per_client=80, questions_per_type=3, central_steps=2)
     result = bench_collaboration(cfg)
     summary = result["summary"]
     assert list(summary) == list(ROWS)  # type: ignore[arg-type]
