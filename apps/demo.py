@@ -307,7 +307,7 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
         print(f"[demo] ALIGN round {r['round']} ({r['seconds']:.0f} s): {r['steps']} GRPO steps ({r['skipped']} "
               f"skipped) on the fused "
               f"scores of {', '.join(r['connected'])}; router fit "
-              f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} pairwise; held-out accuracy "
+              f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} preferred first; held-out accuracy "
               f"{r['monitor_accuracy']:.3f} (type-averaged {r.get('monitor_type_mean', float('nan')):.3f}, start "
               f"{_type_mean(r.get('start_by_type')):.3f}; {'promoted' if r.get('promoted') else 'not promoted'}); "
               f"left out of steps: {r['left_out'] or 'none'}"

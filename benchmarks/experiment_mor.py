@@ -83,7 +83,7 @@ class MorExperimentConfig:
     learning_rate: float = 3e-4
     eval_questions: int = 2000
     quality_per_type: int = 300
-    router_questions: int = 300
+    router_per_type: int = 100
     rounds: int = 3
     local_steps: int = 100
     pairs_per_client: int = 1500
@@ -146,10 +146,18 @@ def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> obj
 
     torch.manual_seed(seed)
     model, _ = build_reward_model(config_on_backbone("image_text", cfg.backbone, federation_seed=seed))
-    pairs = build_pairs(server_part("router")[:cfg.router_questions], seed=seed)
+    pairs = build_pairs(_router_records(cfg), seed=seed)
     train_nonprivate(model=model, data=encode_records(records_from_pairs(pairs, answer_set=answers()), tokenizer),
                      steps=cfg.server_steps, learning_rate=3e-3, batch_size=64, seed=seed)
     return model
+
+
+def _router_records(cfg: MorExperimentConfig) -> list[object]:
+    """The server's public router questions, the same number of each type."""
+    from fedsecure.data.easyvqa import balanced_by_type
+    from fedsecure.data.shares import server_part
+
+    return balanced_by_type(server_part("router"), cfg.router_per_type)  # type: ignore[return-value]
 
 
 def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -162,7 +170,9 @@ def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped
 
     vocab = answers()
     expanded = [p for p in prompts for _ in vocab]
-    unique, prompt_of, raw, answered, _ = reward.collect(expanded, list(vocab) * len(prompts))
+    # Every client to the deadline: a measurement of the fusion, not a step (the grace once
+    # cut the slower image clients here and the first method's figures were the text clients').
+    unique, prompt_of, raw, answered, _ = reward.collect(expanded, list(vocab) * len(prompts), grace=False)
     groups = tuple(reward.group_of(p) for p in unique) if reward.group_of is not None else ()
     fused, covered = reward.combiner(StepScores(z=normalise_scores(raw, answered), answered=answered,
                                                 prompt_of=torch.tensor(prompt_of),
@@ -199,7 +209,7 @@ def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperim
 
     if router is not None:  # fit as the stage's first step would, so the judge measured is the one used
         fit_router(router, score_preferences(reward, prefs), seed=seed)
-    questions = vqa_prompts(server_part("router")[:cfg.router_questions], processor=processor)
+    questions = vqa_prompts(_router_records(cfg), processor=processor)
     judge = _fused_top1(reward, questions)
     student = evaluate_policy(policy, questions).by_type
     kept = sorted(t for t in student if judge.get(f"top1_all.{t}", 0.0) > student[t])
@@ -277,7 +287,7 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
                     "max": lambda: Extreme("max")}.get(base_method, Uniform)()
         reward = MixtureReward(clients=roster, combiner=combiner, features=features, deadline_s=600.0,
                                group_of=lambda p: answer_type(p.answer or "yes"))
-        prefs = PreferenceSet.from_records(server_part("router")[:cfg.router_questions], processor=processor)
+        prefs = PreferenceSet.from_records(_router_records(cfg), processor=processor)
         if base_method in ("expert", "table"):
             data = score_preferences(reward, prefs)
             reward.combiner = (ExpertSelection.fit(data) if base_method == "expert"

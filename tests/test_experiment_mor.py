@@ -19,7 +19,7 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
     methods = ("start", "text_only", "oracle", "routed", "routed/gated", "uniform/unscaled", "uniform", "expert",
                "table", "single:txt-1", "routed+random")
     cfg = MorExperimentConfig(backbone=backbone, out=tmp_path / "out", seeds=(0,), methods=methods, steps=2,
-                              prompts_per_step=4, eval_questions=24, quality_per_type=4, router_questions=40,
+                              prompts_per_step=4, eval_questions=24, quality_per_type=4, router_per_type=14,
                               rounds=1, local_steps=2, pairs_per_client=200, server_steps=5)
     result = run_experiment(cfg)
     paths = write_outputs(result, cfg.out)

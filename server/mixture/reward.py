@@ -12,11 +12,13 @@ refused (``RewardRejected``: GRPO skips it without touching the policy).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import math
 import random
 import secrets
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +47,7 @@ MixedScores = Callable[[torch.Tensor, torch.Tensor], None]
 """Receives the raw scores (C, M) and answered (C, M) of items mixed into a step."""
 
 _SHUFFLE = random.SystemRandom()  # item order must not be predictable by a client
+LATENCY_WINDOW = 5  # answers per client whose median sets how long it is waited for
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,16 @@ class MixtureReward:
 
     def __init__(self, *, clients: Sequence[ScoringClient], combiner: Combiner, features: FeatureFn,
                  deadline_s: float = 30.0, group_of: Callable[[Prompt], str] | None = None,
-                 offender_threshold: int = 3, skip_after_misses: int = 2, min_grace_s: float = 0.5) -> None:
+                 offender_threshold: int = 3, skip_after_misses: int = 2, min_grace_s: float = 0.5,
+                 latency_patience: float = 1.5) -> None:
         if not clients:
             raise ValueError("the mixture needs at least one client")
         if len({c.name for c in clients}) != len(clients):
             raise ValueError("client names must be unique")
-        if not deadline_s > 0 or offender_threshold < 1 or skip_after_misses < 1 or min_grace_s < 0:
+        if not deadline_s > 0 or offender_threshold < 1 or skip_after_misses < 1 or min_grace_s < 0 \
+                or latency_patience < 1:
             raise ValueError("deadline_s must be > 0, offender_threshold and skip_after_misses >= 1, "
-                             "min_grace_s >= 0")
+                             "min_grace_s >= 0, latency_patience >= 1")
         self.clients, self.combiner, self.features = list(clients), combiner, features
         self.deadline_s, self.group_of, self.offender_threshold = deadline_s, group_of, offender_threshold
         self.step = 0
@@ -128,8 +133,12 @@ class MixtureReward:
         self.faults: Counter[str] = Counter()
         self.misses: Counter[str] = Counter()           # steps each client did not answer in time
         self.missed_in_a_row: Counter[str] = Counter()  # this round; reset by new_round()
-        self.skip_after_misses, self.min_grace_s = skip_after_misses, min_grace_s
+        self.skip_after_misses, self.min_grace_s, self.latency_patience = skip_after_misses, min_grace_s, latency_patience
         self._busy: dict[str, concurrent.futures.Future[Sequence[Score]]] = {}
+        # Seconds each client took for its last few answers, late ones included (recorded
+        # by the scoring thread when the answer arrives, used or not).
+        self._latency: dict[str, collections.deque[float]] = {c.name: collections.deque(maxlen=LATENCY_WINDOW)
+                                                              for c in clients}
         self._png: dict[str, bytes] = {}
         self._feature_cache: dict[str, torch.Tensor] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(clients), thread_name_prefix="score")
@@ -244,8 +253,9 @@ class MixtureReward:
                  entry: StepLog, *, grace: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Ask, then wait for the answers until the step's deadline, or — once the answers
         in hand cover every item someone was asked for — a grace as long again as that
-        took (at least ``min_grace_s``): one silent client once held every step to its
-        deadline (issue 23 item 8). A client still answering an earlier step is not asked
+        took (at least ``min_grace_s``), longer for a client whose recent answers took
+        longer (:meth:`_cutoff`): one silent client once held every step to its deadline
+        (issue 23 item 8). A client still answering an earlier step is not asked
         again yet. Every miss is counted; only a miss of the whole deadline counts toward
         ``skip_after_misses`` in a row, after which the client is not waited for again this
         round (a slower honest client cut off by the grace keeps being asked). Without
@@ -268,31 +278,57 @@ class MixtureReward:
             if busy is not None and not busy.done():
                 self._missed(client.name, entry, "still answering an earlier step", in_a_row=False)
                 continue
-            future = self._pool.submit(client.scorer, entry.exchange, mine, self.deadline_s)
+            future = self._pool.submit(self._timed, client, entry.exchange, mine)
             self._busy[client.name] = future
             pending[future] = (ci, time.perf_counter())
             needed[[position[it.item_id] for it in mine]] = True
-        graced = False
+        covered_at: float | None = None
         while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if grace and covered_at is None and bool(answered.any(0)[needed].all()):
+                covered_at = now  # every item has an answer: the stragglers get a grace, not the deadline
+            cutoff = {f: self._cutoff(self.clients[ci].name, begun, covered_at, deadline)
+                      for f, (ci, _) in pending.items()}
+            for future in [f for f, c in cutoff.items() if c <= now]:
+                ci, _ = pending.pop(future)
+                future.cancel()  # a running answer still finishes and its time is recorded
+                if covered_at is not None and cutoff[future] < deadline:
+                    self._missed(self.clients[ci].name, entry, "missed the step's grace (the others had answered "
+                                 "every item)", in_a_row=False)
+                else:
+                    self._missed(self.clients[ci].name, entry, "missed the step's deadline")
+            if not pending:
                 break
-            done, _ = concurrent.futures.wait(pending, timeout=left, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(pending, timeout=min(cutoff[f] for f in pending) - now,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 ci, started = pending.pop(future)
                 self._take(ci, future, sent[ci], position, raw, answered, entry, started)
-            if grace and not graced and pending and bool(answered.any(0)[needed].all()):
-                graced = True  # every item has an answer: the stragglers get a grace, not the deadline
-                now = time.monotonic()
-                deadline = min(deadline, now + max(self.min_grace_s, now - begun))
-        for future, (ci, _) in pending.items():
-            future.cancel()
-            if graced:
-                self._missed(self.clients[ci].name, entry, "missed the step's grace (the others had answered every "
-                             "item)", in_a_row=False)
-            else:
-                self._missed(self.clients[ci].name, entry, "missed the step's deadline")
         return raw, answered
+
+    def _timed(self, client: ScoringClient, exchange: int, items: Sequence[ScoreItem]) -> Sequence[Score]:
+        """Run ``client``'s scorer and record how long a successful answer took."""
+        started = time.perf_counter()
+        scores = client.scorer(exchange, items, self.deadline_s)
+        self._latency[client.name].append(time.perf_counter() - started)
+        return scores
+
+    def _cutoff(self, name: str, begun: float, covered_at: float | None, deadline: float) -> float:
+        """When to stop waiting for client ``name`` this step. Before every item has an
+        answer: the deadline. After: a grace as long again as covering took (at least
+        ``min_grace_s``) — or, for a client with answers on record, ``latency_patience`` ×
+        its median answer time, if longer. A silent client has no record, so it cannot
+        hold a step (issue 23 item 8); a slower honest client is waited for as long as it
+        usually takes: cut by the grace alone, the image clients, slower than the text
+        ones, were left out of nearly every step and GRPO trained on the text clients'
+        fusion (issue 24)."""
+        if covered_at is None:
+            return deadline
+        wait_until = covered_at + max(self.min_grace_s, covered_at - begun)
+        record = list(self._latency[name])
+        if record:
+            wait_until = max(wait_until, begun + self.latency_patience * statistics.median(record))
+        return min(deadline, wait_until)
 
     def _missed(self, name: str, entry: StepLog, why: str, *, in_a_row: bool = True) -> None:
         entry.left_out[name] = why

@@ -173,7 +173,7 @@ def score_preferences(reward: MixtureReward, prefs: PreferenceSet) -> Preference
     """Every client scores every candidate of every list it can judge, in one exchange of
     its own (the experiments' harness; the stage mixes its items into a GRPO step)."""
     layout = PreferenceItems.of(prefs, group_size=None)
-    _, _, raw, answered, _ = reward.collect(layout.prompts, layout.completions)
+    _, _, raw, answered, _ = reward.collect(layout.prompts, layout.completions, grace=False)
     return layout.scores(raw, answered, reward.prompt_features(prefs.prompts))
 
 

@@ -63,7 +63,7 @@ class VQAStageSettings:
     learning_rate: float = 3e-4
     beta: float = 0.0
     pool_size: int = 1500  # balanced by type
-    router_questions: int = 300
+    router_per_type: int = 100  # public router questions of each type (the part is three-quarters yes/no)
     monitor_per_type: int = 100  # held-out questions of each type (monitor and promotion gate)
     step_deadline_s: float = 30.0
     hacking_rounds: int = 2
@@ -82,7 +82,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=4))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
     pool = vqa_prompts(prompt_pool(settings.pool_size), processor=processor)
-    preferences = PreferenceSet.from_records(server_part("router")[:settings.router_questions], processor=processor)
+    preferences = PreferenceSet.from_records(balanced_by_type(server_part("router"), settings.router_per_type),
+                                             processor=processor)
     monitor = vqa_prompts(balanced_by_type(server_part("reward_eval"), settings.monitor_per_type), processor=processor)
     features = reference_features(policy)
     router = Router(feature_dim=int(features(pool[:1]).shape[1]), clients=len(roster))
