@@ -133,9 +133,13 @@ def fused_scores(router: Router, data: PreferenceScores) -> tuple[torch.Tensor, 
     """((M, K) fused z-scores under the router's weights, −inf where no candidate; (M,)
     whether any client was available for the prompt)."""
     z, available = data.normalised()
-    w = router.weights(data.features, available)  # (M, C)
-    fused = torch.einsum("mc,cmk->mk", w, z)
-    return fused.masked_fill(~data.present.bool(), float("-inf")), available.any(-1)
+    return _fuse(router, data.features, z, available, ~data.present.bool()), available.any(-1)
+
+
+def _fuse(router: Router, features: torch.Tensor, z: torch.Tensor, available: torch.Tensor,
+          absent: torch.Tensor) -> torch.Tensor:
+    """(M, K) Σ_c w_c(x_m) z_c[m, k] with the router's weights, −inf where ``absent``."""
+    return torch.einsum("mc,cmk->mk", router.weights(features, available), z).masked_fill(absent, float("-inf"))
 
 
 def _first(fused: torch.Tensor) -> float:
@@ -165,7 +169,7 @@ def fit_router(router: Router, data: PreferenceScores, *, steps: int = 300, lear
     target = torch.zeros(int(covered.sum()), dtype=torch.long)
 
     def loss_and_fused() -> tuple[torch.Tensor, torch.Tensor]:
-        fused = torch.einsum("mc,cmk->mk", router.weights(feats, available), z).masked_fill(absent, float("-inf"))
+        fused = _fuse(router, feats, z, available, absent)
         return nn.functional.cross_entropy(margin_scale * fused, target), fused
 
     with torch.no_grad():
