@@ -153,31 +153,29 @@ def _sigma(history: tuple[tuple[float, float, int], ...], q: float, steps: int, 
     return calibrate_noise(list(history), sample_rate=q, steps=steps, delta=delta, target_epsilon=eps)
 
 
-def _dp_round(client: _Client, cfg: CollaborationConfig, round_: int) -> None:
+def _dp_steps(model: torch.nn.Module, data: object, cfg: CollaborationConfig, *, sigma: float, steps: int) -> None:
+    """``steps`` DP-SGD steps of the clients' own stepper on ``data`` at noise ``sigma``."""
     from client_sdk.dp_training import DPSettings, DPStepper
 
-    data = client.train
-    settings = DPSettings(max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size)
     q = cfg.batch_size / len(data)  # type: ignore[arg-type]
+    with DPStepper(model=model, settings=DPSettings(max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size),
+                   noise_multiplier=sigma, learning_rate=cfg.learning_rate, sample_rate=q) as stepper:
+        for _ in range(steps):
+            stepper.step(data)  # type: ignore[arg-type]
+
+
+def _dp_round(client: _Client, cfg: CollaborationConfig, round_: int) -> None:
+    q = cfg.batch_size / len(client.train)  # type: ignore[arg-type]
     rounds_left = cfg.rounds - round_ + 1
     sigma = _sigma(tuple(client.history), q, cfg.local_steps * rounds_left, cfg.delta, cfg.epsilon)
     client.history.append((sigma, q, cfg.local_steps))
-    with DPStepper(model=client.model, settings=settings, noise_multiplier=sigma, learning_rate=cfg.learning_rate,
-                   sample_rate=q) as stepper:
-        for _ in range(cfg.local_steps):
-            stepper.step(data)  # type: ignore[arg-type]
+    _dp_steps(client.model, client.train, cfg, sigma=sigma, steps=cfg.local_steps)
 
 
 def _central_dp(model: torch.nn.Module, data: object, cfg: CollaborationConfig) -> float:
     """Train ``model`` on ``data`` under DP-SGD at the clients' ε and schedule; the σ used."""
-    from client_sdk.dp_training import DPSettings, DPStepper
-
-    q = cfg.batch_size / len(data)  # type: ignore[arg-type]
-    sigma = _sigma((), q, cfg.central_steps, cfg.delta, cfg.epsilon)
-    with DPStepper(model=model, settings=DPSettings(max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size),
-                   noise_multiplier=sigma, learning_rate=cfg.learning_rate, sample_rate=q) as stepper:
-        for _ in range(cfg.central_steps):
-            stepper.step(data)  # type: ignore[arg-type]
+    sigma = _sigma((), cfg.batch_size / len(data), cfg.central_steps, cfg.delta, cfg.epsilon)  # type: ignore[arg-type]
+    _dp_steps(model, data, cfg, sigma=sigma, steps=cfg.central_steps)
     return sigma
 
 
