@@ -35,7 +35,8 @@ CONFIG_SCHEMA = {
     "personalise": {"replace_margin": "replace_margin", "distill_steps": "distill_steps",
                     "distill_weight": "distill_weight", "distill_temperature": "distill_temperature"},
     "align": {"steps": "align_steps", "out": "align_out", "prompts": "align_prompts",
-              "step_deadline_s": "align_step_deadline", "hacking_rounds": "align_hacking_rounds"},
+              "step_deadline_s": "align_step_deadline", "hacking_rounds": "align_hacking_rounds",
+              "first_round": "align_first_round"},
 }
 
 
@@ -76,6 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     align.add_argument("--align-steps", type=int, default=20, help="GRPO steps per round")
     align.add_argument("--align-out", type=Path, help="policy, router and checkpoints (default: STATE/align)")
     align.add_argument("--align-prompts", type=int, default=16, help="prompts per GRPO step")
+    align.add_argument("--align-first-round", type=int, default=1,
+                       help="the run round the ALIGN stage starts in (earlier rounds train the reward models only)")
     align.add_argument("--align-step-deadline", type=float, default=30.0, help="seconds a step waits for scores")
     align.add_argument("--align-hacking-rounds", type=int, default=2,
                        help="rounds of rising fused reward with falling held-out accuracy that stop the stage")
@@ -113,7 +116,8 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
                                                 roster_file=settings.out / "roster.json",
                                                 build_stage=lambda roster: build_vqa_stage(roster, settings),
                                                 steps_per_round=args.align_steps,
-                                                step_deadline_s=args.align_step_deadline)
+                                                step_deadline_s=args.align_step_deadline,
+                                                first_round=args.align_first_round)
     return planners | {
         TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=args.local_steps,
                                      learning_rate=args.learning_rate, batch_size=args.batch_size),

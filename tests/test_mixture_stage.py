@@ -433,3 +433,34 @@ def test_a_slower_honest_client_is_waited_for_as_long_as_it_usually_takes(tmp_pa
                                                   for e in logs)
     assert took < 8 * 5.0 / 2, took  # the silent client never held a step to its deadline
     stage.reward.close()
+
+
+def test_the_align_stage_starts_in_its_first_round_and_counts_its_rounds_from_there(tmp_path: Path) -> None:
+    import asyncio
+    import json
+    from types import SimpleNamespace
+
+    from server.mixture.sessions import ScoreSessions
+    from server.mixture.stage import AlignRoundResult
+    from server.rewards.align import AlignPlanner
+    from server.rewards.planners import MetricsLog
+    from server.rounds.phases import phase_applies
+
+    ran: list[int] = []
+
+    def run_round(r: int) -> AlignRoundResult:
+        ran.append(r)
+        return AlignRoundResult(round=r)
+
+    planner = AlignPlanner(sessions=ScoreSessions(), build_stage=lambda roster: None,  # type: ignore[arg-type, return-value]
+                           metrics=MetricsLog(tmp_path / "m.jsonl"), steps_per_round=4, first_round=3)
+    assert [phase_applies(planner, SimpleNamespace(round=r)) for r in (1, 2, 3, 4)] == [False, False, True, True]
+    planner.stage = SimpleNamespace(run_round=run_round)  # type: ignore[assignment]
+    asyncio.run(planner._drive("run", 3, []))
+    asyncio.run(planner._drive("run", 4, []))
+    assert ran == [0, 1]  # the stage's rounds 0 and 1, in run rounds 3 and 4
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["stage_round"]) for r in rows] == [(3, 0), (4, 1)]
+    with pytest.raises(ValueError, match="first_round"):
+        AlignPlanner(sessions=ScoreSessions(), build_stage=lambda roster: None,  # type: ignore[arg-type, return-value]
+                     metrics=MetricsLog(tmp_path / "n.jsonl"), steps_per_round=4, first_round=0)

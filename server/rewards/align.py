@@ -43,9 +43,13 @@ class AlignPlanner:
 
     def __init__(self, *, sessions: ScoreSessions, build_stage: StageBuilder, metrics: MetricsLog,
                  steps_per_round: int, step_deadline_s: float = 30.0, connect_timeout_s: float = 60.0,
-                 roster_file: Path | None = None) -> None:
-        if steps_per_round < 1 or not step_deadline_s > 0 or not connect_timeout_s > 0:
-            raise ValueError("steps_per_round >= 1 and positive deadlines are needed")
+                 roster_file: Path | None = None, first_round: int = 1) -> None:
+        if steps_per_round < 1 or not step_deadline_s > 0 or not connect_timeout_s > 0 or first_round < 1:
+            raise ValueError("steps_per_round >= 1, first_round >= 1 and positive deadlines are needed")
+        # The run round the stage's round 0 falls in: earlier rounds only train the reward
+        # models (GRPO on the fused rewards of barely trained models taught the demo's
+        # policy wrong colours before the models had learnt them).
+        self.first_round = first_round
         self.sessions, self.build_stage, self.metrics = sessions, build_stage, metrics
         self.steps_per_round, self.step_deadline_s, self.connect_timeout_s = (steps_per_round, step_deadline_s,
                                                                               connect_timeout_s)
@@ -63,6 +67,10 @@ class AlignPlanner:
         a margin for the policy's own compute and evaluation (the phase stays open at least
         this long, whatever its configured deadline)."""
         return self.connect_timeout_s + (self.steps_per_round + 1) * self.step_deadline_s * 1.5 + 120.0
+
+    def applies(self, ctx: PhaseContext) -> bool:
+        """The stage runs from run round ``first_round`` on."""
+        return ctx.round >= self.first_round
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
         """An ALIGN task per participant (with the attention means to apply first); the
@@ -131,7 +139,8 @@ class AlignPlanner:
                                      f"tasks announce {self.steps_per_round}")
                 await asyncio.to_thread(stage.resume)
                 self.stage = stage
-            result = await asyncio.to_thread(self.stage.run_round, round_ - 1)  # stage rounds count from 0
+            # the stage's rounds count from 0 at run round first_round
+            result = await asyncio.to_thread(self.stage.run_round, round_ - self.first_round)
             self.results.append(result)
             self.metrics.write({**dataclasses.asdict(result), "stage_round": result.round, "run_id": run_id,
                                 "round": round_, "phase": "align", "connected": connected})
