@@ -35,11 +35,42 @@ DELEGATED = {
 }
 
 
-def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
-    module, _, function = DELEGATED[command].partition(":")
+# Subcommands whose options a side defines: (help, "module:function adding them"). Only
+# the command being run has its options built (issue 25: `fedsecure keyholder` and
+# `fedsecure admin` must not load torch because the server's or a client's options do).
+SIDE_OPTIONS = {
+    "server": ("run the aggregation server", "server.cli:add_arguments"),
+    "keyholder": ("run the key holder (decrypts only quorum aggregates)", "keyholder.cli:add_arguments"),
+    "keyholder-keygen": ("make the key holder's CKKS key pair (before provisioning)",
+                         "keyholder.cli:add_keygen_arguments"),
+    "backbone": ("pretrain the federation's reward-model backbone on public data", "server.backbone.cli:add_arguments"),
+    "client": ("run a federation client", "client_sdk.cli:add_arguments"),
+    "align": ("align a policy VLM with GRPO (exact-match reward on the public pool)",
+              "server.alignment.cli:add_align_arguments"),
+    "eval": ("exact-match accuracy of a policy checkpoint on the easy-VQA test split",
+             "server.alignment.cli:add_eval_arguments"),
+    "demo": ("provision and run a whole federation on loopback", "apps.demo:add_arguments"),
+}
 
+
+def _function(path: str) -> Callable[..., Any]:
+    module, _, function = path.partition(":")
+    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+
+def _side_parser(sub: Any, name: str, built: bool) -> argparse.ArgumentParser:
+    """The subparser of a side's command, its options built only if ``built``."""
+    help_, adder = SIDE_OPTIONS[name]
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_)
+    if built:
+        _function(adder)(p)
+    p.set_defaults(func=_delegate(name))
+    return p
+
+
+def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        return int(getattr(importlib.import_module(module), function)(args))
+        return int(_function(DELEGATED[command])(args))
 
     return run
 
@@ -189,8 +220,14 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if all(a.ok for a in audits) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of every subcommand. With ``command`` (the one being run, or ""
+    for none), only that command's options are built — a side's options are defined in
+    its own package, which importing would load that side — the others are listed by
+    name and help only."""
+    def built(name: str) -> bool:
+        return command is None or command == name
+
     parser = argparse.ArgumentParser(prog="fedsecure", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,30 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeat for one backbone per architecture")
     p.set_defaults(func=_provision)
 
-    from client_sdk.cli import add_arguments as client_args
-    from server.cli import add_arguments as server_args
-
-    p = sub.add_parser("server", help="run the aggregation server")
-    server_args(p)
-    p.set_defaults(func=_delegate("server"))
-
-    from keyholder.cli import add_arguments as keyholder_args
-
-    p = sub.add_parser("keyholder", help="run the key holder (decrypts only quorum aggregates)")
-    keyholder_args(p)
-    p.set_defaults(func=_delegate("keyholder"))
-
-    from keyholder.cli import add_keygen_arguments
-
-    p = sub.add_parser("keyholder-keygen", help="make the key holder's CKKS key pair (before provisioning)")
-    add_keygen_arguments(p)
-    p.set_defaults(func=_delegate("keyholder-keygen"))
-
-    from server.backbone.cli import add_arguments as backbone_args
-
-    p = sub.add_parser("backbone", help="pretrain the federation's reward-model backbone on public data")
-    backbone_args(p)
-    p.set_defaults(func=_delegate("backbone"))
+    for name in ("server", "keyholder", "keyholder-keygen", "backbone"):
+        _side_parser(sub, name, built(name))
 
     p = sub.add_parser("report", help="the run report (HTML with charts, and JSON) from a server's metrics log")
     p.add_argument("--metrics", required=True, type=Path, help="the server's STATE/metrics.jsonl")
@@ -247,9 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.set_defaults(func=_data)
 
-    p = sub.add_parser("client", help="run a federation client")
-    client_args(p)
-    p.set_defaults(func=_delegate("client"))
+    _side_parser(sub, "client", built("client"))
 
     p = sub.add_parser("admin", help="operate the server")
     p.add_argument("--kit", required=True, type=Path)
@@ -281,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--membership", action="store_true",
                    help="run a loss-threshold membership-inference attack on a client's reward model "
                         "(needs the client's --kit, --state and data options)")
-    from client_sdk.cli import add_data_arguments
-
-    add_data_arguments(p.add_argument_group("--membership: the client whose model is attacked"), required=False)
+    if built("audit"):
+        _function("client_sdk.cli:add_data_arguments")(
+            p.add_argument_group("--membership: the client whose model is attacked"), required=False)
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
@@ -356,30 +369,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("experiment-mor"), help="folder for mor.json, .md and .svg")
     p.set_defaults(func=_delegate("experiment"))
 
-    from server.alignment.cli import add_align_arguments, add_eval_arguments
-
-    p = sub.add_parser("align", help="align a policy VLM with GRPO (exact-match reward on the public pool)")
-    add_align_arguments(p)
-    p.set_defaults(func=_delegate("align"))
-
-    p = sub.add_parser("eval", help="exact-match accuracy of a policy checkpoint on the easy-VQA test split")
-    add_eval_arguments(p)
-    p.set_defaults(func=_delegate("eval"))
-
-    from apps.demo import add_arguments as demo_args
-
-    p = sub.add_parser("demo", help="provision and run a whole federation on loopback")
-    demo_args(p)
-    p.set_defaults(func=_delegate("demo"))
+    for name in ("align", "eval", "demo"):
+        _side_parser(sub, name, built(name))
     return parser
+
+
+# The commands that take ``--config FILE``: where each file's schema is defined.
+CONFIG_SCHEMAS = {"server": "server.cli:CONFIG_SCHEMA", "client": "client_sdk.cli:CONFIG_SCHEMA"}
+
+
+def _schema(command: str) -> ConfigSchema:
+    module, _, name = CONFIG_SCHEMAS[command].partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def config_schemas() -> dict[str, ConfigSchema]:
     """The commands that take ``--config FILE``, with their files' schemas."""
-    from client_sdk.cli import CONFIG_SCHEMA as CLIENT_CONFIG
-    from server.cli import CONFIG_SCHEMA as SERVER_CONFIG
-
-    return {"server": SERVER_CONFIG, "client": CLIENT_CONFIG}
+    return {command: _schema(command) for command in CONFIG_SCHEMAS}
 
 
 def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -390,24 +396,28 @@ def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Ar
     raise KeyError(name)
 
 
+def _command(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ("" for none: ``fedsecure --help``)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Read ``--config FILE`` of a configurable command before the real parse, so the
     file's values become defaults that flags override."""
-    schemas = config_schemas()
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command not in schemas:
+    command = _command(argv)
+    if command not in CONFIG_SCHEMAS:
         return
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv[argv.index(command) + 1:])
     if known.config is not None:
-        apply_config(subcommand_parser(parser, command), known.config, schemas[command])
+        apply_config(subcommand_parser(parser, command), known.config, _schema(command))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedsecure`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser = build_parser(command=_command(argv))
     try:
         _apply_config_file(parser, argv)
     except ConfigFileError as exc:
