@@ -35,7 +35,8 @@ def test_pretraining_moves_the_measured_features(backbone) -> None:  # type: ign
     # Linear probes on frozen features of reward-evaluation images (never trained on).
     assert after["probe_colour"] > before["probe_colour"] + 0.1, manifest
     assert after["masked_token"] > before["masked_token"] + 0.2, manifest
-    assert manifest["data"] == {"part": "pretrain", "split_seed": 0, "images": manifest["data"]["images"],
+    assert manifest["data"] == {"parts": "pretrain, router, public pool, seed set", "split_seed": 0,
+                                "images": manifest["data"]["images"],
                                 "questions": manifest["data"]["questions"], "client_data": False}
     assert manifest["sha256"] == backbone_digest(folder)
     doc = json.loads((folder / MANIFEST).read_text())

@@ -18,7 +18,8 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--rounds", "2", "--out", str(out),
                            "--local-steps", "8", "--max-pairs", "1200", "--distill-steps", "3",
-                           "--align-steps", "2", "--grpo-eval", "32", "--backbone-steps", "30"],
+                           "--align-steps", "2", "--align-first-round", "1", "--grpo-eval", "32",
+                           "--backbone-steps", "30"],
                           capture_output=True, text=True, timeout=840,
                           env={**os.environ, "FEDSECURE_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -62,7 +63,8 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert "rounds closed" in proc.stdout and "key holder decrypted" in proc.stdout  # progress was shown
     assert "PASS" in proc.stdout and (out / "audit.html").exists()
     assert "reward models on the server's public questions" in proc.stdout
-    # The ALIGN stage: each round, GRPO steps on the fused scores every client sent over its
+    # The ALIGN stage (from round 1 here; the demo's default is its last round): each round,
+    # GRPO steps on the fused scores every client sent over its
     # score session, the router refit and its weights logged per question type.
     alignment = summary["alignment"]
     assert alignment["steps"] == 4 and 0.0 <= alignment["end_accuracy"] <= 1.0

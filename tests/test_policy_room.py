@@ -10,7 +10,8 @@ from fedsecure.data.easyvqa import answer_type
 from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
 from server.alignment.devices import select_placement
-from server.alignment.job import prompt_pool, public_labelled_records, seed_questions
+from fedsecure.data.shares import public_labelled_records
+from server.alignment.job import prompt_pool, seed_questions
 from server.alignment.policy import Policy, PolicySetup
 from server.alignment.vision_pretrain import vision_tower
 

@@ -44,3 +44,12 @@ def server_part(name: str, *, seed: int = 0) -> list[VQARecord]:
         raise ValueError(f"no server part {name!r}; choose pretrain, router or reward_eval")
     by_id = {r.record_id: r for r in load_records("train")}
     return [by_id[i] for i in ids]
+
+
+def public_labelled_records(*, seed: int = 0) -> list[VQARecord]:
+    """The server's public records whose images it may pretrain on (the backbone's stacks,
+    the policy's vision tower): the pretraining, router, prompt-pool and seed-set parts —
+    never ``reward_eval``, the held-out part reward models and the ALIGN stage are judged
+    on, and never a client's share."""
+    pool, seed_set = server_records(seed=seed)
+    return [*server_part("pretrain", seed=seed), *server_part("router", seed=seed), *pool, *seed_set]

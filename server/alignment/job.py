@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from fedsecure.data.easyvqa import VQARecord, answer_type, balanced_by_type
-from fedsecure.data.shares import server_part, server_records
+from fedsecure.data.shares import public_labelled_records, server_part, server_records
 from fedsecure.models.policy_vlm import (
     build_tiny_vlm,
     encode_answer,
@@ -144,14 +144,6 @@ def prepare_base(settings: AlignmentSettings) -> Path:
     save_policy(model, processor, tmp)
     os.replace(tmp, base)
     return base
-
-
-def public_labelled_records() -> list[VQARecord]:
-    """The server's public records whose images it may train the policy's tower on: the
-    pretraining, router, prompt-pool and seed-set parts (never ``reward_eval``, the
-    held-out part the ALIGN stage is judged on; never a client's share)."""
-    pool, seed_set = server_records(seed=0)
-    return [*server_part("pretrain"), *server_part("router"), *pool, *seed_set]
 
 
 def seed_questions(per_type: int) -> list[VQARecord]:

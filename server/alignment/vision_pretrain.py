@@ -4,8 +4,9 @@ A policy whose vision tower is a random network cannot represent colour or shape
 reward, fused or not, can then teach it to answer "what colour is the shape?" (measured:
 the built-in policy answered every colour and shape question wrong before this step).
 Like the federation's backbone (:mod:`server.backbone.pretrain`), the tower is trained on
-the server's own public ``pretrain`` part only — colour and shape of each image, labelled
-by the public questions about it, with flips and quarter turns — never on client data.
+the server's own public labelled parts only (never ``reward_eval``) — colour and shape of
+each image, labelled by the public questions about it, with flips and quarter turns —
+never on client data.
 The features trained are the ones the language model reads: the mean of the patch tokens
 of the tower's last layer (LLaVA's "default" selection drops the CLS token).
 """
