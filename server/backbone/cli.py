@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=default.hidden, help="width of every block")
     p.add_argument("--heads", type=int, default=default.heads, help="attention heads")
     p.add_argument("--intermediate", type=int, default=default.intermediate, help="MLP width")
+    p.add_argument("--threads", type=int, default=PretrainSettings.threads, help="torch CPU threads")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     shape = dataclasses.replace(BackboneShape(), layers=args.layers, hidden=args.hidden, heads=args.heads,
                                 intermediate=args.intermediate)
     manifest = pretrain_backbone(PretrainSettings(out=args.out, shape=shape, steps=args.steps, seed=args.seed,
-                                                  data_seed=args.data_seed))
+                                                  data_seed=args.data_seed, threads=args.threads))
     print(json.dumps(manifest, indent=2, sort_keys=True))
     print(f"seal it: fedsecure provision ... --backbone {args.out}", file=sys.stderr)
     return 0

@@ -66,8 +66,8 @@ class PretrainSettings:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.learning_rate <= 0:
-            raise ValueError("steps >= 1, batch_size >= 2 and a positive learning rate are needed")
+        if self.steps < 1 or self.batch_size < 2 or self.learning_rate <= 0 or self.threads < 1:
+            raise ValueError("steps >= 1, batch_size >= 2, a positive learning rate and threads >= 1 are needed")
 
 
 @dataclass(frozen=True)
