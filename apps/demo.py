@@ -241,7 +241,7 @@ def _main(args: argparse.Namespace) -> int:
 
 def _write_toml(path: Path, data: dict[str, dict[str, object]]) -> Path:
     """Write a configuration file the demo starts a party from (a user can start from it too)."""
-    path.write_text("# written by `fedsecure demo`; the schema is in README.md, Configuration files\n"
+    path.write_text("# written by `fedsecure demo`; the schema is in docs/configuration.md\n"
                     + tomli_w.dumps(data), encoding="utf-8")
     return path
 
@@ -365,7 +365,7 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
               f"scores of {', '.join(r['connected'])}; router fit "
               f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} preferred first; held-out accuracy "
               f"{r['monitor_accuracy']:.3f} (type-averaged {r.get('monitor_type_mean', float('nan')):.3f}, start "
-              f"{_type_mean(r.get('start_by_type')):.3f}; {'promoted' if r.get('promoted') else 'not promoted'}); "
+              f"{_type_mean(r.get('start_by_type')):.3f}; {_verdict(r)}); "
               f"left out of steps: {r['left_out'] or 'none'}"
               f"{'; STOPPED: ' + r['stopped'] if r.get('stopped') else ''}")
         print(f"[demo]   router weights per question type: {weights}")
@@ -388,6 +388,15 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
             "promoted_step": ev.promoted_step, "steps": ev.steps, "rounds": rounds,
             "text_only_accuracy": ev.text_only.accuracy, "text_only_by_type": ev.text_only.by_type,
             "seconds": round(time.monotonic() - started, 1)}
+
+
+def _verdict(r: dict[str, object]) -> str:
+    """The promotion gate's verdict on an ALIGN round, with the types that kept it back."""
+    if r.get("promoted"):
+        return "promoted"
+    fallen = r.get("fallen") or {}
+    return "not promoted" + ("; fell: " + ", ".join(f"{t} -{d:.2f}" for t, d in fallen.items())  # type: ignore[union-attr]
+                             if fallen else "")
 
 
 def _type_mean(by_type: object) -> float:

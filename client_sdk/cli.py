@@ -9,21 +9,14 @@ from pathlib import Path
 from fedsecure.data.local import load_pairs as load_local_pairs
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.data.shares import client_pairs
-from fedsecure.errors import KitError
 from fedsecure.kit import Kit, load_kit
-from fedsecure.models.backbone import sealed_backbones, verify_backbone
-from fedsecure.models.reward import KINDS, RewardModelConfig, config_on_backbone
+from fedsecure.models.reward import KINDS, RewardModelConfig
 from fedsecure.privacy.accountant import ACCOUNTANTS
-from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import Role
 
-from client_sdk.client import FederatedClient
-from client_sdk.dp_training import DPSettings
-from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig, RewardParticipant
+from client_sdk.join import DEFAULT_RESERVE, join_federation, reward_model_config
+from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig
 
-# Share of the ε budget federated training leaves for personalisation: 10% (ε 0.8 of 8),
-# measured to leave room for the replacement decisions and 30 distillation steps.
-DEFAULT_RESERVE = 0.1
 
 
 def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
@@ -44,7 +37,7 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
                    help="the federation's pretrained backbone folder (its SHA-256 must be the one the kit seals)")
 
 
-# `fedsecure client --config client.toml`: section -> key -> option (README, "Configuration files").
+# `fedsecure client --config client.toml`: section -> key -> option (docs/configuration.md).
 CONFIG_SCHEMA = {
     "client": {"kit": "kit", "state": "state", "address": "address", "summary": "summary", "max_idle_s": "max_idle"},
     "data": {"kind": "kind", "pairs": "pairs", "easyvqa_clients": "easyvqa_clients", "alpha": "alpha",
@@ -57,7 +50,7 @@ CONFIG_SCHEMA = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure client``."""
-    p.add_argument("--config", type=Path, help="a TOML client configuration (README: Configuration files); "
+    p.add_argument("--config", type=Path, help="a TOML client configuration (docs/configuration.md); "
                                                 "flags override it")
     add_data_arguments(p)
     p.add_argument("--address", help="server host:port (default: the kit's server_address)")
@@ -90,68 +83,37 @@ def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
 
 def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
     """The reward model: on the backbone the kit seals (required when it seals one)."""
-    sealed = sealed_backbones(kit.settings)
-    folder = getattr(args, "backbone", None)
-    if not sealed:
-        if folder is not None:
-            raise KitError(f"{kit.path}: this federation seals no backbone; run without --backbone")
-        return RewardModelConfig(kind=args.kind)
-    if folder is None:
-        raise KitError(f"{kit.path}: this federation's reward models use one of its pretrained backbones "
-                       f"(sha256 {', '.join(s[:16] + '…' for s in sealed)}): pass --backbone DIR")
-    verify_backbone(folder, expected_sha256=list(sealed))
-    return config_on_backbone(args.kind, folder)
-
-
-def personalisation_reserve(args: argparse.Namespace, kit: Kit) -> float:
-    """The command line's reserve, else the kit's setting, else the default."""
-    flag = getattr(args, "personalisation_reserve", None)
-    if flag is not None:
-        return float(flag)
-    return float(kit.settings.get("personalisation_reserve", DEFAULT_RESERVE))
-
-
-def build_participant(args: argparse.Namespace, *, dp: DPSettings | None = None) -> RewardParticipant:
-    """A reward participant from command-line options."""
-    kit = load_kit(args.kit, expected_role=Role.CLIENT)
-    config = ParticipantConfig(
-        model=model_config(args, kit),
-        budget=PrivacyBudget(getattr(args, "epsilon", 8.0), getattr(args, "delta", 1e-5),
-                             personalisation_reserve=personalisation_reserve(args, kit)),
-        score_personalised=getattr(args, "score_personalised", False),
-        dp=dp or DPSettings(max_grad_norm=args.clip, secure_mode=not args.insecure_dp),
-        accountant=getattr(args, "accountant", "rdp"), seed=args.data_seed)
-    return RewardParticipant(kit=kit, state_dir=args.state or kit.path / "state", pairs=load_pairs(args, kit),
-                             config=config)
+    return reward_model_config(kit, kind=args.kind, backbone=getattr(args, "backbone", None))
 
 
 def main(args: argparse.Namespace) -> int:
     """Enrol, serve tasks until the run finishes, print a summary."""
-    participant = build_participant(args)
-    kit = participant.kit
-    with FederatedClient(kit=kit, address=args.address, capabilities=participant.capabilities(),
-                         handlers=participant.handlers(), ledger_head=participant.ledger_head) as client:
-        summary = client.run(max_idle_s=args.max_idle)
-    doc = {"client": kit.name, "kind": participant.kind, "completed": dict(summary.completed),
-           "declined": dict(summary.declined), "refused": summary.refused, "retries": summary.retries,
-           "run_state": summary.run_state, "heldout_accuracy": participant.heldout_accuracy(),
-           "aggregates_applied": [list(a) for a in participant.applied],
-           "heldout_pairs": len(participant.heldout_data), "train_pairs": len(participant.train_data),
-           "epsilon": participant.ledger.epsilon, "epsilon_budget": participant.config.budget.epsilon,
-           "personalisation_reserve": participant.config.budget.personalisation_reserve,
-           "personalisation": _personalisation_doc(participant),
-           "delta": participant.config.budget.delta, "ledger": str(participant.ledger.path)}
+    kit = load_kit(args.kit, expected_role=Role.CLIENT)
+    report = join_federation(
+        kit=kit, pairs=load_pairs(args, kit), kind=args.kind, epsilon=args.epsilon, delta=args.delta,
+        backbone=args.backbone, state=args.state, address=args.address, accountant=args.accountant, clip=args.clip,
+        personalisation_reserve=args.personalisation_reserve, score_personalised=args.score_personalised,
+        secure_dp=not args.insecure_dp, data_seed=args.data_seed, max_idle_s=args.max_idle)
+    doc = {"client": report.client, "kind": report.kind, "completed": report.completed,
+           "declined": report.declined, "refused": list(report.refused), "retries": report.retries,
+           "run_state": report.run_state, "heldout_accuracy": report.heldout_accuracy,
+           "aggregates_applied": [list(a) for a in report.aggregates_applied],
+           "heldout_pairs": report.heldout_pairs, "train_pairs": report.train_pairs,
+           "epsilon": report.epsilon, "epsilon_budget": report.epsilon_budget,
+           "personalisation_reserve": report.personalisation_reserve,
+           "personalisation": _personalisation_doc(report.ledger.parent),
+           "delta": report.delta, "ledger": str(report.ledger)}
     if args.summary is not None:
         args.summary.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc))
     return 0
 
 
-def _personalisation_doc(participant: RewardParticipant) -> dict[str, object] | None:
+def _personalisation_doc(state_dir: Path) -> dict[str, object] | None:
     """The client's personalisation report, if it personalised (metrics and decisions)."""
     from client_sdk.personalisation.runner import REPORT_FILE
 
-    path = participant.state_dir / REPORT_FILE
+    path = state_dir / REPORT_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 

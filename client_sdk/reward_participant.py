@@ -81,7 +81,7 @@ class ParticipantConfig:
     """What a client brings: model kind and shape, budget, DP settings."""
 
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    # 10 % of ε kept from federated training for personalisation (client_sdk/cli.py DEFAULT_RESERVE).
+    # 10 % of ε kept from federated training for personalisation (client_sdk/join.py DEFAULT_RESERVE).
     budget: PrivacyBudget = field(default_factory=lambda: PrivacyBudget(8.0, 1e-5, personalisation_reserve=0.1))
     dp: DPSettings = field(default_factory=DPSettings)
     accountant: str = "rdp"

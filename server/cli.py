@@ -23,7 +23,7 @@ from fedsecure.transport.serving import add_serving_arguments, until_terminated,
 log = logging.getLogger("fedsecure.server")
 
 
-# `fedsecure server --config run.toml`: section -> key -> option (README, "Configuration files").
+# `fedsecure server --config run.toml`: section -> key -> option (docs/configuration.md).
 CONFIG_SCHEMA = {
     "server": {"kit": "kit", "address": "address", "state": "state", "keyholder_address": "keyholder_address",
                "object_store_limit_mib": "object_store_limit_mib"},
@@ -42,7 +42,7 @@ CONFIG_SCHEMA = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure server``."""
-    p.add_argument("--config", type=Path, help="a TOML run configuration (README: Configuration files); "
+    p.add_argument("--config", type=Path, help="a TOML run configuration (docs/configuration.md); "
                                                 "flags override it")
     add_serving_arguments(p, party="server", address_setting="server_address",
                           state="its database, object store and metrics")

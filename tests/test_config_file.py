@@ -120,10 +120,10 @@ def test_hostile_files_only_raise_config_errors(tmp_path_factory: pytest.TempPat
     assert set(values) <= {dest for keys in config_schemas()["server"].values() for dest in keys.values()}
 
 
-def test_the_readme_examples_load_and_document_every_key(tmp_path: Path) -> None:
+def test_the_configuration_reference_examples_load_and_document_every_key(tmp_path: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
     assert len(blocks) == 2
     for block, command in zip(blocks, ("server", "client"), strict=True):
@@ -132,5 +132,5 @@ def test_the_readme_examples_load_and_document_every_key(tmp_path: Path) -> None
         schema = config_schemas()[command]
         values = load_config(path, schema=schema, parser=subcommand_parser(build_parser(), command))
         documented = {dest for keys in schema.values() for dest in keys.values()}
-        missing = documented - set(values) - {"easyvqa_clients"}  # the README names it in a comment
-        assert not missing, f"README's {command} example lacks {sorted(missing)}"
+        missing = documented - set(values) - {"easyvqa_clients"}  # named in a comment
+        assert not missing, f"docs/configuration.md's {command} example lacks {sorted(missing)}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from fedsecure.data.easyvqa import answer_type
 from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
@@ -22,6 +24,24 @@ def test_warm_start_and_pool_are_balanced_by_type() -> None:
     pool = prompt_pool(1500)
     counts = Counter(answer_type(r.answer) for r in pool)
     assert len(set(counts.values())) == 1 and len(pool) <= 1500 and len(counts) == 3
+
+
+def test_the_gates_questions_spread_each_type_evenly_over_its_answers() -> None:
+    """A policy answering one shape to every shape question scores 1/3 on these, whatever
+    that shape's share of the part."""
+    from fedsecure.data.easyvqa import balanced_by_answer
+
+    part = server_part("reward_eval")
+    held = balanced_by_answer(part, 60)
+    by_answer = Counter(r.answer for r in held)
+    assert Counter(answer_type(r.answer) for r in held) == {"yesno": 60, "color": 60, "shape": 60}
+    assert {by_answer[a] for a in ("circle", "rectangle", "triangle")} == {20}
+    assert {by_answer[a] for a in ("yes", "no")} == {30}
+    assert max(by_answer[a] for a in by_answer if answer_type(a) == "color") - \
+        min(by_answer[a] for a in by_answer if answer_type(a) == "color") <= 1
+    assert {id(r) for r in held} <= {id(r) for r in part} and len({id(r) for r in held}) == len(held)
+    with pytest.raises(ValueError):
+        balanced_by_answer(part, 0)
 
 
 def test_tower_pretraining_never_sees_the_held_out_part() -> None:

@@ -42,7 +42,24 @@ def test_gate_known_answers() -> None:
     with pytest.raises(ValueError):
         PromotionGate(margin=1.5)
     with pytest.raises(ValueError):
+        PromotionGate(max_type_drop=-0.1)
+    with pytest.raises(ValueError):
         gate.measure_start(_m(0, 0, color=0.5))
+
+
+def test_a_gain_on_one_type_does_not_buy_a_loss_on_another() -> None:
+    """Measured in the demo: colour up 0.15, shape down 0.20 on the test, promoted by the
+    type mean alone. No type may fall below the best's by more than max_type_drop."""
+    gate = PromotionGate(margin=0.01, max_type_drop=0.05)
+    gate.measure_start(_m(-1, 0, color=0.6, shape=0.5, yesno=0.8))              # 0.633
+    collapsed = _m(0, 40, color=0.95, shape=0.33, yesno=0.8)                      # 0.693, shape -0.17
+    assert gate.fallen(collapsed) == {"shape": pytest.approx(0.17)}
+    assert not gate.consider(collapsed) and not gate.helped
+    within = _m(1, 80, color=0.8, shape=0.46, yesno=0.8)                          # shape -0.04: noise
+    assert gate.fallen(within) == {} and gate.consider(within) and gate.best is within
+    # compared with the promoted policy now, not the start
+    assert gate.fallen(_m(2, 120, color=0.74, shape=0.6, yesno=0.8)) == {"color": pytest.approx(0.06)}
+    assert PromotionGate.from_json(gate.to_json()) == gate
 
 
 def _scripted(results: list[dict[str, float]]) -> Iterator[EvalResult]:

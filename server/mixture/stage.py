@@ -52,12 +52,15 @@ class AlignStageConfig:
     # a round's policy is promoted (exported) only if it beats the best so far, the start
     # included, by this much type-averaged held-out accuracy (server/mixture/promotion.py)
     promotion_margin: float = 0.01
+    # ... and only if no question type fell below the best's by more than this
+    promotion_max_type_drop: float = 0.05
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
-        if not 0.0 <= self.hacking_min_drop < 1.0 or not 0.0 <= self.promotion_margin < 1.0:
-            raise ValueError("hacking_min_drop and promotion_margin must be in [0, 1)")
+        if not all(0.0 <= x < 1.0 for x in (self.hacking_min_drop, self.promotion_margin,
+                                             self.promotion_max_type_drop)):
+            raise ValueError("hacking_min_drop, promotion_margin and promotion_max_type_drop must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class AlignRoundResult:
     start_accuracy: float = float("nan")
     start_by_type: dict[str, float] = field(default_factory=dict)
     promoted: bool = False
+    fallen: dict[str, float] = field(default_factory=dict)  # types that fell too far to promote, by how much
     best_round: int = -1
     best_type_mean: float = float("nan")
     router_fit: dict[str, float] | None = None
@@ -198,7 +202,7 @@ class AlignStage:
         self.engine, self.reward, self.pool, self.monitor = engine, reward, list(pool), list(monitor)
         self.config, self.preferences, self.router = config, preferences, router
         self.log_path, self.on_step, self.on_promote = log_path, on_step, on_promote
-        self.gate = PromotionGate(margin=config.promotion_margin)
+        self.gate = PromotionGate(margin=config.promotion_margin, max_type_drop=config.promotion_max_type_drop)
         self.history: list[dict[str, float]] = []  # per finished round: reward level, monitor accuracy
         self.reports: list[StepReport] = []  # every step this process ran
         self.skipped_in_a_row = 0
@@ -306,6 +310,7 @@ class AlignStage:
             measured = Measured(round=round_, step=engine.step_count, accuracy=ev.accuracy, by_type=ev.by_type)
             result.monitor_type_mean = measured.type_mean
             if self.gate.start is not None:
+                result.fallen = self.gate.fallen(measured)
                 result.promoted = self.gate.consider(measured)
                 if result.promoted and self.on_promote is not None:
                     self.on_promote(measured)

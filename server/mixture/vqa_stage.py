@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.data.easyvqa import balanced_by_type
+from fedsecure.data.easyvqa import balanced_by_answer, balanced_by_type
 from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import load_policy
 from server.alignment.devices import select_placement
@@ -64,7 +64,7 @@ class VQAStageSettings:
     beta: float = 0.0
     pool_size: int = 1500  # balanced by type
     router_per_type: int = 100  # public router questions of each type (the part is three-quarters yes/no)
-    monitor_per_type: int = 100  # held-out questions of each type (monitor and promotion gate)
+    monitor_per_type: int = 100  # held-out questions of each type, its answers evenly (monitor and promotion gate)
     step_deadline_s: float = 30.0
     hacking_rounds: int = 2
     seed: int = 0
@@ -84,7 +84,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
     pool = vqa_prompts(prompt_pool(settings.pool_size), processor=processor)
     preferences = PreferenceSet.from_records(balanced_by_type(server_part("router"), settings.router_per_type),
                                              processor=processor)
-    monitor = vqa_prompts(balanced_by_type(server_part("reward_eval"), settings.monitor_per_type), processor=processor)
+    monitor = vqa_prompts(balanced_by_answer(server_part("reward_eval"), settings.monitor_per_type),
+                          processor=processor)
     features = reference_features(policy)
     router = Router(feature_dim=int(features(pool[:1]).shape[1]), clients=len(roster))
     reward = MixtureReward(clients=roster, combiner=Routed(router), features=features,
