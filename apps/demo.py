@@ -369,6 +369,12 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
               f"left out of steps: {r['left_out'] or 'none'}"
               f"{'; STOPPED: ' + r['stopped'] if r.get('stopped') else ''}")
         print(f"[demo]   router weights per question type: {weights}")
+        lift = r.get("fused_lift") or {}
+        if lift:
+            left = r.get("groups_left_out") or []
+            print("[demo]   fused reward above chance on the router's public lists (0 chance, 1 always right): "
+                  + ", ".join(f"{t} {v:.2f}" for t, v in sorted(lift.items()))  # type: ignore[union-attr]
+                  + (f"; GRPO left out {', '.join(left)} (below the floor)" if left else "; GRPO on every type"))
     def by_type(a: object, b: object) -> str:
         return ", ".join(f"{t} {a.by_type[t]:.2f} -> {b.by_type.get(t, 0.0):.2f}"  # type: ignore[attr-defined]
                          for t in sorted(a.by_type)) + (  # type: ignore[attr-defined]

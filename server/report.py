@@ -86,7 +86,7 @@ def summarise(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None
         elif phase == "align":
             row["align"] = {k: r[k] for k in ("steps", "skipped", "monitor_accuracy", "monitor_by_type",
                                               "monitor_type_mean", "start_accuracy", "start_by_type", "promoted",
-                                              "fallen", "best_round", "best_type_mean", "reward_level", "router_weights",
+                                              "fallen", "fused_lift", "groups_left_out", "best_round", "best_type_mean", "reward_level", "router_weights",
                                               "left_out", "stopped", "error") if k in r}
         elif phase == "personalise" and isinstance(client, str):
             reported = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}

@@ -210,3 +210,36 @@ def test_listwise_fit_trusts_the_client_that_puts_the_answer_first() -> None:
     with torch.no_grad():
         w = router.weights(data.features, torch.ones(m, 2, dtype=torch.bool))
     assert float(w[:, 0].mean()) > 0.8, w.mean(0)
+
+
+def test_fused_lift_by_group_known_answers() -> None:
+    """One client, lists of 3 candidates (chance 1/3): group a always right (lift 1), group
+    b right on one list of two (first ½ → lift 0.25), group c a tie for first on every list
+    (first ½ → lift 0.25), and a list nobody could judge counts nowhere."""
+    from server.mixture.router import Router, lift_by_group
+
+    scores = torch.tensor([[[3.0, 1.0, 0.0], [3.0, 0.0, 1.0],     # a: preferred first twice
+                            [3.0, 1.0, 0.0], [0.0, 3.0, 1.0],     # b: once of two
+                            [2.0, 2.0, 0.0], [2.0, 0.0, 2.0],     # c: a tie for first on both
+                            [9.0, 0.0, 0.0]]])                    # d: not judged
+    m = scores.shape[1]
+    answered = torch.ones_like(scores, dtype=torch.bool)
+    capable = torch.ones(m, 1, dtype=torch.bool)
+    capable[6, 0] = False
+    data = PreferenceScores(features=torch.zeros(m, 2), scores=scores, answered=answered,
+                            present=torch.ones(m, 3, dtype=torch.bool), capable=capable)
+    lift = lift_by_group(Router(feature_dim=2, clients=1), data, ["a", "a", "b", "b", "c", "c", "d"])
+    assert lift == {"a": pytest.approx(1.0), "b": pytest.approx(0.25), "c": pytest.approx(0.25)}
+    # Only the candidates of the list's own kind count: c's first list tied with an answer
+    # of another kind (column 1) and is now right, its second still ties (first ¾ of lists
+    # of 2: lift ½); b's first list keeps the answer it beat, its second the one it lost to
+    # (first ½, chance ½: lift 0); d, left with nothing to beat, counts nowhere.
+    comparable = torch.tensor([[True, True, True]] * 2 + [[True, False, True], [True, True, False]]
+                              + [[True, False, True]] * 2 + [[True, False, False]])
+    capable[6, 0] = True
+    lift = lift_by_group(Router(feature_dim=2, clients=1), data, ["a", "a", "b", "b", "c", "c", "d"], comparable)
+    assert lift == {"a": pytest.approx(1.0), "b": pytest.approx(0.0), "c": pytest.approx(0.5)}
+    with pytest.raises(ValueError):
+        lift_by_group(Router(feature_dim=2, clients=1), data, ["a"])
+    with pytest.raises(ValueError):
+        lift_by_group(Router(feature_dim=2, clients=1), data, ["a"] * 7, comparable[:, :2])

@@ -6,6 +6,7 @@ resumes from the last checkpointed step with the router as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -397,6 +398,16 @@ def test_preference_items_look_like_groups_and_map_back_to_their_lists() -> None
     assert [len(x) for x in everything.lists] == [10, 2, 3] and len(everything.completions) == 15
     with pytest.raises(ValueError, match="distinct"):
         PreferenceSet(prompts=tuple(base[:1]), chosen=("a",), rejected=(("a", "b"),), groups=("g",))
+    # Which candidates are of the list's own group: without rejected_groups, all of them;
+    # with them, the preferred answer and the rejected ones of its group.
+    assert everything.same_group(prefs).sum(-1).tolist() == [10, 2, 3]
+    typed = dataclasses.replace(prefs, rejected_groups=(("g", "h", "g", "h", "h", "h", "h", "h", "h"), ("h",),
+                                                        ("g", "h")))
+    same = everything.same_group(typed)
+    assert same.sum(-1).tolist() == [3, 1, 2] and bool(same[:, 0].all())
+    assert {everything.completions[everything.lists[0][k]] for k in range(10) if same[0, k]} == {"a", "x", "z"}
+    with pytest.raises(ValueError, match="rejected_groups"):
+        dataclasses.replace(prefs, rejected_groups=(("g",), ("h",), ("g", "h")))
 
 
 def test_a_slower_honest_client_is_waited_for_as_long_as_it_usually_takes(tmp_path: Path) -> None:
@@ -464,3 +475,45 @@ def test_the_align_stage_starts_in_its_first_round_and_counts_its_rounds_from_th
     with pytest.raises(ValueError, match="first_round"):
         AlignPlanner(sessions=ScoreSessions(), build_stage=lambda roster: None,  # type: ignore[arg-type, return-value]
                      metrics=MetricsLog(tmp_path / "n.jsonl"), steps_per_round=4, first_round=0)
+
+
+def test_grpo_leaves_out_the_question_types_the_fused_reward_cannot_judge(tmp_path: Path) -> None:
+    """Measured in the demo: the reward models ranked shapes near chance, GRPO on them
+    collapsed the policy's shape answers (0.48 → 0.28 on the test). With a floor on the
+    fused reward's lift over chance per type, measured on the router's public lists each
+    round, GRPO draws its prompts only from the types above it."""
+    low = " ".join(str(3 + k % 8) for k in range(8))
+    high = " ".join(str(20 + k % 8) for k in range(8))
+    n = 24
+    prefs = PreferenceSet(prompts=tuple(pool(n + 16)[16:]),  # the good client is right on "judged" only
+                          chosen=tuple(low if i % 2 else high for i in range(n)),
+                          rejected=tuple((high,) if i % 2 else (low,) for i in range(n)),
+                          groups=tuple("judged" if i % 2 else "misjudged" for i in range(n)))
+    policy = tiny_policy()
+    engine = GRPOEngine(policy=policy, config=config(lr=1e-2), checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1)
+    router = Router(feature_dim=32, clients=1, hidden=16)
+    reward = MixtureReward(clients=[ScoringClient("good", TEXT, good)], combiner=Routed(router),
+                           features=reference_features(policy), deadline_s=5.0)
+    prompts = pool()
+    groups = ["judged" if i < 8 else "misjudged" for i in range(len(prompts))]
+    with pytest.raises(ValueError, match="groups"):
+        AlignStage(engine=engine, reward=reward, pool=prompts, monitor=[], preferences=prefs, router=router,
+                   config=AlignStageConfig(min_fused_lift=0.5))
+    stage = AlignStage(engine=engine, reward=reward, pool=prompts, monitor=[], preferences=prefs, router=router,
+                       config=AlignStageConfig(steps_per_round=3, router_steps=50, min_fused_lift=0.5),
+                       pool_groups=groups)
+    drawn: list[list[str]] = []
+    sample = engine.sample_prompts
+    engine.sample_prompts = lambda p: (lambda out: (drawn.append([x.prompt_id for x in out]), out)[1])(sample(p))
+    result = stage.run_round(0)
+    assert result.fused_lift == {"judged": pytest.approx(1.0), "misjudged": pytest.approx(-1.0)}
+    assert result.groups_left_out == ["misjudged"] and result.steps == 3
+    judged = {p.prompt_id for p, g in zip(prompts, groups) if g == "judged"}
+    assert not set(drawn[0]) <= judged            # the first step carries the lists: the whole pool
+    assert all(set(ids) <= judged for ids in drawn[1:]) and len(drawn) == 3
+    # the choice survives a restart
+    again = AlignStage(engine=engine, reward=reward, pool=prompts, monitor=[], preferences=prefs, router=router,
+                       config=dataclasses.replace(stage.config), pool_groups=groups)
+    again._restore_extra(*stage._extra_state())
+    assert again.trusted == {"judged"}
+    stage.reward.close()

@@ -149,6 +149,41 @@ def _first(fused: torch.Tensor) -> float:
     return float(((fused[:, 0] > best_rejected).float() + 0.5 * (fused[:, 0] == best_rejected).float()).mean())
 
 
+def lift_by_group(router: Router, data: PreferenceScores, groups: Sequence[str],
+                  comparable: torch.Tensor | None = None) -> dict[str, float]:
+    """Per group of lists (e.g. question type): how far above chance the fused score puts
+    the preferred answer first, ``(first − chance) / (1 − chance)`` — 0 at chance (1 over
+    a list's candidates), 1 when always first. ``comparable`` (M, K) keeps only the
+    candidates that count (e.g. answers of the list's own type: a wrong *type* is easy to
+    reject and would hide a judge that cannot tell one shape from another — measured: 0.93
+    on shape lists with every answer in them); a list left with no rejected candidate,
+    or that no client could judge, is left out, and a group with none is absent. It says
+    where the federation's fused reward can be trusted to teach the policy, and where
+    GRPO would only learn its bias."""
+    if len(groups) != data.features.shape[0]:
+        raise ValueError("one group per preference list is needed")
+    fused, covered = fused_scores(router, data)
+    present = data.present.bool()
+    if comparable is not None:
+        if comparable.shape != present.shape:
+            raise ValueError("comparable must be (M, K) like the lists")
+        present = present & comparable.bool()
+        present[:, 0] = True
+    with torch.no_grad():
+        fused = fused.masked_fill(~present, float("-inf"))
+        best_rejected = fused[:, 1:].amax(-1)
+        first = (fused[:, 0] > best_rejected).float() + 0.5 * (fused[:, 0] == best_rejected).float()
+        chance = 1.0 / present.sum(-1).clamp(min=2).float()
+        covered = covered & (present.sum(-1) >= 2)
+    out: dict[str, float] = {}
+    for g in sorted(set(groups)):
+        rows = torch.tensor([x == g for x in groups]) & covered
+        if bool(rows.any()):
+            f, c = float(first[rows].mean()), float(chance[rows].mean())
+            out[g] = round((f - c) / (1.0 - c), 4)
+    return out
+
+
 def fit_router(router: Router, data: PreferenceScores, *, steps: int = 300, learning_rate: float = 1e-2,
                weight_decay: float = 1e-2, margin_scale: float = 2.0, seed: int = 0) -> RouterFit:
     """Fit ``router`` (in place, continuing from its current weights: refreshed each round)

@@ -30,7 +30,7 @@ from server.alignment.vqa_eval import evaluate_policy
 from server.mixture.combiners import Routed
 from server.mixture.promotion import Measured, PromotionGate
 from server.mixture.reward import MixIn, MixtureReward
-from server.mixture.router import PreferenceScores, Router, fit_router, weights_by_group
+from server.mixture.router import PreferenceScores, Router, fit_router, lift_by_group, weights_by_group
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,16 @@ class AlignStageConfig:
     promotion_margin: float = 0.01
     # ... and only if no question type fell below the best's by more than this
     promotion_max_type_drop: float = 0.05
+    # GRPO only on the prompts of groups (question types) where the fused reward, under
+    # the router just fit, puts the preferred answer first this far above chance on the
+    # public preference lists (router.lift_by_group); None: on every prompt
+    min_fused_lift: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
+        if self.min_fused_lift is not None and not -1.0 <= self.min_fused_lift < 1.0:
+            raise ValueError("min_fused_lift must be in [-1, 1) or None")
         if not all(0.0 <= x < 1.0 for x in (self.hacking_min_drop, self.promotion_margin,
                                              self.promotion_max_type_drop)):
             raise ValueError("hacking_min_drop, promotion_margin and promotion_max_type_drop must be in [0, 1)")
@@ -72,10 +78,14 @@ class PreferenceSet:
     chosen: tuple[str, ...]
     rejected: tuple[tuple[str, ...], ...]
     groups: tuple[str, ...]
+    # the group of each rejected answer (None: every rejected answer is of its list's group)
+    rejected_groups: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.prompts) == len(self.chosen) == len(self.rejected) == len(self.groups):
             raise ValueError("prompts, chosen, rejected and groups must have one entry per list")
+        if self.rejected_groups is not None and [len(g) for g in self.rejected_groups] != [len(r) for r in self.rejected]:
+            raise ValueError("rejected_groups must name the group of every rejected answer")
         for c, r in zip(self.chosen, self.rejected, strict=True):
             if not r or c in r or len(set(r)) != len(r):
                 raise ValueError(f"the rejected answers of {c!r} must be distinct, non-empty and exclude it")
@@ -89,9 +99,10 @@ class PreferenceSet:
         its fusion lost every colour question)."""
         prompts = vqa_prompts(records, processor=processor)
         vocab = answers()
-        return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records),
-                   rejected=tuple(tuple(a for a in vocab if a != r.answer) for r in records),
-                   groups=tuple(answer_type(r.answer) for r in records))
+        rejected = tuple(tuple(a for a in vocab if a != r.answer) for r in records)
+        return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records), rejected=rejected,
+                   groups=tuple(answer_type(r.answer) for r in records),
+                   rejected_groups=tuple(tuple(answer_type(a) for a in r) for r in rejected))
 
 
 @dataclass
@@ -117,6 +128,9 @@ class AlignRoundResult:
     best_type_mean: float = float("nan")
     router_fit: dict[str, float] | None = None
     router_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the fused reward's lift over chance per group, and the groups GRPO left out for it
+    fused_lift: dict[str, float] = field(default_factory=dict)
+    groups_left_out: list[str] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)
     offenders: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -162,6 +176,19 @@ class PreferenceItems:
             lists.append(tuple(base + slots.index(a) for a in (chosen, *candidates)))
         return cls(prompts=tuple(prompts), completions=tuple(completions), lists=tuple(lists))
 
+    def same_group(self, prefs: PreferenceSet) -> torch.Tensor:
+        """(M, K) which candidates of each list (padded like :meth:`scores`) are of the
+        list's own group: the preferred answer, and the rejected answers whose group
+        (``prefs.rejected_groups``; all, without it) is the list's."""
+        width = max(len(x) for x in self.lists)
+        out = torch.zeros(len(self.lists), width, dtype=torch.bool)
+        for m, items in enumerate(self.lists):
+            same = {prefs.chosen[m]} | {a for k, a in enumerate(prefs.rejected[m])
+                                        if prefs.rejected_groups is None or prefs.rejected_groups[m][k] == prefs.groups[m]}
+            for k, item in enumerate(items):
+                out[m, k] = self.completions[item] in same
+        return out
+
     def scores(self, raw: torch.Tensor, answered: torch.Tensor, features: torch.Tensor) -> PreferenceScores:
         """The clients' scores of the lists, from their scores of these items ((C, N) each)."""
         width = max(len(x) for x in self.lists)
@@ -191,7 +218,8 @@ class AlignStage:
                  monitor: Sequence[Prompt], config: AlignStageConfig = AlignStageConfig(),
                  preferences: PreferenceSet | None = None, router: Router | None = None,
                  log_path: Path | None = None, on_step: Callable[[StepReport], None] | None = None,
-                 on_promote: Callable[[Measured], None] | None = None) -> None:
+                 on_promote: Callable[[Measured], None] | None = None,
+                 pool_groups: Sequence[str] | None = None) -> None:
         if router is not None and preferences is None:
             raise ValueError("a router needs the public preference set to be fit on")
         if router is not None and not (isinstance(reward.combiner, Routed) and reward.combiner.router is router):
@@ -199,7 +227,13 @@ class AlignStage:
         if engine.checkpoint_dir is None or engine.checkpoint_every != 1:
             raise ValueError("the ALIGN stage checkpoints every step: give the engine a checkpoint_dir and "
                              "checkpoint_every=1")
+        if pool_groups is not None and len(pool_groups) != len(pool):
+            raise ValueError("pool_groups must name one group per prompt of the pool")
+        if config.min_fused_lift is not None and (pool_groups is None or router is None):
+            raise ValueError("min_fused_lift needs the router and the pool's groups")
         self.engine, self.reward, self.pool, self.monitor = engine, reward, list(pool), list(monitor)
+        self.pool_groups = list(pool_groups) if pool_groups is not None else None
+        self.trusted: set[str] | None = None  # groups GRPO trains on this round (None: all)
         self.config, self.preferences, self.router = config, preferences, router
         self.log_path, self.on_step, self.on_promote = log_path, on_step, on_promote
         self.gate = PromotionGate(margin=config.promotion_margin, max_type_drop=config.promotion_max_type_drop)
@@ -213,7 +247,8 @@ class AlignStage:
     def _extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         tensors = {f"router.{k}": v for k, v in self.router.state_dict().items()} if self.router is not None else {}
         return tensors, {"history": self.history, "skipped_in_a_row": self.skipped_in_a_row,
-                         "promotion": self.gate.to_json()}
+                         "promotion": self.gate.to_json(),
+                         "trusted": sorted(self.trusted) if self.trusted is not None else None}
 
     def _restore_extra(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
         if self.router is not None:
@@ -223,6 +258,8 @@ class AlignStage:
         self.skipped_in_a_row = int(meta.get("skipped_in_a_row", 0))  # type: ignore[call-overload]
         if isinstance(meta.get("promotion"), dict):
             self.gate = PromotionGate.from_json(meta["promotion"])  # type: ignore[arg-type]
+        trusted = meta.get("trusted")
+        self.trusted = {str(g) for g in trusted} if isinstance(trusted, list) else None
 
     def resume(self) -> int:
         """Load the newest checkpoint (policy, optimiser, router, counters); the step reached."""
@@ -248,8 +285,25 @@ class AlignStage:
                 log.warning("router not refit this round: %s", exc)
                 return
             result.router_fit = dataclasses.asdict(fit)
+            result.fused_lift = lift_by_group(router, data, prefs.groups, layout.same_group(prefs))
+            floor = self.config.min_fused_lift
+            if floor is not None:
+                trusted = {g for g, lift in result.fused_lift.items() if lift >= floor}
+                if trusted & set(self.pool_groups or ()):
+                    self.trusted = trusted
+                    result.groups_left_out = sorted(set(self.pool_groups or ()) - trusted)
+                else:  # no group to trust: leave the pool whole, the promotion gate decides
+                    self.trusted = None
 
         self.reward.mix_in = MixIn(prompts=layout.prompts, completions=layout.completions, on_scores=on_scores)
+
+    def _pool(self) -> list[Prompt]:
+        """The prompts GRPO draws from: the pool, less the groups the fused reward cannot
+        judge once the router has been fit this round (the round's first step, whose
+        items carry the preference lists, draws from the whole pool)."""
+        if self.trusted is None or self.pool_groups is None:
+            return self.pool
+        return [p for p, g in zip(self.pool, self.pool_groups, strict=True) if g in self.trusted]
 
     def router_weights(self) -> dict[str, dict[str, float]]:
         """Mean routing weight per client and question type on the preference prompts."""
@@ -282,7 +336,7 @@ class AlignStage:
         logs_before = len(self.reward.logs)
         while engine.step_count < target:
             self.reward.step = engine.step_count
-            report = engine.step(engine.sample_prompts(self.pool), self.reward)  # checkpoints the step
+            report = engine.step(engine.sample_prompts(self._pool()), self.reward)  # checkpoints the step
             self.reports.append(report)
             result.steps += 1
             if self.on_step is not None:

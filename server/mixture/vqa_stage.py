@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.data.easyvqa import balanced_by_answer, balanced_by_type
+from fedsecure.data.easyvqa import answer_type, balanced_by_answer, balanced_by_type
 from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import load_policy
 from server.alignment.devices import select_placement
@@ -65,6 +65,9 @@ class VQAStageSettings:
     pool_size: int = 1500  # balanced by type
     router_per_type: int = 100  # public router questions of each type (the part is three-quarters yes/no)
     monitor_per_type: int = 100  # held-out questions of each type, its answers evenly (monitor and promotion gate)
+    # GRPO only on the question types where the fused reward beats chance by this much on
+    # the router's public lists (AlignStageConfig.min_fused_lift; None: every type)
+    min_fused_lift: float | None = 0.5
     step_deadline_s: float = 30.0
     hacking_rounds: int = 2
     seed: int = 0
@@ -104,8 +107,10 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
 
     return AlignStage(engine=engine, reward=reward, pool=pool, monitor=monitor, preferences=preferences,
                       router=router, config=AlignStageConfig(steps_per_round=settings.steps_per_round,
-                                                             hacking_rounds=settings.hacking_rounds),
-                      log_path=settings.out / "align.jsonl", on_promote=export)
+                                                             hacking_rounds=settings.hacking_rounds,
+                                                             min_fused_lift=settings.min_fused_lift),
+                      log_path=settings.out / "align.jsonl", on_promote=export,
+                      pool_groups=[answer_type(str(p.answer)) for p in pool])
 
 
 @dataclass(frozen=True)
