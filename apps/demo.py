@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
 from fedsecure.provision import provision
 from fedsecure.transport.serving import wait_for_port_file
+
+from apps.demo_backbones import Pretraining, pretrain
 from fedsecure.types import Role
 
 # Clients of the three kinds of docs/design.md §5, and one of another architecture (a
@@ -129,9 +130,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.backbone_steps > 0:
         # The operator pretrains one backbone per architecture on its public data; the kits seal both.
         backbone, deep = work / "backbone", work / "backbone-deep"
-        probe, deep_probe = _pretrain([Pretraining(backbone, logs / "backbone"),
-                                       Pretraining(deep, logs / "backbone-deep", f" ({DEEP_LAYERS} blocks)",
-                                                   ("--layers", str(DEEP_LAYERS)))], args.backbone_steps)
+        probe, deep_probe = pretrain([Pretraining(backbone, logs / "backbone"),
+                                      Pretraining(deep, logs / "backbone-deep", f" ({DEEP_LAYERS} blocks)",
+                                                  ("--layers", str(DEEP_LAYERS)))], args.backbone_steps)
     kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
                      backbone=[backbone, deep] if backbone and deep else None,
                      keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes())
@@ -244,99 +245,6 @@ def _write_toml(path: Path, data: dict[str, dict[str, object]]) -> Path:
     path.write_text("# written by `fedsecure demo`; the schema is in docs/configuration.md\n"
                     + tomli_w.dumps(data), encoding="utf-8")
     return path
-
-
-def _cache_root() -> Path:
-    """Where the demo keeps pretrained artefacts between runs (``FEDSECURE_CACHE``)."""
-    return Path(os.environ.get("FEDSECURE_CACHE") or Path.home() / ".cache" / "fedsecure")
-
-
-@dataclass(frozen=True)
-class Pretraining:
-    """One backbone the operator pretrains: where it goes, its log stem, the label printed,
-    and the extra ``fedsecure backbone pretrain`` flags of its architecture."""
-
-    folder: Path
-    log_stem: Path
-    label: str = ""
-    extra: tuple[str, ...] = ()
-
-
-def _pretrain(jobs: list[Pretraining], steps: int) -> list[dict[str, object]]:
-    """``fedsecure backbone pretrain`` as the operator runs it, once per job; returns each
-    job's manifest. A backbone pretrained before with the same settings is reused — after
-    its digest is checked against the one recorded when it was made (a changed file is
-    pretrained anew). The others pretrain at the same time, the cores split between them:
-    these small models use two threads poorly, so two processes of one thread each finish
-    sooner than the two one after the other."""
-    import hashlib
-
-    from fedsecure import __version__
-    from fedsecure.models.backbone import backbone_digest
-    from server.backbone.pretrain import RECIPE
-
-    started = time.monotonic()
-    manifests: dict[int, dict[str, object]] = {}
-    running: list[tuple[int, Path, subprocess.Popen[bytes]]] = []
-    todo = []
-    for i, job in enumerate(jobs):
-        key = hashlib.sha256(json.dumps({"steps": steps, "extra": list(job.extra), "version": __version__,
-                                         "recipe": RECIPE}).encode())
-        entry = _cache_root() / f"backbone-{key.hexdigest()[:16]}"
-        if (entry / "manifest.json").is_file() and (entry / "backbone").is_dir():
-            probe = json.loads((entry / "manifest.json").read_text())
-            if backbone_digest(entry / "backbone") == probe.get("sha256"):
-                shutil.copytree(entry / "backbone", job.folder)
-                job.log_stem.with_suffix(".json").write_text(json.dumps(probe))
-                print(f"[demo] reusing the backbone{job.label} pretrained earlier ({steps} steps, digest "
-                      f"{str(probe['sha256'])[:12]}… verified) from {entry}", flush=True)
-                manifests[i] = probe
-                continue
-        todo.append((i, entry))
-    threads = max(1, (os.cpu_count() or 1) // max(1, len(todo)))
-    try:
-        for i, entry in todo:
-            job = jobs[i]
-            print(f"[demo] operator pretrains a reward-model backbone{job.label} on public data ({steps} steps)",
-                  flush=True)
-            with open(job.log_stem.with_suffix(".json"), "wb") as out, \
-                    open(job.log_stem.with_suffix(".log"), "wb") as err:
-                popen = subprocess.Popen([sys.executable, "-m", "apps.cli", "backbone", "pretrain",
-                                          "--out", str(job.folder), "--steps", str(steps),
-                                          "--threads", str(threads), *job.extra], stdout=out, stderr=err)
-            running.append((i, entry, popen))
-        for i, entry, popen in running:
-            job = jobs[i]
-            if popen.wait(timeout=max(1.0, 1800 - (time.monotonic() - started))) != 0:
-                raise subprocess.CalledProcessError(popen.returncode, popen.args)
-            probe = json.loads(job.log_stem.with_suffix(".json").read_text())
-            print(f"[demo] backbone{job.label} probes on public evaluation images, before -> after: colour "
-                  f"{probe['before']['probe_colour']:.2f} -> {probe['after']['probe_colour']:.2f}, shape "
-                  f"{probe['before']['probe_shape']:.2f} -> {probe['after']['probe_shape']:.2f}; masked tokens "
-                  f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f} "
-                  f"({time.monotonic() - started:.0f} s)", flush=True)
-            _cache(job.folder, probe, entry)
-            manifests[i] = probe
-    finally:  # a failure or an interrupt leaves no pretraining running
-        for _, _, popen in running:
-            if popen.poll() is None:
-                popen.kill()
-                popen.wait()
-    return [manifests[i] for i in range(len(jobs))]
-
-
-def _cache(folder: Path, probe: dict[str, object], entry: Path) -> None:
-    """Keep a pretrained backbone for the next run; a failure here only costs that run the
-    pretraining."""
-    try:
-        tmp = entry.with_name(entry.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(folder, tmp / "backbone")
-        (tmp / "manifest.json").write_text(json.dumps(probe))
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    except OSError as exc:
-        print(f"[demo] could not cache the backbone in {entry}: {exc}", flush=True)
 
 
 def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:

@@ -101,21 +101,21 @@ def test_demo_refuses_to_reuse_a_consortium(tmp_path: Path) -> None:
 
 def test_pretrained_backbones_are_reused_by_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from apps.demo import Pretraining, _pretrain
+    from apps.demo_backbones import Pretraining, pretrain
     from fedsecure.models.backbone import backbone_digest
 
     monkeypatch.setenv("FEDSECURE_CACHE", str(tmp_path / "cache"))
     # two architectures pretrained at the same time, each its own backbone
-    first, deep = _pretrain([Pretraining(tmp_path / "a", tmp_path / "a-log"),
+    first, deep = pretrain([Pretraining(tmp_path / "a", tmp_path / "a-log"),
                              Pretraining(tmp_path / "d", tmp_path / "d-log", " deep", ("--layers", "3"))], 3)
     assert first["sha256"] == backbone_digest(tmp_path / "a") != deep["sha256"] == backbone_digest(tmp_path / "d")
-    (again,) = _pretrain([Pretraining(tmp_path / "b", tmp_path / "b-log")], 3)
+    (again,) = pretrain([Pretraining(tmp_path / "b", tmp_path / "b-log")], 3)
     assert "reusing the backbone" in capsys.readouterr().out
     assert again["sha256"] == first["sha256"] == backbone_digest(tmp_path / "b")
     cached = next(p for p in (tmp_path / "cache").glob("backbone-*/backbone/backbone.json")
                   if backbone_digest(p.parent) == first["sha256"])
     cached.write_text(cached.read_text() + " ")  # a changed cached file: pretrained anew, never trusted
-    (third,) = _pretrain([Pretraining(tmp_path / "c", tmp_path / "c-log")], 3)
+    (third,) = pretrain([Pretraining(tmp_path / "c", tmp_path / "c-log")], 3)
     assert "reusing" not in capsys.readouterr().out and backbone_digest(tmp_path / "c") == third["sha256"]
 
 
