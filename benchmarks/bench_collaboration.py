@@ -327,19 +327,45 @@ def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
     started = time.monotonic()
     questions = balanced_by_type(server_part("reward_eval"), cfg.questions_per_type)
     runs = {seed: _one_seed(cfg, seed, questions) for seed in track(cfg.seeds, desc="seeds", unit="seed")}
-    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for row in cfg.rows:
-        for kind in (*KINDS, "_"):
-            keys = sorted(set().union(*(runs[s][row].get(kind, {}).keys() for s in cfg.seeds)))
-            for key in keys:
-                values = [runs[s][row][kind][key] for s in cfg.seeds if key in runs[s][row].get(kind, {})]
-                summary.setdefault(row, {}).setdefault(kind, {})[key] = [
-                    round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "clients": {c: KIND_OF[c] for c in CLIENTS}, "eval_questions": len(questions),
             "questions_per_type": {t: sum(answer_type(q.answer) == t for q in questions) for t in TYPES},
-            "summary": summary, "per_seed": {str(s): r for s, r in runs.items()},
+            "summary": _summary(runs, cfg.rows), "per_seed": {str(s): r for s, r in runs.items()},
             "wall_s": round(time.monotonic() - started, 1)}
+
+
+def _summary(runs: dict[int, dict[str, dict[str, dict[str, float]]]],
+             rows: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per row, kind and metric: [mean, std] over the seeds."""
+    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for row in rows:
+        for kind in (*KINDS, "_"):
+            keys = sorted(set().union(*(runs[s][row].get(kind, {}).keys() for s in runs)))
+            for key in keys:
+                values = [runs[s][row][kind][key] for s in runs if key in runs[s][row].get(kind, {})]
+                summary.setdefault(row, {}).setdefault(kind, {})[key] = [
+                    round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
+    return summary
+
+
+def merge_seeds(results: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One result from runs of the same configuration on different seeds (each seed run
+    on its own, so that a long ablation keeps what it finished); refused if anything but
+    the seeds differs, or a seed repeats. The wall time is the sum of the runs'."""
+    if not results:
+        raise ValueError("nothing to merge")
+    def same(r: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in r["config"].items() if k != "seeds"}  # type: ignore[attr-defined]
+    first = results[0]
+    if any(same(r) != same(first) or r["questions_per_type"] != first["questions_per_type"] for r in results):
+        raise ValueError("the runs differ in more than their seeds")
+    runs = {int(s): r for res in results for s, r in res["per_seed"].items()}  # type: ignore[attr-defined]
+    if len(runs) != sum(len(res["per_seed"]) for res in results):  # type: ignore[arg-type]
+        raise ValueError("a seed was run twice")
+    config = {**first["config"], "seeds": sorted(runs)}  # type: ignore[dict-item]
+    return {**first, "config": config, "summary": _summary(runs, config["rows"]),
+            "per_seed": {str(s): runs[s] for s in sorted(runs)},
+            "wall_s": round(sum(float(r["wall_s"]) for r in results), 1)}  # type: ignore[arg-type]
 
 
 def markdown_table(result: dict[str, object]) -> str:

@@ -36,3 +36,22 @@ def test_every_row_is_measured_and_written(tmp_path: Path) -> None:
     table = paths[1].read_text()
     assert all(f"| {row} |" in table for row in ROWS) and "±" in table
     assert paths[2].read_text().startswith("<svg") and "fedcola" in paths[2].read_text()
+
+
+def test_seeds_run_apart_merge_into_one_table() -> None:
+    """A long ablation runs one seed per process so that it keeps what it finished; the
+    merged result equals the one a single run would give: mean ± std over the seeds."""
+    from benchmarks.bench_collaboration import merge_seeds
+
+    def result(seed: int, value: float, **config: object) -> dict[str, object]:
+        return {"config": {"seeds": [seed], "rows": ["local_only"], "rounds": 3, **config},
+                "questions_per_type": {"color": 3}, "wall_s": 10.0,
+                "per_seed": {str(seed): {"local_only": {"image": {"top1_all.color": value}}}}}
+
+    merged = merge_seeds([result(0, 0.2), result(1, 0.4), result(2, 0.6)])
+    assert merged["config"]["seeds"] == [0, 1, 2] and merged["wall_s"] == 30.0
+    assert merged["summary"]["local_only"]["image"]["top1_all.color"] == [pytest.approx(0.4), pytest.approx(0.2)]
+    with pytest.raises(ValueError, match="differ"):
+        merge_seeds([result(0, 0.2), result(1, 0.4, rounds=1)])
+    with pytest.raises(ValueError, match="twice"):
+        merge_seeds([result(0, 0.2), result(0, 0.4)])
