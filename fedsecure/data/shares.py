@@ -51,5 +51,6 @@ def public_labelled_records(*, seed: int = 0) -> list[VQARecord]:
     the policy's vision tower): the pretraining, router, prompt-pool and seed-set parts —
     never ``reward_eval``, the held-out part reward models and the ALIGN stage are judged
     on, and never a client's share."""
-    pool, seed_set = server_records(seed=seed)
-    return [*server_part("pretrain", seed=seed), *server_part("router", seed=seed), *pool, *seed_set]
+    split = split_federation(clients=["_"], seed=seed)
+    by_id = {r.record_id: r for r in load_records("train")}
+    return [by_id[i] for part in (split.pretrain, split.router, split.public_pool, split.seed_set) for i in part]

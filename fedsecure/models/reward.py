@@ -203,7 +203,7 @@ class RewardModel(nn.Module):
 
     # --- scoring --------------------------------------------------------------------
 
-    def _text_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+    def _text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                   position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLS feature, answer feature) of "question [SEP] answer": the answer feature is
         the mean of the answer segment's tokens (segment 1), so the image can be matched
@@ -233,7 +233,7 @@ class RewardModel(nn.Module):
             assert image_feats is not None
             logits = self.head(image_feats)
             return torch.log_softmax(logits, dim=-1).gather(1, batch[f"{which}_answer"].unsqueeze(1)).squeeze(1)
-        txt = self._text_cls(batch[f"{which}_input_ids"], batch[f"{which}_attention_mask"],
+        txt = self._text_features(batch[f"{which}_input_ids"], batch[f"{which}_attention_mask"],
                              batch[f"{which}_token_type_ids"], batch["position_ids"])
         return self.head(self._joint(txt, image_feats)).squeeze(-1)
 
@@ -275,7 +275,7 @@ class RewardModel(nn.Module):
         def rows(name: str) -> torch.Tensor:
             return batch[name].transpose(0, 1).reshape(k * b, seq)
 
-        txt = self._text_cls(rows("candidate_input_ids"), rows("candidate_attention_mask"),
+        txt = self._text_features(rows("candidate_input_ids"), rows("candidate_attention_mask"),
                              rows("candidate_token_type_ids"), batch["position_ids"].repeat(k, 1))
         both = None if feats is None else feats.repeat(k, 1)
         return self.head(self._joint(txt, both)).squeeze(-1).view(k, b).transpose(0, 1)
@@ -293,7 +293,7 @@ class RewardModel(nn.Module):
         if self.config.kind == "image":
             return self.reward(batch, "chosen", feats) - self.reward(batch, "rejected", feats)
         n = batch["chosen_input_ids"].shape[0]
-        txt = self._text_cls(*(torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
+        txt = self._text_features(*(torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
                                for k in ("input_ids", "attention_mask", "token_type_ids")),
                              torch.cat([batch["position_ids"], batch["position_ids"]]))
         both = None if feats is None else torch.cat([feats, feats])
