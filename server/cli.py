@@ -36,7 +36,7 @@ CONFIG_SCHEMA = {
                     "distill_weight": "distill_weight", "distill_temperature": "distill_temperature"},
     "align": {"steps": "align_steps", "out": "align_out", "prompts": "align_prompts",
               "step_deadline_s": "align_step_deadline", "hacking_rounds": "align_hacking_rounds",
-              "first_round": "align_first_round"},
+              "first_round": "align_first_round", "min_fused_lift": "align_min_fused_lift"},
 }
 
 
@@ -82,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     align.add_argument("--align-step-deadline", type=float, default=30.0, help="seconds a step waits for scores")
     align.add_argument("--align-hacking-rounds", type=int, default=2,
                        help="rounds of rising fused reward with falling held-out accuracy that stop the stage")
+    align.add_argument("--align-min-fused-lift", type=float, default=None,
+                       help="GRPO only on the question types where the fused reward beats chance by this much among "
+                            "answers of the type, on the router's public questions (0 chance, 1 always right; "
+                            "default: the stage's, 0.5; -1: every type)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
@@ -110,8 +114,9 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
 
         settings = VQAStageSettings(out=args.align_out or state_dir / "align", steps_per_round=args.align_steps,
                                     prompts_per_step=args.align_prompts, step_deadline_s=args.align_step_deadline,
-                                    hacking_rounds=args.align_hacking_rounds,
-                                    seed=args.data_seed)
+                                    hacking_rounds=args.align_hacking_rounds, seed=args.data_seed,
+                                    **({} if args.align_min_fused_lift is None
+                                       else {"min_fused_lift": args.align_min_fused_lift}))
         planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics,
                                                 roster_file=settings.out / "roster.json",
                                                 build_stage=lambda roster: build_vqa_stage(roster, settings),
