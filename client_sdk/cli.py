@@ -70,7 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
-    """The client's pairs, from its own file or its easy-VQA share."""
+    """The client's pairs, from its own file or its easy-VQA share (all of them:
+    ``--max-pairs`` is applied by :func:`join_federation`, and by the membership audit
+    the same way)."""
     if args.pairs is not None:
         # Refused whole, with every bad record in the message (DataError is a ValueError:
         # the command prints it and exits 2 before anything is trained or sent).
@@ -78,7 +80,7 @@ def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
     else:
         clients = [c.strip() for c in args.easyvqa_clients.split(",") if c.strip()]
         pairs = client_pairs(name=kit.name, clients=clients, kind=args.kind, alpha=args.alpha, seed=args.data_seed)
-    return pairs[: args.max_pairs] if args.max_pairs else pairs
+    return pairs
 
 
 def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
@@ -93,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
         kit=kit, pairs=load_pairs(args, kit), kind=args.kind, epsilon=args.epsilon, delta=args.delta,
         backbone=args.backbone, state=args.state, address=args.address, accountant=args.accountant, clip=args.clip,
         personalisation_reserve=args.personalisation_reserve, score_personalised=args.score_personalised,
-        secure_dp=not args.insecure_dp, data_seed=args.data_seed, max_idle_s=args.max_idle)
+        secure_dp=not args.insecure_dp, data_seed=args.data_seed, max_idle_s=args.max_idle, max_pairs=args.max_pairs)
     doc = {"client": report.client, "kind": report.kind, "completed": report.completed,
            "declined": report.declined, "refused": list(report.refused), "retries": report.retries,
            "run_state": report.run_state, "heldout_accuracy": report.heldout_accuracy,
@@ -131,7 +133,9 @@ def membership_main(args: argparse.Namespace) -> int:
     kit = load_kit(args.kit, expected_role=Role.CLIENT)
     state = args.state or kit.path / "state"
     model, tokenizer = load_reward_model(state / MODEL_DIR)
-    train, held = holdout(load_pairs(args, kit), fraction=ParticipantConfig().holdout_fraction, seed=args.data_seed)
+    pairs = load_pairs(args, kit)
+    pairs = pairs[: args.max_pairs] if args.max_pairs else pairs  # as join_federation trained
+    train, held = holdout(pairs, fraction=ParticipantConfig().holdout_fraction, seed=args.data_seed)
     value = membership_auc(model, encode_pairs(train, tokenizer), encode_pairs(held, tokenizer))
     ledger = state / "ledger.jsonl"
     eps = verify_ledger(ledger, ca_cert=kit.ca_cert)[-1].epsilon_after if ledger.exists() else 0.0

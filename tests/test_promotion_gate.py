@@ -28,15 +28,15 @@ def test_gate_known_answers() -> None:
     assert math.isnan(type_mean({}))
     gate = PromotionGate(margin=0.02)
     with pytest.raises(ValueError, match="start"):
-        gate.consider(_m(0, 5, color=0.9))
+        gate.consider(_m(0, 5, color=0.9)).promoted
     gate.measure_start(_m(-1, 0, color=0.2, shape=0.4, yesno=0.9))            # type mean 0.50
     # Overall accuracy up (yes/no), type mean down: not promoted.
-    assert not gate.consider(_m(0, 5, color=0.1, shape=0.3, yesno=0.95))
-    assert not gate.consider(_m(1, 10, color=0.21, shape=0.41, yesno=0.9))  # +0.01 < margin: noise
+    assert not gate.consider(_m(0, 5, color=0.1, shape=0.3, yesno=0.95)).promoted
+    assert not gate.consider(_m(1, 10, color=0.21, shape=0.41, yesno=0.9)).promoted  # +0.01 < margin: noise
     assert not gate.helped and gate.best is gate.start
-    assert gate.consider(_m(2, 15, color=0.5, shape=0.4, yesno=0.9))        # 0.60
+    assert gate.consider(_m(2, 15, color=0.5, shape=0.4, yesno=0.9)).promoted        # 0.60
     assert gate.helped and gate.best.step == 15
-    assert not gate.consider(_m(3, 20, color=0.45, shape=0.4, yesno=0.9))   # worse than the best, not the start
+    assert not gate.consider(_m(3, 20, color=0.45, shape=0.4, yesno=0.9)).promoted   # worse than the best, not the start
     again = PromotionGate.from_json(gate.to_json())
     assert again == gate
     with pytest.raises(ValueError):
@@ -54,9 +54,10 @@ def test_a_gain_on_one_type_does_not_buy_a_loss_on_another() -> None:
     gate.measure_start(_m(-1, 0, color=0.6, shape=0.5, yesno=0.8))              # 0.633
     collapsed = _m(0, 40, color=0.95, shape=0.33, yesno=0.8)                      # 0.693, shape -0.17
     assert gate.fallen(collapsed) == {"shape": pytest.approx(0.17)}
-    assert not gate.consider(collapsed) and not gate.helped
+    verdict = gate.consider(collapsed)
+    assert not verdict.promoted and verdict.fallen == {"shape": pytest.approx(0.17)} and not gate.helped
     within = _m(1, 80, color=0.8, shape=0.46, yesno=0.8)                          # shape -0.04: noise
-    assert gate.fallen(within) == {} and gate.consider(within) and gate.best is within
+    assert gate.fallen(within) == {} and gate.consider(within).promoted and gate.best is within
     # compared with the promoted policy now, not the start
     assert gate.fallen(_m(2, 120, color=0.74, shape=0.6, yesno=0.8)) == {"color": pytest.approx(0.06)}
     assert PromotionGate.from_json(gate.to_json()) == gate

@@ -40,6 +40,15 @@ class Measured:
         return type_mean(self.by_type)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate decided about one round: promoted or not, and the question types
+    that fell too far (by how much) — a round with any is never promoted."""
+
+    promoted: bool
+    fallen: dict[str, float]
+
+
 @dataclass
 class PromotionGate:
     """The start, the promoted (best) policy so far, and the rule that moves it."""
@@ -59,16 +68,18 @@ class PromotionGate:
             raise ValueError("the start is measured before the first round, on at least one question type")
         self.start = self.best = measured
 
-    def consider(self, measured: Measured) -> bool:
+    def consider(self, measured: Measured) -> Verdict:
         """Promote ``measured`` if it beats the best by ``margin`` (type-averaged) and no
-        type fell by more than ``max_type_drop`` (see :meth:`fallen`); True if it was
-        promoted. Refuses a round measured before the start."""
+        type fell by more than ``max_type_drop`` (see :meth:`fallen`); the verdict says
+        whether it was promoted and which types fell. Refuses a round measured before the
+        start."""
         if self.best is None:
             raise ValueError("measure the start before any round")
-        if measured.type_mean >= self.best.type_mean + self.margin and not self.fallen(measured):
+        fallen = self.fallen(measured)
+        promoted = measured.type_mean >= self.best.type_mean + self.margin and not fallen
+        if promoted:
             self.best = measured
-            return True
-        return False
+        return Verdict(promoted=promoted, fallen=fallen)
 
     def fallen(self, measured: Measured) -> dict[str, float]:
         """The question types on which ``measured`` is below the best by more than

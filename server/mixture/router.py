@@ -142,11 +142,16 @@ def _fuse(router: Router, features: torch.Tensor, z: torch.Tensor, available: to
     return torch.einsum("mc,cmk->mk", router.weights(features, available), z).masked_fill(absent, float("-inf"))
 
 
-def _first(fused: torch.Tensor) -> float:
-    """Share of lists whose preferred answer (column 0) the fused score puts strictly
-    first; a tie for first counts ½."""
+def _first_per_list(fused: torch.Tensor) -> torch.Tensor:
+    """(M,) 1 where a list's preferred answer (column 0) is strictly first under ``fused``
+    (M, K), ½ on a tie for first, 0 otherwise; absent candidates must be −inf."""
     best_rejected = fused[:, 1:].amax(-1)
-    return float(((fused[:, 0] > best_rejected).float() + 0.5 * (fused[:, 0] == best_rejected).float()).mean())
+    return (fused[:, 0] > best_rejected).float() + 0.5 * (fused[:, 0] == best_rejected).float()
+
+
+def _first(fused: torch.Tensor) -> float:
+    """Share of lists whose preferred answer the fused score puts first (a tie counts ½)."""
+    return float(_first_per_list(fused).mean())
 
 
 def lift_by_group(router: Router, data: PreferenceScores, groups: Sequence[str],
@@ -170,9 +175,7 @@ def lift_by_group(router: Router, data: PreferenceScores, groups: Sequence[str],
         present = present & comparable.bool()
         present[:, 0] = True
     with torch.no_grad():
-        fused = fused.masked_fill(~present, float("-inf"))
-        best_rejected = fused[:, 1:].amax(-1)
-        first = (fused[:, 0] > best_rejected).float() + 0.5 * (fused[:, 0] == best_rejected).float()
+        first = _first_per_list(fused.masked_fill(~present, float("-inf")))
         chance = 1.0 / present.sum(-1).clamp(min=2).float()
         covered = covered & (present.sum(-1) >= 2)
     out: dict[str, float] = {}

@@ -364,8 +364,8 @@ class AlignStage:
             measured = Measured(round=round_, step=engine.step_count, accuracy=ev.accuracy, by_type=ev.by_type)
             result.monitor_type_mean = measured.type_mean
             if self.gate.start is not None:
-                result.fallen = self.gate.fallen(measured)
-                result.promoted = self.gate.consider(measured)
+                verdict = self.gate.consider(measured)
+                result.promoted, result.fallen = verdict.promoted, verdict.fallen
                 if result.promoted and self.on_promote is not None:
                     self.on_promote(measured)
         if self.gate.start is not None and self.gate.best is not None:
