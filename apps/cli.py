@@ -13,8 +13,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from fedsecure.config_file import ConfigFileError, ConfigSchema, apply_config
 from fedsecure.errors import KitError, StateVersionError
@@ -53,6 +53,12 @@ SIDE_OPTIONS = {
 }
 
 
+# Commands that run on one task (issue 25): this layer picks it by name (``--task``; the
+# server's TOML key ``server.task``) and hands the side its Task — no side imports a task.
+TASKED = ("server",)
+DEFAULT_TASK = "easyvqa"
+
+
 def _function(path: str) -> Callable[..., Any]:
     module, _, function = path.partition(":")
     return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
@@ -64,12 +70,21 @@ def _side_parser(sub: Any, name: str, built: bool) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_)
     if built:
         _function(adder)(p)
+        if name in TASKED:
+            from tasks import KNOWN
+
+            p.add_argument("--task", default=DEFAULT_TASK,
+                           help=f"what the federation aligns on: {', '.join(sorted(KNOWN))} (default {DEFAULT_TASK})")
     p.set_defaults(func=_delegate(name))
     return p
 
 
 def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        if command in TASKED:
+            from tasks import get_task
+
+            return int(_function(DELEGATED[command])(args, task=get_task(args.task)))  # ValueError names the known
         return int(_function(DELEGATED[command])(args))
 
     return run

@@ -42,7 +42,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedsecure.progress import track
@@ -218,15 +217,16 @@ def eval_batches(kind: str, questions: Sequence[object], tokenizer: object,
                  per_batch: int = 20) -> list[tuple[list[str], dict[str, torch.Tensor]]]:
     """The public questions a kind can judge, each with every answer, as model inputs
     (built once, scored by every model of that kind)."""
-    from fedsecure.data.easyvqa import answer_type, answers, load_image
+    from fedsecure.data.images import load_image
     from fedsecure.models.encoding import encode_items
+    from tasks.easyvqa.data import answer_type, answers
 
     vocab = answers()
     usable = [q for q in questions if not (kind == "image" and answer_type(q.answer) == "yesno")]  # type: ignore[attr-defined]
     out = []
     for start in range(0, len(usable), per_batch):
         chunk = usable[start:start + per_batch]
-        images = ([load_image(q.split, q.image_id) for q in chunk for _ in vocab]  # type: ignore[attr-defined]
+        images = ([load_image(q.image) for q in chunk for _ in vocab]  # type: ignore[attr-defined]
                   if kind != "text" else [])
         batch = encode_items(images, [q.question for q in chunk for _ in vocab], list(vocab) * len(chunk),  # type: ignore[attr-defined]
                              tokenizer)
@@ -238,8 +238,8 @@ def evaluate_model(model: torch.nn.Module,
                    batches: Sequence[tuple[list[str], dict[str, torch.Tensor]]]) -> dict[str, float]:
     """:func:`server.rewards.quality.reward_quality` of ``model`` on :func:`eval_batches`, in
     evaluation mode (where it is left: training puts it back in its own mode)."""
-    from fedsecure.data.easyvqa import answers
     from server.rewards.quality import JudgedQuestion, reward_quality
+    from tasks.easyvqa.data import answer_type, answers
 
     vocab = answers()
     judged = []
@@ -248,7 +248,7 @@ def evaluate_model(model: torch.nn.Module,
         for truths, batch in batches:
             scores = model.score(batch).view(len(truths), len(vocab)).tolist()  # type: ignore[operator]
             judged += [JudgedQuestion(t, dict(zip(vocab, row, strict=True))) for t, row in zip(truths, scores, strict=True)]
-    return reward_quality(judged)
+    return reward_quality(judged, group_of=answer_type)
 
 
 def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: dict[str, object],
@@ -257,7 +257,11 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
     """The six clients' reward models after ``row``'s federation on seed ``seed`` (their
     encoded pairs in ``encoded``), and the row's extra figures (e.g. the spent ε);
     ``on_trained(round, clients)`` sees each round's local models before aggregation."""
-    from fedsecure.models.reward import RewardModelConfig, build_reward_model, config_on_backbone
+    from fedsecure.models.reward import (
+        RewardModelConfig,
+        build_reward_model,
+        config_on_backbone,
+    )
 
     clients = []
     for i, name in enumerate(CLIENTS):
@@ -273,11 +277,15 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
 def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) -> dict[str, dict[str, dict[str, float]]]:
     """row -> kind -> metric -> value (mean over the kind's two clients)."""
     from client_sdk.dp_training import train_nonprivate
-    from fedsecure.data.easyvqa import answers
     from fedsecure.data.preferences import records_from_pairs
-    from fedsecure.data.shares import client_pairs
     from fedsecure.models.encoding import encode_records
-    from fedsecure.models.reward import RewardModelConfig, build_reward_model, config_on_backbone
+    from fedsecure.models.reward import (
+        RewardModelConfig,
+        build_reward_model,
+        config_on_backbone,
+    )
+    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.shares import client_pairs
 
     def encode(pairs):  # type: ignore[no-untyped-def]  # the clients' own listwise records
         return encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
@@ -320,12 +328,13 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
 
 def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
     """Run every row for every seed; mean ± std per row, kind and metric."""
-    from fedsecure.data.easyvqa import answer_type, balanced_by_type
-    from fedsecure.data.shares import server_part
+    from fedsecure.task import balanced_by_group
+    from tasks.easyvqa.data import answer_type
+    from tasks.easyvqa.shares import server_part
 
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    questions = balanced_by_type(server_part("reward_eval"), cfg.questions_per_type)
+    questions = balanced_by_group(server_part("reward_eval"), cfg.questions_per_type)
     runs = {seed: _one_seed(cfg, seed, questions) for seed in track(cfg.seeds, desc="seeds", unit="seed")}
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "clients": {c: KIND_OF[c] for c in CLIENTS}, "eval_questions": len(questions),

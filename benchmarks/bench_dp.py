@@ -18,11 +18,15 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
     import dataclasses
 
     from client_sdk.dp_training import DPSettings, DPStepper, data_loss, training_mode
-    from fedsecure.data.easyvqa import answers
     from fedsecure.data.preferences import records_from_pairs
-    from fedsecure.data.shares import client_pairs
     from fedsecure.models.encoding import encode_records
-    from fedsecure.models.reward import SHARED_ADAPTER, RewardModelConfig, build_reward_model
+    from fedsecure.models.reward import (
+        SHARED_ADAPTER,
+        RewardModelConfig,
+        build_reward_model,
+    )
+    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.shares import client_pairs
 
     settings = DPSettings()  # the defaults a client runs with (secure mode on)
     if mode:
@@ -88,10 +92,14 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
     import tempfile
     from pathlib import Path
 
+    from client_sdk.dp_training import (
+        DPSettings,
+        pairwise_accuracy,
+        train_nonprivate,
+        train_private,
+    )
     from fedsecure.crypto import ckks
-    from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_nonprivate, train_private
     from fedsecure.data.preferences import holdout
-    from fedsecure.data.shares import client_pairs
     from fedsecure.kit import load_kit
     from fedsecure.models.encoding import encode_pairs
     from fedsecure.models.reward import RewardModelConfig, build_reward_model
@@ -100,6 +108,7 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
     from fedsecure.privacy.ledger import Ledger
     from fedsecure.privacy.membership import membership_auc
     from fedsecure.provision import provision
+    from tasks.easyvqa.shares import client_pairs
 
     settings = DPSettings()
     # Each variant at its own tuned learning rate (best against best): DP with a small

@@ -66,7 +66,6 @@ def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
 
 
 def _build_stage(roster: Sequence[object], cfg: MorBenchConfig, out: Path):  # type: ignore[no-untyped-def]
-    from fedsecure.data.shares import server_records
     from fedsecure.models.policy_vlm import build_tiny_vlm
     from server.alignment.devices import select_placement
     from server.alignment.grpo import GRPOConfig, GRPOEngine
@@ -77,6 +76,7 @@ def _build_stage(roster: Sequence[object], cfg: MorBenchConfig, out: Path):  # t
     from server.mixture.features import reference_features
     from server.mixture.reward import MixtureReward
     from server.mixture.stage import AlignStage, AlignStageConfig
+    from tasks.easyvqa.shares import server_records
 
     model, processor = build_tiny_vlm(seed=0)
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full"), placement=select_placement("cpu"))

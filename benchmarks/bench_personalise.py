@@ -81,7 +81,7 @@ class PersonaliseBenchConfig:
 
 def _split(cfg: PersonaliseBenchConfig, name: str, kind: str, seed: int, clients: Sequence[str]):  # type: ignore[no-untyped-def]
     from fedsecure.data.preferences import holdout
-    from fedsecure.data.shares import client_pairs
+    from tasks.easyvqa.shares import client_pairs
 
     pairs = client_pairs(name=name, clients=list(clients), kind=kind, seed=seed, limit=cfg.pairs_per_client)
     rest, held = holdout(pairs, fraction=cfg.holdout_fraction, seed=seed)
@@ -128,7 +128,13 @@ def _public(model: torch.nn.Module, batches) -> dict[str, float]:  # type: ignor
 
 
 def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, work: Path) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, CollaborationConfig, eval_batches, federated_clients
+    from benchmarks.bench_collaboration import (
+        CLIENTS,
+        KIND_OF,
+        CollaborationConfig,
+        eval_batches,
+        federated_clients,
+    )
     from client_sdk.dp_training import DPSettings, pairwise_accuracy
     from client_sdk.personalisation.plan import PersonalisationSettings
     from client_sdk.personalisation.runner import Personaliser
@@ -226,9 +232,9 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
 def bench_personalise(cfg: PersonaliseBenchConfig) -> dict[str, object]:
     """Every variant for every seed; per kind mean ± std over seeds (of the kind's mean)."""
     from benchmarks.bench_collaboration import CLIENTS, KIND_OF
-    from fedsecure.data.shares import server_part
     from fedsecure.provision import provision
     from keyholder.keys import generate_keys
+    from tasks.easyvqa.shares import server_part
 
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()

@@ -148,18 +148,24 @@ def train_point(model: torch.nn.Module, data: object, point: SweepPoint, cfg: Sw
 
 def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
     """Every point on every seed; per point, mean ± std over seeds of each figure."""
-    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, eval_batches, evaluate_model
-    from fedsecure.data.easyvqa import answers, balanced_by_type
+    from benchmarks.bench_collaboration import (
+        CLIENTS,
+        KIND_OF,
+        eval_batches,
+        evaluate_model,
+    )
     from fedsecure.data.preferences import records_from_pairs
-    from fedsecure.data.shares import client_pairs, server_part
     from fedsecure.models.encoding import encode_pairs, encode_records
     from fedsecure.models.reward import build_reward_model, config_on_backbone
+    from fedsecure.task import balanced_by_group
+    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.shares import client_pairs, server_part
 
     if KIND_OF.get(cfg.client) is None:
         raise ValueError(f"client must be one of {CLIENTS}")
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    questions = balanced_by_type(server_part("reward_eval"), cfg.per_type)
+    questions = balanced_by_group(server_part("reward_eval"), cfg.per_type)
     runs: dict[str, list[dict[str, float]]] = {p.label: [] for p in cfg.points}
     tok = None
     for seed in cfg.seeds:

@@ -138,11 +138,11 @@ def _adversary(kind: str, honest, seed: int):  # type: ignore[no-untyped-def]
 def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> object:
     """The server's own image+text reward model, trained on its public preference set only."""
     from client_sdk.dp_training import train_nonprivate
-    from fedsecure.data.easyvqa import answers
-    from fedsecure.data.preferences import build_pairs, records_from_pairs
-    from fedsecure.data.shares import server_part
+    from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import build_reward_model, config_on_backbone
+    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.pairs import build_pairs
 
     torch.manual_seed(seed)
     model, _ = build_reward_model(config_on_backbone("image_text", cfg.backbone, federation_seed=seed))
@@ -154,19 +154,19 @@ def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> obj
 
 def _router_records(cfg: MorExperimentConfig) -> list[object]:
     """The server's public router questions, the same number of each type."""
-    from fedsecure.data.easyvqa import balanced_by_type
-    from fedsecure.data.shares import server_part
+    from fedsecure.task import balanced_by_group
+    from tasks.easyvqa.shares import server_part
 
-    return balanced_by_type(server_part("router"), cfg.router_per_type)  # type: ignore[return-value]
+    return balanced_by_group(server_part("router"), cfg.router_per_type)  # type: ignore[return-value]
 
 
 def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Reward quality per question type: top-1 of the fused score over all answers, top-1
     among the answers of the question's type, and how often the top answer has the right
     type (what an image-only or text-only model can know, issue 24 item 4)."""
-    from fedsecure.data.easyvqa import answer_type, answers
     from server.mixture.combiners import StepScores
     from server.mixture.fusion import normalise_scores
+    from tasks.easyvqa.data import answer_type, answers
 
     vocab = answers()
     expanded = [p for p in prompts for _ in vocab]
@@ -200,12 +200,11 @@ def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperim
                  out: dict[str, object]):  # type: ignore[no-untyped-def]
     """The pool restricted to the question types where the fused reward's top-1 on the
     labelled router questions beats the starting policy's greedy accuracy on them."""
-    from fedsecure.data.easyvqa import answer_type
-    from fedsecure.data.shares import server_part
     from server.alignment.prompts import vqa_prompts
     from server.alignment.vqa_eval import evaluate_policy
     from server.mixture.router import fit_router
     from server.mixture.stage import score_preferences
+    from tasks.easyvqa.data import answer_type
 
     if router is not None:  # fit as the stage's first step would, so the judge measured is the one used
         fit_router(router, score_preferences(reward, prefs), seed=seed)
@@ -222,20 +221,34 @@ def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperim
 def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path, roster_models, fedavg_model,
                 server_model, tokenizer, test, quality, prompt_pool, text_only,
                 work: Path, memos: dict[str, dict]) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from fedsecure.data.easyvqa import answer_type
-    from fedsecure.data.shares import server_part
     from fedsecure.models.policy_vlm import load_policy
     from server.alignment.devices import select_placement
     from server.alignment.grpo import GRPOConfig, GRPOEngine
     from server.alignment.grpo_loss import GRPOLossConfig
     from server.alignment.policy import Policy, PolicySetup
     from server.alignment.rollouts import SamplingConfig
-    from server.alignment.vqa_eval import evaluate_policy, evaluate_text_only, exact_match_reward
-    from server.mixture.combiners import ExpertSelection, Extreme, LookupTable, Routed, Uniform
+    from server.alignment.vqa_eval import (
+        evaluate_policy,
+        evaluate_text_only,
+        exact_match_reward,
+    )
+    from server.mixture.combiners import (
+        ExpertSelection,
+        Extreme,
+        LookupTable,
+        Routed,
+        Uniform,
+    )
     from server.mixture.features import reference_features
     from server.mixture.reward import MixtureReward, ScoringClient
     from server.mixture.router import Router
-    from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet, score_preferences
+    from server.mixture.stage import (
+        AlignStage,
+        AlignStageConfig,
+        PreferenceSet,
+        score_preferences,
+    )
+    from tasks.easyvqa.data import answer_type, answers
 
     started = time.monotonic()
     model, processor = load_policy(base)
@@ -286,8 +299,9 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
         combiner = {"routed": lambda: Routed(router), "min": lambda: Extreme("min"),
                     "max": lambda: Extreme("max")}.get(base_method, Uniform)()
         reward = MixtureReward(clients=roster, combiner=combiner, features=features, deadline_s=600.0,
-                               group_of=lambda p: answer_type(p.answer or "yes"))
-        prefs = PreferenceSet.from_records(_router_records(cfg), processor=processor)
+                               group_of=lambda p: p.group or "other")
+        prefs = PreferenceSet.from_records(_router_records(cfg), processor=processor, answer_set=answers(),
+                                           group_of=answer_type)
         if base_method in ("expert", "table"):
             data = score_preferences(reward, prefs)
             reward.combiner = (ExpertSelection.fit(data) if base_method == "expert"
@@ -312,19 +326,24 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
 
 
 def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
-    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, CollaborationConfig, federated_clients
-    from fedsecure.data.easyvqa import answers
+    from benchmarks.bench_collaboration import (
+        CLIENTS,
+        KIND_OF,
+        CollaborationConfig,
+        federated_clients,
+    )
     from fedsecure.data.preferences import records_from_pairs
-    from fedsecure.data.shares import client_pairs, server_part
     from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import RewardModelConfig
     from fedsecure.models.tokenizer import build_tokenizer
     from fedsecure.privacy.accountant import epsilon
+    from fedsecure.task import balanced_by_group
     from server.alignment.job import AlignmentSettings, prepare_base
     from server.alignment.job import prompt_pool as balanced_pool
     from server.alignment.prompts import vqa_prompts
     from server.alignment.vqa_eval import eval_prompts, text_only_answers
-    from fedsecure.data.easyvqa import balanced_by_type
+    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.shares import client_pairs, server_part
 
     started = time.monotonic()
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
@@ -356,7 +375,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
         return get
 
     test = cached("test", lambda p: eval_prompts(p, limit=cfg.eval_questions, seed=0))  # the same for all: paired
-    quality = cached("quality", lambda p: vqa_prompts(balanced_by_type(server_part("reward_eval"), cfg.quality_per_type),
+    quality = cached("quality", lambda p: vqa_prompts(balanced_by_group(server_part("reward_eval"), cfg.quality_per_type),
                                                       processor=p))
     prompt_pool = cached("pool", lambda p: vqa_prompts(balanced_pool(1500), processor=p))
 

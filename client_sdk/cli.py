@@ -6,17 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from client_sdk.join import DEFAULT_RESERVE, join_federation, reward_model_config
+from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig
 from fedsecure.data.local import load_pairs as load_local_pairs
 from fedsecure.data.preferences import PreferencePair
-from fedsecure.data.shares import client_pairs
 from fedsecure.kit import Kit, load_kit
 from fedsecure.models.reward import KINDS, RewardModelConfig
 from fedsecure.privacy.accountant import ACCOUNTANTS
 from fedsecure.types import Role
-
-from client_sdk.join import DEFAULT_RESERVE, join_federation, reward_model_config
-from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig
-
+from tasks.easyvqa.shares import client_pairs
 
 
 def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:

@@ -15,15 +15,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
+from client_sdk.adapter_exchange import (
+    ATTENTION_FAMILY,
+    adapter_groups,
+    apply_aggregate,
+    aux_adapters,
+    clip_shared_adapters,
+    encrypt_adapters,
+    mlp_family,
+    upload_families,
+)
+from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
+from client_sdk.outcomes import Aggregate, Handler, Scores, TaskContext, Update
+from client_sdk.personalisation.plan import PersonalisationSettings
+from client_sdk.personalisation.runner import OUTPUT_DIR, Personaliser, save_atomically
+from client_sdk.personalisation.stages import components as personal_components
+from client_sdk.personalisation.stages import federation_model
 from fedsecure.crypto import ckks
 from fedsecure.crypto.ckks_encryptor import Encryptor
-from fedsecure.data.easyvqa import answers
 from fedsecure.data.preferences import PreferencePair, holdout, records_from_pairs
-from fedsecure.kit import Kit
-from fedsecure.models.encoding import EncodedPairs, EncodedRecords, encode_pairs, encode_records
-from fedsecure.models.scoring import score_items
 from fedsecure.errors import InvalidTaskSpec, PersonalisationRefused, TrainingDiverged
+from fedsecure.kit import Kit
+from fedsecure.models.encoding import (
+    EncodedPairs,
+    EncodedRecords,
+    encode_pairs,
+    encode_records,
+)
 from fedsecure.models.gate import attach_gates, merge_gates, remove_gates
 from fedsecure.models.groups import GroupKey
 from fedsecure.models.reward import (
@@ -33,6 +51,7 @@ from fedsecure.models.reward import (
     build_reward_model,
     load_reward_model,
 )
+from fedsecure.models.scoring import score_items
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.state_version import claim_state_dir
@@ -51,23 +70,7 @@ from fedsecure.types import (
     TaskReport,
     TrainSpec,
 )
-
-from client_sdk.adapter_exchange import (
-    ATTENTION_FAMILY,
-    adapter_groups,
-    apply_aggregate,
-    aux_adapters,
-    clip_shared_adapters,
-    encrypt_adapters,
-    mlp_family,
-    upload_families,
-)
-from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
-from client_sdk.outcomes import Aggregate, Handler, Scores, TaskContext, Update
-from client_sdk.personalisation.plan import PersonalisationSettings
-from client_sdk.personalisation.runner import OUTPUT_DIR, Personaliser, save_atomically
-from client_sdk.personalisation.stages import components as personal_components
-from client_sdk.personalisation.stages import federation_model
+from tasks.easyvqa.data import answers
 
 log = logging.getLogger("fedsecure.client.reward")
 

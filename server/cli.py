@@ -8,17 +8,24 @@ import logging
 from pathlib import Path
 
 from fedsecure.kit import load_kit
+from fedsecure.task import Task
+from fedsecure.transport.serving import (
+    add_serving_arguments,
+    until_terminated,
+    write_port_file,
+)
 from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
-
-from fedsecure.data.shares import server_part
-
 from server.api.app import start_server
-from server.rounds.phases import PhasePlanner
 from server.mixture.sessions import ScoreSessions
 from server.rewards.personalise import PersonalisePlanner
-from server.rewards.planners import LedgerReportPlanner, MetricsLog, ScorePlanner, TrainPlanner
+from server.rewards.planners import (
+    LedgerReportPlanner,
+    MetricsLog,
+    ScorePlanner,
+    TrainPlanner,
+)
+from server.rounds.phases import PhasePlanner
 from server.secagg.aggregator import SecureAggregator
-from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
 
 log = logging.getLogger("fedsecure.server")
 
@@ -26,7 +33,7 @@ log = logging.getLogger("fedsecure.server")
 # `fedsecure server --config run.toml`: section -> key -> option (docs/configuration.md).
 CONFIG_SCHEMA = {
     "server": {"kit": "kit", "address": "address", "state": "state", "keyholder_address": "keyholder_address",
-               "object_store_limit_mib": "object_store_limit_mib"},
+               "object_store_limit_mib": "object_store_limit_mib", "task": "task"},
     "run": {"rounds": "rounds", "quorum": "quorum", "min_clients": "min_clients", "sample_rate": "sample_rate",
             "phases": "phases", "phase_deadline_s": "phase_deadline", "max_attempts": "max_attempts",
             "enroll_timeout_s": "enroll_timeout"},
@@ -102,11 +109,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig | None:
 
 
 def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: SecureAggregator,
-                   sessions: ScoreSessions | None = None) -> dict[TaskKind, PhasePlanner]:
-    """The real planners this server offers (reward training with secure aggregation,
-    scoring, and — given the score ``sessions`` — the ALIGN stage)."""
+                   sessions: ScoreSessions | None = None, *, task: Task) -> dict[TaskKind, PhasePlanner]:
+    """The real planners this server offers for ``task`` (reward training with secure
+    aggregation, scoring, and — given the score ``sessions`` — the ALIGN stage)."""
     metrics = MetricsLog(state_dir / "metrics.jsonl")
-    questions = server_part("reward_eval", seed=args.data_seed)
+    questions = task.server_part("reward_eval", seed=args.data_seed)
     planners: dict[TaskKind, PhasePlanner] = {}
     if sessions is not None and args.align_steps > 0:
         from server.mixture.vqa_stage import VQAStageSettings, build_vqa_stage
@@ -119,14 +126,14 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
                                        else {"min_fused_lift": args.align_min_fused_lift}))
         planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics,
                                                 roster_file=settings.out / "roster.json",
-                                                build_stage=lambda roster: build_vqa_stage(roster, settings),
+                                                build_stage=lambda roster: build_vqa_stage(roster, settings, task=task),
                                                 steps_per_round=args.align_steps,
                                                 step_deadline_s=args.align_step_deadline,
                                                 first_round=args.align_first_round)
     return planners | {
         TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=args.local_steps,
                                      learning_rate=args.learning_rate, batch_size=args.batch_size),
-        TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
+        TaskKind.SCORE: ScorePlanner(task=task, questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
                                      seed=args.data_seed),
         TaskKind.REPORT_LEDGER: LedgerReportPlanner(metrics=metrics),
         TaskKind.PERSONALISE: PersonalisePlanner(metrics=metrics, margin=args.replace_margin,
@@ -135,22 +142,22 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
     }
 
 
-def main(args: argparse.Namespace) -> int:
-    """Serve until a termination signal; state survives in the state folder."""
+def main(args: argparse.Namespace, *, task: Task) -> int:
+    """Serve ``task`` until a termination signal; state survives in the state folder."""
     kit = load_kit(args.kit, expected_role=Role.SERVER)
     config = run_config_from_args(args)
     state_dir = args.state or kit.path / "state"
-    asyncio.run(_serve(args, kit, args.address or kit.server_address, state_dir, config))
+    asyncio.run(_serve(args, kit, args.address or kit.server_address, state_dir, config, task))
     return 0
 
 
-async def _serve(args, kit, address, state_dir, config) -> None:  # type: ignore[no-untyped-def]
+async def _serve(args, kit, address, state_dir, config, task) -> None:  # type: ignore[no-untyped-def]
     limit = args.object_store_limit_mib
     aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=args.keyholder_address,
                                        object_store_bytes=limit * 2**20 if limit else None)
     sessions = ScoreSessions()
     running = await start_server(kit=kit, address=address, state_dir=state_dir, run_config=config,
-                                 planners=build_planners(args, state_dir, aggregator, sessions),
+                                 planners=build_planners(args, state_dir, aggregator, sessions, task=task),
                                  aggregator=aggregator, sessions=sessions)
     write_port_file(args.port_file, running.port)
     await until_terminated()

@@ -51,8 +51,9 @@ def test_points_parse_and_bad_ones_are_refused() -> None:
 
 
 def test_balanced_questions_cap_each_type() -> None:
-    from fedsecure.data.easyvqa import answer_type, balanced_by_type
-    from fedsecure.data.shares import server_part
+    from fedsecure.task import balanced_by_group
+    from tasks.easyvqa.data import answer_type
+    from tasks.easyvqa.shares import server_part
 
-    qs = balanced_by_type(server_part("reward_eval"), 5)
+    qs = balanced_by_group(server_part("reward_eval"), 5)
     assert sorted(answer_type(q.answer) for q in qs) == sorted(["color"] * 5 + ["shape"] * 5 + ["yesno"] * 5)

@@ -10,20 +10,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsecure.data.easyvqa import answer_type, answers, decode_png, image_png, load_image, load_records
+from fedsecure.data.images import decode_png, image_png, load_image
 from fedsecure.data.local import DataError, check_pairs, load_pairs
-from fedsecure.data.partition import category, split_federation
-from fedsecure.data.preferences import build_pairs, holdout
-from fedsecure.data.shares import client_pairs, server_records
+from fedsecure.data.preferences import holdout
+from tasks.easyvqa.data import answer_type, answers, load_records
+from tasks.easyvqa.pairs import build_pairs
+from tasks.easyvqa.partition import category, split_federation
+from tasks.easyvqa.shares import client_pairs, server_records
 
 
 def test_easyvqa_ships_real_data() -> None:
     train, test = load_records("train"), load_records("test")
     assert len(train) > 30_000 and len(test) > 5_000
     assert len(answers()) == 13 and {answer_type(a) for a in answers()} == {"yesno", "shape", "color"}
-    img = load_image("train", train[0].image_id)
+    img = load_image(train[0].image)
     assert img.shape == (64, 64, 3) and img.dtype.name == "uint8"
-    assert (decode_png(image_png("train", train[0].image_id)) == img).all()
+    assert (decode_png(image_png(train[0].image)) == img).all()
+    assert {r.group for r in train} == {"yesno", "shape", "color"}
+    assert all(r.group == answer_type(r.answer) for r in train[:500])
 
 
 def test_split_is_disjoint_reproducible_and_non_iid() -> None:
@@ -32,8 +36,8 @@ def test_split_is_disjoint_reproducible_and_non_iid() -> None:
     by_id = {r.record_id: r for r in load_records("train")}
     shares = [set(v) for v in a.clients.values()]
     assert all(not (x & y) for i, x in enumerate(shares) for y in shares[i + 1:])
-    server_images = {by_id[i].image_id for i in a.public_pool + a.seed_set}
-    client_images = {by_id[i].image_id for s in shares for i in s}
+    server_images = {by_id[i].image for i in a.public_pool + a.seed_set}
+    client_images = {by_id[i].image for s in shares for i in s}
     assert not server_images & client_images  # disjoint by image, not just by record
     assert not set(a.public_pool) & set(a.seed_set)
     mixes = [Counter(category(by_id[i]) for i in s) for s in shares]
@@ -70,7 +74,7 @@ def test_image_clients_only_get_questions_they_can_judge() -> None:
     pairs = client_pairs(name="b", clients=["a", "b"], kind="image", limit=500)
     assert pairs and all(answer_type(p.chosen) != "yesno" for p in pairs)
     train, held = holdout(pairs, fraction=0.2, seed=0)
-    assert not {p.image_id for p in train} & {p.image_id for p in held}
+    assert not {p.image for p in train} & {p.image for p in held}
     with pytest.raises(ValueError, match="not one of"):
         client_pairs(name="z", clients=["a"], kind="text")
 
@@ -82,10 +86,10 @@ def _write(tmp: Path, lines: list[str]) -> Path:
 
 
 def test_local_pairs_file_validation_names_the_record(tmp_path: Path) -> None:
-    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     ok = {"id": "r1", "image": "img.png", "question": "what color is the shape?", "chosen": "blue", "rejected": "red"}
     pairs = load_pairs(_write(tmp_path, [json.dumps(ok)]), needs_images=True)
-    assert pairs[0].image_path.endswith("img.png")
+    assert pairs[0].image.endswith("img.png")
     cases = [
         ([], "the dataset is empty"),
         (["{not json"], "line 1: cannot read: corrupt record"),
@@ -112,7 +116,7 @@ def _records(n_bad: int) -> list[dict[str, str]]:
 
 
 def test_the_report_lists_every_bad_record_with_its_position(tmp_path: Path) -> None:
-    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     path = _write(tmp_path, [json.dumps(r) for r in _records(30)])
     report = check_pairs(path, needs_images=True)
     assert (report.records, len(report.pairs), len(report.bad)) == (33, 3, 30) and not report.ok
@@ -128,11 +132,11 @@ def test_parquet_and_datasets_folders_with_the_same_columns(tmp_path: Path) -> N
     import pyarrow.parquet as pq
     from datasets import Dataset, DatasetDict
 
-    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     records = _records(2)
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "pairs.parquet")
     Dataset.from_list(records).save_to_disk(str(tmp_path / "pairs-ds"))
-    (tmp_path / "pairs-ds" / "img.png").write_bytes(image_png("train", 0))  # images relative to the folder
+    (tmp_path / "pairs-ds" / "img.png").write_bytes(image_png(load_records("train")[0].image))  # images relative to the folder
     for path, form in ((tmp_path / "pairs.parquet", "parquet"), (tmp_path / "pairs-ds", "datasets")):
         report = check_pairs(path, needs_images=True)
         assert report.form == form and [p.record_id for p in report.pairs] == ["g0", "g1", "g2"]
@@ -151,7 +155,7 @@ def test_parquet_and_datasets_folders_with_the_same_columns(tmp_path: Path) -> N
 def test_data_check_command_reports_and_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from apps.cli import main
 
-    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     bad = _write(tmp_path, [json.dumps(r) for r in _records(2)])
     assert main(["data", "check", str(bad)]) == 1
     out = capsys.readouterr().out
@@ -174,7 +178,7 @@ def test_the_client_refuses_to_start_on_bad_data_with_the_report(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from apps.cli import main
 
-    (tmp_path / "img.png").write_bytes(image_png("train", 0))
+    (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     bad = _write(tmp_path, [json.dumps(r) for r in _records(2)])
     code = main(["client", "--kit", str(kits.clients["a"]), "--state", str(tmp_path / "state"), "--pairs", str(bad),
                  "--address", "127.0.0.1:9"])
@@ -190,10 +194,10 @@ def test_hostile_data_files_are_refused_record_by_record(tmp_path: Path) -> None
     own reason and the good ones are still counted."""
     data = tmp_path / "data"
     data.mkdir()
-    (data / "img.png").write_bytes(image_png("train", 0))
+    (data / "img.png").write_bytes(image_png(load_records("train")[0].image))
     (data / "junk.png").write_bytes(b"\x89PNG not really an image")
     (data / "link.png").symlink_to("/etc/hostname")
-    (tmp_path / "outside.png").write_bytes(image_png("train", 1))
+    (tmp_path / "outside.png").write_bytes(image_png(load_records("train")[1].image))
     ok = {"id": "ok", "image": "img.png", "question": "what color is the shape?", "chosen": "blue", "rejected": "red"}
     lines = [
         json.dumps(ok),

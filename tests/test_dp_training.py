@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from client_sdk.dp_training import DPSettings, DPStepper, pairwise_accuracy, train_private
+from client_sdk.dp_training import (
+    DPSettings,
+    DPStepper,
+    pairwise_accuracy,
+    train_private,
+)
 from fedsecure.data.preferences import holdout
-from fedsecure.data.shares import client_pairs
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.kit import load_kit
 from fedsecure.models.encoding import encode_pairs
@@ -21,6 +25,7 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger, verify_ledger
 from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
 from fedsecure.provision import Provisioned
+from tasks.easyvqa.shares import client_pairs
 
 
 @pytest.fixture(scope="module")

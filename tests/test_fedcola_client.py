@@ -16,7 +16,6 @@ from client_sdk.dp_training import DPSettings
 from client_sdk.outcomes import Aggregate, TaskContext
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
-from fedsecure.data.shares import client_pairs
 from fedsecure.errors import InvalidTaskSpec, TrainingDiverged
 from fedsecure.kit import load_kit
 from fedsecure.models import gate as gate_module
@@ -25,6 +24,7 @@ from fedsecure.models.reward import RewardModelConfig, build_reward_model
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.provision import Provisioned
 from fedsecure.types import Task, TaskKind, TrainSpec
+from tasks.easyvqa.shares import client_pairs
 
 SHAPE = "h64l2a4m128"
 

@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from client_sdk.dp_training import DPSettings, DPStepper, bt_loss
-from fedsecure.data.shares import client_pairs
 from fedsecure.errors import TrainingDiverged
 from fedsecure.models.encoding import encode_pairs
-from fedsecure.models.gate import attach_gates, gate_values, gated_layers, merge_gates, remove_gates
-from fedsecure.models.reward import SHARED_ADAPTER, RewardModelConfig, build_reward_model
+from fedsecure.models.gate import (
+    attach_gates,
+    gate_values,
+    gated_layers,
+    merge_gates,
+    remove_gates,
+)
+from fedsecure.models.reward import (
+    SHARED_ADAPTER,
+    RewardModelConfig,
+    build_reward_model,
+)
 from fedsecure.models.slots import Slot, slot_of
+from tasks.easyvqa.shares import client_pairs
 from tests.gradient_checks import assert_per_unit_gradients_match
 
 

@@ -18,11 +18,15 @@ from client_sdk.dp_training import (
     record_accuracy,
     train_nonprivate,
 )
-from fedsecure.data.easyvqa import answers
-from fedsecure.data.preferences import PreferencePair, PreferenceRecord, records_from_pairs
-from fedsecure.data.shares import client_pairs
+from fedsecure.data.preferences import (
+    PreferencePair,
+    PreferenceRecord,
+    records_from_pairs,
+)
 from fedsecure.models.encoding import encode_records
 from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from tasks.easyvqa.data import answers, load_records
+from tasks.easyvqa.shares import client_pairs
 
 
 def test_listwise_loss_known_answers() -> None:
@@ -37,8 +41,11 @@ def test_listwise_loss_known_answers() -> None:
     torch.testing.assert_close(listwise_loss(padded, mask), bt_loss(r[:, 0] - r[:, 1]))
 
 
+IMAGE = load_records("train")[1].image  # any easy-VQA image
+
+
 def _pair(rid: str, chosen: str, rejected: str, question: str = "what colour is the shape?") -> PreferencePair:
-    return PreferencePair(rid, "train", 1, question, chosen, rejected)
+    return PreferencePair(rid, question, chosen, rejected, image=IMAGE)
 
 
 def test_records_from_pairs_closed_set_and_free_text() -> None:
@@ -54,7 +61,7 @@ def test_records_from_pairs_closed_set_and_free_text() -> None:
     with pytest.raises(ValueError, match="not in the answer set"):
         records_from_pairs([_pair("r1", "crimson", "blue")], answer_set=answers())
     with pytest.raises(ValueError, match="distinct"):
-        PreferenceRecord("r", "train", 1, "q", "red", ("red",))
+        PreferenceRecord("r", "q", "red", ("red",), IMAGE)
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(answers()), st.sampled_from(answers())),
@@ -74,8 +81,8 @@ def test_records_never_reject_their_chosen_answer(rows: list[tuple[str, str, str
 
 def test_encoded_records_pad_uneven_candidate_lists() -> None:
     _, tok = build_reward_model(RewardModelConfig(kind="text"))
-    recs = [PreferenceRecord("a", "train", 1, "what colour?", "red", ("blue",)),
-            PreferenceRecord("b", "train", 1, "what colour?", "green", ("blue", "teal", "gray"))]
+    recs = [PreferenceRecord("a", "what colour?", "red", ("blue",), IMAGE),
+            PreferenceRecord("b", "what colour?", "green", ("blue", "teal", "gray"), IMAGE)]
     data = encode_records(recs, tok)
     assert data.candidates == 4 and data.candidate_mask.tolist() == [[True, True, False, False], [True] * 4]
     batch = data.batch(torch.arange(2))

@@ -8,10 +8,10 @@ import torch
 
 from client_sdk.dp_training import train_nonprivate
 from fedsecure.data.preferences import holdout
-from fedsecure.data.shares import client_pairs
 from fedsecure.models.encoding import encode_pairs
 from fedsecure.models.reward import RewardModelConfig, build_reward_model
 from fedsecure.privacy.membership import auc, membership_auc
+from tasks.easyvqa.shares import client_pairs
 
 
 def test_auc_known_answers() -> None:

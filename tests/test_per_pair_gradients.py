@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from client_sdk.dp_training import bt_loss
-from fedsecure.data.shares import client_pairs
 from fedsecure.models.encoding import encode_pairs
 from fedsecure.models.reward import KINDS, RewardModelConfig, build_reward_model
+from tasks.easyvqa.shares import client_pairs
 from tests.gradient_checks import assert_per_unit_gradients_match
 
 
@@ -33,9 +34,9 @@ def test_opacus_per_record_gradients_match_brute_force(kind: str) -> None:
     """A record's 13 candidates are 13 rows of the text layers; after folding, each
     per-sample gradient is exactly the record's own gradient (the record is the unit)."""
     from client_sdk.dp_training import listwise_loss
-    from fedsecure.data.easyvqa import answers
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
+    from tasks.easyvqa.data import answers
 
     torch.manual_seed(0)
     model, tok = build_reward_model(RewardModelConfig(kind=kind, dropout=0.0))

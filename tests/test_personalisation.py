@@ -18,21 +18,45 @@ from client_sdk.adapter_exchange import adapter_groups
 from client_sdk.dp_training import DPSettings, margins, train_nonprivate
 from client_sdk.outcomes import Aggregate, TaskContext
 from client_sdk.personalisation import runner as runner_module
-from client_sdk.personalisation.plan import PersonalisationSettings, plan_personalisation
-from client_sdk.personalisation.rules import (distillation_loss, preference_kl, replacement_statistic,
-                                              should_replace)
-from client_sdk.personalisation.stages import components, federation_model, keep_distilled, replace_components
-from client_sdk.reward_participant import PERSONAL_DIR, ParticipantConfig, RewardParticipant
+from client_sdk.personalisation.plan import (
+    PersonalisationSettings,
+    plan_personalisation,
+)
+from client_sdk.personalisation.rules import (
+    distillation_loss,
+    preference_kl,
+    replacement_statistic,
+    should_replace,
+)
+from client_sdk.personalisation.stages import (
+    components,
+    federation_model,
+    keep_distilled,
+    replace_components,
+)
+from client_sdk.reward_participant import (
+    PERSONAL_DIR,
+    ParticipantConfig,
+    RewardParticipant,
+)
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
-from fedsecure.data.shares import client_pairs
-from fedsecure.errors import InvalidTaskSpec, PersonalisationRefused, PrivacyBudgetExceeded
+from fedsecure.errors import (
+    InvalidTaskSpec,
+    PersonalisationRefused,
+    PrivacyBudgetExceeded,
+)
 from fedsecure.kit import load_kit
 from fedsecure.models.encoding import encode_pairs
-from fedsecure.models.reward import RewardModelConfig, build_reward_model, load_reward_model
+from fedsecure.models.reward import (
+    RewardModelConfig,
+    build_reward_model,
+    load_reward_model,
+)
 from fedsecure.privacy.audit import audit_ledger
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.provision import Provisioned
 from fedsecure.types import PersonaliseSpec, Task, TaskKind, TrainSpec
+from tasks.easyvqa.shares import client_pairs
 
 # Small splits in tests: a coarser resolution lowers the minimum validation size to 8.
 SETTINGS = PersonalisationSettings(resolution=0.5, batch_size=32, distill_steps=4, learning_rate=3e-3)

@@ -21,16 +21,28 @@ import pytest
 import torch
 
 from apps.cli import main as cli_main
-from fedsecure.data.easyvqa import load_records
 from fedsecure.errors import PolicyLoadError
 from fedsecure.models.policy_vlm import SUPPORTED_FAMILIES, encode_prompt, load_policy
 from server.alignment.devices import select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine
 from server.alignment.policy import Policy, PolicySetup, vlm_suppressed_ids
 from server.alignment.positions import prompt_positions
-from server.alignment.prompts import ImageInputs, Prompt, collate_images, collate_prompts, vqa_prompts
+from server.alignment.prompts import (
+    ImageInputs,
+    Prompt,
+    collate_images,
+    collate_prompts,
+    vqa_prompts,
+)
 from server.alignment.rollouts import SamplingConfig, completion_logp, generate
-from tests.policy_families import BUILDERS, STAND_INS, qwen_inputs, qwen_parts, save_family
+from tasks.easyvqa.data import load_records
+from tests.policy_families import (
+    BUILDERS,
+    STAND_INS,
+    qwen_inputs,
+    qwen_parts,
+    save_family,
+)
 
 LOADABLE = sorted(BUILDERS)
 QWEN = ["qwen2_vl", "qwen2_5_vl"]

@@ -8,14 +8,13 @@ from collections import Counter
 
 import pytest
 
-from fedsecure.data.easyvqa import answer_type
-from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
 from server.alignment.devices import select_placement
-from fedsecure.data.shares import public_labelled_records
 from server.alignment.job import prompt_pool, seed_questions
 from server.alignment.policy import Policy, PolicySetup
 from server.alignment.vision_pretrain import vision_tower
+from tasks.easyvqa.data import answer_type
+from tasks.easyvqa.shares import public_labelled_records, server_part
 
 
 def test_warm_start_and_pool_are_balanced_by_type() -> None:
@@ -29,7 +28,7 @@ def test_warm_start_and_pool_are_balanced_by_type() -> None:
 def test_the_gates_questions_spread_each_type_evenly_over_its_answers() -> None:
     """A policy answering one shape to every shape question scores 1/3 on these, whatever
     that shape's share of the part."""
-    from fedsecure.data.easyvqa import balanced_by_answer
+    from fedsecure.task import balanced_by_answer
 
     part = server_part("reward_eval")
     held = balanced_by_answer(part, 60)
@@ -45,10 +44,10 @@ def test_the_gates_questions_spread_each_type_evenly_over_its_answers() -> None:
 
 
 def test_tower_pretraining_never_sees_the_held_out_part() -> None:
-    held = {r.image_id for r in server_part("reward_eval")}
-    seen = {r.image_id for r in public_labelled_records()}
+    held = {r.image for r in server_part("reward_eval")}
+    seen = {r.image for r in public_labelled_records()}
     assert seen and not seen & held
-    assert {r.image_id for r in server_part("pretrain")} <= seen
+    assert {r.image for r in server_part("pretrain")} <= seen
 
 
 def test_grpo_can_keep_the_vision_tower_frozen() -> None:

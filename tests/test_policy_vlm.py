@@ -12,8 +12,6 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from fedsecure.data.easyvqa import load_records
-from fedsecure.data.shares import server_records
 from fedsecure.errors import PolicyLoadError, PromptError
 from fedsecure.models.policy_vlm import (
     PATCH,
@@ -31,7 +29,14 @@ from server.alignment.policy import Policy, PolicySetup
 from server.alignment.prompts import Prompt, vqa_prompts
 from server.alignment.rollouts import SamplingConfig
 from server.alignment.sft import SFTConfig, sft_warm_start
-from server.alignment.vqa_eval import evaluate_policy, exact_match_reward, normalise_answer, eval_prompts
+from server.alignment.vqa_eval import (
+    eval_prompts,
+    evaluate_policy,
+    exact_match_reward,
+    normalise_answer,
+)
+from tasks.easyvqa.data import load_records
+from tasks.easyvqa.shares import server_records
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from client_sdk import ClientReport, join_federation
-from fedsecure.data.shares import client_pairs, server_part
 from fedsecure.provision import Provisioned, provision
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
+from tasks.easyvqa import TASK as EASYVQA
+from tasks.easyvqa.shares import client_pairs, server_part
 from tests.conftest import Federation
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -26,8 +27,6 @@ WORK: Path | None = None
 def kits(tmp_path_factory: pytest.TempPathFactory, keyholder_keys: Path) -> Iterator[Provisioned]:
     """The README's world: ``backbone/`` pretrained by the operator, ``kits/`` sealing it,
     and the hospital's own ``my_pairs.jsonl`` with its images beside it."""
-    import easy_vqa
-
     from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
     global WORK
@@ -36,11 +35,10 @@ def kits(tmp_path_factory: pytest.TempPathFactory, keyholder_keys: Path) -> Iter
     kits = provision(out=WORK / "kits", clients=["hospital-a", "bank-c"], backbone=WORK / "backbone",
                      keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
     (WORK / "images").mkdir()
-    originals = easy_vqa.get_train_image_paths()
     with open(WORK / "my_pairs.jsonl", "w", encoding="utf-8") as out:
         for p in client_pairs(name="hospital-a", clients=["hospital-a", "bank-c"], kind="image_text", limit=600):
-            image = Path("images") / f"{p.image_id}.png"
-            shutil.copyfile(originals[p.image_id], WORK / image)
+            image = Path("images") / Path(p.image).name
+            shutil.copyfile(p.image, WORK / image)
             out.write(json.dumps({"id": p.record_id, "image": str(image), "question": p.question,
                                   "chosen": p.chosen, "rejected": p.rejected}) + "\n")
     yield kits
@@ -63,7 +61,7 @@ def test_the_readmes_embedding_example_joins_a_federation_and_spends_its_budget(
 
     def planners(aggregator):  # type: ignore[no-untyped-def]
         return {TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=3, batch_size=64),
-                TaskKind.SCORE: ScorePlanner(questions=server_part("reward_eval"), metrics=metrics,
+                TaskKind.SCORE: ScorePlanner(task=EASYVQA, questions=server_part("reward_eval"), metrics=metrics,
                                              prompts_per_round=4)}
     fed = start_federation(RunConfig(rounds=1, quorum=2, min_clients=2, phases=(
         PhaseConfig(TaskKind.TRAIN, 240), PhaseConfig(TaskKind.SCORE, 60), PhaseConfig(TaskKind.REPORT_LEDGER, 30))),

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
+from fedsecure.data.images import load_image
 from fedsecure.data.preferences import holdout
-from fedsecure.data.easyvqa import answers, load_image
-from fedsecure.data.shares import client_pairs, server_part
 from fedsecure.errors import KitError
 from fedsecure.kit import load_kit
 from fedsecure.models.backbone import backbone_digest, shape_of, verify_backbone
@@ -39,6 +38,8 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.provision import provision
 from server.rewards.quality import JudgedQuestion, reward_quality
+from tasks.easyvqa.data import answer_type, answers
+from tasks.easyvqa.shares import client_pairs, server_part
 from tests.reward_backbones import IMAGE_SIZE, MAX_LENGTH, SAVERS
 
 FAMILIES = sorted(SAVERS)
@@ -113,12 +114,12 @@ def _public_pairwise(model: RewardModel, tok: object) -> float:
     own share)."""
     vocab = answers()
     records = server_part("reward_eval")[:PUBLIC_QUESTIONS]
-    images = None if model.image is None else [load_image(r.split, r.image_id) for r in records for _ in vocab]
+    images = None if model.image is None else [load_image(r.image) for r in records for _ in vocab]
     scores = score_triples(model, tok, images=images, questions=[r.question for r in records for _ in vocab],
                            completions=list(vocab) * len(records))
     judged = [JudgedQuestion(r.answer, dict(zip(vocab, scores[i * len(vocab):(i + 1) * len(vocab)], strict=True)))
               for i, r in enumerate(records)]
-    quality = reward_quality(judged)
+    quality = reward_quality(judged, group_of=answer_type)
     return float(np.mean([v for k, v in quality.items() if k.startswith("pairwise.")]))
 
 

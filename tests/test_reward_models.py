@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from fedsecure.data.shares import client_pairs
 from fedsecure.models.backbone import backbone_digest
 from fedsecure.models.encoding import encode_items, encode_pairs
 from fedsecure.models.reward import (
@@ -20,6 +19,7 @@ from fedsecure.models.reward import (
     save_reward_model,
 )
 from fedsecure.models.tokenizer import CLS, SEP, build_tokenizer
+from tasks.easyvqa.shares import client_pairs
 
 
 def _lora_a(model: torch.nn.Module) -> dict[str, torch.Tensor]:

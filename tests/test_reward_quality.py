@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedsecure.data.easyvqa import answers
 from server.rewards.quality import JudgedQuestion, reward_quality
+from tasks.easyvqa.data import answer_type, answers
 
 
 def _all(**overrides: float) -> dict[str, float]:
@@ -26,7 +26,7 @@ def test_hand_computed_example() -> None:
         # yes/no, "no" correct, "yes" above it.
         JudgedQuestion("no", _all(yes=1.0, no=0.5)),
     ]
-    m = reward_quality(questions)
+    m = reward_quality(questions, group_of=answer_type)
     assert m["count.color"] == 2 and m["count.shape"] == 1 and m["count.yesno"] == 1
     assert m["top1_all.color"] == 0.5 and m["top1_type.color"] == 1.0
     # red beats all 7 other colours; blue beats all 7 other colours (yes is not a colour).
@@ -39,7 +39,7 @@ def test_hand_computed_example() -> None:
 
 
 def test_a_constant_model_is_at_chance_or_below() -> None:
-    m = reward_quality([JudgedQuestion(a, _all()) for a in answers()])
+    m = reward_quality([JudgedQuestion(a, _all()) for a in answers()], group_of=answer_type)
     assert all(m[f"top1_all.{k}"] == 0.0 for k in ("color", "shape", "yesno"))
     assert all(m[f"pairwise.{k}"] == 0.5 for k in ("color", "shape", "yesno"))
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import build_tiny_vlm
-from server.alignment.vision_pretrain import VisionPretrainConfig, pretrain_vision_tower, vision_tower
+from server.alignment.vision_pretrain import (
+    VisionPretrainConfig,
+    pretrain_vision_tower,
+    vision_tower,
+)
+from tasks.easyvqa.shares import server_part
 
 
 def test_pretraining_teaches_the_tower_colour() -> None:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsecure.data.easyvqa import answers
+from fedsecure.data.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.errors import FedsecureError
+from tasks.easyvqa.data import answers
 
 REQUIRED = ("id", "question", "chosen", "rejected")
 COLUMNS = (*REQUIRED, "image")
@@ -33,8 +34,6 @@ REPORT_LINES = 20  # bad records listed in an exception's message (the report ho
 MAX_LINE_BYTES = 1 << 20            # one JSONL record
 MAX_TEXT_CHARS = 4096               # one field's text
 MAX_TABLE_BYTES = 256 << 20         # a Parquet or `datasets` table, uncompressed
-MAX_IMAGE_BYTES = 8 << 20           # one image file
-MAX_IMAGE_PIXELS = 4096 * 4096      # one decoded image (decompression bombs)
 
 
 class DataError(FedsecureError, ValueError):
@@ -270,8 +269,8 @@ def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str]) -> Preferen
         if not isinstance(rec.get("image"), str) or not rec["image"]:
             raise ValueError("missing image (a PNG path relative to the data's folder)")
         image = _image(base, rec["image"])
-    return PreferencePair(record_id=str(rec["id"]), split="local", image_id=-1, question=rec["question"],
-                          chosen=rec["chosen"], rejected=rec["rejected"], image_path=image)
+    return PreferencePair(record_id=str(rec["id"]), question=rec["question"], chosen=rec["chosen"],
+                          rejected=rec["rejected"], image=image)
 
 
 def check_pairs(path: Path, *, needs_images: bool) -> DataReport:
@@ -302,7 +301,7 @@ def check_pairs(path: Path, *, needs_images: bool) -> DataReport:
             report.bad.append(BadRecord(position, record_id, f"duplicate id (first at {seen[pair.record_id]})"))
             continue
         seen[pair.record_id] = position
-        held += sum(len(x) for x in (pair.record_id, pair.question, pair.chosen, pair.rejected, pair.image_path))
+        held += sum(len(x) for x in (pair.record_id, pair.question, pair.chosen, pair.rejected, pair.image))
         report.pairs.append(pair)
     return report
 

@@ -1,5 +1,4 @@
-"""Preference data: pairs (chosen = the correct answer, rejected = a wrong one, mixing
-random negatives and hard negatives of the same type) and *records* (one question with its
+"""Preference data: pairs (chosen = the preferred answer, rejected = a worse one) and *records* (one question with its
 chosen answer and every rejected answer it carries), the privacy unit of DP training.
 
 A record uses all of its evidence at once (issue 24): with a closed answer set every other
@@ -13,49 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, answers, load_image
-
 
 @dataclass(frozen=True)
 class PreferencePair:
     """(image, question, chosen, rejected), traced back to its record."""
 
     record_id: str
-    split: str
-    image_id: int
     question: str
     chosen: str
     rejected: str
-    hard: bool = False
-    image_path: str = ""  # a local PNG (own data); empty = easy-VQA image (split, image_id)
-
-
-def build_pairs(records: Sequence[VQARecord], *, seed: int, hard_fraction: float = 0.5,
-                check_images: bool = True) -> list[PreferencePair]:
-    """One pair per record; raises ValueError naming the first bad record."""
-    if not 0.0 <= hard_fraction <= 1.0:
-        raise ValueError("hard_fraction must be in [0, 1]")
-    vocab = answers()
-    by_type: dict[str, list[str]] = {}
-    for a in vocab:
-        by_type.setdefault(answer_type(a), []).append(a)
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for r in records:
-        if r.answer not in vocab:
-            raise ValueError(f"record {r.record_id}: unknown answer {r.answer!r}")
-        if not r.question.strip():
-            raise ValueError(f"record {r.record_id}: empty question")
-        if check_images:
-            try:
-                load_image(r.split, r.image_id)
-            except FileNotFoundError as exc:
-                raise ValueError(f"record {r.record_id}: {exc}") from exc
-        hard = bool(rng.random() < hard_fraction)
-        pool = [a for a in (by_type[answer_type(r.answer)] if hard else vocab) if a != r.answer]
-        pairs.append(PreferencePair(r.record_id, r.split, r.image_id, r.question, r.answer,
-                                    str(pool[rng.integers(len(pool))]), hard))
-    return pairs
+    image: str = ""  # path of a PNG file; empty for a text-only pair
+    hard: bool = False  # the rejected answer is of the chosen one's own type
 
 
 @dataclass(frozen=True)
@@ -64,12 +31,10 @@ class PreferenceRecord:
     chosen one): the unit that DP training clips and the accountant counts."""
 
     record_id: str
-    split: str
-    image_id: int
     question: str
     chosen: str
     rejected: tuple[str, ...]
-    image_path: str = ""
+    image: str = ""
 
     def __post_init__(self) -> None:
         if not self.rejected:
@@ -95,8 +60,7 @@ def records_from_pairs(pairs: Sequence[PreferencePair], *,
     out = []
     for rid, group in grouped.items():
         first = group[0]
-        if any((p.question, p.chosen, p.split, p.image_id, p.image_path)
-               != (first.question, first.chosen, first.split, first.image_id, first.image_path) for p in group):
+        if any((p.question, p.chosen, p.image) != (first.question, first.chosen, first.image) for p in group):
             raise ValueError(f"record {rid}: its pairs disagree on question, image or chosen answer")
         if answer_set is not None:
             if first.chosen not in answer_set:
@@ -104,8 +68,7 @@ def records_from_pairs(pairs: Sequence[PreferencePair], *,
             rejected = tuple(a for a in answer_set if a != first.chosen)
         else:
             rejected = tuple(dict.fromkeys(p.rejected for p in group if p.rejected != first.chosen))
-        out.append(PreferenceRecord(rid, first.split, first.image_id, first.question, first.chosen, rejected,
-                                    first.image_path))
+        out.append(PreferenceRecord(rid, first.question, first.chosen, rejected, first.image))
     return out
 
 
@@ -116,9 +79,7 @@ def holdout(pairs: Sequence[PreferencePair], *, fraction: float, seed: int) -> t
         raise ValueError("fraction must be in (0, 1)")
 
     def group(p: PreferencePair) -> str:
-        if p.image_path:
-            return p.image_path
-        return f"{p.split}:{p.image_id}" if p.image_id >= 0 else p.record_id
+        return p.image or p.record_id
 
     groups = sorted({group(p) for p in pairs})
     rng = np.random.default_rng(seed)

@@ -16,8 +16,8 @@ Folder layout (standard Hugging Face checkpoints, safetensors + JSON, never pick
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
-from fedsecure.data.easyvqa import IMAGE_SIZE
+from fedsecure.data.images import DEFAULT_IMAGE_SIZE
 from fedsecure.errors import KitError
 from fedsecure.models.towers import checkpoint_family, tower_configs
 
@@ -48,7 +48,7 @@ class BackboneShape:
 
     def __post_init__(self) -> None:
         # a fedsecure stack takes the 64×64 images as they are; a checkpoint's processor resizes them
-        patch_fits = self.family != "fedsecure" or IMAGE_SIZE % self.patch == 0
+        patch_fits = self.family != "fedsecure" or DEFAULT_IMAGE_SIZE % self.patch == 0
         if self.hidden % self.heads or not patch_fits or min(self.layers, self.intermediate) < 1:
             raise ValueError(f"unusable backbone shape {self}")
 
@@ -57,7 +57,7 @@ def build_stacks(shape: BackboneShape, vocab_size: int, *, seed: int) -> tuple[V
     """Fresh image and text stacks, initialised from ``seed`` (same seed, same weights)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        image = ViTModel(ViTConfig(image_size=IMAGE_SIZE, patch_size=shape.patch, num_channels=3,
+        image = ViTModel(ViTConfig(image_size=DEFAULT_IMAGE_SIZE, patch_size=shape.patch, num_channels=3,
                                    hidden_size=shape.hidden, num_hidden_layers=shape.layers,
                                    num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
                                    hidden_dropout_prob=shape.dropout, attention_probs_dropout_prob=shape.dropout),

@@ -7,12 +7,14 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedsecure.data.easyvqa import answers, decode_png, load_image
+from fedsecure.data.images import DEFAULT_IMAGE_SIZE, load_image
 from fedsecure.data.preferences import PreferencePair, PreferenceRecord
+from tasks.easyvqa.data import answers
 
 UNKNOWN_ANSWER = -1
 _PUNCT = re.compile(r"[^a-z ]")
@@ -123,46 +125,38 @@ def _tokenize(tokenizer: object, questions: Sequence[str], answers_: Sequence[st
             "token_type_ids": torch.tensor([e.type_ids for e in enc], dtype=torch.long)}
 
 
-def _image_key(p: PreferencePair | PreferenceRecord) -> tuple[str, int, str]:
-    return (p.split, p.image_id, p.image_path)
-
-
-def _load_file_png(path: str) -> np.ndarray:
-    with open(path, "rb") as fh:
-        return decode_png(fh.read())
-
-
 def pairs_digest(pairs: Sequence[PreferencePair]) -> str:
     """SHA-256 over the pairs' content, in order."""
-    doc = [[p.record_id, p.image_id, p.question, p.chosen, p.rejected] for p in pairs]
+    doc = [[p.record_id, Path(p.image).name, p.question, p.chosen, p.rejected] for p in pairs]
     return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
 
 
 def records_digest(records: Sequence[PreferenceRecord]) -> str:
     """SHA-256 over the records' content, in order."""
-    doc = [[r.record_id, r.image_id, r.question, r.chosen, list(r.rejected)] for r in records]
+    doc = [[r.record_id, Path(r.image).name, r.question, r.chosen, list(r.rejected)] for r in records]
     return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
 
 
 def _load_images(items: Sequence[PreferencePair] | Sequence[PreferenceRecord],
-                 image_loader: Callable[[str, int], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (M, 3, H, W), index (N,)): every distinct image loaded once."""
-    keys = sorted({_image_key(p) for p in items})  # type: ignore[arg-type]
+                 image_loader: Callable[[str], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (M, 3, H, W), index (N,)): every distinct image loaded once; an item
+    without an image (a text-only client's) gets a black one, which a text-only model
+    never reads."""
+    keys = sorted({p.image for p in items})
     slot = {k: i for i, k in enumerate(keys)}
     imgs = []
     for key in keys:
-        split, image_id, path = key
         try:
-            imgs.append(_load_file_png(path) if path else image_loader(split, image_id))
+            imgs.append(image_loader(key) if key else np.zeros((DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, 3), np.uint8))
         except (OSError, ValueError) as exc:
-            bad = next(p.record_id for p in items if _image_key(p) == key)  # type: ignore[arg-type]
-            raise ValueError(f"record {bad}: image {path or image_id} cannot be loaded: {exc}") from exc
+            bad = next(p.record_id for p in items if p.image == key)
+            raise ValueError(f"record {bad}: image {key} cannot be loaded: {exc}") from exc
     images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor([slot[_image_key(p)] for p in items], dtype=torch.long)  # type: ignore[arg-type]
+    return images, torch.tensor([slot[p.image] for p in items], dtype=torch.long)
 
 
 def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, closed_vocabulary: bool = True,
-                   image_loader: Callable[[str, int], np.ndarray] = load_image) -> EncodedRecords:
+                   image_loader: Callable[[str], np.ndarray] = load_image) -> EncodedRecords:
     """Encode records, every candidate of each as one (question, answer) text; raises
     ValueError naming the first record that cannot be encoded. ``closed_vocabulary``:
     every candidate must be an answer of the vocabulary (an image-only model scores nothing
@@ -188,7 +182,7 @@ def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, cl
 
 
 def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
-                 image_loader: Callable[[str, int], np.ndarray] = load_image) -> EncodedPairs:
+                 image_loader: Callable[[str], np.ndarray] = load_image) -> EncodedPairs:
     """Encode pairs; raises ValueError naming the first record that cannot be encoded."""
     if not pairs:
         raise ValueError("no preference pairs")

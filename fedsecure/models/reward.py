@@ -28,13 +28,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
-from fedsecure.data.easyvqa import IMAGE_SIZE, answers
+from fedsecure.data.images import DEFAULT_IMAGE_SIZE
 from fedsecure.errors import KitError
 from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, backbone_digest, shape_of
 from fedsecure.models.groups import block_shape
 from fedsecure.models.slots import slot_of
 from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
-from fedsecure.models.towers import TOWER_FAMILIES, CheckpointProcessor, image_features, load_towers, text_features
+from fedsecure.models.towers import (
+    TOWER_FAMILIES,
+    CheckpointProcessor,
+    image_features,
+    load_towers,
+    text_features,
+)
+from tasks.easyvqa.data import answers
 
 Kind = Literal["image_text", "image", "text"]
 KINDS: tuple[str, ...] = ("image_text", "image", "text")
@@ -83,8 +90,8 @@ class RewardModelConfig:
             raise ValueError(f"a {self.tower_family} reward model needs its checkpoint folder")
         if self.hidden % self.heads:
             raise ValueError("hidden must be divisible by heads")
-        if self.tower_family == "fedsecure" and IMAGE_SIZE % self.patch:
-            raise ValueError(f"patch must divide the image size {IMAGE_SIZE}")
+        if self.tower_family == "fedsecure" and DEFAULT_IMAGE_SIZE % self.patch:
+            raise ValueError(f"patch must divide the image size {DEFAULT_IMAGE_SIZE}")
 
 
 def _ffa_seed(federation_seed: int, key: str) -> int:
@@ -119,7 +126,7 @@ class RewardModel(nn.Module):
         if c.tower_family == "fedsecure" and c.kind in ("image_text", "image"):
             self.image = (ViTModel.from_pretrained(c.image_backbone, local_files_only=True, add_pooling_layer=False)
                           if c.image_backbone else ViTModel(ViTConfig(
-                              image_size=IMAGE_SIZE, patch_size=c.patch, num_channels=3, hidden_size=c.hidden,
+                              image_size=DEFAULT_IMAGE_SIZE, patch_size=c.patch, num_channels=3, hidden_size=c.hidden,
                               num_hidden_layers=c.layers, num_attention_heads=c.heads,
                               intermediate_size=c.intermediate, hidden_dropout_prob=c.dropout,
                               attention_probs_dropout_prob=c.dropout), add_pooling_layer=False))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsecure.data.easyvqa import decode_png
+from fedsecure.data.images import decode_png
 from fedsecure.models.encoding import encode_items
 from fedsecure.models.modes import evaluation_mode
 from fedsecure.models.reward import RewardModel

@@ -10,7 +10,6 @@ Usage: ``python -m fedsecure.proto.generate [OUT_DIR]`` (default: the package di
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path

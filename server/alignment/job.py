@@ -27,23 +27,26 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, balanced_by_type
-from fedsecure.data.shares import public_labelled_records, server_part, server_records
 from fedsecure.models.policy_vlm import (
     build_tiny_vlm,
     encode_answer,
     load_policy,
     save_policy,
 )
+from fedsecure.task import Example, balanced_by_group
 from server.alignment.devices import Placement, select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
 from server.alignment.grpo_loss import GRPOLossConfig
 from server.alignment.policy import Adapter, Policy, PolicySetup
 from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
-from server.alignment.sharding import full_state
 from server.alignment.sft import SFTConfig, sft_warm_start
-from server.alignment.vision_pretrain import VisionPretrainConfig, pretrain_vision_tower, vision_tower
+from server.alignment.sharding import full_state
+from server.alignment.vision_pretrain import (
+    VisionPretrainConfig,
+    pretrain_vision_tower,
+    vision_tower,
+)
 from server.alignment.vqa_eval import (
     EvalResult,
     eval_prompts,
@@ -51,6 +54,7 @@ from server.alignment.vqa_eval import (
     evaluate_policy,
     exact_match_reward,
 )
+from tasks.easyvqa.shares import public_labelled_records, server_part, server_records
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +150,19 @@ def prepare_base(settings: AlignmentSettings) -> Path:
     return base
 
 
-def seed_questions(per_type: int) -> list[VQARecord]:
+def seed_questions(per_type: int) -> list[Example]:
     """The warm start's questions: ``per_type`` of each answer type from the seed set, then
     the public prompt pool (the seed set alone has too few colour and shape questions)."""
     pool, seed_set = server_records(seed=0)
-    return balanced_by_type([*seed_set, *pool], per_type)
+    return balanced_by_group([*seed_set, *pool], per_type)
 
 
-def prompt_pool(size: int) -> list[VQARecord]:
+def prompt_pool(size: int) -> list[Example]:
     """GRPO's public prompts, the same number of each answer type (at most ``size`` in all;
     the rarest type in the public pool bounds each)."""
     pool, _ = server_records(seed=0)
-    rarest = min(Counter(answer_type(r.answer) for r in pool).values())
-    return balanced_by_type(pool, max(1, min(size // 3, rarest)))
+    rarest = min(Counter(r.group for r in pool).values())
+    return balanced_by_group(pool, max(1, min(size // 3, rarest)))
 
 
 def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match_reward,

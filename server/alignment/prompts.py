@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsecure.data.easyvqa import VQARecord, load_image
+from fedsecure.data.images import load_image
 from fedsecure.errors import PromptError
+from fedsecure.task import Example
 
 MAX_QUESTION_CHARS = 8192
 
@@ -43,7 +44,8 @@ class ImageInputs:
 class Prompt:
     """One prompt: a stable id, the question text, its token ids (image placeholders
     included), the preprocessed image inputs (None for a text-only policy), the raw image
-    and, where the server holds it (public pool, seed set, test split), the reference answer."""
+    and, where the server holds it (public pool, seed set, test split), the reference answer
+    and the question's group (its type)."""
 
     prompt_id: str
     question: str
@@ -51,6 +53,7 @@ class Prompt:
     images: ImageInputs | None = None
     image: np.ndarray | None = None
     answer: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,17 +110,17 @@ def collate_prompts(prompts: Sequence[Prompt], *, pad_id: int) -> PromptBatch:
     return PromptBatch(ids, mask, images)
 
 
-def vqa_prompts(records: Sequence[VQARecord], *, processor: object) -> list[Prompt]:
-    """Encode easy-VQA records for a vision-language policy through its own processor
+def vqa_prompts(records: Sequence[Example], *, processor: object) -> list[Prompt]:
+    """Encode a task's examples for a vision-language policy through its own processor
     (which expands the image placeholder to the vision tower's token count)."""
     from fedsecure.models.policy_vlm import encode_prompt
 
     out = []
     for r in records:
-        image = load_image(r.split, r.image_id)
+        image = load_image(r.image)
         ids, images = encode_prompt(processor, question=r.question, image=image)
         out.append(Prompt(prompt_id=r.record_id, question=r.question, input_ids=ids,
-                          images=ImageInputs.of(images), image=image, answer=r.answer))
+                          images=ImageInputs.of(images), image=image, answer=r.answer, group=r.group))
     check_prompts(out, needs_image=True)
     return out
 

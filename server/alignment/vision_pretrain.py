@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsecure.data.easyvqa import VQARecord
+from fedsecure.task import Example
 from server.backbone.pretrain import COLOURS, SHAPES, ImageSet, augment, image_set
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _accuracy(tower: nn.Module, heads: nn.ModuleDict, data: ImageSet) -> tuple[f
     return out[0], out[1]
 
 
-def pretrain_vision_tower(model: nn.Module, *, train: Sequence[VQARecord], held_out: Sequence[VQARecord],
+def pretrain_vision_tower(model: nn.Module, *, train: Sequence[Example], held_out: Sequence[Example],
                           config: VisionPretrainConfig = VisionPretrainConfig()) -> VisionPretrainResult:
     """Train ``model``'s vision tower in place on the public ``train`` records' images;
     measure on ``held_out`` (public images too, disjoint from ``train``)."""

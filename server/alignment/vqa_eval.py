@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsecure.data.easyvqa import answer_type, load_records
 from server.alignment.devices import select_placement
 from server.alignment.policy import (
     Policy,
@@ -24,6 +23,7 @@ from server.alignment.policy import (
 )
 from server.alignment.prompts import Prompt, collate_prompts, vqa_prompts
 from server.alignment.rollouts import SamplingConfig, generate
+from tasks.easyvqa.data import load_records
 
 _SPACE = re.compile(r"\s+")
 
@@ -45,7 +45,7 @@ def exact_match_reward(prompts: Sequence[Prompt], completions: Sequence[str]) ->
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Accuracy overall and per answer type (yes/no, shape, colour), and how many prompts."""
+    """Accuracy overall and per question group (type; "other" for a prompt without one), and how many prompts."""
 
     accuracy: float
     count: int
@@ -80,7 +80,7 @@ def evaluate_text_only(prompts: Sequence[Prompt], answers_by_question: dict[str,
     for p in prompts:
         if p.answer is None:
             raise ValueError(f"prompt {p.prompt_id} has no reference answer to match")
-        kind = answer_type(p.answer)
+        kind = p.group or "other"
         totals[kind] += 1
         hits[kind] += int(answers_by_question.get(normalise_answer(p.question)) == normalise_answer(p.answer))
     count = sum(totals.values())
@@ -108,7 +108,7 @@ def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, 
                        eos_id=eos_id, pad_id=pad_id, autocast=autocast, suppressed=suppressed)
         texts = [decode(row) for row in out.completion_ids.tolist()]
         for p, score in zip(chunk, exact_match_reward(chunk, texts), strict=True):
-            kind = answer_type(p.answer) if p.answer is not None else "other"
+            kind = p.group or "other"
             totals[kind] += 1
             hits[kind] += int(score)
     count = sum(totals.values())

@@ -35,11 +35,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, load_image
-from fedsecure.data.shares import public_labelled_records, server_part
-from fedsecure.models.backbone import BackboneShape, build_stacks, save_backbone, shape_dict
+from fedsecure.data.images import load_image
+from fedsecure.models.backbone import (
+    BackboneShape,
+    build_stacks,
+    save_backbone,
+    shape_dict,
+)
 from fedsecure.models.encoding import pixels
 from fedsecure.models.tokenizer import build_tokenizer
+from fedsecure.task import Example
+from tasks.easyvqa.shares import public_labelled_records, server_part
 
 log = logging.getLogger("fedsecure.server.backbone")
 
@@ -79,18 +85,18 @@ class ImageSet:
     shape: torch.Tensor
 
 
-def image_set(records: Sequence[VQARecord]) -> ImageSet:
+def image_set(records: Sequence[Example]) -> ImageSet:
     """One row per image of ``records``, labelled from its colour and shape questions."""
-    labels: dict[tuple[str, int], list[int]] = {}
+    labels: dict[str, list[int]] = {}
     for r in records:
-        lab = labels.setdefault((r.split, r.image_id), [-1, -1])
-        kind = answer_type(r.answer)
-        if kind == "color":
+        lab = labels.setdefault(r.image, [-1, -1])
+        if r.group == "color":
             lab[0] = COLOURS.index(r.answer)
-        elif kind == "shape":
+        elif r.group == "shape":
             lab[1] = SHAPES.index(r.answer)
-    keys = sorted(labels)
-    images = torch.from_numpy(np.stack([load_image(s, i) for s, i in keys])).permute(0, 3, 1, 2).contiguous()
+    # Folder, then names by length and text: numbered files in their numeric order.
+    keys = sorted(labels, key=lambda path: (str(Path(path).parent), len(Path(path).name), Path(path).name))
+    images = torch.from_numpy(np.stack([load_image(k) for k in keys])).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.tensor([labels[k][0] for k in keys]), torch.tensor([labels[k][1] for k in keys]))
 
 
@@ -107,7 +113,7 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def text_ids(records: Sequence[VQARecord], tokenizer: object) -> tuple[torch.Tensor, torch.Tensor]:
+def text_ids(records: Sequence[Example], tokenizer: object) -> tuple[torch.Tensor, torch.Tensor]:
     """(input ids, attention mask) of "question [SEP] answer" for each record."""
     enc = tokenizer.encode_batch([(r.question, r.answer) for r in records])  # type: ignore[attr-defined]
     return (torch.tensor([e.ids for e in enc], dtype=torch.long),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedsecure.data.easyvqa import encode_png
+from fedsecure.data.images import encode_png
 from fedsecure.errors import RewardRejected
 from fedsecure.types import MAX_ABS_SCORE, Modality, Score, ScoreItem
 from server.alignment.prompts import Prompt

@@ -23,14 +23,20 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, answers
+from fedsecure.task import Example
 from server.alignment.grpo import GRPOEngine, StepReport
 from server.alignment.prompts import Prompt, vqa_prompts
 from server.alignment.vqa_eval import evaluate_policy
 from server.mixture.combiners import Routed
 from server.mixture.promotion import Measured, PromotionGate
 from server.mixture.reward import MixIn, MixtureReward
-from server.mixture.router import PreferenceScores, Router, fit_router, lift_by_group, weights_by_group
+from server.mixture.router import (
+    PreferenceScores,
+    Router,
+    fit_router,
+    lift_by_group,
+    weights_by_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +97,19 @@ class PreferenceSet:
                 raise ValueError(f"the rejected answers of {c!r} must be distinct, non-empty and exclude it")
 
     @classmethod
-    def from_records(cls, records: Sequence[VQARecord], *, processor: object) -> PreferenceSet:
-        """One list per record: the true answer against every other answer of the closed
-        set, of its own type and of the others. GRPO's completions can be any answer, so
+    def from_records(cls, records: Sequence[Example], *, processor: object, answer_set: Sequence[str],
+                     group_of: Callable[[str], str]) -> PreferenceSet:
+        """One list per record: the true answer against every other answer of the task's
+        closed ``answer_set`` (``group_of`` names an answer's type), of its own type and of
+        the others. GRPO's completions can be any answer, so
         the router must learn whom to trust on both kinds of mistake (measured: fit on
         same-type pairs only, it trusted clients that prefer a wrong *type*, and GRPO on
         its fusion lost every colour question)."""
         prompts = vqa_prompts(records, processor=processor)
-        vocab = answers()
-        rejected = tuple(tuple(a for a in vocab if a != r.answer) for r in records)
+        rejected = tuple(tuple(a for a in answer_set if a != r.answer) for r in records)
         return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records), rejected=rejected,
-                   groups=tuple(answer_type(r.answer) for r in records),
-                   rejected_groups=tuple(tuple(answer_type(a) for a in r) for r in rejected))
+                   groups=tuple(r.group for r in records),
+                   rejected_groups=tuple(tuple(group_of(a) for a in r) for r in rejected))
 
 
 @dataclass

@@ -19,14 +19,18 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.data.easyvqa import answer_type, balanced_by_answer, balanced_by_type
-from fedsecure.data.shares import server_part
 from fedsecure.models.policy_vlm import load_policy
+from fedsecure.task import balanced_by_answer, balanced_by_group
 from server.alignment.devices import select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint
 from server.alignment.grpo_loss import GRPOLossConfig
-from server.alignment.job import AlignmentSettings, export_policy, prepare_base, prompt_pool
+from server.alignment.job import (
+    AlignmentSettings,
+    export_policy,
+    prepare_base,
+    prompt_pool,
+)
 from server.alignment.policy import Policy, PolicySetup
 from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
@@ -39,10 +43,12 @@ from server.alignment.vqa_eval import (
 )
 from server.mixture.combiners import Routed
 from server.mixture.features import reference_features
-from server.mixture.reward import MixtureReward, ScoringClient
 from server.mixture.promotion import Measured
+from server.mixture.reward import MixtureReward, ScoringClient
 from server.mixture.router import Router
 from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet
+from tasks.easyvqa.data import answer_type, answers
+from tasks.easyvqa.shares import server_part
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=4))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
     pool = vqa_prompts(prompt_pool(settings.pool_size), processor=processor)
-    preferences = PreferenceSet.from_records(balanced_by_type(server_part("router"), settings.router_per_type),
-                                             processor=processor)
+    preferences = PreferenceSet.from_records(balanced_by_group(server_part("router"), settings.router_per_type),
+                                             processor=processor, answer_set=answers(), group_of=answer_type)
     monitor = vqa_prompts(balanced_by_answer(server_part("reward_eval"), settings.monitor_per_type),
                           processor=processor)
     features = reference_features(policy)
@@ -110,7 +116,7 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
                                                              hacking_rounds=settings.hacking_rounds,
                                                              min_fused_lift=settings.min_fused_lift),
                       log_path=settings.out / "align.jsonl", on_promote=export,
-                      pool_groups=[answer_type(str(p.answer)) for p in pool])
+                      pool_groups=[str(p.group) for p in pool])
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, answers, image_png
 from fedsecure import serde
-from fedsecure.types import Modality, PayloadKind, ScoreItem, ScoreSpec, TaskReport, TaskSpec, TrainSpec
-
-from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_family, mlp_kind
-
+from fedsecure.data.images import image_png
+from fedsecure.models.groups import (
+    ATTENTION_FAMILY,
+    GroupKey,
+    kind_of,
+    mlp_family,
+    mlp_kind,
+)
+from fedsecure.task import Example, Task
+from fedsecure.types import (
+    Modality,
+    PayloadKind,
+    ScoreItem,
+    ScoreSpec,
+    TaskReport,
+    TaskSpec,
+    TrainSpec,
+)
 from server.rewards.compensation import Member, check_coefficients, coefficients
 from server.rewards.quality import JudgedQuestion, reward_quality
 from server.rounds.phases import PhaseContext, ReportLedgerPlanner
-from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import SubmissionRow
+from server.secagg.aggregator import SecureAggregator
 
 
 class MetricsLog:
@@ -199,36 +212,39 @@ class TrainPlanner:
 
 class ScorePlanner:
     """Public questions from the server's reward-evaluation part, each with every answer
-    of the vocabulary as a candidate, so the clients' scores can be measured where the
-    alignment will use them (:mod:`server.rewards.quality`), never on a client's share."""
+    of the task's closed answer set as a candidate, so the clients' scores can be measured
+    where the alignment will use them (:mod:`server.rewards.quality`), never on a client's
+    share."""
 
-    def __init__(self, *, questions: Sequence[VQARecord], metrics: MetricsLog, prompts_per_round: int = 32,
+    def __init__(self, *, task: Task, questions: Sequence[Example], metrics: MetricsLog, prompts_per_round: int = 32,
                  seed: int = 0) -> None:
         if not questions:
             raise ValueError("the public evaluation questions are empty")
-        self.questions, self.metrics, self.k, self.seed = list(questions), metrics, prompts_per_round, seed
+        if task.answer_set is None:
+            raise ValueError(f"task {task.name!r} has no closed answer set to score every answer of")
+        self.task, self.questions, self.metrics, self.k, self.seed = task, list(questions), metrics, prompts_per_round, seed
         self._truth: dict[tuple[str, int], dict[str, str]] = {}
 
-    def _sample(self, ctx: PhaseContext) -> list[VQARecord]:
+    def _sample(self, ctx: PhaseContext) -> list[Example]:
         rng = random.Random(f"{self.seed}:{ctx.run_id}:{ctx.round}:{ctx.attempt}")
         return rng.sample(self.questions, min(self.k, len(self.questions)))
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
-        """Each client gets the questions it can judge (image-only clients: no yes/no),
-        every answer of the vocabulary for each."""
+        """Each client gets the questions it can judge (image-only clients: none of the
+        task's question-dependent groups), every answer of the answer set for each."""
         questions = self._sample(ctx)
         self._truth[(ctx.run_id, ctx.round)] = {q.record_id: q.answer for q in questions}
-        vocab = answers()
+        vocab = self.task.answer_set or ()
         items = []
         for q in questions:
-            png = image_png(q.split, q.image_id)
+            png = image_png(q.image)
             items += [(ScoreItem(item_id=f"{q.record_id}:{a}", prompt_id=q.record_id, image_png=png,
-                                 question=q.question, completion=a), answer_type(q.answer)) for a in vocab]
+                                 question=q.question, completion=a), q.group) for a in vocab]
         caps = {c.name: c.capabilities.modalities for c in ctx.store.client_infos()}
         specs: dict[str, TaskSpec] = {}
         for p in participants:
             image_only = caps.get(p) == (Modality.IMAGE,)
-            mine = tuple(i for i, kind in items if not (image_only and kind == "yesno"))
+            mine = tuple(i for i, group in items if not (image_only and group in self.task.question_groups))
             specs[p] = ScoreSpec(items=mine, download_groups=published_groups(ctx, ctx.round))
         return specs
 
@@ -244,7 +260,7 @@ class ScorePlanner:
                 scores.setdefault(prompt, {})[answer] = s.value
             judged = [JudgedQuestion(truth[p], by_answer) for p, by_answer in scores.items()
                       if p in truth and truth[p] in by_answer]
-            quality = reward_quality(judged)
+            quality = reward_quality(judged, group_of=self.task.group_of)
             counts = {k: v for k, v in quality.items() if k.startswith("count.")}
             pairwise = sum(quality[f"pairwise.{k[6:]}"] * n for k, n in counts.items()) / max(1.0, sum(counts.values()))
             values = [v for by_answer in scores.values() for v in by_answer.values()]

@@ -17,10 +17,8 @@ right by accident. These are measured on public questions, never on a client's o
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from fedsecure.data.easyvqa import answer_type
 
 METRICS = ("top1_all", "top1_type", "pairwise", "typed_first")
 
@@ -42,13 +40,14 @@ def _strictly_first(scores: Mapping[str, float], truth: str, among: Sequence[str
     return float(all(scores[a] < top for a in among if a != truth))
 
 
-def reward_quality(questions: Sequence[JudgedQuestion]) -> dict[str, float]:
-    """``{metric}.{type}`` for each metric and question type present, plus ``count.{type}``."""
+def reward_quality(questions: Sequence[JudgedQuestion], *, group_of: Callable[[str], str]) -> dict[str, float]:
+    """``{metric}.{type}`` for each metric and question type present, plus ``count.{type}``;
+    ``group_of`` names the type of each answer of the task's closed answer set."""
     sums: dict[tuple[str, str], float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     for q in questions:
-        kind = answer_type(q.truth)
-        same_type = [a for a in q.scores if answer_type(a) == kind]
+        kind = group_of(q.truth)
+        same_type = [a for a in q.scores if group_of(a) == kind]
         wrong = [a for a in same_type if a != q.truth]
         best = max(q.scores.values())
         leaders = [a for a, s in q.scores.items() if s == best]
@@ -59,7 +58,7 @@ def reward_quality(questions: Sequence[JudgedQuestion]) -> dict[str, float]:
             t = q.scores[q.truth]
             sums["pairwise", kind] += sum(1.0 if q.scores[w] < t else 0.5 if q.scores[w] == t else 0.0
                                           for w in wrong) / len(wrong)
-        sums["typed_first", kind] += float(len(leaders) == 1 and answer_type(leaders[0]) == kind)
+        sums["typed_first", kind] += float(len(leaders) == 1 and group_of(leaders[0]) == kind)
     out = {f"{metric}.{kind}": sums[metric, kind] / n for kind, n in counts.items() for metric in METRICS}
     out.update({f"count.{kind}": float(n) for kind, n in counts.items()})
     return out

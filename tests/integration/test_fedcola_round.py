@@ -15,12 +15,13 @@ import pytest
 from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
-from fedsecure.data.shares import client_pairs, server_part
 from fedsecure.models.groups import GroupKey
 from fedsecure.models.reward import RewardModelConfig
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+from tasks.easyvqa import TASK as EASYVQA
+from tasks.easyvqa.shares import client_pairs, server_part
 from tests.conftest import Federation
 from tests.helpers import run_in_thread
 
@@ -37,7 +38,7 @@ def test_fedcola_round_with_heterogeneous_architectures(start_federation: Callab
     def planners(aggregator):  # type: ignore[no-untyped-def]
         return {TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=6,
                                              learning_rate=3e-3, batch_size=32),
-                TaskKind.SCORE: ScorePlanner(questions=server_part("reward_eval", seed=0), metrics=metrics,
+                TaskKind.SCORE: ScorePlanner(task=EASYVQA, questions=server_part("reward_eval", seed=0), metrics=metrics,
                                              prompts_per_round=3)}
     cfg = RunConfig(rounds=2, quorum=2, min_clients=4, phases=(PhaseConfig(TaskKind.TRAIN, 240),
                                                                PhaseConfig(TaskKind.SCORE, 120)))

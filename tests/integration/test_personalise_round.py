@@ -14,13 +14,13 @@ from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.personalisation.plan import PersonalisationSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
-from fedsecure.data.shares import client_pairs
 from fedsecure.models.reward import RewardModelConfig
 from fedsecure.privacy.audit import audit_ledger
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 from server.rewards.personalise import PersonalisePlanner
 from server.rewards.planners import MetricsLog, TrainPlanner
+from tasks.easyvqa.shares import client_pairs
 from tests.conftest import Federation
 from tests.helpers import run_in_thread
 

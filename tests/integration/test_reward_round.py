@@ -12,17 +12,18 @@ from pathlib import Path
 from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
-from fedsecure.crypto import pki
-from fedsecure.data.shares import client_pairs, server_part
-from fedsecure.models.reward import RewardModelConfig
 from fedsecure.admin_client import AdminClient
+from fedsecure.crypto import pki
 from fedsecure.kit import load_kit
+from fedsecure.models.reward import RewardModelConfig
 from fedsecure.privacy.audit import audit_ledger
-from fedsecure.privacy.heads_export import heads_to_json, load_heads
 from fedsecure.privacy.budget import PrivacyBudget
+from fedsecure.privacy.heads_export import heads_to_json, load_heads
 from fedsecure.provision import Provisioned
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+from tasks.easyvqa import TASK as EASYVQA
+from tasks.easyvqa.shares import client_pairs, server_part
 from tests.conftest import Federation
 from tests.helpers import run_in_thread
 
@@ -34,7 +35,7 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     def planners(aggregator):  # type: ignore[no-untyped-def]
         return {TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=25, learning_rate=3e-3,
                                              batch_size=64),
-                TaskKind.SCORE: ScorePlanner(questions=questions, metrics=metrics, prompts_per_round=6)}
+                TaskKind.SCORE: ScorePlanner(task=EASYVQA, questions=questions, metrics=metrics, prompts_per_round=6)}
     cfg = RunConfig(rounds=2, quorum=2, min_clients=2, phases=(
         PhaseConfig(TaskKind.TRAIN, 120), PhaseConfig(TaskKind.SCORE, 60), PhaseConfig(TaskKind.REPORT_LEDGER, 30)))
     fed = start_federation(cfg, planners=planners)

@@ -31,7 +31,7 @@ from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, TaskKind
 from server.rewards.planners import MetricsLog, TrainPlanner
 from tests.conftest import Federation
-from tests.helpers import IMAGE, TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
+from tests.helpers import TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 from tests.integration.test_secure_aggregation import _stream
 
 TRAIN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))

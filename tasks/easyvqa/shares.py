@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, load_records
-from fedsecure.data.partition import split_federation
-from fedsecure.data.preferences import PreferencePair, build_pairs
+from fedsecure.data.preferences import PreferencePair
+from fedsecure.task import Example
+from tasks.easyvqa.data import load_records
+from tasks.easyvqa.pairs import build_pairs
+from tasks.easyvqa.partition import split_federation
 
 
-def judgeable(kind: str, record: VQARecord) -> bool:
+def judgeable(kind: str, record: Example) -> bool:
     """Whether a client kind can judge a question: image-only clients see no question,
     so yes/no questions (whose answer depends on it) are outside their capability."""
-    return not (kind == "image" and answer_type(record.answer) == "yesno")
+    return not (kind == "image" and record.group == "yesno")
 
 
 def client_pairs(*, name: str, clients: Sequence[str], kind: str, alpha: float = 0.5, seed: int = 0,
@@ -28,14 +30,14 @@ def client_pairs(*, name: str, clients: Sequence[str], kind: str, alpha: float =
     return pairs[:limit] if limit else pairs
 
 
-def server_records(*, seed: int = 0) -> tuple[list[VQARecord], list[VQARecord]]:
+def server_records(*, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """(public prompt pool, seed set): the server's share, disjoint from every client's."""
     split = split_federation(clients=["_"], seed=seed)
     by_id = {r.record_id: r for r in load_records("train")}
     return [by_id[i] for i in split.public_pool], [by_id[i] for i in split.seed_set]
 
 
-def server_part(name: str, *, seed: int = 0) -> list[VQARecord]:
+def server_part(name: str, *, seed: int = 0) -> list[Example]:
     """One of the server's other public parts ("pretrain", "router", "reward_eval"),
     disjoint by image from every client's share and from each other."""
     split = split_federation(clients=["_"], seed=seed)
@@ -46,7 +48,7 @@ def server_part(name: str, *, seed: int = 0) -> list[VQARecord]:
     return [by_id[i] for i in ids]
 
 
-def public_labelled_records(*, seed: int = 0) -> list[VQARecord]:
+def public_labelled_records(*, seed: int = 0) -> list[Example]:
     """The server's public records whose images it may pretrain on (the backbone's stacks,
     the policy's vision tower): the pretraining, router, prompt-pool and seed-set parts —
     never ``reward_eval``, the held-out part reward models and the ALIGN stage are judged

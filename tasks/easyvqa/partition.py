@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsecure.data.easyvqa import VQARecord, answer_type, load_records
+from fedsecure.task import Example
+from tasks.easyvqa.data import image_id, load_records
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,9 @@ class FederatedSplit:
     reward_eval: tuple[str, ...] = ()
 
 
-def category(record: VQARecord) -> tuple[str, str]:
+def category(record: Example) -> tuple[str, str]:
     """The non-IID key: (question type, answer)."""
-    return answer_type(record.answer), record.answer
+    return record.group, record.answer
 
 
 def split_federation(
@@ -45,7 +46,7 @@ def split_federation(
     server_image_fraction: float = 0.1,
     seed_set_size: int = 200,
     extra_parts: tuple[tuple[str, float], ...] = (("pretrain", 0.125), ("router", 0.025), ("reward_eval", 0.07)),
-    records: Sequence[VQARecord] | None = None,
+    records: Sequence[Example] | None = None,
 ) -> FederatedSplit:
     """Partition the train split; ``alpha`` small = very non-IID, large = near IID.
 
@@ -61,7 +62,7 @@ def split_federation(
         raise ValueError("server_image_fraction must be in (0, 1)")
     recs = list(load_records("train") if records is None else records)
     rng = np.random.default_rng(seed)
-    images = sorted({r.image_id for r in recs})
+    images = sorted({image_id(r) for r in recs})
     order = rng.permutation(images).tolist()
     n_server = max(1, int(len(images) * server_image_fraction))
     server_images = set(order[:n_server])
@@ -75,15 +76,15 @@ def split_federation(
         start += n
     if start >= len(images):
         raise ValueError("the server's parts leave no images for the clients")
-    server = [r.record_id for r in recs if r.image_id in server_images]
+    server = [r.record_id for r in recs if image_id(r) in server_images]
     rng.shuffle(server)
     n_seed = min(seed_set_size, len(server) // 2)
     by_cat: dict[tuple[str, str], list[str]] = defaultdict(list)
     parts: dict[str, list[str]] = defaultdict(list)
     for r in recs:
-        if r.image_id in part_of:
-            parts[part_of[r.image_id]].append(r.record_id)
-        elif r.image_id not in server_images:
+        if image_id(r) in part_of:
+            parts[part_of[image_id(r)]].append(r.record_id)
+        elif image_id(r) not in server_images:
             by_cat[category(r)].append(r.record_id)
     shares: dict[str, list[str]] = {c: [] for c in clients}
     for cat in sorted(by_cat):

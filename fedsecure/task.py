@@ -1,0 +1,116 @@
+"""What a federation aligns on: the task interface.
+
+A task gives the server its public data (the prompt pool GRPO samples, the SFT seed set,
+the router's preference set, the set the reward models and the policy's promotion gate are
+judged on, and the public data backbones are pretrained on), says how the policy is
+evaluated (a test split and a metric), and — only if it has one — its closed answer set.
+The framework (core, client SDK, server, key holder) works on :class:`Example` records and
+this protocol; which task a federation runs is chosen by the application layer
+(``--task``), so no framework module imports a task (issue 25; an import-linter contract
+in pyproject.toml says which modules still do, and the list only shrinks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+#: The parts of a task's public training data the server uses, disjoint by image:
+#: ``pool`` (GRPO prompts), ``seed`` (SFT warm start), ``router`` (the router's
+#: preference lists), ``reward_eval`` (reward models and the promotion gate are judged
+#: here, never trained on), ``pretrain`` (backbone and vision-tower pretraining).
+ServerPart = Literal["pool", "seed", "router", "reward_eval", "pretrain"]
+SERVER_PARTS: tuple[str, ...] = ("pool", "seed", "router", "reward_eval", "pretrain")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question about one image with its one right answer, and the question's group
+    (its type: per-group metrics and balancing read it, since an overall figure hides the
+    rare groups behind the common one)."""
+
+    record_id: str
+    question: str
+    answer: str
+    group: str
+    image: str = ""  # path of a PNG file; empty for a question without an image
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A task the federation can align a policy on (see the module's docstring)."""
+
+    @property
+    def name(self) -> str:
+        """The name ``--task`` selects and a kit is sealed for."""
+        ...
+
+    @property
+    def answer_set(self) -> tuple[str, ...] | None:
+        """The closed set of answers, or None for free-text answers."""
+        ...
+
+    def group_of(self, answer: str) -> str:
+        """The group (question type) an answer of the closed set belongs to; raises
+        ValueError for any other answer or for a task without a closed answer set."""
+        ...
+
+    @property
+    def question_groups(self) -> frozenset[str]:
+        """Groups whose answer depends on the question's text, not on the image alone
+        (easy-VQA's yes/no): an image-only model, which never reads the question, is not
+        asked to judge them."""
+        ...
+
+    def server_part(self, name: ServerPart, *, seed: int = 0) -> Sequence[Example]:
+        """One part of the server's public data (see :data:`ServerPart`)."""
+        ...
+
+    def test_examples(self) -> Sequence[Example]:
+        """The test split the policy is evaluated on (never trained on by anyone)."""
+        ...
+
+    def correct(self, example: Example, completion: str) -> bool:
+        """The evaluation metric: whether ``completion`` answers ``example`` right."""
+        ...
+
+
+def balanced_by_group(examples: Sequence[Example], per_group: int) -> list[Example]:
+    """The first ``per_group`` examples of each group, in their order: a common group
+    (three-quarters of easy-VQA's questions are yes/no, answered without looking at the
+    image) would hide the rare ones in any overall figure (issue 24)."""
+    if per_group < 1:
+        raise ValueError("per_group must be >= 1")
+    taken: dict[str, int] = {}
+    out = []
+    for e in examples:
+        if taken.get(e.group, 0) < per_group:
+            taken[e.group] = taken.get(e.group, 0) + 1
+            out.append(e)
+    return out
+
+
+def balanced_by_answer(examples: Sequence[Example], per_group: int) -> list[Example]:
+    """``per_group`` examples of each group, spread evenly over the group's answers (taken
+    in turn, in the examples' order, while each lasts). A policy that gives one answer to
+    every question of a group scores that group's chance level here, never that answer's
+    share — the promotion gate is measured on such a set, so a collapse cannot pass for a
+    gain (issue 24: collapsed to one shape, the policy read 0.39 → 0.50 on shape on
+    unbalanced held-out questions and 0.48 → 0.28 on the test)."""
+    if per_group < 1:
+        raise ValueError("per_group must be >= 1")
+    by_answer: dict[tuple[str, str], list[Example]] = {}
+    for e in examples:
+        by_answer.setdefault((e.group, e.answer), []).append(e)
+    out: list[Example] = []
+    for group in sorted({g for g, _ in by_answer}):
+        queues = [by_answer[k] for k in sorted(by_answer) if k[0] == group]
+        taken, depth = 0, 0
+        while taken < per_group and any(depth < len(q) for q in queues):
+            for q in queues:
+                if depth < len(q) and taken < per_group:
+                    out.append(q[depth])
+                    taken += 1
+            depth += 1
+    return out

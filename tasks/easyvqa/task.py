@@ -1,0 +1,56 @@
+"""easy-VQA behind the task interface (:class:`fedsecure.task.Task`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedsecure.task import SERVER_PARTS, Example, ServerPart
+from tasks.easyvqa.data import answer_type, answers, load_records
+from tasks.easyvqa.shares import server_part, server_records
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" .,!?'\"")
+
+
+@dataclass(frozen=True)
+class EasyVQA:
+    """easy-VQA: a closed set of 13 answers, grouped by type (colour, shape, yes/no);
+    the policy is judged by exact match of its normalised answer on the test split."""
+
+    name: str = "easyvqa"
+
+    @property
+    def answer_set(self) -> tuple[str, ...]:
+        """The 13 answers, in the package's order."""
+        return answers()
+
+    def group_of(self, answer: str) -> str:
+        """'color', 'shape' or 'yesno'; ValueError for an answer outside the set."""
+        return answer_type(answer)
+
+    @property
+    def question_groups(self) -> frozenset[str]:
+        """Yes/no: "is there a circle?" has no answer without the question."""
+        return frozenset({"yesno"})
+
+    def server_part(self, name: ServerPart, *, seed: int = 0) -> Sequence[Example]:
+        """One of the server's public parts, disjoint by image from every client's share."""
+        if name not in SERVER_PARTS:
+            raise ValueError(f"no server part {name!r}; choose one of {SERVER_PARTS}")
+        if name in ("pool", "seed"):
+            pool, seed_set = server_records(seed=seed)
+            return pool if name == "pool" else seed_set
+        return server_part(name, seed=seed)
+
+    def test_examples(self) -> Sequence[Example]:
+        """The easy-VQA test split."""
+        return load_records("test")
+
+    def correct(self, example: Example, completion: str) -> bool:
+        """Exact match after lowercasing, collapsing spaces and stripping punctuation."""
+        return _normalise(completion) == _normalise(example.answer)
+
+
+TASK = EasyVQA()
