@@ -47,7 +47,7 @@ SIDE_OPTIONS = {
     "client": ("run a federation client", "client_sdk.cli:add_arguments"),
     "align": ("align a policy VLM with GRPO (exact-match reward on the public pool)",
               "server.alignment.cli:add_align_arguments"),
-    "eval": ("exact-match accuracy of a policy checkpoint on the easy-VQA test split",
+    "eval": ("accuracy of a policy checkpoint on the task's test split",
              "server.alignment.cli:add_eval_arguments"),
     "demo": ("provision and run a whole federation on loopback", "apps.demo:add_arguments"),
 }
@@ -55,7 +55,7 @@ SIDE_OPTIONS = {
 
 # Commands that run on one task (issue 25): this layer picks it by name (``--task``; the
 # server's TOML key ``server.task``) and hands the side its Task — no side imports a task.
-TASKED = ("server",)
+TASKED = ("server", "align", "eval")
 DEFAULT_TASK = "easyvqa"
 
 

@@ -24,12 +24,11 @@ from pathlib import Path
 import grpc
 import tomli_w
 
+from apps.demo_backbones import Pretraining, pretrain
 from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
 from fedsecure.provision import provision
 from fedsecure.transport.serving import wait_for_port_file
-
-from apps.demo_backbones import Pretraining, pretrain
 from fedsecure.types import Role
 
 # Clients of the three kinds of docs/design.md §5, and one of another architecture (a
@@ -42,6 +41,9 @@ DEMO_PHASES = "train,score,align,personalise,report_ledger"  # personalise: the 
 # (measured: 3 rounds of 20 × 16 from round 1 took the policy's colour 0.83 → 0.59)
 ALIGN_STEPS = 40
 ALIGN_PROMPTS = 32
+
+
+DEMO_TASK = "easyvqa"  # its clients' data are easy-VQA shares (--easyvqa-clients)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,7 +157,7 @@ def _main(args: argparse.Namespace) -> int:
         # The run is written down first (configs/server.toml) and started from the file; only
         # what is known at launch (the ports) comes as flags.
         server_toml = _write_toml(configs / "server.toml", {
-            "server": {"kit": str(kits.server)},
+            "server": {"kit": str(kits.server), "task": DEMO_TASK},
             "run": {"rounds": args.rounds, "quorum": 2, "min_clients": len(names), "phases": phases.split(","),
                     "phase_deadline_s": args.phase_deadline},
             "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round},
@@ -219,7 +221,9 @@ def _main(args: argparse.Namespace) -> int:
     report = None
     metrics = kits.server / "state" / "metrics.jsonl"
     if metrics.exists() and status["run_id"]:
-        from server.report import write_report  # the operator's view of the run, beside audit.html
+        from server.report import (
+            write_report,  # the operator's view of the run, beside audit.html
+        )
 
         write_report(metrics=metrics, out=work / "report.html", json_out=work / "report.json", run_id=status["run_id"])
         report = str(work / "report.html")
@@ -254,6 +258,7 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
     router's weights per question type, the clients left out of steps, the held-out
     monitor (``server.mixture``)."""
     from server.mixture.vqa_stage import evaluate_stage
+    from tasks import get_task
 
     rounds = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     rounds = [r for r in rounds if r.get("phase") == "align"]
@@ -261,7 +266,7 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
         print("[demo] the ALIGN stage never ran (no base policy)", flush=True)
         return {"rounds": rounds}
     started = time.monotonic()
-    ev = evaluate_stage(out, limit=eval_limit)
+    ev = evaluate_stage(out, task=get_task(DEMO_TASK), limit=eval_limit)
     for r in rounds:
         if "error" in r:
             print(f"[demo] ALIGN round {r['round']}: FAILED {r['error']}")

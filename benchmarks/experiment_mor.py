@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 
 from fedsecure.progress import track
+from tasks.easyvqa import TASK as EASYVQA
 
 log = logging.getLogger("fedsecure.experiment.mor")
 
@@ -342,7 +343,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     from server.alignment.job import prompt_pool as balanced_pool
     from server.alignment.prompts import vqa_prompts
     from server.alignment.vqa_eval import eval_prompts, text_only_answers
-    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.data import answers, load_records
     from tasks.easyvqa.shares import client_pairs, server_part
 
     started = time.monotonic()
@@ -362,7 +363,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
         fedavg_model = next(c.model for c in federated_clients(collab, "fedavg", seed, encoded)[0]
                             if c.kind == "image_text")
     server_model = _server_model(cfg, seed, tok) if "server_only" in methods else None
-    base = prepare_base(AlignmentSettings(out=cfg.out / f"seed-{seed}", seed=seed, device=cfg.device))
+    base = prepare_base(AlignmentSettings(out=cfg.out / f"seed-{seed}", seed=seed, device=cfg.device), task=EASYVQA)
     roster_models = {c.name: (c.kind, c.model, tok) for c in clients}
 
     cache: dict[str, list[object]] = {}  # every method loads the same base: one encoding per seed
@@ -374,13 +375,13 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
             return cache[key]
         return get
 
-    test = cached("test", lambda p: eval_prompts(p, limit=cfg.eval_questions, seed=0))  # the same for all: paired
+    test = cached("test", lambda p: eval_prompts(p, task=EASYVQA, limit=cfg.eval_questions, seed=0))  # the same for all: paired
     quality = cached("quality", lambda p: vqa_prompts(balanced_by_group(server_part("reward_eval"), cfg.quality_per_type),
                                                       processor=p))
-    prompt_pool = cached("pool", lambda p: vqa_prompts(balanced_pool(1500), processor=p))
+    prompt_pool = cached("pool", lambda p: vqa_prompts(balanced_pool(EASYVQA, 1500), processor=p))
 
     memos: dict[str, dict] = {}  # per scorer: the same frozen model scores a triple once per seed
-    text_only = text_only_answers()
+    text_only = text_only_answers(load_records("train"))  # the whole train split, as the published figures
     rows: dict[str, object] = {}
     for method in track(methods, desc=f"seed {seed}", unit="method"):
         rows[method] = _run_method(method, cfg=cfg, seed=seed, base=base, roster_models=roster_models,

@@ -76,6 +76,14 @@ class Task(Protocol):
         ...
 
 
+def public_labelled(task: Task, *, seed: int = 0) -> list[Example]:
+    """The task's public examples the server may train on (the backbone's stacks, the
+    policy's vision tower, the text-only baseline): the ``pretrain``, ``router``, ``pool``
+    and ``seed`` parts — never ``reward_eval``, the held-out part reward models and the
+    ALIGN stage are judged on, and never a client's share."""
+    return [e for part in ("pretrain", "router", "pool", "seed") for e in task.server_part(part, seed=seed)]  # type: ignore[arg-type]
+
+
 def balanced_by_group(examples: Sequence[Example], per_group: int) -> list[Example]:
     """The first ``per_group`` examples of each group, in their order: a common group
     (three-quarters of easy-VQA's questions are yes/no, answered without looking at the

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from server.alignment.job import AlignmentSettings, run_alignment
+from tasks.easyvqa import TASK as EASYVQA
 
 
 def main(out: Path) -> None:
@@ -20,7 +21,7 @@ def main(out: Path) -> None:
     settings = AlignmentSettings(out=out, adapter="lora", sft_epochs=0, vision_pretrain_steps=0, steps=2,
                                  prompts_per_step=2, group_size=4, eval_limit=8, checkpoint_every=1, device="cpu",
                                  parallel="fsdp")
-    result = run_alignment(settings)
+    result = run_alignment(settings, task=EASYVQA)
     (out / f"job-rank{os.environ['RANK']}.json").write_text(json.dumps(
         {"steps": result.steps, "end": result.end.accuracy, "start": result.start.accuracy}))
     gc.collect()  # the job's FSDP wrappers are freed before their process group (see ddp_worker.py)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from transformers import LlamaForCausalLM
 
-from benchmarks.bench_grpo import BenchConfig, bench_grpo
 from apps.cli import main as cli
+from benchmarks.bench_grpo import BenchConfig, bench_grpo
 from fedsecure.models.policy_vlm import load_policy, tiny_llama_config
 from server.alignment.job import AlignmentSettings, run_alignment
+from tasks.easyvqa import TASK as EASYVQA
 
 
 def settings(out: Path, steps: int) -> AlignmentSettings:
@@ -22,7 +23,7 @@ def settings(out: Path, steps: int) -> AlignmentSettings:
 
 
 def test_the_job_trains_exports_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    first = run_alignment(settings(tmp_path, steps=2))
+    first = run_alignment(settings(tmp_path, steps=2), task=EASYVQA)
     assert first.steps == 2 and first.start.count == first.end.count == 24
     assert (tmp_path / "base" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "vision_pretrain.json").read_text())["images"] > 100
@@ -32,7 +33,7 @@ def test_the_job_trains_exports_and_resumes(tmp_path: Path, capsys: pytest.Captu
     changed = [n for n, p in aligned.state_dict().items() if not p.equal(base.state_dict()[n])]
     assert changed  # the exported policy is the trained one, not the base
 
-    second = run_alignment(settings(tmp_path, steps=4))  # continues from step 2
+    second = run_alignment(settings(tmp_path, steps=4), task=EASYVQA)  # continues from step 2
     assert second.steps == 4
     assert second.start == first.start  # same starting point, read back rather than re-measured
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -13,14 +13,15 @@ from server.alignment.devices import select_placement
 from server.alignment.job import prompt_pool, seed_questions
 from server.alignment.policy import Policy, PolicySetup
 from server.alignment.vision_pretrain import vision_tower
+from tasks.easyvqa import TASK as EASYVQA
 from tasks.easyvqa.data import answer_type
 from tasks.easyvqa.shares import public_labelled_records, server_part
 
 
 def test_warm_start_and_pool_are_balanced_by_type() -> None:
-    seed = Counter(answer_type(r.answer) for r in seed_questions(67))
+    seed = Counter(answer_type(r.answer) for r in seed_questions(EASYVQA, 67))
     assert seed == {"yesno": 67, "color": 67, "shape": 67}
-    pool = prompt_pool(1500)
+    pool = prompt_pool(EASYVQA, 1500)
     counts = Counter(answer_type(r.answer) for r in pool)
     assert len(set(counts.values())) == 1 and len(pool) <= 1500 and len(counts) == 3
 

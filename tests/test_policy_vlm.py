@@ -35,6 +35,7 @@ from server.alignment.vqa_eval import (
     exact_match_reward,
     normalise_answer,
 )
+from tasks.easyvqa import TASK as EASYVQA
 from tasks.easyvqa.data import load_records
 from tasks.easyvqa.shares import server_records
 
@@ -135,7 +136,7 @@ def test_sft_warm_start_teaches_the_answer_format_and_grpo_updates_the_vlm() -> 
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="lora"), placement=select_placement("cpu"))
-    evaluation = evaluate_policy(policy, eval_prompts(processor, limit=64, seed=0))
+    evaluation = evaluate_policy(policy, eval_prompts(processor, task=EASYVQA, limit=64, seed=0))
     assert evaluation.count == 64 and 0.0 <= evaluation.accuracy <= 1.0
     assert set(evaluation.by_type) <= {"yesno", "shape", "color"}
     engine = GRPOEngine(policy=policy, config=GRPOConfig(prompts_per_step=8, learning_rate=1e-2,

@@ -1,5 +1,5 @@
-"""``fedsecure align`` (run or resume an alignment job) and ``fedsecure eval`` (exact-match
-accuracy of any policy checkpoint on the easy-VQA test split)."""
+"""``fedsecure align`` (run or resume an alignment job) and ``fedsecure eval`` (accuracy of
+any policy checkpoint on the task's test split)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsecure.task import Task
 
 
 def add_align_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +37,8 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
                         "state sharded over the ranks, for policies that do not fit one GPU)")
 
 
-def align_main(args: argparse.Namespace) -> int:
-    """Run the job; print its result as JSON."""
+def align_main(args: argparse.Namespace, *, task: Task) -> int:
+    """Run the job on ``task``; print its result as JSON."""
     from server.alignment.job import AlignmentSettings, run_alignment
 
     settings = AlignmentSettings(out=args.out, policy_path=args.policy, adapter=args.adapter,
@@ -42,7 +46,7 @@ def align_main(args: argparse.Namespace) -> int:
                                  group_size=args.group_size, learning_rate=args.lr, beta=args.beta,
                                  eval_limit=args.eval_limit, seed=args.seed, device=args.device,
                                  parallel=args.parallel)
-    result = run_alignment(settings)
+    result = run_alignment(settings, task=task)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}))
     import torch.distributed as dist
 
@@ -63,10 +67,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
-def eval_main(args: argparse.Namespace) -> int:
-    """Print the checkpoint's exact-match accuracy as JSON."""
+def eval_main(args: argparse.Namespace, *, task: Task) -> int:
+    """Print the checkpoint's accuracy on ``task``'s test split as JSON."""
     from server.alignment.vqa_eval import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, limit=args.limit, seed=args.seed, device=args.device)
+    result = evaluate_checkpoint(args.checkpoint, task=task, limit=args.limit, seed=args.seed, device=args.device)
     print(json.dumps({"checkpoint": str(args.checkpoint), **dataclasses.asdict(result)}))
     return 0

@@ -33,7 +33,7 @@ from fedsecure.models.policy_vlm import (
     load_policy,
     save_policy,
 )
-from fedsecure.task import Example, balanced_by_group
+from fedsecure.task import Example, Task, balanced_by_group, public_labelled
 from server.alignment.devices import Placement, select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
 from server.alignment.grpo_loss import GRPOLossConfig
@@ -54,7 +54,6 @@ from server.alignment.vqa_eval import (
     evaluate_policy,
     exact_match_reward,
 )
-from tasks.easyvqa.shares import public_labelled_records, server_part, server_records
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +108,9 @@ class AlignmentResult:
     seconds: float
 
 
-def prepare_base(settings: AlignmentSettings) -> Path:
-    """Build or load the base, warm-start it, save it once (atomically) as ``base/``."""
+def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
+    """Build or load the base, warm-start it on ``task``'s public data, save it once
+    (atomically) as ``base/``."""
     base = settings.out / "base"
     settings.out.mkdir(parents=True, exist_ok=True)
     if (base / "config.json").is_file():
@@ -123,7 +123,7 @@ def prepare_base(settings: AlignmentSettings) -> Path:
         model, processor = build_tiny_vlm(seed=settings.seed)
         if settings.vision_pretrain_steps:
             # Every public image the server labels except the held-out evaluation part.
-            seen = pretrain_vision_tower(model, train=public_labelled_records(), held_out=server_part("reward_eval"),
+            seen = pretrain_vision_tower(model, train=public_labelled(task), held_out=task.server_part("reward_eval"),
                                          config=VisionPretrainConfig(steps=settings.vision_pretrain_steps,
                                                                      seed=settings.seed))
             log.info("policy vision tower pretrained on %d public images in %.0f s: held-out colour %.2f -> %.2f, "
@@ -132,7 +132,7 @@ def prepare_base(settings: AlignmentSettings) -> Path:
             (settings.out / "vision_pretrain.json").write_text(json.dumps(dataclasses.asdict(seen), indent=1))
             tower = vision_tower(model)
     if settings.sft_epochs:
-        prompts = vqa_prompts(seed_questions(settings.seed_per_type), processor=processor)
+        prompts = vqa_prompts(seed_questions(task, settings.seed_per_type), processor=processor)
         targets = [encode_answer(processor, p.answer or "") for p in prompts]
         # The seed set is small (200 questions): training the pretrained tower on it too
         # overwrites what it learnt (measured: colour accuracy 0.52 with it frozen, 0.06 without).
@@ -150,30 +150,29 @@ def prepare_base(settings: AlignmentSettings) -> Path:
     return base
 
 
-def seed_questions(per_type: int) -> list[Example]:
-    """The warm start's questions: ``per_type`` of each answer type from the seed set, then
-    the public prompt pool (the seed set alone has too few colour and shape questions)."""
-    pool, seed_set = server_records(seed=0)
-    return balanced_by_group([*seed_set, *pool], per_type)
+def seed_questions(task: Task, per_type: int) -> list[Example]:
+    """The warm start's questions: ``per_type`` of each group from the seed set, then the
+    public prompt pool (easy-VQA's seed set alone has too few colour and shape questions)."""
+    return balanced_by_group([*task.server_part("seed"), *task.server_part("pool")], per_type)
 
 
-def prompt_pool(size: int) -> list[Example]:
-    """GRPO's public prompts, the same number of each answer type (at most ``size`` in all;
-    the rarest type in the public pool bounds each)."""
-    pool, _ = server_records(seed=0)
-    rarest = min(Counter(r.group for r in pool).values())
-    return balanced_by_group(pool, max(1, min(size // 3, rarest)))
+def prompt_pool(task: Task, size: int) -> list[Example]:
+    """GRPO's public prompts, the same number of each group (at most ``size`` in all; the
+    rarest group in the public pool bounds each)."""
+    pool = task.server_part("pool")
+    counts = Counter(r.group for r in pool)
+    return balanced_by_group(pool, max(1, min(size // len(counts), min(counts.values()))))
 
 
-def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match_reward,
+def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn = exact_match_reward,
                   on_step: Callable[[StepReport], None] | None = None) -> AlignmentResult:
-    """Run (or resume) the job described by ``settings``; see the module docstring."""
+    """Run (or resume) the job described by ``settings`` on ``task``; see the module docstring."""
     started = time.perf_counter()
     settings.out.mkdir(parents=True, exist_ok=True)
     placement = select_placement(settings.device)  # under torchrun: joins the process group
     lead = placement.rank == 0  # one writer of shared files; every rank trains
     if lead:
-        prepare_base(settings)
+        prepare_base(settings, task=task)
     if placement.distributed:
         torch.distributed.barrier()
     model, processor = load_policy(settings.out / "base")
@@ -187,8 +186,8 @@ def run_alignment(settings: AlignmentSettings, *, reward: RewardFn = exact_match
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / "checkpoints",
                         checkpoint_every=settings.checkpoint_every, parallel=settings.parallel)
     resumed = engine.resume()
-    pool_prompts = vqa_prompts(prompt_pool(settings.pool_size), processor=processor)
-    test = eval_prompts(processor, limit=settings.eval_limit, seed=settings.eval_seed)
+    pool_prompts = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
+    test = eval_prompts(processor, task=task, limit=settings.eval_limit, seed=settings.eval_seed)
     # the initial policy's accuracy on these test questions, measured once per question set
     start_file = settings.out / f"start_eval-{settings.eval_limit}-{settings.eval_seed}.json"
     if start_file.is_file():

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsecure.task import Task
 from server.alignment.devices import select_placement
 from server.alignment.policy import (
     Policy,
@@ -23,7 +24,6 @@ from server.alignment.policy import (
 )
 from server.alignment.prompts import Prompt, collate_prompts, vqa_prompts
 from server.alignment.rollouts import SamplingConfig, generate
-from tasks.easyvqa.data import load_records
 
 _SPACE = re.compile(r"\s+")
 
@@ -52,22 +52,22 @@ class EvalResult:
     by_type: dict[str, float]
 
 
-def eval_prompts(processor: Any, *, limit: int | None = None, seed: int = 0) -> list[Prompt]:
-    """The easy-VQA test split (or a seeded subset of ``limit`` questions), encoded."""
-    records = list(load_records("test"))
+def eval_prompts(processor: Any, *, task: Task, limit: int | None = None, seed: int = 0) -> list[Prompt]:
+    """The task's test split (or a seeded subset of ``limit`` questions), encoded."""
+    records = list(task.test_examples())
     if limit is not None and limit < len(records):
         rng = np.random.default_rng(seed)
         records = [records[i] for i in sorted(rng.choice(len(records), size=limit, replace=False))]
     return vqa_prompts(records, processor=processor)
 
 
-def text_only_answers(records: Sequence[Any] | None = None) -> dict[str, str]:
-    """The most common answer for each question text in the training split (ties: the
+def text_only_answers(records: Sequence[Any]) -> dict[str, str]:
+    """The most common answer for each question text in ``records`` (ties: the
     alphabetically first): what a model that never looks at the image can reach. Three
     quarters of easy-VQA's test questions are yes/no and this alone answers most of them
     (issue 24), so every table of policy accuracy shows it next to the methods."""
     counts: dict[str, Counter[str]] = {}
-    for r in load_records("train") if records is None else records:
+    for r in records:
         counts.setdefault(normalise_answer(r.question), Counter())[normalise_answer(r.answer)] += 1
     return {q: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for q, c in counts.items()}
 
@@ -116,7 +116,8 @@ def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, 
                       by_type={k: hits[k] / totals[k] for k in sorted(totals)})
 
 
-def evaluate_checkpoint(path: Path, *, limit: int | None = None, seed: int = 0, device: str = "auto") -> EvalResult:
+def evaluate_checkpoint(path: Path, *, task: Task, limit: int | None = None, seed: int = 0,
+                        device: str = "auto") -> EvalResult:
     """Load any local vision-language checkpoint and measure its exact-match accuracy."""
     from fedsecure.models.policy_vlm import load_policy
 
@@ -129,6 +130,6 @@ def evaluate_checkpoint(path: Path, *, limit: int | None = None, seed: int = 0, 
     def decode(row: Sequence[int]) -> str:
         return decode_completion(row, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                                  decode_ids=tokenizer_decoder(tok))
-    return evaluate(model, prompts=eval_prompts(processor, limit=limit, seed=seed), decode=decode,
+    return evaluate(model, prompts=eval_prompts(processor, task=task, limit=limit, seed=seed), decode=decode,
                     eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, autocast=placement.autocast,
                     suppressed=suppressed)

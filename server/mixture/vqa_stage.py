@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fedsecure.models.policy_vlm import load_policy
-from fedsecure.task import balanced_by_answer, balanced_by_group
+from fedsecure.task import Task, balanced_by_answer, balanced_by_group, public_labelled
 from server.alignment.devices import select_placement
 from server.alignment.grpo import GRPOConfig, GRPOEngine
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint
@@ -47,8 +47,6 @@ from server.mixture.promotion import Measured
 from server.mixture.reward import MixtureReward, ScoringClient
 from server.mixture.router import Router
 from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet
-from tasks.easyvqa.data import answer_type, answers
-from tasks.easyvqa.shares import server_part
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +78,11 @@ class VQAStageSettings:
     device: str = "auto"
 
 
-def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings) -> AlignStage:
+def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings, *, task: Task) -> AlignStage:
     """The stage for ``roster`` (fixed order: the router's client axis)."""
-    base = prepare_base(AlignmentSettings(out=settings.out, seed=settings.seed, device=settings.device))
+    if task.answer_set is None:
+        raise ValueError(f"task {task.name!r} has no closed answer set for the router's preference lists")
+    base = prepare_base(AlignmentSettings(out=settings.out, seed=settings.seed, device=settings.device), task=task)
     model, processor = load_policy(base)
     policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(settings.device))
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
@@ -90,10 +90,10 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings)
                         loss=GRPOLossConfig(beta=settings.beta),
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=4))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
-    pool = vqa_prompts(prompt_pool(settings.pool_size), processor=processor)
-    preferences = PreferenceSet.from_records(balanced_by_group(server_part("router"), settings.router_per_type),
-                                             processor=processor, answer_set=answers(), group_of=answer_type)
-    monitor = vqa_prompts(balanced_by_answer(server_part("reward_eval"), settings.monitor_per_type),
+    pool = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
+    preferences = PreferenceSet.from_records(balanced_by_group(task.server_part("router"), settings.router_per_type),
+                                             processor=processor, answer_set=task.answer_set, group_of=task.group_of)
+    monitor = vqa_prompts(balanced_by_answer(task.server_part("reward_eval"), settings.monitor_per_type),
                           processor=processor)
     features = reference_features(policy)
     router = Router(feature_dim=int(features(pool[:1]).shape[1]), clients=len(roster))
@@ -130,17 +130,19 @@ class StageEvaluation:
     last: EvalResult
     steps: int
     promoted_step: int
-    text_only: EvalResult  # no policy: the most common training answer for the question text
+    # no policy: the most common answer for the question text among the server's public
+    # labelled examples (never a client's share, never the held-out part)
+    text_only: EvalResult
 
 
-def evaluate_stage(out: Path, *, limit: int = 500, seed: int = 0, device: str = "auto") -> StageEvaluation:
+def evaluate_stage(out: Path, *, task: Task, limit: int = 500, seed: int = 0, device: str = "auto") -> StageEvaluation:
     """Measure the base policy in ``out``, the exported (promoted) policy and the policy of
-    the stage's latest checkpoint on ``limit`` fixed easy-VQA test questions."""
+    the stage's latest checkpoint on ``limit`` fixed test questions of ``task``."""
     model, processor = load_policy(out / "base")
     policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(device))
-    test = eval_prompts(processor, limit=limit, seed=seed)
+    test = eval_prompts(processor, task=task, limit=limit, seed=seed)
     start = evaluate_policy(policy, test)
-    text_only = evaluate_text_only(test, text_only_answers())
+    text_only = evaluate_text_only(test, text_only_answers(public_labelled(task)))
     path = latest_checkpoint(out / CHECKPOINTS)
     if path is None:
         return StageEvaluation(start=start, end=start, last=start, steps=0, promoted_step=0, text_only=text_only)
