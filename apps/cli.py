@@ -55,8 +55,33 @@ SIDE_OPTIONS = {
 
 # Commands that run on one task (issue 25): this layer picks it by name (``--task``; the
 # server's TOML key ``server.task``) and hands the side its Task — no side imports a task.
-TASKED = ("server", "align", "eval")
+TASKED = ("server", "align", "eval", "backbone")
 DEFAULT_TASK = "easyvqa"
+
+
+def _add_task_argument(p: argparse.ArgumentParser) -> None:
+    from tasks import KNOWN
+
+    p.add_argument("--task", default=DEFAULT_TASK,
+                   help=f"what the federation aligns on: {', '.join(sorted(KNOWN))} (default {DEFAULT_TASK})")
+
+
+def _task(args: argparse.Namespace) -> Any:
+    """The Task named by ``--task``; ValueError (exit 2) naming the known tasks."""
+    from tasks import get_task
+
+    return get_task(args.task)
+
+
+def _kit_task(args: argparse.Namespace) -> Any:
+    """The Task a client's kit is sealed for (a client never chooses one: its kit says)."""
+    from fedsecure.kit import load_kit
+    from fedsecure.task import SealedTask
+    from tasks import get_task
+
+    if args.kit is None:
+        raise ValueError("--kit is needed")
+    return get_task(SealedTask.from_settings(load_kit(args.kit).settings).name)
 
 
 def _function(path: str) -> Callable[..., Any]:
@@ -71,10 +96,7 @@ def _side_parser(sub: Any, name: str, built: bool) -> argparse.ArgumentParser:
     if built:
         _function(adder)(p)
         if name in TASKED:
-            from tasks import KNOWN
-
-            p.add_argument("--task", default=DEFAULT_TASK,
-                           help=f"what the federation aligns on: {', '.join(sorted(KNOWN))} (default {DEFAULT_TASK})")
+            _add_task_argument(p)
     p.set_defaults(func=_delegate(name))
     return p
 
@@ -82,9 +104,9 @@ def _side_parser(sub: Any, name: str, built: bool) -> argparse.ArgumentParser:
 def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         if command in TASKED:
-            from tasks import get_task
-
-            return int(_function(DELEGATED[command])(args, task=get_task(args.task)))  # ValueError names the known
+            return int(_function(DELEGATED[command])(args, task=_task(args)))
+        if command == "client":
+            return int(_function(DELEGATED[command])(args, task=_kit_task(args)))
         return int(_function(DELEGATED[command])(args))
 
     return run
@@ -96,7 +118,7 @@ def _provision(args: argparse.Namespace) -> int:
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     result = provision(out=args.out, clients=clients, keyholder_public_context=args.keyholder_context.read_bytes(),
                        server_address=args.server_address, keyholder_address=args.keyholder_address,
-                       backbone=args.backbone)
+                       backbone=args.backbone, task=_task(args))
     print(f"provisioned {len(clients)} clients under {result.root}")
     print(f"CA fingerprint (pin it): {result.ca_fingerprint}")
     print(f"keep {result.root / 'ca' / 'ca_key.pem'} offline")
@@ -175,7 +197,7 @@ def _data(args: argparse.Namespace) -> int:
     from fedsecure.data.local import DataError, check_pairs
 
     try:
-        report = check_pairs(args.path, needs_images=args.kind != "text")
+        report = check_pairs(args.path, needs_images=args.kind != "text", answer_set=_task(args).answer_set)
     except DataError as exc:
         report = exc.report
     print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
@@ -216,7 +238,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.membership:
         from client_sdk.cli import membership_main
 
-        return membership_main(args)
+        return membership_main(args, task=_kit_task(args))
     from fedsecure.crypto import pki
     from fedsecure.privacy.audit import audit_ledger
     from fedsecure.privacy.heads_export import load_heads
@@ -257,6 +279,7 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--backbone", type=Path, action="append",
                    help="a pretrained reward-model backbone (`fedsecure backbone pretrain`): its digest is sealed; "
                         "repeat for one backbone per architecture")
+    _add_task_argument(p)
     p.set_defaults(func=_provision)
 
     for name in ("server", "keyholder", "keyholder-keygen", "backbone"):
@@ -275,6 +298,7 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--kind", default="image_text", choices=["image_text", "image", "text"],
                    help="the reward model kind it is for (text needs no images)")
     p.add_argument("--json", action="store_true", help="the report as JSON")
+    _add_task_argument(p)
     p.set_defaults(func=_data)
 
     _side_parser(sub, "client", built("client"))

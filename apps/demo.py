@@ -27,6 +27,7 @@ import tomli_w
 from apps.demo_backbones import Pretraining, pretrain
 from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import provision
 from fedsecure.transport.serving import wait_for_port_file
 from fedsecure.types import Role
@@ -137,7 +138,7 @@ def _main(args: argparse.Namespace) -> int:
                                                   ("--layers", str(DEEP_LAYERS)))], args.backbone_steps)
     kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
                      backbone=[backbone, deep] if backbone and deep else None,
-                     keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes(), task=EASYVQA)
     print(f"[demo] key holder made its CKKS key pair in {keys_dir}; provisioned CA + server, key holder, admin "
           f"and {len(names)} client kits (public CKKS context only) in {kits_dir}")
     port_file = work / "server.port"

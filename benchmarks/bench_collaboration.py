@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config, reward_config_on_backbone as easyvqa_on_backbone
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.collaboration")
@@ -229,7 +230,7 @@ def eval_batches(kind: str, questions: Sequence[object], tokenizer: object,
         images = ([load_image(q.image) for q in chunk for _ in vocab]  # type: ignore[attr-defined]
                   if kind != "text" else [])
         batch = encode_items(images, [q.question for q in chunk for _ in vocab], list(vocab) * len(chunk),  # type: ignore[attr-defined]
-                             tokenizer)
+                             tokenizer, answers=answers())
         out.append(([q.answer for q in chunk], batch))  # type: ignore[attr-defined]
     return out
 
@@ -258,17 +259,15 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
     encoded pairs in ``encoded``), and the row's extra figures (e.g. the spent ε);
     ``on_trained(round, clients)`` sees each round's local models before aggregation."""
     from fedsecure.models.reward import (
-        RewardModelConfig,
         build_reward_model,
-        config_on_backbone,
     )
 
     clients = []
     for i, name in enumerate(CLIENTS):
         torch.manual_seed(seed * 100 + i)
         kind = KIND_OF[name]
-        config = (RewardModelConfig(kind=kind, federation_seed=seed) if row == "random_backbone"
-                  else config_on_backbone(kind, cfg.backbone, federation_seed=seed))
+        config = (easyvqa_reward_config(kind=kind, federation_seed=seed) if row == "random_backbone"
+                  else easyvqa_on_backbone(kind, cfg.backbone, federation_seed=seed))
         model, _ = build_reward_model(config)
         clients.append(_Client(name, kind, model, encoded[name]))
     return clients, _federated(row, clients, cfg, on_trained)
@@ -282,17 +281,18 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
     from fedsecure.models.reward import (
         RewardModelConfig,
         build_reward_model,
-        config_on_backbone,
     )
     from tasks.easyvqa.data import answers
     from tasks.easyvqa.shares import client_pairs
 
     def encode(pairs):  # type: ignore[no-untyped-def]  # the clients' own listwise records
-        return encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
+        return encode_records(records_from_pairs(pairs, answer_set=answers()), tok, answers=answers())
+
+    from tasks.easyvqa.data import vocabulary
 
     from fedsecure.models.tokenizer import build_tokenizer
 
-    tok = build_tokenizer(RewardModelConfig().max_length)  # every model here uses this local tokenizer
+    tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())  # every model here uses this local tokenizer
     pairs = {c: client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c], alpha=cfg.alpha, seed=seed,
                              limit=cfg.pairs_per_client) for c in CLIENTS}
     encoded = {c: encode(p) for c, p in pairs.items()}
@@ -305,7 +305,7 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
         if row in ("central", "central_dp"):
             for kind in KINDS:
                 torch.manual_seed(seed)
-                model, _ = build_reward_model(config_on_backbone(kind, cfg.backbone, federation_seed=seed))
+                model, _ = build_reward_model(easyvqa_on_backbone(kind, cfg.backbone, federation_seed=seed))
                 union = encode([p for c in CLIENTS for p in client_pairs(name=c, clients=list(CLIENTS), kind=kind,
                                                                            alpha=cfg.alpha, seed=seed,
                                                                            limit=cfg.pairs_per_client)])

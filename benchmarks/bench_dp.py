@@ -22,16 +22,16 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
     from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import (
         SHARED_ADAPTER,
-        RewardModelConfig,
         build_reward_model,
     )
     from tasks.easyvqa.data import answers
+    from tasks.easyvqa.models import reward_config as easyvqa_reward_config
     from tasks.easyvqa.shares import client_pairs
 
     settings = DPSettings()  # the defaults a client runs with (secure mode on)
     if mode:
         settings = dataclasses.replace(settings, grad_sample_mode=mode)
-    model, tok = build_reward_model(RewardModelConfig(kind=kind))
+    model, tok = build_reward_model(easyvqa_reward_config(kind=kind))
     if gate:
         from fedsecure.models.gate import attach_gates
         from fedsecure.models.slots import slot_of
@@ -42,7 +42,7 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
                for n, p in model.named_parameters() if f"lora_B.{SHARED_ADAPTER}" in n}
         attach_gates(model, stack=kind, adapter=SHARED_ADAPTER, aux=aux)
     data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=4096),
-                                             answer_set=answers()), tok)
+                                             answer_set=answers()), tok, answers=answers())
     q = settings.batch_size / len(data)
     params = [p for p in model.parameters() if p.requires_grad]
     plain_opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
@@ -102,11 +102,14 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
     from fedsecure.data.preferences import holdout
     from fedsecure.kit import load_kit
     from fedsecure.models.encoding import encode_pairs
-    from fedsecure.models.reward import RewardModelConfig, build_reward_model
+    from fedsecure.models.reward import build_reward_model
+    from tasks.easyvqa.data import answers
+    from tasks.easyvqa.models import reward_config as easyvqa_reward_config
     from fedsecure.privacy.audit import audit_ledger
     from fedsecure.privacy.budget import PrivacyBudget
     from fedsecure.privacy.ledger import Ledger
     from fedsecure.privacy.membership import membership_auc
+    from tasks.easyvqa import TASK as EASYVQA
     from fedsecure.provision import provision
     from tasks.easyvqa.shares import client_pairs
 
@@ -120,18 +123,18 @@ def bench_dp_utility(*, kinds: list[str], steps: int, epsilon: float = 8.0, delt
                                          "pairs": pairs, "secure_mode": settings.secure_mode}}
     with tempfile.TemporaryDirectory() as tmp:
         public = ckks.public_context_bytes(ckks.create_secret_context())  # kits need one; nothing is encrypted here
-        kits = provision(out=Path(tmp) / "kits", clients=["a"], keyholder_public_context=public)
+        kits = provision(out=Path(tmp) / "kits", clients=["a"], keyholder_public_context=public, task=EASYVQA)
         kit = load_kit(kits.clients["a"])
         for kind in kinds:
             train, held = holdout(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=pairs),
                                   fraction=0.2, seed=0)
             torch.manual_seed(0)
-            plain, tok = build_reward_model(RewardModelConfig(kind=kind))
-            dtrain, dheld = encode_pairs(train, tok), encode_pairs(held, tok)
+            plain, tok = build_reward_model(easyvqa_reward_config(kind=kind))
+            dtrain, dheld = encode_pairs(train, tok, answers=answers()), encode_pairs(held, tok, answers=answers())
             train_nonprivate(model=plain, data=dtrain, steps=steps, learning_rate=lr_plain,
                              batch_size=settings.batch_size)
             torch.manual_seed(0)
-            private, _ = build_reward_model(RewardModelConfig(kind=kind))
+            private, _ = build_reward_model(easyvqa_reward_config(kind=kind))
             ledger = Ledger(Path(tmp) / f"{kind}.jsonl", kit=kit, budget=PrivacyBudget(epsilon, delta))
             res = train_private(model=private, data=dtrain, ledger=ledger, settings=settings, steps=steps,
                                 learning_rate=lr_private, rounds_left=1, run_id="bench", round_=1)

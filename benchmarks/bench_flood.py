@@ -28,6 +28,7 @@ from fedsecure import serde
 from fedsecure.crypto import signing
 from fedsecure.kit import load_kit
 from fedsecure.proto.v1 import federation_pb2, federation_pb2_grpc
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import provision
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, channel_options
@@ -86,7 +87,7 @@ def bench_flood(*, messages: int = 970, message_kb: int = 580, window_s: float =
 
     root = Path(tempfile.mkdtemp(prefix="fedsecure-flood-"))
     public = generate_keys(keys_dir=root / "keys")
-    kits = provision(out=root / "consortium", clients=["a", "b"], keyholder_public_context=public.read_bytes())
+    kits = provision(out=root / "consortium", clients=["a", "b"], keyholder_public_context=public.read_bytes(), task=EASYVQA)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     config = RunConfig(rounds=1, quorum=1, min_clients=2, phases=(PhaseConfig(TaskKind.ALIGN, 3600),))

@@ -40,6 +40,7 @@ from fedsecure.crypto.packing import TensorLayout, encoding_for
 from fedsecure.kit import Kit, load_kit
 from fedsecure.models.groups import GroupKey, block_shape
 from fedsecure.proto.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import provision
 from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, RPC_DEADLINE_S, STREAM_DEADLINE_S, channel_options
@@ -239,7 +240,7 @@ def bench_load(cfg: LoadConfig, *, progress: Callable[[str], None] = lambda m: p
         progress(f"provisioning {cfg.clients} clients")
         public = generate_keys(keys_dir=root / "keys")
         names = [f"c{i:04d}" for i in range(cfg.clients)]
-        kits_dir = provision(out=root / "consortium", clients=names, keyholder_public_context=public.read_bytes())
+        kits_dir = provision(out=root / "consortium", clients=names, keyholder_public_context=public.read_bytes(), task=EASYVQA)
         kh_port_file, port_file = root / "kh.port", root / "server.port"
         procs = [_spawn(["keyholder", "--kit", str(kits_dir.keyholder), "--keys", str(root / "keys"),
                          "--address", "127.0.0.1:0", "--state", str(root / "kh-state"), "--port-file",

@@ -50,12 +50,13 @@ class MorBenchConfig:
 
 
 def _models() -> dict[str, tuple[object, object]]:
-    from fedsecure.models.reward import RewardModelConfig, build_reward_model
+    from fedsecure.models.reward import build_reward_model
+    from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 
     out = {}
     for i, (name, kind) in enumerate(KINDS):
         torch.manual_seed(i)
-        out[name] = build_reward_model(RewardModelConfig(kind=kind))
+        out[name] = build_reward_model(easyvqa_reward_config(kind=kind))
     return out
 
 
@@ -139,6 +140,7 @@ def _remote(cfg: MorBenchConfig, models: dict, tmp: Path) -> dict[str, object]: 
     from client_sdk import FederatedClient
     from fedsecure.kit import load_kit
     from fedsecure.models.scoring import score_items
+    from tasks.easyvqa import TASK as EASYVQA
     from fedsecure.provision import provision
     from fedsecure.types import Capabilities, PhaseConfig, RunConfig, Score, TaskKind
     from keyholder.keys import generate_keys
@@ -150,7 +152,7 @@ def _remote(cfg: MorBenchConfig, models: dict, tmp: Path) -> dict[str, object]: 
 
     generate_keys(keys_dir=tmp / "kh")
     kits = provision(out=tmp / "kits", clients=[n for n, _ in KINDS],
-                     keyholder_public_context=(tmp / "kh" / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(tmp / "kh" / "ckks_public.ctx").read_bytes(), task=EASYVQA)
     built: list[object] = []
 
     def build(roster):  # type: ignore[no-untyped-def]

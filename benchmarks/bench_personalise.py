@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks.easyvqa.data import answers
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.personalise")
@@ -143,15 +144,16 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
     from fedsecure.kit import load_kit
     from fedsecure.models.encoding import encode_pairs
     from fedsecure.models.reward import RewardModelConfig
+    from tasks.easyvqa.data import vocabulary
     from fedsecure.models.tokenizer import build_tokenizer
     from fedsecure.privacy.accountant import epsilon
     from fedsecure.privacy.audit import audit_ledger
     from fedsecure.privacy.budget import PrivacyBudget
     from fedsecure.privacy.ledger import Ledger
 
-    tok = build_tokenizer(RewardModelConfig().max_length)
+    tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())
     splits = {c: _split(cfg, c, KIND_OF[c], seed, CLIENTS) for c in CLIENTS}
-    enc = {c: tuple(encode_pairs(part, tok) for part in splits[c]) for c in CLIENTS}
+    enc = {c: tuple(encode_pairs(part, tok, answers=answers()) for part in splits[c]) for c in CLIENTS}
     batches = {kind: eval_batches(kind, questions, tok) for kind in KINDS}
     common = dict(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, max_grad_norm=cfg.max_grad_norm,
@@ -232,6 +234,7 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
 def bench_personalise(cfg: PersonaliseBenchConfig) -> dict[str, object]:
     """Every variant for every seed; per kind mean ± std over seeds (of the kind's mean)."""
     from benchmarks.bench_collaboration import CLIENTS, KIND_OF
+    from tasks.easyvqa import TASK as EASYVQA
     from fedsecure.provision import provision
     from keyholder.keys import generate_keys
     from tasks.easyvqa.shares import server_part
@@ -242,7 +245,7 @@ def bench_personalise(cfg: PersonaliseBenchConfig) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="fedsecure-bench-personalise-") as tmp:
         work = Path(tmp)
         public = generate_keys(keys_dir=work / "keyholder")
-        consortium = provision(out=work / "consortium", clients=list(CLIENTS), keyholder_public_context=public.read_bytes())
+        consortium = provision(out=work / "consortium", clients=list(CLIENTS), keyholder_public_context=public.read_bytes(), task=EASYVQA)
         runs = {seed: _one_seed(cfg, seed, questions, consortium, work)
                 for seed in track(cfg.seeds, desc="seeds", unit="seed")}
     summary: dict[str, dict[str, dict[str, list[float]]]] = {}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.reward_sweep")
@@ -156,7 +157,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
     )
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_pairs, encode_records
-    from fedsecure.models.reward import build_reward_model, config_on_backbone
+    from fedsecure.models.reward import build_reward_model
     from fedsecure.task import balanced_by_group
     from tasks.easyvqa.data import answers
     from tasks.easyvqa.shares import client_pairs, server_part
@@ -175,12 +176,12 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
         batches = None
         for point in track(cfg.points, desc=f"seed {seed}", unit="point"):
             torch.manual_seed(seed)
-            model, tok = build_reward_model(config_on_backbone(cfg.kind, cfg.backbone, federation_seed=seed))
+            model, tok = build_reward_model(easyvqa_on_backbone(cfg.kind, cfg.backbone, federation_seed=seed))
             if batches is None:
                 batches = eval_batches(cfg.kind, questions, tok)
             if point.objective not in encoded:
-                encoded[point.objective] = (encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
-                                            if point.objective == "listwise" else encode_pairs(pairs, tok))
+                encoded[point.objective] = (encode_records(records_from_pairs(pairs, answer_set=answers()), tok, answers=answers())
+                                            if point.objective == "listwise" else encode_pairs(pairs, tok, answers=answers()))
             restrict_trainable(model, point.trainable)
             t0 = time.monotonic()
             sigma = train_point(model, encoded[point.objective], point, cfg, seed)

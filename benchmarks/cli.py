@@ -81,11 +81,12 @@ def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The federation's backbone: the one given, or one pretrained (once) under ``--out``."""
     if args.backbone is not None:
         return args.backbone
+    from tasks.easyvqa import TASK as EASYVQA
     from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
     backbone = args.out / "backbone"
     if not (backbone / "backbone.json").exists():
-        pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads))
+        pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads), task=EASYVQA)
     return backbone
 
 

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
 from fedsecure.progress import track
 from tasks.easyvqa import TASK as EASYVQA
 
@@ -141,14 +142,14 @@ def _server_model(cfg: MorExperimentConfig, seed: int, tokenizer: object) -> obj
     from client_sdk.dp_training import train_nonprivate
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
-    from fedsecure.models.reward import build_reward_model, config_on_backbone
+    from fedsecure.models.reward import build_reward_model
     from tasks.easyvqa.data import answers
     from tasks.easyvqa.pairs import build_pairs
 
     torch.manual_seed(seed)
-    model, _ = build_reward_model(config_on_backbone("image_text", cfg.backbone, federation_seed=seed))
+    model, _ = build_reward_model(easyvqa_on_backbone("image_text", cfg.backbone, federation_seed=seed))
     pairs = build_pairs(_router_records(cfg), seed=seed)
-    train_nonprivate(model=model, data=encode_records(records_from_pairs(pairs, answer_set=answers()), tokenizer),
+    train_nonprivate(model=model, data=encode_records(records_from_pairs(pairs, answer_set=answers()), tokenizer, answers=answers()),
                      steps=cfg.server_steps, learning_rate=3e-3, batch_size=64, seed=seed)
     return model
 
@@ -336,6 +337,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import RewardModelConfig
+    from tasks.easyvqa.data import vocabulary
     from fedsecure.models.tokenizer import build_tokenizer
     from fedsecure.privacy.accountant import epsilon
     from fedsecure.task import balanced_by_group
@@ -349,11 +351,11 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     started = time.monotonic()
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                                  pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
-    tok = build_tokenizer(RewardModelConfig().max_length)
+    tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())
     encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
                                                                  alpha=collab.alpha, seed=seed,
                                                                  limit=cfg.pairs_per_client), answer_set=answers()),
-                                 tok) for c in CLIENTS}
+                                 tok, answers=answers()) for c in CLIENTS}
     methods = cfg.methods or all_methods(CLIENTS)
     clients, _ = federated_clients(collab, "fedcola", seed, encoded)
     eps = {c.name: round(epsilon(c.history, delta=collab.delta), 4) for c in clients}

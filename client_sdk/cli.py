@@ -13,8 +13,8 @@ from fedsecure.data.preferences import PreferencePair
 from fedsecure.kit import Kit, load_kit
 from fedsecure.models.reward import KINDS, RewardModelConfig
 from fedsecure.privacy.accountant import ACCOUNTANTS
+from fedsecure.task import SealedTask, Task
 from fedsecure.types import Role
-from tasks.easyvqa.shares import client_pairs
 
 
 def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
@@ -27,8 +27,8 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     data.add_argument("--pairs", type=Path, help="local preference pairs: JSONL, Parquet or a `datasets` folder "
                                                  "(check it first: `fedsecure data check PATH`)")
     data.add_argument("--easyvqa-clients", help="comma-separated federation clients: use this client's "
-                                                "Dirichlet share of easy-VQA")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the easy-VQA split")
+                                                "simulated Dirichlet share of the task's data (demos, benchmarks)")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the simulated split")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs")
     p.add_argument("--backbone", type=Path,
@@ -67,18 +67,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-idle", type=float, default=None, help="give up after this many idle seconds")
 
 
-def load_pairs(args: argparse.Namespace, kit: Kit) -> list[PreferencePair]:
-    """The client's pairs, from its own file or its easy-VQA share (all of them:
-    ``--max-pairs`` is applied by :func:`join_federation`, and by the membership audit
-    the same way)."""
+def load_pairs(args: argparse.Namespace, kit: Kit, task: Task) -> list[PreferencePair]:
+    """The client's pairs, from its own file or its simulated share of ``task`` (all of
+    them: ``--max-pairs`` is applied by :func:`join_federation`, and by the membership
+    audit the same way)."""
+    SealedTask.from_settings(kit.settings).require(task)
     if args.pairs is not None:
         # Refused whole, with every bad record in the message (DataError is a ValueError:
         # the command prints it and exits 2 before anything is trained or sent).
-        pairs = load_local_pairs(args.pairs, needs_images=args.kind != "text")
+        pairs = load_local_pairs(args.pairs, needs_images=args.kind != "text", answer_set=task.answer_set)
     else:
         clients = [c.strip() for c in args.easyvqa_clients.split(",") if c.strip()]
-        pairs = client_pairs(name=kit.name, clients=clients, kind=args.kind, alpha=args.alpha, seed=args.data_seed)
-    return pairs
+        pairs = task.simulated_pairs(client=kit.name, clients=clients, kind=args.kind, alpha=args.alpha,
+                                     seed=args.data_seed)
+    return list(pairs)
 
 
 def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
@@ -86,11 +88,12 @@ def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
     return reward_model_config(kit, kind=args.kind, backbone=getattr(args, "backbone", None))
 
 
-def main(args: argparse.Namespace) -> int:
-    """Enrol, serve tasks until the run finishes, print a summary."""
+def main(args: argparse.Namespace, *, task: Task) -> int:
+    """Enrol, serve tasks until the run finishes, print a summary (``task``: the one the
+    kit is sealed for)."""
     kit = load_kit(args.kit, expected_role=Role.CLIENT)
     report = join_federation(
-        kit=kit, pairs=load_pairs(args, kit), kind=args.kind, epsilon=args.epsilon, delta=args.delta,
+        kit=kit, pairs=load_pairs(args, kit, task), kind=args.kind, epsilon=args.epsilon, delta=args.delta,
         backbone=args.backbone, state=args.state, address=args.address, accountant=args.accountant, clip=args.clip,
         personalisation_reserve=args.personalisation_reserve, score_personalised=args.score_personalised,
         secure_dp=not args.insecure_dp, data_seed=args.data_seed, max_idle_s=args.max_idle, max_pairs=args.max_pairs)
@@ -117,7 +120,7 @@ def _personalisation_doc(state_dir: Path) -> dict[str, object] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def membership_main(args: argparse.Namespace) -> int:
+def membership_main(args: argparse.Namespace, *, task: Task) -> int:
     """``fedsecure audit --membership``: loss-threshold attack on this client's model,
     training pairs (members) against its held-out pairs (non-members). Read-only."""
     from fedsecure.data.preferences import holdout
@@ -131,10 +134,12 @@ def membership_main(args: argparse.Namespace) -> int:
     kit = load_kit(args.kit, expected_role=Role.CLIENT)
     state = args.state or kit.path / "state"
     model, tokenizer = load_reward_model(state / MODEL_DIR)
-    pairs = load_pairs(args, kit)
+    pairs = load_pairs(args, kit, task)
     pairs = pairs[: args.max_pairs] if args.max_pairs else pairs  # as join_federation trained
     train, held = holdout(pairs, fraction=ParticipantConfig().holdout_fraction, seed=args.data_seed)
-    value = membership_auc(model, encode_pairs(train, tokenizer), encode_pairs(held, tokenizer))
+    answers = model.config.answers
+    value = membership_auc(model, encode_pairs(train, tokenizer, answers=answers),
+                           encode_pairs(held, tokenizer, answers=answers))
     ledger = state / "ledger.jsonl"
     eps = verify_ledger(ledger, ca_cert=kit.ca_cert)[-1].epsilon_after if ledger.exists() else 0.0
     print(json.dumps({"client": kit.name, "membership_auc": value, "epsilon": eps}))

@@ -22,6 +22,7 @@ from fedsecure.kit import Kit, load_kit
 from fedsecure.models.backbone import sealed_backbones, verify_backbone
 from fedsecure.models.reward import KINDS, RewardModelConfig, config_on_backbone
 from fedsecure.privacy.budget import PrivacyBudget
+from fedsecure.task import SealedTask
 from fedsecure.types import Role
 
 # Share of the ε budget federated training leaves for personalisation: 10% (ε 0.8 of 8),
@@ -55,17 +56,19 @@ class ClientReport:
 def reward_model_config(kit: Kit, *, kind: str, backbone: Path | None) -> RewardModelConfig:
     """The reward model on the backbone the kit seals. A federation that seals backbones
     needs one of them, checked against the sealed digest (a changed file would change
-    every score the server fuses); one that seals none refuses a backbone."""
+    every score the server fuses); one that seals none refuses a backbone. The task's
+    answer set and words come from the kit too (sealed by the CA)."""
+    task = SealedTask.from_settings(kit.settings)
     sealed = sealed_backbones(kit.settings)
     if not sealed:
         if backbone is not None:
             raise KitError(f"{kit.path}: this federation seals no backbone; run without --backbone")
-        return RewardModelConfig(kind=kind)
+        return RewardModelConfig(kind=kind, answers=task.answers, vocabulary=task.vocabulary)
     if backbone is None:
         raise KitError(f"{kit.path}: this federation's reward models use one of its pretrained backbones "
                        f"(sha256 {', '.join(s[:16] + '…' for s in sealed)}): pass --backbone DIR")
     verify_backbone(backbone, expected_sha256=list(sealed))
-    return config_on_backbone(kind, backbone)
+    return config_on_backbone(kind, backbone, answers=task.answers, vocabulary=task.vocabulary)
 
 
 def join_federation(*, kit: Path | Kit, pairs: Path | Sequence[PreferencePair], kind: str = "image_text",
@@ -94,7 +97,8 @@ def join_federation(*, kit: Path | Kit, pairs: Path | Sequence[PreferencePair], 
         raise KitError(f"{loaded_kit.path}: a client kit is needed, got a {loaded_kit.role.value} kit")
     if isinstance(pairs, Path):
         # Refused whole, with every bad record in the message, before anything is trained or sent.
-        data = load_local_pairs(pairs, needs_images=kind != "text")
+        answers = SealedTask.from_settings(loaded_kit.settings).answers
+        data = load_local_pairs(pairs, needs_images=kind != "text", answer_set=answers or None)
     else:
         data = list(pairs)
     data = data[:max_pairs] if max_pairs else data

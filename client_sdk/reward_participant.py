@@ -70,7 +70,6 @@ from fedsecure.types import (
     TaskReport,
     TrainSpec,
 )
-from tasks.easyvqa.data import answers
 
 log = logging.getLogger("fedsecure.client.reward")
 
@@ -132,12 +131,15 @@ class RewardParticipant:
             self._save()  # the starting point is durable: a failed round returns exactly here
         # Encoding validates every record up front (clear error, before any ledger entry).
         # Federated training is listwise: each record against every other answer of the
-        # closed answer set (issue 24); TAP's distillation and the held-out figures use pairs.
-        self.train_data: EncodedRecords = encode_records(records_from_pairs(train, answer_set=answers()),
-                                                         self.tokenizer)
-        self.train_pairs: EncodedPairs = encode_pairs(train, self.tokenizer)
-        self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer)
-        self.validation_data: EncodedPairs | None = encode_pairs(validation, self.tokenizer) if validation else None
+        # task's closed answer set, or every rejected response its pairs carry (issue 24);
+        # TAP's distillation and the held-out figures use pairs.
+        answers = config.model.answers
+        self.train_data: EncodedRecords = encode_records(records_from_pairs(train, answer_set=answers or None),
+                                                         self.tokenizer, answers=answers)
+        self.train_pairs: EncodedPairs = encode_pairs(train, self.tokenizer, answers=answers)
+        self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer, answers=answers)
+        self.validation_data: EncodedPairs | None = (encode_pairs(validation, self.tokenizer, answers=answers)
+                                                     if validation else None)
         self.encryptor: Encryptor | None = None
         self.personalised: RewardModel | None = None
         self.reports: list[TaskReport] = []                # one per training round

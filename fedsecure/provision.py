@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsecure.task import SealedTask, Task
 from fedsecure.crypto import ckks, pki
 from fedsecure.kit import write_kit
 from fedsecure.models.backbone import backbone_digest, shape_dict, shape_of
@@ -42,8 +43,10 @@ def provision(
     validity_days: int = pki.DEFAULT_VALIDITY_DAYS,
     ckks_params: ckks.CkksParams = ckks.DEFAULT_PARAMS,
     backbone: Path | Sequence[Path] | None = None,
+    task: Task,
 ) -> Provisioned:
-    """Create ``out/{ca,server,keyholder,admin,clients/<name>}``; never overwrites.
+    """Create ``out/{ca,server,keyholder,admin,clients/<name>}`` for a federation on
+    ``task`` (every kit seals its name, answer set and words); never overwrites.
 
     The CA key stays in ``out/ca`` (mode 0600): keep it offline once kits are handed out.
     The CKKS key pair is *not* made here: the key holder makes it on its own machine
@@ -78,7 +81,8 @@ def provision(
     }
 
     public = {ckks.PUBLIC_CONTEXT_FILE: keyholder_public_context}
-    settings: dict[str, object] = {"ckks": ckks.params_to_settings(ckks_params)}
+    settings: dict[str, object] = {"ckks": ckks.params_to_settings(ckks_params),
+                                   "task": SealedTask.of(task).to_settings()}
     folders = [] if backbone is None else [backbone] if isinstance(backbone, Path) else list(backbone)
     if folders:
         # One sealed backbone per architecture: clients of different block shapes each train

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from fedsecure.data.preferences import PreferencePair
+from fedsecure.errors import KitError
+
 #: The parts of a task's public training data the server uses, disjoint by image:
 #: ``pool`` (GRPO prompts), ``seed`` (SFT warm start), ``router`` (the router's
 #: preference lists), ``reward_eval`` (reward models and the promotion gate are judged
@@ -51,6 +54,11 @@ class Task(Protocol):
         """The closed set of answers, or None for free-text answers."""
         ...
 
+    def vocabulary(self) -> Sequence[str]:
+        """The words of the task's text (questions and answers), from which every party
+        builds the same word tokenizer for models without a pretrained backbone."""
+        ...
+
     def group_of(self, answer: str) -> str:
         """The group (question type) an answer of the closed set belongs to; raises
         ValueError for any other answer or for a task without a closed answer set."""
@@ -65,6 +73,13 @@ class Task(Protocol):
 
     def server_part(self, name: ServerPart, *, seed: int = 0) -> Sequence[Example]:
         """One part of the server's public data (see :data:`ServerPart`)."""
+        ...
+
+    def simulated_pairs(self, *, client: str, clients: Sequence[str], kind: str, alpha: float = 0.5,
+                        seed: int = 0) -> Sequence[PreferencePair]:
+        """``client``'s share of a simulated federation of ``clients`` over the task's
+        training data (Dirichlet(``alpha``) non-IID; only what ``kind`` can judge), as
+        preference pairs: for demos, tests and benchmarks, never a real party's data."""
         ...
 
     def test_examples(self) -> Sequence[Example]:
@@ -122,3 +137,42 @@ def balanced_by_answer(examples: Sequence[Example], per_group: int) -> list[Exam
                     taken += 1
             depth += 1
     return out
+
+
+@dataclass(frozen=True)
+class SealedTask:
+    """What a kit tells its party about the federation's task: its name, its closed answer
+    set (empty: free text) and its words (for models without a pretrained backbone).
+    Sealed by the CA with the rest of the kit, so a client cannot be pointed at another
+    task's answers, and a server started on another task refuses the kit."""
+
+    name: str
+    answers: tuple[str, ...]
+    vocabulary: tuple[str, ...]
+
+    @classmethod
+    def of(cls, task: Task) -> SealedTask:
+        """The sealed form of ``task``."""
+        return cls(name=task.name, answers=tuple(task.answer_set or ()), vocabulary=tuple(task.vocabulary()))
+
+    def to_settings(self) -> dict[str, object]:
+        """JSON-ready, for a kit's settings."""
+        return {"name": self.name, "answers": list(self.answers), "vocabulary": list(self.vocabulary)}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, object]) -> SealedTask:
+        """The task a kit's settings seal; raises KitError for a kit sealed before kits
+        named their task, or with a malformed entry (fail closed: never guess a task)."""
+        doc = settings.get("task")
+        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            raise KitError("the kit names no task (provisioned before tasks existed): provision the federation again")
+        answers, vocabulary = doc.get("answers", []), doc.get("vocabulary", [])
+        if not (isinstance(answers, list) and isinstance(vocabulary, list)
+                and all(isinstance(x, str) for x in [*answers, *vocabulary])):
+            raise KitError("the kit's task entry is malformed")
+        return cls(name=doc["name"], answers=tuple(answers), vocabulary=tuple(vocabulary))
+
+    def require(self, task: Task) -> None:
+        """Raise KitError unless this kit was sealed for ``task``."""
+        if self.name != task.name:
+            raise KitError(f"the kit is sealed for task {self.name!r}, not {task.name!r}")

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from fedsecure.kit import load_kit
-from fedsecure.task import Task
+from fedsecure.task import SealedTask, Task
 from fedsecure.transport.serving import (
     add_serving_arguments,
     until_terminated,
@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     work.add_argument("--batch-size", type=int, default=128, help="expected DP batch size (records)")
     work.add_argument("--prompts-per-round", type=int, default=32,
                       help="public questions scored per round (every answer of each)")
-    work.add_argument("--data-seed", type=int, default=0, help="seed of the easy-VQA split (the server's public parts)")
+    work.add_argument("--data-seed", type=int, default=0, help="seed of the task's split (the server's public parts)")
     tap = p.add_argument_group("PERSONALISE phase (TAP, in the run's last round; also `fedsecure admin personalise`)")
     tap.add_argument("--replace-margin", type=float, default=0.01,
                      help="replace a component when L_global + margin < L_personal on the client's validation split")
@@ -145,6 +145,9 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
 def main(args: argparse.Namespace, *, task: Task) -> int:
     """Serve ``task`` until a termination signal; state survives in the state folder."""
     kit = load_kit(args.kit, expected_role=Role.SERVER)
+    # A server on another task than its kit's would score and align on answers the
+    # clients' models were never built for: refused at start (issue 25, bad input).
+    SealedTask.from_settings(kit.settings).require(task)
     config = run_config_from_args(args)
     state_dir = args.state or kit.path / "state"
     asyncio.run(_serve(args, kit, args.address or kit.server_address, state_dir, config, task))

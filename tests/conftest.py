@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fedsecure.kit import Kit, load_kit
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import Provisioned, provision
 from fedsecure.transport.limits import DEFAULT_LIMITS, Limits
 from fedsecure.types import RunConfig, TaskKind
@@ -34,7 +35,7 @@ def keyholder_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kits(tmp_path_factory: pytest.TempPathFactory, keyholder_keys: Path) -> Provisioned:
     """One consortium for the whole session (provisioning is the slow part)."""
     return provision(out=tmp_path_factory.mktemp("kits") / "consortium", clients=["a", "b", "c", "d"],
-                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes(), task=EASYVQA)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +45,7 @@ def other_kits(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
 
     public = generate_keys(keys_dir=tmp_path_factory.mktemp("other-keyholder") / "keys")
     return provision(out=tmp_path_factory.mktemp("other") / "consortium", clients=["a"],
-                     keyholder_public_context=public.read_bytes())
+                     keyholder_public_context=public.read_bytes(), task=EASYVQA)
 
 
 class LoopThread:

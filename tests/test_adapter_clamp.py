@@ -6,15 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.adapter_exchange import adapter_groups, clip_shared_adapters, encrypt_adapters
 from fedsecure.crypto import ckks
 from fedsecure.crypto.ckks_encryptor import Encryptor
 from fedsecure.errors import CkksError
-from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from fedsecure.models.reward import build_reward_model
 
 
 def test_oversized_adapters_are_clamped_into_the_bound_and_then_encrypt() -> None:
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     params = dict(model.named_parameters())
     names = model.attention_adapter_names()
     with torch.no_grad():

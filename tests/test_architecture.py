@@ -42,16 +42,12 @@ forbidden_modules = ["fedsecure.proto.v1"]
     assert "server.api.federation_servicer -> fedsecure.proto.v1" in result.stdout, result.stdout
 
 
-def test_the_list_of_framework_modules_still_importing_a_task_only_shrinks(tmp_path: Path) -> None:
-    """The task contract's ``ignore_imports`` names the framework modules still wired to
-    easy-VQA (issue 25); a line that no longer matches an import fails the check, so a
-    module moved behind the task interface must leave the list."""
-    config = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    stale = '"server.mixture.stage -> tasks.easyvqa.data",'
-    assert stale not in config
-    config = config.replace("ignore_imports = [\n", "ignore_imports = [\n    " + stale + "\n", 1)
-    path = tmp_path / "pyproject.toml"
-    path.write_text(config, encoding="utf-8")
-    result = _lint(path)
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert "server.mixture.stage -> tasks.easyvqa.data" in result.stdout + result.stderr
+def test_no_framework_module_is_exempt_from_the_task_contract() -> None:
+    """The framework (core, client SDK, server, key holder) imports no task, with no
+    exceptions listed (issue 25: the list of modules still wired to easy-VQA emptied)."""
+    import tomllib
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    contract = next(c for c in doc["tool"]["importlinter"]["contracts"] if "imports no task" in c["name"])
+    assert set(contract["source_modules"]) == {"fedsecure", "client_sdk", "server", "keyholder"}
+    assert contract["forbidden_modules"] == ["tasks"] and not contract.get("ignore_imports")

@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
 from fedsecure.errors import KitError
 from fedsecure.kit import load_kit
 from fedsecure.models.backbone import MANIFEST, backbone_digest, verify_backbone
-from fedsecure.models.reward import build_reward_model, config_on_backbone
+from fedsecure.models.reward import build_reward_model
 from fedsecure.provision import provision
+from tasks.easyvqa import TASK as EASYVQA
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
     out = tmp_path_factory.mktemp("backbone") / "bb"
-    return out, pretrain_backbone(PretrainSettings(out=out, steps=80))
+    return out, pretrain_backbone(PretrainSettings(out=out, steps=80), task=EASYVQA)
 
 
 def test_pretraining_moves_the_measured_features(backbone) -> None:  # type: ignore[no-untyped-def]
@@ -46,8 +48,9 @@ def test_pretraining_moves_the_measured_features(backbone) -> None:  # type: ign
 _HASH = """
 import hashlib, sys, torch
 from pathlib import Path
-from fedsecure.models.reward import build_reward_model, config_on_backbone
-model, _ = build_reward_model(config_on_backbone(sys.argv[2], Path(sys.argv[1])))
+from fedsecure.models.reward import build_reward_model
+from tasks.easyvqa.models import reward_config_on_backbone
+model, _ = build_reward_model(reward_config_on_backbone(sys.argv[2], Path(sys.argv[1])))
 h = hashlib.sha256()
 frozen = sorted((n, p) for n, p in model.named_parameters() if not p.requires_grad)  # backbone + FFA-LoRA A
 for name, t in frozen:
@@ -63,7 +66,7 @@ def test_a_reward_model_on_the_backbone_is_identical_in_two_processes(backbone) 
     digests = {subprocess.run([sys.executable, "-c", _HASH, str(folder), "image_text"], capture_output=True,
                               text=True, check=True, timeout=120).stdout.strip() for _ in range(2)}
     assert len(digests) == 1 and int(next(iter(digests)).split()[0]) > 50, digests
-    model, _ = build_reward_model(config_on_backbone("image_text", folder))
+    model, _ = build_reward_model(easyvqa_on_backbone("image_text", folder))
     from transformers import ViTModel
 
     stack = ViTModel.from_pretrained(folder / "image")
@@ -81,7 +84,7 @@ def test_a_client_refuses_any_backbone_but_the_sealed_one(backbone, tmp_path: Pa
 
     folder, manifest = backbone
     kits = provision(out=tmp_path / "kits", clients=["x"], backbone=folder,
-                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes(), task=EASYVQA)
     kit = load_kit(kits.clients["x"])
     assert [b["sha256"] for b in kit.settings["backbones"]] == [manifest["sha256"]]
     config = model_config(argparse.Namespace(kind="image", backbone=folder), kit)
@@ -111,9 +114,9 @@ def test_a_federation_seals_one_backbone_per_architecture(backbone, tmp_path: Pa
     (deeper / "backbone.json").write_text(json.dumps({**doc, "seed": 1}))
     context = (keyholder_keys / "ckks_public.ctx").read_bytes()
     with pytest.raises(ValueError, match="twice"):
-        provision(out=tmp_path / "twice", clients=["x"], backbone=[folder, folder], keyholder_public_context=context)
+        provision(out=tmp_path / "twice", clients=["x"], backbone=[folder, folder], keyholder_public_context=context, task=EASYVQA)
     kit = load_kit(provision(out=tmp_path / "kits", clients=["x"], backbone=[folder, deeper],
-                             keyholder_public_context=context).clients["x"])
+                             keyholder_public_context=context, task=EASYVQA).clients["x"])
     assert len(kit.settings["backbones"]) == 2
     for f in (folder, deeper):
         assert model_config(argparse.Namespace(kind="text", backbone=f), kit).backbone_sha256 == backbone_digest(f)
@@ -129,7 +132,7 @@ def test_the_server_refuses_a_client_on_another_backbone(backbone, tmp_path: Pat
 
     folder, manifest = backbone
     kits = provision(out=tmp_path / "kits", clients=["x", "y"], backbone=folder,
-                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes(), task=EASYVQA)
     loop = LoopThread()
     server = loop.run(start_server(kit=load_kit(kits.server), state_dir=tmp_path / "state",
                                    keyholder_address="127.0.0.1:9"))
@@ -175,7 +178,7 @@ def test_a_backbone_edited_after_start_up_is_refused_at_the_next_load(backbone, 
 
     folder = tmp_path / "bb"
     shutil.copytree(backbone[0], folder)
-    model, tok = build_reward_model(config_on_backbone("image_text", folder))
+    model, tok = build_reward_model(easyvqa_on_backbone("image_text", folder))
     save_reward_model(model, tok, tmp_path / "saved")
     load_reward_model(tmp_path / "saved")  # unchanged: loads
     config = json.loads((folder / "text" / "config.json").read_text())

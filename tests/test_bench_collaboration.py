@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_collaboration import KINDS, ROWS, CollaborationConfig, bench_collaboration, write_outputs
+from tasks.easyvqa import TASK as EASYVQA
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
 
 @pytest.mark.timeout(900)  # about a minute alone on 2 cores; generous for a loaded CI machine
 def test_every_row_is_measured_and_written(tmp_path: Path) -> None:
     backbone = tmp_path / "backbone"
-    pretrain_backbone(PretrainSettings(out=backbone, steps=2))
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2), task=EASYVQA)
     cfg = CollaborationConfig(backbone=backbone, seeds=(0, 1), rounds=2, local_steps=1, batch_size=16,
                               pairs_per_client=80, questions_per_type=3, central_steps=2)
     result = bench_collaboration(cfg)

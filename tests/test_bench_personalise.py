@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_personalise import KINDS, VARIANTS, PersonaliseBenchConfig, bench_personalise, write_outputs
+from tasks.easyvqa import TASK as EASYVQA
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
 
 @pytest.mark.timeout(900)  # about two minutes alone on 2 cores
 def test_every_variant_is_measured_with_its_ledger(tmp_path: Path) -> None:
     backbone = tmp_path / "backbone"
-    pretrain_backbone(PretrainSettings(out=backbone, steps=2))
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2), task=EASYVQA)
     cfg = PersonaliseBenchConfig(backbone=backbone, seeds=(0,), rounds=1, local_steps=1, batch_size=16,
                                  pairs_per_client=200, eval_questions=6, distill_steps=2, resolution=2.0)
     result = bench_personalise(cfg)

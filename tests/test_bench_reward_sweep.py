@@ -17,13 +17,14 @@ from benchmarks.bench_reward_sweep import (
     points_from,
     write_outputs,
 )
+from tasks.easyvqa import TASK as EASYVQA
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
 
 @pytest.mark.timeout(900)
 def test_every_point_is_trained_measured_and_written(tmp_path: Path) -> None:
     backbone = tmp_path / "backbone"
-    pretrain_backbone(PretrainSettings(out=backbone, steps=2))
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2), task=EASYVQA)
     points = (*GRIDS["quick"], SweepPoint(steps=4, rounds=2, batch_size=16, trainable="no_image_stack"))
     cfg = SweepConfig(backbone=backbone, records=64, per_type=4, seeds=(0, 1), points=points)
     result = bench_reward_sweep(cfg)

@@ -13,6 +13,7 @@ from fedsecure.crypto.ckks_encryptor import Encryptor
 from fedsecure.crypto.packing import Encoding, TensorLayout, encoding_for, parse_encoding
 from fedsecure.errors import CkksError
 from fedsecure.kit import load_kit
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import Provisioned
 from fedsecure.types import Role
 
@@ -106,10 +107,10 @@ def test_provisioning_refuses_a_secret_or_misfit_context(tmp_path, secret_ctx) -
     from fedsecure.provision import provision
 
     with pytest.raises(CkksError, match="secret key"):
-        provision(out=tmp_path / "a", clients=["x"], keyholder_public_context=ckks.secret_context_bytes(secret_ctx))
+        provision(out=tmp_path / "a", clients=["x"], keyholder_public_context=ckks.secret_context_bytes(secret_ctx), task=EASYVQA)
     other = ckks.public_context_bytes(ckks.create_secret_context(ckks.NVFLARE_DEFAULT_PARAMS))
     with pytest.raises(CkksError):
-        provision(out=tmp_path / "b", clients=["x"], keyholder_public_context=other)
+        provision(out=tmp_path / "b", clients=["x"], keyholder_public_context=other, task=EASYVQA)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -88,7 +88,7 @@ def _write(tmp: Path, lines: list[str]) -> Path:
 def test_local_pairs_file_validation_names_the_record(tmp_path: Path) -> None:
     (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     ok = {"id": "r1", "image": "img.png", "question": "what color is the shape?", "chosen": "blue", "rejected": "red"}
-    pairs = load_pairs(_write(tmp_path, [json.dumps(ok)]), needs_images=True)
+    pairs = load_pairs(_write(tmp_path, [json.dumps(ok)]), needs_images=True, answer_set=answers())
     assert pairs[0].image.endswith("img.png")
     cases = [
         ([], "the dataset is empty"),
@@ -102,9 +102,25 @@ def test_local_pairs_file_validation_names_the_record(tmp_path: Path) -> None:
     ]
     for lines, message in cases:
         with pytest.raises(DataError) as err:
-            load_pairs(_write(tmp_path, lines), needs_images=True)
+            load_pairs(_write(tmp_path, lines), needs_images=True, answer_set=answers())
         assert message in str(err.value), str(err.value)
-    assert load_pairs(_write(tmp_path, [json.dumps({**ok, "image": ""})]), needs_images=False)
+    assert load_pairs(_write(tmp_path, [json.dumps({**ok, "image": ""})]), needs_images=False, answer_set=answers())
+
+
+def test_free_text_pairs_are_accepted_when_the_task_has_no_closed_answer_set(tmp_path: Path) -> None:
+    """A hospital's own pairs in free text (issue 25): no vocabulary is imposed unless the
+    task declares a closed answer set; structure, images and chosen ≠ rejected still are."""
+    (tmp_path / "scan.png").write_bytes(image_png(load_records("train")[0].image))
+    rec = {"id": "n1", "image": "scan.png", "question": "Describe the lesion.",
+           "chosen": "A 4 mm nodule in the left upper lobe, smooth margins.",
+           "rejected": "No abnormality is visible."}
+    pairs = load_pairs(_write(tmp_path, [json.dumps(rec)]), needs_images=True, answer_set=None)
+    assert pairs[0].chosen == rec["chosen"] and pairs[0].image.endswith("scan.png")
+    report = check_pairs(_write(tmp_path, [json.dumps(rec)]), needs_images=True, answer_set=answers())
+    assert not report.ok and "unknown answer" in report.bad[0].reason  # a closed set refuses the same row
+    same = {**rec, "rejected": rec["chosen"]}
+    assert "chosen and rejected are the same" in check_pairs(
+        _write(tmp_path, [json.dumps(same)]), needs_images=True, answer_set=None).bad[0].reason
 
 
 def _records(n_bad: int) -> list[dict[str, str]]:
@@ -118,12 +134,12 @@ def _records(n_bad: int) -> list[dict[str, str]]:
 def test_the_report_lists_every_bad_record_with_its_position(tmp_path: Path) -> None:
     (tmp_path / "img.png").write_bytes(image_png(load_records("train")[0].image))
     path = _write(tmp_path, [json.dumps(r) for r in _records(30)])
-    report = check_pairs(path, needs_images=True)
+    report = check_pairs(path, needs_images=True, answer_set=answers())
     assert (report.records, len(report.pairs), len(report.bad)) == (33, 3, 30) and not report.ok
     assert [b.position for b in report.bad] == [f"line {i}" for i in range(2, 32)]
     assert all(b.reason == "chosen and rejected are the same answer" for b in report.bad)
     with pytest.raises(DataError) as err:
-        load_pairs(path, needs_images=True)
+        load_pairs(path, needs_images=True, answer_set=answers())
     assert err.value.report.bad == report.bad and "and 10 more" in str(err.value)  # the message stays short
 
 
@@ -138,18 +154,18 @@ def test_parquet_and_datasets_folders_with_the_same_columns(tmp_path: Path) -> N
     Dataset.from_list(records).save_to_disk(str(tmp_path / "pairs-ds"))
     (tmp_path / "pairs-ds" / "img.png").write_bytes(image_png(load_records("train")[0].image))  # images relative to the folder
     for path, form in ((tmp_path / "pairs.parquet", "parquet"), (tmp_path / "pairs-ds", "datasets")):
-        report = check_pairs(path, needs_images=True)
+        report = check_pairs(path, needs_images=True, answer_set=answers())
         assert report.form == form and [p.record_id for p in report.pairs] == ["g0", "g1", "g2"]
         assert [(b.position, b.record_id) for b in report.bad] == [("row 1", "b0"), ("row 2", "b1")]
     good = [r for r in records if r["id"].startswith("g")]
     pq.write_table(pa.Table.from_pylist(good), tmp_path / "good.parquet")
-    assert len(load_pairs(tmp_path / "good.parquet", needs_images=True)) == 3
+    assert len(load_pairs(tmp_path / "good.parquet", needs_images=True, answer_set=answers())) == 3
     DatasetDict({"train": Dataset.from_list(good)}).save_to_disk(str(tmp_path / "splits"))
-    assert "holds splits ['train']" in check_pairs(tmp_path / "splits", needs_images=False).describe()
+    assert "holds splits ['train']" in check_pairs(tmp_path / "splits", needs_images=False, answer_set=answers()).describe()
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    assert "file: cannot read" in check_pairs(tmp_path / "junk.parquet", needs_images=False).describe()
+    assert "file: cannot read" in check_pairs(tmp_path / "junk.parquet", needs_images=False, answer_set=answers()).describe()
     with pytest.raises(DataError, match="not a `datasets` folder"):
-        check_pairs(tmp_path, needs_images=False)
+        check_pairs(tmp_path, needs_images=False, answer_set=answers())
 
 
 def test_data_check_command_reports_and_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,7 +230,7 @@ def test_hostile_data_files_are_refused_record_by_record(tmp_path: Path) -> None
     path.write_text("\n".join(lines) + "\n")
     with open(path, "ab") as fh:
         fh.write(b"\xff\xfe not utf-8\n")
-    report = check_pairs(path, needs_images=True)
+    report = check_pairs(path, needs_images=True, answer_set=answers())
     reasons = {b.position: b.reason for b in report.bad}
     assert [p.record_id for p in report.pairs] == ["ok", "ok2"] and len(report.bad) == 8, report.describe()
     assert "nested too deeply or a number out of range" in reasons["line 2"] == reasons["line 3"]
@@ -238,12 +254,12 @@ def test_oversized_images_and_tables_and_foreign_arrow_files_are_refused(tmp_pat
     old = local.MAX_IMAGE_PIXELS, local.MAX_TABLE_BYTES
     try:
         local.MAX_IMAGE_PIXELS = 200 * 200  # a decompression bomb, scaled down
-        assert "more than allowed" in check_pairs(tmp_path / "p.jsonl", needs_images=True).bad[0].reason
+        assert "more than allowed" in check_pairs(tmp_path / "p.jsonl", needs_images=True, answer_set=answers()).bad[0].reason
         local.MAX_TABLE_BYTES = 50_000      # a table that inflates, scaled down
         rows = [{**ok, "id": f"r{i}", "question": "q" * 4000} for i in range(50)]
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet", compression="zstd")
         assert (tmp_path / "p.parquet").stat().st_size < 50_000
-        assert "more than 50000 bytes of text" in check_pairs(tmp_path / "p.parquet", needs_images=False).describe()
+        assert "more than 50000 bytes of text" in check_pairs(tmp_path / "p.parquet", needs_images=False, answer_set=answers()).describe()
     finally:
         local.MAX_IMAGE_PIXELS, local.MAX_TABLE_BYTES = old
     # A `datasets` folder whose state.json names an Arrow file outside it.
@@ -253,4 +269,4 @@ def test_oversized_images_and_tables_and_foreign_arrow_files_are_refused(tmp_pat
     foreign = next((tmp_path / "other").glob("*.arrow"))
     state["_data_files"] = [{"filename": f"../other/{foreign.name}"}]
     (tmp_path / "ds" / "state.json").write_text(json.dumps(state))
-    assert "outside the folder" in check_pairs(tmp_path / "ds", needs_images=False).describe()
+    assert "outside the folder" in check_pairs(tmp_path / "ds", needs_images=False, answer_set=answers()).describe()

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.easyvqa.data import answers
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.dp_training import (
     DPSettings,
     DPStepper,
@@ -19,7 +21,7 @@ from fedsecure.data.preferences import holdout
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.kit import load_kit
 from fedsecure.models.encoding import encode_pairs
-from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from fedsecure.models.reward import build_reward_model
 from fedsecure.privacy.accountant import epsilon
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger, verify_ledger
@@ -31,9 +33,9 @@ from tasks.easyvqa.shares import client_pairs
 @pytest.fixture(scope="module")
 def text_data() -> tuple:  # type: ignore[type-arg]
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind="text"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="text"))
     train, held = holdout(client_pairs(name="a", clients=["a", "b"], kind="text", limit=3000), fraction=0.2, seed=0)
-    return tok, encode_pairs(train, tok), encode_pairs(held, tok)
+    return tok, encode_pairs(train, tok, answers=answers()), encode_pairs(held, tok, answers=answers())
 
 
 def _ledger(kits: Provisioned, tmp_path: Path, eps: float = 8.0) -> Ledger:
@@ -47,7 +49,7 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_dp_training_learns_above_chance_and_moves_parameters(kits: Provisioned, tmp_path: Path, text_data) -> None:  # type: ignore[no-untyped-def]
     _, train, held = text_data
     torch.manual_seed(1)
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     ledger = _ledger(kits, tmp_path)
     before, acc_before = _snapshot(model), pairwise_accuracy(model, held)
     result = train_private(model=model, data=train, ledger=ledger, settings=DPSettings(), steps=120,
@@ -66,7 +68,7 @@ def test_dp_training_learns_above_chance_and_moves_parameters(kits: Provisioned,
 
 def test_budget_is_refused_before_training(kits: Provisioned, tmp_path: Path, text_data) -> None:  # type: ignore[no-untyped-def]
     _, train, _ = text_data
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     ledger = _ledger(kits, tmp_path, eps=0.01)
     bytes_before, params_before = ledger.path.read_bytes(), _snapshot(model)
     with pytest.raises(PrivacyBudgetExceeded):
@@ -78,7 +80,7 @@ def test_budget_is_refused_before_training(kits: Provisioned, tmp_path: Path, te
 
 def test_budget_spans_rounds_and_is_paced(kits: Provisioned, tmp_path: Path, text_data) -> None:  # type: ignore[no-untyped-def]
     _, train, _ = text_data
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     ledger = _ledger(kits, tmp_path, eps=4.0)
     eps, sigmas = [], []
     for r in range(1, 4):
@@ -98,9 +100,9 @@ def test_budget_spans_rounds_and_is_paced(kits: Provisioned, tmp_path: Path, tex
 
 def test_tiny_dataset_and_unchanged_parameters_fail_loudly(kits: Provisioned, tmp_path: Path, text_data) -> None:  # type: ignore[no-untyped-def]
     _, train, _ = text_data
-    model, tok = build_reward_model(RewardModelConfig(kind="text"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="text"))
     ledger = _ledger(kits, tmp_path)
-    tiny = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind="text", limit=10), tok)
+    tiny = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind="text", limit=10), tok, answers=answers())
     with pytest.raises(ValueError, match="fewer than one batch"):
         train_private(model=model, data=tiny, ledger=ledger, settings=DPSettings(), steps=5, learning_rate=1e-3,
                       rounds_left=1, run_id="r", round_=1)
@@ -114,7 +116,7 @@ def test_tiny_dataset_and_unchanged_parameters_fail_loudly(kits: Provisioned, tm
 def test_crash_mid_training_is_charged_conservatively(kits: Provisioned, tmp_path: Path, text_data,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     _, train, _ = text_data
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     ledger = _ledger(kits, tmp_path)
 
     def crash(self, data):  # type: ignore[no-untyped-def]

@@ -12,10 +12,11 @@ import pytest
 @pytest.mark.timeout(900)
 def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
     from benchmarks.experiment_mor import MorExperimentConfig, run_experiment, write_outputs
+    from tasks.easyvqa import TASK as EASYVQA
     from server.backbone.pretrain import PretrainSettings, pretrain_backbone
 
     backbone = tmp_path / "backbone"
-    pretrain_backbone(PretrainSettings(out=backbone, steps=20))
+    pretrain_backbone(PretrainSettings(out=backbone, steps=20), task=EASYVQA)
     methods = ("start", "text_only", "oracle", "routed", "routed/gated", "uniform/unscaled", "uniform", "expert",
                "table", "single:txt-1", "routed+random")
     cfg = MorExperimentConfig(backbone=backbone, out=tmp_path / "out", seeds=(0,), methods=methods, steps=2,

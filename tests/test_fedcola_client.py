@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.adapter_exchange import adapter_groups, apply_aggregate
 from client_sdk.dp_training import DPSettings
 from client_sdk.outcomes import Aggregate, TaskContext
@@ -20,7 +21,7 @@ from fedsecure.errors import InvalidTaskSpec, TrainingDiverged
 from fedsecure.kit import load_kit
 from fedsecure.models import gate as gate_module
 from fedsecure.models.groups import GroupKey
-from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from fedsecure.models.reward import build_reward_model
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.provision import Provisioned
 from fedsecure.types import Task, TaskKind, TrainSpec
@@ -42,7 +43,7 @@ def _aggregate(group: str, tensors: dict[str, np.ndarray], round_: int = 1) -> A
 
 def _text_means(scale: float = 0.05) -> dict[str, np.ndarray]:
     """What the federation's text-stack attention mean looks like (from an image+text model)."""
-    model, _ = build_reward_model(RewardModelConfig(kind="image_text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="image_text"))
     rng = np.random.default_rng(0)
     return {n: rng.normal(0, scale, a.shape) for n, a in adapter_groups(model, "attn")[_group("attn", "text")].items()}
 
@@ -50,7 +51,7 @@ def _text_means(scale: float = 0.05) -> dict[str, np.ndarray]:
 def _participant(kits: Provisioned, tmp_path: Path, kind: str) -> RewardParticipant:
     return RewardParticipant(kit=load_kit(kits.clients["a"]), state_dir=tmp_path / kind,
                              pairs=client_pairs(name="a", clients=["a", "b"], kind=kind, limit=200),
-                             config=ParticipantConfig(model=RewardModelConfig(kind=kind),
+                             config=ParticipantConfig(model=easyvqa_reward_config(kind=kind),
                                                       budget=PrivacyBudget(8.0, 1e-5), dp=DPSettings(batch_size=32)))
 
 
@@ -136,7 +137,7 @@ def test_a_diverged_gate_uploads_nothing_and_keeps_the_charge(kits: Provisioned,
 
 
 def test_compensation_moves_mlp_adapters_by_c_towards_the_mean() -> None:
-    model, _ = build_reward_model(RewardModelConfig(kind="image"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="image"))
     group = _group("mlp_image", "image")
     own = adapter_groups(model, "mlp_image")[group]
     mean = {n: a + 1.0 for n, a in own.items()}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks.easyvqa.data import answers
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.dp_training import DPSettings, DPStepper, bt_loss
 from fedsecure.errors import TrainingDiverged
 from fedsecure.models.encoding import encode_pairs
@@ -19,7 +21,6 @@ from fedsecure.models.gate import (
 )
 from fedsecure.models.reward import (
     SHARED_ADAPTER,
-    RewardModelConfig,
     build_reward_model,
 )
 from fedsecure.models.slots import Slot, slot_of
@@ -35,17 +36,17 @@ def _aux_for(model: torch.nn.Module, scale: float = 0.2, seed: int = 3) -> dict[
 
 def _model_with_data(kind: str, n: int = 6):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind=kind, dropout=0.0))
+    model, tok = build_reward_model(easyvqa_reward_config(kind=kind, dropout=0.0))
     with torch.no_grad():  # off the zero-initialised head and B, so every path carries gradient
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=n), tok)
+    data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=n), tok, answers=answers())
     return model, data
 
 
 def test_attention_a_is_drawn_by_slot_and_shared_across_stacks() -> None:
-    model, _ = build_reward_model(RewardModelConfig(kind="image_text", federation_seed=5))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="image_text", federation_seed=5))
     by_slot: dict[Slot, torch.Tensor] = {}
     for name, module in model.named_modules():
         if name.endswith(f"lora_A.{SHARED_ADAPTER}"):
@@ -110,7 +111,7 @@ def test_gate_moves_under_dp_sgd_and_the_merge_is_b_plus_g_b_aux() -> None:
 
 
 def test_bad_aux_adapters_are_refused_before_anything_is_attached() -> None:
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     aux = _aux_for(model)
     wrong_shape = {**aux, "0:q": torch.zeros(3, 3)}
     with pytest.raises(ValueError, match=r"0:q is \(3, 3\)"):
@@ -128,7 +129,7 @@ def test_bad_aux_adapters_are_refused_before_anything_is_attached() -> None:
 
 
 def test_a_diverged_gate_is_never_merged() -> None:
-    model, _ = build_reward_model(RewardModelConfig(kind="image"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="image"))
     attach_gates(model, stack="image", adapter=SHARED_ADAPTER, aux=_aux_for(model))
     b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     first = next(iter(gated_layers(model).values()))

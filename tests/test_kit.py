@@ -14,6 +14,7 @@ from apps.cli import main as cli_main
 from fedsecure.crypto import pki
 from fedsecure.errors import CertificateError, KitError
 from fedsecure.kit import load_kit
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import Provisioned, provision
 from fedsecure.types import Role
 
@@ -41,7 +42,7 @@ def _public(keys: Path) -> bytes:
 
 def test_provision_never_overwrites(kits: Provisioned, keyholder_keys: Path) -> None:
     with pytest.raises(FileExistsError):
-        provision(out=kits.root, clients=["x"], keyholder_public_context=_public(keyholder_keys))
+        provision(out=kits.root, clients=["x"], keyholder_public_context=_public(keyholder_keys), task=EASYVQA)
 
 
 @pytest.mark.parametrize("clients, message", [([], "at least one"), (["a", "a"], "duplicate"),
@@ -49,7 +50,7 @@ def test_provision_never_overwrites(kits: Provisioned, keyholder_keys: Path) -> 
 def test_provision_rejects_bad_client_lists(tmp_path: Path, keyholder_keys: Path, clients: list[str],
                                             message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        provision(out=tmp_path / "k", clients=clients, keyholder_public_context=_public(keyholder_keys))
+        provision(out=tmp_path / "k", clients=clients, keyholder_public_context=_public(keyholder_keys), task=EASYVQA)
 
 
 @example("a\n")  # found by hypothesis: "$" let a trailing newline through

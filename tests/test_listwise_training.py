@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.dp_training import (
     DPSettings,
     DPStepper,
@@ -24,7 +25,7 @@ from fedsecure.data.preferences import (
     records_from_pairs,
 )
 from fedsecure.models.encoding import encode_records
-from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from fedsecure.models.reward import build_reward_model
 from tasks.easyvqa.data import answers, load_records
 from tasks.easyvqa.shares import client_pairs
 
@@ -80,10 +81,10 @@ def test_records_never_reject_their_chosen_answer(rows: list[tuple[str, str, str
 
 
 def test_encoded_records_pad_uneven_candidate_lists() -> None:
-    _, tok = build_reward_model(RewardModelConfig(kind="text"))
+    _, tok = build_reward_model(easyvqa_reward_config(kind="text"))
     recs = [PreferenceRecord("a", "what colour?", "red", ("blue",), IMAGE),
             PreferenceRecord("b", "what colour?", "green", ("blue", "teal", "gray"), IMAGE)]
-    data = encode_records(recs, tok)
+    data = encode_records(recs, tok, answers=answers())
     assert data.candidates == 4 and data.candidate_mask.tolist() == [[True, True, False, False], [True] * 4]
     batch = data.batch(torch.arange(2))
     assert batch["candidate_input_ids"].shape[:2] == (2, 4)
@@ -91,10 +92,10 @@ def test_encoded_records_pad_uneven_candidate_lists() -> None:
 
 def test_dp_stepper_keeps_frozen_stacks_in_eval_mode() -> None:
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind="image_text"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="image_text"))
     model.train()  # as a careless caller might leave it
     data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b"], kind="image_text", limit=16),
-                                             answer_set=answers()), tok)
+                                             answer_set=answers()), tok, answers=answers())
     with DPStepper(model=model, settings=DPSettings(batch_size=8, secure_mode=False), noise_multiplier=1.0,
                    learning_rate=1e-2, sample_rate=0.5) as stepper:
         dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -107,9 +108,9 @@ def test_dp_stepper_keeps_frozen_stacks_in_eval_mode() -> None:
 @pytest.mark.parametrize("kind", ["image_text", "image", "text"])
 def test_listwise_training_moves_parameters_and_accuracy(kind: str) -> None:
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind=kind, dropout=0.0))
+    model, tok = build_reward_model(easyvqa_reward_config(kind=kind, dropout=0.0))
     pairs = client_pairs(name="a", clients=["a", "b"], kind=kind, limit=256)
-    data = encode_records(records_from_pairs(pairs, answer_set=answers()), tok)
+    data = encode_records(records_from_pairs(pairs, answer_set=answers()), tok, answers=answers())
     before_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     before = record_accuracy(model, data)
     losses = train_nonprivate(model=model, data=data, steps=60, learning_rate=1e-2, batch_size=64)
@@ -126,10 +127,10 @@ def test_batches_drop_padding_columns_and_keep_the_rewards() -> None:
     from fedsecure.models.encoding import trim_padding
 
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind="image_text"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="image_text"))
     model.eval()
     data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b"], kind="image_text", limit=40),
-                                             answer_set=answers()), tok)
+                                             answer_set=answers()), tok, answers=answers())
     idx = torch.arange(len(data))
     batch = data.batch(idx)
     width = int(data.text["candidate_attention_mask"][idx].sum(-1).max())

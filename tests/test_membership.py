@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.easyvqa.data import answers
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.dp_training import train_nonprivate
 from fedsecure.data.preferences import holdout
 from fedsecure.models.encoding import encode_pairs
-from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from fedsecure.models.reward import build_reward_model
 from fedsecure.privacy.membership import auc, membership_auc
 from tasks.easyvqa.shares import client_pairs
 
@@ -25,9 +27,9 @@ def test_auc_known_answers() -> None:
 
 def test_attack_runs_against_a_trained_reward_model() -> None:
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind="text"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="text"))
     train, held = holdout(client_pairs(name="a", clients=["a", "b"], kind="text", limit=1200), fraction=0.3, seed=0)
-    members, nonmembers = encode_pairs(train, tok), encode_pairs(held, tok)
+    members, nonmembers = encode_pairs(train, tok, answers=answers()), encode_pairs(held, tok, answers=answers())
     untrained = membership_auc(model, members, nonmembers, limit=300)
     assert untrained == 0.5  # zero-initialised head: every loss ties
     train_nonprivate(model=model, data=members, steps=40, learning_rate=3e-3, batch_size=64)

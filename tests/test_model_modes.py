@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.dp_training import training_mode
 from fedsecure.models.modes import evaluation_mode
-from fedsecure.models.reward import RewardModelConfig, build_reward_model
+from fedsecure.models.reward import build_reward_model
 from fedsecure.models.scoring import score_triples
 
 
@@ -17,7 +18,7 @@ def _modes(model: torch.nn.Module) -> list[bool]:
 
 
 def test_evaluation_mode_restores_a_mixed_mode_even_on_error() -> None:
-    model, _ = build_reward_model(RewardModelConfig(kind="text"))
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
     training_mode(model)
     mixed = _modes(model)
     assert any(mixed) and not all(mixed)  # frozen stacks in eval mode, trained modules in training mode
@@ -28,7 +29,7 @@ def test_evaluation_mode_restores_a_mixed_mode_even_on_error() -> None:
 
 
 def test_scoring_keeps_the_models_mode() -> None:
-    model, tok = build_reward_model(RewardModelConfig(kind="text"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="text"))
     training_mode(model)
     mixed = _modes(model)
     values = score_triples(model, tok, images=None, questions=["what color is the shape?"] * 2,

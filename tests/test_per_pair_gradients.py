@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.dp_training import bt_loss
 from fedsecure.models.encoding import encode_pairs
-from fedsecure.models.reward import KINDS, RewardModelConfig, build_reward_model
+from fedsecure.models.reward import KINDS, build_reward_model
+from tasks.easyvqa.data import answers
 from tasks.easyvqa.shares import client_pairs
 from tests.gradient_checks import assert_per_unit_gradients_match
 
@@ -18,12 +20,12 @@ def test_opacus_per_pair_gradients_match_brute_force(kind: str) -> None:
     torch.manual_seed(0)
     # No dropout, so the stacked pass and the per-pair loop compute the same function
     # (Opacus only records activations in training mode).
-    model, tok = build_reward_model(RewardModelConfig(kind=kind, dropout=0.0))
+    model, tok = build_reward_model(easyvqa_reward_config(kind=kind, dropout=0.0))
     with torch.no_grad():  # off the zero-initialised head so every layer gets gradient
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=5), tok)
+    data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=5), tok, answers=answers())
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert_per_unit_gradients_match(model, lambda m, idx: bt_loss(m(data.batch(idx))), units=len(data), rows=2,
                                     checked=params)
@@ -39,13 +41,13 @@ def test_opacus_per_record_gradients_match_brute_force(kind: str) -> None:
     from tasks.easyvqa.data import answers
 
     torch.manual_seed(0)
-    model, tok = build_reward_model(RewardModelConfig(kind=kind, dropout=0.0))
+    model, tok = build_reward_model(easyvqa_reward_config(kind=kind, dropout=0.0))
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     records = records_from_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=4), answer_set=answers())
-    data = encode_records(records, tok)
+    data = encode_records(records, tok, answers=answers())
     assert data.candidates == len(answers())
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.easyvqa.data import answers
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk.adapter_exchange import adapter_groups
 from client_sdk.dp_training import DPSettings, margins, train_nonprivate
 from client_sdk.outcomes import Aggregate, TaskContext
@@ -48,7 +50,6 @@ from fedsecure.errors import (
 from fedsecure.kit import load_kit
 from fedsecure.models.encoding import encode_pairs
 from fedsecure.models.reward import (
-    RewardModelConfig,
     build_reward_model,
     load_reward_model,
 )
@@ -140,9 +141,9 @@ def test_plan_fits_the_reserve_and_refuses_without_one() -> None:
 
 def _text_model_and_data(seed: int = 0):  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
-    model, tok = build_reward_model(RewardModelConfig(kind="text", dropout=0.0))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="text", dropout=0.0))
     pairs = client_pairs(name="a", clients=["a", "b"], kind="text", limit=240)
-    return model, encode_pairs(pairs[:160], tok), encode_pairs(pairs[160:], tok)
+    return model, encode_pairs(pairs[:160], tok, answers=answers()), encode_pairs(pairs[160:], tok, answers=answers())
 
 
 def test_stage_one_replaces_a_better_federation_component_and_keeps_an_equal_one() -> None:
@@ -195,7 +196,7 @@ def _participant(kits: Provisioned, tmp_path: Path, *, reserve: float = 0.1, set
     return RewardParticipant(
         kit=load_kit(kits.clients["a"]), state_dir=tmp_path / "a",
         pairs=client_pairs(name="a", clients=["a", "b"], kind="text", limit=limit),
-        config=ParticipantConfig(model=RewardModelConfig(kind="text"), dp=DPSettings(batch_size=32),
+        config=ParticipantConfig(model=easyvqa_reward_config(kind="text"), dp=DPSettings(batch_size=32),
                                  budget=PrivacyBudget(8.0, 1e-5, personalisation_reserve=reserve),
                                  personalisation=settings, validation_fraction=validation_fraction))
 

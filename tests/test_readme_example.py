@@ -31,9 +31,9 @@ def kits(tmp_path_factory: pytest.TempPathFactory, keyholder_keys: Path) -> Iter
 
     global WORK
     WORK = tmp_path_factory.mktemp("hospital")
-    pretrain_backbone(PretrainSettings(out=WORK / "backbone", steps=2))
+    pretrain_backbone(PretrainSettings(out=WORK / "backbone", steps=2), task=EASYVQA)
     kits = provision(out=WORK / "kits", clients=["hospital-a", "bank-c"], backbone=WORK / "backbone",
-                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes(), task=EASYVQA)
     (WORK / "images").mkdir()
     with open(WORK / "my_pairs.jsonl", "w", encoding="utf-8") as out:
         for p in client_pairs(name="hospital-a", clients=["hospital-a", "bank-c"], kind="image_text", limit=600):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
 from client_sdk.dp_training import DPSettings, pairwise_accuracy, train_private
 from fedsecure.data.images import load_image
 from fedsecure.data.preferences import holdout
@@ -26,16 +27,17 @@ from fedsecure.models.reward import (
     KINDS,
     RewardModel,
     build_reward_model,
-    config_on_backbone,
     load_reward_model,
     save_reward_model,
 )
 from fedsecure.models.scoring import score_triples
 from fedsecure.models.slots import attention_module, slot_of
+from tasks.easyvqa.data import vocabulary
 from fedsecure.models.tokenizer import build_tokenizer
 from fedsecure.models.towers import CheckpointProcessor
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import provision
 from server.rewards.quality import JudgedQuestion, reward_quality
 from tasks.easyvqa.data import answer_type, answers
@@ -56,14 +58,14 @@ def test_the_checkpoints_own_tokenizer_and_image_processor_are_used(family: str,
     from transformers import AutoImageProcessor, AutoTokenizer
 
     folder = folders[family]
-    model, tok = build_reward_model(config_on_backbone("image_text", folder))
+    model, tok = build_reward_model(easyvqa_on_backbone("image_text", folder))
     assert isinstance(tok, CheckpointProcessor) and model.config.tower_family == family
     pairs = client_pairs(name="a", clients=["a", "b"], kind="image_text", limit=4)
-    encoded = encode_pairs(pairs, tok)
+    encoded = encode_pairs(pairs, tok, answers=answers())
     own = AutoTokenizer.from_pretrained(folder)(f"{pairs[0].question} {pairs[0].chosen}", padding="max_length",
                                                 max_length=MAX_LENGTH)["input_ids"]
     assert encoded.text["chosen_input_ids"][0].tolist() == own
-    words = build_tokenizer(MAX_LENGTH).encode(pairs[0].question, pairs[0].chosen).ids
+    words = build_tokenizer(MAX_LENGTH, words=vocabulary()).encode(pairs[0].question, pairs[0].chosen).ids
     assert encoded.text["chosen_input_ids"][0].tolist() != words  # not the easy-VQA word tokenizer's ids
     batch = encoded.batch(torch.arange(len(pairs)))
     # resized from 64×64 and normalised as the checkpoint's processor says
@@ -72,7 +74,7 @@ def test_the_checkpoints_own_tokenizer_and_image_processor_are_used(family: str,
         return_tensors="pt")["pixel_values"]
     assert batch["pixel_values"].shape == (len(pairs), 3, IMAGE_SIZE, IMAGE_SIZE)
     torch.testing.assert_close(batch["pixel_values"], expected)
-    scoring = encode_items([im.permute(1, 2, 0).numpy() for im in encoded.images[:1]], ["what color?"], ["red"], tok)
+    scoring = encode_items([im.permute(1, 2, 0).numpy() for im in encoded.images[:1]], ["what color?"], ["red"], tok, answers=answers())
     assert scoring["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
@@ -82,7 +84,7 @@ def test_the_frozen_towers_are_the_checkpoints_and_adapters_sit_on_every_block(
         family: str, kind: str, folders: dict[str, Path]) -> None:
     from transformers import AutoModel
 
-    model, _ = build_reward_model(config_on_backbone(kind, folders[family]))
+    model, _ = build_reward_model(easyvqa_on_backbone(kind, folders[family]))
     full = AutoModel.from_pretrained(folders[family])
     reference = {"text": full.text_model, "image": full.vision_model}
     stacks = {"text": model.text, "image": model.image}
@@ -127,9 +129,9 @@ def _public_pairwise(model: RewardModel, tok: object) -> float:
 def test_dp_training_on_a_pretrained_backbone_moves_adapters_and_accuracy(
         family: str, folders: dict[str, Path], kits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model, tok = build_reward_model(config_on_backbone("text", folders[family]))
+    model, tok = build_reward_model(easyvqa_on_backbone("text", folders[family]))
     train, held = holdout(client_pairs(name="a", clients=["a", "b"], kind="text", limit=1500), fraction=0.2, seed=0)
-    train_data, held_data = encode_pairs(train, tok), encode_pairs(held, tok)
+    train_data, held_data = encode_pairs(train, tok, answers=answers()), encode_pairs(held, tok, answers=answers())
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     acc_before, public_before = pairwise_accuracy(model, held_data), _public_pairwise(model, tok)
     ledger = Ledger(tmp_path / "ledger.jsonl", kit=load_kit(kits.clients["a"]), budget=PrivacyBudget(8.0, 1e-5))
@@ -149,7 +151,7 @@ def test_dp_training_on_a_pretrained_backbone_moves_adapters_and_accuracy(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_saved_reward_model_reloads_on_its_checkpoint(family: str, folders: dict[str, Path], tmp_path: Path) -> None:
-    model, tok = build_reward_model(config_on_backbone("image_text", folders[family]))
+    model, tok = build_reward_model(easyvqa_on_backbone("image_text", folders[family]))
     with torch.no_grad():
         for p in model.head.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -157,7 +159,7 @@ def test_a_saved_reward_model_reloads_on_its_checkpoint(family: str, folders: di
     again, tok2 = load_reward_model(tmp_path / "rm")
     assert isinstance(tok2, CheckpointProcessor) and tok2.folder == folders[family]
     pairs = client_pairs(name="a", clients=["a", "b"], kind="image_text", limit=6)
-    batch = encode_pairs(pairs, tok2).batch(torch.arange(len(pairs)))
+    batch = encode_pairs(pairs, tok2, answers=answers()).batch(torch.arange(len(pairs)))
     model.eval()
     again.eval()
     with torch.no_grad():
@@ -173,7 +175,7 @@ def test_the_digest_covers_the_tokenizer_and_the_image_processor(family: str, fo
     folder = folders[family]
     sealed = backbone_digest(folder)
     kits = provision(out=tmp_path / "kits", clients=["x"], backbone=folder,
-                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes())
+                     keyholder_public_context=(keyholder_keys / "ckks_public.ctx").read_bytes(), task=EASYVQA)
     kit = load_kit(kits.clients["x"])
     assert kit.settings["backbones"][0]["shape"]["family"] == family
     config = model_config(argparse.Namespace(kind="image_text", backbone=folder), kit)  # fedsecure client --backbone

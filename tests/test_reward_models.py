@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from fedsecure.models.backbone import backbone_digest
 from fedsecure.models.encoding import encode_items, encode_pairs
 from fedsecure.models.reward import (
@@ -18,6 +19,7 @@ from fedsecure.models.reward import (
     load_reward_model,
     save_reward_model,
 )
+from tasks.easyvqa.data import vocabulary, answers
 from fedsecure.models.tokenizer import CLS, SEP, build_tokenizer
 from tasks.easyvqa.shares import client_pairs
 
@@ -27,17 +29,17 @@ def _lora_a(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_tokenizer_is_built_locally_and_deterministic() -> None:
-    tok = build_tokenizer(24)
+    tok = build_tokenizer(24, words=vocabulary())
     enc = tok.encode("what color is the shape?", "blue")
     assert enc.tokens[0] == CLS and SEP in enc.tokens and "blue" in enc.tokens and "[UNK]" not in enc.tokens
-    assert len(enc.ids) == 24 and build_tokenizer(24).get_vocab() == tok.get_vocab()
+    assert len(enc.ids) == 24 and build_tokenizer(24, words=vocabulary()).get_vocab() == tok.get_vocab()
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ffa_lora_a_is_shared_and_frozen_b_trains(kind: str) -> None:
-    m1, _ = build_reward_model(RewardModelConfig(kind=kind, federation_seed=7))
-    m2, _ = build_reward_model(RewardModelConfig(kind=kind, federation_seed=7))
-    m3, _ = build_reward_model(RewardModelConfig(kind=kind, federation_seed=8))
+    m1, _ = build_reward_model(easyvqa_reward_config(kind=kind, federation_seed=7))
+    m2, _ = build_reward_model(easyvqa_reward_config(kind=kind, federation_seed=7))
+    m3, _ = build_reward_model(easyvqa_reward_config(kind=kind, federation_seed=8))
     a1, a2, a3 = _lora_a(m1), _lora_a(m2), _lora_a(m3)
     assert a1 and all(torch.equal(a1[n], a2[n]) for n in a1)  # same federation seed -> same A everywhere
     assert not any(torch.equal(a1[n], a3[n]) for n in a1)
@@ -53,8 +55,8 @@ def test_ffa_lora_a_is_shared_and_frozen_b_trains(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_forward_save_load_round_trip(kind: str, tmp_path: Path) -> None:
-    model, tok = build_reward_model(RewardModelConfig(kind=kind))
-    data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=16), tok)
+    model, tok = build_reward_model(easyvqa_reward_config(kind=kind))
+    data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=16), tok, answers=answers())
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)  # move off the zero-initialised head
@@ -70,12 +72,12 @@ def test_forward_save_load_round_trip(kind: str, tmp_path: Path) -> None:
 
 
 def test_real_local_checkpoint_loads_by_path(tmp_path: Path) -> None:
-    tok = build_tokenizer(24)
+    tok = build_tokenizer(24, words=vocabulary())
     bert = BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=1,
                                 num_attention_heads=4, intermediate_size=128, max_position_embeddings=24),
                      add_pooling_layer=False)
     bert.save_pretrained(tmp_path / "bert")
-    model, _ = build_reward_model(RewardModelConfig(kind="text", text_backbone=str(tmp_path / "bert"),
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text", text_backbone=str(tmp_path / "bert"),
                                                     backbone_sha256=backbone_digest(tmp_path)))
     assert model.text is not None and model.text.config.num_hidden_layers == 1
     loaded = model.text.embeddings.word_embeddings.weight
@@ -85,15 +87,15 @@ def test_real_local_checkpoint_loads_by_path(tmp_path: Path) -> None:
 def test_image_head_gives_unknown_answers_the_floor() -> None:
     import numpy as np
 
-    model, tok = build_reward_model(RewardModelConfig(kind="image"))
+    model, tok = build_reward_model(easyvqa_reward_config(kind="image"))
     img = np.zeros((64, 64, 3), dtype=np.uint8)
-    batch = encode_items([img, img], ["q", "q"], ["red", "a purple dragon"], tok)
+    batch = encode_items([img, img], ["q", "q"], ["red", "a purple dragon"], tok, answers=answers())
     scores = model.score(batch)
     assert scores[1] == UNKNOWN_ANSWER_REWARD and scores[0] > UNKNOWN_ANSWER_REWARD
 
 
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="kind"):
-        RewardModelConfig(kind="audio")
+        easyvqa_reward_config(kind="audio")
     with pytest.raises(ValueError, match="divisible"):
         RewardModelConfig(hidden=65)

@@ -1,1 +1,1 @@
-"""Data: easy-VQA loading, Dirichlet non-IID partitions, preference pairs."""
+"""Data: images, preference pairs and records, a client's own data files (any task)."""

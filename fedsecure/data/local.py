@@ -15,7 +15,7 @@ the report before a client starts).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from typing import Any
 from fedsecure.data.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.errors import FedsecureError
-from tasks.easyvqa.data import answers
 
 REQUIRED = ("id", "question", "chosen", "rejected")
 COLUMNS = (*REQUIRED, "image")
@@ -250,7 +249,7 @@ def _image(base: Path, name: str) -> str:
     return str(resolved)
 
 
-def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str]) -> PreferencePair:
+def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str] | None) -> PreferencePair:
     if not isinstance(rec, dict):
         raise ValueError("a record must be an object with fields " + ", ".join(COLUMNS))
     missing = [k for k in REQUIRED if not isinstance(rec.get(k), str) or not rec[k]]
@@ -259,7 +258,7 @@ def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str]) -> Preferen
     long = [k for k in REQUIRED if len(rec[k]) > MAX_TEXT_CHARS]
     if long:
         raise ValueError(f"fields {long} are longer than {MAX_TEXT_CHARS} characters")
-    for name in ("chosen", "rejected"):
+    for name in ("chosen", "rejected") if vocab is not None else ():
         if rec[name] not in vocab:
             raise ValueError(f"unknown answer {rec[name]!r} in {name!r}")
     if rec["chosen"] == rec["rejected"]:
@@ -273,13 +272,14 @@ def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str]) -> Preferen
                           rejected=rec["rejected"], image=image)
 
 
-def check_pairs(path: Path, *, needs_images: bool) -> DataReport:
+def check_pairs(path: Path, *, needs_images: bool, answer_set: Sequence[str] | None) -> DataReport:
     """Read every record of a local dataset; never raises for bad records (they are in
-    the report), only for a path that is not a dataset at all."""
+    the report), only for a path that is not a dataset at all. ``answer_set``: the task's
+    closed answer set, which every chosen and rejected answer must be in (None: free text)."""
     form = _form(path)
     report = DataReport(path, form)
     base = path if form == "datasets" else path.parent
-    vocab = set(answers())
+    vocab = None if answer_set is None else set(answer_set)
     seen: dict[str, str] = {}
     held = 0  # bytes of text kept: the whole dataset is bounded, whatever its form
     for position, rec in _records(path, form):
@@ -306,10 +306,10 @@ def check_pairs(path: Path, *, needs_images: bool) -> DataReport:
     return report
 
 
-def load_pairs(path: Path, *, needs_images: bool) -> list[PreferencePair]:
+def load_pairs(path: Path, *, needs_images: bool, answer_set: Sequence[str] | None) -> list[PreferencePair]:
     """The pairs of a local dataset; raises DataError with the whole report if any record
     is bad or there is none."""
-    report = check_pairs(path, needs_images=needs_images)
+    report = check_pairs(path, needs_images=needs_images, answer_set=answer_set)
     if not report.ok:
         raise DataError(report)
     return report.pairs

@@ -1,1 +1,1 @@
-"""Models: the easy-VQA tokenizer and the clients' FedCola-style reward models."""
+"""Models: word tokenizers, the clients' FedCola-style reward models, the policy VLM."""

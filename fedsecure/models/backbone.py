@@ -9,7 +9,7 @@ Folder layout (standard Hugging Face checkpoints, safetensors + JSON, never pick
 
     image/            ViTModel.save_pretrained
     text/             BertModel.save_pretrained
-    tokenizer.json    the easy-VQA word tokenizer the text stack was trained with
+    tokenizer.json    the task's word tokenizer the text stack was trained with
     backbone.json     block shape, pretraining objective, data, steps, metrics
 """
 

@@ -14,7 +14,6 @@ import torch
 
 from fedsecure.data.images import DEFAULT_IMAGE_SIZE, load_image
 from fedsecure.data.preferences import PreferencePair, PreferenceRecord
-from tasks.easyvqa.data import answers
 
 UNKNOWN_ANSWER = -1
 _PUNCT = re.compile(r"[^a-z ]")
@@ -25,11 +24,11 @@ def normalise_answer(text: str) -> str:
     return _PUNCT.sub("", text.lower()).strip()
 
 
-def answer_id(text: str) -> int:
-    """Index in the answer vocabulary, or UNKNOWN_ANSWER."""
-    vocab = answers()
+def answer_id(text: str, answers: Sequence[str]) -> int:
+    """Index of ``text`` (normalised) in the closed answer set, or UNKNOWN_ANSWER (also
+    for every text when the task has no closed answer set)."""
     norm = normalise_answer(text)
-    return vocab.index(norm) if norm in vocab else UNKNOWN_ANSWER
+    return answers.index(norm) if norm in answers else UNKNOWN_ANSWER
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
@@ -155,18 +154,18 @@ def _load_images(items: Sequence[PreferencePair] | Sequence[PreferenceRecord],
     return images, torch.tensor([slot[p.image] for p in items], dtype=torch.long)
 
 
-def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, closed_vocabulary: bool = True,
+def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, answers: Sequence[str] = (),
                    image_loader: Callable[[str], np.ndarray] = load_image) -> EncodedRecords:
     """Encode records, every candidate of each as one (question, answer) text; raises
-    ValueError naming the first record that cannot be encoded. ``closed_vocabulary``:
-    every candidate must be an answer of the vocabulary (an image-only model scores nothing
-    else)."""
+    ValueError naming the first record that cannot be encoded. Given the task's closed
+    ``answers``, every candidate must be one of them (an image-only model scores nothing
+    else); without, candidates are free text."""
     if not records:
         raise ValueError("no preference records")
-    if closed_vocabulary:
+    if answers:
         for r in records:
             for a in r.candidates:
-                if answer_id(a) == UNKNOWN_ANSWER:
+                if answer_id(a, answers) == UNKNOWN_ANSWER:
                     raise ValueError(f"record {r.record_id}: unknown answer {a!r}")
     images, index = _load_images(records, image_loader)
     k = max(len(r.candidates) for r in records)
@@ -176,20 +175,21 @@ def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, cl
     flat = _tokenize(tokenizer, [r.question for r in records for _ in range(k)], [a for row in padded for a in row])
     text = {f"candidate_{key}": v.view(n, k, -1) for key, v in flat.items()}
     mask = torch.tensor([[j < len(r.candidates) for j in range(k)] for r in records], dtype=torch.bool)
-    ids = torch.tensor([[answer_id(a) for a in row] for row in padded], dtype=torch.long)
+    ids = torch.tensor([[answer_id(a, answers) for a in row] for row in padded], dtype=torch.long)
     return EncodedRecords(images=images, image_index=index, text=text, candidate_answer=ids, candidate_mask=mask,
                           digest=records_digest(records), to_pixels=pixel_transform(tokenizer))
 
 
-def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object, *, answers: Sequence[str] = (),
                  image_loader: Callable[[str], np.ndarray] = load_image) -> EncodedPairs:
-    """Encode pairs; raises ValueError naming the first record that cannot be encoded."""
+    """Encode pairs; raises ValueError naming the first record that cannot be encoded
+    (given the task's closed ``answers``, an answer outside them)."""
     if not pairs:
         raise ValueError("no preference pairs")
     images, index = _load_images(pairs, image_loader)
-    for p in pairs:
+    for p in pairs if answers else ():
         for a in (p.chosen, p.rejected):
-            if answer_id(a) == UNKNOWN_ANSWER:
+            if answer_id(a, answers) == UNKNOWN_ANSWER:
                 raise ValueError(f"record {p.record_id}: unknown answer {a!r}")
     q = [p.question for p in pairs]
     text = {}
@@ -200,19 +200,20 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object,
         images=images,
         image_index=index,
         text=text,
-        chosen_answer=torch.tensor([answer_id(p.chosen) for p in pairs], dtype=torch.long),
-        rejected_answer=torch.tensor([answer_id(p.rejected) for p in pairs], dtype=torch.long),
+        chosen_answer=torch.tensor([answer_id(p.chosen, answers) for p in pairs], dtype=torch.long),
+        rejected_answer=torch.tensor([answer_id(p.rejected, answers) for p in pairs], dtype=torch.long),
         digest=pairs_digest(pairs), to_pixels=pixel_transform(tokenizer))
 
 
 def encode_items(images: Sequence[np.ndarray], questions: Sequence[str], completions: Sequence[str],
-                 tokenizer: object) -> dict[str, torch.Tensor]:
-    """Model inputs for scoring (question, completion) with optional images, as 'chosen'."""
+                 tokenizer: object, *, answers: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Model inputs for scoring (question, completion) with optional images, as 'chosen'
+    (a completion's index in the closed ``answers``, if the task has them)."""
     out = trim_padding({f"chosen_{k}": v for k, v in _tokenize(tokenizer, questions, completions).items()})
     seq = out["chosen_input_ids"].shape[1]
     out["position_ids"] = torch.arange(seq).expand(len(questions), seq).contiguous()
     if images:
         out["pixel_values"] = pixel_transform(tokenizer)(
             torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
-    out["chosen_answer"] = torch.tensor([answer_id(c) for c in completions], dtype=torch.long)
+    out["chosen_answer"] = torch.tensor([answer_id(c, answers) for c in completions], dtype=torch.long)
     return out

@@ -2,14 +2,15 @@
 and a loader for any local Hugging Face vision-language checkpoint.
 
 The tiny model is a real ``LlavaForConditionalGeneration`` (CLIP vision tower, projector,
-Llama decoder) with a real ``LlavaProcessor`` around the locally built easy-VQA
-vocabulary, saved in the standard layout (safetensors + JSON), so it is loaded by exactly
+Llama decoder) with a real ``LlavaProcessor`` around a word vocabulary built from the
+task's words, saved in the standard layout (safetensors + JSON), so it is loaded by exactly
 the code that loads a downloaded checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from fedsecure.errors import PolicyLoadError, PromptError
-from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, easyvqa_vocabulary
+from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, word_vocabulary
 
 IMAGE_TOKEN = "<image>"
 # 8-pixel patches (64 image tokens): with 16-pixel ones the tower could not represent shape
@@ -58,13 +59,13 @@ def tiny_llama_config(*, vocab_size: int, hidden: int = 128, layers: int = 2, he
                        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
 
 
-def build_policy_processor(config: TinyVLMConfig = TinyVLMConfig()) -> Any:
-    """A ``LlavaProcessor``: easy-VQA word vocabulary plus ``<image>``, prompts
+def build_policy_processor(config: TinyVLMConfig = TinyVLMConfig(), *, words: Sequence[str]) -> Any:
+    """A ``LlavaProcessor``: the task's word vocabulary plus ``<image>``, prompts
     ``[CLS] <image>×n question``, completions ``answer [SEP]`` ([SEP] is EOS), left padding."""
     from transformers import LlavaProcessor, PreTrainedTokenizerFast
     from transformers.models.clip import CLIPImageProcessorPil
 
-    vocab = {t: i for i, t in enumerate([*easyvqa_vocabulary(), IMAGE_TOKEN])}
+    vocab = {t: i for i, t in enumerate([*word_vocabulary(words), IMAGE_TOKEN])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -81,11 +82,12 @@ def build_policy_processor(config: TinyVLMConfig = TinyVLMConfig()) -> Any:
                           num_additional_image_tokens=1, chat_template=TINY_CHAT_TEMPLATE)
 
 
-def build_tiny_vlm(*, config: TinyVLMConfig = TinyVLMConfig(), seed: int = 0) -> tuple[Any, Any]:
-    """(model, processor): the built-in LLaVA-style policy, randomly initialised from ``seed``."""
+def build_tiny_vlm(*, words: Sequence[str], config: TinyVLMConfig = TinyVLMConfig(), seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor): the built-in LLaVA-style policy over the task's ``words``,
+    randomly initialised from ``seed``."""
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    processor = build_policy_processor(config)
+    processor = build_policy_processor(config, words=words)
     tok = processor.tokenizer
     vision = CLIPVisionConfig(image_size=config.image_size, patch_size=config.patch_size,
                               hidden_size=config.vision_hidden, intermediate_size=2 * config.vision_hidden,

@@ -31,6 +31,7 @@ from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 from fedsecure.data.images import DEFAULT_IMAGE_SIZE
 from fedsecure.errors import KitError
 from fedsecure.models.backbone import IMAGE_DIR, TEXT_DIR, backbone_digest, shape_of
+from fedsecure.models.backbone import TOKENIZER as BACKBONE_TOKENIZER
 from fedsecure.models.groups import block_shape
 from fedsecure.models.slots import slot_of
 from fedsecure.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
@@ -41,7 +42,6 @@ from fedsecure.models.towers import (
     load_towers,
     text_features,
 )
-from tasks.easyvqa.data import answers
 
 Kind = Literal["image_text", "image", "text"]
 KINDS: tuple[str, ...] = ("image_text", "image", "text")
@@ -77,13 +77,25 @@ class RewardModelConfig:
     text_backbone: str | None = None   # local HF checkpoint folder; None = build from config
     image_backbone: str | None = None
     backbone_sha256: str = ""          # the federation's backbone folder digest ("" = random stacks)
-    # "fedsecure": BERT/ViT stacks with the easy-VQA word tokenizer and 64×64 pixels; "clip" or
-    # "siglip": a dual-encoder checkpoint with its own tokenizer and image processor
+    # "fedsecure": BERT/ViT stacks with a word tokenizer (the backbone's, else one over
+    # ``vocabulary``) and 64×64 pixels; "clip" or "siglip": a dual-encoder checkpoint with
+    # its own tokenizer and image processor
     tower_family: str = "fedsecure"
+    # The task's closed answer set (the image kind's head classifies over it; empty: free text)
+    answers: tuple[str, ...] = ()
+    # The task's words, for the word tokenizer of a model without a pretrained backbone
+    vocabulary: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # tuples whatever JSON gave (a saved config reads back lists)
+        object.__setattr__(self, "answers", tuple(self.answers))
+        object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "image" and not self.answers:
+            raise ValueError("an image-only reward model scores the task's closed answer set: give its answers")
+        if len(set(self.answers)) != len(self.answers):
+            raise ValueError("the answer set has duplicates")
         if self.tower_family not in ("fedsecure", *TOWER_FAMILIES):
             raise ValueError(f"tower_family must be fedsecure or one of {TOWER_FAMILIES}, got {self.tower_family!r}")
         if self.tower_family != "fedsecure" and not (self.text_backbone or self.image_backbone):
@@ -106,7 +118,7 @@ class RewardModel(nn.Module):
     def __init__(self, config: RewardModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.config = config
-        self.answer_vocab = answers()
+        self.answer_vocab = config.answers
         self.text: nn.Module | None = None
         self.image: nn.Module | None = None
         c = config
@@ -311,10 +323,17 @@ class RewardModel(nn.Module):
 # --- building, saving, loading -------------------------------------------------------
 
 def _tokenizer_for(config: RewardModelConfig) -> Any:
-    """The easy-VQA word tokenizer, or a dual-encoder checkpoint's own tokenizer and image
-    processor (:class:`CheckpointProcessor`)."""
+    """The word tokenizer sealed in the federation's backbone folder, one built over the
+    config's ``vocabulary`` when there is no backbone, or a dual-encoder checkpoint's own
+    tokenizer and image processor (:class:`CheckpointProcessor`)."""
     if config.tower_family == "fedsecure":
-        return build_tokenizer(config.max_length)
+        stack = config.text_backbone or config.image_backbone
+        sealed = Path(stack).parent / BACKBONE_TOKENIZER if stack else None
+        if sealed is not None and sealed.is_file():
+            return load_tokenizer(sealed)
+        if not config.vocabulary:
+            raise ValueError("a reward model needs a tokenizer: its backbone folder's, or the task's vocabulary")
+        return build_tokenizer(config.max_length, words=config.vocabulary)
     return CheckpointProcessor(Path(config.text_backbone or config.image_backbone or ""), max_length=config.max_length)
 
 

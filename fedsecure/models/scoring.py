@@ -36,7 +36,7 @@ def score_triples(model: RewardModel, tokenizer: object, *, images: Sequence[np.
         for start in range(0, len(questions), SCORE_BATCH):
             end = start + SCORE_BATCH
             batch = encode_items(list(images[start:end]) if images is not None else [], questions[start:end],
-                                 completions[start:end], tokenizer)
+                                 completions[start:end], tokenizer, answers=model.config.answers)
             values.extend(float(v) for v in model.score(batch))
             bar.update(min(end, len(questions)) - start)
     return values

@@ -1,35 +1,34 @@
-"""A word-level tokenizer built locally (``tokenizers``) from the easy-VQA vocabulary.
+"""A word-level tokenizer built locally (``tokenizers``) from a task's vocabulary.
 
-No hub is reachable, so the vocabulary is built from the dataset itself, sorted so
-every participant builds the identical tokenizer; it is saved with each model.
+No hub is reachable, so the vocabulary comes from the task's own text, sorted so every
+participant builds the identical tokenizer; it is saved with each model and each
+backbone (JSON, never pickle).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from tasks.easyvqa.data import answers, load_records
-
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIALS = (PAD, UNK, CLS, SEP)
 PUNCTUATION = ("?", ".", ",", "!", "'")
-_WORD = re.compile(r"[a-z]+")
 
 
-def easyvqa_vocabulary() -> list[str]:
-    """Special tokens, punctuation, then every lowercase word of easy-VQA questions and answers, sorted."""
-    words = {w for split in ("train", "test") for r in load_records(split) for w in _WORD.findall(r.question.lower())}
-    words.update(answers())
-    return [*SPECIALS, *PUNCTUATION, *sorted(words)]
+def word_vocabulary(words: Iterable[str]) -> list[str]:
+    """Special tokens, punctuation, then the distinct lowercase ``words``, sorted: the
+    token list every party derives identically from a task's words."""
+    fixed = set(SPECIALS) | set(PUNCTUATION)
+    return [*SPECIALS, *PUNCTUATION, *sorted({w.lower() for w in words} - fixed)]
 
 
-def build_tokenizer(max_length: int = 24) -> Tokenizer:
-    """The easy-VQA tokenizer: lowercase, split on whitespace/punctuation, pair template
-    ``[CLS] question [SEP] answer [SEP]``, padded and truncated to ``max_length``."""
-    vocab = {tok: i for i, tok in enumerate(easyvqa_vocabulary())}
+def build_tokenizer(max_length: int = 24, *, words: Iterable[str]) -> Tokenizer:
+    """A word tokenizer over ``words`` (:func:`word_vocabulary`): lowercase, split on
+    whitespace/punctuation, pair template ``[CLS] question [SEP] answer [SEP]``, padded
+    and truncated to ``max_length``; a word outside the vocabulary becomes ``[UNK]``."""
+    vocab = {tok: i for i, tok in enumerate(word_vocabulary(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

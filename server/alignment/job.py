@@ -120,7 +120,7 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
     if settings.policy_path is not None:
         model, processor = load_policy(settings.policy_path)
     else:
-        model, processor = build_tiny_vlm(seed=settings.seed)
+        model, processor = build_tiny_vlm(words=task.vocabulary(), seed=settings.seed)
         if settings.vision_pretrain_steps:
             # Every public image the server labels except the held-out evaluation part.
             seen = pretrain_vision_tower(model, train=public_labelled(task), held_out=task.server_part("reward_eval"),

@@ -1,4 +1,5 @@
-"""Exact-match accuracy of a policy on easy-VQA (greedy decoding), and the exact-match
+"""Exact-match accuracy of a policy on a task's test split (greedy decoding), per question
+group, and the exact-match
 reward: a check the server can compute itself on prompts whose answer it holds, used to
 prove the engine (client rewards replace it in the federated round)."""
 

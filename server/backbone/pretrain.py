@@ -3,7 +3,7 @@ stacks on the server's own public data, once, and distributes the folder; its di
 sealed in every kit (:mod:`fedsecure.models.backbone`).
 
 Data: only the server's public labelled parts — pretraining, router, prompt pool, seed
-set (:func:`fedsecure.data.shares.public_labelled_records`: disjoint by image from every
+set (:func:`fedsecure.task.public_labelled`: disjoint by image from every
 client's share and from the reward-evaluation part: 1,000 images, where the ``pretrain``
 part alone has 500; the shape probe after 600 steps moves between 0.50 and 0.62 from run
 to run on either, 0.80 once at 1,200 steps). Objectives:
@@ -44,8 +44,7 @@ from fedsecure.models.backbone import (
 )
 from fedsecure.models.encoding import pixels
 from fedsecure.models.tokenizer import build_tokenizer
-from fedsecure.task import Example
-from tasks.easyvqa.shares import public_labelled_records, server_part
+from fedsecure.task import Example, Task, public_labelled
 
 log = logging.getLogger("fedsecure.server.backbone")
 
@@ -171,15 +170,16 @@ def measure(image_stack: nn.Module, text_stack: nn.Module, mlm_head: nn.Module, 
             "masked_token": round(masked_accuracy(text_stack, mlm_head, *eval_text, mask_id, special, seed=1), 4)}
 
 
-def pretrain_backbone(settings: PretrainSettings) -> dict[str, object]:
-    """Pretrain, measure before and after, save; return the manifest (with the digest)."""
+def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, object]:
+    """Pretrain on ``task``'s public data, measure before and after, save; return the
+    manifest (with the digest)."""
     torch.set_num_threads(settings.threads)
     started = time.monotonic()
-    tok = build_tokenizer(settings.shape.max_length)
+    tok = build_tokenizer(settings.shape.max_length, words=task.vocabulary())
     vocab = tok.get_vocab()
     mask_id, special = vocab["[UNK]"], len(("[PAD]", "[UNK]", "[CLS]", "[SEP]"))  # [UNK] doubles as [MASK]
-    train_records = public_labelled_records(seed=settings.data_seed)
-    eval_records = server_part("reward_eval", seed=settings.data_seed)
+    train_records = public_labelled(task, seed=settings.data_seed)
+    eval_records = task.server_part("reward_eval", seed=settings.data_seed)
     train_images, eval_images = image_set(train_records), image_set(eval_records)
     train_text, eval_text = text_ids(train_records, tok), text_ids(eval_records, tok)
     image, text = build_stacks(settings.shape, tok.get_vocab_size(), seed=settings.seed)

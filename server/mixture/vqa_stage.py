@@ -1,11 +1,12 @@
-"""The ALIGN stage as the server runs it on easy-VQA: the built-in policy (vision tower
+"""The ALIGN stage as the server runs it on a task with a closed answer set (easy-VQA by
+default): the built-in policy (vision tower
 pretrained on public images, SFT warm start on the seed set — :func:`prepare_base`),
 prompts from the public pool, the router fit on the public ``router`` part, the
 reward-hacking monitor and the promotion gate on public ``reward_eval`` questions (the
 same number of each question type), checkpoints in the stage's folder, and the promoted
 policy exported to ``policy/`` (the start until a round beats it; ``promoted.json`` says
 which). ``evaluate_stage`` measures the base, the promoted and the last policy on fixed
-easy-VQA test questions.
+test questions of the task.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ STAGE_SETUP = PolicySetup(adapter="full", freeze_vision_tower=True)
 
 @dataclass(frozen=True)
 class VQAStageSettings:
-    """Sizes of the easy-VQA ALIGN stage (defaults: the CPU demo's)."""
+    """Sizes of the ALIGN stage (defaults: the CPU demo's, on easy-VQA)."""
 
     out: Path
     steps_per_round: int = 20

@@ -7,6 +7,7 @@ file and whose group is the answer's type (colour, shape, yes/no).
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ IMAGE_SIZE = 64
 
 SHAPES = ("circle", "rectangle", "triangle")
 YES_NO = ("yes", "no")
+_WORD = re.compile(r"[a-z]+")
 
 
 @functools.cache
@@ -25,6 +27,15 @@ def answers() -> tuple[str, ...]:
     import easy_vqa
 
     return tuple(easy_vqa.get_answers())
+
+
+@functools.cache
+def vocabulary() -> tuple[str, ...]:
+    """Every lowercase word of easy-VQA's questions (both splits) and its answers, sorted:
+    the words the built-in tokenizers know."""
+    words = {w for split in ("train", "test") for r in load_records(split) for w in _WORD.findall(r.question.lower())}
+    words.update(answers())
+    return tuple(sorted(words))
 
 
 def answer_type(answer: str) -> str:

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedsecure.task import SERVER_PARTS, Example, ServerPart
-from tasks.easyvqa.data import answer_type, answers, load_records
-from tasks.easyvqa.shares import server_part, server_records
+from tasks.easyvqa.data import answer_type, answers, load_records, vocabulary
+from fedsecure.data.preferences import PreferencePair
+from tasks.easyvqa.shares import client_pairs, server_part, server_records
 
 
 def _normalise(text: str) -> str:
@@ -26,6 +27,10 @@ class EasyVQA:
         """The 13 answers, in the package's order."""
         return answers()
 
+    def vocabulary(self) -> tuple[str, ...]:
+        """Every word of easy-VQA's questions and answers."""
+        return vocabulary()
+
     def group_of(self, answer: str) -> str:
         """'color', 'shape' or 'yesno'; ValueError for an answer outside the set."""
         return answer_type(answer)
@@ -43,6 +48,11 @@ class EasyVQA:
             pool, seed_set = server_records(seed=seed)
             return pool if name == "pool" else seed_set
         return server_part(name, seed=seed)
+
+    def simulated_pairs(self, *, client: str, clients: Sequence[str], kind: str, alpha: float = 0.5,
+                        seed: int = 0) -> Sequence[PreferencePair]:
+        """``client``'s Dirichlet share of easy-VQA's training questions."""
+        return client_pairs(name=client, clients=clients, kind=kind, alpha=alpha, seed=seed)
 
     def test_examples(self) -> Sequence[Example]:
         """The easy-VQA test split."""

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.models.groups import GroupKey
-from fedsecure.models.reward import RewardModelConfig
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
@@ -45,7 +45,7 @@ def test_fedcola_round_with_heterogeneous_architectures(start_federation: Callab
     fed = start_federation(cfg, planners=planners, keyholder=True)
     parts, clients = {}, []
     for name in NAMES:
-        model = RewardModelConfig(kind=KINDS[name], **({"layers": 1} if name == "d" else {}))
+        model = easyvqa_reward_config(kind=KINDS[name], **({"layers": 1} if name == "d" else {}))
         part = RewardParticipant(kit=fed.kit(name), state_dir=tmp_path / name,
                                  pairs=client_pairs(name=name, clients=list(NAMES), kind=KINDS[name], limit=300),
                                  config=ParticipantConfig(model=model, budget=PrivacyBudget(8.0, 1e-5), dp=DPSettings()))

@@ -10,11 +10,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.personalisation.plan import PersonalisationSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
-from fedsecure.models.reward import RewardModelConfig
 from fedsecure.privacy.audit import audit_ledger
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
@@ -57,7 +57,7 @@ def test_personalise_phase_in_the_last_round_and_on_demand(start_federation: Cal
     settings = PersonalisationSettings(resolution=0.5, batch_size=32, learning_rate=3e-3)
     parts = {n: RewardParticipant(kit=fed.kit(n), state_dir=tmp_path / n,
                                   pairs=client_pairs(name=n, clients=list(NAMES), kind="text", limit=400),
-                                  config=ParticipantConfig(model=RewardModelConfig(kind="text"),
+                                  config=ParticipantConfig(model=easyvqa_reward_config(kind="text"),
                                                            dp=DPSettings(batch_size=32), personalisation=settings,
                                                            budget=PrivacyBudget(8.0, 1e-5, personalisation_reserve=0.1)))
              for n in NAMES}

@@ -9,13 +9,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.easyvqa.models import reward_config as easyvqa_reward_config
 from client_sdk import FederatedClient
 from client_sdk.dp_training import DPSettings
 from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.admin_client import AdminClient
 from fedsecure.crypto import pki
 from fedsecure.kit import load_kit
-from fedsecure.models.reward import RewardModelConfig
 from fedsecure.privacy.audit import audit_ledger
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.heads_export import heads_to_json, load_heads
@@ -43,7 +43,7 @@ def test_dp_training_and_scoring_round_over_grpc(start_federation: Callable[...,
     for name, kind in (("a", "text"), ("b", "image")):
         part = RewardParticipant(kit=fed.kit(name), state_dir=tmp_path / name,
                                  pairs=client_pairs(name=name, clients=["a", "b"], kind=kind, limit=800),
-                                 config=ParticipantConfig(model=RewardModelConfig(kind=kind),
+                                 config=ParticipantConfig(model=easyvqa_reward_config(kind=kind),
                                                           budget=PrivacyBudget(8.0, 1e-5), dp=DPSettings()))
         participants[name] = part
         clients.append(FederatedClient(kit=fed.kit(name), address=fed.address, poll_wait_ms=500,
