@@ -67,6 +67,7 @@ def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
 
 
 def _build_stage(roster: Sequence[object], cfg: MorBenchConfig, out: Path):  # type: ignore[no-untyped-def]
+    from tasks.easyvqa.data import vocabulary
     from fedsecure.models.policy_vlm import build_tiny_vlm
     from server.alignment.devices import select_placement
     from server.alignment.grpo import GRPOConfig, GRPOEngine
@@ -79,7 +80,7 @@ def _build_stage(roster: Sequence[object], cfg: MorBenchConfig, out: Path):  # t
     from server.mixture.stage import AlignStage, AlignStageConfig
     from tasks.easyvqa.shares import server_records
 
-    model, processor = build_tiny_vlm(seed=0)
+    model, processor = build_tiny_vlm(words=vocabulary(), seed=0)
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full"), placement=select_placement("cpu"))
     engine = GRPOEngine(policy=policy, config=GRPOConfig(group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
                                                          learning_rate=3e-4, seed=0,

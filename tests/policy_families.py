@@ -23,7 +23,8 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from fedsecure.models.policy_vlm import build_tiny_vlm, save_policy, tiny_llama_config
-from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, easyvqa_vocabulary
+from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, word_vocabulary
+from tasks.easyvqa.data import vocabulary
 
 ROLE_WORDS = ("user", "assistant", ":")
 
@@ -32,7 +33,7 @@ def word_tokenizer(specials: list[str], *, eos: str, bos: str | None = CLS, extr
     """A left-padding fast tokenizer: easy-VQA words, role words, the family's specials."""
     from transformers import PreTrainedTokenizerFast
 
-    words = [*easyvqa_vocabulary(), *ROLE_WORDS, *specials]
+    words = [*word_vocabulary(vocabulary()), *ROLE_WORDS, *specials]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
@@ -57,7 +58,7 @@ def _clip_tower(image_size: int, patch: int) -> Any:
 
 def llava(seed: int = 0) -> tuple[Any, Any]:
     """LLaVA-1.5: the built-in policy."""
-    return build_tiny_vlm(seed=seed)
+    return build_tiny_vlm(words=vocabulary(), seed=seed)
 
 
 LLAVA_NEXT_TEMPLATE = (

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from fedsecure.models.tokenizer import easyvqa_vocabulary
+from fedsecure.models.tokenizer import word_vocabulary
+from tasks.easyvqa.data import vocabulary
 
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 IMAGE_SIZE, PATCH, MAX_LENGTH = 32, 8, 32
@@ -21,7 +22,7 @@ def _tokenizer(*, bos: str | None, eos: str, pad: str, unk: str) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     specials = [t for t in (pad, unk, bos, eos) if t is not None]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys([*specials, *easyvqa_vocabulary()[4:]]))}
+    vocab = {t: i for i, t in enumerate(dict.fromkeys([*specials, *word_vocabulary(vocabulary())[4:]]))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -8,6 +8,8 @@ from collections import Counter
 
 import pytest
 
+from tasks.easyvqa.data import vocabulary
+
 from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
 from server.alignment.devices import select_placement
 from server.alignment.job import prompt_pool, seed_questions
@@ -53,12 +55,12 @@ def test_tower_pretraining_never_sees_the_held_out_part() -> None:
 
 def test_grpo_can_keep_the_vision_tower_frozen() -> None:
     assert PATCH == 8
-    model, processor = build_tiny_vlm(seed=0)
+    model, processor = build_tiny_vlm(words=vocabulary(), seed=0)
     tower = {id(p) for p in vision_tower(model).parameters()}
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter="full", freeze_vision_tower=True),
                             placement=select_placement("cpu"))
     trainable = policy.trainable()
     assert trainable and not any(id(p) in tower for _, p in trainable)
-    model2, _ = build_tiny_vlm(seed=0)
+    model2, _ = build_tiny_vlm(words=vocabulary(), seed=0)
     full = Policy.for_vlm(model2, processor, setup=PolicySetup(adapter="full"), placement=select_placement("cpu"))
     assert len(full.trainable()) > len(trainable)

@@ -13,6 +13,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from fedsecure.errors import PolicyLoadError, PromptError
+from tasks.easyvqa.data import vocabulary
 from fedsecure.models.policy_vlm import (
     PATCH,
     build_tiny_vlm,
@@ -42,7 +43,7 @@ from tasks.easyvqa.shares import server_records
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, processor = build_tiny_vlm(seed=0)
+    model, processor = build_tiny_vlm(words=vocabulary(), seed=0)
     return save_policy(model, processor, tmp_path_factory.mktemp("policy") / "tiny")
 
 
@@ -50,7 +51,7 @@ def test_a_saved_tiny_policy_loads_through_the_generic_loader(saved: Path) -> No
     model, processor = load_policy(saved)
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert (saved / "model.safetensors").is_file() and not list(saved.glob("*.bin"))
-    reference, _ = build_tiny_vlm(seed=0)
+    reference, _ = build_tiny_vlm(words=vocabulary(), seed=0)
     record = load_records("test")[0]
     ids, images = encode_prompt(processor, question=record.question, image=np.zeros((64, 64, 3), np.uint8))
     assert ids.count(model.config.image_token_index) == (64 // PATCH) ** 2 == 64  # (64 / 8)² patches
@@ -125,7 +126,7 @@ def test_exact_match_reward_normalises_text() -> None:
 
 
 def test_sft_warm_start_teaches_the_answer_format_and_grpo_updates_the_vlm() -> None:
-    model, processor = build_tiny_vlm(seed=1)
+    model, processor = build_tiny_vlm(words=vocabulary(), seed=1)
     _, seed_set = server_records(seed=0)
     prompts = vqa_prompts(seed_set[:96], processor=processor)
     targets = [encode_answer(processor, p.answer) for p in prompts]  # type: ignore[arg-type]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks.easyvqa.data import vocabulary
+
 from fedsecure.models.policy_vlm import build_tiny_vlm
 from server.alignment.vision_pretrain import (
     VisionPretrainConfig,
@@ -16,7 +18,7 @@ from tasks.easyvqa.shares import server_part
 
 
 def test_pretraining_teaches_the_tower_colour() -> None:
-    model, _ = build_tiny_vlm(seed=0)
+    model, _ = build_tiny_vlm(words=vocabulary(), seed=0)
     tower = vision_tower(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     held_out = server_part("reward_eval")[:600]
