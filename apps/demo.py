@@ -44,7 +44,7 @@ ALIGN_STEPS = 40
 ALIGN_PROMPTS = 32
 
 
-DEMO_TASK = "easyvqa"  # its clients' data are easy-VQA shares (--easyvqa-clients)
+DEMO_TASK = "easyvqa"  # its clients' data are easy-VQA shares (--simulated-clients)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -174,7 +174,7 @@ def _main(args: argparse.Namespace) -> int:
             mine = deep if name == DEEP_CLIENT else backbone
             client_toml = _write_toml(configs / f"{name}.toml", {
                 "client": {"kit": str(kits.clients[name]), "summary": str(logs / f"{name}.json")},
-                "data": {"kind": kind, "easyvqa_clients": ",".join(names), "max_pairs": args.max_pairs,
+                "data": {"kind": kind, "simulated_clients": ",".join(names), "max_pairs": args.max_pairs,
                          **({"backbone": str(mine)} if mine else {})},
                 "privacy": {"epsilon": args.epsilon}})
             procs.append(_spawn(name, ["client", "--config", str(client_toml), "--address", address], logs,

@@ -26,7 +26,7 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     data = p.add_mutually_exclusive_group(required=required)
     data.add_argument("--pairs", type=Path, help="local preference pairs: JSONL, Parquet or a `datasets` folder "
                                                  "(check it first: `fedsecure data check PATH`)")
-    data.add_argument("--easyvqa-clients", help="comma-separated federation clients: use this client's "
+    data.add_argument("--simulated-clients", "--easyvqa-clients", dest="simulated_clients", help="comma-separated federation clients: use this client's "
                                                 "simulated Dirichlet share of the task's data (demos, benchmarks)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the simulated split")
     p.add_argument("--data-seed", type=int, default=0)
@@ -38,7 +38,7 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
 # `fedsecure client --config client.toml`: section -> key -> option (docs/configuration.md).
 CONFIG_SCHEMA = {
     "client": {"kit": "kit", "state": "state", "address": "address", "summary": "summary", "max_idle_s": "max_idle"},
-    "data": {"kind": "kind", "pairs": "pairs", "easyvqa_clients": "easyvqa_clients", "alpha": "alpha",
+    "data": {"kind": "kind", "pairs": "pairs", "simulated_clients": "simulated_clients", "alpha": "alpha",
              "data_seed": "data_seed", "max_pairs": "max_pairs", "backbone": "backbone"},
     "privacy": {"epsilon": "epsilon", "delta": "delta", "accountant": "accountant", "clip": "clip",
                 "personalisation_reserve": "personalisation_reserve", "insecure_dp": "insecure_dp"},
@@ -77,7 +77,7 @@ def load_pairs(args: argparse.Namespace, kit: Kit, task: Task) -> list[Preferenc
         # the command prints it and exits 2 before anything is trained or sent).
         pairs = load_local_pairs(args.pairs, needs_images=args.kind != "text", answer_set=task.answer_set)
     else:
-        clients = [c.strip() for c in args.easyvqa_clients.split(",") if c.strip()]
+        clients = [c.strip() for c in args.simulated_clients.split(",") if c.strip()]
         pairs = task.simulated_pairs(client=kit.name, clients=clients, kind=args.kind, alpha=args.alpha,
                                      seed=args.data_seed)
     return list(pairs)
@@ -129,8 +129,8 @@ def membership_main(args: argparse.Namespace, *, task: Task) -> int:
     from fedsecure.privacy.ledger import verify_ledger
     from fedsecure.privacy.membership import membership_auc
 
-    if args.kit is None or (args.pairs is None and args.easyvqa_clients is None):
-        raise ValueError("--membership needs the client's --kit and --pairs or --easyvqa-clients")
+    if args.kit is None or (args.pairs is None and args.simulated_clients is None):
+        raise ValueError("--membership needs the client's --kit and --pairs or --simulated-clients")
     kit = load_kit(args.kit, expected_role=Role.CLIENT)
     state = args.state or kit.path / "state"
     model, tokenizer = load_reward_model(state / MODEL_DIR)

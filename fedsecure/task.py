@@ -12,7 +12,7 @@ in pyproject.toml says which modules still do, and the list only shrinks).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -160,7 +160,7 @@ class SealedTask:
         return {"name": self.name, "answers": list(self.answers), "vocabulary": list(self.vocabulary)}
 
     @classmethod
-    def from_settings(cls, settings: dict[str, object]) -> SealedTask:
+    def from_settings(cls, settings: Mapping[str, object]) -> SealedTask:
         """The task a kit's settings seal; raises KitError for a kit sealed before kits
         named their task, or with a malformed entry (fail closed: never guess a task)."""
         doc = settings.get("task")

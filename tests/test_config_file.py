@@ -64,7 +64,7 @@ def test_server_file_sets_the_run_and_flags_override_it(tmp_path: Path) -> None:
 
 
 def test_client_file_with_choices_and_switches(tmp_path: Path) -> None:
-    args = _parse("client", '[client]\nkit = "/k/a"\n[data]\nkind = "text"\neasyvqa_clients = "a,b"\n'
+    args = _parse("client", '[client]\nkit = "/k/a"\n[data]\nkind = "text"\nsimulated_clients = "a,b"\n'
                             '[privacy]\nepsilon = 4\ninsecure_dp = true\n[scoring]\npersonalised = true\n', tmp_path)
     assert (args.kit, args.kind, args.epsilon, args.insecure_dp, args.score_personalised) == \
         (Path("/k/a"), "text", 4.0, True, True)
@@ -132,5 +132,5 @@ def test_the_configuration_reference_examples_load_and_document_every_key(tmp_pa
         schema = config_schemas()[command]
         values = load_config(path, schema=schema, parser=subcommand_parser(build_parser(), command))
         documented = {dest for keys in schema.values() for dest in keys.values()}
-        missing = documented - set(values) - {"easyvqa_clients"}  # named in a comment
+        missing = documented - set(values) - {"simulated_clients"}  # named in a comment
         assert not missing, f"docs/configuration.md's {command} example lacks {sorted(missing)}"

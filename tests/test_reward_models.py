@@ -20,7 +20,7 @@ from fedsecure.models.reward import (
     save_reward_model,
 )
 from tasks.easyvqa.data import vocabulary, answers
-from fedsecure.models.tokenizer import CLS, SEP, build_tokenizer
+from fedsecure.models.tokenizer import CLS, SEP, build_tokenizer, word_vocabulary
 from tasks.easyvqa.shares import client_pairs
 
 
@@ -33,6 +33,20 @@ def test_tokenizer_is_built_locally_and_deterministic() -> None:
     enc = tok.encode("what color is the shape?", "blue")
     assert enc.tokens[0] == CLS and SEP in enc.tokens and "blue" in enc.tokens and "[UNK]" not in enc.tokens
     assert len(enc.ids) == 24 and build_tokenizer(24, words=vocabulary()).get_vocab() == tok.get_vocab()
+
+
+def test_free_text_is_read_in_pieces_and_the_tasks_words_keep_their_ids() -> None:
+    """Issue 25: a hospital's free-text answer must reach the model, not collapse to
+    [UNK]; easy-VQA's words stay one token each, with the ids a word tokenizer gives them."""
+    tok = build_tokenizer(48, words=vocabulary())
+    words = word_vocabulary(vocabulary())
+    enc = tok.encode("What colour is the nodule?", "A 4-mm nodule, smooth margins; café au lait.")
+    assert "[UNK]" not in enc.tokens and "##u" in enc.tokens and "4" in enc.tokens
+    known = tok.encode("what color is the shape?", "blue")
+    assert [t for t in known.tokens if t not in (CLS, SEP, "[PAD]")] == ["what", "color", "is", "the", "shape", "?", "blue"]
+    assert all(known.ids[i] == words.index(t) for i, t in enumerate(known.tokens) if t != "[PAD]")
+    assert tok.encode("q", "数").tokens[3] == "[UNK]"  # outside the alphabet: one [UNK], never dropped
+    assert len(tok.encode("q", " ".join(["nodule"] * 40)).ids) == 48  # truncated to max_length
 
 
 @pytest.mark.parametrize("kind", KINDS)

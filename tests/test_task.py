@@ -3,9 +3,15 @@ helpers on its examples."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from fedsecure.task import SERVER_PARTS, Example, Task, balanced_by_group
+from fedsecure.errors import KitError
+from fedsecure.kit import load_kit
+from fedsecure.provision import Provisioned
+from fedsecure.task import SERVER_PARTS, Example, SealedTask, Task, balanced_by_group
 from tasks import KNOWN, get_task
 from tasks.easyvqa import TASK
 
@@ -61,3 +67,38 @@ def test_an_unknown_task_is_refused_at_start_naming_the_known_ones(tmp_path, cap
 
     assert main(["server", "--kit", str(tmp_path / "kit"), "--task", "vqa-v2"]) == 2
     assert "unknown task 'vqa-v2'; known tasks: easyvqa" in capsys.readouterr().err
+
+
+def test_every_kit_seals_the_task_and_a_client_takes_its_answers_and_words_from_it(kits: Provisioned) -> None:
+    from client_sdk.join import reward_model_config
+
+    kit = load_kit(kits.clients["a"])
+    sealed = SealedTask.from_settings(kit.settings)
+    assert sealed == SealedTask.of(TASK) and sealed.name == "easyvqa" and len(sealed.answers) == 13
+    config = reward_model_config(kit, kind="image", backbone=None)
+    assert config.answers == TASK.answer_set and config.vocabulary == tuple(TASK.vocabulary())
+    assert SealedTask.from_settings(load_kit(kits.server).settings) == sealed
+
+
+def test_a_kit_without_a_task_or_with_a_malformed_one_is_refused() -> None:
+    # Fail closed: a party never guesses the task its federation runs.
+    with pytest.raises(KitError, match="names no task"):
+        SealedTask.from_settings({"ckks": {}})
+    with pytest.raises(KitError, match="malformed"):
+        SealedTask.from_settings({"task": {"name": "easyvqa", "answers": "red,blue", "vocabulary": []}})
+    with pytest.raises(KitError, match="malformed"):
+        SealedTask.from_settings({"task": {"name": "easyvqa", "answers": [1, 2], "vocabulary": []}})
+
+
+def test_a_server_started_on_another_task_refuses_its_kit(kits: Provisioned, tmp_path: Path) -> None:
+    from apps.cli import build_parser
+    from server.cli import main as server_main
+
+    other = dataclasses.replace(TASK, name="other-task")
+    with pytest.raises(KitError, match="sealed for task 'easyvqa', not 'other-task'"):
+        SealedTask.from_settings(load_kit(kits.server).settings).require(other)
+    args = build_parser(command="server").parse_args(
+        ["server", "--kit", str(kits.server), "--address", "127.0.0.1:0", "--state", str(tmp_path / "state")])
+    with pytest.raises(KitError, match="not 'other-task'"):
+        server_main(args, task=other)  # refused before anything binds or is written
+    assert not (tmp_path / "state").exists()

@@ -73,4 +73,10 @@ def load_records(split: Split) -> tuple[Example, ...]:
 def image_id(example: Example) -> int:
     """The easy-VQA image number of an example (its file is ``<number>.png``): the
     partition orders and splits images by it."""
-    return int(Path(example.image).stem)
+    return _image_number(example.image)
+
+
+@functools.lru_cache(maxsize=None)
+def _image_number(path: str) -> int:
+    # cached: the partition asks for every record's number several times per split
+    return int(Path(path).stem)

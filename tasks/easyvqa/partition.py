@@ -62,7 +62,8 @@ def split_federation(
         raise ValueError("server_image_fraction must be in (0, 1)")
     recs = list(load_records("train") if records is None else records)
     rng = np.random.default_rng(seed)
-    images = sorted({image_id(r) for r in recs})
+    number = [image_id(r) for r in recs]  # each record's image, once
+    images = sorted(set(number))
     order = rng.permutation(images).tolist()
     n_server = max(1, int(len(images) * server_image_fraction))
     server_images = set(order[:n_server])
@@ -76,15 +77,15 @@ def split_federation(
         start += n
     if start >= len(images):
         raise ValueError("the server's parts leave no images for the clients")
-    server = [r.record_id for r in recs if image_id(r) in server_images]
+    server = [r.record_id for r, img in zip(recs, number, strict=True) if img in server_images]
     rng.shuffle(server)
     n_seed = min(seed_set_size, len(server) // 2)
     by_cat: dict[tuple[str, str], list[str]] = defaultdict(list)
     parts: dict[str, list[str]] = defaultdict(list)
-    for r in recs:
-        if image_id(r) in part_of:
-            parts[part_of[image_id(r)]].append(r.record_id)
-        elif image_id(r) not in server_images:
+    for r, img in zip(recs, number, strict=True):
+        if img in part_of:
+            parts[part_of[img]].append(r.record_id)
+        elif img not in server_images:
             by_cat[category(r)].append(r.record_id)
     shares: dict[str, list[str]] = {c: [] for c in clients}
     for cat in sorted(by_cat):
