@@ -140,6 +140,11 @@ class RewardParticipant:
         self.heldout_data: EncodedPairs = encode_pairs(held, self.tokenizer, answers=answers)
         self.validation_data: EncodedPairs | None = (encode_pairs(validation, self.tokenizer, answers=answers)
                                                      if validation else None)
+        # Text longer than the tokenizer's length is cut to it, never silently: counted
+        # here, on the client's own log only (a count of long records is not released).
+        if self.train_data.truncated:
+            log.warning("%d of %d training records have a text longer than the tokenizer's %d tokens: each was "
+                        "truncated to it", self.train_data.truncated, len(self.train_data), config.model.max_length)
         self.encryptor: Encryptor | None = None
         self.personalised: RewardModel | None = None
         self.reports: list[TaskReport] = []                # one per training round

@@ -24,7 +24,7 @@ from fedsecure.data.preferences import (
     PreferenceRecord,
     records_from_pairs,
 )
-from fedsecure.models.encoding import encode_records
+from fedsecure.models.encoding import encode_pairs, encode_records
 from fedsecure.models.reward import build_reward_model
 from tasks.easyvqa.data import answers, load_records
 from tasks.easyvqa.shares import client_pairs
@@ -143,3 +143,16 @@ def test_batches_drop_padding_columns_and_keep_the_rewards() -> None:
         torch.testing.assert_close(model(batch), model(padded), rtol=0, atol=1e-6)
     left = {"attention_mask": torch.tensor([[0, 1, 1], [0, 0, 1]]), "input_ids": torch.tensor([[0, 5, 6], [0, 0, 7]])}
     assert trim_padding(left)["input_ids"].shape[-1] == 3  # left padding: nothing to drop
+
+
+def test_text_beyond_the_tokenizers_length_is_truncated_and_counted() -> None:
+    """Issue 25 (bad input): free text longer than the tokenizer's length is cut to it and
+    counted, per record and per pair, never silently mixed in."""
+    _, tok = build_reward_model(easyvqa_reward_config(kind="text"))
+    long = " ".join(["nodule"] * 40)
+    recs = [PreferenceRecord("short", "what colour?", "red", ("blue",), IMAGE),
+            PreferenceRecord("long", "what colour?", "red", (long, "blue"), IMAGE)]
+    data = encode_records(recs, tok)
+    assert data.truncated == 1 and data.text["candidate_input_ids"].shape[-1] <= 24
+    pairs = [_pair("p1", "red", "blue"), _pair("p2", "red", long), _pair("p3", long, "blue")]
+    assert encode_pairs(pairs, tok).truncated == 2

@@ -53,6 +53,7 @@ class EncodedPairs:
     chosen_answer: torch.Tensor     # (N,)
     rejected_answer: torch.Tensor   # (N,)
     digest: str                     # what the ledger records as "data used"
+    truncated: int = 0              # pairs with a text cut to the tokenizer's length
     # uint8 images -> the image stack's input: [-1, 1] as they are, or a checkpoint's processor
     to_pixels: Callable[[torch.Tensor], torch.Tensor] = pixels
 
@@ -75,6 +76,7 @@ class EncodedRecords:
     candidate_answer: torch.Tensor   # (N, K) answer-vocabulary ids (UNKNOWN_ANSWER outside it)
     candidate_mask: torch.Tensor     # (N, K) bool: a real candidate, not padding
     digest: str
+    truncated: int = 0               # records with a candidate text cut to the tokenizer's length
     to_pixels: Callable[[torch.Tensor], torch.Tensor] = pixels
 
     def __len__(self) -> int:
@@ -117,8 +119,13 @@ def _model_inputs(data: EncodedPairs | EncodedRecords, idx: torch.Tensor,
     return out
 
 
-def _tokenize(tokenizer: object, questions: Sequence[str], answers_: Sequence[str]) -> dict[str, torch.Tensor]:
+def _tokenize(tokenizer: object, questions: Sequence[str], answers_: Sequence[str],
+              truncated: list[bool] | None = None) -> dict[str, torch.Tensor]:
+    """Token tensors of each (question, answer); a text longer than the tokenizer's
+    length is cut to it, and ``truncated`` (if given) gets one flag per text saying so."""
     enc = tokenizer.encode_batch(list(zip(questions, answers_, strict=True)))  # type: ignore[attr-defined]
+    if truncated is not None:
+        truncated.extend(bool(getattr(e, "overflowing", None)) for e in enc)
     return {"input_ids": torch.tensor([e.ids for e in enc], dtype=torch.long),
             "attention_mask": torch.tensor([e.attention_mask for e in enc], dtype=torch.long),
             "token_type_ids": torch.tensor([e.type_ids for e in enc], dtype=torch.long)}
@@ -172,11 +179,13 @@ def encode_records(records: Sequence[PreferenceRecord], tokenizer: object, *, an
     n = len(records)
     # Candidate-major within a record; padding repeats the chosen answer and is masked out.
     padded = [list(r.candidates) + [r.chosen] * (k - len(r.candidates)) for r in records]
-    flat = _tokenize(tokenizer, [r.question for r in records for _ in range(k)], [a for row in padded for a in row])
+    cut: list[bool] = []
+    flat = _tokenize(tokenizer, [r.question for r in records for _ in range(k)], [a for row in padded for a in row], cut)
     text = {f"candidate_{key}": v.view(n, k, -1) for key, v in flat.items()}
     mask = torch.tensor([[j < len(r.candidates) for j in range(k)] for r in records], dtype=torch.bool)
     ids = torch.tensor([[answer_id(a, answers) for a in row] for row in padded], dtype=torch.long)
     return EncodedRecords(images=images, image_index=index, text=text, candidate_answer=ids, candidate_mask=mask,
+                          truncated=sum(any(cut[i * k:(i + 1) * k]) for i in range(n)),
                           digest=records_digest(records), to_pixels=pixel_transform(tokenizer))
 
 
@@ -193,8 +202,9 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object, *, answers:
                 raise ValueError(f"record {p.record_id}: unknown answer {a!r}")
     q = [p.question for p in pairs]
     text = {}
+    cut: dict[str, list[bool]] = {"chosen": [], "rejected": []}
     for which in ("chosen", "rejected"):
-        for k, v in _tokenize(tokenizer, q, [getattr(p, which) for p in pairs]).items():
+        for k, v in _tokenize(tokenizer, q, [getattr(p, which) for p in pairs], cut[which]).items():
             text[f"{which}_{k}"] = v
     return EncodedPairs(
         images=images,
@@ -202,7 +212,8 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: object, *, answers:
         text=text,
         chosen_answer=torch.tensor([answer_id(p.chosen, answers) for p in pairs], dtype=torch.long),
         rejected_answer=torch.tensor([answer_id(p.rejected, answers) for p in pairs], dtype=torch.long),
-        digest=pairs_digest(pairs), to_pixels=pixel_transform(tokenizer))
+        digest=pairs_digest(pairs), to_pixels=pixel_transform(tokenizer),
+        truncated=sum(a or b for a, b in zip(cut["chosen"], cut["rejected"], strict=True)))
 
 
 def encode_items(images: Sequence[np.ndarray], questions: Sequence[str], completions: Sequence[str],
