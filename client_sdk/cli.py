@@ -26,7 +26,7 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     data = p.add_mutually_exclusive_group(required=required)
     data.add_argument("--pairs", type=Path, help="local preference pairs: JSONL, Parquet or a `datasets` folder "
                                                  "(check it first: `fedsecure data check PATH`)")
-    data.add_argument("--simulated-clients", "--easyvqa-clients", dest="simulated_clients", help="comma-separated federation clients: use this client's "
+    data.add_argument("--simulated-clients", dest="simulated_clients", help="comma-separated federation clients: use this client's "
                                                 "simulated Dirichlet share of the task's data (demos, benchmarks)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the simulated split")
     p.add_argument("--data-seed", type=int, default=0)

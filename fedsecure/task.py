@@ -67,7 +67,7 @@ class Task(Protocol):
     @property
     def question_groups(self) -> frozenset[str]:
         """Groups whose answer depends on the question's text, not on the image alone
-        (easy-VQA's yes/no): an image-only model, which never reads the question, is not
+        ("is there a circle?"): an image-only model, which never reads the question, is not
         asked to judge them."""
         ...
 
@@ -101,8 +101,8 @@ def public_labelled(task: Task, *, seed: int = 0) -> list[Example]:
 
 def balanced_by_group(examples: Sequence[Example], per_group: int) -> list[Example]:
     """The first ``per_group`` examples of each group, in their order: a common group
-    (three-quarters of easy-VQA's questions are yes/no, answered without looking at the
-    image) would hide the rare ones in any overall figure (issue 24)."""
+    (three-quarters of the built-in task's questions are yes/no, answered without looking
+    at the image) would hide the rare ones in any overall figure (issue 24)."""
     if per_group < 1:
         raise ValueError("per_group must be >= 1")
     taken: dict[str, int] = {}

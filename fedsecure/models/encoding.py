@@ -95,8 +95,8 @@ class EncodedRecords:
 
 def trim_padding(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``text`` (input ids, masks, type ids; the sequence last) cut after the last column
-    any row attends to. The tokenizer pads to its maximum length (24; easy-VQA rows use
-    9-14 tokens) and every row masks the dropped columns out, so the model computes the
+    any row attends to. The tokenizer pads to its maximum length (24; the built-in task's
+    rows use 9-14 tokens) and every row masks the dropped columns out, so the model computes the
     same rewards (bit for bit, measured) at two thirds of the cost of a DP step; a
     left-padding tokenizer keeps every column."""
     masks = [v for k, v in text.items() if k.endswith("attention_mask")]

@@ -32,7 +32,7 @@ TINY_CHAT_TEMPLATE = (
     "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endfor %}")
 """The built-in policy's chat template: ``[CLS] <image> question``; no role words, as the
-tiny model is trained from scratch on easy-VQA and has no dialogue to follow."""
+tiny model is trained from scratch on the task's questions and has no dialogue to follow."""
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
 
 def seed_questions(task: Task, per_type: int) -> list[Example]:
     """The warm start's questions: ``per_type`` of each group from the seed set, then the
-    public prompt pool (easy-VQA's seed set alone has too few colour and shape questions)."""
+    public prompt pool (the built-in task's seed set alone has too few colour and shape questions)."""
     return balanced_by_group([*task.server_part("seed"), *task.server_part("pool")], per_type)
 
 

@@ -65,7 +65,7 @@ def eval_prompts(processor: Any, *, task: Task, limit: int | None = None, seed: 
 def text_only_answers(records: Sequence[Any]) -> dict[str, str]:
     """The most common answer for each question text in ``records`` (ties: the
     alphabetically first): what a model that never looks at the image can reach. Three
-    quarters of easy-VQA's test questions are yes/no and this alone answers most of them
+    quarters of the built-in task's test questions are yes/no and this alone answers most of them
     (issue 24), so every table of policy accuracy shows it next to the methods."""
     counts: dict[str, Counter[str]] = {}
     for r in records:

@@ -1,5 +1,5 @@
-"""The ALIGN stage as the server runs it on a task with a closed answer set (easy-VQA by
-default): the built-in policy (vision tower
+"""The ALIGN stage as the server runs it on a task with a closed answer set (the built-in
+one by default): the built-in policy (vision tower
 pretrained on public images, SFT warm start on the seed set — :func:`prepare_base`),
 prompts from the public pool, the router fit on the public ``router`` part, the
 reward-hacking monitor and the promotion gate on public ``reward_eval`` questions (the
@@ -59,7 +59,7 @@ STAGE_SETUP = PolicySetup(adapter="full", freeze_vision_tower=True)
 
 @dataclass(frozen=True)
 class VQAStageSettings:
-    """Sizes of the ALIGN stage (defaults: the CPU demo's, on easy-VQA)."""
+    """Sizes of the ALIGN stage (defaults: the CPU demo's)."""
 
     out: Path
     steps_per_round: int = 20
