@@ -13,7 +13,7 @@ from fedsecure.data.preferences import PreferencePair
 from fedsecure.kit import Kit, load_kit
 from fedsecure.models.reward import KINDS, RewardModelConfig
 from fedsecure.privacy.accountant import ACCOUNTANTS
-from fedsecure.task import SealedTask, Task
+from fedsecure.task import Task
 from fedsecure.types import Role
 
 
@@ -71,7 +71,6 @@ def load_pairs(args: argparse.Namespace, kit: Kit, task: Task) -> list[Preferenc
     """The client's pairs, from its own file or its simulated share of ``task`` (all of
     them: ``--max-pairs`` is applied by :func:`join_federation`, and by the membership
     audit the same way)."""
-    SealedTask.from_settings(kit.settings).require(task)
     if args.pairs is not None:
         # Refused whole, with every bad record in the message (DataError is a ValueError:
         # the command prints it and exits 2 before anything is trained or sent).

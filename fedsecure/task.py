@@ -91,6 +91,12 @@ class Task(Protocol):
         ...
 
 
+def normalise_answer(text: str) -> str:
+    """Lowercase, single spaces, no surrounding punctuation: how a completion is compared
+    with a reference answer by exact match."""
+    return " ".join(text.lower().split()).strip(" .,!?'\"")
+
+
 def public_labelled(task: Task, *, seed: int = 0) -> list[Example]:
     """The task's public examples the server may train on (the backbone's stacks, the
     policy's vision tower, the text-only baseline): the ``pretrain``, ``router``, ``pool``

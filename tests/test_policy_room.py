@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from fedsecure.task import public_labelled
 from tasks.easyvqa.data import vocabulary
 
 from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
@@ -17,7 +18,7 @@ from server.alignment.policy import Policy, PolicySetup
 from server.alignment.vision_pretrain import vision_tower
 from tasks.easyvqa import TASK as EASYVQA
 from tasks.easyvqa.data import answer_type
-from tasks.easyvqa.shares import public_labelled_records, server_part
+from tasks.easyvqa.shares import server_part
 
 
 def test_warm_start_and_pool_are_balanced_by_type() -> None:
@@ -48,7 +49,7 @@ def test_the_gates_questions_spread_each_type_evenly_over_its_answers() -> None:
 
 def test_tower_pretraining_never_sees_the_held_out_part() -> None:
     held = {r.image for r in server_part("reward_eval")}
-    seen = {r.image for r in public_labelled_records()}
+    seen = {r.image for r in public_labelled(EASYVQA)}
     assert seen and not seen & held
     assert {r.image for r in server_part("pretrain")} <= seen
 

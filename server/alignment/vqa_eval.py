@@ -5,7 +5,6 @@ prove the engine (client rewards replace it in the federated round)."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsecure.task import Task
+from fedsecure.task import Task, normalise_answer
 from server.alignment.devices import select_placement
 from server.alignment.policy import (
     Policy,
@@ -26,12 +25,6 @@ from server.alignment.policy import (
 from server.alignment.prompts import Prompt, collate_prompts, vqa_prompts
 from server.alignment.rollouts import SamplingConfig, generate
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalise_answer(text: str) -> str:
-    """Lowercase, single spaces, no surrounding punctuation."""
-    return _SPACE.sub(" ", text.lower()).strip(" .,!?'\"")
 
 
 def exact_match_reward(prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:

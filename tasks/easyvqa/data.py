@@ -14,7 +14,6 @@ from typing import Literal
 from fedsecure.task import Example
 
 Split = Literal["train", "test"]
-IMAGE_SIZE = 64
 
 SHAPES = ("circle", "rectangle", "triangle")
 YES_NO = ("yes", "no")

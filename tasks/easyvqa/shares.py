@@ -47,12 +47,3 @@ def server_part(name: str, *, seed: int = 0) -> list[Example]:
     by_id = {r.record_id: r for r in load_records("train")}
     return [by_id[i] for i in ids]
 
-
-def public_labelled_records(*, seed: int = 0) -> list[Example]:
-    """The server's public records whose images it may pretrain on (the backbone's stacks,
-    the policy's vision tower): the pretraining, router, prompt-pool and seed-set parts —
-    never ``reward_eval``, the held-out part reward models and the ALIGN stage are judged
-    on, and never a client's share."""
-    split = split_federation(clients=["_"], seed=seed)
-    by_id = {r.record_id: r for r in load_records("train")}
-    return [by_id[i] for part in (split.pretrain, split.router, split.public_pool, split.seed_set) for i in part]

@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedsecure.task import SERVER_PARTS, Example, ServerPart
+from fedsecure.task import SERVER_PARTS, Example, ServerPart, normalise_answer
 from tasks.easyvqa.data import answer_type, answers, load_records, vocabulary
 from fedsecure.data.preferences import PreferencePair
 from tasks.easyvqa.shares import client_pairs, server_part, server_records
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split()).strip(" .,!?'\"")
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class EasyVQA:
 
     def correct(self, example: Example, completion: str) -> bool:
         """Exact match after lowercasing, collapsing spaces and stripping punctuation."""
-        return _normalise(completion) == _normalise(example.answer)
+        return normalise_answer(completion) == normalise_answer(example.answer)
 
 
 TASK = EasyVQA()
