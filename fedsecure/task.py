@@ -38,6 +38,9 @@ class Example:
     answer: str
     group: str
     image: str = ""  # path of a PNG file; empty for a question without an image
+    # wrong answers the task knows for this question (free text: one fact changed each);
+    # empty for a task with a closed answer set, where every other answer is wrong
+    rejected: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -95,6 +98,23 @@ def normalise_answer(text: str) -> str:
     """Lowercase, single spaces, no surrounding punctuation: how a completion is compared
     with a reference answer by exact match."""
     return " ".join(text.lower().split()).strip(" .,!?'\"")
+
+
+def wrong_answers(task: Task, example: Example) -> tuple[str, ...]:
+    """The answers ``example`` is judged against: every other answer of the task's closed
+    set, or the wrong answers a free-text task gives with the example. Raises ValueError
+    for a free-text example without any (nothing to rank its answer above)."""
+    if task.answer_set is not None:
+        return tuple(a for a in task.answer_set if a != example.answer)
+    if not example.rejected:
+        raise ValueError(f"example {example.record_id} of free-text task {task.name!r} carries no wrong answers")
+    return tuple(r for r in example.rejected if r != example.answer)
+
+
+def group_of_answer(task: Task, example: Example, answer: str) -> str:
+    """The group ``answer`` belongs to when it is offered for ``example``: its own group in
+    a closed set (a colour offered for a shape question is a colour), else the example's."""
+    return task.group_of(answer) if task.answer_set is not None else example.group
 
 
 def public_labelled(task: Task, *, seed: int = 0) -> list[Example]:

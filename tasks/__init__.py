@@ -7,7 +7,7 @@ from __future__ import annotations
 from fedsecure.task import Task
 
 #: Names ``--task`` accepts, with the module that holds each task.
-KNOWN: dict[str, str] = {"easyvqa": "tasks.easyvqa"}
+KNOWN: dict[str, str] = {"easyvqa": "tasks.easyvqa", "scenes": "tasks.scenes"}
 
 
 def get_task(name: str) -> Task:

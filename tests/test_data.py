@@ -98,13 +98,19 @@ def test_local_pairs_file_validation_names_the_record(tmp_path: Path) -> None:
         ([json.dumps({k: v for k, v in ok.items() if k != "image"})], "line 1 record r1: missing image"),
         ([json.dumps(ok), json.dumps({**ok, "id": "r2", "rejected": "blue"})], "line 2 record r2: chosen and"),
         ([json.dumps({**ok, "question": ""})], "line 1 record r1: missing or empty string fields ['question']"),
-        ([json.dumps(ok), json.dumps(ok)], "line 2 record r1: duplicate id (first at line 1)"),
+        ([json.dumps(ok), json.dumps(ok)], "line 2 record r1: duplicate row (first at line 1)"),
+        ([json.dumps(ok), json.dumps({**ok, "rejected": "green", "chosen": "red"})],
+         "line 2 record r1: duplicate id with another question, chosen response or image (first at line 1)"),
     ]
     for lines, message in cases:
         with pytest.raises(DataError) as err:
             load_pairs(_write(tmp_path, lines), needs_images=True, answer_set=answers())
         assert message in str(err.value), str(err.value)
     assert load_pairs(_write(tmp_path, [json.dumps({**ok, "image": ""})]), needs_images=False, answer_set=answers())
+    # the same id again with another rejected response: one more negative of that record
+    two = load_pairs(_write(tmp_path, [json.dumps(ok), json.dumps({**ok, "rejected": "green"})]), needs_images=True,
+                     answer_set=answers())
+    assert [p.rejected for p in two] == ["red", "green"] and {p.record_id for p in two} == {"r1"}
 
 
 def test_free_text_pairs_are_accepted_when_the_task_has_no_closed_answer_set(tmp_path: Path) -> None:

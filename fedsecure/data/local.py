@@ -280,7 +280,8 @@ def check_pairs(path: Path, *, needs_images: bool, answer_set: Sequence[str] | N
     report = DataReport(path, form)
     base = path if form == "datasets" else path.parent
     vocab = None if answer_set is None else set(answer_set)
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, PreferencePair]] = {}
+    rejected_of: dict[str, set[str]] = {}
     held = 0  # bytes of text kept: the whole dataset is bounded, whatever its form
     for position, rec in _records(path, form):
         if held > MAX_TABLE_BYTES:
@@ -297,10 +298,21 @@ def check_pairs(path: Path, *, needs_images: bool, answer_set: Sequence[str] | N
         except ValueError as exc:
             report.bad.append(BadRecord(position, record_id, str(exc)))
             continue
-        if pair.record_id in seen:
-            report.bad.append(BadRecord(position, record_id, f"duplicate id (first at {seen[pair.record_id]})"))
-            continue
-        seen[pair.record_id] = position
+        # A repeated id is one more rejected response to the same question (free text:
+        # a record carries every rejected response its rows give); anything else is refused.
+        first = seen.get(pair.record_id)
+        if first is not None:
+            at, same = first
+            if (same.question, same.chosen, same.image) != (pair.question, pair.chosen, pair.image):
+                report.bad.append(BadRecord(position, record_id, f"duplicate id with another question, chosen "
+                                                                 f"response or image (first at {at})"))
+                continue
+            if pair.rejected in rejected_of[pair.record_id]:
+                report.bad.append(BadRecord(position, record_id, f"duplicate row (first at {at})"))
+                continue
+        else:
+            seen[pair.record_id] = (position, pair)
+        rejected_of.setdefault(pair.record_id, set()).add(pair.rejected)
         held += sum(len(x) for x in (pair.record_id, pair.question, pair.chosen, pair.rejected, pair.image))
         report.pairs.append(pair)
     return report

@@ -1,0 +1,133 @@
+"""Questions about a scene, answers as sentences, wrong answers with one fact changed,
+and the metric: facts read back out of any text (never string equality).
+
+Groups: ``count`` ("how many shapes are there?"), ``color`` ("what color is the
+circle?"), ``position`` ("where is the red circle?") and ``describe`` ("describe the
+image."). ``color`` and ``position`` name a shape in the question, so only a model that
+reads the question can judge them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from tasks.scenes.scene import COLOURS, MAX_OBJECTS, POSITIONS, SHAPES, Scene, Thing
+
+GROUPS = ("count", "color", "position", "describe")
+QUESTION_GROUPS = frozenset({"color", "position"})
+NUMBERS = ("one", "two", "three")
+_NUMBER_VALUES = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "zero": 0, "no": 0,
+                  **{str(i): i for i in range(10)}}
+_PLURAL = {f"{s}s": s for s in SHAPES}
+_WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+_WORD = re.compile(r"[a-z]+|\d+")
+FRAME_WORDS = ("how", "many", "shapes", "shape", "are", "there", "is", "what", "color", "the", "where", "on", "in",
+               "describe", "image", "a", "an", "and")
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every word of the task's questions and answers, sorted."""
+    words = {*FRAME_WORDS, *COLOURS, *SHAPES, *_PLURAL, *POSITIONS, *NUMBERS}
+    return tuple(sorted(words))
+
+
+def _count_sentence(n: int) -> str:
+    return "there is one shape." if n == 1 else f"there are {NUMBERS[n - 1]} shapes."
+
+
+def _describe(things: Sequence[Thing]) -> str:
+    names = [f"{'an' if t.colour[0] in 'aeiou' else 'a'} {t.colour} {t.shape}" for t in things]
+    body = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"{body}."
+
+
+def questions(scene: Scene) -> list[tuple[str, str, str]]:
+    """(group, question, answer) for every question the scene answers unambiguously:
+    its count, a description, the colour of each shape kind that occurs once, and the
+    place of each (colour, shape) that occurs once."""
+    out = [("count", "how many shapes are there?", _count_sentence(len(scene.things))),
+           ("describe", "describe the image.", _describe(scene.things))]
+    kinds = Counter(t.shape for t in scene.things)
+    pairs = Counter((t.colour, t.shape) for t in scene.things)
+    for t in scene.things:
+        if kinds[t.shape] == 1:
+            out.append(("color", f"what color is the {t.shape}?", f"the {t.shape} is {t.colour}."))
+        if pairs[(t.colour, t.shape)] == 1:
+            out.append(("position", f"where is the {t.colour} {t.shape}?",
+                        f"the {t.colour} {t.shape} is {_WHERE[t.position]}."))
+    return out
+
+
+def wrong_answers(scene: Scene, group: str, question: str, rng: np.random.Generator, *, k: int = 3) -> tuple[str, ...]:
+    """Up to ``k`` distinct wrong answers to a question, each with one fact changed (a
+    count off, another colour, another place, a described shape recoloured, reshaped,
+    left out or hallucinated), in a random order."""
+    right = dict((q, a) for _, q, a in questions(scene))[question]
+    n = len(scene.things)
+    options: list[str] = []
+    if group == "count":
+        options = [_count_sentence(m) for m in range(1, MAX_OBJECTS + 1) if m != n]
+    elif group == "color":
+        shape = question.removeprefix("what color is the ").rstrip("?")
+        options = [f"the {shape} is {c}." for c in COLOURS if right != f"the {shape} is {c}."]
+    elif group == "position":
+        colour, shape = question.removeprefix("where is the ").rstrip("?").split()
+        options = [f"the {colour} {shape} is {_WHERE[p]}." for p in POSITIONS if not right.endswith(f"{_WHERE[p]}.")]
+    elif group == "describe":
+        things = list(scene.things)
+        for i, t in enumerate(things):
+            for c in COLOURS:
+                if c != t.colour:
+                    options.append(_describe([*things[:i], Thing(c, t.shape, t.position), *things[i + 1:]]))
+            for s in SHAPES:
+                if s != t.shape:
+                    options.append(_describe([*things[:i], Thing(t.colour, s, t.position), *things[i + 1:]]))
+            if n > 1:
+                options.append(_describe([*things[:i], *things[i + 1:]]))
+        if n < MAX_OBJECTS:
+            options += [_describe([*things, Thing(c, s, "right")]) for c in COLOURS for s in SHAPES]
+    else:
+        raise ValueError(f"unknown group {group!r}")
+    options = sorted({o for o in options if o != right})
+    picked = rng.permutation(len(options))[:k]
+    return tuple(options[i] for i in picked)
+
+
+def words_of(text: str) -> list[str]:
+    """Lowercase words and digits of ``text``, plural shapes made singular."""
+    return [_PLURAL.get(w, w) for w in _WORD.findall(text.lower())]
+
+
+def facts(text: str) -> dict[str, object]:
+    """What ``text`` states: numbers, colours, shapes and places mentioned, and the
+    described things (each colour word followed by a shape word)."""
+    words = words_of(text)
+    things = [(words[i], words[i + 1]) for i in range(len(words) - 1) if words[i] in COLOURS and words[i + 1] in SHAPES]
+    return {"numbers": [_NUMBER_VALUES[w] for w in words if w in _NUMBER_VALUES],
+            "colours": [w for w in words if w in COLOURS],
+            "shapes": [w for w in words if w in SHAPES],
+            "positions": [("middle" if w == "center" else w) for w in words if w in (*POSITIONS, "center")],
+            "things": things}
+
+
+def states_the_facts(group: str, reference: str, completion: str) -> bool:
+    """Whether ``completion`` states the facts ``reference`` states for a question of
+    ``group``, and no contradicting or invented fact of the kind asked about: the count;
+    the one colour (and no other shape); the one place (of that shape); every described
+    shape with its colour, none missing, none invented."""
+    want, got = facts(reference), facts(completion)
+    if group == "count":
+        return got["numbers"] == want["numbers"]
+    if group == "color":
+        return set(got["colours"]) == set(want["colours"]) and set(got["shapes"]) <= set(want["shapes"])
+    if group == "position":
+        return (set(got["positions"]) == set(want["positions"]) and set(got["colours"]) <= set(want["colours"])
+                and set(got["shapes"]) <= set(want["shapes"]))
+    if group == "describe":
+        return (sorted(got["things"]) == sorted(want["things"])  # type: ignore[type-var]
+                and len(got["colours"]) == len(want["colours"]) and len(got["shapes"]) == len(want["shapes"]))
+    raise ValueError(f"unknown group {group!r}")
