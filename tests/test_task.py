@@ -19,9 +19,9 @@ from tasks.easyvqa import TASK
 def test_easyvqa_is_a_task_chosen_by_name() -> None:
     task = get_task("easyvqa")
     assert task is TASK and isinstance(task, Task) and task.name == "easyvqa"
-    with pytest.raises(ValueError, match="unknown task 'vqa-v2'; known tasks: easyvqa"):
+    with pytest.raises(ValueError, match="unknown task 'vqa-v2'; known tasks: easyvqa, scenes"):
         get_task("vqa-v2")
-    assert set(KNOWN) == {"easyvqa"}
+    assert set(KNOWN) == {"easyvqa", "scenes"}
 
 
 def test_easyvqa_declares_its_closed_answer_set_and_groups() -> None:
