@@ -4,7 +4,8 @@ The key holder, the server and every client run as separate processes over mutua
 exactly as they would at separate institutions; the demo only launches them, shows
 progress through the Admin service, collects their summaries and audits their privacy
 ledgers and the key holder's decryption log. Each round: DP reward training on each
-client's easy-VQA share, the attention adapters' B matrices aggregated under CKKS
+client's simulated share of the task (``--task``: easy-VQA by default, or scenes, whose
+answers are free text), the attention adapters' B matrices aggregated under CKKS
 (decrypted only by the key holder, as quorum sums), scoring of server-provided answers
 with the updated models, ledger reporting.
 """
@@ -27,7 +28,7 @@ import tomli_w
 from apps.demo_backbones import Pretraining, pretrain
 from fedsecure.admin_client import AdminClient
 from fedsecure.kit import load_kit
-from tasks.easyvqa import TASK as EASYVQA
+from tasks import KNOWN, get_task
 from fedsecure.provision import provision
 from fedsecure.transport.serving import wait_for_port_file
 from fedsecure.types import Role
@@ -44,11 +45,13 @@ ALIGN_STEPS = 40
 ALIGN_PROMPTS = 32
 
 
-DEMO_TASK = "easyvqa"  # its clients' data are easy-VQA shares (--simulated-clients)
+DEMO_TASK = "easyvqa"  # the default task; its clients' data are simulated shares (--simulated-clients)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure demo``."""
+    p.add_argument("--task", default=DEMO_TASK, choices=sorted(KNOWN),
+                   help="what the federation aligns on: easyvqa (13 one-word answers) or scenes (free-text answers)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="write summary.json (and keep kits and logs) here")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
@@ -115,6 +118,7 @@ def _main(args: argparse.Namespace) -> int:
     if not 1 <= align_first <= args.rounds:
         raise ValueError(f"--align-first-round must be a round of the run (1 to {args.rounds})")
     started = time.monotonic()
+    task = get_task(args.task)
     work = args.out or Path(tempfile.mkdtemp(prefix="fedsecure-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     kits_dir = work / "kits"
@@ -133,12 +137,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.backbone_steps > 0:
         # The operator pretrains one backbone per architecture on its public data; the kits seal both.
         backbone, deep = work / "backbone", work / "backbone-deep"
-        probe, deep_probe = pretrain([Pretraining(backbone, logs / "backbone"),
+        on_task = ("--task", task.name)
+        probe, deep_probe = pretrain([Pretraining(backbone, logs / "backbone", "", on_task),
                                       Pretraining(deep, logs / "backbone-deep", f" ({DEEP_LAYERS} blocks)",
-                                                  ("--layers", str(DEEP_LAYERS)))], args.backbone_steps)
+                                                  ("--layers", str(DEEP_LAYERS), *on_task))], args.backbone_steps)
     kits = provision(out=kits_dir, clients=names, server_address="127.0.0.1:0",
                      backbone=[backbone, deep] if backbone and deep else None,
-                     keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes(), task=EASYVQA)
+                     keyholder_public_context=(keys_dir / "ckks_public.ctx").read_bytes(), task=task)
     print(f"[demo] key holder made its CKKS key pair in {keys_dir}; provisioned CA + server, key holder, admin "
           f"and {len(names)} client kits (public CKKS context only) in {kits_dir}")
     port_file = work / "server.port"
@@ -158,7 +163,7 @@ def _main(args: argparse.Namespace) -> int:
         # The run is written down first (configs/server.toml) and started from the file; only
         # what is known at launch (the ports) comes as flags.
         server_toml = _write_toml(configs / "server.toml", {
-            "server": {"kit": str(kits.server), "task": DEMO_TASK},
+            "server": {"kit": str(kits.server), "task": task.name},
             "run": {"rounds": args.rounds, "quorum": 2, "min_clients": len(names), "phases": phases.split(","),
                     "phase_deadline_s": args.phase_deadline},
             "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round},
@@ -218,7 +223,7 @@ def _main(args: argparse.Namespace) -> int:
                          "score_ranking_accuracy": quality.get(name, {}).get("ranking_accuracy"),
                          "public_questions": quality.get(name, {})}
     alignment = _align(kits.server / "state" / "align", kits.server / "state" / "metrics.jsonl",
-                       eval_limit=args.grpo_eval) if args.align_steps > 0 else None
+                       eval_limit=args.grpo_eval, task_name=args.task) if args.align_steps > 0 else None
     report = None
     metrics = kits.server / "state" / "metrics.jsonl"
     if metrics.exists() and status["run_id"]:
@@ -252,14 +257,13 @@ def _write_toml(path: Path, data: dict[str, dict[str, object]]) -> Path:
     return path
 
 
-def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
+def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict[str, object]:
     """What the ALIGN stage did to the server's policy: test exact match per type of the
     start (vision pretraining + SFT), of the exported policy (the promotion gate's choice)
     and of the last checkpoint, and each round's record — the
     router's weights per question type, the clients left out of steps, the held-out
     monitor (``server.mixture``)."""
     from server.mixture.vqa_stage import evaluate_stage
-    from tasks import get_task
 
     rounds = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     rounds = [r for r in rounds if r.get("phase") == "align"]
@@ -267,7 +271,8 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
         print("[demo] the ALIGN stage never ran (no base policy)", flush=True)
         return {"rounds": rounds}
     started = time.monotonic()
-    ev = evaluate_stage(out, task=get_task(DEMO_TASK), limit=eval_limit)
+    task = get_task(task_name)
+    ev = evaluate_stage(out, task=task, limit=eval_limit)
     for r in rounds:
         if "error" in r:
             print(f"[demo] ALIGN round {r['round']}: FAILED {r['error']}")
@@ -295,7 +300,8 @@ def _align(out: Path, metrics: Path, *, eval_limit: int) -> dict[str, object]:
             f", type mean {_type_mean(a.by_type):.3f} -> {_type_mean(b.by_type):.3f}")  # type: ignore[attr-defined]
     exported = ("the start: no round beat it on the held-out questions, so alignment's result is not shipped"
                 if ev.promoted_step == 0 else f"the policy after GRPO step {ev.promoted_step}")
-    print(f"[demo] policy test accuracy (exact match, {ev.end.count} easy-VQA test questions), start -> exported "
+    metric = "exact match" if task.answer_set is not None else "facts read out of the answer"
+    print(f"[demo] policy test accuracy ({metric}, {ev.end.count} {task.name} test questions), start -> exported "
           f"({exported}): {ev.start.accuracy:.3f} -> {ev.end.accuracy:.3f}; by type: {by_type(ev.start, ev.end)}; "
           f"after all {ev.steps} GRPO steps: {ev.last.accuracy:.3f} ({by_type(ev.start, ev.last)}) "
           f"(measured in {time.monotonic() - started:.0f} s)", flush=True)
@@ -422,7 +428,8 @@ def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
     for name, c in summary["clients"].items():
         q = c.get("public_questions") or {}
         cells = [f"{t} {q[f'top1_all.{t}']:.2f}/{q[f'top1_type.{t}']:.2f}/{q[f'pairwise.{t}']:.2f}"
-                 f" (n={int(q[f'count.{t}'])})" for t in ("color", "shape", "yesno") if f"top1_all.{t}" in q]
+                 f" (n={int(q[f'count.{t}'])})" for t in sorted(k[len("count."):] for k in q if k.startswith("count."))
+                 if f"top1_all.{t}" in q]
         print(f"  {name:<11} {'; '.join(cells) if cells else 'no score submitted'}")
     print("[demo] personalisation (TAP, after the last round) on each client's held-out pairs: its own model / "
           "the federation's / after replacement / personalised; components replaced; ε after:")

@@ -78,10 +78,11 @@ def pretrain(jobs: list[Pretraining], steps: int) -> list[dict[str, object]]:
             if popen.wait(timeout=max(1.0, 1800 - (time.monotonic() - started))) != 0:
                 raise subprocess.CalledProcessError(popen.returncode, popen.args)
             probe = json.loads(job.log_stem.with_suffix(".json").read_text())
-            print(f"[demo] backbone{job.label} probes on public evaluation images, before -> after: colour "
-                  f"{probe['before']['probe_colour']:.2f} -> {probe['after']['probe_colour']:.2f}, shape "
-                  f"{probe['before']['probe_shape']:.2f} -> {probe['after']['probe_shape']:.2f}; masked tokens "
-                  f"{probe['before']['masked_token']:.2f} -> {probe['after']['masked_token']:.2f} "
+            before, after = probe["before"], probe["after"]
+            probes = ", ".join(f"{k.removeprefix('probe_')} {before[k]:.2f} -> {after[k]:.2f}"
+                               for k in after if k.startswith("probe_"))
+            print(f"[demo] backbone{job.label} probes on public evaluation images, before -> after: {probes}; masked "
+                  f"tokens {before['masked_token']:.2f} -> {after['masked_token']:.2f} "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
             _cache(job.folder, probe, entry)
             manifests[i] = probe

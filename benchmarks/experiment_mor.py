@@ -250,7 +250,6 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
         PreferenceSet,
         score_preferences,
     )
-    from tasks.easyvqa.data import answer_type, answers
 
     started = time.monotonic()
     model, processor = load_policy(base)
@@ -302,8 +301,7 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
                     "max": lambda: Extreme("max")}.get(base_method, Uniform)()
         reward = MixtureReward(clients=roster, combiner=combiner, features=features, deadline_s=600.0,
                                group_of=lambda p: p.group or "other")
-        prefs = PreferenceSet.from_records(_router_records(cfg), processor=processor, answer_set=answers(),
-                                           group_of=answer_type)
+        prefs = PreferenceSet.from_records(_router_records(cfg), processor=processor, task=EASYVQA)
         if base_method in ("expert", "table"):
             data = score_preferences(reward, prefs)
             reward.combiner = (ExpertSelection.fit(data) if base_method == "expert"

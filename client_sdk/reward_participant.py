@@ -242,8 +242,8 @@ class RewardParticipant:
         # Everything the server sent is checked before any training (or budget) is spent.
         compensation = self._check_compensation(spec)
         families = upload_families(self.model, spec.upload_group) if spec.upload_group else []
-        if spec.aux_groups and self.kind == "image_text":
-            raise InvalidTaskSpec("an image+text client holds both stacks; it takes no aux adapters")
+        if spec.aux_groups and self.model.text is not None and self.model.image is not None:
+            raise InvalidTaskSpec("this client's model holds both stacks; it takes no aux adapters")
         self._apply_aggregates(task, ctx, spec.download_groups, task.round - 1, compensation)
         aux = self._aux(task, ctx, spec.aux_groups, task.round - 1)
         weight = 0.0

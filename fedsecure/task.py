@@ -85,6 +85,18 @@ class Task(Protocol):
         preference pairs: for demos, tests and benchmarks, never a real party's data."""
         ...
 
+    def image_labels(self, example: Example) -> Mapping[str, str]:
+        """What ``example``'s image shows, by attribute (easy-VQA: the shape's colour, or
+        its kind, from a colour or shape question; {} when the example tells nothing): the
+        labels image stacks are pretrained on from the server's public examples."""
+        ...
+
+    @property
+    def turns_keep_labels(self) -> bool:
+        """Whether flipping or turning an image leaves its labels true (a shape's colour
+        does; which shape is on the left does not): pretraining augments only then."""
+        ...
+
     def test_examples(self) -> Sequence[Example]:
         """The test split the policy is evaluated on (never trained on by anyone)."""
         ...

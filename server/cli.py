@@ -17,6 +17,7 @@ from fedsecure.transport.serving import (
 from fedsecure.types import PhaseConfig, Role, RunConfig, TaskKind
 from server.api.app import start_server
 from server.mixture.sessions import ScoreSessions
+from server.rewards.compensation import stacks_of_kinds
 from server.rewards.personalise import PersonalisePlanner
 from server.rewards.planners import (
     LedgerReportPlanner,
@@ -132,7 +133,8 @@ def build_planners(args: argparse.Namespace, state_dir: Path, aggregator: Secure
                                                 first_round=args.align_first_round)
     return planners | {
         TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=args.local_steps,
-                                     learning_rate=args.learning_rate, batch_size=args.batch_size),
+                                     learning_rate=args.learning_rate, batch_size=args.batch_size,
+                                     stacks_of=stacks_of_kinds(closed_answer_set=task.answer_set is not None)),
         TaskKind.SCORE: ScorePlanner(task=task, questions=questions, metrics=metrics, prompts_per_round=args.prompts_per_round,
                                      seed=args.data_seed),
         TaskKind.REPORT_LEDGER: LedgerReportPlanner(metrics=metrics),

@@ -35,7 +35,7 @@ def test_pretraining_moves_the_measured_features(backbone) -> None:  # type: ign
     folder, manifest = backbone
     before, after = manifest["before"], manifest["after"]
     # Linear probes on frozen features of reward-evaluation images (never trained on).
-    assert after["probe_colour"] > before["probe_colour"] + 0.1, manifest
+    assert after["probe_color"] > before["probe_color"] + 0.1, manifest
     assert after["masked_token"] > before["masked_token"] + 0.2, manifest
     assert manifest["data"] == {"parts": "pretrain, router, public pool, seed set", "split_seed": 0,
                                 "images": manifest["data"]["images"],

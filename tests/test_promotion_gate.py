@@ -75,7 +75,7 @@ def test_the_stage_exports_the_start_unless_a_round_beats_it(tmp_path: Path, mon
                           {"color": 0.6, "shape": 0.5, "yesno": 0.8}])    # round 2 (after restart): worse
     seen_steps: list[int] = []
 
-    def fake_eval(policy, prompts):  # noqa: ANN001, ANN202
+    def fake_eval(policy, prompts, **_):  # noqa: ANN001, ANN202
         seen_steps.append(stage.engine.step_count)
         return next(measured)
 

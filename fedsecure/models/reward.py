@@ -9,7 +9,8 @@ load the same way (``from_pretrained(path)``). Adapters:
 - MLPs carry ordinary LoRA (A and B train), kept local;
 - heads are local. Client kinds:
   image_text: reward(image, question, answer); image: reward(image, answer) from an
-  answer-vocabulary head; text: reward(question, answer).
+  answer-vocabulary head for a task with a closed answer set, else from an encoder of the
+  response (the text stack, never shown the question); text: reward(question, answer).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class RewardModelConfig:
     # ``vocabulary``) and 64×64 pixels; "clip" or "siglip": a dual-encoder checkpoint with
     # its own tokenizer and image processor
     tower_family: str = "fedsecure"
-    # The task's closed answer set (the image kind's head classifies over it; empty: free text)
+    # The task's closed answer set (the image kind's head classifies over it; empty: free
+    # text, which the image kind reads through a response encoder)
     answers: tuple[str, ...] = ()
     # The task's words, for the word tokenizer of a model without a pretrained backbone
     vocabulary: tuple[str, ...] = ()
@@ -92,8 +94,6 @@ class RewardModelConfig:
         object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "image" and not self.answers:
-            raise ValueError("an image-only reward model scores the task's closed answer set: give its answers")
         if len(set(self.answers)) != len(self.answers):
             raise ValueError("the answer set has duplicates")
         if self.tower_family not in ("fedsecure", *TOWER_FAMILIES):
@@ -119,16 +119,20 @@ class RewardModel(nn.Module):
         super().__init__()
         self.config = config
         self.answer_vocab = config.answers
+        # the image kind classifies over a closed answer set; on free text it reads the
+        # response (only: the question is masked out) through a text stack
+        self.classifies = config.kind == "image" and bool(config.answers)
+        reads_text = not self.classifies
         self.text: nn.Module | None = None
         self.image: nn.Module | None = None
         c = config
         _check_backbone(c)
         if c.tower_family != "fedsecure":
             towers = load_towers(Path(c.text_backbone or c.image_backbone or ""), c.tower_family,
-                                 which=[s for s, kinds in (("text", ("image_text", "text")),
-                                                           ("image", ("image_text", "image"))) if c.kind in kinds])
+                                 which=[s for s, wanted in (("text", reads_text),
+                                                            ("image", c.kind in ("image_text", "image"))) if wanted])
             self.text, self.image = towers.get("text"), towers.get("image")
-        if c.tower_family == "fedsecure" and c.kind in ("image_text", "text"):
+        if c.tower_family == "fedsecure" and reads_text:
             self.text = (BertModel.from_pretrained(c.text_backbone, local_files_only=True, add_pooling_layer=False)
                          if c.text_backbone else BertModel(BertConfig(
                              vocab_size=vocab_size, hidden_size=c.hidden, num_hidden_layers=c.layers,
@@ -147,7 +151,7 @@ class RewardModel(nn.Module):
             raise ValueError(f"image and text stacks must share one block shape, got widths {widths}")
         h = widths[0]
         self.fuse: nn.Linear | None = None
-        if c.kind == "image":
+        if self.classifies:
             self.head = nn.Linear(h, len(self.answer_vocab))
             last = self.head
         else:
@@ -158,7 +162,7 @@ class RewardModel(nn.Module):
             # top-1 0.64 → 0.83 and 0.42 → 0.95 without DP on seed 0, 0.17 → 0.17 and 0.12 →
             # 0.40 on seed 1, at 3 × 40 steps — `fedsecure bench reward-sweep`, issue 24).
             width = h if c.kind == "text" else 3 * h
-            if c.kind == "image_text":
+            if c.kind != "text":
                 self.fuse = nn.Linear(h, h)
             self.head = nn.Sequential(nn.Linear(width, h), nn.GELU(), nn.Linear(h, 1))
             last = self.head[2]
@@ -233,6 +237,14 @@ class RewardModel(nn.Module):
             pooled = text_features(self.text, input_ids=input_ids,
                                    attention_mask=attention_mask, position_ids=position_ids)
             return pooled, pooled
+        if self.config.kind == "image":
+            # An image-only client has no question to show (its pairs may carry one): only
+            # [CLS] and the response's segment are attended to, the response numbered from
+            # position 1 whatever the question's length, so no question reaches the score.
+            first = torch.zeros_like(attention_mask)
+            first[:, 0] = 1
+            attention_mask = attention_mask * ((token_type_ids == 1).to(attention_mask.dtype) | first)
+            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         out = self.text(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids).last_hidden_state
         answer = ((token_type_ids == 1) & (attention_mask > 0)).unsqueeze(-1).to(out.dtype)
@@ -247,8 +259,7 @@ class RewardModel(nn.Module):
 
     def reward(self, batch: dict[str, torch.Tensor], which: str, image_feats: torch.Tensor | None = None) -> torch.Tensor:
         """Rewards (B,) for the ``which`` answer ('chosen' or 'rejected') of each pair."""
-        kind = self.config.kind
-        if kind == "image":
+        if self.classifies:
             assert image_feats is not None
             logits = self.head(image_feats)
             return torch.log_softmax(logits, dim=-1).gather(1, batch[f"{which}_answer"].unsqueeze(1)).squeeze(1)
@@ -268,7 +279,7 @@ class RewardModel(nn.Module):
         """Rewards (B,) of the single ('chosen') answer of each item, for scoring tasks.
         An image-only model gives answers outside its vocabulary the floor reward."""
         feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
-        if self.config.kind != "image":
+        if not self.classifies:
             return self.reward(batch, "chosen", feats)
         ids = batch["chosen_answer"]
         known = ids >= 0
@@ -285,7 +296,7 @@ class RewardModel(nn.Module):
         record. DP training folds those rows back into one gradient per record."""
         feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
         ids = batch["candidate_answer"]
-        if self.config.kind == "image":
+        if self.classifies:
             assert feats is not None
             logp = torch.log_softmax(self.head(feats), dim=-1).gather(1, ids.clamp(min=0))
             return torch.where(ids >= 0, logp, torch.full_like(logp, UNKNOWN_ANSWER_REWARD))
@@ -309,7 +320,7 @@ class RewardModel(nn.Module):
         if "candidate_input_ids" in batch:
             return self.candidate_rewards(batch)
         feats = self.image_features(batch["pixel_values"]) if self.image is not None else None
-        if self.config.kind == "image":
+        if self.classifies:
             return self.reward(batch, "chosen", feats) - self.reward(batch, "rejected", feats)
         n = batch["chosen_input_ids"].shape[0]
         txt = self._text_features(*(torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])

@@ -49,10 +49,12 @@ from server.alignment.vision_pretrain import (
 )
 from server.alignment.vqa_eval import (
     EvalResult,
+    answer_budget,
     eval_prompts,
     evaluate,
     evaluate_policy,
-    exact_match_reward,
+    judge_reward,
+    task_judge,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class AlignmentSettings:
     group_size: int = 8
     learning_rate: float = 3e-4  # 1e-3 diverged
     beta: float = 0.0
-    max_new_tokens: int = 4
+    max_new_tokens: int | None = None  # None: the task's longest public answer plus 2 tokens
     pool_size: int = 3000  # GRPO's public prompts, balanced by type
     eval_limit: int = 500
     eval_seed: int = 0  # which test questions: fixed, so runs with different seeds compare
@@ -123,12 +125,12 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
         model, processor = build_tiny_vlm(words=task.vocabulary(), seed=settings.seed)
         if settings.vision_pretrain_steps:
             # Every public image the server labels except the held-out evaluation part.
-            seen = pretrain_vision_tower(model, train=public_labelled(task), held_out=task.server_part("reward_eval"),
+            seen = pretrain_vision_tower(model, task=task, train=public_labelled(task),
+                                         held_out=task.server_part("reward_eval"),
                                          config=VisionPretrainConfig(steps=settings.vision_pretrain_steps,
                                                                      seed=settings.seed))
-            log.info("policy vision tower pretrained on %d public images in %.0f s: held-out colour %.2f -> %.2f, "
-                     "shape %.2f -> %.2f", seen.images, seen.seconds, seen.colour_before, seen.colour_after,
-                     seen.shape_before, seen.shape_after)
+            log.info("policy vision tower pretrained on %d public images in %.0f s: held-out %s", seen.images,
+                     seen.seconds, ", ".join(f"{a} {seen.before[a]:.2f} -> {seen.after[a]:.2f}" for a in seen.after))
             (settings.out / "vision_pretrain.json").write_text(json.dumps(dataclasses.asdict(seen), indent=1))
             tower = vision_tower(model)
     if settings.sft_epochs:
@@ -164,9 +166,11 @@ def prompt_pool(task: Task, size: int) -> list[Example]:
     return balanced_by_group(pool, max(1, min(size // len(counts), min(counts.values()))))
 
 
-def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn = exact_match_reward,
+def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn | None = None,
                   on_step: Callable[[StepReport], None] | None = None) -> AlignmentResult:
-    """Run (or resume) the job described by ``settings`` on ``task``; see the module docstring."""
+    """Run (or resume) the job described by ``settings`` on ``task``; see the module
+    docstring. ``reward``: the task's own metric on the pool's reference answers when
+    None (the oracle every federated reward is measured against)."""
     started = time.perf_counter()
     settings.out.mkdir(parents=True, exist_ok=True)
     placement = select_placement(settings.device)  # under torchrun: joins the process group
@@ -179,14 +183,16 @@ def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn =
     policy = Policy.for_vlm(model, processor, setup=PolicySetup(adapter=settings.adapter,
                                                                 freeze_vision_tower=settings.adapter == "full"),
                             placement=placement)
+    pool_prompts = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
+    budget = settings.max_new_tokens or answer_budget(processor, task)
+    judge = task_judge(task)
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
                         loss=GRPOLossConfig(beta=settings.beta),
-                        sampling=SamplingConfig(temperature=1.0, max_new_tokens=settings.max_new_tokens))
+                        sampling=SamplingConfig(temperature=1.0, max_new_tokens=budget))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / "checkpoints",
                         checkpoint_every=settings.checkpoint_every, parallel=settings.parallel)
     resumed = engine.resume()
-    pool_prompts = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
     test = eval_prompts(processor, task=task, limit=settings.eval_limit, seed=settings.eval_seed)
     # the initial policy's accuracy on these test questions, measured once per question set
     start_file = settings.out / f"start_eval-{settings.eval_limit}-{settings.eval_seed}.json"
@@ -194,12 +200,12 @@ def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn =
         start = EvalResult(**json.loads(start_file.read_text()))
     else:
         if resumed == 0:  # the policy is still the base
-            start = evaluate_policy(policy, test)
+            start = evaluate_policy(policy, test, judge=judge, max_new_tokens=budget)
         else:
             base_model, _ = load_policy(settings.out / "base")
             start = evaluate(base_model.to(placement.device), prompts=test, decode=policy.decode,
                              eos_id=policy.eos_id, pad_id=policy.pad_id, autocast=placement.autocast,
-                             suppressed=policy.suppressed)
+                             suppressed=policy.suppressed, judge=judge, max_new_tokens=budget)
             del base_model
         if lead:
             start_file.write_text(json.dumps(dataclasses.asdict(start)))
@@ -217,9 +223,9 @@ def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn =
                      (now - last_log[0]) / 10)
             last_log[0] = now
 
-    reports = engine.train(pool_prompts, reward, steps=settings.steps, on_step=progress)
+    reports = engine.train(pool_prompts, reward or judge_reward(judge), steps=settings.steps, on_step=progress)
     engine.save()
-    end = evaluate_policy(policy, test)
+    end = evaluate_policy(policy, test, judge=judge, max_new_tokens=budget)
     policy_dir = settings.out / "policy"
     if settings.parallel == "fsdp":
         # The weights are spread over the ranks: gather them (every rank takes part), then

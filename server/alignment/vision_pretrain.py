@@ -4,9 +4,10 @@ A policy whose vision tower is a random network cannot represent colour or shape
 reward, fused or not, can then teach it to answer "what colour is the shape?" (measured:
 the built-in policy answered every colour and shape question wrong before this step).
 Like the federation's backbone (:mod:`server.backbone.pretrain`), the tower is trained on
-the server's own public labelled parts only (never ``reward_eval``) — colour and shape of
-each image, labelled by the public questions about it, with flips and quarter turns —
-never on client data.
+the server's own public labelled parts only (never ``reward_eval``) — each attribute the
+task labels (easy-VQA: colour and shape, from the public questions about the image, with
+flips and quarter turns; scenes: the count and what sits in each third) — never on client
+data.
 The features trained are the ones the language model reads: the mean of the patch tokens
 of the tower's last layer (LLaVA's "default" selection drops the CLS token).
 """
@@ -20,10 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from fedsecure.task import Example
-from server.backbone.pretrain import COLOURS, SHAPES, ImageSet, augment, image_set
+from fedsecure.task import Example, Task
+from server.backbone.pretrain import ImageSet, augment, image_set, label_loss
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,11 @@ class VisionPretrainConfig:
 
 @dataclass(frozen=True)
 class VisionPretrainResult:
-    """Colour and shape accuracy of the pretraining heads on held-out public images,
-    before and after (chance: 1/8 and 1/3), and the time taken."""
+    """Accuracy of the pretraining heads on held-out public images by attribute (easy-VQA:
+    colour, chance 1/8, and shape, chance 1/3), before and after, and the time taken."""
 
-    colour_before: float
-    shape_before: float
-    colour_after: float
-    shape_after: float
+    before: dict[str, float]
+    after: dict[str, float]
     images: int
     seconds: float
 
@@ -74,27 +72,28 @@ def _features(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return tower(pixel_values=_pixels(images)).last_hidden_state[:, 1:].mean(1)
 
 
-def _accuracy(tower: nn.Module, heads: nn.ModuleDict, data: ImageSet) -> tuple[float, float]:
+def _accuracy(tower: nn.Module, heads: nn.ModuleDict, data: ImageSet) -> dict[str, float]:
     with torch.no_grad():
         feats = torch.cat([_features(tower, data.images[i:i + 256]) for i in range(0, len(data.images), 256)])
-    out = []
-    for name, labels in (("colour", data.colour), ("shape", data.shape)):
+    out = {}
+    for name, labels in data.labels.items():
         keep = labels >= 0
-        out.append(float((heads[name](feats[keep]).argmax(-1) == labels[keep]).float().mean()))
-    return out[0], out[1]
+        out[name] = round(float((heads[name](feats[keep]).argmax(-1) == labels[keep]).float().mean()), 4)
+    return out
 
 
-def pretrain_vision_tower(model: nn.Module, *, train: Sequence[Example], held_out: Sequence[Example],
+def pretrain_vision_tower(model: nn.Module, *, task: Task, train: Sequence[Example], held_out: Sequence[Example],
                           config: VisionPretrainConfig = VisionPretrainConfig()) -> VisionPretrainResult:
-    """Train ``model``'s vision tower in place on the public ``train`` records' images;
-    measure on ``held_out`` (public images too, disjoint from ``train``)."""
+    """Train ``model``'s vision tower in place on the public ``train`` records' images,
+    labelled by ``task``; measure on ``held_out`` (public images too, disjoint from ``train``)."""
     started = time.perf_counter()
     tower = vision_tower(model)
-    train_set, test_set = image_set(train), image_set(held_out)
+    train_set = image_set(train, task)
+    test_set = image_set(held_out, task, classes=train_set.classes)
     hidden = int(tower.config.hidden_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
-        heads = nn.ModuleDict({"colour": nn.Linear(hidden, len(COLOURS)), "shape": nn.Linear(hidden, len(SHAPES))})
+        heads = nn.ModuleDict({a: nn.Linear(hidden, len(v)) for a, v in train_set.classes.items()})
     tower.eval()
     before = _accuracy(tower, heads, test_set)
     optimiser = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=config.learning_rate)
@@ -102,9 +101,8 @@ def pretrain_vision_tower(model: nn.Module, *, train: Sequence[Example], held_ou
     tower.train()
     for step in range(config.steps):
         i = torch.randint(len(train_set.images), (config.batch_size,), generator=gen)
-        feats = _features(tower, augment(train_set.images[i], gen))
-        loss = (F.cross_entropy(heads["colour"](feats), train_set.colour[i], ignore_index=-1)
-                + F.cross_entropy(heads["shape"](feats), train_set.shape[i], ignore_index=-1))
+        feats = _features(tower, augment(train_set.images[i], gen, turns=train_set.turns))
+        loss = label_loss(heads, feats, train_set, i)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -112,6 +110,5 @@ def pretrain_vision_tower(model: nn.Module, *, train: Sequence[Example], held_ou
             log.info("policy vision pretraining: step %d/%d, loss %.3f", step + 1, config.steps, loss.item())
     tower.eval()
     after = _accuracy(tower, heads, test_set)
-    return VisionPretrainResult(colour_before=before[0], shape_before=before[1], colour_after=after[0],
-                                shape_after=after[1], images=len(train_set.images),
+    return VisionPretrainResult(before=before, after=after, images=len(train_set.images),
                                 seconds=time.perf_counter() - started)

@@ -1,12 +1,13 @@
-"""Exact-match accuracy of a policy on a task's test split (greedy decoding), per question
-group, and the exact-match
-reward: a check the server can compute itself on prompts whose answer it holds, used to
-prove the engine (client rewards replace it in the federated round)."""
+"""Accuracy of a policy on a task's test split (greedy decoding) by the task's own metric
+(:meth:`fedsecure.task.Task.correct`: exact match for easy-VQA, facts read out of the text
+for free-text tasks), per question group, and the same metric as a reward: a check the
+server can compute itself on prompts whose answer it holds, used to prove the engine
+(client rewards replace it in the federated round)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsecure.task import Task, normalise_answer
+from fedsecure.task import Example, Task, normalise_answer
 from server.alignment.devices import select_placement
 from server.alignment.policy import (
     Policy,
@@ -27,14 +28,51 @@ from server.alignment.rollouts import SamplingConfig, generate
 
 
 
-def exact_match_reward(prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
-    """1.0 where the completion is the prompt's reference answer, else 0.0."""
-    out = []
-    for p, c in zip(prompts, completions, strict=True):
-        if p.answer is None:
-            raise ValueError(f"prompt {p.prompt_id} has no reference answer to match")
-        out.append(float(normalise_answer(c) == normalise_answer(p.answer)))
-    return out
+#: Whether a completion answers a prompt right (the prompt holds its reference answer).
+Judge = Callable[[Prompt, str], bool]
+
+
+def _reference(p: Prompt) -> str:
+    if p.answer is None:
+        raise ValueError(f"prompt {p.prompt_id} has no reference answer to match")
+    return p.answer
+
+
+def exact_match(prompt: Prompt, completion: str) -> bool:
+    """The completion is the prompt's reference answer (normalised)."""
+    return normalise_answer(completion) == normalise_answer(_reference(prompt))
+
+
+def task_judge(task: Task) -> Judge:
+    """``task``'s metric on a prompt (the prompt's id, question, answer and group stand for
+    the example)."""
+    def judge(p: Prompt, completion: str) -> bool:
+        return task.correct(Example(record_id=p.prompt_id, question=p.question, answer=_reference(p),
+                                    group=p.group or ""), completion)
+    return judge
+
+
+def judge_reward(judge: Judge) -> Callable[[Sequence[Prompt], Sequence[str]], list[float]]:
+    """A reward of 1.0 where ``judge`` calls the completion right, else 0.0."""
+    def reward(prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
+        return [float(judge(p, c)) for p, c in zip(prompts, completions, strict=True)]
+    return reward
+
+
+exact_match_reward = judge_reward(exact_match)
+"""1.0 where the completion is the prompt's reference answer, else 0.0."""
+
+
+def answer_budget(processor: Any, task: Task, *, slack: int = 2) -> int:
+    """New tokens a completion may take: the longest answer of the task's public prompt
+    pool (with its end token) plus ``slack`` — 4 for easy-VQA's one-word answers, more
+    for sentences. The same for training, the monitor and every evaluation of a task."""
+    from fedsecure.models.policy_vlm import encode_answer
+
+    lengths = [len(encode_answer(processor, e.answer)) for e in task.server_part("pool")]
+    if not lengths:
+        raise ValueError(f"task {task.name!r} has an empty prompt pool")
+    return max(lengths) + slack
 
 
 @dataclass(frozen=True)
@@ -66,9 +104,10 @@ def text_only_answers(records: Sequence[Any]) -> dict[str, str]:
     return {q: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for q, c in counts.items()}
 
 
-def evaluate_text_only(prompts: Sequence[Prompt], answers_by_question: dict[str, str]) -> EvalResult:
-    """Exact match of :func:`text_only_answers` on ``prompts`` (an unseen question text
-    counts as a miss), per answer type like :func:`evaluate`."""
+def evaluate_text_only(prompts: Sequence[Prompt], answers_by_question: dict[str, str], *,
+                       judge: Judge = exact_match) -> EvalResult:
+    """:func:`text_only_answers` on ``prompts`` judged by ``judge`` (an unseen question
+    text counts as a miss), per answer type like :func:`evaluate`."""
     hits: Counter[str] = Counter()
     totals: Counter[str] = Counter()
     for p in prompts:
@@ -76,7 +115,8 @@ def evaluate_text_only(prompts: Sequence[Prompt], answers_by_question: dict[str,
             raise ValueError(f"prompt {p.prompt_id} has no reference answer to match")
         kind = p.group or "other"
         totals[kind] += 1
-        hits[kind] += int(answers_by_question.get(normalise_answer(p.question)) == normalise_answer(p.answer))
+        answer = answers_by_question.get(normalise_answer(p.question))
+        hits[kind] += int(answer is not None and judge(p, answer))
     count = sum(totals.values())
     return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
                       by_type={k: hits[k] / totals[k] for k in sorted(totals)})
@@ -90,8 +130,8 @@ def evaluate_policy(policy: Policy, prompts: Sequence[Prompt], **kwargs: Any) ->
 
 def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, eos_id: int, pad_id: int,
              batch_size: int = 128, max_new_tokens: int = 4, autocast: torch.dtype | None = None,
-             suppressed: torch.Tensor | None = None) -> EvalResult:
-    """Greedy-decode an answer for every prompt and score it by exact match."""
+             suppressed: torch.Tensor | None = None, judge: Judge = exact_match) -> EvalResult:
+    """Greedy-decode an answer for every prompt and score it by ``judge`` (the task's metric)."""
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     hits: Counter[str] = Counter()
     totals: Counter[str] = Counter()
@@ -101,10 +141,10 @@ def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, 
         out = generate(model, collate_prompts(chunk, pad_id=pad_id), group_size=1, config=greedy,
                        eos_id=eos_id, pad_id=pad_id, autocast=autocast, suppressed=suppressed)
         texts = [decode(row) for row in out.completion_ids.tolist()]
-        for p, score in zip(chunk, exact_match_reward(chunk, texts), strict=True):
+        for p, text in zip(chunk, texts, strict=True):
             kind = p.group or "other"
             totals[kind] += 1
-            hits[kind] += int(score)
+            hits[kind] += int(judge(p, text))
     count = sum(totals.values())
     return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
                       by_type={k: hits[k] / totals[k] for k in sorted(totals)})
@@ -112,7 +152,7 @@ def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, 
 
 def evaluate_checkpoint(path: Path, *, task: Task, limit: int | None = None, seed: int = 0,
                         device: str = "auto") -> EvalResult:
-    """Load any local vision-language checkpoint and measure its exact-match accuracy."""
+    """Load any local vision-language checkpoint and measure its accuracy by ``task``'s metric."""
     from fedsecure.models.policy_vlm import load_policy
 
     model, processor = load_policy(path)
@@ -124,6 +164,7 @@ def evaluate_checkpoint(path: Path, *, task: Task, limit: int | None = None, see
     def decode(row: Sequence[int]) -> str:
         return decode_completion(row, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                                  decode_ids=tokenizer_decoder(tok))
-    return evaluate(model, prompts=eval_prompts(processor, task=task, limit=limit, seed=seed), decode=decode,
-                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, autocast=placement.autocast,
-                    suppressed=suppressed)
+    prompts = eval_prompts(processor, task=task, limit=limit, seed=seed)
+    return evaluate(model, prompts=prompts, decode=decode, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                    autocast=placement.autocast, suppressed=suppressed, judge=task_judge(task),
+                    max_new_tokens=answer_budget(processor, task))

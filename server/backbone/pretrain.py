@@ -7,9 +7,10 @@ set (:func:`fedsecure.task.public_labelled`: disjoint by image from every
 client's share and from the reward-evaluation part: 1,000 images, where the ``pretrain``
 part alone has 500; the shape probe after 600 steps moves between 0.50 and 0.62 from run
 to run on either, 0.80 once at 1,200 steps). Objectives:
-- image stack: predict the shape's colour and the shape from the image's CLS feature,
-  with labels taken from the *public* colour and shape questions of those images (the
-  server's own answers; no client data). Measured before this choice: a frozen random
+- image stack: predict each attribute the task labels (:meth:`fedsecure.task.Task.image_labels`:
+  easy-VQA's colour and shape, taken from its *public* colour and shape questions; scenes'
+  count and what sits in each third) from the image's CLS feature (the server's own
+  labels; no client data). Measured before this choice: a frozen random
   stack carries no such feature, and the clients' reward models then rank answers at
   chance on public questions;
 - text stack: masked-token prediction (15 %) on the public questions with their answers.
@@ -18,7 +19,7 @@ answer a question wants; the federation's part is that judgement, measured on th
 reward-evaluation questions.
 
 Each stack is measured on the reward-evaluation part with a linear probe (ridge
-regression on frozen CLS features, images split in halves): colour and shape accuracy,
+regression on frozen CLS features, images split in halves): each attribute's accuracy,
 and masked-token accuracy, before and after pretraining; the manifest records them.
 """
 
@@ -48,12 +49,10 @@ from fedsecure.task import Example, Task, public_labelled
 
 log = logging.getLogger("fedsecure.server.backbone")
 
-COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
-SHAPES = ("circle", "rectangle", "triangle")
 MASK_RATE = 0.15
 
 
-RECIPE = "public-labelled-images"
+RECIPE = "task-labelled-images"
 """Names what the defaults pretrain on and how; a cached backbone of another recipe is not reused."""
 
 
@@ -77,39 +76,58 @@ class PretrainSettings:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images (uint8) with colour and shape labels (-1 where no public question tells)."""
+    """Images (uint8) with one label tensor per attribute the task names
+    (:meth:`fedsecure.task.Task.image_labels`; -1 where no public example tells), the
+    classes of each attribute, and whether flips and turns keep the labels."""
 
     images: torch.Tensor
-    colour: torch.Tensor
-    shape: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    classes: dict[str, tuple[str, ...]]
+    turns: bool = True
 
 
-def image_set(records: Sequence[Example]) -> ImageSet:
-    """One row per image of ``records``, labelled from its colour and shape questions."""
-    labels: dict[str, list[int]] = {}
+def image_set(records: Sequence[Example], task: Task, *,
+              classes: dict[str, tuple[str, ...]] | None = None) -> ImageSet:
+    """One row per image of ``records``, labelled by ``task``; ``classes`` (a training
+    set's) fixes each attribute's class order, else the sorted values seen here."""
+    labels: dict[str, dict[str, str]] = {}
     for r in records:
-        lab = labels.setdefault(r.image, [-1, -1])
-        if r.group == "color":
-            lab[0] = COLOURS.index(r.answer)
-        elif r.group == "shape":
-            lab[1] = SHAPES.index(r.answer)
+        labels.setdefault(r.image, {}).update(task.image_labels(r))
+    if classes is None:
+        names = sorted({a for lab in labels.values() for a in lab})
+        classes = {a: tuple(sorted({lab[a] for lab in labels.values() if a in lab})) for a in names}
     # Folder, then names by length and text: numbered files in their numeric order.
     keys = sorted(labels, key=lambda path: (str(Path(path).parent), len(Path(path).name), Path(path).name))
     images = torch.from_numpy(np.stack([load_image(k) for k in keys])).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(images, torch.tensor([labels[k][0] for k in keys]), torch.tensor([labels[k][1] for k in keys]))
+    index = {a: {v: i for i, v in enumerate(values)} for a, values in classes.items()}
+    return ImageSet(images, {a: torch.tensor([index[a].get(labels[k].get(a, ""), -1) for k in keys])
+                             for a in classes}, dict(classes), task.turns_keep_labels)
 
 
-def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random flip and quarter turn per image: colour and shape do not change, so the
-    stack sees 8 views of every public image."""
+def augment(images: torch.Tensor, gen: torch.Generator, *, turns: bool = True) -> torch.Tensor:
+    """A random flip and quarter turn per image where they keep the labels (a shape's
+    colour and kind: 8 views of every public image); else the images as they are."""
+    if not turns:
+        return images
     out = images.clone()
     flips = torch.rand(len(images), generator=gen) < 0.5
     out[flips] = out[flips].flip(-1)
-    turns = torch.randint(4, (len(images),), generator=gen)
+    turns_ = torch.randint(4, (len(images),), generator=gen)
     for k in range(1, 4):
-        sel = turns == k
+        sel = turns_ == k
         out[sel] = torch.rot90(out[sel], k, dims=(-2, -1))
     return out
+
+
+def label_loss(heads: nn.ModuleDict, features: torch.Tensor, data: ImageSet, rows: torch.Tensor) -> torch.Tensor:
+    """Sum over the attributes of the cross-entropy of each attribute's head (unlabelled
+    rows ignored; an attribute without a labelled row in the batch adds nothing)."""
+    loss = features.new_zeros(())
+    for a in data.classes:
+        labels = data.labels[a][rows]
+        if bool((labels >= 0).any()):
+            loss = loss + F.cross_entropy(heads[a](features), labels, ignore_index=-1)
+    return loss
 
 
 def text_ids(records: Sequence[Example], tokenizer: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,13 +179,15 @@ def masked_accuracy(text_stack: nn.Module, mlm_head: nn.Module, ids: torch.Tenso
 
 def measure(image_stack: nn.Module, text_stack: nn.Module, mlm_head: nn.Module, evaluation: ImageSet,
             eval_text: tuple[torch.Tensor, torch.Tensor], mask_id: int, special: int) -> dict[str, float]:
-    """Colour and shape probe accuracy and masked-token accuracy on the evaluation part."""
+    """Probe accuracy of each image attribute (``probe_<attribute>``) and masked-token
+    accuracy on the evaluation part."""
     image_stack.eval()
     text_stack.eval()
     feats = _cls(image_stack, evaluation.images)
-    return {"probe_colour": round(linear_probe(feats, evaluation.colour, len(COLOURS)), 4),
-            "probe_shape": round(linear_probe(feats, evaluation.shape, len(SHAPES)), 4),
-            "masked_token": round(masked_accuracy(text_stack, mlm_head, *eval_text, mask_id, special, seed=1), 4)}
+    probes = {f"probe_{a}": round(linear_probe(feats, evaluation.labels[a], len(values)), 4)
+              for a, values in evaluation.classes.items()}
+    return {**probes, "masked_token": round(masked_accuracy(text_stack, mlm_head, *eval_text, mask_id, special,
+                                                            seed=1), 4)}
 
 
 def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, object]:
@@ -180,13 +200,14 @@ def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, ob
     mask_id, special = vocab["[UNK]"], len(("[PAD]", "[UNK]", "[CLS]", "[SEP]"))  # [UNK] doubles as [MASK]
     train_records = public_labelled(task, seed=settings.data_seed)
     eval_records = task.server_part("reward_eval", seed=settings.data_seed)
-    train_images, eval_images = image_set(train_records), image_set(eval_records)
+    train_images = image_set(train_records, task)
+    eval_images = image_set(eval_records, task, classes=train_images.classes)
     train_text, eval_text = text_ids(train_records, tok), text_ids(eval_records, tok)
     image, text = build_stacks(settings.shape, tok.get_vocab_size(), seed=settings.seed)
     h = settings.shape.hidden
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed + 1)
-        heads = nn.ModuleDict({"colour": nn.Linear(h, len(COLOURS)), "shape": nn.Linear(h, len(SHAPES)),
+        heads = nn.ModuleDict({**{a: nn.Linear(h, len(v)) for a, v in train_images.classes.items()},
                                "mlm": nn.Linear(h, tok.get_vocab_size())})
     before = measure(image, text, heads["mlm"], eval_images, eval_text, mask_id, special)
     params = [*image.parameters(), *text.parameters(), *heads.parameters()]
@@ -196,9 +217,9 @@ def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, ob
         image.train()
         text.train()
         i = torch.randint(len(train_images.images), (settings.batch_size,), generator=gen)
-        cls = image(pixel_values=pixels(augment(train_images.images[i], gen))).last_hidden_state[:, 0]
-        loss = (F.cross_entropy(heads["colour"](cls), train_images.colour[i], ignore_index=-1)
-                + F.cross_entropy(heads["shape"](cls), train_images.shape[i], ignore_index=-1))
+        cls = image(pixel_values=pixels(augment(train_images.images[i], gen,
+                                                turns=train_images.turns))).last_hidden_state[:, 0]
+        loss = label_loss(heads, cls, train_images, i)
         j = torch.randint(len(train_text[0]), (settings.batch_size,), generator=gen)
         masked, labels = _mask(train_text[0][j], train_text[1][j], mask_id, special, gen)
         logits = heads["mlm"](text(input_ids=masked, attention_mask=train_text[1][j]).last_hidden_state)
@@ -212,8 +233,8 @@ def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, ob
     manifest: dict[str, object] = {
         "shape": shape_dict(settings.shape), "seed": settings.seed, "steps": settings.steps, "recipe": RECIPE,
         "learning_rate": settings.learning_rate,
-        "objective": {"image": "colour and shape classification of the image's CLS feature, labels from the "
-                               "server's public colour/shape questions",
+        "objective": {"image": "classification of the image's CLS feature by each attribute the task labels "
+                               f"({', '.join(train_images.classes)}), from the server's public examples",
                       "text": f"masked-token prediction ({MASK_RATE:.0%}) on public questions with their answers"},
         "data": {"parts": "pretrain, router, public pool, seed set", "split_seed": settings.data_seed, "images": len(train_images.images),
                  "questions": len(train_records), "client_data": False},

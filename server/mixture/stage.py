@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from fedsecure.task import Example
+from fedsecure.task import Example, Task, group_of_answer, wrong_answers
 from server.alignment.grpo import GRPOEngine, StepReport
 from server.alignment.prompts import Prompt, vqa_prompts
-from server.alignment.vqa_eval import evaluate_policy
+from server.alignment.vqa_eval import Judge, evaluate_policy, exact_match
 from server.mixture.combiners import Routed
 from server.mixture.promotion import Measured, PromotionGate
 from server.mixture.reward import MixIn, MixtureReward
@@ -97,19 +97,20 @@ class PreferenceSet:
                 raise ValueError(f"the rejected answers of {c!r} must be distinct, non-empty and exclude it")
 
     @classmethod
-    def from_records(cls, records: Sequence[Example], *, processor: object, answer_set: Sequence[str],
-                     group_of: Callable[[str], str]) -> PreferenceSet:
-        """One list per record: the true answer against every other answer of the task's
-        closed ``answer_set`` (``group_of`` names an answer's type), of its own type and of
-        the others. GRPO's completions can be any answer, so
-        the router must learn whom to trust on both kinds of mistake (measured: fit on
+    def from_records(cls, records: Sequence[Example], *, processor: object, task: Task) -> PreferenceSet:
+        """One list per record: the true answer against every wrong answer the task gives
+        it (:func:`fedsecure.task.wrong_answers`) — with a closed answer set, every other
+        answer, of its own type and of the others. GRPO's completions can be any answer,
+        so the router must learn whom to trust on both kinds of mistake (measured: fit on
         same-type pairs only, it trusted clients that prefer a wrong *type*, and GRPO on
-        its fusion lost every colour question)."""
+        its fusion lost every colour question). A free-text task's wrong answers are of
+        the question's own group (one fact changed)."""
         prompts = vqa_prompts(records, processor=processor)
-        rejected = tuple(tuple(a for a in answer_set if a != r.answer) for r in records)
+        rejected = tuple(wrong_answers(task, r) for r in records)
         return cls(prompts=tuple(prompts), chosen=tuple(r.answer for r in records), rejected=rejected,
                    groups=tuple(r.group for r in records),
-                   rejected_groups=tuple(tuple(group_of(a) for a in r) for r in rejected))
+                   rejected_groups=tuple(tuple(group_of_answer(task, r, a) for a in wrong)
+                                         for r, wrong in zip(records, rejected, strict=True)))
 
 
 @dataclass
@@ -226,7 +227,8 @@ class AlignStage:
                  preferences: PreferenceSet | None = None, router: Router | None = None,
                  log_path: Path | None = None, on_step: Callable[[StepReport], None] | None = None,
                  on_promote: Callable[[Measured], None] | None = None,
-                 pool_groups: Sequence[str] | None = None) -> None:
+                 pool_groups: Sequence[str] | None = None, judge: Judge = exact_match,
+                 answer_tokens: int = 4) -> None:
         if router is not None and preferences is None:
             raise ValueError("a router needs the public preference set to be fit on")
         if router is not None and not (isinstance(reward.combiner, Routed) and reward.combiner.router is router):
@@ -239,6 +241,7 @@ class AlignStage:
         if config.min_fused_lift is not None and (pool_groups is None or router is None):
             raise ValueError("min_fused_lift needs the router and the pool's groups")
         self.engine, self.reward, self.pool, self.monitor = engine, reward, list(pool), list(monitor)
+        self.judge, self.answer_tokens = judge, answer_tokens  # the task's metric on the held-out monitor
         self.pool_groups = list(pool_groups) if pool_groups is not None else None
         self.trusted: set[str] | None = None  # groups GRPO trains on this round (None: all)
         self.config, self.preferences, self.router = config, preferences, router
@@ -332,7 +335,8 @@ class AlignStage:
             raise ValueError(f"round {round_} starts at step {first}; the engine is at step {engine.step_count}")
         self.reward.new_round()
         if engine.step_count == 0 and self.gate.start is None and self.monitor:
-            ev = evaluate_policy(engine.policy, self.monitor)
+            ev = evaluate_policy(engine.policy, self.monitor, judge=self.judge,
+                                 max_new_tokens=self.answer_tokens)
             self.gate.measure_start(Measured(round=-1, step=0, accuracy=ev.accuracy, by_type=ev.by_type))
             log.info("ALIGN start: held-out accuracy %.3f, type-averaged %.3f %s", ev.accuracy,
                      self.gate.start.type_mean, ev.by_type)  # type: ignore[union-attr]
@@ -366,7 +370,8 @@ class AlignStage:
         result.offenders = self.reward.offenders()
         result.router_weights = self.router_weights()
         if self.monitor:
-            ev = evaluate_policy(engine.policy, self.monitor)
+            ev = evaluate_policy(engine.policy, self.monitor, judge=self.judge,
+                                 max_new_tokens=self.answer_tokens)
             result.monitor_accuracy, result.monitor_by_type = ev.accuracy, ev.by_type
             measured = Measured(round=round_, step=engine.step_count, accuracy=ev.accuracy, by_type=ev.by_type)
             result.monitor_type_mean = measured.type_mean

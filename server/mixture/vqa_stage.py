@@ -1,5 +1,4 @@
-"""The ALIGN stage as the server runs it on a task with a closed answer set (the built-in
-one by default): the built-in policy (vision tower
+"""The ALIGN stage as the server runs it on a task (closed answer set or free text): the built-in policy (vision tower
 pretrained on public images, SFT warm start on the seed set — :func:`prepare_base`),
 prompts from the public pool, the router fit on the public ``router`` part, the
 reward-hacking monitor and the promotion gate on public ``reward_eval`` questions (the
@@ -37,9 +36,11 @@ from server.alignment.prompts import vqa_prompts
 from server.alignment.rollouts import SamplingConfig
 from server.alignment.vqa_eval import (
     EvalResult,
+    answer_budget,
     eval_prompts,
     evaluate_policy,
     evaluate_text_only,
+    task_judge,
     text_only_answers,
 )
 from server.mixture.combiners import Routed
@@ -81,19 +82,17 @@ class VQAStageSettings:
 
 def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings, *, task: Task) -> AlignStage:
     """The stage for ``roster`` (fixed order: the router's client axis)."""
-    if task.answer_set is None:
-        raise ValueError(f"task {task.name!r} has no closed answer set for the router's preference lists")
     base = prepare_base(AlignmentSettings(out=settings.out, seed=settings.seed, device=settings.device), task=task)
     model, processor = load_policy(base)
     policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(settings.device))
+    pool = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
                         loss=GRPOLossConfig(beta=settings.beta),
-                        sampling=SamplingConfig(temperature=1.0, max_new_tokens=4))
+                        sampling=SamplingConfig(temperature=1.0, max_new_tokens=answer_budget(processor, task)))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
-    pool = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
     preferences = PreferenceSet.from_records(balanced_by_group(task.server_part("router"), settings.router_per_type),
-                                             processor=processor, answer_set=task.answer_set, group_of=task.group_of)
+                                             processor=processor, task=task)
     monitor = vqa_prompts(balanced_by_answer(task.server_part("reward_eval"), settings.monitor_per_type),
                           processor=processor)
     features = reference_features(policy)
@@ -117,7 +116,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
                                                              hacking_rounds=settings.hacking_rounds,
                                                              min_fused_lift=settings.min_fused_lift),
                       log_path=settings.out / "align.jsonl", on_promote=export,
-                      pool_groups=[str(p.group) for p in pool])
+                      pool_groups=[str(p.group) for p in pool], judge=task_judge(task),
+                      answer_tokens=config.sampling.max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,10 @@ def evaluate_stage(out: Path, *, task: Task, limit: int = 500, seed: int = 0, de
     model, processor = load_policy(out / "base")
     policy = Policy.for_vlm(model, processor, setup=STAGE_SETUP, placement=select_placement(device))
     test = eval_prompts(processor, task=task, limit=limit, seed=seed)
-    start = evaluate_policy(policy, test)
-    text_only = evaluate_text_only(test, text_only_answers(public_labelled(task)))
+    judge = task_judge(task)
+    budget = answer_budget(processor, task)
+    start = evaluate_policy(policy, test, judge=judge, max_new_tokens=budget)
+    text_only = evaluate_text_only(test, text_only_answers(public_labelled(task)), judge=judge)
     path = latest_checkpoint(out / CHECKPOINTS)
     if path is None:
         return StageEvaluation(start=start, end=start, last=start, steps=0, promoted_step=0, text_only=text_only)
@@ -152,7 +154,7 @@ def evaluate_stage(out: Path, *, task: Task, limit: int = 500, seed: int = 0, de
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state.trainable[name].to(p.device, p.dtype))
-    last = evaluate_policy(policy, test)
+    last = evaluate_policy(policy, test, judge=judge, max_new_tokens=budget)
     promoted_file = out / PROMOTED
     promoted_step = int(json.loads(promoted_file.read_text())["step"]) if promoted_file.is_file() else state.step
     if promoted_step == state.step:
@@ -162,6 +164,7 @@ def evaluate_stage(out: Path, *, task: Task, limit: int = 500, seed: int = 0, de
     else:
         exported, exported_processor = load_policy(out / POLICY)
         end = evaluate_policy(Policy.for_vlm(exported, exported_processor, setup=STAGE_SETUP,
-                                             placement=select_placement(device)), test)
+                                             placement=select_placement(device)), test, judge=judge,
+                               max_new_tokens=budget)
     return StageEvaluation(start=start, end=end, last=last, steps=state.step, promoted_step=promoted_step,
                            text_only=text_only)

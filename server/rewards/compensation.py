@@ -19,6 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 STACKS_OF = {"image_text": frozenset({"image", "text"}), "image": frozenset({"image"}), "text": frozenset({"text"})}
+# On a free-text task the image kind reads the response through a text stack as well
+# (fedsecure.models.reward): it holds both stacks, like the image+text kind.
+FREE_TEXT_STACKS_OF = {**STACKS_OF, "image": frozenset({"image", "text"})}
+
+
+def stacks_of_kinds(*, closed_answer_set: bool) -> Mapping[str, frozenset[str]]:
+    """The stacks each client kind's model holds on a task with or without a closed answer set."""
+    return STACKS_OF if closed_answer_set else FREE_TEXT_STACKS_OF
 
 
 @dataclass(frozen=True)
@@ -34,9 +42,12 @@ class Member:
             raise ValueError(f"unknown kind {self.kind!r} or negative sample count")
 
 
-def coefficients(*, target_kind: str, members: Sequence[Member], role: str, stack: str) -> dict[str, float]:
+def coefficients(*, target_kind: str, members: Sequence[Member], role: str, stack: str,
+                 stacks_of: Mapping[str, frozenset[str]] = STACKS_OF) -> dict[str, float]:
     """c_i(p) for every member, for a parameter of ``role`` ("attention" or "mlp") in
-    ``stack`` ("image" or "text") of the target kind's model."""
+    ``stack`` ("image" or "text") of the target kind's model (``stacks_of``: the stacks of
+    each kind's model, :func:`stacks_of_kinds`)."""
+    STACKS_OF = stacks_of  # noqa: N806 - the kinds' stacks on this task
     if target_kind not in STACKS_OF or stack not in STACKS_OF[target_kind]:
         raise ValueError(f"a {target_kind} model has no {stack} stack")
     if role not in ("attention", "mlp"):

@@ -23,7 +23,7 @@ from fedsecure.models.groups import (
     mlp_family,
     mlp_kind,
 )
-from fedsecure.task import Example, Task
+from fedsecure.task import Example, Task, group_of_answer, wrong_answers
 from fedsecure.types import (
     Modality,
     PayloadKind,
@@ -33,7 +33,7 @@ from fedsecure.types import (
     TaskSpec,
     TrainSpec,
 )
-from server.rewards.compensation import Member, check_coefficients, coefficients
+from server.rewards.compensation import STACKS_OF, Member, check_coefficients, coefficients
 from server.rewards.quality import JudgedQuestion, reward_quality
 from server.rounds.phases import PhaseContext, ReportLedgerPlanner
 from server.rounds.store import SubmissionRow
@@ -114,12 +114,13 @@ class TrainPlanner:
 
     def __init__(self, *, metrics: MetricsLog, aggregator: SecureAggregator | None = None, local_steps: int = 100,
                  learning_rate: float = 0.01, batch_size: int = 128, gates: bool = True,
-                 mlp_sharing: bool = True) -> None:
+                 mlp_sharing: bool = True, stacks_of: Mapping[str, frozenset[str]] = STACKS_OF) -> None:
         if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("local_steps, learning_rate and batch_size must be positive")
         self.metrics, self.local_steps, self.learning_rate, self.batch_size = metrics, local_steps, learning_rate, batch_size
         self.aggregator = aggregator  # None: no key holder, clients upload nothing
         self.gates, self.mlp_sharing = gates, mlp_sharing
+        self.stacks_of = stacks_of  # the stacks each kind's model holds on this task (compensation.stacks_of_kinds)
 
     @staticmethod
     def _declared(ctx: PhaseContext) -> dict[str, _Declared]:
@@ -145,7 +146,7 @@ class TrainPlanner:
             members = [Member(n, declared[n].kind, declared[n].pairs) for n in uploaders
                        if n in declared and key.declared_by(declared[n].backbone_sha256, declared[n].shape)]
             out[group] = math.fsum(coefficients(target_kind=kind, members=members, role="mlp",
-                                                stack=key.stack).values())
+                                                stack=key.stack, stacks_of=self.stacks_of).values())
             check_coefficients({group: out[group]})  # fail closed: never send one outside [0, 1]
         return out
 
@@ -178,7 +179,7 @@ class TrainPlanner:
                     and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape)}
             downloads = tuple(g for g in downloads if mlp_kind(GroupKey.parse(g).family) is None or g in mine)
             aux: tuple[str, ...] = ()
-            if self.gates and d is not None and d.kind in OTHER_STACK:
+            if self.gates and d is not None and d.kind in OTHER_STACK and len(self.stacks_of[d.kind]) == 1:
                 aux = tuple(g for g in previous if GroupKey.parse(g).family == ATTENTION_FAMILY
                             and GroupKey.parse(g).stack == OTHER_STACK[d.kind]
                             and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape))
@@ -211,35 +212,38 @@ class TrainPlanner:
 
 
 class ScorePlanner:
-    """Public questions from the server's reward-evaluation part, each with every answer
-    of the task's closed answer set as a candidate, so the clients' scores can be measured
-    where the alignment will use them (:mod:`server.rewards.quality`), never on a client's
-    share."""
+    """Public questions from the server's reward-evaluation part, each with its right
+    answer and every wrong answer the task gives it (a closed answer set: every other
+    answer; free text: the example's wrong answers) as candidates, so the clients' scores
+    can be measured where the alignment will use them (:mod:`server.rewards.quality`),
+    never on a client's share."""
 
     def __init__(self, *, task: Task, questions: Sequence[Example], metrics: MetricsLog, prompts_per_round: int = 32,
                  seed: int = 0) -> None:
         if not questions:
             raise ValueError("the public evaluation questions are empty")
-        if task.answer_set is None:
-            raise ValueError(f"task {task.name!r} has no closed answer set to score every answer of")
+        for q in questions:
+            wrong_answers(task, q)  # raises for a free-text question without wrong answers
         self.task, self.questions, self.metrics, self.k, self.seed = task, list(questions), metrics, prompts_per_round, seed
-        self._truth: dict[tuple[str, int], dict[str, str]] = {}
 
     def _sample(self, ctx: PhaseContext) -> list[Example]:
         rng = random.Random(f"{self.seed}:{ctx.run_id}:{ctx.round}:{ctx.attempt}")
         return rng.sample(self.questions, min(self.k, len(self.questions)))
 
+    def _candidates(self, q: Example) -> tuple[str, ...]:
+        """The right answer first, then the wrong ones; item ``{id}:{k}`` is candidate k
+        (an index, so that free text may hold any character)."""
+        return (q.answer, *wrong_answers(self.task, q))
+
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
         """Each client gets the questions it can judge (image-only clients: none of the
-        task's question-dependent groups), every answer of the answer set for each."""
-        questions = self._sample(ctx)
-        self._truth[(ctx.run_id, ctx.round)] = {q.record_id: q.answer for q in questions}
-        vocab = self.task.answer_set or ()
+        task's question-dependent groups), every candidate answer of each."""
         items = []
-        for q in questions:
+        for q in self._sample(ctx):
             png = image_png(q.image)
-            items += [(ScoreItem(item_id=f"{q.record_id}:{a}", prompt_id=q.record_id, image_png=png,
-                                 question=q.question, completion=a), q.group) for a in vocab]
+            items += [(ScoreItem(item_id=f"{q.record_id}:{k}", prompt_id=q.record_id, image_png=png,
+                                 question=q.question, completion=a), q.group)
+                      for k, a in enumerate(self._candidates(q))]
         caps = {c.name: c.capabilities.modalities for c in ctx.store.client_infos()}
         specs: dict[str, TaskSpec] = {}
         for p in participants:
@@ -249,21 +253,29 @@ class ScorePlanner:
         return specs
 
     async def close(self, ctx: PhaseContext, accepted: Sequence[SubmissionRow]) -> None:
-        """Per client: the public-question metrics of :func:`reward_quality`."""
-        truth = self._truth.get((ctx.run_id, ctx.round))
-        if truth is None:  # planned before a restart: the same questions again
-            truth = {q.record_id: q.answer for q in self._sample(ctx)}
+        """Per client: the public-question metrics of :func:`reward_quality` (the same
+        questions are drawn again from the round's seed, so a restart changes nothing)."""
+        asked = {q.record_id: q for q in self._sample(ctx)}
         for sub in accepted:
-            scores: dict[str, dict[str, float]] = {}
+            scores: dict[str, dict[int, float]] = {}
             for s in serde.stored_scores(sub.payload):
-                prompt, _, answer = s.item_id.rpartition(":")
-                scores.setdefault(prompt, {})[answer] = s.value
-            judged = [JudgedQuestion(truth[p], by_answer) for p, by_answer in scores.items()
-                      if p in truth and truth[p] in by_answer]
-            quality = reward_quality(judged, group_of=self.task.group_of)
+                prompt, _, k = s.item_id.rpartition(":")
+                if prompt in asked and k.isdigit():
+                    scores.setdefault(prompt, {})[int(k)] = s.value
+            judged = []
+            for p, by_index in scores.items():
+                q = asked[p]
+                candidates = self._candidates(q)
+                if 0 not in by_index:
+                    continue
+                judged.append(JudgedQuestion(q.answer, {candidates[k]: v for k, v in by_index.items()
+                                                        if k < len(candidates)},
+                                             group=q.group, groups={a: group_of_answer(self.task, q, a)
+                                                                    for a in candidates}))
+            quality = reward_quality(judged)
             counts = {k: v for k, v in quality.items() if k.startswith("count.")}
             pairwise = sum(quality[f"pairwise.{k[6:]}"] * n for k, n in counts.items()) / max(1.0, sum(counts.values()))
-            values = [v for by_answer in scores.values() for v in by_answer.values()]
+            values = [v for by_index in scores.values() for v in by_index.values()]
             self.metrics.write({"run_id": ctx.run_id, "round": ctx.round, "phase": "score", "client": sub.client,
                                 "prompts": len(judged), "ranking_accuracy": pairwise, **quality,
                                 "mean_score": sum(values) / max(1, len(values)),

@@ -25,14 +25,20 @@ METRICS = ("top1_all", "top1_type", "pairwise", "typed_first")
 
 @dataclass(frozen=True)
 class JudgedQuestion:
-    """One public question: its correct answer and the score of every answer judged."""
+    """One public question: its correct answer and the score of every answer judged;
+    for a free-text task, also the question's group and each answer's (a closed answer
+    set names an answer's group by itself: see :func:`reward_quality`'s ``group_of``)."""
 
     truth: str
     scores: Mapping[str, float]
+    group: str | None = None
+    groups: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.truth not in self.scores:
             raise ValueError(f"the correct answer {self.truth!r} was not scored")
+        if (self.group is None) != (self.groups is None):
+            raise ValueError("give both the question's group and its answers' groups, or neither")
 
 
 def _strictly_first(scores: Mapping[str, float], truth: str, among: Sequence[str]) -> float:
@@ -40,14 +46,25 @@ def _strictly_first(scores: Mapping[str, float], truth: str, among: Sequence[str
     return float(all(scores[a] < top for a in among if a != truth))
 
 
-def reward_quality(questions: Sequence[JudgedQuestion], *, group_of: Callable[[str], str]) -> dict[str, float]:
+def reward_quality(questions: Sequence[JudgedQuestion], *,
+                   group_of: Callable[[str], str] | None = None) -> dict[str, float]:
     """``{metric}.{type}`` for each metric and question type present, plus ``count.{type}``;
-    ``group_of`` names the type of each answer of the task's closed answer set."""
+    ``group_of`` names the type of each answer of the task's closed answer set (a question
+    that names its own groups is read by those instead)."""
     sums: dict[tuple[str, str], float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     for q in questions:
-        kind = group_of(q.truth)
-        same_type = [a for a in q.scores if group_of(a) == kind]
+        if q.groups is not None and q.group is not None:
+            named = q.groups
+            kind = q.group
+            def group(a: str) -> str:
+                return named[a]
+        elif group_of is not None:
+            group = group_of
+            kind = group_of(q.truth)
+        else:
+            raise ValueError("a question without groups needs the task's group_of")
+        same_type = [a for a in q.scores if group(a) == kind]
         wrong = [a for a in same_type if a != q.truth]
         best = max(q.scores.values())
         leaders = [a for a, s in q.scores.items() if s == best]
@@ -58,7 +75,7 @@ def reward_quality(questions: Sequence[JudgedQuestion], *, group_of: Callable[[s
             t = q.scores[q.truth]
             sums["pairwise", kind] += sum(1.0 if q.scores[w] < t else 0.5 if q.scores[w] == t else 0.0
                                           for w in wrong) / len(wrong)
-        sums["typed_first", kind] += float(len(leaders) == 1 and group_of(leaders[0]) == kind)
+        sums["typed_first", kind] += float(len(leaders) == 1 and group(leaders[0]) == kind)
     out = {f"{metric}.{kind}": sums[metric, kind] / n for kind, n in counts.items() for metric in METRICS}
     out.update({f"count.{kind}": float(n) for kind, n in counts.items()})
     return out

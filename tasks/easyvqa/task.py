@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fedsecure.task import SERVER_PARTS, Example, ServerPart, normalise_answer
@@ -49,6 +49,15 @@ class EasyVQA:
                         seed: int = 0) -> Sequence[PreferencePair]:
         """``client``'s Dirichlet share of easy-VQA's training questions."""
         return client_pairs(name=client, clients=clients, kind=kind, alpha=alpha, seed=seed)
+
+    def image_labels(self, example: Example) -> Mapping[str, str]:
+        """The colour or the kind of the image's one shape, from a colour or shape question."""
+        return {example.group: example.answer} if example.group in ("color", "shape") else {}
+
+    @property
+    def turns_keep_labels(self) -> bool:
+        """True: a flipped or turned shape keeps its colour and kind."""
+        return True
 
     def test_examples(self) -> Sequence[Example]:
         """The easy-VQA test split."""

@@ -4,14 +4,14 @@ judged by the facts they state."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.task import SERVER_PARTS, Example, ServerPart
-from tasks.scenes.data import SIZES, load_examples
+from tasks.scenes.data import SIZES, image_labels, load_examples
 from tasks.scenes.text import QUESTION_GROUPS, states_the_facts, vocabulary
 
 # Shares of the train split's images for the server's public parts (the rest: clients)
@@ -104,6 +104,16 @@ class Scenes:
             mine = [e for e in mine if e.group not in QUESTION_GROUPS]
         return [PreferencePair(record_id=e.record_id, question=e.question, chosen=e.answer, rejected=r,
                                image=e.image, hard=True) for e in mine for r in e.rejected]
+
+    def image_labels(self, example: Example) -> Mapping[str, str]:
+        """The image's number of shapes and what sits in each third ("red circle" or
+        "nothing"), whatever the question."""
+        return image_labels(example.image)
+
+    @property
+    def turns_keep_labels(self) -> bool:
+        """False: a flip moves the left shape to the right."""
+        return False
 
     def test_examples(self) -> Sequence[Example]:
         """The test split (its own scenes)."""
