@@ -41,9 +41,12 @@ def low_tokens(prompt: Prompt, completion: str) -> float:
     return sum(int(t) < 12 for t in completion.split()) / 8
 
 
-def config(lr: float = 3e-3, beta: float = 0.04, mu: int = 1) -> GRPOConfig:
+def config(lr: float = 3e-3, beta: float = 0.04, mu: int = 1, unfinished_last: bool = False) -> GRPOConfig:
+    # the toy rewards below score any token sequence, finished or not: the engine's rule that
+    # ranks unfinished completions last is off unless a test asks for it
     return GRPOConfig(group_size=8, prompts_per_step=4, updates_per_batch=mu, learning_rate=lr, seed=0,
-                      loss=GRPOLossConfig(beta=beta), sampling=SamplingConfig(max_new_tokens=8))
+                      loss=GRPOLossConfig(beta=beta), sampling=SamplingConfig(max_new_tokens=8),
+                      unfinished_last=unfinished_last)
 
 
 def snapshot(policy: Policy) -> dict[str, torch.Tensor]:
@@ -193,3 +196,23 @@ def test_micro_batches_and_single_pass_give_the_whole_batch_update(averaging: st
     for other in (run(micro_batch_prompts=1), run(micro_batch_prompts=3), run(single_pass=True)):
         for a, b in zip(whole, other, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float reassociation only
+
+
+def test_completions_that_never_end_are_trained_away_whatever_the_reward_says() -> None:
+    # A reward that pays for length would keep the policy from ever ending; ranked last,
+    # unfinished completions become rarer instead (the free-text task's reward hacking).
+    engine = GRPOEngine(policy=tiny_policy(), config=config(lr=1e-2, beta=0.0, unfinished_last=True))
+    eos = engine.policy.eos_id
+    finished: list[float] = []
+
+    def longer_is_better(prompts, completions):  # noqa: ANN001, ANN202
+        return [float(len(c.split())) for c in completions]
+
+    before = snapshot(engine.policy)
+    for _ in range(25):
+        rollouts, _, texts, expanded = engine._rollout(engine.sample_prompts(pool()))
+        finished.append(float((rollouts.completion_ids == eos).any(1).float().mean()))
+        engine.step(engine.sample_prompts(pool()), longer_is_better)
+    after = snapshot(engine.policy)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert sum(finished[-5:]) / 5 > sum(finished[:5]) / 5 + 0.15, finished

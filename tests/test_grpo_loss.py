@@ -67,3 +67,18 @@ def test_kl_term_is_zero_at_step_zero_and_gradient_flows() -> None:
     assert stats["kl"] == 0.0 and stats["clipped_fraction"] == 0.0
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_unfinished_completions_rank_below_every_finished_one_of_their_group() -> None:
+    from server.alignment.grpo_loss import rank_unfinished_last
+
+    rewards = torch.tensor([3.0, 1.0, 9.0, 2.0,   5.0, 5.0, 7.0, 5.0,   4.0, 4.0, 4.0, 4.0])
+    finished = torch.tensor([1, 1, 0, 1,   1, 1, 0, 0,   0, 0, 0, 0]).bool()
+    got = rank_unfinished_last(rewards, finished, 4)
+    # group 1: finished 3, 1, 2 (range 2) -> the unfinished 9 becomes 1 - 2 = -1
+    # group 2: finished 5, 5 (no range) -> unfinished become 5 - 1 = 4
+    # group 3: none finished -> unchanged
+    assert got.tolist() == [3.0, 1.0, -1.0, 2.0, 5.0, 5.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert rewards[2] == 9.0  # the input is not changed
+    with pytest.raises(ValueError, match="whole groups"):
+        rank_unfinished_last(rewards[:5], finished[:5], 4)

@@ -27,7 +27,7 @@ from fedsecure.progress import progress
 from fedsecure.errors import CheckpointError, RewardRejected
 from server.alignment.sharding import PARALLEL_MODES, full_tensor, load_full, load_optimizer_state, optimizer_state, shard
 from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
+from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, rank_unfinished_last
 from server.alignment.policy import Policy
 from server.alignment.prompts import Prompt, check_prompts, collate_images, collate_prompts
 from server.alignment.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
@@ -64,6 +64,9 @@ class GRPOConfig:
     micro_batch_prompts: int | None = None
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # a completion that runs out of tokens before its end token ranks below every finished
+    # one of its group (grpo_loss.rank_unfinished_last)
+    unfinished_last: bool = True
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -178,8 +181,11 @@ class GRPOEngine:
             log.warning("step %d skipped: %s", self.step_count, rejected or "a reward was rejected on another rank")
             return self._finish(StepReport(self.step_count, math.nan, math.nan, math.nan, math.nan, math.nan,
                                            math.nan, tokens, rollout_s, 0.0, skipped=f"reward rejected: {rejected or 'on another rank'}"))
+        mean, std = float(rewards.mean()), float(rewards.std()) if rewards.numel() > 1 else 0.0  # as judged
+        if cfg.unfinished_last:
+            finished = (rollouts.completion_ids == policy.eos_id).any(dim=1).cpu()
+            rewards = rank_unfinished_last(rewards, finished, cfg.group_size)
         advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps, scale=cfg.loss.scale_rewards)
-        mean, std = float(rewards.mean()), float(rewards.std()) if rewards.numel() > 1 else 0.0
         if not self._any_rank(bool(advantages.any())):
             return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,
                                            skipped="no group had reward variance: nothing to learn from"))
