@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure demo``."""
     p.add_argument("--task", default=DEMO_TASK, choices=sorted(KNOWN),
                    help="what the federation aligns on: easyvqa (13 one-word answers) or scenes (free-text answers)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulated split (every party's) and of the server's policy and GRPO sampling")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="write summary.json (and keep kits and logs) here")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
@@ -166,7 +168,8 @@ def _main(args: argparse.Namespace) -> int:
             "server": {"kit": str(kits.server), "task": task.name},
             "run": {"rounds": args.rounds, "quorum": 2, "min_clients": len(names), "phases": phases.split(","),
                     "phase_deadline_s": args.phase_deadline},
-            "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round},
+            "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round,
+                         "data_seed": args.seed},
             "personalise": {"distill_steps": args.distill_steps},
             "align": {"steps": args.align_steps, "first_round": align_first, "prompts": args.align_prompts}})
         server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
@@ -180,6 +183,7 @@ def _main(args: argparse.Namespace) -> int:
             client_toml = _write_toml(configs / f"{name}.toml", {
                 "client": {"kit": str(kits.clients[name]), "summary": str(logs / f"{name}.json")},
                 "data": {"kind": kind, "simulated_clients": ",".join(names), "max_pairs": args.max_pairs,
+                         "data_seed": args.seed,
                          **({"backbone": str(mine)} if mine else {})},
                 "privacy": {"epsilon": args.epsilon}})
             procs.append(_spawn(name, ["client", "--config", str(client_toml), "--address", address], logs,

@@ -21,9 +21,11 @@ and rounds. Rows (``ROWS``):
 - ``central_dp``: the same union trained under DP-SGD at the clients' ε, batch, clip and
   learning rate (what pooling the data would give if privacy were kept).
 
-Every model is measured on the server's public reward-evaluation questions (the same
-number of each type) against all 13 answers (:mod:`server.rewards.quality`), per question type, mean over the two clients of
-a kind, then mean ± std over seeds. Federated rows run the clients' own DP code
+Every model is measured on the task's public reward-evaluation questions (the same
+number of each type) against every wrong answer the task gives each (easy-VQA: all 13
+answers; a free-text task: its wrong sentences) (:mod:`server.rewards.quality`), per
+question type, mean over the two clients of a kind, then mean ± std over seeds. ``--task``
+picks the task (easy-VQA by default). Federated rows run the clients' own DP code
 (:class:`client_sdk.dp_training.DPStepper`, noise calibrated by the same accountant) and
 average in plaintext what the key holder would decrypt (CKKS adds ~1e-6 error; tested
 elsewhere), so the table isolates the algorithm.
@@ -44,8 +46,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.easyvqa.models import reward_config as easyvqa_reward_config, reward_config_on_backbone as easyvqa_on_backbone
 from fedsecure.progress import track
+from fedsecure.task import Task
 
 log = logging.getLogger("fedsecure.bench.collaboration")
 
@@ -54,7 +56,6 @@ KINDS = ("image_text", "image", "text")
 CLIENTS = ("it-1", "it-2", "img-1", "img-2", "txt-1", "txt-2")
 KIND_OF = {"it-1": "image_text", "it-2": "image_text", "img-1": "image", "img-2": "image", "txt-1": "text",
            "txt-2": "text"}
-TYPES = ("color", "shape", "yesno")
 METRICS = ("top1_all", "top1_type", "pairwise", "typed_first")
 
 
@@ -77,6 +78,7 @@ class CollaborationConfig:
     central_steps: int = 1000
     alpha: float = 0.5
     threads: int = 2
+    task: str = "easyvqa"
 
     def __post_init__(self) -> None:
         unknown = set(self.rows) - set(ROWS)
@@ -214,42 +216,67 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
     return {"gate_mean_abs": statistics.fmean(abs(g) for g in gates)} if gates else {}
 
 
-def eval_batches(kind: str, questions: Sequence[object], tokenizer: object,
-                 per_batch: int = 20) -> list[tuple[list[str], dict[str, torch.Tensor]]]:
-    """The public questions a kind can judge, each with every answer, as model inputs
-    (built once, scored by every model of that kind)."""
+def _task(cfg: CollaborationConfig) -> Task:
+    from tasks import get_task
+
+    return get_task(cfg.task)
+
+
+def _reward_config(task: Task, kind: str, backbone: Path | None, **overrides: object) -> object:
+    """What a client of ``kind`` builds from a kit sealed for ``task`` (no backbone: random stacks)."""
+    from fedsecure.models.reward import RewardModelConfig, config_on_backbone
+
+    sealed = {"answers": tuple(task.answer_set or ()), "vocabulary": tuple(task.vocabulary())}
+    if backbone is None:
+        return RewardModelConfig(kind=kind, **sealed, **overrides)  # type: ignore[arg-type]
+    return config_on_backbone(kind, backbone, **sealed, **overrides)
+
+
+def eval_batches(kind: str, questions: Sequence[object], tokenizer: object, task: Task,
+                 per_batch: int = 20) -> list[tuple[list[object], dict[str, torch.Tensor]]]:
+    """The public questions a kind can judge (an image-only model: none of the task's
+    question-dependent groups), each with its right answer and every wrong one, as model
+    inputs (built once, scored by every model of that kind)."""
     from fedsecure.data.images import load_image
     from fedsecure.models.encoding import encode_items
-    from tasks.easyvqa.data import answer_type, answers
+    from fedsecure.task import wrong_answers
 
-    vocab = answers()
-    usable = [q for q in questions if not (kind == "image" and answer_type(q.answer) == "yesno")]  # type: ignore[attr-defined]
+    usable = [q for q in questions if not (kind == "image" and q.group in task.question_groups)]  # type: ignore[attr-defined]
     out = []
     for start in range(0, len(usable), per_batch):
         chunk = usable[start:start + per_batch]
-        images = ([load_image(q.image) for q in chunk for _ in vocab]  # type: ignore[attr-defined]
+        candidates = [(q.answer, *wrong_answers(task, q)) for q in chunk]  # type: ignore[arg-type, attr-defined]
+        images = ([load_image(q.image) for q, c in zip(chunk, candidates, strict=True) for _ in c]  # type: ignore[attr-defined]
                   if kind != "text" else [])
-        batch = encode_items(images, [q.question for q in chunk for _ in vocab], list(vocab) * len(chunk),  # type: ignore[attr-defined]
-                             tokenizer, answers=answers())
-        out.append(([q.answer for q in chunk], batch))  # type: ignore[attr-defined]
+        batch = encode_items(images, [q.question for q, c in zip(chunk, candidates, strict=True) for _ in c],  # type: ignore[attr-defined]
+                             [a for c in candidates for a in c], tokenizer, answers=task.answer_set or ())
+        out.append((list(chunk), batch))
     return out
 
 
-def evaluate_model(model: torch.nn.Module,
-                   batches: Sequence[tuple[list[str], dict[str, torch.Tensor]]]) -> dict[str, float]:
+def evaluate_model(model: torch.nn.Module, batches: Sequence[tuple[list[object], dict[str, torch.Tensor]]],
+                   task: Task | None = None) -> dict[str, float]:
     """:func:`server.rewards.quality.reward_quality` of ``model`` on :func:`eval_batches`, in
     evaluation mode (where it is left: training puts it back in its own mode)."""
+    from fedsecure.task import group_of_answer, wrong_answers
     from server.rewards.quality import JudgedQuestion, reward_quality
-    from tasks.easyvqa.data import answer_type, answers
 
-    vocab = answers()
+    if task is None:
+        from tasks import get_task
+
+        task = get_task("easyvqa")
     judged = []
     model.eval()
     with torch.no_grad():
-        for truths, batch in batches:
-            scores = model.score(batch).view(len(truths), len(vocab)).tolist()  # type: ignore[operator]
-            judged += [JudgedQuestion(t, dict(zip(vocab, row, strict=True))) for t, row in zip(truths, scores, strict=True)]
-    return reward_quality(judged, group_of=answer_type)
+        for chunk, batch in batches:
+            scores = model.score(batch).tolist()  # type: ignore[operator]
+            at = 0
+            for q in chunk:
+                candidates = (q.answer, *wrong_answers(task, q))  # type: ignore[arg-type, attr-defined]
+                row, at = scores[at:at + len(candidates)], at + len(candidates)
+                judged.append(JudgedQuestion(q.answer, dict(zip(candidates, row, strict=True)), group=q.group,  # type: ignore[attr-defined]
+                                             groups={a: group_of_answer(task, q, a) for a in candidates}))  # type: ignore[arg-type]
+    return reward_quality(judged)
 
 
 def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: dict[str, object],
@@ -266,8 +293,8 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
     for i, name in enumerate(CLIENTS):
         torch.manual_seed(seed * 100 + i)
         kind = KIND_OF[name]
-        config = (easyvqa_reward_config(kind=kind, federation_seed=seed) if row == "random_backbone"
-                  else easyvqa_on_backbone(kind, cfg.backbone, federation_seed=seed))
+        config = _reward_config(_task(cfg), kind, None if row == "random_backbone" else cfg.backbone,
+                                federation_seed=seed)
         model, _ = build_reward_model(config)
         clients.append(_Client(name, kind, model, encoded[name]))
     return clients, _federated(row, clients, cfg, on_trained)
@@ -282,21 +309,22 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
         RewardModelConfig,
         build_reward_model,
     )
-    from tasks.easyvqa.data import answers
-    from tasks.easyvqa.shares import client_pairs
+    task = _task(cfg)
 
     def encode(pairs):  # type: ignore[no-untyped-def]  # the clients' own listwise records
-        return encode_records(records_from_pairs(pairs, answer_set=answers()), tok, answers=answers())
+        return encode_records(records_from_pairs(pairs, answer_set=task.answer_set), tok,
+                              answers=task.answer_set or ())
 
-    from tasks.easyvqa.data import vocabulary
+    def client_pairs(name: str, kind: str) -> list[object]:
+        return list(task.simulated_pairs(client=name, clients=list(CLIENTS), kind=kind, alpha=cfg.alpha,
+                                         seed=seed))[:cfg.pairs_per_client]
 
     from fedsecure.models.tokenizer import build_tokenizer
 
-    tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())  # every model here uses this local tokenizer
-    pairs = {c: client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c], alpha=cfg.alpha, seed=seed,
-                             limit=cfg.pairs_per_client) for c in CLIENTS}
+    tok = build_tokenizer(RewardModelConfig().max_length, words=task.vocabulary())  # every model here uses this local tokenizer
+    pairs = {c: client_pairs(c, KIND_OF[c]) for c in CLIENTS}
     encoded = {c: encode(p) for c, p in pairs.items()}
-    batches = {kind: eval_batches(kind, questions, tok) for kind in KINDS}
+    batches = {kind: eval_batches(kind, questions, tok, task) for kind in KINDS}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for row in track(cfg.rows, desc=f"seed {seed}", unit="row"):
         started = time.monotonic()
@@ -305,20 +333,18 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
         if row in ("central", "central_dp"):
             for kind in KINDS:
                 torch.manual_seed(seed)
-                model, _ = build_reward_model(easyvqa_on_backbone(kind, cfg.backbone, federation_seed=seed))
-                union = encode([p for c in CLIENTS for p in client_pairs(name=c, clients=list(CLIENTS), kind=kind,
-                                                                           alpha=cfg.alpha, seed=seed,
-                                                                           limit=cfg.pairs_per_client)])
+                model, _ = build_reward_model(_reward_config(task, kind, cfg.backbone, federation_seed=seed))
+                union = encode([p for c in CLIENTS for p in client_pairs(c, kind)])
                 if row == "central":
                     train_nonprivate(model=model, data=union, steps=cfg.central_steps,
                                      learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=seed)
                 else:
                     extra[f"sigma.{kind}"] = _central_dp(model, union, cfg)
-                per_kind[kind] = [evaluate_model(model, batches[kind])]
+                per_kind[kind] = [evaluate_model(model, batches[kind], task)]
         else:
             clients, extra = federated_clients(cfg, row, seed, encoded)
             for c in clients:
-                per_kind.setdefault(c.kind, []).append(evaluate_model(c.model, batches[c.kind]))
+                per_kind.setdefault(c.kind, []).append(evaluate_model(c.model, batches[c.kind], task))
         out[row] = {kind: {k: statistics.fmean(m[k] for m in ms) for k in ms[0]} for kind, ms in per_kind.items()}
         out[row]["_"] = {"seconds": round(time.monotonic() - started, 1), **extra}
         log.info("seed %d, %s: %.0f s; %s", seed, row, out[row]["_"]["seconds"],
@@ -329,16 +355,17 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
 def bench_collaboration(cfg: CollaborationConfig) -> dict[str, object]:
     """Run every row for every seed; mean ± std per row, kind and metric."""
     from fedsecure.task import balanced_by_group
-    from tasks.easyvqa.data import answer_type
-    from tasks.easyvqa.shares import server_part
 
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    questions = balanced_by_group(server_part("reward_eval"), cfg.questions_per_type)
+    task = _task(cfg)
+    questions = balanced_by_group(task.server_part("reward_eval"), cfg.questions_per_type)
+    groups = sorted({q.group for q in questions})
     runs = {seed: _one_seed(cfg, seed, questions) for seed in track(cfg.seeds, desc="seeds", unit="seed")}
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "clients": {c: KIND_OF[c] for c in CLIENTS}, "eval_questions": len(questions),
-            "questions_per_type": {t: sum(answer_type(q.answer) == t for q in questions) for t in TYPES},
+            "questions_per_type": {t: sum(q.group == t for q in questions) for t in groups},
+            "question_groups": sorted(task.question_groups),
             "summary": _summary(runs, cfg.rows), "per_seed": {str(s): r for s, r in runs.items()},
             "wall_s": round(time.monotonic() - started, 1)}
 
@@ -377,16 +404,24 @@ def merge_seeds(results: Sequence[dict[str, object]]) -> dict[str, object]:
             "wall_s": round(sum(float(r["wall_s"]) for r in results), 1)}  # type: ignore[arg-type]
 
 
+def _types(result: dict[str, object], kind: str) -> list[str]:
+    """The question groups a kind is judged on in ``result``."""
+    blind = set(result.get("question_groups", ["yesno"]))  # type: ignore[arg-type]
+    return [t for t in result["questions_per_type"] if not (kind == "image" and t in blind)]  # type: ignore[attr-defined]
+
+
 def markdown_table(result: dict[str, object]) -> str:
     """Per kind: rows × (type metric) as mean ± std."""
     summary = result["summary"]  # type: ignore[index]
     cfg = result["config"]  # type: ignore[index]
     per_type = ", ".join(f"{n} {t}" for t, n in result["questions_per_type"].items())  # type: ignore[attr-defined]
-    lines = [f"Public reward-evaluation questions ({per_type}; image-only: no yes/no), every answer scored; "
+    blind = ", ".join(result.get("question_groups", ["yesno"]))  # type: ignore[union-attr]
+    lines = [f"Task {cfg.get('task', 'easyvqa')}: public reward-evaluation questions ({per_type}; image-only: no "
+             f"{blind}), the right answer and every wrong one scored; "
              f"ε = {cfg['epsilon']}, {cfg['rounds']} rounds × {cfg['local_steps']} DP steps, "
              f"seeds {cfg['seeds']}, mean ± std over seeds; wall {result['wall_s']} s.", ""]
     for kind in KINDS:
-        types = [t for t in TYPES if not (kind == "image" and t == "yesno")]
+        types = _types(result, kind)
         cols = [f"top1_all.{t}" for t in types] + [f"top1_type.{t}" for t in types] + [f"pairwise.{t}" for t in types]
         lines += [f"**{kind}**", "", "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for row in summary:  # type: ignore[union-attr]
@@ -410,7 +445,7 @@ def write_outputs(result: dict[str, object], out: Path) -> list[Path]:
     summary = result["summary"]  # type: ignore[index]
     panels = []
     for kind in KINDS:
-        types = [t for t in TYPES if not (kind == "image" and t == "yesno")]
+        types = _types(result, kind)
         bars = {row: [tuple(summary[row].get(kind, {}).get(f"top1_all.{t}", [0.0, 0.0])) for t in types]  # type: ignore[index]
                 for row in summary}  # type: ignore[union-attr]
         panels.append((f"{kind}: top-1 over all answers", types, bars))

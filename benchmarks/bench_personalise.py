@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from tasks.easyvqa.data import answers
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.personalise")
@@ -154,7 +155,7 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
     tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())
     splits = {c: _split(cfg, c, KIND_OF[c], seed, CLIENTS) for c in CLIENTS}
     enc = {c: tuple(encode_pairs(part, tok, answers=answers()) for part in splits[c]) for c in CLIENTS}
-    batches = {kind: eval_batches(kind, questions, tok) for kind in KINDS}
+    batches = {kind: eval_batches(kind, questions, tok, EASYVQA) for kind in KINDS}
     common = dict(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, max_grad_norm=cfg.max_grad_norm,
                   delta=cfg.delta)
@@ -234,7 +235,6 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
 def bench_personalise(cfg: PersonaliseBenchConfig) -> dict[str, object]:
     """Every variant for every seed; per kind mean ± std over seeds (of the kind's mean)."""
     from benchmarks.bench_collaboration import CLIENTS, KIND_OF
-    from tasks.easyvqa import TASK as EASYVQA
     from fedsecure.provision import provision
     from keyholder.keys import generate_keys
     from tasks.easyvqa.shares import server_part

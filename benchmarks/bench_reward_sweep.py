@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
+from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.reward_sweep")
@@ -178,7 +179,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
             torch.manual_seed(seed)
             model, tok = build_reward_model(easyvqa_on_backbone(cfg.kind, cfg.backbone, federation_seed=seed))
             if batches is None:
-                batches = eval_batches(cfg.kind, questions, tok)
+                batches = eval_batches(cfg.kind, questions, tok, EASYVQA)
             if point.objective not in encoded:
                 encoded[point.objective] = (encode_records(records_from_pairs(pairs, answer_set=answers()), tok, answers=answers())
                                             if point.objective == "listwise" else encode_pairs(pairs, tok, answers=answers()))

@@ -81,12 +81,13 @@ def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The federation's backbone: the one given, or one pretrained (once) under ``--out``."""
     if args.backbone is not None:
         return args.backbone
-    from tasks.easyvqa import TASK as EASYVQA
     from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+    from tasks import get_task
 
     backbone = args.out / "backbone"
     if not (backbone / "backbone.json").exists():
-        pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads), task=EASYVQA)
+        pretrain_backbone(PretrainSettings(out=backbone, steps=args.backbone_steps, threads=args.threads),
+                          task=get_task(getattr(args, "task", "easyvqa")))
     return backbone
 
 
@@ -120,7 +121,8 @@ def _collaboration(args: argparse.Namespace) -> None:
     cfg = CollaborationConfig(backbone=backbone, seeds=tuple(int(s) for s in args.seeds.split(",")),
                               rows=tuple(args.rows.split(",")) if args.rows else ROWS, rounds=args.rounds,
                               local_steps=args.local_steps, pairs_per_client=args.pairs,
-                              questions_per_type=args.questions, central_steps=args.central_steps, threads=args.threads)
+                              questions_per_type=args.questions, central_steps=args.central_steps, threads=args.threads,
+                              task=args.task)
     result = bench_collaboration(cfg)
     paths = write_outputs(result, args.out)
     result["outputs"] = [str(p) for p in paths]

@@ -63,8 +63,8 @@ class Task(Protocol):
         ...
 
     def group_of(self, answer: str) -> str:
-        """The group (question type) an answer of the closed set belongs to; raises
-        ValueError for any other answer or for a task without a closed answer set."""
+        """The group (question type) an answer belongs to: one of the closed set, or, for a
+        free-text task that can tell, a sentence of its own; raises ValueError otherwise."""
         ...
 
     @property
@@ -124,9 +124,15 @@ def wrong_answers(task: Task, example: Example) -> tuple[str, ...]:
 
 
 def group_of_answer(task: Task, example: Example, answer: str) -> str:
-    """The group ``answer`` belongs to when it is offered for ``example``: its own group in
-    a closed set (a colour offered for a shape question is a colour), else the example's."""
-    return task.group_of(answer) if task.answer_set is not None else example.group
+    """The group ``answer`` belongs to when it is offered for ``example``: its own group
+    when the task can tell (a colour offered for a shape question is a colour; a count
+    sentence offered for a colour question is a count), else the example's."""
+    if task.answer_set is not None:
+        return task.group_of(answer)
+    try:
+        return task.group_of(answer)
+    except ValueError:
+        return example.group
 
 
 def public_labelled(task: Task, *, seed: int = 0) -> list[Example]:

@@ -37,7 +37,7 @@ def test_the_image_kind_reads_the_response_and_never_the_question() -> None:
 def test_listwise_training_on_sentence_answers_moves_parameters_and_ranking() -> None:
     torch.manual_seed(0)
     records = records_from_pairs(_pairs("image_text", 600), answer_set=None)
-    assert max(len(r.rejected) for r in records) == 3
+    assert max(len(r.rejected) for r in records) == 4
     model, tok = build_reward_model(RewardModelConfig(kind="image_text", vocabulary=TASK.vocabulary(), dropout=0.0))
     data = encode_records(records, tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fedsecure.task import SERVER_PARTS, Example, Task, wrong_answers
 from tasks import get_task
 from tasks.scenes.scene import COLOURS, SHAPES, Scene, Thing, random_scene, render
-from tasks.scenes.text import facts, questions, states_the_facts
+from tasks.scenes.text import facts, group_of_sentence, questions, states_the_facts
 from tasks.scenes.text import wrong_answers as scene_wrong_answers
 
 SCENE = Scene((Thing("red", "circle", "left"), Thing("blue", "square", "right")))
@@ -21,8 +21,10 @@ def test_the_task_is_known_and_has_no_closed_answer_set() -> None:
     task = get_task("scenes")
     assert isinstance(task, Task) and task.answer_set is None
     assert {"circle", "red", "left", "describe"} <= set(task.vocabulary())
-    with pytest.raises(ValueError, match="no closed answer set"):
-        task.group_of("the circle is red.")
+    assert [task.group_of(a) for a in ("there is one shape.", "the circle is red.", "the red circle is in the middle.",
+                                       "an orange square and a red circle.")] == ["count", "color", "position", "describe"]
+    with pytest.raises(ValueError, match="not a sentence"):
+        task.group_of("the sky is blue today")
 
 
 @pytest.mark.parametrize("group, reference, completion, right", [
@@ -58,10 +60,14 @@ def test_every_question_of_any_scene_is_answered_right_and_every_wrong_answer_is
     scene = random_scene(rng)
     for group, question, answer in questions(scene):
         assert states_the_facts(group, answer, answer), (question, answer)
+        assert group_of_sentence(answer) == group
         wrong = scene_wrong_answers(scene, group, question, rng)
         assert wrong and answer not in wrong and len(set(wrong)) == len(wrong)
         for w in wrong:
             assert not states_the_facts(group, answer, w), (question, answer, w)
+        # one fact changed (same form), then at most one that answers another question
+        same = [group_of_sentence(w) == group for w in wrong]
+        assert same[0] and same in ([True] * len(wrong), [True] * (len(wrong) - 1) + [False])
     image = render(scene, rng)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
 
@@ -99,7 +105,7 @@ def test_simulated_pairs_carry_every_wrong_answer_and_image_clients_get_no_named
     for p in pairs:
         by_record.setdefault(p.record_id, set()).add(p.rejected)
     examples = {e.record_id: e for e in task.server_part("pool")}  # any example shows its wrong answers
-    assert max(len(v) for v in by_record.values()) == 3
+    assert max(len(v) for v in by_record.values()) == 4
     image_only = task.simulated_pairs(client="a", clients=["a", "b"], kind="image")
     assert image_only and {p.question for p in image_only} == {"how many shapes are there?", "describe the image."}
     example = next(iter(examples.values()))

@@ -20,7 +20,7 @@ from tasks.scenes.text import questions, wrong_answers
 
 Split = Literal["train", "test"]
 SIZES: dict[str, int] = {"train": 4000, "test": 1000}  # scenes (images) per split
-VERSION = "scenes-v2"  # names the generator: change it whenever the drawing or the text changes
+VERSION = "scenes-v3"  # names the generator: change it whenever the drawing or the text changes
 _SPLIT_SEED = {"train": 101, "test": 202}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.task import SERVER_PARTS, Example, ServerPart
 from tasks.scenes.data import SIZES, image_labels, load_examples
-from tasks.scenes.text import QUESTION_GROUPS, states_the_facts, vocabulary
+from tasks.scenes.text import QUESTION_GROUPS, group_of_sentence, states_the_facts, vocabulary
 
 # Shares of the train split's images for the server's public parts (the rest: clients)
 PART_FRACTIONS: dict[str, float] = {"pretrain": 0.125, "router": 0.025, "reward_eval": 0.07, "pool": 0.10,
@@ -55,8 +55,9 @@ class Scenes:
         return vocabulary()
 
     def group_of(self, answer: str) -> str:
-        """Refused: a sentence's group is its question's (:attr:`Example.group`)."""
-        raise ValueError("scenes has no closed answer set: an answer's group is its question's")
+        """The kind of question a sentence of this task answers (its form tells); ValueError
+        for any other text."""
+        return group_of_sentence(answer)
 
     @property
     def question_groups(self) -> frozenset[str]:

@@ -65,8 +65,13 @@ def questions(scene: Scene) -> list[tuple[str, str, str]]:
 def wrong_answers(scene: Scene, group: str, question: str, rng: np.random.Generator, *, k: int = 3) -> tuple[str, ...]:
     """Up to ``k`` distinct wrong answers to a question, each with one fact changed (a
     count off, another colour, another place, a described shape recoloured, reshaped,
-    left out or hallucinated), in a random order."""
-    right = dict((q, a) for _, q, a in questions(scene))[question]
+    left out or hallucinated), in a random order, then one true sentence about the image
+    that answers another kind of question (off the question's topic: measured, without
+    it the clients' reward models preferred "there are two shapes." to the right colour,
+    and GRPO taught the policy to say it to every question)."""
+    asked = questions(scene)
+    right = dict((q, a) for _, q, a in asked)[question]
+    off_topic = [a for g, _, a in asked if g != group and not states_the_facts(group, right, a)]
     n = len(scene.things)
     options: list[str] = []
     if group == "count":
@@ -94,7 +99,25 @@ def wrong_answers(scene: Scene, group: str, question: str, rng: np.random.Genera
         raise ValueError(f"unknown group {group!r}")
     options = sorted({o for o in options if o != right})
     picked = rng.permutation(len(options))[:k]
-    return tuple(options[i] for i in picked)
+    chosen = tuple(options[i] for i in picked)
+    return (*chosen, off_topic[int(rng.integers(len(off_topic)))]) if off_topic else chosen
+
+
+def group_of_sentence(text: str) -> str:
+    """Which kind of question a sentence of this task answers, by its form ("there are
+    two shapes." → count, "the circle is red." → color, "the red circle is on the left."
+    → position, "a red circle." → describe); ValueError for any other text."""
+    words = words_of(text)
+    if words[:2] in (["there", "is"], ["there", "are"]):
+        return "count"
+    if words[:1] in (["a"], ["an"]):
+        return "describe"
+    head = [*words, "", "", "", ""][:5]
+    if head[0] == "the" and head[1] in SHAPES and head[2] == "is" and head[3] in COLOURS:
+        return "color"
+    if head[0] == "the" and head[1] in COLOURS and head[2] in SHAPES and head[3] == "is" and head[4] in ("on", "in"):
+        return "position"
+    raise ValueError(f"not a sentence of the scenes task: {text[:60]!r}")
 
 
 def words_of(text: str) -> list[str]:
