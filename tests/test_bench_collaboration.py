@@ -56,3 +56,24 @@ def test_seeds_run_apart_merge_into_one_table() -> None:
         merge_seeds([result(0, 0.2), result(1, 0.4, rounds=1)])
     with pytest.raises(ValueError, match="twice"):
         merge_seeds([result(0, 0.2), result(0, 0.4)])
+
+
+@pytest.mark.timeout(900)
+def test_the_free_text_task_is_measured_the_same_way(tmp_path: Path) -> None:
+    """scenes: every kind judged on its public questions against their wrong sentences;
+    the image-only kind (a response encoder) on the groups it can judge without the question."""
+    from tasks.scenes import TASK as SCENES
+
+    backbone = tmp_path / "backbone"
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2), task=SCENES)
+    cfg = CollaborationConfig(backbone=backbone, seeds=(0,), rows=("local_only", "fedcola", "central"), rounds=1,
+                              local_steps=1, batch_size=16, pairs_per_client=80, questions_per_type=3,
+                              central_steps=2, task="scenes")
+    result = bench_collaboration(cfg)
+    assert result["questions_per_type"] == {"color": 3, "count": 3, "describe": 3, "position": 3}
+    for row in cfg.rows:
+        for kind in KINDS:
+            metrics = result["summary"][row][kind]  # type: ignore[index]
+            assert ("pairwise.position" in metrics) == (kind != "image") and "top1_all.count" in metrics
+    table = write_outputs(result, tmp_path / "out")[1].read_text()
+    assert "Task scenes" in table and "no color, position" in table

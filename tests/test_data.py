@@ -98,6 +98,8 @@ def test_local_pairs_file_validation_names_the_record(tmp_path: Path) -> None:
         ([json.dumps({k: v for k, v in ok.items() if k != "image"})], "line 1 record r1: missing image"),
         ([json.dumps(ok), json.dumps({**ok, "id": "r2", "rejected": "blue"})], "line 2 record r2: chosen and"),
         ([json.dumps({**ok, "question": ""})], "line 1 record r1: missing or empty string fields ['question']"),
+        ([json.dumps({**ok, "question": "what\x1b[2J color?"})],
+         "line 1 record r1: field 'question' holds the control character U+001B"),
         ([json.dumps(ok), json.dumps(ok)], "line 2 record r1: duplicate row (first at line 1)"),
         ([json.dumps(ok), json.dumps({**ok, "rejected": "green", "chosen": "red"})],
          "line 2 record r1: duplicate id with another question, chosen response or image (first at line 1)"),

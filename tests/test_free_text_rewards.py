@@ -61,3 +61,10 @@ def test_listwise_training_on_sentence_answers_moves_parameters_and_ranking() ->
         optimiser.step()
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
     assert ranked_first() > start + 0.2, (start, ranked_first())
+
+
+def test_an_image_only_model_on_a_checkpoint_is_refused_for_free_text() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="needs a closed answer set"):
+        RewardModelConfig(kind="image", tower_family="clip", image_backbone="/nowhere", vocabulary=("a",))

@@ -15,6 +15,7 @@ the report before a client starts).
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +259,13 @@ def _pair(rec: Any, base: Path, needs_images: bool, vocab: set[str] | None) -> P
     long = [k for k in REQUIRED if len(rec[k]) > MAX_TEXT_CHARS]
     if long:
         raise ValueError(f"fields {long} are longer than {MAX_TEXT_CHARS} characters")
+    # Control characters (NUL, escape sequences, …) are refused: they are never part of a
+    # question or answer, and would reach logs and terminals as they are. Tab and newline
+    # are text.
+    for k in REQUIRED:
+        bad = next((c for c in rec[k] if unicodedata.category(c) == "Cc" and c not in "\t\n"), None)
+        if bad is not None:
+            raise ValueError(f"field {k!r} holds the control character U+{ord(bad):04X}")
     for name in ("chosen", "rejected") if vocab is not None else ():
         if rec[name] not in vocab:
             raise ValueError(f"unknown answer {rec[name]!r} in {name!r}")

@@ -98,6 +98,11 @@ class RewardModelConfig:
             raise ValueError("the answer set has duplicates")
         if self.tower_family not in ("fedsecure", *TOWER_FAMILIES):
             raise ValueError(f"tower_family must be fedsecure or one of {TOWER_FAMILIES}, got {self.tower_family!r}")
+        if self.kind == "image" and not self.answers and self.tower_family != "fedsecure":
+            # A checkpoint's tokenizer encodes question and response as one text, so its
+            # response encoder would read the question an image-only client must not use.
+            raise ValueError(f"an image-only model on a {self.tower_family} checkpoint needs a closed answer set; "
+                             "on a free-text task use the federation's fedsecure backbone")
         if self.tower_family != "fedsecure" and not (self.text_backbone or self.image_backbone):
             raise ValueError(f"a {self.tower_family} reward model needs its checkpoint folder")
         if self.hidden % self.heads:
