@@ -185,14 +185,16 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
                on_trained: Callable[[int, list[_Client]], None] | None = None) -> dict[str, float]:
     from fedsecure.models.gate import attach_gates, merge_gates
     from fedsecure.models.reward import SHARED_ADAPTER
-    from server.rewards.compensation import Member, coefficients
+    from server.rewards.compensation import Member, coefficients, stacks_of_kinds
 
+    stacks = stacks_of_kinds(closed_answer_set=_task(cfg).answer_set is not None)
     members = [Member(c.name, c.kind, len(c.train)) for c in clients]  # type: ignore[arg-type]
     aux_from: dict[str, dict[str, torch.Tensor]] = {}
     gates: list[float] = []
     for round_ in range(1, cfg.rounds + 1):
         for c in clients:
-            other = {"image": "text", "text": "image"}.get(c.kind)
+            # a gate only on a uni-modal model (on a free-text task the image kind reads text too)
+            other = {"image": "text", "text": "image"}.get(c.kind) if len(stacks[c.kind]) == 1 else None
             gated = row == "fedcola" and other is not None and other in aux_from
             if gated:
                 attach_gates(c.model, stack=c.kind, adapter=SHARED_ADAPTER, aux=aux_from[other])
@@ -206,7 +208,8 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
         if row in ("compensation", "fedcola"):
             def comp(c: _Client, name: str) -> float:
                 stack = name.split(".", 1)[0]
-                return math.fsum(coefficients(target_kind=c.kind, members=members, role="mlp", stack=stack).values())
+                return math.fsum(coefficients(target_kind=c.kind, members=members, role="mlp", stack=stack,
+                                              stacks_of=stacks).values())
             for kind in KINDS:
                 _average([c for c in clients if c.kind == kind], lambda c, n, p: ".local." in n, comp)
         if row == "fedavg":
