@@ -258,16 +258,12 @@ def eval_batches(kind: str, questions: Sequence[object], tokenizer: object, task
 
 
 def evaluate_model(model: torch.nn.Module, batches: Sequence[tuple[list[object], dict[str, torch.Tensor]]],
-                   task: Task | None = None) -> dict[str, float]:
-    """:func:`server.rewards.quality.reward_quality` of ``model`` on :func:`eval_batches`, in
-    evaluation mode (where it is left: training puts it back in its own mode)."""
+                   task: Task) -> dict[str, float]:
+    """:func:`server.rewards.quality.reward_quality` of ``model`` on :func:`eval_batches` of
+    ``task``, in evaluation mode (where it is left: training puts it back in its own mode)."""
     from fedsecure.task import group_of_answer, wrong_answers
     from server.rewards.quality import JudgedQuestion, reward_quality
 
-    if task is None:
-        from tasks import get_task
-
-        task = get_task("easyvqa")
     judged = []
     model.eval()
     with torch.no_grad():

@@ -122,7 +122,7 @@ def _public(model: torch.nn.Module, batches) -> dict[str, float]:  # type: ignor
     """Public-question quality: top-1 over all answers and pairwise, over every type."""
     from benchmarks.bench_collaboration import evaluate_model
 
-    q = evaluate_model(model, batches)
+    q = evaluate_model(model, batches, EASYVQA)
     counts = {k[6:]: v for k, v in q.items() if k.startswith("count.")}
     n = sum(counts.values()) or 1.0
     return {"public_top1": sum(q[f"top1_all.{t}"] * c for t, c in counts.items()) / n,

@@ -187,7 +187,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
             t0 = time.monotonic()
             sigma = train_point(model, encoded[point.objective], point, cfg, seed)
             seconds = time.monotonic() - t0
-            figures = evaluate_model(model, batches)
+            figures = evaluate_model(model, batches, EASYVQA)
             types = [t for t in TYPES if f"top1_all.{t}" in figures]
             metric = "top1_type" if cfg.kind == "image" else "top1_all"
             figures["type_mean"] = statistics.fmean(figures[f"{metric}.{t}"] for t in types)

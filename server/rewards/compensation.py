@@ -47,18 +47,17 @@ def coefficients(*, target_kind: str, members: Sequence[Member], role: str, stac
     """c_i(p) for every member, for a parameter of ``role`` ("attention" or "mlp") in
     ``stack`` ("image" or "text") of the target kind's model (``stacks_of``: the stacks of
     each kind's model, :func:`stacks_of_kinds`)."""
-    STACKS_OF = stacks_of  # noqa: N806 - the kinds' stacks on this task
-    if target_kind not in STACKS_OF or stack not in STACKS_OF[target_kind]:
+    if target_kind not in stacks_of or stack not in stacks_of[target_kind]:
         raise ValueError(f"a {target_kind} model has no {stack} stack")
     if role not in ("attention", "mlp"):
         raise ValueError(f"role must be attention or mlp, got {role!r}")
-    sharing = [m for m in members if STACKS_OF[m.kind] & STACKS_OF[target_kind]]
+    sharing = [m for m in members if stacks_of[m.kind] & stacks_of[target_kind]]
     total = sum(m.samples for m in sharing)
     if total <= 0:
         raise ValueError("no sampled client shares a modality with the target kind")
 
     def eligible(m: Member) -> bool:
-        return stack in STACKS_OF[m.kind] if role == "attention" else m.kind == target_kind
+        return stack in stacks_of[m.kind] if role == "attention" else m.kind == target_kind
 
     return {m.name: (m.samples / total if m in sharing and eligible(m) else 0.0) for m in members}
 
