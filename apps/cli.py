@@ -414,13 +414,19 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-# The commands that take ``--config FILE``: where each file's schema is defined.
-CONFIG_SCHEMAS = {"server": "server.cli:CONFIG_SCHEMA", "client": "client_sdk.cli:CONFIG_SCHEMA"}
+# The commands that take ``--config FILE``: where each file's schema is derived from the
+# party's settings model (server.settings, client_sdk.settings, keyholder.settings).
+CONFIG_SCHEMAS = {"server": "server.cli:CONFIG_SCHEMA", "client": "client_sdk.cli:CONFIG_SCHEMA",
+                  "keyholder": "keyholder.cli:CONFIG_SCHEMA"}
+# Keys this layer adds to a command's file: the task is picked here, never by a side.
+TASK_KEYS = {"server": {"server": {"task": "task"}}}
 
 
 def _schema(command: str) -> ConfigSchema:
     module, _, name = CONFIG_SCHEMAS[command].partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    schema: ConfigSchema = getattr(importlib.import_module(module), name)
+    extra = TASK_KEYS.get(command, {})
+    return {section: {**schema.get(section, {}), **extra.get(section, {})} for section in [*schema, *(s for s in extra if s not in schema)]}
 
 
 def config_schemas() -> dict[str, ConfigSchema]:

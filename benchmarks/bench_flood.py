@@ -82,7 +82,7 @@ def _flood(client: FederatedClient, stub: federation_pb2_grpc.FederationStub, ta
 def bench_flood(*, messages: int = 970, message_kb: int = 580, window_s: float = 10.0) -> dict[str, object]:
     """Heartbeat latency of one client alone, then during another's flood; see the module docstring."""
     from keyholder.keys import generate_keys
-    from server.api.app import start_server
+    from server.app import start_server
     from server.mixture.sessions import ScoreSessions
 
     root = Path(tempfile.mkdtemp(prefix="fedsecure-flood-"))

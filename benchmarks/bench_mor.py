@@ -145,7 +145,7 @@ def _remote(cfg: MorBenchConfig, models: dict, tmp: Path) -> dict[str, object]: 
     from fedsecure.provision import provision
     from fedsecure.types import Capabilities, PhaseConfig, RunConfig, Score, TaskKind
     from keyholder.keys import generate_keys
-    from server.api.app import start_server
+    from server.app import start_server
     from server.mixture.sessions import ScoreSessions
     from server.rewards.align import AlignPlanner
     from server.rewards.planners import MetricsLog

@@ -6,68 +6,35 @@ import argparse
 import json
 from pathlib import Path
 
-from client_sdk.join import DEFAULT_RESERVE, join_federation, reward_model_config
+from client_sdk.join import join_federation, reward_model_config
 from client_sdk.reward_participant import MODEL_DIR, ParticipantConfig
+from client_sdk.settings import DATA_FIELDS, ClientSettings
 from fedsecure.data.local import load_pairs as load_local_pairs
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.kit import Kit, load_kit
-from fedsecure.models.reward import KINDS, RewardModelConfig
-from fedsecure.privacy.accountant import ACCOUNTANTS
+from fedsecure.models.reward import RewardModelConfig
+from fedsecure.settings import add_options, config_schema, from_namespace
 from fedsecure.task import Task
 from fedsecure.types import Role
 
 
 def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
     """Where a client's private pairs and reward model come from (shared with the audit)."""
-    p.add_argument("--kit", required=required, type=Path, help="this client's kit folder")
-    p.add_argument("--state", type=Path, help="ledger and model folder (default: KIT/state)")
-    p.add_argument("--kind", choices=KINDS, default="image_text",
-                   help="reward model kind: image_text, image or text (docs/design.md §5)")
-    data = p.add_mutually_exclusive_group(required=required)
-    data.add_argument("--pairs", type=Path, help="local preference pairs: JSONL, Parquet or a `datasets` folder "
-                                                 "(check it first: `fedsecure data check PATH`)")
-    data.add_argument("--simulated-clients", dest="simulated_clients", help="comma-separated federation clients: use this client's "
-                                                "simulated Dirichlet share of the task's data (demos, benchmarks)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the simulated split")
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs")
-    p.add_argument("--backbone", type=Path,
-                   help="the federation's pretrained backbone folder (its SHA-256 must be the one the kit seals)")
+    add_options(p, ClientSettings, only=DATA_FIELDS, required=required)
 
 
 # `fedsecure client --config client.toml`: section -> key -> option (docs/configuration.md).
-CONFIG_SCHEMA = {
-    "client": {"kit": "kit", "state": "state", "address": "address", "summary": "summary", "max_idle_s": "max_idle"},
-    "data": {"kind": "kind", "pairs": "pairs", "simulated_clients": "simulated_clients", "alpha": "alpha",
-             "data_seed": "data_seed", "max_pairs": "max_pairs", "backbone": "backbone"},
-    "privacy": {"epsilon": "epsilon", "delta": "delta", "accountant": "accountant", "clip": "clip",
-                "personalisation_reserve": "personalisation_reserve", "insecure_dp": "insecure_dp"},
-    "scoring": {"personalised": "score_personalised"},
-}
+CONFIG_SCHEMA = config_schema(ClientSettings)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``fedsecure client``."""
+    """Options of ``fedsecure client`` (:class:`ClientSettings`)."""
     p.add_argument("--config", type=Path, help="a TOML client configuration (docs/configuration.md); "
                                                 "flags override it")
-    add_data_arguments(p)
-    p.add_argument("--address", help="server host:port (default: the kit's server_address)")
-    p.add_argument("--epsilon", type=float, default=8.0, help="privacy budget ε over all rounds")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
-    p.add_argument("--personalisation-reserve", type=float, default=None,
-                   help="share of ε kept from federated training for personalisation (default: the kit's "
-                        f"personalisation_reserve, else {DEFAULT_RESERVE})")
-    p.add_argument("--score-personalised", action="store_true",
-                   help="once personalised, score the server's items with the personalised model")
-    p.add_argument("--clip", type=float, default=0.1, help="per-pair gradient norm bound")
-    p.add_argument("--insecure-dp", action="store_true",
-                   help="turn DP secure_mode off (seedable PRNG): tests and benchmarks only")
-    p.add_argument("--summary", type=Path, help="write a JSON summary of the run here")
-    p.add_argument("--max-idle", type=float, default=None, help="give up after this many idle seconds")
+    add_options(p, ClientSettings)
 
 
-def load_pairs(args: argparse.Namespace, kit: Kit, task: Task) -> list[PreferencePair]:
+def load_pairs(args: ClientSettings | argparse.Namespace, kit: Kit, task: Task) -> list[PreferencePair]:
     """The client's pairs, from its own file or its simulated share of ``task`` (all of
     them: ``--max-pairs`` is applied by :func:`join_federation`, and by the membership
     audit the same way)."""
@@ -82,7 +49,7 @@ def load_pairs(args: argparse.Namespace, kit: Kit, task: Task) -> list[Preferenc
     return list(pairs)
 
 
-def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
+def model_config(args: ClientSettings | argparse.Namespace, kit: Kit) -> RewardModelConfig:
     """The reward model: on the backbone the kit seals (required when it seals one)."""
     return reward_model_config(kit, kind=args.kind, backbone=getattr(args, "backbone", None))
 
@@ -90,12 +57,14 @@ def model_config(args: argparse.Namespace, kit: Kit) -> RewardModelConfig:
 def main(args: argparse.Namespace, *, task: Task) -> int:
     """Enrol, serve tasks until the run finishes, print a summary (``task``: the one the
     kit is sealed for)."""
-    kit = load_kit(args.kit, expected_role=Role.CLIENT)
+    settings = from_namespace(ClientSettings, args)
+    kit = load_kit(settings.kit, expected_role=Role.CLIENT)
     report = join_federation(
-        kit=kit, pairs=load_pairs(args, kit, task), kind=args.kind, epsilon=args.epsilon, delta=args.delta,
-        backbone=args.backbone, state=args.state, address=args.address, accountant=args.accountant, clip=args.clip,
-        personalisation_reserve=args.personalisation_reserve, score_personalised=args.score_personalised,
-        secure_dp=not args.insecure_dp, data_seed=args.data_seed, max_idle_s=args.max_idle, max_pairs=args.max_pairs)
+        kit=kit, pairs=load_pairs(settings, kit, task), kind=settings.kind, epsilon=settings.epsilon,
+        delta=settings.delta, backbone=settings.backbone, state=settings.state, address=settings.address,
+        accountant=settings.accountant, clip=settings.clip, personalisation_reserve=settings.personalisation_reserve,
+        score_personalised=settings.score_personalised, secure_dp=not settings.insecure_dp,
+        data_seed=settings.data_seed, max_idle_s=settings.max_idle, max_pairs=settings.max_pairs)
     doc = {"client": report.client, "kind": report.kind, "completed": report.completed,
            "declined": report.declined, "refused": list(report.refused), "retries": report.retries,
            "run_state": report.run_state, "heldout_accuracy": report.heldout_accuracy,
@@ -105,8 +74,8 @@ def main(args: argparse.Namespace, *, task: Task) -> int:
            "personalisation_reserve": report.personalisation_reserve,
            "personalisation": _personalisation_doc(report.ledger.parent),
            "delta": report.delta, "ledger": str(report.ledger)}
-    if args.summary is not None:
-        args.summary.write_text(json.dumps(doc, indent=2))
+    if settings.summary is not None:
+        settings.summary.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc))
     return 0
 

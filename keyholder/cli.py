@@ -10,30 +10,32 @@ from pathlib import Path
 from fedsecure.kit import load_kit
 from fedsecure.types import Role
 
+from fedsecure.settings import add_options, config_schema, from_namespace
+from fedsecure.transport.serving import until_terminated, write_port_file
 from keyholder.keys import generate_keys
-from keyholder.service import KeyHolderPolicy, start_keyholder
-from fedsecure.transport.serving import add_serving_arguments, until_terminated, write_port_file
+from keyholder.service import start_keyholder
+from keyholder.settings import KeyholderSettings
 
 log = logging.getLogger("fedsecure.keyholder")
 
 
+# `fedsecure keyholder --config keyholder.toml`: section -> key -> option (docs/configuration.md).
+CONFIG_SCHEMA = config_schema(KeyholderSettings)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``fedsecure keyholder``."""
-    add_serving_arguments(p, party="key holder", address_setting="keyholder_address",
-                          state="its decryption log and revocation lists")
-    p.add_argument("--keys", required=True, type=Path,
-                   help="the key holder's own key folder, made by `fedsecure keyholder-keygen` (holds the CKKS secret)")
-    p.add_argument("--quorum", type=int, default=2, help="fewest distinct contributors it decrypts a sum of")
-    p.add_argument("--sample-fraction", type=float, default=1.0,
-                   help="share of chunks re-added before decrypting (1.0 = all, at least one chunk)")
+    """Options of ``fedsecure keyholder`` (:class:`KeyholderSettings`)."""
+    p.add_argument("--config", type=Path, help="a TOML key-holder configuration (docs/configuration.md); "
+                                                "flags override it")
+    add_options(p, KeyholderSettings, titles={"policy": "what it decrypts"})
 
 
 def main(args: argparse.Namespace) -> int:
     """Serve until a termination signal."""
-    kit = load_kit(args.kit, expected_role=Role.KEYHOLDER)
-    policy = KeyHolderPolicy(quorum=args.quorum, sample_fraction=args.sample_fraction)
-    asyncio.run(_serve(kit, args.keys, args.address or kit.keyholder_address, args.state or kit.path / "state",
-                       policy, args.port_file))
+    settings = from_namespace(KeyholderSettings, args)
+    kit = load_kit(settings.kit, expected_role=Role.KEYHOLDER)
+    asyncio.run(_serve(kit, settings.keys, settings.address or kit.keyholder_address, settings.state_dir(kit.path),
+                       settings.policy(), settings.port_file))
     return 0
 
 

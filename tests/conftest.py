@@ -125,7 +125,7 @@ def start_federation(kits: Provisioned, keyholder_keys: Path, tmp_path: Path) ->
         """``keyholder=True`` starts a key holder first and points the server at it;
         ``keyholder_address`` points the server elsewhere (e.g. at nothing). ``planners``
         may be a function of the server's aggregator (for planners that need it)."""
-        from server.api.app import start_server
+        from server.app import start_server
         from server.secagg.aggregator import SecureAggregator
 
         loop = LoopThread()

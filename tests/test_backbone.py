@@ -127,7 +127,7 @@ def test_the_server_refuses_a_client_on_another_backbone(backbone, tmp_path: Pat
 
     from client_sdk import FederatedClient
     from fedsecure.types import Capabilities
-    from server.api.app import start_server
+    from server.app import start_server
     from tests.conftest import LoopThread
 
     folder, manifest = backbone

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from apps.cli import build_parser, config_schemas, main, subcommand_parser
 from fedsecure.config_file import ConfigFileError, apply_config, check_schema, load_config
-from server.cli import run_config_from_args
+from fedsecure.settings import from_namespace
+from server.settings import ServerSettings
 from fedsecure.types import TaskKind
 
 RUN = """
@@ -55,7 +56,7 @@ def test_every_documented_key_is_an_option() -> None:
 def test_server_file_sets_the_run_and_flags_override_it(tmp_path: Path) -> None:
     args = _parse("server", RUN, tmp_path, "--quorum", "2")
     assert args.kit == tmp_path / "kits" / "server"  # relative to the file, and no longer required
-    config = run_config_from_args(args)
+    config = from_namespace(ServerSettings, args).run_config()
     assert config is not None
     assert (config.rounds, config.quorum, config.min_clients) == (4, 2, 5)
     assert [p.kind for p in config.phases] == [TaskKind.TRAIN, TaskKind.SCORE, TaskKind.REPORT_LEDGER]
@@ -125,8 +126,8 @@ def test_the_configuration_reference_examples_load_and_document_every_key(tmp_pa
 
     readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
-    assert len(blocks) == 2
-    for block, command in zip(blocks, ("server", "client"), strict=True):
+    assert len(blocks) == 3
+    for block, command in zip(blocks, ("server", "client", "keyholder"), strict=True):
         path = tmp_path / f"{command}.toml"
         path.write_text(block)
         schema = config_schemas()[command]

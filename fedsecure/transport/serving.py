@@ -1,23 +1,14 @@
-"""What the server and key holder processes share: their common command-line options,
-announcing the bound port, serving until SIGTERM/SIGINT."""
+"""What the server and key holder processes share: announcing the bound port, serving
+until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-
-
-def add_serving_arguments(p: argparse.ArgumentParser, *, party: str, address_setting: str, state: str) -> None:
-    """``--kit``, ``--address``, ``--state`` and ``--port-file``, worded for ``party``."""
-    p.add_argument("--kit", required=True, type=Path, help=f"the {party} kit folder")
-    p.add_argument("--address", help=f"host:port to bind (default: the kit's {address_setting}; port 0 = any)")
-    p.add_argument("--state", type=Path, help=f"state folder: {state} (default: KIT/state)")
-    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
 
 
 def write_port_file(path: Path | None, port: int) -> None:

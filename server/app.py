@@ -1,5 +1,9 @@
-"""Assemble and run the server: mTLS grpc.aio server, interceptor, servicers, health,
-round engine. ``start_server`` is what tests, the demo and ``fedsecure server`` use."""
+"""The server's composition root: the one place it is assembled — store, round engine,
+secure aggregator, score sessions, phase planners, interceptors, servicers, health.
+
+:func:`serve_settings` builds everything an operator's :class:`server.settings.ServerSettings`
+asks for (``fedsecure server`` calls it); :func:`start_server` is the transport and engine
+half, which tests and benchmarks call with planners of their own."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, server_options
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import Role, RunConfig, TaskKind
 
+from fedsecure.task import Task
 from server.api.admin_servicer import AdminServicer
 from server.rounds.admission import Admission
 from server.rounds.engine import CLOSE_RETRY_S, HEARTBEAT_INTERVAL_MS, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
@@ -34,6 +39,10 @@ from server.api.federation_servicer import FederationServicer
 from server.rounds.phases import PhasePlanner
 from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import Store
+from server.rewards.compensation import stacks_of_kinds
+from server.rewards.personalise import PersonalisePlanner
+from server.rewards.planners import LedgerReportPlanner, MetricsLog, ScorePlanner, TrainPlanner
+from server.settings import ServerSettings
 
 log = logging.getLogger("fedsecure.server")
 
@@ -154,3 +163,53 @@ async def start_server(
     engine_task = asyncio.create_task(engine.run_forever(stop_event))
     log.info("server %s listening on port %d (mTLS)", kit.name, port)
     return RunningServer(port, server, engine, store, aggregator, stop_event, engine_task, health, interceptor)
+
+
+def build_planners(settings: ServerSettings, *, state_dir: Path, aggregator: SecureAggregator,
+                   sessions: ScoreSessions | None, task: Task) -> dict[TaskKind, PhasePlanner]:
+    """The phase planners ``settings`` ask for on ``task``: reward training with secure
+    aggregation, scoring, ledger reports, personalisation and — given the score
+    ``sessions`` and ALIGN steps — the ALIGN stage."""
+    metrics = MetricsLog(state_dir / "metrics.jsonl")
+    planners: dict[TaskKind, PhasePlanner] = {}
+    if sessions is not None and settings.align_steps > 0:
+        # Imported only when the stage runs: it loads the policy VLM and GRPO.
+        from server.mixture.vqa_stage import VQAStageSettings, build_vqa_stage
+        from server.rewards.align import AlignPlanner
+
+        stage = VQAStageSettings(out=settings.align_out or state_dir / "align", steps_per_round=settings.align_steps,
+                                 prompts_per_step=settings.align_prompts, step_deadline_s=settings.align_step_deadline,
+                                 hacking_rounds=settings.align_hacking_rounds, seed=settings.data_seed,
+                                 min_fused_lift=settings.align_min_fused_lift)
+        planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics, roster_file=stage.out / "roster.json",
+                                                build_stage=lambda roster: build_vqa_stage(roster, stage, task=task),
+                                                steps_per_round=settings.align_steps,
+                                                step_deadline_s=settings.align_step_deadline,
+                                                first_round=settings.align_first_round)
+    return planners | {
+        TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=settings.local_steps,
+                                     learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+                                     stacks_of=stacks_of_kinds(closed_answer_set=task.answer_set is not None)),
+        TaskKind.SCORE: ScorePlanner(task=task, questions=task.server_part("reward_eval", seed=settings.data_seed),
+                                     metrics=metrics, prompts_per_round=settings.prompts_per_round,
+                                     seed=settings.data_seed),
+        TaskKind.REPORT_LEDGER: LedgerReportPlanner(metrics=metrics),
+        TaskKind.PERSONALISE: PersonalisePlanner(metrics=metrics, margin=settings.replace_margin,
+                                                 distill_steps=settings.distill_steps,
+                                                 distill_weight=settings.distill_weight,
+                                                 temperature=settings.distill_temperature),
+    }
+
+
+async def serve_settings(*, settings: ServerSettings, kit: Kit, task: Task) -> RunningServer:
+    """Start the server an operator configured: its aggregator (with the object-store
+    limit), score sessions and planners for ``task``, then :func:`start_server`."""
+    state_dir = settings.state_dir(kit.path)
+    limit = settings.object_store_limit_mib
+    aggregator = SecureAggregator.open(kit=kit, state_dir=state_dir, keyholder_address=settings.keyholder_address,
+                                       object_store_bytes=limit * 2**20 if limit else None)
+    sessions = ScoreSessions()
+    return await start_server(kit=kit, address=settings.address or kit.server_address, state_dir=state_dir,
+                              run_config=settings.run_config(), aggregator=aggregator, sessions=sessions,
+                              planners=build_planners(settings, state_dir=state_dir, aggregator=aggregator,
+                                                      sessions=sessions, task=task))
