@@ -28,8 +28,8 @@ DELEGATED = {
     "client": "client_sdk.cli:main",
     "bench": "benchmarks.cli:main",
     "experiment": "benchmarks.cli:experiment",
-    "align": "server.alignment.cli:align_main",
-    "eval": "server.alignment.cli:eval_main",
+    "align": "server.align.engine.cli:align_main",
+    "eval": "server.align.engine.cli:eval_main",
     "demo": "apps.demo:main",
     "backbone": "server.backbone.cli:main",
 }
@@ -46,9 +46,9 @@ SIDE_OPTIONS = {
     "backbone": ("pretrain the federation's reward-model backbone on public data", "server.backbone.cli:add_arguments"),
     "client": ("run a federation client", "client_sdk.cli:add_arguments"),
     "align": ("align a policy VLM with GRPO (exact-match reward on the public pool)",
-              "server.alignment.cli:add_align_arguments"),
+              "server.align.engine.cli:add_align_arguments"),
     "eval": ("accuracy of a policy checkpoint on the task's test split",
-             "server.alignment.cli:add_eval_arguments"),
+             "server.align.engine.cli:add_eval_arguments"),
     "demo": ("provision and run a whole federation on loopback", "apps.demo:add_arguments"),
 }
 

@@ -266,8 +266,8 @@ def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict
     start (vision pretraining + SFT), of the exported policy (the promotion gate's choice)
     and of the last checkpoint, and each round's record — the
     router's weights per question type, the clients left out of steps, the held-out
-    monitor (``server.mixture``)."""
-    from server.mixture.vqa_stage import evaluate_stage
+    monitor (``server.align``)."""
+    from server.align.vqa_stage import evaluate_stage
 
     rounds = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     rounds = [r for r in rounds if r.get("phase") == "align"]
@@ -398,8 +398,8 @@ def _decryptions(keyholder_kit: Path) -> list[dict[str, object]]:
 
 def _public_quality(metrics: Path) -> dict[str, dict[str, float]]:
     """Each client's last-round judgement of the server's public questions: top-1 over all
-    answers, within the type, pairwise, per question type (server.rewards.quality)."""
-    from server.rewards.quality import METRICS
+    answers, within the type, pairwise, per question type (server.planners.quality)."""
+    from server.planners.quality import METRICS
 
     out: dict[str, dict[str, float]] = {}
     if metrics.exists():

@@ -13,7 +13,7 @@ and rounds. Rows (``ROWS``):
 - ``attention``: FedCola's attention-only in-modality aggregation (attention B per stack
   across every kind holding it; everything else local);
 - ``compensation``: + MLP adapters averaged among same-kind clients, applied with
-  FedCola's coefficient c (``w ← w + c·(mean − w)``, :mod:`server.rewards.compensation`);
+  FedCola's coefficient c (``w ← w + c·(mean − w)``, :mod:`server.planners.compensation`);
 - ``fedcola``: + the gate: uni-modal clients train a zero-initialised gate on the other
   stack's previous attention mean and merge it (:mod:`fedsecure.models.gate`);
 - ``central``: a reference never deployed — one non-private model per kind trained on the
@@ -23,12 +23,14 @@ and rounds. Rows (``ROWS``):
 
 Every model is measured on the task's public reward-evaluation questions (the same
 number of each type) against every wrong answer the task gives each (easy-VQA: all 13
-answers; a free-text task: its wrong sentences) (:mod:`server.rewards.quality`), per
+answers; a free-text task: its wrong sentences) (:mod:`server.planners.quality`), per
 question type, mean over the two clients of a kind, then mean ± std over seeds. ``--task``
 picks the task (easy-VQA by default). Federated rows run the clients' own DP code
 (:class:`client_sdk.dp_training.DPStepper`, noise calibrated by the same accountant) and
-average in plaintext what the key holder would decrypt (CKKS adds ~1e-6 error; tested
-elsewhere), so the table isolates the algorithm.
+exchange adapters through the clients' and the server's own aggregation code, with
+plaintext sums standing for what the key holder would decrypt
+(:mod:`benchmarks.plain_federation`; CKKS adds ~1e-6 error, tested elsewhere), so the
+table isolates the algorithm.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from pathlib import Path
 
 import torch
 
+from client_sdk.settings import ClientSettings
 from fedsecure.progress import track
 from fedsecure.task import Task
+from server.settings import ServerSettings
 
 log = logging.getLogger("fedsecure.bench.collaboration")
 
@@ -67,16 +71,17 @@ class CollaborationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     rows: tuple[str, ...] = ROWS
     rounds: int = 3
-    local_steps: int = 100
-    batch_size: int = 128
-    learning_rate: float = 0.01
-    max_grad_norm: float = 0.1
-    epsilon: float = 8.0
-    delta: float = 1e-5
+    # the federation's own defaults (the server's and the clients' settings models)
+    local_steps: int = ServerSettings.local_steps
+    batch_size: int = ServerSettings.batch_size
+    learning_rate: float = ServerSettings.learning_rate
+    max_grad_norm: float = ClientSettings.clip
+    epsilon: float = ClientSettings.epsilon
+    delta: float = ClientSettings.delta
     pairs_per_client: int = 1500
     questions_per_type: int = 300
     central_steps: int = 1000
-    alpha: float = 0.5
+    alpha: float = ClientSettings.alpha
     threads: int = 2
     task: str = "easyvqa"
 
@@ -115,9 +120,9 @@ def _holders(clients: Sequence[_Client], select) -> dict[tuple[str, tuple[int, .
     return out
 
 
-def _average(clients: Sequence[_Client], select, coefficient=lambda c, name: 1.0) -> None:  # type: ignore[no-untyped-def]
-    """Set each selected parameter to ``w + c·(mean − w)`` over the clients holding it
-    (needs two holders: an aggregate of one is never formed, as with the key holder)."""
+def _average(clients: Sequence[_Client], select) -> None:  # type: ignore[no-untyped-def]
+    """FedAvg (a competitor, not our aggregation): set each selected parameter to the
+    pairs-weighted mean over the clients holding it (two holders at least)."""
     for (name, _), group in _holders(clients, select).items():
         if len(group) < 2:
             continue
@@ -125,25 +130,7 @@ def _average(clients: Sequence[_Client], select, coefficient=lambda c, name: 1.0
         for c in group:
             with torch.no_grad():
                 p = _params(c.model)[name]
-                p.add_(coefficient(c, name) * (mean - p))
-
-
-def _stack_means(clients: Sequence[_Client]) -> dict[str, dict[str, torch.Tensor]]:
-    """Per stack, the attention B mean by slot position (the aux adapters of a gate)."""
-    from fedsecure.models.slots import slot_of
-
-    by_slot: dict[tuple[str, str], list[tuple[torch.Tensor, int]]] = {}
-    for c in clients:
-        for name in c.model.attention_adapter_names():  # type: ignore[operator]
-            slot = slot_of(name)
-            assert slot is not None
-            by_slot.setdefault((slot.stack, slot.position), []).append((_params(c.model)[name].detach().clone(),
-                                                                        len(c.train)))  # type: ignore[arg-type]
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for (stack, position), items in by_slot.items():
-        if len(items) >= 2:
-            out.setdefault(stack, {})[position] = _weighted_mean([t for t, _ in items], [n for _, n in items])
-    return out
+                p.copy_(mean)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -183,39 +170,35 @@ def _central_dp(model: torch.nn.Module, data: object, cfg: CollaborationConfig) 
 
 def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
                on_trained: Callable[[int, list[_Client]], None] | None = None) -> dict[str, float]:
+    """The rounds of one federated row. Our rows exchange adapters through the code that
+    ships (:mod:`benchmarks.plain_federation`); FedAvg, a competitor, averages every
+    trainable parameter here."""
+    from benchmarks.plain_federation import Participant, apply, aux_for, publish
     from fedsecure.models.gate import attach_gates, merge_gates
     from fedsecure.models.reward import SHARED_ADAPTER
-    from server.rewards.compensation import Member, coefficients, stacks_of_kinds
+    from server.planners.compensation import stacks_of_kinds
 
     stacks = stacks_of_kinds(closed_answer_set=_task(cfg).answer_set is not None)
-    members = [Member(c.name, c.kind, len(c.train)) for c in clients]  # type: ignore[arg-type]
-    aux_from: dict[str, dict[str, torch.Tensor]] = {}
+    participants = [Participant(c.name, c.kind, c.model, len(c.train)) for c in clients]  # type: ignore[arg-type]
+    published: dict[str, object] = {}
     gates: list[float] = []
     for round_ in range(1, cfg.rounds + 1):
-        for c in clients:
+        for c, p in zip(clients, participants, strict=True):
             # a gate only on a uni-modal model (on a free-text task the image kind reads text too)
             other = {"image": "text", "text": "image"}.get(c.kind) if len(stacks[c.kind]) == 1 else None
-            gated = row == "fedcola" and other is not None and other in aux_from
-            if gated:
-                attach_gates(c.model, stack=c.kind, adapter=SHARED_ADAPTER, aux=aux_from[other])
+            aux = aux_for(p, published, other_stack=other) if row == "fedcola" and other else None  # type: ignore[arg-type]
+            if aux is not None:
+                attach_gates(c.model, stack=c.kind, adapter=SHARED_ADAPTER, aux=aux)
             _dp_round(c, cfg, round_)
-            if gated:
+            if aux is not None:
                 gates += merge_gates(c.model).values()
         if on_trained is not None:  # each client's own model, before this round's aggregation
             on_trained(round_, clients)
         if row in ("attention", "compensation", "fedcola", "random_backbone"):
-            _average(clients, lambda c, n, p: f"lora_B.{SHARED_ADAPTER}" in n)
-        if row in ("compensation", "fedcola"):
-            def comp(c: _Client, name: str) -> float:
-                stack = name.split(".", 1)[0]
-                return math.fsum(coefficients(target_kind=c.kind, members=members, role="mlp", stack=stack,
-                                              stacks_of=stacks).values())
-            for kind in KINDS:
-                _average([c for c in clients if c.kind == kind], lambda c, n, p: ".local." in n, comp)
+            published = publish(participants, mlp=row != "attention" and row != "random_backbone", round_=round_)
+            apply(published, participants, stacks_of=stacks)  # type: ignore[arg-type]
         if row == "fedavg":
             _average(clients, lambda c, n, p: p.requires_grad)
-        if row == "fedcola":
-            aux_from = _stack_means(clients)
     return {"gate_mean_abs": statistics.fmean(abs(g) for g in gates)} if gates else {}
 
 
@@ -259,10 +242,10 @@ def eval_batches(kind: str, questions: Sequence[object], tokenizer: object, task
 
 def evaluate_model(model: torch.nn.Module, batches: Sequence[tuple[list[object], dict[str, torch.Tensor]]],
                    task: Task) -> dict[str, float]:
-    """:func:`server.rewards.quality.reward_quality` of ``model`` on :func:`eval_batches` of
+    """:func:`server.planners.quality.reward_quality` of ``model`` on :func:`eval_batches` of
     ``task``, in evaluation mode (where it is left: training puts it back in its own mode)."""
     from fedsecure.task import group_of_answer, wrong_answers
-    from server.rewards.quality import JudgedQuestion, reward_quality
+    from server.planners.quality import JudgedQuestion, reward_quality
 
     judged = []
     model.eval()
@@ -304,46 +287,53 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
     from client_sdk.dp_training import train_nonprivate
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
-    from fedsecure.models.reward import (
-        RewardModelConfig,
-        build_reward_model,
-    )
-    task = _task(cfg)
+    from fedsecure.models.reward import build_reward_model, tokenizer_for
 
-    def encode(pairs):  # type: ignore[no-untyped-def]  # the clients' own listwise records
-        return encode_records(records_from_pairs(pairs, answer_set=task.answer_set), tok,
-                              answers=task.answer_set or ())
+    task = _task(cfg)
 
     def client_pairs(name: str, kind: str) -> list[object]:
         return list(task.simulated_pairs(client=name, clients=list(CLIENTS), kind=kind, alpha=cfg.alpha,
                                          seed=seed))[:cfg.pairs_per_client]
 
-    from fedsecure.models.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(RewardModelConfig().max_length, words=task.vocabulary())  # every model here uses this local tokenizer
     pairs = {c: client_pairs(c, KIND_OF[c]) for c in CLIENTS}
-    encoded = {c: encode(p) for c, p in pairs.items()}
-    batches = {kind: eval_batches(kind, questions, tok, task) for kind in KINDS}
+    inputs: dict[Path | None, tuple[Callable[[list[object]], object], dict[str, object], dict[str, object]]] = {}
+
+    def inputs_for(backbone: Path | None):  # type: ignore[no-untyped-def]
+        """(encode, the clients' encoded records, evaluation batches per kind) for models on
+        ``backbone``, read with that backbone's own tokenizer (None: random stacks, the
+        task's word tokenizer)."""
+        if backbone not in inputs:
+            tok = tokenizer_for(_reward_config(task, "image_text", backbone))  # type: ignore[arg-type]
+
+            def encode(records):  # type: ignore[no-untyped-def]  # listwise records of the clients' pairs
+                return encode_records(records_from_pairs(records, answer_set=task.answer_set), tok,
+                                      answers=task.answer_set or ())
+            inputs[backbone] = (encode, {c: encode(p) for c, p in pairs.items()},
+                                {kind: eval_batches(kind, questions, tok, task) for kind in KINDS})
+        return inputs[backbone]
+
     out: dict[str, dict[str, dict[str, float]]] = {}
     for row in track(cfg.rows, desc=f"seed {seed}", unit="row"):
         started = time.monotonic()
         per_kind: dict[str, list[dict[str, float]]] = {}
         extra: dict[str, float] = {}
+        backbone = None if row == "random_backbone" else cfg.backbone
+        encode, encoded, batches = inputs_for(backbone)
         if row in ("central", "central_dp"):
             for kind in KINDS:
                 torch.manual_seed(seed)
-                model, _ = build_reward_model(_reward_config(task, kind, cfg.backbone, federation_seed=seed))
+                model, _ = build_reward_model(_reward_config(task, kind, backbone, federation_seed=seed))
                 union = encode([p for c in CLIENTS for p in client_pairs(c, kind)])
                 if row == "central":
                     train_nonprivate(model=model, data=union, steps=cfg.central_steps,
                                      learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=seed)
                 else:
                     extra[f"sigma.{kind}"] = _central_dp(model, union, cfg)
-                per_kind[kind] = [evaluate_model(model, batches[kind], task)]
+                per_kind[kind] = [evaluate_model(model, batches[kind], task)]  # type: ignore[index]
         else:
             clients, extra = federated_clients(cfg, row, seed, encoded)
             for c in clients:
-                per_kind.setdefault(c.kind, []).append(evaluate_model(c.model, batches[c.kind], task))
+                per_kind.setdefault(c.kind, []).append(evaluate_model(c.model, batches[c.kind], task))  # type: ignore[index]
         out[row] = {kind: {k: statistics.fmean(m[k] for m in ms) for k in ms[0]} for kind, ms in per_kind.items()}
         out[row]["_"] = {"seconds": round(time.monotonic() - started, 1), **extra}
         log.info("seed %d, %s: %.0f s; %s", seed, row, out[row]["_"]["seconds"],

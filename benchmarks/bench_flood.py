@@ -83,7 +83,7 @@ def bench_flood(*, messages: int = 970, message_kb: int = 580, window_s: float =
     """Heartbeat latency of one client alone, then during another's flood; see the module docstring."""
     from keyholder.keys import generate_keys
     from server.app import start_server
-    from server.mixture.sessions import ScoreSessions
+    from server.align.sessions import ScoreSessions
 
     root = Path(tempfile.mkdtemp(prefix="fedsecure-flood-"))
     public = generate_keys(keys_dir=root / "keys")

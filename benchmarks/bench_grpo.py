@@ -88,12 +88,12 @@ def _prompts(cfg: BenchConfig) -> list[str]:
 def _ours(cfg: BenchConfig, path: Path, prompts: list[str]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
-    from server.alignment.devices import select_placement
-    from server.alignment.grpo import GRPOConfig, GRPOEngine
-    from server.alignment.grpo_loss import GRPOLossConfig
-    from server.alignment.policy import Policy, PolicySetup, tokenizer_decoder
-    from server.alignment.prompts import Prompt
-    from server.alignment.rollouts import SamplingConfig
+    from server.align.engine.devices import select_placement
+    from server.align.engine.grpo import GRPOConfig, GRPOEngine
+    from server.align.engine.grpo_loss import GRPOLossConfig
+    from server.align.engine.policy import Policy, PolicySetup, tokenizer_decoder
+    from server.align.engine.prompts import Prompt
+    from server.align.engine.rollouts import SamplingConfig
 
     tok = _tokenizer(cfg.vocab)
     placement = select_placement(cfg.device)

@@ -69,15 +69,15 @@ def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
 def _build_stage(roster: Sequence[object], cfg: MorBenchConfig, out: Path):  # type: ignore[no-untyped-def]
     from tasks.easyvqa.data import vocabulary
     from fedsecure.models.policy_vlm import build_tiny_vlm
-    from server.alignment.devices import select_placement
-    from server.alignment.grpo import GRPOConfig, GRPOEngine
-    from server.alignment.policy import Policy, PolicySetup
-    from server.alignment.prompts import vqa_prompts
-    from server.alignment.rollouts import SamplingConfig
-    from server.mixture.combiners import Uniform
-    from server.mixture.features import reference_features
-    from server.mixture.reward import MixtureReward
-    from server.mixture.stage import AlignStage, AlignStageConfig
+    from server.align.engine.devices import select_placement
+    from server.align.engine.grpo import GRPOConfig, GRPOEngine
+    from server.align.engine.policy import Policy, PolicySetup
+    from server.align.engine.prompts import vqa_prompts
+    from server.align.engine.rollouts import SamplingConfig
+    from server.align.combiners import Uniform
+    from server.align.features import reference_features
+    from server.align.reward import MixtureReward
+    from server.align.stage import AlignStage, AlignStageConfig
     from tasks.easyvqa.shares import server_records
 
     model, processor = build_tiny_vlm(words=vocabulary(), seed=0)
@@ -122,7 +122,7 @@ def _summary(stage, marks: list[float], warmup: int) -> dict[str, object]:  # ty
 def _in_process(cfg: MorBenchConfig, models: dict, tmp: Path) -> dict[str, object]:  # type: ignore[type-arg]
     from fedsecure.models.scoring import score_items
     from fedsecure.types import Score
-    from server.mixture.reward import ScoringClient
+    from server.align.reward import ScoringClient
 
     def channel(model, tok):  # type: ignore[no-untyped-def]
         def score(exchange, items, timeout):  # type: ignore[no-untyped-def]
@@ -146,9 +146,9 @@ def _remote(cfg: MorBenchConfig, models: dict, tmp: Path) -> dict[str, object]: 
     from fedsecure.types import Capabilities, PhaseConfig, RunConfig, Score, TaskKind
     from keyholder.keys import generate_keys
     from server.app import start_server
-    from server.mixture.sessions import ScoreSessions
-    from server.rewards.align import AlignPlanner
-    from server.rewards.planners import MetricsLog
+    from server.align.sessions import ScoreSessions
+    from server.align.planner import AlignPlanner
+    from server.planners.metrics import MetricsLog
     from server.secagg.aggregator import SecureAggregator
 
     generate_keys(keys_dir=tmp / "kh")

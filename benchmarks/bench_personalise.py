@@ -20,7 +20,7 @@ Stages 1 and 2 run the client's own code (client_sdk.personalisation) with a rea
 ledger per client (a throwaway consortium), so ε per stage is read from the ledger and
 the ledger is audited. Every variant is measured on the client's held-out split (pairwise
 accuracy) and on the server's public questions against all answers
-(server.rewards.quality), mean over a kind's two clients, then mean ± std over seeds.
+(server.planners.quality), mean over a kind's two clients, then mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tasks.easyvqa.data import answers
@@ -92,30 +91,19 @@ def _split(cfg: PersonaliseBenchConfig, name: str, kind: str, seed: int, clients
 
 
 def _federation_aggregates(personal: dict[str, torch.nn.Module], sizes: dict[str, int]) -> dict[str, dict[str, object]]:
-    """Per client, the published means of its groups, as the key holder would decrypt them
-    (plaintext here; CKKS adds ~1e-6): attention per stack across every client holding
-    it, MLPs among the same kind; a group of one client is never published."""
+    """Per client, the published means of the groups it holds, as the key holder would
+    decrypt them (plaintext, through :func:`benchmarks.plain_federation.publish`: attention
+    per stack across every client holding it, MLPs among the same kind, never a group of
+    one client)."""
+    from benchmarks.plain_federation import Participant, publish
     from client_sdk.adapter_exchange import adapter_groups
-    from client_sdk.outcomes import Aggregate
-    from fedsecure.crypto.packing import TensorLayout, plain_encoding
     from fedsecure.models.groups import ATTENTION_FAMILY, mlp_family
 
-    members: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {}
-    for name, model in personal.items():
-        for family in (ATTENTION_FAMILY, mlp_family(model.config.kind)):  # type: ignore[union-attr]
-            for group, tensors in adapter_groups(model, family).items():  # type: ignore[arg-type]
-                members.setdefault(group, []).append((name, tensors))
-    published: dict[str, object] = {}
-    for group, held in members.items():
-        if len(held) < 2:
-            continue
-        total = math.fsum(sizes[n] for n, _ in held)
-        mean = {k: sum(t[k] * (sizes[n] / total) for n, t in held) for k in held[0][1]}
-        layout = TensorLayout.of(mean)  # type: ignore[arg-type]
-        published[group] = Aggregate(group=group, round=0, encoding=plain_encoding(layout.digest, layout.numel),
-                                     contributors=len(held), data=layout.pack(mean).astype("<f4").tobytes())  # type: ignore[arg-type]
-    return {name: {g: a for g, a in published.items() if any(n == name for n, _ in members[g])}
-            for name in personal}
+    participants = [Participant(n, m.config.kind, m, sizes[n]) for n, m in personal.items()]  # type: ignore[union-attr]
+    published = publish(participants, mlp=True)
+    held = {p.name: {g for f in (ATTENTION_FAMILY, mlp_family(p.kind)) for g in adapter_groups(p.model, f)}  # type: ignore[arg-type]
+            for p in participants}
+    return {name: {g: a for g, a in published.items() if g in held[name]} for name in personal}
 
 
 def _public(model: torch.nn.Module, batches) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -144,15 +132,15 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
     from fedsecure.errors import PersonalisationRefused
     from fedsecure.kit import load_kit
     from fedsecure.models.encoding import encode_pairs
-    from fedsecure.models.reward import RewardModelConfig
-    from tasks.easyvqa.data import vocabulary
-    from fedsecure.models.tokenizer import build_tokenizer
+    from benchmarks.bench_collaboration import _reward_config
+    from fedsecure.models.reward import tokenizer_for
     from fedsecure.privacy.accountant import epsilon
     from fedsecure.privacy.audit import audit_ledger
     from fedsecure.privacy.budget import PrivacyBudget
     from fedsecure.privacy.ledger import Ledger
 
-    tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())
+    # the backbone's own tokenizer: the models below are built on it (ids are its)
+    tok = tokenizer_for(_reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
     splits = {c: _split(cfg, c, KIND_OF[c], seed, CLIENTS) for c in CLIENTS}
     enc = {c: tuple(encode_pairs(part, tok, answers=answers()) for part in splits[c]) for c in CLIENTS}
     batches = {kind: eval_batches(kind, questions, tok, EASYVQA) for kind in KINDS}

@@ -9,7 +9,7 @@ non-private references, :func:`client_sdk.dp_training.train_nonprivate`. A point
 the objective (listwise over every answer, or one sampled pair per record), learning rate,
 steps, rounds (a fresh optimiser each round, as a client starts one), expected batch,
 clipping norm and trainable set. Every model is measured on the server's public
-reward-evaluation questions against all answers (:mod:`server.rewards.quality`), with the
+reward-evaluation questions against all answers (:mod:`server.planners.quality`), with the
 number of questions per type; per point, mean ± std over seeds. Writes JSON and a Markdown
 table; the defaults in :mod:`client_sdk.dp_training`, ``fedsecure server`` and the demo
 were set from it.

@@ -166,8 +166,8 @@ def _fused_top1(reward, prompts) -> dict[str, float]:  # type: ignore[no-untyped
     """Reward quality per question type: top-1 of the fused score over all answers, top-1
     among the answers of the question's type, and how often the top answer has the right
     type (what an image-only or text-only model can know, issue 24 item 4)."""
-    from server.mixture.combiners import StepScores
-    from server.mixture.fusion import normalise_scores
+    from server.align.combiners import StepScores
+    from server.align.fusion import normalise_scores
     from tasks.easyvqa.data import answer_type, answers
 
     vocab = answers()
@@ -202,10 +202,10 @@ def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperim
                  out: dict[str, object]):  # type: ignore[no-untyped-def]
     """The pool restricted to the question types where the fused reward's top-1 on the
     labelled router questions beats the starting policy's greedy accuracy on them."""
-    from server.alignment.prompts import vqa_prompts
-    from server.alignment.vqa_eval import evaluate_policy
-    from server.mixture.router import fit_router
-    from server.mixture.stage import score_preferences
+    from server.align.engine.prompts import vqa_prompts
+    from server.align.engine.vqa_eval import evaluate_policy
+    from server.align.router import fit_router
+    from server.align.stage import score_preferences
     from tasks.easyvqa.data import answer_type
 
     if router is not None:  # fit as the stage's first step would, so the judge measured is the one used
@@ -224,27 +224,27 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
                 server_model, tokenizer, test, quality, prompt_pool, text_only,
                 work: Path, memos: dict[str, dict]) -> dict[str, object]:  # type: ignore[no-untyped-def]
     from fedsecure.models.policy_vlm import load_policy
-    from server.alignment.devices import select_placement
-    from server.alignment.grpo import GRPOConfig, GRPOEngine
-    from server.alignment.grpo_loss import GRPOLossConfig
-    from server.alignment.policy import Policy, PolicySetup
-    from server.alignment.rollouts import SamplingConfig
-    from server.alignment.vqa_eval import (
+    from server.align.engine.devices import select_placement
+    from server.align.engine.grpo import GRPOConfig, GRPOEngine
+    from server.align.engine.grpo_loss import GRPOLossConfig
+    from server.align.engine.policy import Policy, PolicySetup
+    from server.align.engine.rollouts import SamplingConfig
+    from server.align.engine.vqa_eval import (
         evaluate_policy,
         evaluate_text_only,
         exact_match_reward,
     )
-    from server.mixture.combiners import (
+    from server.align.combiners import (
         ExpertSelection,
         Extreme,
         LookupTable,
         Routed,
         Uniform,
     )
-    from server.mixture.features import reference_features
-    from server.mixture.reward import MixtureReward, ScoringClient
-    from server.mixture.router import Router
-    from server.mixture.stage import (
+    from server.align.features import reference_features
+    from server.align.reward import MixtureReward, ScoringClient
+    from server.align.router import Router
+    from server.align.stage import (
         AlignStage,
         AlignStageConfig,
         PreferenceSet,
@@ -334,22 +334,22 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     )
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
-    from fedsecure.models.reward import RewardModelConfig
-    from tasks.easyvqa.data import vocabulary
-    from fedsecure.models.tokenizer import build_tokenizer
+    from benchmarks.bench_collaboration import _reward_config
+    from fedsecure.models.reward import tokenizer_for
     from fedsecure.privacy.accountant import epsilon
     from fedsecure.task import balanced_by_group
-    from server.alignment.job import AlignmentSettings, prepare_base
-    from server.alignment.job import prompt_pool as balanced_pool
-    from server.alignment.prompts import vqa_prompts
-    from server.alignment.vqa_eval import eval_prompts, text_only_answers
+    from server.align.engine.job import AlignmentSettings, prepare_base
+    from server.align.engine.job import prompt_pool as balanced_pool
+    from server.align.engine.prompts import vqa_prompts
+    from server.align.engine.vqa_eval import eval_prompts, text_only_answers
     from tasks.easyvqa.data import answers, load_records
     from tasks.easyvqa.shares import client_pairs, server_part
 
     started = time.monotonic()
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                                  pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
-    tok = build_tokenizer(RewardModelConfig().max_length, words=vocabulary())
+    # the backbone's own tokenizer: the models below are built on it (ids are its)
+    tok = tokenizer_for(_reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
     encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
                                                                  alpha=collab.alpha, seed=seed,
                                                                  limit=cfg.pairs_per_client), answer_set=answers()),

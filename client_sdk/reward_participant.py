@@ -201,7 +201,7 @@ class RewardParticipant:
         finite number in [0, 1], for an MLP group of this client's kind that it downloads,
         and every such group it downloads has one. (The value itself follows from the
         others' sample counts, which a client does not know; the server computes it by
-        the rule in server/rewards/compensation.py.)"""
+        the rule in server/planners/compensation.py.)"""
         coefficients = dict(spec.compensation)
         own = mlp_family(self.kind)
         for group, c in coefficients.items():

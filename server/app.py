@@ -34,14 +34,17 @@ from fedsecure.task import Task
 from server.api.admin_servicer import AdminServicer
 from server.rounds.admission import Admission
 from server.rounds.engine import CLOSE_RETRY_S, HEARTBEAT_INTERVAL_MS, LIVENESS_MS, MAX_CLOSE_ATTEMPTS, RoundEngine
-from server.mixture.sessions import ScoreSessions
+from server.align.sessions import ScoreSessions
 from server.api.federation_servicer import FederationServicer
 from server.rounds.phases import PhasePlanner
 from server.secagg.aggregator import SecureAggregator
 from server.rounds.store import Store
-from server.rewards.compensation import stacks_of_kinds
-from server.rewards.personalise import PersonalisePlanner
-from server.rewards.planners import LedgerReportPlanner, MetricsLog, ScorePlanner, TrainPlanner
+from server.planners.compensation import stacks_of_kinds
+from server.planners.personalise import PersonalisePlanner
+from server.planners.ledger import LedgerReportPlanner
+from server.planners.metrics import MetricsLog
+from server.planners.score import ScorePlanner
+from server.planners.train import TrainPlanner
 from server.settings import ServerSettings
 
 log = logging.getLogger("fedsecure.server")
@@ -102,7 +105,7 @@ async def start_server(
     opens its own with ``keyholder_address`` (default: the kit's) for the uploads it
     accepts. Closing a phase is tried ``max_close_attempts`` times, ``close_retry_s``
     apart, before the round is retried with a fresh sample. ``sessions`` are the ALIGN
-    stage's score sessions, shared with its planner (:class:`server.rewards.align.AlignPlanner`).
+    stage's score sessions, shared with its planner (:class:`server.align.planner.AlignPlanner`).
     Clients are told to send a heartbeat every ``heartbeat_interval_ms``; a phase whose only
     missing participants are silent for three intervals closes early (never below quorum).
     """
@@ -174,8 +177,8 @@ def build_planners(settings: ServerSettings, *, state_dir: Path, aggregator: Sec
     planners: dict[TaskKind, PhasePlanner] = {}
     if sessions is not None and settings.align_steps > 0:
         # Imported only when the stage runs: it loads the policy VLM and GRPO.
-        from server.mixture.vqa_stage import VQAStageSettings, build_vqa_stage
-        from server.rewards.align import AlignPlanner
+        from server.align.vqa_stage import VQAStageSettings, build_vqa_stage
+        from server.align.planner import AlignPlanner
 
         stage = VQAStageSettings(out=settings.align_out or state_dir / "align", steps_per_round=settings.align_steps,
                                  prompts_per_step=settings.align_prompts, step_deadline_s=settings.align_step_deadline,

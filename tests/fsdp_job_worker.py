@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from server.alignment.job import AlignmentSettings, run_alignment
+from server.align.engine.job import AlignmentSettings, run_alignment
 from tasks.easyvqa import TASK as EASYVQA
 
 

@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 from apps.cli import main as cli
 from benchmarks.bench_grpo import BenchConfig, bench_grpo
 from fedsecure.models.policy_vlm import load_policy, tiny_llama_config
-from server.alignment.job import AlignmentSettings, run_alignment
+from server.align.engine.job import AlignmentSettings, run_alignment
 from tasks.easyvqa import TASK as EASYVQA
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.rewards.compensation import Member, check_coefficients, coefficients
+from server.planners.compensation import Member, check_coefficients, coefficients
 
 A, B, C = Member("a", "image_text", 100), Member("b", "image", 300), Member("c", "text", 600)
 ALL = (A, B, C)

@@ -13,12 +13,12 @@ from transformers import LlamaForCausalLM
 
 from fedsecure.errors import CheckpointError, PromptError, RewardRejected
 from fedsecure.models.policy_vlm import tiny_llama_config
-from server.alignment.devices import select_placement
-from server.alignment.grpo import GRPOConfig, GRPOEngine, check_rewards, per_completion
-from server.alignment.grpo_loss import GRPOLossConfig
-from server.alignment.policy import Policy, PolicySetup
-from server.alignment.prompts import ImageInputs, Prompt
-from server.alignment.rollouts import SamplingConfig
+from server.align.engine.devices import select_placement
+from server.align.engine.grpo import GRPOConfig, GRPOEngine, check_rewards, per_completion
+from server.align.engine.grpo_loss import GRPOLossConfig
+from server.align.engine.policy import Policy, PolicySetup
+from server.align.engine.prompts import ImageInputs, Prompt
+from server.align.engine.rollouts import SamplingConfig
 
 VOCAB, PAD, BOS, EOS = 32, 0, 1, 2
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, k3_kl
+from server.align.engine.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, k3_kl
 
 
 def test_advantages_by_hand_zero_mean_and_flat_groups() -> None:
@@ -70,7 +70,7 @@ def test_kl_term_is_zero_at_step_zero_and_gradient_flows() -> None:
 
 
 def test_unfinished_completions_rank_below_every_finished_one_of_their_group() -> None:
-    from server.alignment.grpo_loss import rank_unfinished_last
+    from server.align.engine.grpo_loss import rank_unfinished_last
 
     rewards = torch.tensor([3.0, 1.0, 9.0, 2.0,   5.0, 5.0, 7.0, 5.0,   4.0, 4.0, 4.0, 4.0])
     finished = torch.tensor([1, 1, 0, 1,   1, 1, 0, 0,   0, 0, 0, 0]).bool()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from server.mixture.combiners import ExpertSelection, Extreme, LookupTable, Routed, Single, StepScores, Uniform
-from server.mixture.router import PreferenceScores, Router
+from server.align.combiners import ExpertSelection, Extreme, LookupTable, Routed, Single, StepScores, Uniform
+from server.align.router import PreferenceScores, Router
 
 # two clients, one prompt with two completions, one prompt with one completion
 Z = torch.tensor([[1.0, -1.0, 2.0], [3.0, 0.0, -2.0]])

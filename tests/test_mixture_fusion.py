@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsecure.types import Modality
-from server.mixture.fusion import capability_mask, expand_to_items, fuse, normalise_scores, renormalise
-from server.mixture.router import PreferenceScores, Router, fit_router, masked_softmax, weights_by_group
+from server.align.fusion import capability_mask, expand_to_items, fuse, normalise_scores, renormalise
+from server.align.router import PreferenceScores, Router, fit_router, masked_softmax, weights_by_group
 
 
 def test_normalisation_known_answer() -> None:
@@ -128,7 +128,7 @@ def test_router_learns_to_down_weight_random_and_inverted_clients() -> None:
 
 
 def test_cap_weights_known_answers() -> None:
-    from server.mixture.fusion import cap_weights
+    from server.align.fusion import cap_weights
 
     w = torch.tensor([[0.9, 0.08, 0.02], [0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.98, 0.0, 0.02]])
     avail = torch.tensor([[True] * 3, [True, True, False], [True, False, False], [False] * 3, [True] * 3])
@@ -167,7 +167,7 @@ def test_listwise_loss_known_answers() -> None:
     """An unfitted router is the uniform mean, so the loss can be worked by hand. Lists of
     two: Bradley–Terry, softplus(−s·Δ). Longer lists: −log softmax(s·fused)[preferred], and
     a padded (absent) candidate never counts, whatever its score."""
-    from server.mixture.router import fused_scores
+    from server.align.router import fused_scores
 
     # One client, two prompts: z over (2, 0, 1, 1) → (1.4142, −1.4142, 0, 0).
     pair = _pairs(torch.zeros(2, 1), torch.tensor([[2.0, 1.0]]), torch.tensor([[0.0, 1.0]]))
@@ -216,7 +216,7 @@ def test_fused_lift_by_group_known_answers() -> None:
     """One client, lists of 3 candidates (chance 1/3): group a always right (lift 1), group
     b right on one list of two (first ½ → lift 0.25), group c a tie for first on every list
     (first ½ → lift 0.25), and a list nobody could judge counts nowhere."""
-    from server.mixture.router import Router, lift_by_group
+    from server.align.router import Router, lift_by_group
 
     scores = torch.tensor([[[3.0, 1.0, 0.0], [3.0, 0.0, 1.0],     # a: preferred first twice
                             [3.0, 1.0, 0.0], [0.0, 3.0, 1.0],     # b: once of two

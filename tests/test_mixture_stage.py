@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from fedsecure.types import Modality, Score, ScoreItem
-from server.alignment.grpo import GRPOEngine
-from server.mixture.combiners import Routed, Uniform
-from server.mixture.features import reference_features
-from server.mixture.reward import MixtureReward, ScoringClient, check_answer
-from server.mixture.router import Router
-from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet
+from server.align.engine.grpo import GRPOEngine
+from server.align.combiners import Routed, Uniform
+from server.align.features import reference_features
+from server.align.reward import MixtureReward, ScoringClient, check_answer
+from server.align.router import Router
+from server.align.stage import AlignStage, AlignStageConfig, PreferenceSet
 from tests.test_grpo_engine import config, low_tokens, pool, snapshot, tiny_policy
 
 
@@ -206,7 +206,7 @@ def test_restart_mid_stage_resumes_from_the_last_step_with_the_router(tmp_path: 
 
 
 def test_reward_hacking_rule(tmp_path: Path) -> None:
-    from server.mixture.stage import AlignRoundResult
+    from server.align.stage import AlignRoundResult
 
     stage = build(tmp_path, clients=[ScoringClient("good", TEXT, good)], routed=False)
     stage.config = AlignStageConfig(hacking_rounds=2)
@@ -227,7 +227,7 @@ def test_the_hacking_monitor_cannot_be_blinded_by_a_client(tmp_path: Path) -> No
     of 1e39 (finite as a Python float, inf in float32: the level became NaN), hid falling
     held-out accuracy. Now the rule watches only what the server measures, and such a
     score is refused where it enters."""
-    from server.mixture.stage import AlignRoundResult
+    from server.align.stage import AlignRoundResult
 
     stage = build(tmp_path, clients=[ScoringClient("good", TEXT, good)], routed=False)
     stage.config = AlignStageConfig(hacking_rounds=2)
@@ -350,10 +350,10 @@ def test_a_silent_client_does_not_hold_every_step_to_its_deadline(tmp_path: Path
 
 
 def test_the_align_phase_stays_open_for_its_planned_work(tmp_path: Path) -> None:
-    from server.rewards.align import AlignPlanner
-    from server.rewards.planners import MetricsLog
+    from server.align.planner import AlignPlanner
+    from server.planners.metrics import MetricsLog
     from server.rounds.phases import phase_deadline_s
-    from server.mixture.sessions import ScoreSessions
+    from server.align.sessions import ScoreSessions
 
     planner = AlignPlanner(sessions=ScoreSessions(), build_stage=lambda roster: None,  # type: ignore[arg-type, return-value]
                            metrics=MetricsLog(tmp_path / "m.jsonl"),
@@ -364,7 +364,7 @@ def test_the_align_phase_stays_open_for_its_planned_work(tmp_path: Path) -> None
 
 
 def test_preference_items_look_like_groups_and_map_back_to_their_lists() -> None:
-    from server.mixture.stage import PreferenceItems
+    from server.align.stage import PreferenceItems
 
     base = pool(3)
     prefs = PreferenceSet(prompts=tuple(base), chosen=("a", "b", "c"),
@@ -451,10 +451,10 @@ def test_the_align_stage_starts_in_its_first_round_and_counts_its_rounds_from_th
     import json
     from types import SimpleNamespace
 
-    from server.mixture.sessions import ScoreSessions
-    from server.mixture.stage import AlignRoundResult
-    from server.rewards.align import AlignPlanner
-    from server.rewards.planners import MetricsLog
+    from server.align.sessions import ScoreSessions
+    from server.align.stage import AlignRoundResult
+    from server.align.planner import AlignPlanner
+    from server.planners.metrics import MetricsLog
     from server.rounds.phases import phase_applies
 
     ran: list[int] = []

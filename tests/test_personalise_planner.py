@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
-from server.rewards.personalise import PersonalisePlanner
-from server.rewards.planners import MetricsLog
+from server.planners.personalise import PersonalisePlanner
+from server.planners.metrics import MetricsLog
 from server.rounds.phases import PhaseContext, phase_applies
 
 

@@ -23,18 +23,18 @@ import torch
 from apps.cli import main as cli_main
 from fedsecure.errors import PolicyLoadError
 from fedsecure.models.policy_vlm import SUPPORTED_FAMILIES, encode_prompt, load_policy
-from server.alignment.devices import select_placement
-from server.alignment.grpo import GRPOConfig, GRPOEngine
-from server.alignment.policy import Policy, PolicySetup, vlm_suppressed_ids
-from server.alignment.positions import prompt_positions
-from server.alignment.prompts import (
+from server.align.engine.devices import select_placement
+from server.align.engine.grpo import GRPOConfig, GRPOEngine
+from server.align.engine.policy import Policy, PolicySetup, vlm_suppressed_ids
+from server.align.engine.positions import prompt_positions
+from server.align.engine.prompts import (
     ImageInputs,
     Prompt,
     collate_images,
     collate_prompts,
     vqa_prompts,
 )
-from server.alignment.rollouts import SamplingConfig, completion_logp, generate
+from server.align.engine.rollouts import SamplingConfig, completion_logp, generate
 from tasks.easyvqa.data import load_records
 from tests.policy_families import (
     BUILDERS,

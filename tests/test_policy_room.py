@@ -12,10 +12,10 @@ from fedsecure.task import public_labelled
 from tasks.easyvqa.data import vocabulary
 
 from fedsecure.models.policy_vlm import PATCH, build_tiny_vlm
-from server.alignment.devices import select_placement
-from server.alignment.job import prompt_pool, seed_questions
-from server.alignment.policy import Policy, PolicySetup
-from server.alignment.vision_pretrain import vision_tower
+from server.align.engine.devices import select_placement
+from server.align.engine.job import prompt_pool, seed_questions
+from server.align.engine.policy import Policy, PolicySetup
+from server.align.engine.vision_pretrain import vision_tower
 from tasks.easyvqa import TASK as EASYVQA
 from tasks.easyvqa.data import answer_type
 from tasks.easyvqa.shares import server_part

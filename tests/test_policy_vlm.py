@@ -24,13 +24,13 @@ from fedsecure.models.policy_vlm import (
     save_policy,
     tiny_llama_config,
 )
-from server.alignment.devices import select_placement
-from server.alignment.grpo import GRPOConfig, GRPOEngine
-from server.alignment.policy import Policy, PolicySetup
-from server.alignment.prompts import Prompt, vqa_prompts
-from server.alignment.rollouts import SamplingConfig
-from server.alignment.sft import SFTConfig, sft_warm_start
-from server.alignment.vqa_eval import (
+from server.align.engine.devices import select_placement
+from server.align.engine.grpo import GRPOConfig, GRPOEngine
+from server.align.engine.policy import Policy, PolicySetup
+from server.align.engine.prompts import Prompt, vqa_prompts
+from server.align.engine.rollouts import SamplingConfig
+from server.align.engine.sft import SFTConfig, sft_warm_start
+from server.align.engine.vqa_eval import (
     eval_prompts,
     evaluate_policy,
     exact_match_reward,

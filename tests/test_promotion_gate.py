@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import server.mixture.stage as stage_module
-from server.alignment.vqa_eval import EvalResult
-from server.mixture.promotion import Measured, PromotionGate, type_mean
-from server.mixture.reward import ScoringClient
+import server.align.stage as stage_module
+from server.align.engine.vqa_eval import EvalResult
+from server.align.promotion import Measured, PromotionGate, type_mean
+from server.align.reward import ScoringClient
 from tests.test_mixture_stage import TEXT, build, good
 from tests.test_grpo_engine import pool, snapshot
 

@@ -72,7 +72,9 @@ def _example() -> str:
 def test_the_readmes_embedding_example_joins_a_federation_and_spends_its_budget(
         start_federation: Callable[..., Federation], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+    from server.planners.metrics import MetricsLog
+    from server.planners.score import ScorePlanner
+    from server.planners.train import TrainPlanner
 
     assert WORK is not None
     metrics = MetricsLog(WORK / "metrics.jsonl")

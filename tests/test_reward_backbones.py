@@ -39,7 +39,7 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.ledger import Ledger
 from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.provision import provision
-from server.rewards.quality import JudgedQuestion, reward_quality
+from server.planners.quality import JudgedQuestion, reward_quality
 from tasks.easyvqa.data import answer_type, answers
 from tasks.easyvqa.shares import client_pairs, server_part
 from tests.reward_backbones import IMAGE_SIZE, MAX_LENGTH, SAVERS

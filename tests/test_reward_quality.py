@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.rewards.quality import JudgedQuestion, reward_quality
+from server.planners.quality import JudgedQuestion, reward_quality
 from tasks.easyvqa.data import answer_type, answers
 
 

@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from fedsecure.models.policy_vlm import tiny_llama_config
-from server.alignment.prompts import Prompt, collate_prompts
-from server.alignment.rollouts import SamplingConfig, completion_logp, generate, sample_next
+from server.align.engine.prompts import Prompt, collate_prompts
+from server.align.engine.rollouts import SamplingConfig, completion_logp, generate, sample_next
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -85,7 +85,7 @@ def test_top_p_keeps_the_nucleus_and_greedy_takes_the_argmax() -> None:
 
 
 def test_shared_prefix_scoring_matches_a_full_forward_in_values_and_gradients() -> None:
-    from server.alignment.positions import text_positions as position_ids
+    from server.align.engine.positions import text_positions as position_ids
 
     m, r = model(), run(6)
     suppressed = torch.tensor([PAD, BOS])

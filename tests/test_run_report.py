@@ -93,7 +93,7 @@ def test_a_clients_metric_names_cannot_overwrite_the_servers_fields(tmp_path: Pa
     """Attack review (issue 23 item 9): a client's report named `phase`, `round`, `run_id`
     and `uploaded`; merged into the server's record, it replaced them, its record vanished
     from the run report, and a client that uploaded nothing was listed as an uploader."""
-    from server.rewards.planners import MetricsLog, client_metrics
+    from server.planners.metrics import MetricsLog, client_metrics
 
     hostile = (("phase", 1.0), ("round", 99.0), ("run_id", 5.0), ("uploaded", 1.0), ("client", 3.0),
                ("heldout_accuracy", 0.7), ("epsilon", float("nan")), ("steps", True))

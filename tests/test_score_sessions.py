@@ -10,7 +10,7 @@ import time
 import pytest
 
 from fedsecure.types import AlignSpec, Score, ScoreBatch, ScoreItem, Task, TaskKind
-from server.mixture.sessions import ScoreSessions
+from server.align.sessions import ScoreSessions
 
 TASK = Task(run_id="r", round=1, task_id="t", kind=TaskKind.ALIGN, deadline_unix_ms=0, attempt=1, spec=AlignSpec())
 ITEMS = (ScoreItem("x"),)

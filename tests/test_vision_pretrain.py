@@ -9,7 +9,7 @@ import torch
 from tasks.easyvqa.data import vocabulary
 
 from fedsecure.models.policy_vlm import build_tiny_vlm
-from server.alignment.vision_pretrain import (
+from server.align.engine.vision_pretrain import (
     VisionPretrainConfig,
     pretrain_vision_tower,
     vision_tower,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fedsecure.task import Example
-from server.alignment.prompts import Prompt
-from server.alignment.vqa_eval import evaluate_text_only, text_only_answers
+from server.align.engine.prompts import Prompt
+from server.align.engine.vqa_eval import evaluate_text_only, text_only_answers
 
 
 def _record(i: int, question: str, answer: str) -> Example:

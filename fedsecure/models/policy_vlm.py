@@ -144,7 +144,7 @@ SUPPORTED_FAMILIES = {
 }
 """Vision-language families the policy path handles completely (model_type -> what it is):
 every image input their processor returns reaches the model, and positions follow their
-rope (server/alignment/positions.py)."""
+rope (server/align/engine/positions.py)."""
 
 NEEDS_TORCHVISION = frozenset({"qwen2_vl", "qwen2_5_vl", "smolvlm"})
 """Families whose processor includes a video processor, which transformers builds only with

@@ -338,10 +338,12 @@ class RewardModel(nn.Module):
 
 # --- building, saving, loading -------------------------------------------------------
 
-def _tokenizer_for(config: RewardModelConfig) -> Any:
-    """The word tokenizer sealed in the federation's backbone folder, one built over the
-    config's ``vocabulary`` when there is no backbone, or a dual-encoder checkpoint's own
-    tokenizer and image processor (:class:`CheckpointProcessor`)."""
+def tokenizer_for(config: RewardModelConfig) -> Any:
+    """The tokenizer a model of ``config`` reads text with: the one sealed in the
+    federation's backbone folder (trained on public text), one built over the config's
+    ``vocabulary`` when there is no backbone, or a dual-encoder checkpoint's own tokenizer
+    and image processor (:class:`CheckpointProcessor`). Data for such a model is encoded
+    with this one, never another (token ids are the backbone's)."""
     if config.tower_family == "fedsecure":
         stack = config.text_backbone or config.image_backbone
         sealed = Path(stack).parent / BACKBONE_TOKENIZER if stack else None
@@ -355,7 +357,7 @@ def _tokenizer_for(config: RewardModelConfig) -> Any:
 
 def build_reward_model(config: RewardModelConfig) -> tuple[RewardModel, Any]:
     """A fresh reward model and the tokenizer its inputs are encoded with."""
-    tok = _tokenizer_for(config)
+    tok = tokenizer_for(config)
     return RewardModel(config, tok.get_vocab_size()), tok
 
 
@@ -375,7 +377,7 @@ def load_reward_model(folder: Path) -> tuple[RewardModel, object]:
             raise ValueError(f"{folder}: not a reward model (missing {name})")
     config = RewardModelConfig(**json.loads((folder / CONFIG_FILE).read_text()))
     # a checkpoint's own processor is read from the (digest-verified) checkpoint, never from a copy
-    tok = load_tokenizer(folder / TOKENIZER_FILE) if config.tower_family == "fedsecure" else _tokenizer_for(config)
+    tok = load_tokenizer(folder / TOKENIZER_FILE) if config.tower_family == "fedsecure" else tokenizer_for(config)
     model = RewardModel(config, tok.get_vocab_size())
     missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)
     if missing or unexpected:

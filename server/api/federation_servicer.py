@@ -17,7 +17,7 @@ from fedsecure.crypto.packing import parse_encoding
 from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_kind
 from fedsecure.types import Capabilities, PayloadKind, SignedContribution, TaskKind, TensorChunk, UpdateManifest
 
-from server.mixture.sessions import ScoreSessions
+from server.align.sessions import ScoreSessions
 from server.rounds.admission import Admission, Submission
 from server.rounds.engine import RoundEngine
 from server.secagg.accumulator import HomomorphicAccumulator

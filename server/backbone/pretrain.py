@@ -44,7 +44,7 @@ from fedsecure.models.backbone import (
     shape_dict,
 )
 from fedsecure.models.encoding import pixels
-from fedsecure.models.tokenizer import build_tokenizer
+from fedsecure.models.tokenizer import train_tokenizer
 from fedsecure.task import Example, Task, public_labelled
 
 log = logging.getLogger("fedsecure.server.backbone")
@@ -52,7 +52,7 @@ log = logging.getLogger("fedsecure.server.backbone")
 MASK_RATE = 0.15
 
 
-RECIPE = "task-labelled-images"
+RECIPE = "task-labelled-images+trained-wordpiece"
 """Names what the defaults pretrain on and how; a cached backbone of another recipe is not reused."""
 
 
@@ -68,6 +68,7 @@ class PretrainSettings:
     seed: int = 0
     data_seed: int = 0
     threads: int = 2
+    vocab_size: int = 2000  # of the WordPiece tokenizer trained on the public text (plus one piece per character)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.learning_rate <= 0 or self.threads < 1:
@@ -128,6 +129,12 @@ def label_loss(heads: nn.ModuleDict, features: torch.Tensor, data: ImageSet, row
         if bool((labels >= 0).any()):
             loss = loss + F.cross_entropy(heads[a](features), labels, ignore_index=-1)
     return loss
+
+
+def public_text(records: Sequence[Example]) -> list[str]:
+    """The text the tokenizer is trained on: each public example's question, its answer
+    and its wrong answers (a free-text task's), in the records' order."""
+    return [t for r in records for t in (r.question, r.answer, *r.rejected)]
 
 
 def text_ids(records: Sequence[Example], tokenizer: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,10 +202,13 @@ def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, ob
     manifest (with the digest)."""
     torch.set_num_threads(settings.threads)
     started = time.monotonic()
-    tok = build_tokenizer(settings.shape.max_length, words=task.vocabulary())
+    train_records = public_labelled(task, seed=settings.data_seed)
+    # The tokenizer every client will read text with, trained on the same public text the
+    # text stack learns from (questions, right and wrong answers), sealed in the folder.
+    texts = public_text(train_records)
+    tok = train_tokenizer(texts, max_length=settings.shape.max_length, vocab_size=settings.vocab_size)
     vocab = tok.get_vocab()
     mask_id, special = vocab["[UNK]"], len(("[PAD]", "[UNK]", "[CLS]", "[SEP]"))  # [UNK] doubles as [MASK]
-    train_records = public_labelled(task, seed=settings.data_seed)
     eval_records = task.server_part("reward_eval", seed=settings.data_seed)
     train_images = image_set(train_records, task)
     eval_images = image_set(eval_records, task, classes=train_images.classes)
@@ -238,6 +248,8 @@ def pretrain_backbone(settings: PretrainSettings, *, task: Task) -> dict[str, ob
                       "text": f"masked-token prediction ({MASK_RATE:.0%}) on public questions with their answers"},
         "data": {"parts": "pretrain, router, public pool, seed set", "split_seed": settings.data_seed, "images": len(train_images.images),
                  "questions": len(train_records), "client_data": False},
+        "tokenizer": {"kind": "WordPiece trained on the public text (tokenizers)", "texts": len(texts),
+                      "vocab_size": tok.get_vocab_size()},
         "measured_on": {"part": "reward_eval", "images": len(eval_images.images)},
         "before": before, "after": after, "seconds": round(time.monotonic() - started, 1)}
     image.eval()

@@ -27,6 +27,12 @@ class PhaseContext:
     store: Store
 
 
+def published_groups(ctx: PhaseContext, round_: int) -> tuple[str, ...]:
+    """Groups with a published aggregate in ``round_`` of this run (what a task may tell
+    its client to download)."""
+    return tuple(ctx.store.submissions.aggregate_groups(ctx.run_id, round_))
+
+
 class PhasePlanner(Protocol):
     """Plans the tasks of one phase kind and finishes the phase when it closes."""
 

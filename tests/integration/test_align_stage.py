@@ -13,15 +13,15 @@ from pathlib import Path
 from client_sdk import FederatedClient
 from client_sdk.outcomes import TaskContext
 from fedsecure.types import Capabilities, Modality, PhaseConfig, RunConfig, Score, ScoreBatch, Task, TaskKind, TaskReport
-from server.alignment.grpo import GRPOEngine
-from server.mixture.combiners import Routed
-from server.mixture.features import reference_features
-from server.mixture.reward import MixtureReward, ScoringClient
-from server.mixture.router import Router
-from server.mixture.sessions import ScoreSessions
-from server.mixture.stage import AlignStage, AlignStageConfig
-from server.rewards.align import AlignPlanner
-from server.rewards.planners import MetricsLog
+from server.align.engine.grpo import GRPOEngine
+from server.align.combiners import Routed
+from server.align.features import reference_features
+from server.align.reward import MixtureReward, ScoringClient
+from server.align.router import Router
+from server.align.sessions import ScoreSessions
+from server.align.stage import AlignStage, AlignStageConfig
+from server.align.planner import AlignPlanner
+from server.planners.metrics import MetricsLog
 from tests.conftest import Federation
 from tests.helpers import TEST_SHAPE, run_in_thread
 from tests.test_grpo_engine import config, pool, tiny_policy

@@ -19,7 +19,9 @@ from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.models.groups import GroupKey
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
-from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+from server.planners.metrics import MetricsLog
+from server.planners.score import ScorePlanner
+from server.planners.train import TrainPlanner
 from tasks.easyvqa import TASK as EASYVQA
 from tasks.easyvqa.shares import client_pairs, server_part
 from tests.conftest import Federation

@@ -14,7 +14,8 @@ from fedsecure.crypto.packing import parse_plain_encoding
 from fedsecure.kit import load_kit
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 from keyholder.decryption_log import verify_decryption_log
-from server.rewards.planners import MetricsLog, TrainPlanner
+from server.planners.metrics import MetricsLog
+from server.planners.train import TrainPlanner
 from server.secagg.garbage import collect_garbage
 from tests.helpers import IMAGE, TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 

@@ -18,8 +18,9 @@ from client_sdk.reward_participant import ParticipantConfig, RewardParticipant
 from fedsecure.privacy.audit import audit_ledger
 from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
-from server.rewards.personalise import PersonalisePlanner
-from server.rewards.planners import MetricsLog, TrainPlanner
+from server.planners.personalise import PersonalisePlanner
+from server.planners.metrics import MetricsLog
+from server.planners.train import TrainPlanner
 from tasks.easyvqa.shares import client_pairs
 from tests.conftest import Federation
 from tests.helpers import run_in_thread

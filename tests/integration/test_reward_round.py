@@ -21,7 +21,9 @@ from fedsecure.privacy.budget import PrivacyBudget
 from fedsecure.privacy.heads_export import heads_to_json, load_heads
 from fedsecure.provision import Provisioned
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
-from server.rewards.planners import MetricsLog, ScorePlanner, TrainPlanner
+from server.planners.metrics import MetricsLog
+from server.planners.score import ScorePlanner
+from server.planners.train import TrainPlanner
 from tasks.easyvqa import TASK as EASYVQA
 from tasks.easyvqa.shares import client_pairs, server_part
 from tests.conftest import Federation

@@ -216,7 +216,8 @@ def test_ledger_heads_reach_the_metrics_log_for_the_run_report(start_federation:
     import json
 
     from server.report import summarise
-    from server.rewards.planners import LedgerReportPlanner, MetricsLog
+    from server.planners.ledger import LedgerReportPlanner
+    from server.planners.metrics import MetricsLog
 
     log = tmp_path / "metrics.jsonl"
     cfg = RunConfig(rounds=1, quorum=2, min_clients=2, phases=(PhaseConfig(TaskKind.REPORT_LEDGER, 30),))

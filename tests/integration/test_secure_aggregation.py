@@ -25,7 +25,8 @@ from fedsecure.proto.v1 import common_pb2, federation_pb2
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import PayloadKind, PhaseConfig, RunConfig, Task, TaskKind, UpdateManifest
 from keyholder.decryption_log import verify_decryption_log
-from server.rewards.planners import MetricsLog, TrainPlanner
+from server.planners.metrics import MetricsLog
+from server.planners.train import TrainPlanner
 from tests.helpers import IMAGE, TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 
 RUN = RunConfig(rounds=1, quorum=2, min_clients=3, phases=(PhaseConfig(TaskKind.TRAIN, 60),))

@@ -29,7 +29,8 @@ from fedsecure.transport.credentials import channel_credentials
 from fedsecure.transport.limits import DEFAULT_LIMITS, channel_options
 from fedsecure.transport.retry import Backoff
 from fedsecure.types import LedgerHead, PayloadKind, PhaseConfig, RunConfig, TaskKind
-from server.rewards.planners import MetricsLog, TrainPlanner
+from server.planners.metrics import MetricsLog
+from server.planners.train import TrainPlanner
 from tests.conftest import Federation
 from tests.helpers import TEXT, assert_refused, encrypted_update, pull_tasks, wait_for
 from tests.integration.test_secure_aggregation import _stream

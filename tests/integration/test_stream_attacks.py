@@ -29,7 +29,7 @@ from fedsecure.transport.limits import DEFAULT_LIMITS, Limits, channel_options
 from fedsecure.types import (AlignSpec, Capabilities, PayloadKind, PhaseConfig, RunConfig, Score, ScoreItem,
                              StepScores, Task, TaskKind, TaskSpec)
 from client_sdk import FederatedClient
-from server.mixture.sessions import ScoreSessions
+from server.align.sessions import ScoreSessions
 from server.rounds.admission import Admission
 from server.rounds.phases import PhaseContext
 from server.rounds.store import SubmissionRow

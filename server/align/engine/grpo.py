@@ -25,12 +25,12 @@ import torch
 
 from fedsecure.progress import progress
 from fedsecure.errors import CheckpointError, RewardRejected
-from server.alignment.sharding import PARALLEL_MODES, full_tensor, load_full, load_optimizer_state, optimizer_state, shard
-from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from server.alignment.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, rank_unfinished_last
-from server.alignment.policy import Policy
-from server.alignment.prompts import Prompt, check_prompts, collate_images, collate_prompts
-from server.alignment.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
+from server.align.engine.sharding import PARALLEL_MODES, full_tensor, load_full, load_optimizer_state, optimizer_state, shard
+from server.align.engine.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from server.align.engine.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, rank_unfinished_last
+from server.align.engine.policy import Policy
+from server.align.engine.prompts import Prompt, check_prompts, collate_images, collate_prompts
+from server.align.engine.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
 
 log = logging.getLogger(__name__)
 

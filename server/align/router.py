@@ -1,7 +1,7 @@
 """The router: per prompt, how much each client's (normalised) reward counts.
 
 A small network over prompt features (the frozen reference policy's representation of the
-prompt, :mod:`server.mixture.features`) gives one logit per client; clients that cannot
+prompt, :mod:`server.align.features`) gives one logit per client; clients that cannot
 judge the prompt, or did not answer, are masked out before the softmax, so the weights are
 finite, non-negative and sum to 1 over the clients available for that prompt (docs/design.md
 §5). It never sees the question type: it must learn from the prompt what matters.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.mixture.fusion import cap_weights, normalise_scores
+from server.align.fusion import cap_weights, normalise_scores
 
 MAX_CLIENT_WEIGHT = 0.5
 

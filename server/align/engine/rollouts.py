@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.alignment.positions import following_positions, prompt_positions
-from server.alignment.prompts import PromptBatch
+from server.align.engine.positions import following_positions, prompt_positions
+from server.align.engine.prompts import PromptBatch
 
 
 @dataclass(frozen=True)

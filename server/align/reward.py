@@ -29,9 +29,9 @@ import torch
 from fedsecure.data.images import encode_png
 from fedsecure.errors import RewardRejected
 from fedsecure.types import MAX_ABS_SCORE, Modality, Score, ScoreItem
-from server.alignment.prompts import Prompt
-from server.mixture.combiners import Combiner, StepScores
-from server.mixture.fusion import capability_mask, normalise_scores
+from server.align.engine.prompts import Prompt
+from server.align.combiners import Combiner, StepScores
+from server.align.fusion import capability_mask, normalise_scores
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def add_align_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure align``."""
-    from server.alignment.job import AlignmentSettings
+    from server.align.engine.job import AlignmentSettings
 
     d = AlignmentSettings(out=Path("."))
     p.add_argument("--out", type=Path, required=True, help="job directory (rerun to resume)")
@@ -39,7 +39,7 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
 
 def align_main(args: argparse.Namespace, *, task: Task) -> int:
     """Run the job on ``task``; print its result as JSON."""
-    from server.alignment.job import AlignmentSettings, run_alignment
+    from server.align.engine.job import AlignmentSettings, run_alignment
 
     settings = AlignmentSettings(out=args.out, policy_path=args.policy, adapter=args.adapter,
                                  sft_epochs=args.sft_epochs, vision_pretrain_steps=args.vision_pretrain_steps, steps=args.steps, prompts_per_step=args.prompts_per_step,
@@ -69,7 +69,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def eval_main(args: argparse.Namespace, *, task: Task) -> int:
     """Print the checkpoint's accuracy on ``task``'s test split as JSON."""
-    from server.alignment.vqa_eval import evaluate_checkpoint
+    from server.align.engine.vqa_eval import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, task=task, limit=args.limit, seed=args.seed, device=args.device)
     print(json.dumps({"checkpoint": str(args.checkpoint), **dataclasses.asdict(result)}))

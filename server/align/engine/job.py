@@ -34,20 +34,20 @@ from fedsecure.models.policy_vlm import (
     save_policy,
 )
 from fedsecure.task import Example, Task, balanced_by_group, public_labelled
-from server.alignment.devices import Placement, select_placement
-from server.alignment.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
-from server.alignment.grpo_loss import GRPOLossConfig
-from server.alignment.policy import Adapter, Policy, PolicySetup
-from server.alignment.prompts import vqa_prompts
-from server.alignment.rollouts import SamplingConfig
-from server.alignment.sft import SFTConfig, sft_warm_start
-from server.alignment.sharding import full_state
-from server.alignment.vision_pretrain import (
+from server.align.engine.devices import Placement, select_placement
+from server.align.engine.grpo import GRPOConfig, GRPOEngine, RewardFn, StepReport
+from server.align.engine.grpo_loss import GRPOLossConfig
+from server.align.engine.policy import Adapter, Policy, PolicySetup
+from server.align.engine.prompts import vqa_prompts
+from server.align.engine.rollouts import SamplingConfig
+from server.align.engine.sft import SFTConfig, sft_warm_start
+from server.align.engine.sharding import full_state
+from server.align.engine.vision_pretrain import (
     VisionPretrainConfig,
     pretrain_vision_tower,
     vision_tower,
 )
-from server.alignment.vqa_eval import (
+from server.align.engine.vqa_eval import (
     EvalResult,
     answer_budget,
     eval_prompts,
@@ -87,7 +87,7 @@ class AlignmentSettings:
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "auto"
-    parallel: str = "ddp"  # under torchrun: ddp (a full copy per rank) or fsdp (sharded; server/alignment/sharding.py)
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per rank) or fsdp (sharded; server/align/engine/sharding.py)
 
     def __post_init__(self) -> None:
         if (self.steps < 0 or self.sft_epochs < 0 or self.vision_pretrain_steps < 0 or self.eval_limit < 1

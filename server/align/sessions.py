@@ -4,7 +4,8 @@ GRPO step, answers matched to the step they were asked for (docs/design.md §4).
 
 Transport-agnostic: the servicer feeds answers in (:meth:`ScoreSessions.deliver`) and
 streams :meth:`Session.outgoing` out; the GRPO loop, on worker threads, asks through
-:meth:`ScoreSessions.scorer`. Everything but ``scorer`` runs on the server's event loop.
+:meth:`ScoreSessions.scorer`, which crosses to the loop through
+:func:`server.align.threads.on_loop`. Everything but ``scorer`` runs on the server's event loop.
 An answer for a step that is not pending (late, repeated, or never asked) is dropped and
 counted, never applied to another step.
 """
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from fedsecure.types import Score, ScoreBatch, ScoreItem, Task
+from server.align.threads import on_loop
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,5 @@ class ScoreSessions:
         def score(step: int, items: Sequence[ScoreItem], timeout_s: float) -> Sequence[Score]:
             if self._loop is None:
                 raise ConnectionError(f"{client} has no open score session")
-            future = asyncio.run_coroutine_threadsafe(self.request(client, step, items, timeout_s), self._loop)
-            return future.result(timeout_s + 5.0)  # the coroutine's own deadline fires first
+            return on_loop(self._loop, self.request(client, step, items, timeout_s), timeout_s=timeout_s)
         return score

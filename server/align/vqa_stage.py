@@ -21,20 +21,20 @@ import torch
 
 from fedsecure.models.policy_vlm import load_policy
 from fedsecure.task import Task, balanced_by_answer, balanced_by_group, public_labelled
-from server.alignment.devices import select_placement
-from server.alignment.grpo import GRPOConfig, GRPOEngine
-from server.alignment.grpo_checkpoint import latest_checkpoint, load_checkpoint
-from server.alignment.grpo_loss import GRPOLossConfig
-from server.alignment.job import (
+from server.align.engine.devices import select_placement
+from server.align.engine.grpo import GRPOConfig, GRPOEngine
+from server.align.engine.grpo_checkpoint import latest_checkpoint, load_checkpoint
+from server.align.engine.grpo_loss import GRPOLossConfig
+from server.align.engine.job import (
     AlignmentSettings,
     export_policy,
     prepare_base,
     prompt_pool,
 )
-from server.alignment.policy import Policy, PolicySetup
-from server.alignment.prompts import vqa_prompts
-from server.alignment.rollouts import SamplingConfig
-from server.alignment.vqa_eval import (
+from server.align.engine.policy import Policy, PolicySetup
+from server.align.engine.prompts import vqa_prompts
+from server.align.engine.rollouts import SamplingConfig
+from server.align.engine.vqa_eval import (
     EvalResult,
     answer_budget,
     eval_prompts,
@@ -43,18 +43,18 @@ from server.alignment.vqa_eval import (
     task_judge,
     text_only_answers,
 )
-from server.mixture.combiners import Routed
-from server.mixture.features import reference_features
-from server.mixture.promotion import Measured
-from server.mixture.reward import MixtureReward, ScoringClient
-from server.mixture.router import Router
-from server.mixture.stage import AlignStage, AlignStageConfig, PreferenceSet
+from server.align.combiners import Routed
+from server.align.features import reference_features
+from server.align.promotion import Measured
+from server.align.reward import MixtureReward, ScoringClient
+from server.align.router import Router
+from server.align.stage import AlignStage, AlignStageConfig, PreferenceSet
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 POLICY, PROMOTED = "policy", "promoted.json"
-# full fine-tuning with the publicly pretrained vision tower frozen (server/alignment/policy.py)
+# full fine-tuning with the publicly pretrained vision tower frozen (server/align/engine/policy.py)
 STAGE_SETUP = PolicySetup(adapter="full", freeze_vision_tower=True)
 
 

@@ -2,7 +2,8 @@
 session for it; a driver waits (bounded) for the sessions, runs one round of the ALIGN
 stage — router refresh, then GRPO steps on the fused reward of the clients that answer
 each step — on a worker thread, writes the round's record to ``metrics.jsonl``, and ends
-the sessions; each client then closes its task with a report (docs/design.md §4).
+the sessions; each client then closes its task with a report (docs/design.md §4). The
+stage's work leaves the event loop only through :func:`server.align.threads.off_loop`.
 
 The stage (policy, router, pool, checkpoints) is built once by ``build_stage`` with the
 roster of every enrolled client, so the router's client axis stays fixed across rounds; a
@@ -25,11 +26,12 @@ from pathlib import Path
 
 from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey
 from fedsecure.types import AlignSpec, Modality, TaskSpec
-from server.mixture.reward import ScoringClient
-from server.mixture.sessions import ScoreSessions, Session
-from server.mixture.stage import AlignRoundResult, AlignStage
-from server.rewards.planners import MetricsLog, published_groups
-from server.rounds.phases import PhaseContext
+from server.align.reward import ScoringClient
+from server.align.sessions import ScoreSessions, Session
+from server.align.stage import AlignRoundResult, AlignStage
+from server.align.threads import off_loop
+from server.planners.metrics import MetricsLog
+from server.rounds.phases import PhaseContext, published_groups
 from server.rounds.store import SubmissionRow
 
 log = logging.getLogger(__name__)
@@ -133,14 +135,14 @@ class AlignPlanner:
                 if not self._roster:
                     raise RuntimeError("no roster of scoring clients: the phase was not planned in this process "
                                        "and no roster file was kept")
-                stage = await asyncio.to_thread(self.build_stage, self._roster)
+                stage = await off_loop(self.build_stage, self._roster)
                 if stage.config.steps_per_round != self.steps_per_round:
                     raise ValueError(f"the stage runs {stage.config.steps_per_round} steps per round, the ALIGN "
                                      f"tasks announce {self.steps_per_round}")
-                await asyncio.to_thread(stage.resume)
+                await off_loop(stage.resume)
                 self.stage = stage
             # the stage's rounds count from 0 at run round first_round
-            result = await asyncio.to_thread(self.stage.run_round, round_ - self.first_round)
+            result = await off_loop(self.stage.run_round, round_ - self.first_round)
             self.results.append(result)
             self.metrics.write({**dataclasses.asdict(result), "stage_round": result.round, "run_id": run_id,
                                 "round": round_, "phase": "align", "connected": connected})

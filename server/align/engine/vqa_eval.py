@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from fedsecure.task import Example, Task, normalise_answer
-from server.alignment.devices import select_placement
-from server.alignment.policy import (
+from server.align.engine.devices import select_placement
+from server.align.engine.policy import (
     Policy,
     decode_completion,
     tokenizer_decoder,
     vlm_suppressed_ids,
 )
-from server.alignment.prompts import Prompt, collate_prompts, vqa_prompts
-from server.alignment.rollouts import SamplingConfig, generate
+from server.align.engine.prompts import Prompt, collate_prompts, vqa_prompts
+from server.align.engine.rollouts import SamplingConfig, generate
 
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from server.alignment.devices import Placement
+from server.align.engine.devices import Placement
 
 Adapter = Literal["lora", "full"]
 
@@ -75,7 +75,7 @@ class Policy:
         else:
             self._reference = copy.deepcopy(model).eval().requires_grad_(False)
             if setup.freeze_vision_tower:
-                from server.alignment.vision_pretrain import vision_tower
+                from server.align.engine.vision_pretrain import vision_tower
 
                 vision_tower(model).requires_grad_(False)
         model.eval()  # no dropout in rollouts or in the ratio: both must see the same policy

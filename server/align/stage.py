@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 from fedsecure.task import Example, Task, group_of_answer, wrong_answers
-from server.alignment.grpo import GRPOEngine, StepReport
-from server.alignment.prompts import Prompt, vqa_prompts
-from server.alignment.vqa_eval import Judge, evaluate_policy, exact_match
-from server.mixture.combiners import Routed
-from server.mixture.promotion import Measured, PromotionGate
-from server.mixture.reward import MixIn, MixtureReward
-from server.mixture.router import (
+from server.align.engine.grpo import GRPOEngine, StepReport
+from server.align.engine.prompts import Prompt, vqa_prompts
+from server.align.engine.vqa_eval import Judge, evaluate_policy, exact_match
+from server.align.combiners import Routed
+from server.align.promotion import Measured, PromotionGate
+from server.align.reward import MixIn, MixtureReward
+from server.align.router import (
     PreferenceScores,
     Router,
     fit_router,
@@ -56,7 +56,7 @@ class AlignStageConfig:
     # ... provided held-out accuracy fell by at least this much over those rounds in all
     hacking_min_drop: float = 0.02
     # a round's policy is promoted (exported) only if it beats the best so far, the start
-    # included, by this much type-averaged held-out accuracy (server/mixture/promotion.py)
+    # included, by this much type-averaged held-out accuracy (server/align/promotion.py)
     promotion_margin: float = 0.01
     # ... and only if no question type fell below the best's by more than this
     promotion_max_type_drop: float = 0.05

@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 
 from fedsecure import serde
 from fedsecure.types import Decline, PersonaliseSpec, TaskReport, TaskSpec
-
-from server.rewards.planners import MetricsLog, client_metrics, published_groups
-from server.rounds.phases import PhaseContext
+from server.planners.metrics import MetricsLog, client_metrics
+from server.rounds.phases import PhaseContext, published_groups
 from server.rounds.store import SubmissionRow
 
 

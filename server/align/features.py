@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from server.alignment.policy import Policy
-from server.alignment.prompts import Prompt, collate_prompts
-from server.alignment.positions import prompt_positions
+from server.align.engine.policy import Policy
+from server.align.engine.prompts import Prompt, collate_prompts
+from server.align.engine.positions import prompt_positions
 
 
 def reference_features(policy: Policy, *, batch_size: int = 64) -> Callable[[Sequence[Prompt]], torch.Tensor]:

@@ -4,7 +4,7 @@ uniform mean, min, max (the aggregations of the federated-RLHF literature), a si
 client, competence-based expert selection (FedGRPO-style) and a per-question-type lookup
 table. Every combiner sees the same inputs:
 
-- ``z`` (C, N) normalised scores, ``answered`` (C, N) (:func:`server.mixture.fusion.normalise_scores`);
+- ``z`` (C, N) normalised scores, ``answered`` (C, N) (:func:`server.align.fusion.normalise_scores`);
 - ``prompt_of`` (N,) the prompt index of each item; ``features`` (P, D) prompt features;
 - ``groups`` the per-prompt label a lookup table keys on (only the table reads it).
 
@@ -20,8 +20,8 @@ from typing import Protocol
 
 import torch
 
-from server.mixture.fusion import fuse
-from server.mixture.router import PreferenceScores, Router
+from server.align.fusion import fuse
+from server.align.router import PreferenceScores, Router
 
 
 @dataclass(frozen=True)

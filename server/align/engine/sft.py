@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from fedsecure.errors import PromptError
-from server.alignment.positions import prompt_positions
-from server.alignment.prompts import Prompt, collate_images
+from server.align.engine.positions import prompt_positions
+from server.align.engine.prompts import Prompt, collate_images
 
 log = logging.getLogger(__name__)
 
