@@ -74,6 +74,10 @@ class ServerSettings:
         0.5, help="GRPO only on the question types where the fused reward beats chance by this much among answers "
                   "of the type, on the router's public questions (0 chance, 1 always right; -1: every type)",
         section="align", key="min_fused_lift")
+    align_policy_lists: int = option(
+        16, help="public router questions per type the policy answers itself at each refresh; the fused reward's "
+                 "lift is measured on its samples, judged by the task's metric (0: on the curated wrong answers)",
+        section="align", key="policy_lists")
 
     def __post_init__(self) -> None:
         # Refused at start, naming the setting: a bad value found mid-run would cost a round.
@@ -90,8 +94,8 @@ class ServerSettings:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.align_steps < 0 or self.distill_steps < 0:
-            raise ValueError("align_steps and distill_steps cannot be negative")
+        if self.align_steps < 0 or self.distill_steps < 0 or self.align_policy_lists < 0:
+            raise ValueError("align_steps, distill_steps and align_policy_lists cannot be negative")
         self.phase_kinds()  # an unknown phase name is refused here
 
     def phase_kinds(self) -> tuple[TaskKind, ...]:

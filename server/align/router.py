@@ -116,6 +116,11 @@ class PreferenceScores:
         margin = (z[:, :, 0] - rejected).T
         return (margin > 0).float() + 0.5 * (margin == 0).float(), available
 
+    def subset(self, rows: torch.Tensor) -> PreferenceScores:
+        """The lists ``rows`` (indices or a boolean mask over M) alone."""
+        return PreferenceScores(features=self.features[rows], scores=self.scores[:, rows], answered=self.answered[:, rows],
+                                present=self.present[rows], capable=self.capable[rows])
+
 
 @dataclass(frozen=True)
 class RouterFit:

@@ -64,8 +64,18 @@ class AlignStageConfig:
     # the router just fit, puts the preferred answer first this far above chance on the
     # public preference lists (router.lift_by_group); None: on every prompt
     min_fused_lift: float | None = None
+    # At each refresh, this many of the public preference prompts per group are answered by
+    # the policy itself (group_size samples each), its samples judged by the task's metric
+    # against the public reference, and the lists "a right sample above the wrong ones"
+    # join the router's set; the fused reward's lift (min_fused_lift) is then measured on
+    # them alone: the policy's own samples are what GRPO asks the reward to rank, and the
+    # curated wrong answers told that apart badly (scenes: lists of curated answers passed,
+    # the policy's samples then fell apart). 0: curated lists only.
+    policy_lists_per_group: int = 0
 
     def __post_init__(self) -> None:
+        if self.policy_lists_per_group < 0:
+            raise ValueError("policy_lists_per_group cannot be negative")
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
         if self.min_fused_lift is not None and not -1.0 <= self.min_fused_lift < 1.0:
@@ -113,6 +123,45 @@ class PreferenceSet:
                                          for r, wrong in zip(records, rejected, strict=True)))
 
 
+def policy_lists(prompts: Sequence[Prompt], completions: Sequence[str], *, group_size: int,
+                 judge: Judge) -> tuple[PreferenceSet | None, dict[str, float]]:
+    """Preference lists from the policy's own samples (``group_size`` per prompt, in order)
+    on public prompts with a reference: a right sample (the most frequent; the reference
+    when none is right) above the distinct wrong ones, judged by ``judge`` (the task's
+    metric). A prompt whose samples are all right gives no list. Also the share of right
+    samples per group (the policy's accuracy there, as sampled)."""
+    if len(completions) != len(prompts) * group_size:
+        raise ValueError("group_size completions per prompt are needed")
+    keep: list[tuple[Prompt, str, tuple[str, ...]]] = []
+    right: dict[str, list[float]] = {}
+    for i, p in enumerate(prompts):
+        texts = [c.strip() for c in completions[i * group_size:(i + 1) * group_size]]
+        verdicts = [judge(p, t) for t in texts]
+        right.setdefault(p.group or "", []).extend(float(v) for v in verdicts)
+        wrong = tuple(dict.fromkeys(t for t, v in zip(texts, verdicts, strict=True) if not v and t))
+        good = [t for t, v in zip(texts, verdicts, strict=True) if v and t]
+        chosen = max(dict.fromkeys(good), key=good.count) if good else (p.answer or "")
+        wrong = tuple(t for t in wrong if t != chosen)
+        if wrong and chosen:
+            keep.append((p, chosen, wrong))
+    share = {g: round(sum(v) / len(v), 4) for g, v in right.items()}
+    if not keep:
+        return None, share
+    return PreferenceSet(prompts=tuple(p for p, _, _ in keep), chosen=tuple(c for _, c, _ in keep),
+                         rejected=tuple(r for _, _, r in keep), groups=tuple(p.group or "" for p, _, _ in keep)), share
+
+
+def joined(first: PreferenceSet, second: PreferenceSet) -> PreferenceSet:
+    """Both sets' lists, ``first``'s then ``second``'s (the groups of rejected answers kept:
+    a list without them has every rejected answer of its own group)."""
+    def rejected_groups(s: PreferenceSet) -> tuple[tuple[str, ...], ...]:
+        return s.rejected_groups or tuple((g,) * len(r) for g, r in zip(s.groups, s.rejected, strict=True))
+
+    return PreferenceSet(prompts=first.prompts + second.prompts, chosen=first.chosen + second.chosen,
+                         rejected=first.rejected + second.rejected, groups=first.groups + second.groups,
+                         rejected_groups=rejected_groups(first) + rejected_groups(second))
+
+
 @dataclass
 class AlignRoundResult:
     """One round of the stage: steps done and skipped, the fused reward's raw level next
@@ -122,6 +171,7 @@ class AlignRoundResult:
     round: int
     steps: int = 0
     skipped: int = 0
+    passed: int = 0  # steps counted without an update: no group trusted (policy_lists_per_group)
     reward_level: float = float("nan")
     monitor_accuracy: float = float("nan")
     monitor_by_type: dict[str, float] = field(default_factory=dict)
@@ -138,6 +188,9 @@ class AlignRoundResult:
     router_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     # the fused reward's lift over chance per group, and the groups GRPO left out for it
     fused_lift: dict[str, float] = field(default_factory=dict)
+    fused_lift_on: str = "public lists"  # or "policy samples" (AlignStageConfig.policy_lists_per_group)
+    policy_lists: int = 0  # lists drawn from the policy's own samples this refresh
+    policy_right: dict[str, float] = field(default_factory=dict)  # share of its samples right, per group
     groups_left_out: list[str] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)
     offenders: dict[str, int] = field(default_factory=dict)
@@ -243,6 +296,8 @@ class AlignStage:
         self.engine, self.reward, self.pool, self.monitor = engine, reward, list(pool), list(monitor)
         self.judge, self.answer_tokens = judge, answer_tokens  # the task's metric on the held-out monitor
         self.pool_groups = list(pool_groups) if pool_groups is not None else None
+        self._group_of = ({p.prompt_id: g for p, g in zip(self.pool, self.pool_groups, strict=True)}
+                          if self.pool_groups is not None else {})
         self.trusted: set[str] | None = None  # groups GRPO trains on this round (None: all)
         self.config, self.preferences, self.router = config, preferences, router
         self.log_path, self.on_step, self.on_promote = log_path, on_step, on_promote
@@ -285,6 +340,10 @@ class AlignStage:
         if self.router is None or self.preferences is None:
             return
         router, prefs, steps, seed = self.router, self.preferences, self.config.router_steps, self.engine.step_count
+        sampled = self._policy_lists(result)
+        curated = len(prefs.prompts)
+        if sampled is not None:
+            prefs = joined(prefs, sampled)
         layout = PreferenceItems.of(prefs, group_size=self.engine.config.group_size)
 
         def on_scores(raw: torch.Tensor, answered: torch.Tensor) -> None:
@@ -295,17 +354,61 @@ class AlignStage:
                 log.warning("router not refit this round: %s", exc)
                 return
             result.router_fit = dataclasses.asdict(fit)
-            result.fused_lift = lift_by_group(router, data, prefs.groups, layout.same_group(prefs))
+            judged = torch.arange(curated, len(prefs.prompts)) if sampled is not None else torch.arange(curated)
+            result.fused_lift = lift_by_group(router, data.subset(judged), [prefs.groups[i] for i in judged.tolist()],
+                                              layout.same_group(prefs)[judged])
+            result.fused_lift_on = "policy samples" if sampled is not None else "public lists"
             floor = self.config.min_fused_lift
             if floor is not None:
                 trusted = {g for g, lift in result.fused_lift.items() if lift >= floor}
                 if trusted & set(self.pool_groups or ()):
                     self.trusted = trusted
                     result.groups_left_out = sorted(set(self.pool_groups or ()) - trusted)
-                else:  # no group to trust: leave the pool whole, the promotion gate decides
+                elif sampled is not None:
+                    # Judged on the policy's own samples, the fused reward ranks none of its
+                    # groups well: GRPO would learn only its bias (measured on scenes: every
+                    # type fell). The round's remaining steps pass without an update.
+                    self.trusted = set()
+                    result.groups_left_out = sorted(set(self.pool_groups or ()))
+                else:  # no group to trust on the curated lists: leave the pool whole, the promotion gate decides
                     self.trusted = None
 
         self.reward.mix_in = MixIn(prompts=layout.prompts, completions=layout.completions, on_scores=on_scores)
+
+    def _policy_lists(self, result: AlignRoundResult) -> PreferenceSet | None:
+        """Lists from the policy's own samples on ``policy_lists_per_group`` public
+        preference prompts of each group (a seeded draw per step), judged by the task's
+        metric against their public references (:func:`policy_lists`); None when off or
+        when the policy got every sample right."""
+        k = self.config.policy_lists_per_group
+        if k == 0 or self.preferences is None:
+            return None
+        rng = random.Random(f"policy-lists:{self.engine.config.seed}:{self.engine.step_count}")
+        by_group: dict[str, list[Prompt]] = {}
+        for p, g in zip(self.preferences.prompts, self.preferences.groups, strict=True):
+            if p.answer is not None:
+                by_group.setdefault(g, []).append(p)
+        prompts = [p for g in sorted(by_group) for p in rng.sample(by_group[g], min(k, len(by_group[g])))]
+        if not prompts:
+            return None
+        started = time.perf_counter()
+        completions = self.engine.sample(prompts)
+        lists, result.policy_right = policy_lists(prompts, completions, group_size=self.engine.config.group_size,
+                                                  judge=self.judge)
+        result.policy_lists = len(lists.prompts) if lists is not None else 0
+        log.info("ALIGN: %d lists from the policy's own samples on %d public prompts (%.1f s); right per group %s",
+                 result.policy_lists, len(prompts), time.perf_counter() - started, result.policy_right)
+        return lists
+
+    def _trusted_reward(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
+        """The fused reward, flat (no advantage, nothing learnt) on the prompts of groups the
+        refresh does not trust: the step that carries the refresh drew its prompts before
+        the verdict."""
+        rewards = self.reward(prompts, completions)
+        if self.trusted is None or self.pool_groups is None:
+            return rewards
+        return [r if self._group_of.get(p.prompt_id) in self.trusted else 0.0
+                for p, r in zip(prompts, rewards, strict=True)]
 
     def _pool(self) -> list[Prompt]:
         """The prompts GRPO draws from: the pool, less the groups the fused reward cannot
@@ -343,16 +446,26 @@ class AlignStage:
             if self.on_promote is not None:
                 self.on_promote(self.gate.start)  # type: ignore[arg-type]
         if engine.step_count == first:
+            if self.trusted is not None and not self.trusted:
+                self.trusted = None  # the step carrying the refresh draws from the whole pool
             self.mix_preferences_into_next_step(result)
         logs_before = len(self.reward.logs)
         while engine.step_count < target:
             self.reward.step = engine.step_count
-            report = engine.step(engine.sample_prompts(self._pool()), self.reward)  # checkpoints the step
+            pool = self._pool()
+            if not pool:  # nothing the fused reward can judge this round: count the step, learn nothing
+                report = engine.pass_step("the fused reward ranks no group's samples well enough")
+                self.reports.append(report)
+                result.passed += 1
+                continue
+            report = engine.step(engine.sample_prompts(pool), self._trusted_reward)  # checkpoints the step
             self.reports.append(report)
             result.steps += 1
             if self.on_step is not None:
                 self.on_step(report)
-            if report.skipped:
+            if report.skipped and self.trusted is not None and not self.trusted:
+                result.passed += 1  # the refresh trusted no group: its own step learnt nothing, as meant
+            elif report.skipped:
                 result.skipped += 1
                 self.skipped_in_a_row += 1
                 if self.skipped_in_a_row >= cfg.max_skipped_steps:

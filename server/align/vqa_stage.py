@@ -74,6 +74,9 @@ class VQAStageSettings:
     # GRPO only on the question types where the fused reward beats chance by this much on
     # the router's public lists (AlignStageConfig.min_fused_lift; None: every type)
     min_fused_lift: float | None = 0.5
+    # ... measured on lists from the policy's own samples on this many public router
+    # questions per type (AlignStageConfig.policy_lists_per_group; 0: on the curated lists)
+    policy_lists_per_group: int = 16
     step_deadline_s: float = 30.0
     hacking_rounds: int = 2
     seed: int = 0
@@ -114,7 +117,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
     return AlignStage(engine=engine, reward=reward, pool=pool, monitor=monitor, preferences=preferences,
                       router=router, config=AlignStageConfig(steps_per_round=settings.steps_per_round,
                                                              hacking_rounds=settings.hacking_rounds,
-                                                             min_fused_lift=settings.min_fused_lift),
+                                                             min_fused_lift=settings.min_fused_lift,
+                                                             policy_lists_per_group=settings.policy_lists_per_group),
                       log_path=settings.out / "align.jsonl", on_promote=export,
                       pool_groups=[str(p.group) for p in pool], judge=task_judge(task),
                       answer_tokens=config.sampling.max_new_tokens)

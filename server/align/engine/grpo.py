@@ -163,6 +163,20 @@ class GRPOEngine:
         n = min(self.config.prompts_per_step, len(pool))
         return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
+    def sample(self, prompts: Sequence[Prompt], *, salt: int = 1) -> list[str]:
+        """``group_size`` completions of the current policy for each prompt (prompt-major,
+        as a step samples them, with a generator of its own: ``salt`` keeps it apart from the
+        step's), decoded; no update. What the policy would say now, e.g. to measure a reward
+        on the policy's own samples."""
+        cfg, policy = self.config, self.policy
+        check_prompts(prompts, needs_image=policy.is_vlm)
+        generator = torch.Generator(device=policy.placement.device)
+        generator.manual_seed(((cfg.seed * 1_000_003 + self.step_count) * 1009 + policy.placement.rank) * 31 + salt)
+        rollouts = generate(policy.model, collate_prompts(prompts, pad_id=policy.pad_id), group_size=cfg.group_size,
+                            config=cfg.sampling, eos_id=policy.eos_id, pad_id=policy.pad_id, generator=generator,
+                            autocast=policy.placement.autocast, suppressed=policy.suppressed)
+        return [policy.decode(row) for row in rollouts.completion_ids.tolist()]
+
     # -- one step --------------------------------------------------------------------------
     def step(self, prompts: Sequence[Prompt], reward: RewardFn) -> StepReport:
         """Roll out, score, and update on ``prompts``. A bad reward skips the update (the
@@ -289,6 +303,13 @@ class GRPOEngine:
             self.optimizer.step()
             totals["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
         return totals
+
+    def pass_step(self, reason: str) -> StepReport:
+        """Count a step in which nothing is sampled or learnt (the policy and optimiser
+        untouched), checkpointed like any other: a caller with nothing it trusts to train
+        on keeps its step numbering (e.g. the ALIGN stage's rounds of fixed length)."""
+        return self._finish(StepReport(self.step_count, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
+                                       0, 0.0, 0.0, skipped=f"passed: {reason}"))
 
     def _finish(self, report: StepReport) -> StepReport:
         self.step_count += 1
