@@ -295,9 +295,15 @@ def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict
         lift = r.get("fused_lift") or {}
         if lift:
             left = r.get("groups_left_out") or []
-            print("[demo]   fused reward above chance on the router's public lists (0 chance, 1 always right): "
+            on = r.get("fused_lift_on", "public lists")
+            right = r.get("policy_right") or {}
+            where = (f"the policy's own samples ({r.get('policy_lists', 0)} lists; its samples right: "
+                     + ", ".join(f"{t} {v:.2f}" for t, v in sorted(right.items())) + ")"  # type: ignore[union-attr]
+                     if on == "policy samples" else "the router's public lists")
+            print(f"[demo]   fused reward above chance on {where} (0 chance, 1 always right): "
                   + ", ".join(f"{t} {v:.2f}" for t, v in sorted(lift.items()))  # type: ignore[union-attr]
-                  + (f"; GRPO left out {', '.join(left)} (below the floor)" if left else "; GRPO on every type"))
+                  + (f"; GRPO left out {', '.join(left)} (below the floor)" if left else "; GRPO on every type")
+                  + (f"; {r['passed']} steps passed without an update" if r.get("passed") else ""))
     def by_type(a: object, b: object) -> str:
         return ", ".join(f"{t} {a.by_type[t]:.2f} -> {b.by_type.get(t, 0.0):.2f}"  # type: ignore[attr-defined]
                          for t in sorted(a.by_type)) + (  # type: ignore[attr-defined]
