@@ -292,6 +292,11 @@ def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict
               f"left out of steps: {r['left_out'] or 'none'}"
               f"{'; STOPPED: ' + r['stopped'] if r.get('stopped') else ''}")
         print(f"[demo]   router weights per question type: {weights}")
+        checks = r.get("checks") or []
+        if checks:
+            print("[demo]   held-out type-averaged accuracy inside the round: "
+                  + ", ".join(f"step {c['step']} {c['type_mean']:.3f}{' (promoted)' if c.get('promoted') else ''}"
+                              for c in checks))  # type: ignore[union-attr]
         lift = r.get("fused_lift") or {}
         if lift:
             left = r.get("groups_left_out") or []

@@ -71,13 +71,18 @@ class ServerSettings:
     align_hacking_rounds: int = option(2, help="rounds of rising fused reward with falling held-out accuracy that "
                                                "stop the stage", section="align", key="hacking_rounds")
     align_min_fused_lift: float = option(
-        0.5, help="GRPO only on the question types where the fused reward beats chance by this much among answers "
-                  "of the type, on the router's public questions (0 chance, 1 always right; -1: every type)",
+        0.5, help="GRPO only on the question types where the fused reward puts a right answer first this far above "
+                  "chance on the router's public questions: among the policy's own samples (policy_lists), else "
+                  "among the curated answers of the type (0 chance, 1 always right; -1: every type)",
         section="align", key="min_fused_lift")
     align_policy_lists: int = option(
         16, help="public router questions per type the policy answers itself at each refresh; the fused reward's "
                  "lift is measured on its samples, judged by the task's metric (0: on the curated wrong answers)",
         section="align", key="policy_lists")
+    align_monitor_every: int = option(
+        10, help="measure the policy on held-out public questions every this many GRPO steps inside a round, and "
+                 "export it there if it passes the promotion gate (0: at the round's end only)",
+        section="align", key="monitor_every")
 
     def __post_init__(self) -> None:
         # Refused at start, naming the setting: a bad value found mid-run would cost a round.
@@ -94,8 +99,8 @@ class ServerSettings:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.align_steps < 0 or self.distill_steps < 0 or self.align_policy_lists < 0:
-            raise ValueError("align_steps, distill_steps and align_policy_lists cannot be negative")
+        if min(self.align_steps, self.distill_steps, self.align_policy_lists, self.align_monitor_every) < 0:
+            raise ValueError("align_steps, distill_steps, align_policy_lists and align_monitor_every cannot be negative")
         self.phase_kinds()  # an unknown phase name is refused here
 
     def phase_kinds(self) -> tuple[TaskKind, ...]:

@@ -108,3 +108,22 @@ def test_nothing_is_learnt_when_no_group_is_judged_well(tmp_path: Path) -> None:
     result = stage.run_round(1)  # the next refresh starts from the whole pool again, and decides again
     assert result.passed == 3 and stage.engine.step_count == 6
     stage.reward.close()
+
+
+def test_the_policy_is_measured_and_promoted_inside_a_round(tmp_path: Path) -> None:
+    """Measured on scenes: the one trusted type rose inside the round while the others fell
+    by its end; a held-out check every few steps can export the policy of the gain."""
+    stage, prompts = _stage(tmp_path, ["judged"] * 16)
+    exported: list[int] = []
+    stage.monitor = prompts[:8]
+    stage.on_promote = lambda m: exported.append(m.step)
+    # margin 0 and any drop allowed: every measurement at least as good as the best is promoted
+    stage.config = dataclasses.replace(stage.config, steps_per_round=4, monitor_every=2, promotion_margin=0.0,
+                                       promotion_max_type_drop=0.99)
+    stage.gate = type(stage.gate)(margin=0.0, max_type_drop=0.99)
+    result = stage.run_round(0)
+    assert [c["step"] for c in result.checks] == [2]  # step 4 is the round's own measurement
+    assert exported[0] == 0  # the start
+    assert result.checks[0]["promoted"] and exported[:2] == [0, 2]  # exported at step 2, inside the round
+    assert result.steps == 4
+    stage.reward.close()

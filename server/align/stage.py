@@ -72,10 +72,16 @@ class AlignStageConfig:
     # curated wrong answers told that apart badly (scenes: lists of curated answers passed,
     # the policy's samples then fell apart). 0: curated lists only.
     policy_lists_per_group: int = 0
+    # Also measure the policy on the held-out monitor every this many steps within a round,
+    # and promote it there if it passes the gate (0: at the round's end only). Measured on
+    # scenes: GRPO on the one type the fused reward judged well lifted it (count 0.77 ->
+    # 0.95) while the others fell within the round (colour 0.64 -> 0.15), so the round's
+    # end had nothing to promote; earlier in the round the gain came first.
+    monitor_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.policy_lists_per_group < 0:
-            raise ValueError("policy_lists_per_group cannot be negative")
+        if self.policy_lists_per_group < 0 or self.monitor_every < 0:
+            raise ValueError("policy_lists_per_group and monitor_every cannot be negative")
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
         if self.min_fused_lift is not None and not -1.0 <= self.min_fused_lift < 1.0:
@@ -172,6 +178,7 @@ class AlignRoundResult:
     steps: int = 0
     skipped: int = 0
     passed: int = 0  # steps counted without an update: no group trusted (policy_lists_per_group)
+    checks: list[dict[str, float]] = field(default_factory=list)  # the monitor inside the round (monitor_every)
     reward_level: float = float("nan")
     monitor_accuracy: float = float("nan")
     monitor_by_type: dict[str, float] = field(default_factory=dict)
@@ -474,6 +481,7 @@ class AlignStage:
                     break
             else:
                 self.skipped_in_a_row = 0
+                self._check_within(result, first, target)
         logs = self.reward.logs[logs_before:]
         for entry in logs:
             for name in entry.left_out:
@@ -490,8 +498,8 @@ class AlignStage:
             result.monitor_type_mean = measured.type_mean
             if self.gate.start is not None:
                 verdict = self.gate.consider(measured)
-                result.promoted, result.fallen = verdict.promoted, verdict.fallen
-                if result.promoted and self.on_promote is not None:
+                result.promoted, result.fallen = result.promoted or verdict.promoted, verdict.fallen
+                if verdict.promoted and self.on_promote is not None:  # this very policy, not one inside the round
                     self.on_promote(measured)
         if self.gate.start is not None and self.gate.best is not None:
             result.start_accuracy, result.start_by_type = self.gate.start.accuracy, dict(self.gate.start.by_type)
@@ -506,6 +514,26 @@ class AlignStage:
             engine.save()
         self._write(result)
         return result
+
+    def _check_within(self, result: AlignRoundResult, first: int, target: int) -> None:
+        """Every ``monitor_every`` steps inside a round (not at its end, which the round's
+        own measurement covers): measure on the held-out monitor and promote through the
+        gate. A promotion is checkpointed at once, so a restart knows what was exported."""
+        every, step = self.config.monitor_every, self.engine.step_count
+        if not every or not self.monitor or self.gate.start is None or (step - first) % every or step >= target:
+            return
+        ev = evaluate_policy(self.engine.policy, self.monitor, judge=self.judge, max_new_tokens=self.answer_tokens)
+        measured = Measured(round=result.round, step=step, accuracy=ev.accuracy, by_type=ev.by_type)
+        verdict = self.gate.consider(measured)
+        result.checks.append({"step": step, "type_mean": round(measured.type_mean, 4), "promoted": verdict.promoted,
+                              **{f"by_type.{t}": round(v, 4) for t, v in ev.by_type.items()}})
+        log.info("ALIGN step %d: held-out type-averaged %.3f %s%s", step, measured.type_mean, ev.by_type,
+                 " (promoted)" if verdict.promoted else "")
+        if verdict.promoted:
+            result.promoted = True
+            if self.on_promote is not None:
+                self.on_promote(measured)
+            self.engine.save()
 
     def _hacking(self, result: AlignRoundResult) -> str | None:
         """Held-out accuracy fell ``hacking_rounds`` rounds in a row, by ``hacking_min_drop``

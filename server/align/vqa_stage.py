@@ -77,6 +77,8 @@ class VQAStageSettings:
     # ... measured on lists from the policy's own samples on this many public router
     # questions per type (AlignStageConfig.policy_lists_per_group; 0: on the curated lists)
     policy_lists_per_group: int = 16
+    # held-out measurement (and promotion) every this many steps inside a round (0: at its end)
+    monitor_every: int = 10
     step_deadline_s: float = 30.0
     hacking_rounds: int = 2
     seed: int = 0
@@ -118,7 +120,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
                       router=router, config=AlignStageConfig(steps_per_round=settings.steps_per_round,
                                                              hacking_rounds=settings.hacking_rounds,
                                                              min_fused_lift=settings.min_fused_lift,
-                                                             policy_lists_per_group=settings.policy_lists_per_group),
+                                                             policy_lists_per_group=settings.policy_lists_per_group,
+                                                             monitor_every=settings.monitor_every),
                       log_path=settings.out / "align.jsonl", on_promote=export,
                       pool_groups=[str(p.group) for p in pool], judge=task_judge(task),
                       answer_tokens=config.sampling.max_new_tokens)
