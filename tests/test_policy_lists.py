@@ -35,8 +35,8 @@ def test_lists_put_a_right_sample_above_the_distinct_wrong_ones() -> None:
     def judge(p: Prompt, completion: str) -> bool:
         return completion.startswith("ok")
 
-    lists, right = policy_lists(prompts, samples, group_size=4, judge=judge)
-    assert lists is not None
+    lists, sampled, right = policy_lists(prompts, samples, group_size=4, judge=judge)
+    assert lists is not None and sampled == (True, False)
     assert lists.chosen == ("ok2", "ref-b") and lists.rejected == (("bad",), ("bad", "worse"))
     assert lists.groups == ("g", "g") and right == {"g": 0.375, "h": 1.0}
     both = joined(PreferenceSet(prompts=(prompts[2],), chosen=("x",), rejected=(("y", "z"),), groups=("h",),

@@ -40,6 +40,8 @@ from server.align.router import (
 
 log = logging.getLogger(__name__)
 
+MIN_LISTS = 4  # policy lists of a group (with a right sample) needed before its lift counts
+
 
 @dataclass(frozen=True)
 class AlignStageConfig:
@@ -130,15 +132,19 @@ class PreferenceSet:
 
 
 def policy_lists(prompts: Sequence[Prompt], completions: Sequence[str], *, group_size: int,
-                 judge: Judge) -> tuple[PreferenceSet | None, dict[str, float]]:
+                 judge: Judge) -> tuple[PreferenceSet | None, tuple[bool, ...], dict[str, float]]:
     """Preference lists from the policy's own samples (``group_size`` per prompt, in order)
     on public prompts with a reference: a right sample (the most frequent; the reference
     when none is right) above the distinct wrong ones, judged by ``judge`` (the task's
-    metric). A prompt whose samples are all right gives no list. Also the share of right
-    samples per group (the policy's accuracy there, as sampled)."""
+    metric). A prompt whose samples are all right gives no list. Also, per list, whether
+    its preferred answer is one of the policy's samples (only those lists show whether
+    the reward can rank what GRPO compares: the reference above wrong samples is easy,
+    and measured on scenes it passed a type whose samples were all wrong, which GRPO then
+    lost), and the share of right samples per group (the policy's accuracy, as sampled)."""
     if len(completions) != len(prompts) * group_size:
         raise ValueError("group_size completions per prompt are needed")
     keep: list[tuple[Prompt, str, tuple[str, ...]]] = []
+    sampled: list[bool] = []
     right: dict[str, list[float]] = {}
     for i, p in enumerate(prompts):
         texts = [c.strip() for c in completions[i * group_size:(i + 1) * group_size]]
@@ -150,11 +156,13 @@ def policy_lists(prompts: Sequence[Prompt], completions: Sequence[str], *, group
         wrong = tuple(t for t in wrong if t != chosen)
         if wrong and chosen:
             keep.append((p, chosen, wrong))
+            sampled.append(bool(good))
     share = {g: round(sum(v) / len(v), 4) for g, v in right.items()}
     if not keep:
-        return None, share
-    return PreferenceSet(prompts=tuple(p for p, _, _ in keep), chosen=tuple(c for _, c, _ in keep),
-                         rejected=tuple(r for _, _, r in keep), groups=tuple(p.group or "" for p, _, _ in keep)), share
+        return None, (), share
+    return (PreferenceSet(prompts=tuple(p for p, _, _ in keep), chosen=tuple(c for _, c, _ in keep),
+                          rejected=tuple(r for _, _, r in keep), groups=tuple(p.group or "" for p, _, _ in keep)),
+            tuple(sampled), share)
 
 
 def joined(first: PreferenceSet, second: PreferenceSet) -> PreferenceSet:
@@ -306,6 +314,7 @@ class AlignStage:
         self._group_of = ({p.prompt_id: g for p, g in zip(self.pool, self.pool_groups, strict=True)}
                           if self.pool_groups is not None else {})
         self.trusted: set[str] | None = None  # groups GRPO trains on this round (None: all)
+        self._sampled: tuple[bool, ...] = ()  # per policy list: is its preferred answer a sample of the policy
         self.config, self.preferences, self.router = config, preferences, router
         self.log_path, self.on_step, self.on_promote = log_path, on_step, on_promote
         self.gate = PromotionGate(margin=config.promotion_margin, max_type_drop=config.promotion_max_type_drop)
@@ -361,9 +370,15 @@ class AlignStage:
                 log.warning("router not refit this round: %s", exc)
                 return
             result.router_fit = dataclasses.asdict(fit)
-            judged = torch.arange(curated, len(prefs.prompts)) if sampled is not None else torch.arange(curated)
-            result.fused_lift = lift_by_group(router, data.subset(judged), [prefs.groups[i] for i in judged.tolist()],
-                                              layout.same_group(prefs)[judged])
+            if sampled is not None:  # lists whose preferred answer the policy itself sampled
+                judged = torch.tensor([curated + i for i, own in enumerate(self._sampled) if own], dtype=torch.long)
+            else:
+                judged = torch.arange(curated)
+            groups = [prefs.groups[i] for i in judged.tolist()]
+            lift = lift_by_group(router, data.subset(judged), groups, layout.same_group(prefs)[judged]) \
+                if len(judged) else {}
+            # a lift measured on too few lists is no verdict: that group is not trusted
+            result.fused_lift = {g: v for g, v in lift.items() if groups.count(g) >= MIN_LISTS or sampled is None}
             result.fused_lift_on = "policy samples" if sampled is not None else "public lists"
             floor = self.config.min_fused_lift
             if floor is not None:
@@ -400,11 +415,13 @@ class AlignStage:
             return None
         started = time.perf_counter()
         completions = self.engine.sample(prompts)
-        lists, result.policy_right = policy_lists(prompts, completions, group_size=self.engine.config.group_size,
-                                                  judge=self.judge)
-        result.policy_lists = len(lists.prompts) if lists is not None else 0
-        log.info("ALIGN: %d lists from the policy's own samples on %d public prompts (%.1f s); right per group %s",
-                 result.policy_lists, len(prompts), time.perf_counter() - started, result.policy_right)
+        lists, self._sampled, result.policy_right = policy_lists(prompts, completions,
+                                                                 group_size=self.engine.config.group_size,
+                                                                 judge=self.judge)
+        result.policy_lists = sum(self._sampled)
+        log.info("ALIGN: %d lists from the policy's own samples (%d with a right sample) on %d public prompts "
+                 "(%.1f s); right per group %s", len(self._sampled), result.policy_lists, len(prompts),
+                 time.perf_counter() - started, result.policy_right)
         return lists
 
     def _trusted_reward(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
