@@ -205,7 +205,7 @@ def _judged_pool(reward, router, prefs, pool, policy, processor, cfg: MorExperim
     from server.align.engine.prompts import vqa_prompts
     from server.align.engine.vqa_eval import evaluate_policy
     from server.align.router import fit_router
-    from server.align.stage import score_preferences
+    from server.align.preferences import score_preferences
     from tasks.easyvqa.data import answer_type
 
     if router is not None:  # fit as the stage's first step would, so the judge measured is the one used
@@ -244,12 +244,8 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     from server.align.features import reference_features
     from server.align.reward import MixtureReward, ScoringClient
     from server.align.router import Router
-    from server.align.stage import (
-        AlignStage,
-        AlignStageConfig,
-        PreferenceSet,
-        score_preferences,
-    )
+    from server.align.preferences import PreferenceSet, score_preferences
+    from server.align.stage import AlignStage, AlignStageConfig
 
     started = time.monotonic()
     model, processor = load_policy(base)

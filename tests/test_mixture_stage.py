@@ -21,7 +21,8 @@ from server.align.combiners import Routed, Uniform
 from server.align.features import reference_features
 from server.align.reward import MixtureReward, ScoringClient, check_answer
 from server.align.router import Router
-from server.align.stage import AlignStage, AlignStageConfig, PreferenceSet
+from server.align.preferences import PreferenceSet
+from server.align.stage import AlignStage, AlignStageConfig
 from tests.test_grpo_engine import config, low_tokens, pool, snapshot, tiny_policy
 
 
@@ -364,7 +365,7 @@ def test_the_align_phase_stays_open_for_its_planned_work(tmp_path: Path) -> None
 
 
 def test_preference_items_look_like_groups_and_map_back_to_their_lists() -> None:
-    from server.align.stage import PreferenceItems
+    from server.align.preferences import PreferenceItems
 
     base = pool(3)
     prefs = PreferenceSet(prompts=tuple(base), chosen=("a", "b", "c"),

@@ -19,7 +19,8 @@ from server.align.engine.prompts import Prompt
 from server.align.features import reference_features
 from server.align.reward import MixtureReward, ScoringClient
 from server.align.router import Router
-from server.align.stage import AlignStage, AlignStageConfig, PreferenceSet, joined, policy_lists
+from server.align.preferences import PreferenceSet, joined, policy_lists
+from server.align.stage import AlignStage, AlignStageConfig
 from tests.test_grpo_engine import config, low_tokens, pool, snapshot, tiny_policy
 
 TEXT = (Modality.TEXT,)

@@ -48,7 +48,8 @@ from server.align.features import reference_features
 from server.align.promotion import Measured
 from server.align.reward import MixtureReward, ScoringClient
 from server.align.router import Router
-from server.align.stage import AlignStage, AlignStageConfig, PreferenceSet
+from server.align.preferences import PreferenceSet
+from server.align.stage import AlignStage, AlignStageConfig
 
 log = logging.getLogger(__name__)
 
