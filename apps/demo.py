@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the round the ALIGN stage starts in (default: the last; earlier rounds train the reward "
                         "models only)")
     p.add_argument("--align-prompts", type=int, default=ALIGN_PROMPTS, help="prompts per GRPO step")
+    p.add_argument("--align-lr", type=float, default=None, help="GRPO's learning rate (default: the server's)")
+    p.add_argument("--align-beta", type=float, default=None, help="GRPO's KL β (default: the server's)")
     p.add_argument("--grpo-eval", type=int, default=500, help="test questions the alignment is measured on")
     p.add_argument("--backbone-steps", type=int, default=600,
                    help="steps of the operator's backbone pretraining on public data (0: frozen random stacks)")
@@ -171,7 +173,9 @@ def _main(args: argparse.Namespace) -> int:
             "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round,
                          "data_seed": args.seed},
             "personalise": {"distill_steps": args.distill_steps},
-            "align": {"steps": args.align_steps, "first_round": align_first, "prompts": args.align_prompts}})
+            "align": {"steps": args.align_steps, "first_round": align_first, "prompts": args.align_prompts,
+                      **({"learning_rate": args.align_lr} if args.align_lr is not None else {}),
+                      **({"beta": args.align_beta} if args.align_beta is not None else {})}})
         server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
                                    "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs)
         procs.append(server)

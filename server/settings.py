@@ -75,6 +75,13 @@ class ServerSettings:
                   "chance on the router's public questions: among the policy's own samples (policy_lists), else "
                   "among the curated answers of the type (0 chance, 1 always right; -1: every type)",
         section="align", key="min_fused_lift")
+    align_learning_rate: float = option(3e-4, help="GRPO's learning rate (AdamW, full fine-tuning of the language "
+                                                   "model; the vision tower frozen)", section="align",
+                                        key="learning_rate")
+    align_beta: float = option(
+        0.0, help="β of GRPO's KL penalty to the starting policy; above 0, prompts of the types left out also enter "
+                  "the steps with a flat reward, so only the KL term acts on them and holds those types where they were",
+        section="align", key="beta")
     align_policy_lists: int = option(
         16, help="public router questions per type the policy answers itself at each refresh; the fused reward's "
                  "lift is measured on its samples, judged by the task's metric (0: on the curated wrong answers)",
@@ -97,8 +104,10 @@ class ServerSettings:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
         if not 0.0 < self.sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.learning_rate <= 0 or self.align_learning_rate <= 0:
+            raise ValueError(f"learning rates must be positive, got {self.learning_rate}, {self.align_learning_rate}")
+        if self.align_beta < 0:
+            raise ValueError(f"align_beta cannot be negative, got {self.align_beta}")
         if min(self.align_steps, self.distill_steps, self.align_policy_lists, self.align_monitor_every) < 0:
             raise ValueError("align_steps, distill_steps, align_policy_lists and align_monitor_every cannot be negative")
         self.phase_kinds()  # an unknown phase name is refused here
