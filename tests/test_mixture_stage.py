@@ -491,7 +491,9 @@ def test_grpo_leaves_out_the_question_types_the_fused_reward_cannot_judge(tmp_pa
                           rejected=tuple((high,) if i % 2 else (low,) for i in range(n)),
                           groups=tuple("judged" if i % 2 else "misjudged" for i in range(n)))
     policy = tiny_policy()
-    engine = GRPOEngine(policy=policy, config=config(lr=1e-2), checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1)
+    # β = 0: the left-out types are not drawn at all (with β > 0 they stay in, anchored: test_policy_lists.py)
+    engine = GRPOEngine(policy=policy, config=config(lr=1e-2, beta=0.0), checkpoint_dir=tmp_path / "ckpt",
+                        checkpoint_every=1)
     router = Router(feature_dim=32, clients=1, hidden=16)
     reward = MixtureReward(clients=[ScoringClient("good", TEXT, good)], combiner=Routed(router),
                            features=reference_features(policy), deadline_s=5.0)

@@ -70,7 +70,8 @@ def _stage(tmp: Path, groups: Sequence[str]) -> tuple[AlignStage, list[Prompt]]:
     prefs = PreferenceSet(prompts=tuple(router_prompts), chosen=tuple(low for _ in router_prompts),
                           rejected=tuple((high,) for _ in router_prompts), groups=tuple(p.group for p in router_prompts))  # type: ignore[misc]
     policy = tiny_policy()
-    engine = GRPOEngine(policy=policy, config=config(lr=1e-2), checkpoint_dir=tmp / "ckpt", checkpoint_every=1)
+    engine = GRPOEngine(policy=policy, config=config(lr=1e-2, beta=0.0), checkpoint_dir=tmp / "ckpt",
+                        checkpoint_every=1)
     router = Router(feature_dim=32, clients=1, hidden=16)
     reward = MixtureReward(clients=[ScoringClient("good", TEXT, good)], combiner=Routed(router),
                            features=reference_features(policy), deadline_s=5.0)
@@ -128,3 +129,19 @@ def test_the_policy_is_measured_and_promoted_inside_a_round(tmp_path: Path) -> N
     assert result.checks[0]["promoted"] and exported[:2] == [0, 2]  # exported at step 2, inside the round
     assert result.steps == 4
     stage.reward.close()
+
+
+def test_with_a_kl_penalty_the_types_left_out_stay_in_the_steps_with_a_flat_reward(tmp_path: Path) -> None:
+    stage, prompts = _stage(tmp_path, ["judged" if i % 2 else "misjudged" for i in range(16)])
+    stage.trusted = {"judged"}
+    assert {p.group for p in stage._pool()} == {"judged"}  # β = 0: nothing would hold them
+    stage.engine.config = dataclasses.replace(stage.engine.config,
+                                              loss=dataclasses.replace(stage.engine.config.loss, beta=0.04))
+    assert stage._pool() == prompts  # anchored: the whole pool
+    real = stage.reward
+    stage.reward = lambda ps, cs: [1.0 + i for i in range(len(ps))]  # type: ignore[assignment, misc]
+    rewards = stage._trusted_reward(prompts[:4], ["a", "b", "c", "d"])
+    assert rewards == [0.0, 2.0, 0.0, 4.0]  # misjudged prompts (even indices): flat, no advantage
+    stage.trusted = set()
+    assert stage._pool() == []  # nothing trusted: the steps pass
+    real.close()
