@@ -287,8 +287,9 @@ def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict
             continue
         weights = "; ".join(f"{t}: " + ", ".join(f"{c} {w:.2f}" for c, w in ws.items())
                             for t, ws in sorted(r.get("router_weights", {}).items()))
+        passed = f", {r['passed']} passed without an update" if r.get("passed") else ""
         print(f"[demo] ALIGN round {r['round']} ({r['seconds']:.0f} s): {r['steps']} GRPO steps ({r['skipped']} "
-              f"skipped) on the fused "
+              f"skipped{passed}) on the fused "
               f"scores of {', '.join(r['connected'])}; router fit "
               f"{(r.get('router_fit') or {}).get('accuracy_after', float('nan')):.2f} preferred first; held-out accuracy "
               f"{r['monitor_accuracy']:.3f} (type-averaged {r.get('monitor_type_mean', float('nan')):.3f}, start "
@@ -311,8 +312,7 @@ def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict
                      if on == "policy samples" else "the router's public lists")
             print(f"[demo]   fused reward above chance on {where} (0 chance, 1 always right): "
                   + ", ".join(f"{t} {v:.2f}" for t, v in sorted(lift.items()))  # type: ignore[union-attr]
-                  + (f"; GRPO left out {', '.join(left)} (below the floor)" if left else "; GRPO on every type")
-                  + (f"; {r['passed']} steps passed without an update" if r.get("passed") else ""))
+                  + (f"; GRPO left out {', '.join(left)} (below the floor)" if left else "; GRPO on every type"))
     def by_type(a: object, b: object) -> str:
         return ", ".join(f"{t} {a.by_type[t]:.2f} -> {b.by_type.get(t, 0.0):.2f}"  # type: ignore[attr-defined]
                          for t in sorted(a.by_type)) + (  # type: ignore[attr-defined]

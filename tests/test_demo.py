@@ -70,6 +70,9 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert alignment["steps"] == 4 and 0.0 <= alignment["end_accuracy"] <= 1.0
     rounds = alignment["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["steps"] == 2 for r in rounds)
+    # each refresh, the policy answered public questions of every type itself, and the gate's
+    # verdict (steps passed when no type is trusted) is part of the round's record
+    assert all(set(r["policy_right"]) == {"color", "shape", "yesno"} and 0 <= r["passed"] <= 2 for r in rounds)
     assert all(r["connected"] == sorted(summary["clients"]) for r in rounds)
     assert all(r["router_fit"]["accuracy_after"] >= 0.0 and set(r["router_weights"]) == {"color", "shape", "yesno"}
                for r in rounds)

@@ -103,7 +103,7 @@ def test_nothing_is_learnt_when_no_group_is_judged_well(tmp_path: Path) -> None:
     stage, _ = _stage(tmp_path, ["misjudged"] * 16)
     before = snapshot(stage.engine.policy)
     result = stage.run_round(0)
-    assert result.groups_left_out == ["misjudged"] and result.passed == 3 and result.skipped == 0
+    assert result.groups_left_out == ["misjudged"] and result.passed == result.steps == 3 and result.skipped == 0
     assert result.stopped is None and stage.engine.step_count == 3  # the round keeps its length
     after = snapshot(stage.engine.policy)
     assert all(torch.equal(before[n], after[n]) for n in before)  # the policy is untouched

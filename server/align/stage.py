@@ -99,9 +99,9 @@ class AlignRoundResult:
     out and how often, repeat offenders, and why the stage stopped (None: it did not)."""
 
     round: int
-    steps: int = 0
+    steps: int = 0  # the round's steps run, skipped and passed ones included
     skipped: int = 0
-    passed: int = 0  # steps counted without an update: no group trusted (policy_lists_per_group)
+    passed: int = 0  # of ``steps``, those without an update because no group was trusted (policy_lists_per_group)
     checks: list[dict[str, float]] = field(default_factory=list)  # the monitor inside the round (monitor_every)
     reward_level: float = float("nan")
     monitor_accuracy: float = float("nan")
@@ -120,7 +120,7 @@ class AlignRoundResult:
     # the fused reward's lift over chance per group, and the groups GRPO left out for it
     fused_lift: dict[str, float] = field(default_factory=dict)
     fused_lift_on: str = "public lists"  # or "policy samples" (AlignStageConfig.policy_lists_per_group)
-    policy_lists: int = 0  # lists drawn from the policy's own samples this refresh
+    policy_lists: int = 0  # lists this refresh whose preferred answer the policy itself sampled (the lift is on them)
     policy_right: dict[str, float] = field(default_factory=dict)  # share of its samples right, per group
     groups_left_out: list[str] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)
@@ -330,6 +330,7 @@ class AlignStage:
             if not pool:  # nothing the fused reward can judge this round: count the step, learn nothing
                 report = engine.pass_step("the fused reward ranks no group's samples well enough")
                 self.reports.append(report)
+                result.steps += 1
                 result.passed += 1
                 continue
             report = engine.step(engine.sample_prompts(pool), self._trusted_reward)  # checkpoints the step
