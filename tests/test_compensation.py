@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.planners.compensation import Member, check_coefficients, coefficients
+from fedsecure.models.groups import GroupKey
+from server.planners.compensation import Member, check_coefficients, coefficients, mlp_group_coefficient
 
 A, B, C = Member("a", "image_text", 100), Member("b", "image", 300), Member("c", "text", 600)
 ALL = (A, B, C)
@@ -45,3 +46,15 @@ def test_bad_requests_and_coefficients_are_refused() -> None:
         with pytest.raises(ValueError, match=text):
             check_coefficients(bad)
     check_coefficients(coefficients(target_kind="image_text", members=ALL, role="attention", stack="image"))
+
+
+def test_an_mlp_groups_coefficient_is_the_sum_of_its_members_c() -> None:
+    """What the TRAIN planner sends and the benchmarks' exchange applies: one number per
+    MLP group, the summed c_i (image kind: B's 300 of the 400 sharing the image stack)."""
+    group = GroupKey.parse(GroupKey.of(family="mlp_image", stack="image", backbone_sha256="0" * 64,
+                                       shape="h64l2a4m128").name)
+    assert mlp_group_coefficient(group=group, members=ALL) == pytest.approx(0.75)
+    attention = GroupKey.parse(GroupKey.of(family="attn", stack="image", backbone_sha256="0" * 64,
+                                           shape="h64l2a4m128").name)
+    with pytest.raises(ValueError, match="not an MLP group"):
+        mlp_group_coefficient(group=attention, members=ALL)

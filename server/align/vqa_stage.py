@@ -61,28 +61,30 @@ STAGE_SETUP = PolicySetup(adapter="full", freeze_vision_tower=True)
 
 @dataclass(frozen=True)
 class VQAStageSettings:
-    """Sizes of the ALIGN stage (defaults: the CPU demo's)."""
+    """Sizes of the ALIGN stage. What an operator sets comes from
+    :class:`server.settings.ServerSettings` (its one source of defaults); the rest are
+    the stage's own."""
 
     out: Path
-    steps_per_round: int = 20
-    prompts_per_step: int = 16
+    steps_per_round: int
+    prompts_per_step: int
+    learning_rate: float
+    beta: float
+    # GRPO only on the question types where the fused reward beats chance by this much
+    # (AlignStageConfig.min_fused_lift; None: every type) ...
+    min_fused_lift: float | None
+    # ... measured on lists from the policy's own samples on this many public router
+    # questions per type (AlignStageConfig.policy_lists_per_group; 0: on the curated lists)
+    policy_lists_per_group: int
+    # held-out measurement (and promotion) every this many steps inside a round (0: at its end)
+    monitor_every: int
+    step_deadline_s: float
+    hacking_rounds: int
+    seed: int
     group_size: int = 8
-    learning_rate: float = 3e-4
-    beta: float = 0.0
     pool_size: int = 1500  # balanced by type
     router_per_type: int = 100  # public router questions of each type (the part is three-quarters yes/no)
     monitor_per_type: int = 100  # held-out questions of each type, its answers evenly (monitor and promotion gate)
-    # GRPO only on the question types where the fused reward beats chance by this much on
-    # the router's public lists (AlignStageConfig.min_fused_lift; None: every type)
-    min_fused_lift: float | None = 0.5
-    # ... measured on lists from the policy's own samples on this many public router
-    # questions per type (AlignStageConfig.policy_lists_per_group; 0: on the curated lists)
-    policy_lists_per_group: int = 16
-    # held-out measurement (and promotion) every this many steps inside a round (0: at its end)
-    monitor_every: int = 10
-    step_deadline_s: float = 30.0
-    hacking_rounds: int = 2
-    seed: int = 0
     device: str = "auto"
 
 

@@ -18,6 +18,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedsecure.models.groups import GroupKey, mlp_kind
+
 STACKS_OF = {"image_text": frozenset({"image", "text"}), "image": frozenset({"image"}), "text": frozenset({"text"})}
 # On a free-text task the image kind reads the response through a text stack as well
 # (fedsecure.models.reward): it holds both stacks, like the image+text kind.
@@ -70,3 +72,17 @@ def check_coefficients(coeffs: Mapping[str, float]) -> None:
             raise ValueError(f"compensation coefficient of {name!r} is {c}, outside [0, 1]")
     if math.fsum(coeffs.values()) > 1.0 + 1e-9:
         raise ValueError(f"compensation coefficients sum to {math.fsum(coeffs.values())} > 1")
+
+
+def mlp_group_coefficient(*, group: GroupKey, members: Sequence[Member],
+                          stacks_of: Mapping[str, frozenset[str]] = STACKS_OF) -> float:
+    """The one coefficient a client applies to an MLP group's published mean: the summed
+    c_i of ``members`` (those who uploaded to it) for the group's kind and stack. Checked
+    here, so no caller can send one outside [0, 1] (fail closed)."""
+    kind = mlp_kind(group.family)
+    if kind is None:
+        raise ValueError(f"{group.name} is not an MLP group")
+    c = math.fsum(coefficients(target_kind=kind, members=members, role="mlp", stack=group.stack,
+                               stacks_of=stacks_of).values())
+    check_coefficients({group.name: c})
+    return c

@@ -4,7 +4,6 @@ the aggregates (:mod:`server.planners.compensation`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,8 +24,7 @@ from fedsecure.types import (
 from server.planners.compensation import (
     STACKS_OF,
     Member,
-    check_coefficients,
-    coefficients,
+    mlp_group_coefficient,
 )
 from server.planners.metrics import MetricsLog, client_metrics
 from server.rounds.phases import PhaseContext, published_groups
@@ -83,14 +81,11 @@ class TrainPlanner:
         out = {}
         for group in groups:
             key = GroupKey.parse(group)
-            kind = mlp_kind(key.family)
-            if kind is None:
+            if mlp_kind(key.family) is None:
                 continue
             members = [Member(n, declared[n].kind, declared[n].pairs) for n in uploaders
                        if n in declared and key.declared_by(declared[n].backbone_sha256, declared[n].shape)]
-            out[group] = math.fsum(coefficients(target_kind=kind, members=members, role="mlp",
-                                                stack=key.stack, stacks_of=self.stacks_of).values())
-            check_coefficients({group: out[group]})  # fail closed: never send one outside [0, 1]
+            out[group] = mlp_group_coefficient(group=key, members=members, stacks_of=self.stacks_of)
         return out
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
