@@ -395,13 +395,15 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
-    p.add_argument("--steps", type=int, default=80, help="GRPO steps per method")
-    p.add_argument("--prompts-per-step", type=int, default=64)
-    p.add_argument("--eval-questions", type=int, default=2000, help="fixed easy-VQA test questions (paired)")
-    p.add_argument("--quality-per-type", type=int, default=300,
+    # Unset scale options keep the experiment's own defaults (benchmarks.experiment_mor.
+    # MorExperimentConfig, whose GRPO schedule is the shipped recipe's), written once there.
+    p.add_argument("--steps", type=int, default=None, help="GRPO steps per method")
+    p.add_argument("--prompts-per-step", type=int, default=None, help="prompts per GRPO step (default: GRPO's recipe)")
+    p.add_argument("--eval-questions", type=int, default=None, help="fixed test questions (paired)")
+    p.add_argument("--quality-per-type", type=int, default=None,
                    help="held-out public questions per type for the reward quality")
-    p.add_argument("--rounds", type=int, default=3, help="federated rounds of the reward models")
-    p.add_argument("--local-steps", type=int, default=100, help="DP steps per client per round")
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds of the reward models")
+    p.add_argument("--local-steps", type=int, default=None, help="DP steps per client per round")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backbone", type=Path, default=None, help="the federation's backbone (default: pretrain one)")

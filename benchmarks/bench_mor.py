@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from server.align.engine.recipe import GRPO_RECIPE
+
 KINDS = (("it", "image_text"), ("img", "image"), ("txt", "text"))
 
 
@@ -41,7 +43,7 @@ class MorBenchConfig:
     steps: int = 12
     warmup: int = 2
     prompts_per_step: int = 8
-    group_size: int = 8
+    group_size: int = GRPO_RECIPE.group_size
     threads: int = 2
 
     def __post_init__(self) -> None:

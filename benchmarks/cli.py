@@ -59,22 +59,27 @@ def experiment(args: argparse.Namespace) -> int:
     """``fedsecure experiment mor``: run the comparison, write JSON/Markdown/SVG, print the summary."""
     import logging
 
-    from benchmarks.experiment_mor import MorExperimentConfig, run_experiment, write_outputs
+    from benchmarks.experiment_mor import run_experiment, write_outputs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     warnings.filterwarnings("ignore")
-    backbone = _backbone(args)
-    cfg = MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),
-                              methods=tuple(args.methods.split(",")) if args.methods else (), steps=args.steps,
-                              prompts_per_step=args.prompts_per_step, eval_questions=args.eval_questions,
-                              quality_per_type=args.quality_per_type,
-                              rounds=args.rounds, local_steps=args.local_steps, device=args.device,
-                              threads=args.threads)
-    result = run_experiment(cfg)
+    result = run_experiment(experiment_config(args, backbone=_backbone(args)))
     paths = write_outputs(result, args.out)
     print(json.dumps({"summary": result["summary"], "gains": result["gains"], "outputs": [str(p) for p in paths],
                       "wall_s": result["wall_s"]}))
     return 0
+
+
+def experiment_config(args: argparse.Namespace, *, backbone: Path):  # type: ignore[no-untyped-def]
+    """The experiment's configuration from its command line: a scale option left unset
+    keeps ``MorExperimentConfig``'s default, the one place it is written."""
+    from benchmarks.experiment_mor import MorExperimentConfig
+
+    scale = {key: getattr(args, key) for key in ("steps", "prompts_per_step", "eval_questions", "quality_per_type",
+                                                  "rounds", "local_steps") if getattr(args, key) is not None}
+    return MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                               methods=tuple(args.methods.split(",")) if args.methods else (), device=args.device,
+                               threads=args.threads, **scale)
 
 
 def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -59,6 +59,7 @@ import torch
 
 from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
 from fedsecure.progress import track
+from server.align.engine.recipe import GRPO_RECIPE
 from tasks.easyvqa import TASK as EASYVQA
 
 log = logging.getLogger("fedsecure.experiment.mor")
@@ -80,9 +81,9 @@ class MorExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ()  # empty: every method
     steps: int = 80
-    prompts_per_step: int = 64
-    group_size: int = 8
-    learning_rate: float = 3e-4
+    prompts_per_step: int = GRPO_RECIPE.prompts_per_step
+    group_size: int = GRPO_RECIPE.group_size
+    learning_rate: float = GRPO_RECIPE.learning_rate
     eval_questions: int = 2000
     quality_per_type: int = 300
     router_per_type: int = 100

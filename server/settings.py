@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsecure.settings import option
+from server.align.engine.recipe import GRPO_RECIPE
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
 
 # Argument groups of `fedsecure server --help`, by configuration-file section.
@@ -75,11 +76,11 @@ class ServerSettings:
                   "chance on the router's public questions: among the policy's own samples (policy_lists), else "
                   "among the curated answers of the type (0 chance, 1 always right; -1: every type)",
         section="align", key="min_fused_lift")
-    align_learning_rate: float = option(3e-4, help="GRPO's learning rate (AdamW, full fine-tuning of the language "
+    align_learning_rate: float = option(GRPO_RECIPE.learning_rate, help="GRPO's learning rate (AdamW, full fine-tuning of the language "
                                                    "model; the vision tower frozen)", section="align",
                                         key="learning_rate")
     align_beta: float = option(
-        0.0, help="β of GRPO's KL penalty to the starting policy; above 0, prompts of the types left out also enter "
+        GRPO_RECIPE.beta, help="β of GRPO's KL penalty to the starting policy; above 0, prompts of the types left out also enter "
                   "the steps with a flat reward, so only the KL term acts on them and holds those types where they were",
         section="align", key="beta")
     align_policy_lists: int = option(

@@ -77,3 +77,19 @@ def test_a_scoring_client_scores_each_triple_once(monkeypatch: pytest.MonkeyPatc
                                    completion="blue")], 1.0)
     assert [(s.item_id, s.value) for s in again] == [("b0", 4.0), ("b1", 4.0)]
     assert sorted(scored) == ["blue", "blue", "red"]  # another image is another triple
+
+
+def test_the_experiments_command_line_keeps_the_configs_defaults_unless_given(tmp_path: Path) -> None:
+    """Scale options left unset take MorExperimentConfig's defaults (GRPO's recipe), so the
+    command line restates none of them; a given one wins."""
+    from apps.cli import build_parser
+    from benchmarks.cli import experiment_config
+    from benchmarks.experiment_mor import MorExperimentConfig
+    from server.align.engine.recipe import GRPO_RECIPE
+
+    plain = experiment_config(build_parser().parse_args(["experiment", "mor"]), backbone=tmp_path)
+    defaults = MorExperimentConfig(backbone=tmp_path, out=plain.out)
+    assert plain == defaults and plain.prompts_per_step == GRPO_RECIPE.prompts_per_step
+    given = experiment_config(build_parser().parse_args(["experiment", "mor", "--steps", "5", "--rounds", "2"]),
+                              backbone=tmp_path)
+    assert (given.steps, given.rounds, given.local_steps) == (5, 2, defaults.local_steps)

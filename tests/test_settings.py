@@ -97,3 +97,25 @@ def test_the_configuration_reference_is_the_models_tables() -> None:
     assert render(page) == page, "docs/configuration.md is stale: run `python -m apps.config_reference`"
     for model in MODELS:
         assert reference_table(model) in page
+
+
+def test_grpos_schedule_is_written_once() -> None:
+    """The alignment job, the server's ALIGN stage and the experiment start from GRPO's one
+    recipe (server.align.engine.recipe) instead of restating its numbers."""
+    import dataclasses
+
+    from benchmarks.experiment_mor import MorExperimentConfig
+    from server.align.engine.job import AlignmentSettings
+    from server.align.engine.recipe import GRPO_RECIPE
+    from server.align.vqa_stage import VQAStageSettings
+
+    def default(cls: type, name: str) -> object:
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+    for name in ("prompts_per_step", "group_size", "learning_rate", "beta"):
+        assert default(AlignmentSettings, name) == getattr(GRPO_RECIPE, name)
+    for name in ("prompts_per_step", "group_size", "learning_rate"):
+        assert default(MorExperimentConfig, name) == getattr(GRPO_RECIPE, name)
+    assert default(VQAStageSettings, "group_size") == GRPO_RECIPE.group_size
+    assert ServerSettings.align_learning_rate == GRPO_RECIPE.learning_rate
+    assert ServerSettings.align_beta == GRPO_RECIPE.beta

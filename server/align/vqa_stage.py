@@ -33,6 +33,7 @@ from server.align.engine.job import (
 )
 from server.align.engine.policy import Policy, PolicySetup
 from server.align.engine.prompts import vqa_prompts
+from server.align.engine.recipe import GRPO_RECIPE
 from server.align.engine.rollouts import SamplingConfig
 from server.align.engine.vqa_eval import (
     EvalResult,
@@ -81,7 +82,7 @@ class VQAStageSettings:
     step_deadline_s: float
     hacking_rounds: int
     seed: int
-    group_size: int = 8
+    group_size: int = GRPO_RECIPE.group_size
     pool_size: int = 1500  # balanced by type
     router_per_type: int = 100  # public router questions of each type (the part is three-quarters yes/no)
     monitor_per_type: int = 100  # held-out questions of each type, its answers evenly (monitor and promotion gate)
@@ -97,7 +98,7 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
                         loss=GRPOLossConfig(beta=settings.beta),
-                        sampling=SamplingConfig(temperature=1.0, max_new_tokens=answer_budget(processor, task)))
+                        sampling=SamplingConfig(temperature=GRPO_RECIPE.temperature, max_new_tokens=answer_budget(processor, task)))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
     preferences = PreferenceSet.from_records(balanced_by_group(task.server_part("router"), settings.router_per_type),
                                              processor=processor, task=task)

@@ -39,6 +39,7 @@ from server.align.engine.grpo import GRPOConfig, GRPOEngine, RewardFn, StepRepor
 from server.align.engine.grpo_loss import GRPOLossConfig
 from server.align.engine.policy import Adapter, Policy, PolicySetup
 from server.align.engine.prompts import vqa_prompts
+from server.align.engine.recipe import GRPO_RECIPE
 from server.align.engine.rollouts import SamplingConfig
 from server.align.engine.sft import SFTConfig, sft_warm_start
 from server.align.engine.sharding import full_state
@@ -76,10 +77,10 @@ class AlignmentSettings:
     # brings its own): without it the policy cannot see colour or shape at all
     vision_pretrain_steps: int = 600
     steps: int = 200
-    prompts_per_step: int = 64   # 64 prompts per step beat 16 per second of compute (issue 24)
-    group_size: int = 8
-    learning_rate: float = 3e-4  # 1e-3 diverged
-    beta: float = 0.0
+    prompts_per_step: int = GRPO_RECIPE.prompts_per_step
+    group_size: int = GRPO_RECIPE.group_size
+    learning_rate: float = GRPO_RECIPE.learning_rate
+    beta: float = GRPO_RECIPE.beta
     max_new_tokens: int | None = None  # None: the task's longest public answer plus 2 tokens
     pool_size: int = 3000  # GRPO's public prompts, balanced by type
     eval_limit: int = 500
