@@ -105,6 +105,13 @@ class Task(Protocol):
         """The evaluation metric: whether ``completion`` answers ``example`` right."""
         ...
 
+    def answers_in_form(self, *, question: str, group: str, completion: str) -> bool:
+        """Whether ``completion`` has the form of an answer to ``question`` (of ``group``),
+        judged without knowing the answer: a sentence of the question's kind about what the
+        question names. The server's label-free format check (GRPO ranks a completion out of
+        form below every one in form, as it does one that never ends)."""
+        ...
+
 
 def normalise_answer(text: str) -> str:
     """Lowercase, single spaces, no surrounding punctuation: how a completion is compared

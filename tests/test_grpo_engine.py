@@ -216,3 +216,27 @@ def test_completions_that_never_end_are_trained_away_whatever_the_reward_says() 
     after = snapshot(engine.policy)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert sum(finished[-5:]) / 5 > sum(finished[:5]) / 5 + 0.15, finished
+
+
+def test_completions_out_of_the_answer_form_are_trained_away_whatever_the_reward_says() -> None:
+    # A reward that pays for a form the task rules out (here: completions holding token 3)
+    # spreads it; ranked last by the engine's answer_form, the same form becomes rarer.
+    def pays_for_3(prompts, completions):  # noqa: ANN001, ANN202
+        return [float(c.split().count("3")) for c in completions]
+
+    def share_out_of_form(answer_form) -> list[float]:  # noqa: ANN001
+        engine = GRPOEngine(policy=tiny_policy(), config=config(lr=1e-2, beta=0.0, unfinished_last=True),
+                            answer_form=answer_form)
+        before, shares = snapshot(engine.policy), []
+        for _ in range(25):
+            texts = engine.sample(engine.sample_prompts(pool()))
+            shares.append(sum("3" in t.split() for t in texts) / len(texts))
+            engine.step(engine.sample_prompts(pool()), pays_for_3)
+        after = snapshot(engine.policy)
+        assert any(not torch.equal(before[n], after[n]) for n in before)
+        return shares
+
+    unchecked = share_out_of_form(None)
+    checked = share_out_of_form(lambda prompt, completion: "3" not in completion.split())
+    assert sum(unchecked[-5:]) > sum(unchecked[:5]) + 0.5, unchecked  # the reward alone spreads it
+    assert sum(checked[-5:]) < sum(checked[:5]) / 2, checked

@@ -116,3 +116,38 @@ def test_a_free_text_example_without_wrong_answers_cannot_be_judged() -> None:
     task = get_task("scenes")
     with pytest.raises(ValueError, match="carries no wrong answers"):
         wrong_answers(task, Example(record_id="x", question="q", answer="a", group="count"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_every_right_answer_is_in_form_and_so_is_every_same_kind_wrong_one(seed: int) -> None:
+    """The format check needs no answer: every right answer and every wrong one of the
+    question's kind passes it (it cannot tell right from wrong), the off-topic one does not."""
+    rng = np.random.default_rng(seed)
+    scene = random_scene(rng)
+    task = get_task("scenes")
+    for group, question, answer in questions(scene):
+        assert task.answers_in_form(question=question, group=group, completion=answer), (question, answer)
+        for w in scene_wrong_answers(scene, group, question, rng):
+            same_kind = group_of_sentence(w) == group
+            assert task.answers_in_form(question=question, group=group, completion=w) == same_kind, (question, w)
+
+
+@pytest.mark.parametrize(("group", "question", "completion"), [
+    ("color", "what color is the circle?", "the square is yellow ."),  # about another shape
+    ("count", "how many shapes are there?", "there are two ."),  # broken off
+    ("position", "where is the green circle?", "the blue square is on the right ."),  # another thing
+    ("position", "where is the green circle?", "the green circle is on the ."),  # no place
+    ("describe", "describe the image.", "a red circle and ."),  # broken off
+    ("color", "what color is the circle?", "there is one shape."),  # another kind
+    ("count", "how many shapes are there?", "lorem ipsum"),  # not a sentence of the task
+])
+def test_answers_out_of_form_are_recognised_without_the_answer(group: str, question: str, completion: str) -> None:
+    assert not get_task("scenes").answers_in_form(question=question, group=group, completion=completion)
+
+
+def test_easyvqa_answers_in_form_are_its_answers_of_the_questions_type() -> None:
+    task = get_task("easyvqa")
+    assert task.answers_in_form(question="what color is the shape?", group="color", completion="Red.")
+    assert not task.answers_in_form(question="what color is the shape?", group="color", completion="circle")
+    assert not task.answers_in_form(question="is there a circle?", group="yesno", completion="maybe")

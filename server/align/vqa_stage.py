@@ -41,6 +41,7 @@ from server.align.engine.vqa_eval import (
     eval_prompts,
     evaluate_policy,
     evaluate_text_only,
+    task_answer_form,
     task_judge,
     text_only_answers,
 )
@@ -99,7 +100,10 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
                         learning_rate=settings.learning_rate, seed=settings.seed,
                         loss=GRPOLossConfig(beta=settings.beta),
                         sampling=SamplingConfig(temperature=GRPO_RECIPE.temperature, max_new_tokens=answer_budget(processor, task)))
-    engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1)
+    # The task's label-free format check: the clients' reward models never saw an answer
+    # about the wrong shape or a sentence broken off, and GRPO learned both (issue 25)
+    engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1,
+                        answer_form=task_answer_form(task))
     preferences = PreferenceSet.from_records(balanced_by_group(task.server_part("router"), settings.router_per_type),
                                              processor=processor, task=task)
     monitor = vqa_prompts(balanced_by_answer(task.server_part("reward_eval"), settings.monitor_per_type),

@@ -67,5 +67,12 @@ class EasyVQA:
         """Exact match after lowercasing, collapsing spaces and stripping punctuation."""
         return normalise_answer(completion) == normalise_answer(example.answer)
 
+    def answers_in_form(self, *, question: str, group: str, completion: str) -> bool:
+        """One of easy-VQA's answers of the question's type (a colour to "what color …")."""
+        try:
+            return answer_type(normalise_answer(completion)) == group
+        except ValueError:
+            return False
+
 
 TASK = EasyVQA()

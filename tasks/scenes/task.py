@@ -12,7 +12,7 @@ import numpy as np
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.task import SERVER_PARTS, Example, ServerPart
 from tasks.scenes.data import SIZES, image_labels, load_examples
-from tasks.scenes.text import QUESTION_GROUPS, group_of_sentence, states_the_facts, vocabulary
+from tasks.scenes.text import QUESTION_GROUPS, answers_in_form, group_of_sentence, states_the_facts, vocabulary
 
 # Shares of the train split's images for the server's public parts (the rest: clients)
 PART_FRACTIONS: dict[str, float] = {"pretrain": 0.125, "router": 0.025, "reward_eval": 0.07, "pool": 0.10,
@@ -123,6 +123,11 @@ class Scenes:
     def correct(self, example: Example, completion: str) -> bool:
         """Whether ``completion`` states the facts of ``example``'s answer and invents none."""
         return states_the_facts(example.group, example.answer, completion)
+
+    def answers_in_form(self, *, question: str, group: str, completion: str) -> bool:
+        """A sentence of the question's kind about the shape the question names (one count,
+        one colour, one place; a description names each thing by colour and shape)."""
+        return answers_in_form(group, question, completion)
 
 
 TASK = Scenes()

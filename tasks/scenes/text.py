@@ -120,6 +120,32 @@ def group_of_sentence(text: str) -> str:
     raise ValueError(f"not a sentence of the scenes task: {text[:60]!r}")
 
 
+def answers_in_form(group: str, question: str, completion: str) -> bool:
+    """Whether ``completion`` has the form of an answer to ``question`` of ``group``,
+    without knowing the answer: a sentence of that kind (:func:`group_of_sentence`) stating
+    one count; one colour of the shape asked about; one place of the (colour, shape) asked
+    about; or, describing, things named each by a colour and a shape and nothing else.
+    Measured (issue 25): the policy answered "the square is yellow." to "what color is the
+    circle?" and "there are two ." to a count, which no client's rejected sentence is like,
+    so the clients' reward models could not rank them down and GRPO learned them."""
+    try:
+        if group_of_sentence(completion) != group:
+            return False
+    except ValueError:
+        return False
+    asked, got, last = facts(question), facts(completion), words_of(completion)[-1]
+    if group == "count":
+        return len(got["numbers"]) == 1 and last in ("shape", "shapes")
+    if group == "color":
+        return got["shapes"] == asked["shapes"] and len(got["colours"]) == 1 and last in COLOURS
+    if group == "position":
+        return (got["things"] == asked["things"] and len(got["positions"]) == 1 and len(got["colours"]) == 1
+                and last in (*POSITIONS, "center"))
+    if group == "describe":
+        return 0 < len(got["things"]) == len(got["colours"]) == len(got["shapes"]) and last in SHAPES
+    raise ValueError(f"unknown group {group!r}")
+
+
 def words_of(text: str) -> list[str]:
     """Lowercase words and digits of ``text``, plural shapes made singular."""
     return [_PLURAL.get(w, w) for w in _WORD.findall(text.lower())]

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
 """Scores completions: ``reward(prompts, completions)`` returns one float per pair."""
 
+AnswerForm = Callable[[Prompt, str], bool]
+"""Whether a completion has the form of an answer to its prompt, judged without the answer
+(e.g. a task's ``answers_in_form``); one out of form ranks like one that never ends."""
+
 
 def per_completion(score: Callable[[Prompt, str], float]) -> RewardFn:
     """Lift a reward of one (prompt, completion) into the batch form the engine calls."""
@@ -64,8 +68,9 @@ class GRPOConfig:
     micro_batch_prompts: int | None = None
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # a completion that runs out of tokens before its end token ranks below every finished
-    # one of its group (grpo_loss.rank_unfinished_last)
+    # a completion that runs out of tokens before its end token, or is out of the answer
+    # form the engine is given, ranks below every other one of its group
+    # (grpo_loss.rank_unfinished_last)
     unfinished_last: bool = True
 
     def __post_init__(self) -> None:
@@ -116,10 +121,12 @@ def check_rewards(values: Sequence[float], prompts: Sequence[Prompt]) -> torch.T
 
 class GRPOEngine:
     """Trains a :class:`Policy` with GRPO. ``checkpoint_dir`` (optional) receives a
-    checkpoint every ``checkpoint_every`` steps; :meth:`resume` continues from the last."""
+    checkpoint every ``checkpoint_every`` steps; :meth:`resume` continues from the last.
+    ``answer_form`` (optional): a completion out of form ranks last in its group, as one
+    that never ends does (with ``config.unfinished_last``)."""
 
     def __init__(self, *, policy: Policy, config: GRPOConfig, checkpoint_dir: Path | None = None,
-                 checkpoint_every: int = 0, parallel: str = "ddp") -> None:
+                 checkpoint_every: int = 0, parallel: str = "ddp", answer_form: AnswerForm | None = None) -> None:
         if checkpoint_every < 0 or (checkpoint_every and checkpoint_dir is None):
             raise ValueError("checkpoint_every needs a checkpoint_dir and must be >= 0")
         if parallel not in PARALLEL_MODES:
@@ -127,6 +134,7 @@ class GRPOEngine:
         if parallel == "fsdp" and not policy.placement.distributed:
             raise ValueError("parallel='fsdp' shards over ranks: run under torchrun with 2 or more processes")
         self.policy, self.config, self.parallel = policy, config, parallel
+        self.answer_form = answer_form
         self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
         if parallel == "fsdp":
             policy.fingerprint()  # of the whole weights, before they are split over the ranks
@@ -198,6 +206,8 @@ class GRPOEngine:
         mean, std = float(rewards.mean()), float(rewards.std()) if rewards.numel() > 1 else 0.0  # as judged
         if cfg.unfinished_last:
             finished = (rollouts.completion_ids == policy.eos_id).any(dim=1).cpu()
+            if self.answer_form is not None:
+                finished &= torch.tensor([self.answer_form(p, t) for p, t in zip(expanded, texts, strict=True)])
             rewards = rank_unfinished_last(rewards, finished, cfg.group_size)
         advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps, scale=cfg.loss.scale_rewards)
         if not self._any_rank(bool(advantages.any())):

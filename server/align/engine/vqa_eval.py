@@ -52,6 +52,14 @@ def task_judge(task: Task) -> Judge:
     return judge
 
 
+def task_answer_form(task: Task) -> Callable[[Prompt, str], bool]:
+    """``task``'s label-free format check on a prompt (:meth:`Task.answers_in_form`); a
+    prompt of no known group (a question the server holds no type for) is not checked."""
+    def in_form(p: Prompt, completion: str) -> bool:
+        return p.group is None or task.answers_in_form(question=p.question, group=p.group, completion=completion)
+    return in_form
+
+
 def judge_reward(judge: Judge) -> Callable[[Sequence[Prompt], Sequence[str]], list[float]]:
     """A reward of 1.0 where ``judge`` calls the completion right, else 0.0."""
     def reward(prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
