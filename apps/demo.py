@@ -312,7 +312,8 @@ def _align(out: Path, metrics: Path, *, eval_limit: int, task_name: str) -> dict
                      if on == "policy samples" else "the router's public lists")
             print(f"[demo]   fused reward above chance on {where} (0 chance, 1 always right): "
                   + ", ".join(f"{t} {v:.2f}" for t, v in sorted(lift.items()))  # type: ignore[union-attr]
-                  + (f"; GRPO left out {', '.join(left)} (below the floor)" if left else "; GRPO on every type"))
+                  + (f"; fused reward not used on {', '.join(left)} (below the floor: a flat reward there, only the "
+                     "answer-form check trains them)" if left else "; the fused reward on every type"))
     def by_type(a: object, b: object) -> str:
         return ", ".join(f"{t} {a.by_type[t]:.2f} -> {b.by_type.get(t, 0.0):.2f}"  # type: ignore[attr-defined]
                          for t in sorted(a.by_type)) + (  # type: ignore[attr-defined]

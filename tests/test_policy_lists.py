@@ -145,3 +145,17 @@ def test_with_a_kl_penalty_the_types_left_out_stay_in_the_steps_with_a_flat_rewa
     stage.trusted = set()
     assert stage._pool() == []  # nothing trusted: the steps pass
     real.close()
+
+
+def test_with_the_tasks_answer_form_check_every_type_stays_in_the_steps(tmp_path: Path) -> None:
+    """β = 0, but the engine checks the answer form: the types the fused reward cannot judge
+    stay in the steps with a flat reward, so the label-free check alone trains them (their
+    completions out of form rank last); so do all types when none is trusted."""
+    stage, prompts = _stage(tmp_path, ["judged" if i % 2 else "misjudged" for i in range(16)])
+    stage.trusted = {"judged"}
+    assert {p.group for p in stage._pool()} == {"judged"}
+    stage.engine.answer_form = lambda prompt, completion: True
+    assert stage._pool() == prompts
+    stage.trusted = set()
+    assert stage._pool() == prompts
+    stage.reward.close()

@@ -139,6 +139,7 @@ def test_every_right_answer_is_in_form_and_so_is_every_same_kind_wrong_one(seed:
     ("position", "where is the green circle?", "the blue square is on the right ."),  # another thing
     ("position", "where is the green circle?", "the green circle is on the ."),  # no place
     ("describe", "describe the image.", "a red circle and ."),  # broken off
+    ("color", "what color is the circle?", "the circle is yellow"),  # no full stop
     ("color", "what color is the circle?", "there is one shape."),  # another kind
     ("count", "how many shapes are there?", "lorem ipsum"),  # not a sentence of the task
 ])

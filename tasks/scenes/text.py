@@ -122,14 +122,15 @@ def group_of_sentence(text: str) -> str:
 
 def answers_in_form(group: str, question: str, completion: str) -> bool:
     """Whether ``completion`` has the form of an answer to ``question`` of ``group``,
-    without knowing the answer: a sentence of that kind (:func:`group_of_sentence`) stating
+    without knowing the answer: a sentence of that kind (:func:`group_of_sentence`), ended
+    by a full stop, stating
     one count; one colour of the shape asked about; one place of the (colour, shape) asked
     about; or, describing, things named each by a colour and a shape and nothing else.
     Measured (issue 25): the policy answered "the square is yellow." to "what color is the
     circle?" and "there are two ." to a count, which no client's rejected sentence is like,
     so the clients' reward models could not rank them down and GRPO learned them."""
     try:
-        if group_of_sentence(completion) != group:
+        if group_of_sentence(completion) != group or not completion.rstrip().endswith("."):
             return False
     except ValueError:
         return False
