@@ -12,7 +12,14 @@ import numpy as np
 from fedsecure.data.preferences import PreferencePair
 from fedsecure.task import SERVER_PARTS, Example, ServerPart
 from tasks.scenes.data import SIZES, image_labels, load_examples
-from tasks.scenes.text import QUESTION_GROUPS, answers_in_form, group_of_sentence, states_the_facts, vocabulary
+from tasks.scenes.text import (
+    QUESTION_GROUPS,
+    answers_in_form,
+    facts,
+    group_of_sentence,
+    states_the_facts,
+    vocabulary,
+)
 
 # Shares of the train split's images for the server's public parts (the rest: clients)
 PART_FRACTIONS: dict[str, float] = {"pretrain": 0.125, "router": 0.025, "reward_eval": 0.07, "pool": 0.10,
@@ -91,9 +98,8 @@ class Scenes:
                 by_scene.setdefault(_scene_of(e), []).append(e)
         kinds: dict[tuple[int, str], list[int]] = {}
         for number, examples in sorted(by_scene.items()):
-            describe = next(e for e in examples if e.group == "describe")
-            kinds.setdefault((describe.answer.count(" and ") + describe.answer.count(",") + 1,
-                              describe.answer.split()[1]), []).append(number)
+            things = facts(next(e for e in examples if e.group == "describe").answer)["things"]
+            kinds.setdefault((len(things), things[0][0]), []).append(number)  # type: ignore[arg-type, index]
         owned: set[int] = set()
         for key in sorted(kinds):
             members = kinds[key]
