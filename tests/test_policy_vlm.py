@@ -47,19 +47,6 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_policy(model, processor, tmp_path_factory.mktemp("policy") / "tiny")
 
 
-def test_the_tiny_policys_tokenizer_reads_free_text_and_survives_saving(saved: Path) -> None:
-    """A known word stays one token; a word outside the task's (a hospital's own question)
-    is spelled in pieces, never [UNK], and decodes back whole, before and after reloading."""
-    _, processor = load_policy(saved)
-    tok = processor.tokenizer
-    assert tok.convert_ids_to_tokens(tok("what color is the shape?")["input_ids"]) == [
-        "[CLS]", "what", "color", "is", "the", "shape", "?"]
-    ids = tok("Is there a pneumothorax in the left lung?")["input_ids"]
-    assert tok.unk_token_id not in ids
-    assert "##x" in tok.convert_ids_to_tokens(ids)
-    assert tok.decode(ids, skip_special_tokens=True) == "is there a pneumothorax in the left lung ?"
-
-
 def test_a_saved_tiny_policy_loads_through_the_generic_loader(saved: Path) -> None:
     model, processor = load_policy(saved)
     assert type(model).__name__ == "LlavaForConditionalGeneration"
