@@ -86,7 +86,7 @@ class Task(Protocol):
         ...
 
     def image_labels(self, example: Example) -> Mapping[str, str]:
-        """What ``example``'s image shows, by attribute (easy-VQA: the shape's colour, or
+        """What ``example``'s image shows, by attribute (e.g. a shape's colour, or
         its kind, from a colour or shape question; {} when the example tells nothing): the
         labels image stacks are pretrained on from the server's public examples."""
         ...

@@ -8,7 +8,7 @@ client's share and from the reward-evaluation part: 1,000 images, where the ``pr
 part alone has 500; the shape probe after 600 steps moves between 0.50 and 0.62 from run
 to run on either, 0.80 once at 1,200 steps). Objectives:
 - image stack: predict each attribute the task labels (:meth:`fedsecure.task.Task.image_labels`:
-  easy-VQA's colour and shape, taken from its *public* colour and shape questions; scenes'
+  e.g. colour and shape taken from the task's *public* colour and shape questions, or the
   count and what sits in each third) from the image's CLS feature (the server's own
   labels; no client data). Measured before this choice: a frozen random
   stack carries no such feature, and the clients' reward models then rank answers at

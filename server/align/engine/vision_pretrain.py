@@ -5,8 +5,8 @@ reward, fused or not, can then teach it to answer "what colour is the shape?" (m
 the built-in policy answered every colour and shape question wrong before this step).
 Like the federation's backbone (:mod:`server.backbone.pretrain`), the tower is trained on
 the server's own public labelled parts only (never ``reward_eval``) — each attribute the
-task labels (easy-VQA: colour and shape, from the public questions about the image, with
-flips and quarter turns; scenes: the count and what sits in each third) — never on client
+task labels (e.g. colour and shape, from the public questions about the image, with
+flips and quarter turns where the task allows them; or the count and what sits in each third) — never on client
 data.
 The features trained are the ones the language model reads: the mean of the patch tokens
 of the tower's last layer (LLaVA's "default" selection drops the CLS token).
@@ -44,7 +44,7 @@ class VisionPretrainConfig:
 
 @dataclass(frozen=True)
 class VisionPretrainResult:
-    """Accuracy of the pretraining heads on held-out public images by attribute (easy-VQA:
+    """Accuracy of the pretraining heads on held-out public images by attribute (e.g.
     colour, chance 1/8, and shape, chance 1/3), before and after, and the time taken."""
 
     before: dict[str, float]

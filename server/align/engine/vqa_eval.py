@@ -1,6 +1,6 @@
 """Accuracy of a policy on a task's test split (greedy decoding) by the task's own metric
-(:meth:`fedsecure.task.Task.correct`: exact match for easy-VQA, facts read out of the text
-for free-text tasks), per question group, and the same metric as a reward: a check the
+(:meth:`fedsecure.task.Task.correct`: exact match for a closed answer set, facts read out of
+the text for free-text tasks), per question group, and the same metric as a reward: a check the
 server can compute itself on prompts whose answer it holds, used to prove the engine
 (client rewards replace it in the federated round)."""
 
@@ -73,7 +73,7 @@ exact_match_reward = judge_reward(exact_match)
 
 def answer_budget(processor: Any, task: Task, *, slack: int = 2) -> int:
     """New tokens a completion may take: the longest answer of the task's public prompt
-    pool (with its end token) plus ``slack`` — 4 for easy-VQA's one-word answers, more
+    pool (with its end token) plus ``slack`` — 4 for one-word answers, more
     for sentences. The same for training, the monitor and every evaluation of a task."""
     from fedsecure.models.policy_vlm import encode_answer
 
