@@ -51,3 +51,14 @@ def test_no_framework_module_is_exempt_from_the_task_contract() -> None:
     contract = next(c for c in doc["tool"]["importlinter"]["contracts"] if "imports no task" in c["name"])
     assert set(contract["source_modules"]) == {"fedsecure", "client_sdk", "server", "keyholder"}
     assert contract["forbidden_modules"] == ["tasks"] and not contract.get("ignore_imports")
+
+
+def test_the_framework_names_no_task() -> None:
+    """Not even in a docstring: the core, client SDK, server and key holder say nothing of
+    easy-VQA (issue 25's target); a task is one package behind :class:`fedsecure.task.Task`."""
+    import re
+
+    pattern = re.compile(r"easy[-_ ]?vqa", re.IGNORECASE)
+    named = [str(path.relative_to(ROOT)) for side in ("fedsecure", "client_sdk", "server", "keyholder")
+             for path in sorted((ROOT / side).rglob("*.py")) if pattern.search(path.read_text(encoding="utf-8"))]
+    assert named == []
