@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsecure.settings import option
-from server.align.engine.recipe import GRPO_RECIPE
 from fedsecure.types import PhaseConfig, RunConfig, TaskKind
+from server.align.engine.recipe import GRPO_RECIPE
 
 # Argument groups of `fedsecure server --help`, by configuration-file section.
 TITLES = {
@@ -72,17 +72,17 @@ class ServerSettings:
     align_hacking_rounds: int = option(2, help="rounds of rising fused reward with falling held-out accuracy that "
                                                "stop the stage", section="align", key="hacking_rounds")
     align_min_fused_lift: float = option(
-        0.5, help="GRPO only on the question types where the fused reward puts a right answer first this far above "
+        0.5, help="the fused reward only on the question types where it puts a right answer first this far above "
                   "chance on the router's public questions: among the policy's own samples (policy_lists), else "
-                  "among the curated answers of the type (0 chance, 1 always right; -1: every type)",
+                  "among the curated answers of the type (0 chance, 1 always right; -1: every type); the other "
+                  "types get a flat reward, so only the task's answer-form check (and the KL term) trains them",
         section="align", key="min_fused_lift")
-    align_learning_rate: float = option(GRPO_RECIPE.learning_rate, help="GRPO's learning rate (AdamW, full fine-tuning of the language "
-                                                   "model; the vision tower frozen)", section="align",
-                                        key="learning_rate")
+    align_learning_rate: float = option(
+        GRPO_RECIPE.learning_rate, help="GRPO's learning rate (AdamW, full fine-tuning of the language model; the "
+                                        "vision tower frozen)", section="align", key="learning_rate")
     align_beta: float = option(
-        GRPO_RECIPE.beta, help="β of GRPO's KL penalty to the starting policy; above 0, prompts of the types left out also enter "
-                  "the steps with a flat reward, so only the KL term acts on them and holds those types where they were",
-        section="align", key="beta")
+        GRPO_RECIPE.beta, help="β of GRPO's KL penalty to the starting policy: it holds every type near where it "
+                               "started, the types with a flat reward included", section="align", key="beta")
     align_policy_lists: int = option(
         16, help="public router questions per type the policy answers itself at each refresh; the fused reward's "
                  "lift is measured on its samples, judged by the task's metric (0: on the curated wrong answers)",

@@ -117,7 +117,7 @@ class AlignRoundResult:
     best_type_mean: float = float("nan")
     router_fit: dict[str, float] | None = None
     router_weights: dict[str, dict[str, float]] = field(default_factory=dict)
-    # the fused reward's lift over chance per group, and the groups GRPO left out for it
+    # the fused reward's lift over chance per group, and the groups it is not used on
     fused_lift: dict[str, float] = field(default_factory=dict)
     fused_lift_on: str = "public lists"  # or "policy samples" (AlignStageConfig.policy_lists_per_group)
     policy_lists: int = 0  # lists this refresh whose preferred answer the policy itself sampled (the lift is on them)
@@ -270,9 +270,10 @@ class AlignStage:
         return lists
 
     def _trusted_reward(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
-        """The fused reward, flat (no advantage, nothing learnt) on the prompts of groups the
-        refresh does not trust: the step that carries the refresh drew its prompts before
-        the verdict."""
+        """The fused reward, flat on the prompts of groups the refresh does not trust (no
+        advantage from it; only the engine's answer-form check ranks their completions):
+        the step that carries the refresh drew its prompts before the verdict, and anchored
+        steps draw them on purpose (:meth:`_anchored`)."""
         rewards = self.reward(prompts, completions)
         if self.trusted is None or self.pool_groups is None:
             return rewards
@@ -281,8 +282,9 @@ class AlignStage:
 
     def _pool(self) -> list[Prompt]:
         """The prompts GRPO draws from: the pool, less the groups the fused reward cannot
-        judge once the router has been fit this round (the round's first step, whose
-        items carry the preference lists, draws from the whole pool)."""
+        judge once the router has been fit this round, unless an anchor holds them
+        (:meth:`_anchored`); the round's first step, whose items carry the preference
+        lists, draws from the whole pool."""
         if self.trusted is None or self.pool_groups is None:
             return self.pool
         if self._anchored():
@@ -297,7 +299,7 @@ class AlignStage:
         alone, the policy lost position 0.26 -> 0.09 within ten steps; trained on count and
         describe alone, it answered "the triangle is yellow triangle ." to colour questions
         (colour 0.56 -> 0.10 in 40 steps)."""
-        return bool(self.trusted) and self.engine.config.loss.beta > 0 or self.engine.answer_form is not None
+        return (bool(self.trusted) and self.engine.config.loss.beta > 0) or self.engine.answer_form is not None
 
     def router_weights(self) -> dict[str, dict[str, float]]:
         """Mean routing weight per client and question type on the preference prompts."""

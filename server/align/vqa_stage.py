@@ -99,7 +99,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
                         loss=GRPOLossConfig(beta=settings.beta),
-                        sampling=SamplingConfig(temperature=GRPO_RECIPE.temperature, max_new_tokens=answer_budget(processor, task)))
+                        sampling=SamplingConfig(temperature=GRPO_RECIPE.temperature,
+                                                max_new_tokens=answer_budget(processor, task)))
     # The task's label-free format check: the clients' reward models never saw an answer
     # about the wrong shape or a sentence broken off, and GRPO learned both (issue 25)
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / CHECKPOINTS, checkpoint_every=1,
