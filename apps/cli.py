@@ -367,7 +367,7 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="grpo, collaboration: torch CPU threads")
     p.add_argument("--seeds", default="0,1,2", help="collaboration: comma-separated seeds")
     p.add_argument("--rows", default=None, help="collaboration: comma-separated rows (default: all)")
-    p.add_argument("--task", default="easyvqa", help="collaboration: the task (easyvqa, scenes)")
+    p.add_argument("--task", default="easyvqa", help="collaboration, reward-sweep: the task (easyvqa, scenes)")
     p.add_argument("--rounds", type=int, default=3, help="collaboration: federated rounds")
     p.add_argument("--local-steps", type=int, default=100, help="collaboration: DP steps per client per round")
     p.add_argument("--pairs", type=int, default=1500, help="collaboration: pairs per client")

@@ -208,7 +208,7 @@ def _task(cfg: CollaborationConfig) -> Task:
     return get_task(cfg.task)
 
 
-def _reward_config(task: Task, kind: str, backbone: Path | None, **overrides: object) -> object:
+def reward_config(task: Task, kind: str, backbone: Path | None, **overrides: object) -> object:
     """What a client of ``kind`` builds from a kit sealed for ``task`` (no backbone: random stacks)."""
     from fedsecure.models.reward import RewardModelConfig, config_on_backbone
 
@@ -275,7 +275,7 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
     for i, name in enumerate(CLIENTS):
         torch.manual_seed(seed * 100 + i)
         kind = KIND_OF[name]
-        config = _reward_config(_task(cfg), kind, None if row == "random_backbone" else cfg.backbone,
+        config = reward_config(_task(cfg), kind, None if row == "random_backbone" else cfg.backbone,
                                 federation_seed=seed)
         model, _ = build_reward_model(config)
         clients.append(_Client(name, kind, model, encoded[name]))
@@ -303,7 +303,7 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
         ``backbone``, read with that backbone's own tokenizer (None: random stacks, the
         task's word tokenizer)."""
         if backbone not in inputs:
-            tok = tokenizer_for(_reward_config(task, "image_text", backbone))  # type: ignore[arg-type]
+            tok = tokenizer_for(reward_config(task, "image_text", backbone))  # type: ignore[arg-type]
 
             def encode(records):  # type: ignore[no-untyped-def]  # listwise records of the clients' pairs
                 return encode_records(records_from_pairs(records, answer_set=task.answer_set), tok,
@@ -322,7 +322,7 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
         if row in ("central", "central_dp"):
             for kind in KINDS:
                 torch.manual_seed(seed)
-                model, _ = build_reward_model(_reward_config(task, kind, backbone, federation_seed=seed))
+                model, _ = build_reward_model(reward_config(task, kind, backbone, federation_seed=seed))
                 union = encode([p for c in CLIENTS for p in client_pairs(c, kind)])
                 if row == "central":
                     train_nonprivate(model=model, data=union, steps=cfg.central_steps,

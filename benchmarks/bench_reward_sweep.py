@@ -2,11 +2,13 @@
 schedules (issue 24 item 1), judged where the server uses it.
 
 Each point trains a fresh reward model of one kind, on the federation's pretrained
-backbone, on one client's label-skewed share (the collaboration benchmark's Dirichlet
-partition), with the clients' own code: :class:`client_sdk.dp_training.DPStepper` at
+backbone, on one client's label-skewed share of a task (``task``: easy-VQA by default; the
+collaboration benchmark's Dirichlet partition, the task's own simulated shares), with the
+clients' own code: :class:`client_sdk.dp_training.DPStepper` at
 ε = 8 (noise calibrated by the clients' accountant over the point's steps) or, for the
 non-private references, :func:`client_sdk.dp_training.train_nonprivate`. A point varies
-the objective (listwise over every answer, or one sampled pair per record), learning rate,
+the objective (listwise over every wrong answer a record carries — easy-VQA: every other
+answer; a free-text task: its rejected sentences — or one sampled pair per record), learning rate,
 steps, rounds (a fresh optimiser each round, as a client starts one), expected batch,
 clipping norm and trainable set. Every model is measured on the server's public
 reward-evaluation questions against all answers (:mod:`server.planners.quality`), with the
@@ -28,8 +30,6 @@ from pathlib import Path
 
 import torch
 
-from tasks.easyvqa.models import reward_config_on_backbone as easyvqa_on_backbone
-from tasks.easyvqa import TASK as EASYVQA
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.reward_sweep")
@@ -37,7 +37,6 @@ log = logging.getLogger("fedsecure.bench.reward_sweep")
 OBJECTIVES = ("listwise", "pairwise")
 # Which parameters train (on top of the model's own trainable set, which is "all").
 TRAINABLE = ("all", "no_image_stack", "no_mlp", "head")
-TYPES = ("color", "shape", "yesno")
 
 
 @dataclass(frozen=True)
@@ -103,13 +102,14 @@ class SweepConfig:
     backbone: Path
     kind: str = "image_text"
     client: str = "it-1"
-    records: int = 1500
+    records: int = 1500   # the first pairs of the client's share (easy-VQA: one per record)
     per_type: int = 300   # public questions per type (fewer where the part has fewer)
     seeds: tuple[int, ...] = (0,)
     points: tuple[SweepPoint, ...] = GRIDS["default"]
     epsilon: float = 8.0
     delta: float = 1e-5
     threads: int = 2
+    task: str = "easyvqa"
 
     def __post_init__(self) -> None:
         if not self.seeds or not self.points or self.records < 2 or self.per_type < 1:
@@ -150,46 +150,45 @@ def train_point(model: torch.nn.Module, data: object, point: SweepPoint, cfg: Sw
 
 def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
     """Every point on every seed; per point, mean ± std over seeds of each figure."""
-    from benchmarks.bench_collaboration import (
-        CLIENTS,
-        KIND_OF,
-        eval_batches,
-        evaluate_model,
-    )
+    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, eval_batches, evaluate_model, reward_config
+    from client_sdk.settings import ClientSettings
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_pairs, encode_records
     from fedsecure.models.reward import build_reward_model
     from fedsecure.task import balanced_by_group
-    from tasks.easyvqa.data import answers
-    from tasks.easyvqa.shares import client_pairs, server_part
+    from tasks import get_task
 
     if KIND_OF.get(cfg.client) is None:
         raise ValueError(f"client must be one of {CLIENTS}")
+    task = get_task(cfg.task)
+    answers = tuple(task.answer_set or ())
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    questions = balanced_by_group(server_part("reward_eval"), cfg.per_type)
+    questions = balanced_by_group(task.server_part("reward_eval"), cfg.per_type)
     runs: dict[str, list[dict[str, float]]] = {p.label: [] for p in cfg.points}
-    tok = None
+    records_per_seed: dict[str, int] = {}
     for seed in cfg.seeds:
-        pairs = client_pairs(name=cfg.client, clients=list(CLIENTS), kind=KIND_OF[cfg.client], seed=seed,
-                             limit=cfg.records)
+        pairs = list(task.simulated_pairs(client=cfg.client, clients=list(CLIENTS), kind=KIND_OF[cfg.client],
+                                          alpha=ClientSettings.alpha, seed=seed))[:cfg.records]
+        records = records_from_pairs(pairs, answer_set=task.answer_set)
+        records_per_seed[str(seed)] = len(records)
         encoded: dict[str, object] = {}
         batches = None
         for point in track(cfg.points, desc=f"seed {seed}", unit="point"):
             torch.manual_seed(seed)
-            model, tok = build_reward_model(easyvqa_on_backbone(cfg.kind, cfg.backbone, federation_seed=seed))
+            model, tok = build_reward_model(reward_config(task, cfg.kind, cfg.backbone, federation_seed=seed))
             if batches is None:
-                batches = eval_batches(cfg.kind, questions, tok, EASYVQA)
+                batches = eval_batches(cfg.kind, questions, tok, task)
             if point.objective not in encoded:
-                encoded[point.objective] = (encode_records(records_from_pairs(pairs, answer_set=answers()), tok, answers=answers())
-                                            if point.objective == "listwise" else encode_pairs(pairs, tok, answers=answers()))
+                encoded[point.objective] = (encode_records(records, tok, answers=answers)
+                                            if point.objective == "listwise" else encode_pairs(pairs, tok, answers=answers))
             restrict_trainable(model, point.trainable)
             t0 = time.monotonic()
             sigma = train_point(model, encoded[point.objective], point, cfg, seed)
             seconds = time.monotonic() - t0
-            figures = evaluate_model(model, batches, EASYVQA)
-            types = [t for t in TYPES if f"top1_all.{t}" in figures]
+            figures = evaluate_model(model, batches, task)
             metric = "top1_type" if cfg.kind == "image" else "top1_all"
+            types = [t for t in sorted(task.question_groups) if f"{metric}.{t}" in figures]
             figures["type_mean"] = statistics.fmean(figures[f"{metric}.{t}"] for t in types)
             runs[point.label].append({**figures, "sigma": sigma, "train_s": seconds})
             log.info("seed %d %s: %s %.1f s", seed, point.label,
@@ -198,6 +197,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
                            round(statistics.stdev(r[k] for r in rs), 4) if len(rs) > 1 else 0.0]
                        for k in rs[0]} for label, rs in runs.items()}
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+            "records": records_per_seed, "question_groups": sorted(task.question_groups),
             "points": [dataclasses.asdict(p) | {"label": p.label} for p in cfg.points],
             "summary": summary, "per_seed": runs, "wall_s": round(time.monotonic() - started, 1)}
 
@@ -208,9 +208,11 @@ def markdown_table(result: dict[str, object]) -> str:
     summary: dict[str, dict[str, list[float]]] = result["summary"]  # type: ignore[assignment]
     metric = "top1_type" if cfg["kind"] == "image" else "top1_all"  # type: ignore[index]
     first = next(iter(summary.values()))
-    types = [t for t in TYPES if f"{metric}.{t}" in first]
+    types = [t for t in result["question_groups"] if f"{metric}.{t}" in first]  # type: ignore[attr-defined]
     counts = ", ".join(f"{t} {int(first[f'count.{t}'][0])}" for t in types)
-    lines = [f"{cfg['kind']} reward model, client {cfg['client']} ({cfg['records']} records), ε = {cfg['epsilon']}; "  # type: ignore[index]
+    records = sorted(set(result["records"].values()))  # type: ignore[attr-defined]
+    lines = [f"Task {cfg.get('task', 'easyvqa')}: {cfg['kind']} reward model, client {cfg['client']} "  # type: ignore[index,union-attr]
+             f"(its first {cfg['records']} pairs: {'/'.join(map(str, records))} records), ε = {cfg['epsilon']}; "  # type: ignore[index]
              f"{metric} on public reward-evaluation questions ({counts}); seeds {cfg['seeds']}, mean ± std; "  # type: ignore[index]
              f"wall {result['wall_s']} s.", "",
              "| recipe | " + " | ".join(types) + " | type mean | σ | train s |",

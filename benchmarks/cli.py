@@ -145,8 +145,10 @@ def _reward_sweep(args: argparse.Namespace) -> None:
     client = args.client or {"image_text": "it-1", "image": "img-1", "text": "txt-1"}[kind]
     cfg = SweepConfig(backbone=_backbone(args), kind=kind, client=client, records=args.pairs,
                       per_type=args.questions, seeds=tuple(int(s) for s in args.seeds.split(",")),
-                      points=points_from(args.grid, overrides=args.point or ()), threads=args.threads)
+                      points=points_from(args.grid, overrides=args.point or ()), threads=args.threads,
+                      task=args.task)
     result = bench_reward_sweep(cfg)
-    paths = write_outputs(result, args.out, name=f"reward_sweep_{kind}_{client}_{args.pairs}")
+    prefix = "reward_sweep" if args.task == "easyvqa" else f"reward_sweep_{args.task}"
+    paths = write_outputs(result, args.out, name=f"{prefix}_{kind}_{client}_{args.pairs}")
     print(markdown_table(result), file=sys.stderr)
     print(json.dumps(result["summary"] | {"outputs": [str(p) for p in paths], "wall_s": result["wall_s"]}))

@@ -14,6 +14,7 @@ from benchmarks.bench_reward_sweep import (
     SweepConfig,
     SweepPoint,
     bench_reward_sweep,
+    markdown_table,
     points_from,
     write_outputs,
 )
@@ -38,6 +39,23 @@ def test_every_point_is_trained_measured_and_written(tmp_path: Path) -> None:
     assert json.loads(paths[0].read_text())["summary"] == summary
     table = paths[1].read_text()
     assert all(f"| {p.label} |" in table for p in points) and "±" in table
+
+
+@pytest.mark.timeout(900)
+def test_a_free_text_task_is_swept_on_its_own_question_types(tmp_path: Path) -> None:
+    from tasks.scenes import TASK as SCENES
+
+    backbone = tmp_path / "backbone"
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2), task=SCENES)
+    points = (SweepPoint(steps=3, batch_size=16), SweepPoint(steps=3, batch_size=16, private=False))
+    cfg = SweepConfig(backbone=backbone, records=60, per_type=3, seeds=(0,), points=points, task="scenes")
+    result = bench_reward_sweep(cfg)
+    assert result["question_groups"] == sorted(SCENES.question_groups)
+    assert 0 < result["records"]["0"] <= 60  # type: ignore[index]  # a record carries several wrong sentences
+    for figures in result["summary"].values():  # type: ignore[union-attr]
+        assert all(figures[f"count.{t}"][0] == 3 for t in SCENES.question_groups)
+        assert 0.0 <= figures["type_mean"][0] <= 1.0
+    assert "Task scenes" in markdown_table(result)
 
 
 def test_points_parse_and_bad_ones_are_refused() -> None:
