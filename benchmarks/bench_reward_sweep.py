@@ -188,7 +188,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
             seconds = time.monotonic() - t0
             figures = evaluate_model(model, batches, task)
             metric = "top1_type" if cfg.kind == "image" else "top1_all"
-            types = [t for t in sorted(task.question_groups) if f"{metric}.{t}" in figures]
+            types = sorted(k.split(".", 1)[1] for k in figures if k.startswith("count."))
             figures["type_mean"] = statistics.fmean(figures[f"{metric}.{t}"] for t in types)
             runs[point.label].append({**figures, "sigma": sigma, "train_s": seconds})
             log.info("seed %d %s: %s %.1f s", seed, point.label,
@@ -197,7 +197,8 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
                            round(statistics.stdev(r[k] for r in rs), 4) if len(rs) > 1 else 0.0]
                        for k in rs[0]} for label, rs in runs.items()}
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
-            "records": records_per_seed, "question_groups": sorted(task.question_groups),
+            "records": records_per_seed,
+            "groups": sorted({q.group for q in questions}),  # type: ignore[attr-defined]
             "points": [dataclasses.asdict(p) | {"label": p.label} for p in cfg.points],
             "summary": summary, "per_seed": runs, "wall_s": round(time.monotonic() - started, 1)}
 
@@ -208,7 +209,7 @@ def markdown_table(result: dict[str, object]) -> str:
     summary: dict[str, dict[str, list[float]]] = result["summary"]  # type: ignore[assignment]
     metric = "top1_type" if cfg["kind"] == "image" else "top1_all"  # type: ignore[index]
     first = next(iter(summary.values()))
-    types = [t for t in result["question_groups"] if f"{metric}.{t}" in first]  # type: ignore[attr-defined]
+    types = [t for t in result["groups"] if f"{metric}.{t}" in first]  # type: ignore[attr-defined]
     counts = ", ".join(f"{t} {int(first[f'count.{t}'][0])}" for t in types)
     records = sorted(set(result["records"].values()))  # type: ignore[attr-defined]
     lines = [f"Task {cfg.get('task', 'easyvqa')}: {cfg['kind']} reward model, client {cfg['client']} "  # type: ignore[index,union-attr]
