@@ -150,7 +150,13 @@ def train_point(model: torch.nn.Module, data: object, point: SweepPoint, cfg: Sw
 
 def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
     """Every point on every seed; per point, mean ± std over seeds of each figure."""
-    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, eval_batches, evaluate_model, reward_config
+    from benchmarks.bench_collaboration import (
+        CLIENTS,
+        KIND_OF,
+        eval_batches,
+        evaluate_model,
+        reward_config,
+    )
     from client_sdk.settings import ClientSettings
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_pairs, encode_records
@@ -187,15 +193,11 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
             sigma = train_point(model, encoded[point.objective], point, cfg, seed)
             seconds = time.monotonic() - t0
             figures = evaluate_model(model, batches, task)
-            metric = "top1_type" if cfg.kind == "image" else "top1_all"
-            types = sorted(k.split(".", 1)[1] for k in figures if k.startswith("count."))
-            figures["type_mean"] = statistics.fmean(figures[f"{metric}.{t}"] for t in types)
+            figures["type_mean"] = type_mean(figures, kind=cfg.kind)
             runs[point.label].append({**figures, "sigma": sigma, "train_s": seconds})
             log.info("seed %d %s: %s %.1f s", seed, point.label,
-                     {t: round(figures[f"{metric}.{t}"], 3) for t in types}, seconds)
-    summary = {label: {k: [round(statistics.fmean(r[k] for r in rs), 4),
-                           round(statistics.stdev(r[k] for r in rs), 4) if len(rs) > 1 else 0.0]
-                       for k in rs[0]} for label, rs in runs.items()}
+                     {t: round(figures[f"{_metric(cfg.kind)}.{t}"], 3) for t in _groups(figures)}, seconds)
+    summary = _summary(runs)
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "records": records_per_seed,
             "groups": sorted({q.group for q in questions}),  # type: ignore[attr-defined]
@@ -203,11 +205,71 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
             "summary": summary, "per_seed": runs, "wall_s": round(time.monotonic() - started, 1)}
 
 
+def _metric(kind: str) -> str:
+    # an image-only model never reads the question: judged within the type
+    return "top1_type" if kind == "image" else "top1_all"
+
+
+def _groups(figures: dict[str, float]) -> list[str]:
+    """Every question group a model was measured on."""
+    return sorted(k.split(".", 1)[1] for k in figures if k.startswith("count."))
+
+
+def type_mean(figures: dict[str, float], *, kind: str) -> float:
+    """The kind's top-1 metric averaged over every group the model was measured on."""
+    return statistics.fmean(figures[f"{_metric(kind)}.{t}"] for t in _groups(figures))
+
+
+def _summary(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    return {label: {k: [round(statistics.fmean(r[k] for r in rs), 4),
+                        round(statistics.stdev(r[k] for r in rs), 4) if len(rs) > 1 else 0.0]
+                    for k in rs[0]} for label, rs in runs.items()}
+
+
+def merge_results(results: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One result from sweeps of the same client, kind, task and data size run on other
+    seeds or other points (each run on its own, so that a long sweep keeps what it
+    finished): per point, its figures of every seed that ran it; the type mean is
+    recomputed from the per-group figures. Refused if anything else differs or a (point,
+    seed) repeats. The wall time is the sum of the runs'."""
+    if not results:
+        raise ValueError("nothing to merge")
+    varying = ("seeds", "points", "threads")
+
+    def same(r: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in r["config"].items() if k not in varying}  # type: ignore[attr-defined]
+    first = results[0]
+    if any(same(r) != same(first) for r in results):
+        raise ValueError("the sweeps differ in more than their seeds and points")
+    kind = str(first["config"]["kind"])  # type: ignore[index]
+    by_point: dict[str, dict[int, dict[str, float]]] = {}
+    points: dict[str, dict[str, object]] = {}
+    records: dict[str, int] = {}
+    for res in results:
+        seeds = list(res["config"]["seeds"])  # type: ignore[index]
+        records.update(res["records"])  # type: ignore[arg-type]
+        for point in res["points"]:  # type: ignore[attr-defined]
+            points.setdefault(point["label"], point)
+        for label, figures in res["per_seed"].items():  # type: ignore[attr-defined]
+            for seed, f in zip(seeds, figures, strict=True):
+                if seed in by_point.setdefault(label, {}):
+                    raise ValueError(f"point {label!r} ran twice on seed {seed}")
+                by_point[label][seed] = {**f, "type_mean": type_mean(f, kind=kind)}
+    runs = {label: [fs[s] for s in sorted(fs)] for label, fs in by_point.items()}
+    groups = sorted({g for fs in runs.values() for f in fs for g in _groups(f)})
+    seeds = sorted({s for fs in by_point.values() for s in fs})
+    return {"config": {**first["config"], "seeds": seeds, "points": list(points.values())},  # type: ignore[dict-item]
+            "records": records, "groups": groups, "points": list(points.values()),
+            "seeds_per_point": {label: sorted(fs) for label, fs in by_point.items()},
+            "summary": _summary(runs), "per_seed": runs,
+            "wall_s": round(sum(float(r["wall_s"]) for r in results), 1)}  # type: ignore[arg-type]
+
+
 def markdown_table(result: dict[str, object]) -> str:
     """Points × (per-type top-1, their mean, σ, training seconds)."""
     cfg = result["config"]  # type: ignore[index]
     summary: dict[str, dict[str, list[float]]] = result["summary"]  # type: ignore[assignment]
-    metric = "top1_type" if cfg["kind"] == "image" else "top1_all"  # type: ignore[index]
+    metric = _metric(cfg["kind"])  # type: ignore[index]
     first = next(iter(summary.values()))
     types = [t for t in result["groups"] if f"{metric}.{t}" in first]  # type: ignore[attr-defined]
     counts = ", ".join(f"{t} {int(first[f'count.{t}'][0])}" for t in types)
@@ -216,14 +278,16 @@ def markdown_table(result: dict[str, object]) -> str:
              f"(its first {cfg['records']} pairs: {'/'.join(map(str, records))} records), ε = {cfg['epsilon']}; "  # type: ignore[index]
              f"{metric} on public reward-evaluation questions ({counts}); seeds {cfg['seeds']}, mean ± std; "  # type: ignore[index]
              f"wall {result['wall_s']} s.", "",
-             "| recipe | " + " | ".join(types) + " | type mean | σ | train s |",
-             "|---" * (len(types) + 4) + "|"]
+             "| recipe | " + " | ".join(types) + " | type mean | σ | train s | seeds |",
+             "|---" * (len(types) + 5) + "|"]
+    seeds_of = result.get("seeds_per_point", {})  # merged sweeps: a point's own seeds
 
     def cell(v: list[float]) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
     for label, s in summary.items():
         lines.append(f"| {label} | " + " | ".join(cell(s[f"{metric}.{t}"]) for t in types)
-                     + f" | {cell(s['type_mean'])} | {s['sigma'][0]:.2f} | {s['train_s'][0]:.0f} |")
+                     + f" | {cell(s['type_mean'])} | {s['sigma'][0]:.2f} | {s['train_s'][0]:.0f} | "
+                     + f"{len(seeds_of.get(label, cfg['seeds']))} |")  # type: ignore[union-attr, index]
     return "\n".join(lines) + "\n"
 
 
@@ -259,4 +323,4 @@ def points_from(grid: str, *, overrides: Sequence[str] = ()) -> tuple[SweepPoint
 
 
 __all__ = ["GRIDS", "SweepConfig", "SweepPoint", "bench_reward_sweep", "markdown_table",
-           "points_from", "restrict_trainable", "write_outputs"]
+           "merge_results", "points_from", "restrict_trainable", "type_mean", "write_outputs"]

@@ -15,11 +15,12 @@ from benchmarks.bench_reward_sweep import (
     SweepPoint,
     bench_reward_sweep,
     markdown_table,
+    merge_results,
     points_from,
     write_outputs,
 )
-from tasks.easyvqa import TASK as EASYVQA
 from server.backbone.pretrain import PretrainSettings, pretrain_backbone
+from tasks.easyvqa import TASK as EASYVQA
 
 
 @pytest.mark.timeout(900)
@@ -59,6 +60,30 @@ def test_a_free_text_task_is_swept_on_its_own_question_types(tmp_path: Path) -> 
         # the type mean is over every group the model was asked, not only the question-dependent ones
         assert figures["type_mean"] == pytest.approx(sum(figures[f"top1_all.{t}"] for t in groups) / 4)  # type: ignore[union-attr]
     assert "Task scenes" in markdown_table(result)
+
+
+def _fake_sweep(seeds: list[int], labels: list[str], value: float) -> dict[str, object]:
+    figures = {"count.a": 5.0, "count.b": 5.0, "top1_all.a": value, "top1_all.b": 1.0 - value, "type_mean": -1.0,
+               "sigma": 1.0, "train_s": 2.0}
+    return {"config": {"kind": "image_text", "client": "it-1", "task": "scenes", "records": 10, "seeds": seeds, "epsilon": 8.0,
+                       "points": [], "threads": 1},
+            "records": {str(s): 7 for s in seeds}, "points": [{"label": x} for x in labels],
+            "per_seed": {x: [dict(figures) for _ in seeds] for x in labels}, "wall_s": 3.0}
+
+
+def test_sweeps_on_other_seeds_merge_and_repeats_are_refused() -> None:
+    merged = merge_results([_fake_sweep([0], ["p", "q"], 0.2), _fake_sweep([1, 2], ["p"], 0.4)])
+    assert merged["seeds_per_point"] == {"p": [0, 1, 2], "q": [0]}
+    assert merged["summary"]["p"]["top1_all.a"] == [0.3333, 0.1155]  # type: ignore[index]
+    assert merged["summary"]["q"]["type_mean"][0] == pytest.approx(0.5)  # type: ignore[index]  # recomputed
+    assert merged["wall_s"] == 6.0 and merged["groups"] == ["a", "b"]
+    assert "| p |" in markdown_table(merged) and "| 3 |" in markdown_table(merged)
+    with pytest.raises(ValueError, match="ran twice"):
+        merge_results([_fake_sweep([0], ["p"], 0.2), _fake_sweep([0], ["p"], 0.4)])
+    other = _fake_sweep([3], ["p"], 0.2)
+    other["config"]["records"] = 11  # type: ignore[index]
+    with pytest.raises(ValueError, match="differ"):
+        merge_results([_fake_sweep([0], ["p"], 0.2), other])
 
 
 def test_points_parse_and_bad_ones_are_refused() -> None:
