@@ -50,6 +50,8 @@ DEMO_TASK = "easyvqa"  # the default task; its clients' data are simulated share
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``fedsecure demo``."""
+    from client_sdk.dp_training import TRAINABLE_SETS  # the clients' own names (imports torch: here only)
+
     p.add_argument("--task", default=DEMO_TASK, choices=sorted(KNOWN),
                    help="what the federation aligns on: easyvqa (13 one-word answers) or scenes (free-text answers)")
     p.add_argument("--seed", type=int, default=0,
@@ -60,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase-deadline", type=int, default=300)
     p.add_argument("--local-steps", type=int, default=40, help="DP steps per client per round")
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's privacy budget")
+    p.add_argument("--client-trainable", default="all", choices=TRAINABLE_SETS,
+                   help="what the clients' DP training updates (their [privacy] trainable setting)")
     p.add_argument("--max-pairs", type=int, default=4000, help="pairs per client (keeps the demo short)")
     p.add_argument("--align-steps", type=int, default=ALIGN_STEPS,
                    help="GRPO steps per round of the ALIGN stage, on the clients' fused scores (0: no ALIGN phase)")
@@ -189,7 +193,7 @@ def _main(args: argparse.Namespace) -> int:
                 "data": {"kind": kind, "simulated_clients": ",".join(names), "max_pairs": args.max_pairs,
                          "data_seed": args.seed,
                          **({"backbone": str(mine)} if mine else {})},
-                "privacy": {"epsilon": args.epsilon}})
+                "privacy": {"epsilon": args.epsilon, "trainable": args.client_trainable}})
             procs.append(_spawn(name, ["client", "--config", str(client_toml), "--address", address], logs,
                                 threads=max(1, (os.cpu_count() or 1) // len(names))))
         print(f"[demo] started clients {', '.join(names)} (configuration files: {configs})")

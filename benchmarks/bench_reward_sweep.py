@@ -30,13 +30,15 @@ from pathlib import Path
 
 import torch
 
+from client_sdk.dp_training import TRAINABLE_SETS, in_trainable_set
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.reward_sweep")
 
 OBJECTIVES = ("listwise", "pairwise")
-# Which parameters train (on top of the model's own trainable set, which is "all").
-TRAINABLE = ("all", "no_image_stack", "no_mlp", "head")
+# Which parameters train: the clients' own sets (on top of the model's own trainable set,
+# which is "all").
+TRAINABLE = TRAINABLE_SETS
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,10 @@ class SweepConfig:
 
 
 def restrict_trainable(model: torch.nn.Module, trainable: str) -> None:
-    """Freeze what a point does not train (``all`` keeps the model's own set)."""
+    """Freeze what a point does not train, by the clients' own rule
+    (:func:`client_sdk.dp_training.in_trainable_set`; ``all`` keeps the model's own set)."""
     for name, p in model.named_parameters():
-        if trainable == "no_image_stack" and name.startswith("image."):
-            p.requires_grad_(False)
-        elif trainable == "no_mlp" and ".local." in name:
-            p.requires_grad_(False)
-        elif trainable == "head" and not name.startswith(("head.", "fuse.")):
+        if not in_trainable_set(name, trainable):
             p.requires_grad_(False)
 
 

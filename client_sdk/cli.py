@@ -64,7 +64,8 @@ def main(args: argparse.Namespace, *, task: Task) -> int:
         delta=settings.delta, backbone=settings.backbone, state=settings.state, address=settings.address,
         accountant=settings.accountant, clip=settings.clip, personalisation_reserve=settings.personalisation_reserve,
         score_personalised=settings.score_personalised, secure_dp=not settings.insecure_dp,
-        data_seed=settings.data_seed, max_idle_s=settings.max_idle, max_pairs=settings.max_pairs)
+        data_seed=settings.data_seed, max_idle_s=settings.max_idle, max_pairs=settings.max_pairs,
+        trainable=settings.trainable)
     doc = {"client": report.client, "kind": report.kind, "completed": report.completed,
            "declined": report.declined, "refused": list(report.refused), "retries": report.retries,
            "run_state": report.run_state, "heldout_accuracy": report.heldout_accuracy,

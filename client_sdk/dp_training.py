@@ -15,7 +15,13 @@ Deliberate choices (issue 24, measured with ``fedsecure bench reward-sweep``):
   noise on top of DP's, and switched on in some rounds and not others;
 - each round starts a fresh optimiser (AdamW, no state carried): the federation replaces
   the shared adapters between rounds, so moment estimates of the previous round describe
-  parameters that no longer exist.
+  parameters that no longer exist;
+- what a round trains is the client's choice (``DPSettings.trainable``, :data:`TRAINABLE_SETS`):
+  every adapter, the head and the fusion layer by default, or the head and fusion layer
+  alone — fewer coordinates to add noise to. On the free-text task (scenes) the head alone
+  kept what the pretrained stacks know and judged far better under DP than adapters that
+  DP noise moved (type mean 0.45 → 0.65 on one client, `fedsecure bench reward-sweep
+  --task scenes`, issue 25).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +44,43 @@ from fedsecure.progress import progress
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.models.encoding import EncodedPairs, EncodedRecords
 from fedsecure.models.modes import evaluation_mode
-from fedsecure.models.reward import PAIRED_ROWS, RewardModel
+from fedsecure.models.reward import LOCAL_ADAPTER, PAIRED_ROWS, RewardModel
 from fedsecure.privacy.accountant import calibrate_noise, epsilon
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
+
+
+TRAINABLE_SETS = ("all", "no_image_stack", "no_mlp", "head")
+"""What a round of DP training may update, of the model's own trainable parameters: all
+of them (attention and MLP adapters, head, fusion layer), all but the image stack's
+adapters, all but the MLP adapters, or the head and fusion layer only."""
+
+
+def in_trainable_set(name: str, trainable: str) -> bool:
+    """Whether DP training restricted to ``trainable`` updates parameter ``name``."""
+    if trainable not in TRAINABLE_SETS:
+        raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {trainable!r}")
+    if trainable == "no_image_stack":
+        return not name.startswith("image.")
+    if trainable == "no_mlp":
+        return f".{LOCAL_ADAPTER}." not in name
+    if trainable == "head":
+        return name.startswith(("head.", "fuse."))
+    return True
+
+
+@contextmanager
+def restricted_to(model: torch.nn.Module, trainable: str) -> Iterator[None]:
+    """Freeze, while open, the trainable parameters ``trainable`` leaves out (what is
+    saved, shared and personalised afterwards is untouched: they train again after)."""
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and not in_trainable_set(n, trainable)]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 @dataclass(frozen=True)
@@ -51,10 +91,13 @@ class DPSettings:
     batch_size: int = 128         # expected batch size (records) under Poisson sampling
     secure_mode: bool = True
     grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks, functorch, ew
+    trainable: str = "all"        # what a federated round trains (TRAINABLE_SETS)
 
     def __post_init__(self) -> None:
         if self.max_grad_norm <= 0 or self.batch_size < 1:
             raise ValueError("max_grad_norm must be positive and batch_size >= 1")
+        if self.trainable not in TRAINABLE_SETS:
+            raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
         if not self.secure_mode:
             warnings.warn("DP secure_mode is OFF: noise and sampling use a seedable PRNG. "
                           "Acceptable for tests and benchmarks only, never in production.", stacklevel=2)
@@ -189,17 +232,18 @@ def train_private(*, model: RewardModel, data: TrainingData, ledger: Ledger, set
     entry = ledger.record(run_id=run_id, round_=round_, step=(sigma, q, steps), epsilon_after=eps_after,
                           data_digest=data.digest)
 
-    before = {name: p.detach().clone() for name, p in trainable_parameters(model)}
     losses: list[float] = []
-    with DPStepper(model=model, settings=settings, noise_multiplier=sigma, learning_rate=learning_rate,
-                   sample_rate=q) as stepper, progress(total=steps, desc=f"round {round_} DP training") as bar:
-        for _ in range(steps):
-            loss = stepper.step(data)
-            if loss is not None:
-                losses.append(loss)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            bar.update(1)
-    changed = check_changed(model, before)
+    with restricted_to(model, settings.trainable):
+        before = {name: p.detach().clone() for name, p in trainable_parameters(model)}
+        with DPStepper(model=model, settings=settings, noise_multiplier=sigma, learning_rate=learning_rate,
+                       sample_rate=q) as stepper, progress(total=steps, desc=f"round {round_} DP training") as bar:
+            for _ in range(steps):
+                loss = stepper.step(data)
+                if loss is not None:
+                    losses.append(loss)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.update(1)
+        changed = check_changed(model, before)
     return TrainResult(steps=steps, noise_multiplier=sigma, sample_rate=q, epsilon_after=eps_after,
                        ledger_seq=entry.seq, loss_first=losses[0] if losses else math.nan,
                        loss_last=losses[-1] if losses else math.nan, parameters_changed=changed)

@@ -76,6 +76,7 @@ def join_federation(*, kit: Path | Kit, pairs: Path | Sequence[PreferencePair], 
                     state: Path | None = None, address: str | None = None, max_pairs: int | None = None,
                     accountant: str = "rdp", clip: float = 0.1, personalisation_reserve: float | None = None,
                     score_personalised: bool = False, secure_dp: bool = True, data_seed: int = 0,
+                    trainable: str = "all",
                     max_idle_s: float | None = None, stop: threading.Event | None = None) -> ClientReport:
     """Enrol with the federation the kit names, train a reward model on ``pairs`` under
     (ε, δ)-DP, score the server's items and report the ledger until the run ends.
@@ -84,7 +85,8 @@ def join_federation(*, kit: Path | Kit, pairs: Path | Sequence[PreferencePair], 
     chosen, rejected``) checked whole before anything starts — every bad record is named
     in the :class:`fedsecure.data.local.DataError` — or pairs already loaded. The kit is
     verified against the consortium CA; its personalisation reserve applies unless one is
-    given. Returns a :class:`ClientReport`; the model and ledger stay under ``state``
+    given. ``trainable`` is what each round's DP training updates
+    (:data:`client_sdk.dp_training.TRAINABLE_SETS`). Returns a :class:`ClientReport`; the model and ledger stay under ``state``
     (default: the kit's ``state`` folder)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -108,7 +110,8 @@ def join_federation(*, kit: Path | Kit, pairs: Path | Sequence[PreferencePair], 
         model=reward_model_config(loaded_kit, kind=kind, backbone=backbone),
         budget=PrivacyBudget(epsilon, delta, personalisation_reserve=reserve),
         score_personalised=score_personalised,
-        dp=DPSettings(max_grad_norm=clip, secure_mode=secure_dp), accountant=accountant, seed=data_seed)
+        dp=DPSettings(max_grad_norm=clip, secure_mode=secure_dp, trainable=trainable), accountant=accountant,
+        seed=data_seed)
     participant = RewardParticipant(kit=loaded_kit, state_dir=state or loaded_kit.path / "state", pairs=data,
                                     config=config)
     with FederatedClient(kit=loaded_kit, address=address, capabilities=participant.capabilities(),

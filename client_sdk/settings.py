@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from client_sdk.dp_training import TRAINABLE_SETS
 from client_sdk.join import DEFAULT_RESERVE
 from fedsecure.models.reward import KINDS
 from fedsecure.privacy.accountant import ACCOUNTANTS
@@ -47,6 +48,10 @@ class ClientSettings:
     personalisation_reserve: float | None = option(
         help=f"share of ε kept from federated training for personalisation (default: the kit's "
              f"personalisation_reserve, else {DEFAULT_RESERVE})", section="privacy")
+    trainable: str = option("all", help="what each round's DP training updates: all (attention and MLP adapters, "
+                                        "head, fusion layer), no_image_stack, no_mlp, or head (the head and fusion "
+                                        "layer only: fewer noisy coordinates; see docs/client-guide.md)",
+                            section="privacy", choices=TRAINABLE_SETS)
     insecure_dp: bool = option(False, help="turn DP secure_mode off (seedable PRNG): tests and benchmarks only",
                                section="privacy")
 

@@ -66,6 +66,23 @@ def test_dp_training_learns_above_chance_and_moves_parameters(kits: Provisioned,
     assert result.noise_multiplier > 0.3
 
 
+def test_a_head_only_round_trains_the_head_and_leaves_the_adapters(kits: Provisioned, tmp_path: Path, text_data) -> None:  # type: ignore[no-untyped-def]
+    _, train, held = text_data
+    torch.manual_seed(1)
+    model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
+    before, acc_before = _snapshot(model), pairwise_accuracy(model, held)
+    result = train_private(model=model, data=train, ledger=_ledger(kits, tmp_path), settings=DPSettings(trainable="head"),
+                           steps=60, learning_rate=0.03, rounds_left=1, run_id="run-t", round_=1)
+    after = _snapshot(model)
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all(n.startswith(("head.", "fuse.")) for n in moved)
+    assert result.parameters_changed == len(moved) == sum(n.startswith(("head.", "fuse.")) for n in before)
+    assert set(after) == set(before)  # the adapters train again in a later round that asks for them
+    assert pairwise_accuracy(model, held) > acc_before
+    with pytest.raises(ValueError, match="trainable"):
+        DPSettings(trainable="everything")
+
+
 def test_budget_is_refused_before_training(kits: Provisioned, tmp_path: Path, text_data) -> None:  # type: ignore[no-untyped-def]
     _, train, _ = text_data
     model, _ = build_reward_model(easyvqa_reward_config(kind="text"))
