@@ -277,26 +277,34 @@ def markdown_table(result: dict[str, object]) -> str:
              f"(its first {cfg['records']} pairs: {'/'.join(map(str, records))} records), ε = {cfg['epsilon']}; "  # type: ignore[index]
              f"{metric} on public reward-evaluation questions ({counts}); seeds {cfg['seeds']}, mean ± std; "  # type: ignore[index]
              f"wall {result['wall_s']} s.", "",
-             "| recipe | " + " | ".join(types) + " | type mean | σ | train s | seeds |",
-             "|---" * (len(types) + 5) + "|"]
+             "| # | recipe | " + " | ".join(types) + " | type mean | σ | train s | seeds |",
+             "|---" * (len(types) + 6) + "|"]
     seeds_of = result.get("seeds_per_point", {})  # merged sweeps: a point's own seeds
 
     def cell(v: list[float]) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
-    for label, s in summary.items():
-        lines.append(f"| {label} | " + " | ".join(cell(s[f"{metric}.{t}"]) for t in types)
+    for i, (label, s) in enumerate(summary.items(), start=1):
+        lines.append(f"| {i} | {label} | " + " | ".join(cell(s[f"{metric}.{t}"]) for t in types)
                      + f" | {cell(s['type_mean'])} | {s['sigma'][0]:.2f} | {s['train_s'][0]:.0f} | "
                      + f"{len(seeds_of.get(label, cfg['seeds']))} |")  # type: ignore[union-attr, index]
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(result: dict[str, object], out: Path, *, name: str = "reward_sweep") -> list[Path]:
-    """JSON and Markdown table."""
+    """JSON, Markdown table and an SVG of each point's type mean (bars numbered as the
+    table's rows)."""
+    from benchmarks.svg_bars import grouped_bars
+
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.json", out / f"{name}.md"]
+    paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.svg"]
     paths[0].write_text(json.dumps(result, indent=2, sort_keys=True, default=lambda o: list(o)
                                    if isinstance(o, tuple) else str(o)))
     paths[1].write_text(markdown_table(result))
+    summary: dict[str, dict[str, list[float]]] = result["summary"]  # type: ignore[assignment]
+    numbers = [str(i) for i in range(1, len(summary) + 1)]
+    means = [(s["type_mean"][0], s["type_mean"][1]) for s in summary.values()]
+    paths[2].write_text(grouped_bars([(f"type mean, top-1 (table rows 1-{len(numbers)})", numbers,
+                                       {"type mean": means})], panel_width=max(420, 40 * len(numbers))))
     return paths
 
 

@@ -40,6 +40,7 @@ def test_every_point_is_trained_measured_and_written(tmp_path: Path) -> None:
     assert json.loads(paths[0].read_text())["summary"] == summary
     table = paths[1].read_text()
     assert all(f"| {p.label} |" in table for p in points) and "±" in table
+    assert paths[2].read_text().startswith("<svg") and "type mean" in paths[2].read_text()
 
 
 @pytest.mark.timeout(900)
