@@ -10,14 +10,16 @@ import time
 import torch
 
 
-def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, gate: bool = False) -> dict[str, object]:
+def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, gate: bool = False,
+             trainable: str = "all") -> dict[str, object]:
     """DP-SGD step vs the same step without DP on the default reward model, trained as a
     client trains it (listwise records over every answer; ``mode``: an Opacus per-sample
     gradient engine other than the default; ``gate``: with FedCola's gates in place, as a
-    uni-modal client trains from round 2 on)."""
+    uni-modal client trains from round 2 on; ``trainable``: the client's trainable set,
+    :data:`client_sdk.dp_training.TRAINABLE_SETS`, the same for both variants)."""
     import dataclasses
 
-    from client_sdk.dp_training import DPSettings, DPStepper, data_loss, training_mode
+    from client_sdk.dp_training import DPSettings, DPStepper, data_loss, in_trainable_set, training_mode
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import (
@@ -28,7 +30,7 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
     from tasks.easyvqa.models import reward_config as easyvqa_reward_config
     from tasks.easyvqa.shares import client_pairs
 
-    settings = DPSettings()  # the defaults a client runs with (secure mode on)
+    settings = DPSettings(trainable=trainable)  # otherwise the defaults a client runs with (secure mode on)
     if mode:
         settings = dataclasses.replace(settings, grad_sample_mode=mode)
     model, tok = build_reward_model(easyvqa_reward_config(kind=kind))
@@ -44,6 +46,9 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
     data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=4096),
                                              answer_set=answers()), tok, answers=answers())
     q = settings.batch_size / len(data)
+    for name, p in model.named_parameters():  # both variants train the same set
+        if not in_trainable_set(name, trainable):
+            p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     plain_opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
@@ -78,7 +83,7 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
             "records_per_s": round(settings.batch_size / p, 1),
             "config": {"kind": kind, "batch_size": settings.batch_size, "max_grad_norm": settings.max_grad_norm,
                        "secure_mode": settings.secure_mode, "grad_sample_mode": settings.grad_sample_mode,
-                       "gate": gate,
+                       "gate": gate, "trainable": trainable,
                        "steps_per_variant": steps * repeats, "repeats": repeats, "threads": torch.get_num_threads(),
                        "trainable_params": sum(x.numel() for x in params), "records": len(data),
                        "candidates_per_record": data.candidates, "objective": "listwise"}}

@@ -16,7 +16,7 @@ def main(args: argparse.Namespace) -> int:
         from benchmarks.bench_dp import bench_dp
 
         print(json.dumps(bench_dp(kind=args.kind, steps=args.steps, repeats=args.repeats, mode=args.mode,
-                                  gate=args.gate)))
+                                  gate=args.gate, trainable=args.trainable)))
     elif args.what == "he":
         from benchmarks.bench_he import bench_he
 

@@ -163,3 +163,13 @@ def test_insecure_mode_needs_an_explicit_flag_and_warns() -> None:
     assert DPSettings().secure_mode is True
     with pytest.warns(UserWarning, match="secure_mode is OFF"):
         DPSettings(secure_mode=False)
+
+
+def test_the_bench_command_offers_the_clients_own_trainable_sets() -> None:
+    # apps.cli names them without importing torch (the parser is built for every command)
+    from apps.cli import build_parser, subcommand_parser
+    from client_sdk.dp_training import TRAINABLE_SETS
+
+    bench = subcommand_parser(build_parser(), "bench")
+    (action,) = [a for a in bench._actions if a.dest == "trainable"]
+    assert tuple(action.choices) == TRAINABLE_SETS  # type: ignore[arg-type]
