@@ -18,10 +18,11 @@ Deliberate choices (issue 24, measured with ``fedsecure bench reward-sweep``):
   parameters that no longer exist;
 - what a round trains is the client's choice (``DPSettings.trainable``, :data:`TRAINABLE_SETS`):
   every adapter, the head and the fusion layer by default, or the head and fusion layer
-  alone — fewer coordinates to add noise to. On the free-text task (scenes) the head alone
+  alone — fewer coordinates to add noise to. On a built-in free-text task the head alone
   kept what the pretrained stacks know and judged far better under DP than adapters that
   DP noise moved (type-averaged top-1 0.52 ± 0.06 → 0.65 ± 0.02 on one client, 3 seeds,
-  `fedsecure bench reward-sweep --task scenes`, issue 25); on easy-VQA they tie.
+  `fedsecure bench reward-sweep`, benchmarks/README.md, issue 25); on the built-in
+  closed-answer task they tie.
 """
 
 from __future__ import annotations
