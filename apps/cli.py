@@ -358,7 +358,7 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
                    help="dp: Opacus per-sample gradient engine (default: the clients' default)")
     p.add_argument("--gate", action="store_true", help="dp: with FedCola's gates attached (image or text kinds)")
     p.add_argument("--trainable", default="all", choices=("all", "no_image_stack", "no_mlp", "head"),
-                   help="dp: what both variants train (the clients' [privacy] trainable)")
+                   help="dp, collaboration: what every model trains (the clients' [privacy] trainable)")
     p.add_argument("--params", type=int, default=1_000_000, help="he: values per client update")
     p.add_argument("--clients", type=int, default=None, help="he: contributions summed (8); load: clients (100)")
     p.add_argument("--seconds", type=float, default=30.0, help="load: how long the clients run; flood: each window")

@@ -84,6 +84,7 @@ class CollaborationConfig:
     alpha: float = ClientSettings.alpha
     threads: int = 2
     task: str = "easyvqa"
+    trainable: str = ClientSettings.trainable   # what every model's DP training updates (every row)
 
     def __post_init__(self) -> None:
         unknown = set(self.rows) - set(ROWS)
@@ -218,6 +219,16 @@ def reward_config(task: Task, kind: str, backbone: Path | None, **overrides: obj
     return config_on_backbone(kind, backbone, **sealed, **overrides)
 
 
+def restrict(model: torch.nn.Module, trainable: str) -> None:
+    """Freeze what the clients' trainable set ``trainable`` leaves out, for the whole run
+    (:func:`client_sdk.dp_training.in_trainable_set`)."""
+    from client_sdk.dp_training import in_trainable_set
+
+    for name, p in model.named_parameters():
+        if not in_trainable_set(name, trainable):
+            p.requires_grad_(False)
+
+
 def eval_batches(kind: str, questions: Sequence[object], tokenizer: object, task: Task,
                  per_batch: int = 20) -> list[tuple[list[object], dict[str, torch.Tensor]]]:
     """The public questions a kind can judge (an image-only model: none of the task's
@@ -278,6 +289,7 @@ def federated_clients(cfg: CollaborationConfig, row: str, seed: int, encoded: di
         config = reward_config(_task(cfg), kind, None if row == "random_backbone" else cfg.backbone,
                                 federation_seed=seed)
         model, _ = build_reward_model(config)
+        restrict(model, cfg.trainable)
         clients.append(_Client(name, kind, model, encoded[name]))
     return clients, _federated(row, clients, cfg, on_trained)
 
@@ -323,6 +335,7 @@ def _one_seed(cfg: CollaborationConfig, seed: int, questions: Sequence[object]) 
             for kind in KINDS:
                 torch.manual_seed(seed)
                 model, _ = build_reward_model(reward_config(task, kind, backbone, federation_seed=seed))
+                restrict(model, cfg.trainable)
                 union = encode([p for c in CLIENTS for p in client_pairs(c, kind)])
                 if row == "central":
                     train_nonprivate(model=model, data=union, steps=cfg.central_steps,

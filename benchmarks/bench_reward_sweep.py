@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from client_sdk.dp_training import TRAINABLE_SETS, in_trainable_set
+from client_sdk.dp_training import TRAINABLE_SETS
 from fedsecure.progress import track
 
 log = logging.getLogger("fedsecure.bench.reward_sweep")
@@ -121,9 +121,9 @@ class SweepConfig:
 def restrict_trainable(model: torch.nn.Module, trainable: str) -> None:
     """Freeze what a point does not train, by the clients' own rule
     (:func:`client_sdk.dp_training.in_trainable_set`; ``all`` keeps the model's own set)."""
-    for name, p in model.named_parameters():
-        if not in_trainable_set(name, trainable):
-            p.requires_grad_(False)
+    from benchmarks.bench_collaboration import restrict
+
+    restrict(model, trainable)
 
 
 def train_point(model: torch.nn.Module, data: object, point: SweepPoint, cfg: SweepConfig, seed: int) -> float:

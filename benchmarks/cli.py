@@ -127,7 +127,7 @@ def _collaboration(args: argparse.Namespace) -> None:
                               rows=tuple(args.rows.split(",")) if args.rows else ROWS, rounds=args.rounds,
                               local_steps=args.local_steps, pairs_per_client=args.pairs,
                               questions_per_type=args.questions, central_steps=args.central_steps, threads=args.threads,
-                              task=args.task)
+                              task=args.task, trainable=args.trainable)
     result = bench_collaboration(cfg)
     paths = write_outputs(result, args.out)
     result["outputs"] = [str(p) for p in paths]
