@@ -77,3 +77,29 @@ def test_the_free_text_task_is_measured_the_same_way(tmp_path: Path) -> None:
             assert ("pairwise.position" in metrics) == (kind != "image") and "top1_all.count" in metrics
     table = write_outputs(result, tmp_path / "out")[1].read_text()
     assert "Task scenes" in table and "no color, position" in table
+
+
+def test_a_head_only_federation_trains_only_heads_and_fusion_layers(tmp_path: Path) -> None:
+    import torch
+
+    from benchmarks.bench_collaboration import CLIENTS, KIND_OF, federated_clients, reward_config
+    from fedsecure.data.preferences import records_from_pairs
+    from fedsecure.models.encoding import encode_records
+    from fedsecure.models.reward import build_reward_model
+    from tasks.easyvqa.data import answers
+
+    backbone = tmp_path / "backbone"
+    pretrain_backbone(PretrainSettings(out=backbone, steps=2), task=EASYVQA)
+    cfg = CollaborationConfig(backbone=backbone, seeds=(0,), rows=("fedavg",), rounds=1, local_steps=2, batch_size=16,
+                              pairs_per_client=80, questions_per_type=3, trainable="head")
+    _, tok = build_reward_model(reward_config(EASYVQA, "image_text", backbone))
+    encoded = {c: encode_records(records_from_pairs(list(EASYVQA.simulated_pairs(
+        client=c, clients=list(CLIENTS), kind=KIND_OF[c], seed=0))[:80], answer_set=answers()), tok, answers=answers())
+        for c in CLIENTS}
+    clients, _ = federated_clients(cfg, "fedavg", 0, encoded)
+    for c in clients:
+        fresh, _ = build_reward_model(reward_config(EASYVQA, c.kind, backbone, federation_seed=0))
+        start = dict(fresh.named_parameters())
+        moved = {n for n, p in c.model.named_parameters() if not torch.equal(p.detach(), start[n].detach())}
+        # trained, and averaged with the other holders (FedAvg), yet nothing outside the set moved
+        assert moved and all(n.startswith(("head.", "fuse.")) for n in moved), (c.name, sorted(moved)[:3])
