@@ -389,11 +389,13 @@ def _summary(runs: dict[int, dict[str, dict[str, dict[str, float]]]],
 def merge_seeds(results: Sequence[dict[str, object]]) -> dict[str, object]:
     """One result from runs of the same configuration on different seeds (each seed run
     on its own, so that a long ablation keeps what it finished); refused if anything but
-    the seeds differs, or a seed repeats. The wall time is the sum of the runs'."""
+    the seeds (and the threads) differs, or a seed repeats. The wall time is the sum of the
+    runs'."""
     if not results:
         raise ValueError("nothing to merge")
     def same(r: dict[str, object]) -> dict[str, object]:
-        return {k: v for k, v in r["config"].items() if k != "seeds"}  # type: ignore[attr-defined]
+        # the CPU threads a run used change its speed, not the experiment
+        return {k: v for k, v in r["config"].items() if k not in ("seeds", "threads")}  # type: ignore[attr-defined]
     first = results[0]
     if any(same(r) != same(first) or r["questions_per_type"] != first["questions_per_type"] for r in results):
         raise ValueError("the runs differ in more than their seeds")

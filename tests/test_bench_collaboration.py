@@ -54,6 +54,8 @@ def test_seeds_run_apart_merge_into_one_table() -> None:
     assert merged["summary"]["local_only"]["image"]["top1_all.color"] == [pytest.approx(0.4), pytest.approx(0.2)]
     with pytest.raises(ValueError, match="differ"):
         merge_seeds([result(0, 0.2), result(1, 0.4, rounds=1)])
+    # a seed run on fewer CPU threads is the same experiment
+    assert merge_seeds([result(0, 0.2, threads=2), result(1, 0.4, threads=1)])["config"]["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="twice"):
         merge_seeds([result(0, 0.2), result(0, 0.4)])
 
