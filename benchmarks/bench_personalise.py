@@ -132,7 +132,7 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
     from fedsecure.errors import PersonalisationRefused
     from fedsecure.kit import load_kit
     from fedsecure.models.encoding import encode_pairs
-    from benchmarks.bench_collaboration import _reward_config
+    from benchmarks.bench_collaboration import reward_config
     from fedsecure.models.reward import tokenizer_for
     from fedsecure.privacy.accountant import epsilon
     from fedsecure.privacy.audit import audit_ledger
@@ -140,7 +140,7 @@ def _one_seed(cfg: PersonaliseBenchConfig, seed: int, questions, consortium, wor
     from fedsecure.privacy.ledger import Ledger
 
     # the backbone's own tokenizer: the models below are built on it (ids are its)
-    tok = tokenizer_for(_reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
+    tok = tokenizer_for(reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
     splits = {c: _split(cfg, c, KIND_OF[c], seed, CLIENTS) for c in CLIENTS}
     enc = {c: tuple(encode_pairs(part, tok, answers=answers()) for part in splits[c]) for c in CLIENTS}
     batches = {kind: eval_batches(kind, questions, tok, EASYVQA) for kind in KINDS}

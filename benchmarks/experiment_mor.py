@@ -331,7 +331,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     )
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
-    from benchmarks.bench_collaboration import _reward_config
+    from benchmarks.bench_collaboration import reward_config
     from fedsecure.models.reward import tokenizer_for
     from fedsecure.privacy.accountant import epsilon
     from fedsecure.task import balanced_by_group
@@ -346,7 +346,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                                  pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
     # the backbone's own tokenizer: the models below are built on it (ids are its)
-    tok = tokenizer_for(_reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
+    tok = tokenizer_for(reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
     encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
                                                                  alpha=collab.alpha, seed=seed,
                                                                  limit=cfg.pairs_per_client), answer_set=answers()),
