@@ -19,7 +19,8 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
     :data:`client_sdk.dp_training.TRAINABLE_SETS`, the same for both variants)."""
     import dataclasses
 
-    from client_sdk.dp_training import DPSettings, DPStepper, data_loss, in_trainable_set, training_mode
+    from benchmarks.bench_collaboration import restrict
+    from client_sdk.dp_training import DPSettings, DPStepper, data_loss, training_mode
     from fedsecure.data.preferences import records_from_pairs
     from fedsecure.models.encoding import encode_records
     from fedsecure.models.reward import (
@@ -46,9 +47,7 @@ def bench_dp(*, kind: str, steps: int, repeats: int, mode: str | None = None, ga
     data = encode_records(records_from_pairs(client_pairs(name="a", clients=["a", "b", "c"], kind=kind, limit=4096),
                                              answer_set=answers()), tok, answers=answers())
     q = settings.batch_size / len(data)
-    for name, p in model.named_parameters():  # both variants train the same set
-        if not in_trainable_set(name, trainable):
-            p.requires_grad_(False)
+    restrict(model, trainable)  # both variants train the same set
     params = [p for p in model.parameters() if p.requires_grad]
     plain_opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)

@@ -118,14 +118,6 @@ class SweepConfig:
             raise ValueError("need a seed, a point, two records and one evaluation question")
 
 
-def restrict_trainable(model: torch.nn.Module, trainable: str) -> None:
-    """Freeze what a point does not train, by the clients' own rule
-    (:func:`client_sdk.dp_training.in_trainable_set`; ``all`` keeps the model's own set)."""
-    from benchmarks.bench_collaboration import restrict
-
-    restrict(model, trainable)
-
-
 def train_point(model: torch.nn.Module, data: object, point: SweepPoint, cfg: SweepConfig, seed: int) -> float:
     """Train ``model`` by ``point``'s recipe; returns the noise multiplier (0 without DP)."""
     from client_sdk.dp_training import DPSettings, DPStepper, train_nonprivate
@@ -155,6 +147,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
         eval_batches,
         evaluate_model,
         reward_config,
+        restrict,
     )
     from client_sdk.settings import ClientSettings
     from fedsecure.data.preferences import records_from_pairs
@@ -187,7 +180,7 @@ def bench_reward_sweep(cfg: SweepConfig) -> dict[str, object]:
             if point.objective not in encoded:
                 encoded[point.objective] = (encode_records(records, tok, answers=answers)
                                             if point.objective == "listwise" else encode_pairs(pairs, tok, answers=answers))
-            restrict_trainable(model, point.trainable)
+            restrict(model, point.trainable)  # the clients' own rule
             t0 = time.monotonic()
             sigma = train_point(model, encoded[point.objective], point, cfg, seed)
             seconds = time.monotonic() - t0
@@ -330,4 +323,4 @@ def points_from(grid: str, *, overrides: Sequence[str] = ()) -> tuple[SweepPoint
 
 
 __all__ = ["GRIDS", "SweepConfig", "SweepPoint", "bench_reward_sweep", "markdown_table",
-           "merge_results", "points_from", "restrict_trainable", "type_mean", "write_outputs"]
+           "merge_results", "points_from", "type_mean", "write_outputs"]
