@@ -61,6 +61,23 @@ def test_a_saved_tiny_policy_loads_through_the_generic_loader(saved: Path) -> No
     torch.testing.assert_close(a, b)
 
 
+def test_the_saved_policy_reads_and_writes_free_text_beyond_the_tasks_words(saved: Path) -> None:
+    """A hospital's question and answer use words easy-VQA never had: the reloaded
+    policy's tokenizer spells them in pieces (no [UNK]) and decodes its own ids back to
+    the text; the task's words stay one token each."""
+    _, processor = load_policy(saved)
+    tok = processor.tokenizer
+    question = "Is the lesion in the left lung benign?"
+    ids, _ = encode_prompt(processor, question=question, image=np.zeros((64, 64, 3), np.uint8))
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True).strip() == question.lower()
+    answer = "a benign nodule, 4 mm."
+    target = encode_answer(processor, answer)
+    assert tok.unk_token_id not in target and target[-1] == tok.eos_token_id
+    assert tok.decode(target, skip_special_tokens=True) == answer
+    for word in ("circle", "yellow", "yes"):
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1
+
 def test_missing_and_text_only_checkpoints_are_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_policy(tmp_path / "nowhere")

@@ -2,9 +2,10 @@
 and a loader for any local Hugging Face vision-language checkpoint.
 
 The tiny model is a real ``LlavaForConditionalGeneration`` (CLIP vision tower, projector,
-Llama decoder) with a real ``LlavaProcessor`` around a word vocabulary built from the
-task's words, saved in the standard layout (safetensors + JSON), so it is loaded by exactly
-the code that loads a downloaded checkpoint.
+Llama decoder) with a real ``LlavaProcessor`` around a WordPiece tokenizer (the task's words
+as whole tokens, any other word spelled in character pieces: free text in and out), saved in
+the standard layout (safetensors + JSON), so it is loaded by exactly the code that loads a
+downloaded checkpoint.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from fedsecure.errors import PolicyLoadError, PromptError
-from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, word_vocabulary
+from fedsecure.models.tokenizer import CLS, PAD, SEP, UNK, subword_vocabulary
 
 IMAGE_TOKEN = "<image>"
 # 8-pixel patches (64 image tokens): with 16-pixel ones the tower could not represent shape
@@ -60,15 +61,19 @@ def tiny_llama_config(*, vocab_size: int, hidden: int = 128, layers: int = 2, he
 
 
 def build_policy_processor(config: TinyVLMConfig = TinyVLMConfig(), *, words: Sequence[str]) -> Any:
-    """A ``LlavaProcessor``: the task's word vocabulary plus ``<image>``, prompts
-    ``[CLS] <image>×n question``, completions ``answer [SEP]`` ([SEP] is EOS), left padding."""
+    """A ``LlavaProcessor``: WordPiece over the task's words plus every character's pieces
+    (:func:`~fedsecure.models.tokenizer.subword_vocabulary`) and ``<image>``, prompts
+    ``[CLS] <image>×n question``, completions ``answer [SEP]`` ([SEP] is EOS), left padding.
+    A word outside the task's vocabulary — a hospital's own question — is read and written
+    as pieces, never collapsed to ``[UNK]`` (issue 25: free text end to end)."""
     from transformers import LlavaProcessor, PreTrainedTokenizerFast
     from transformers.models.clip import CLIPImageProcessorPil
 
-    vocab = {t: i for i, t in enumerate([*word_vocabulary(words), IMAGE_TOKEN])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.normalizer = normalizers.Lowercase()
+    vocab = {t: i for i, t in enumerate([*subword_vocabulary(words), IMAGE_TOKEN])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # pieces join back into the word they spell
     tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, vocab[CLS])])
     tok.add_special_tokens([IMAGE_TOKEN, PAD, CLS, SEP, UNK])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=CLS, eos_token=SEP, pad_token=PAD,
