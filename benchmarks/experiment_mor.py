@@ -7,7 +7,8 @@ produces the client reward models; the same federation with plain FedAvg produce
 FedAvg'd reward model (its image+text client); the server trains a reward model of its own
 on its public preference set alone. Every method then starts from the same base policy
 (vision tower pretrained on public images, SFT on the seed set), the same prompts and
-seeds, and runs ``steps`` GRPO steps in process with its reward:
+seeds, and runs ``steps`` GRPO steps in process with its reward (and, as the demo's ALIGN
+stage does, the task's label-free answer-form check: a completion out of form ranks last):
 
 - ``start``: no GRPO; ``text_only``: no policy at all, the most common training answer
   for the question text (what never looking at the image reaches); ``oracle``: exact match against the pool's answers (upper bound);
@@ -234,6 +235,7 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
         evaluate_policy,
         evaluate_text_only,
         exact_match_reward,
+        task_answer_form,
     )
     from server.align.combiners import (
         ExpertSelection,
@@ -266,7 +268,8 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     engine = GRPOEngine(policy=policy, config=GRPOConfig(
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, learning_rate=cfg.learning_rate, seed=seed,
         loss=GRPOLossConfig(beta=0.0, scale_rewards="unscaled" not in flags), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
-        checkpoint_dir=work, checkpoint_every=1)
+        # every method with the task's label-free format check, as the demo's ALIGN stage has it
+        checkpoint_dir=work, checkpoint_every=1, answer_form=task_answer_form(EASYVQA))
     out: dict[str, object] = {}
     if name == "oracle":
         for _ in range(cfg.steps):
