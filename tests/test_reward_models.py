@@ -68,6 +68,24 @@ def test_ffa_lora_a_is_shared_and_frozen_b_trains(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_head_and_fusion_layer_start_alike_on_every_client_of_a_kind(kind: str) -> None:
+    """Same federation seed and kind -> the same head and fusion layer, whatever the global
+    RNG (two clients' heads may then be averaged unit by unit); another seed -> another."""
+    torch.manual_seed(1)
+    m1, _ = build_reward_model(easyvqa_reward_config(kind=kind, federation_seed=7))
+    torch.manual_seed(2)
+    m2, _ = build_reward_model(easyvqa_reward_config(kind=kind, federation_seed=7))
+    m3, _ = build_reward_model(easyvqa_reward_config(kind=kind, federation_seed=8))
+    names = m1.head_names()
+    assert names and all(n.startswith(("head.", "fuse.")) for n in names)
+    p1, p2, p3 = (dict(m.named_parameters()) for m in (m1, m2, m3))
+    assert all(torch.equal(p1[n], p2[n]) for n in names)
+    drawn = [n for n in names if p1[n].any()]  # the classifier head of the image kind starts at zero
+    assert bool(drawn) == (kind != "image")
+    assert not drawn or not all(torch.equal(p1[n], p3[n]) for n in drawn)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_forward_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     model, tok = build_reward_model(easyvqa_reward_config(kind=kind))
     data = encode_pairs(client_pairs(name="a", clients=["a", "b"], kind=kind, limit=16), tok, answers=answers())

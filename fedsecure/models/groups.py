@@ -18,6 +18,7 @@ BACKBONE_TAG = 12
 RANDOM_BACKBONE = "random"
 ATTENTION_FAMILY = "attn"   # attention adapters: aggregated across every client holding the stack
 _MLP_PREFIX = "mlp_"        # MLP adapters: aggregated among clients of one kind ("mlp_image_text")
+_HEAD_PREFIX = "head_"      # head and fusion layer: among clients of one kind ("head_image_text"), if the server asks
 KIND_MODALITY = {"image_text": Modality.IMAGE_TEXT, "image": Modality.IMAGE, "text": Modality.TEXT}
 
 
@@ -32,6 +33,26 @@ def mlp_kind(family: str) -> str | None:
     """The client kind of an MLP family, or None for any other family."""
     kind = family[len(_MLP_PREFIX):] if family.startswith(_MLP_PREFIX) else ""
     return kind if kind in KIND_MODALITY else None
+
+
+def head_family(kind: str) -> str:
+    """The head family of a client kind: its score head and fusion layer, averaged only
+    within the kind (their inputs mean the same thing only in models of one kind)."""
+    if kind not in KIND_MODALITY:
+        raise ValueError(f"unknown client kind {kind!r}")
+    return f"{_HEAD_PREFIX}{kind}"
+
+
+def head_kind(family: str) -> str | None:
+    """The client kind of a head family, or None for any other family."""
+    kind = family[len(_HEAD_PREFIX):] if family.startswith(_HEAD_PREFIX) else ""
+    return kind if kind in KIND_MODALITY else None
+
+
+def same_kind_family_kind(family: str) -> str | None:
+    """The kind whose clients alone may share ``family`` (an MLP or head family), or None
+    for a family shared across kinds (attention) or unknown."""
+    return mlp_kind(family) or head_kind(family)
 
 
 def kind_of(modalities: tuple[Modality, ...]) -> str | None:

@@ -156,6 +156,21 @@ class RewardModel(nn.Module):
             raise ValueError(f"image and text stacks must share one block shape, got widths {widths}")
         h = widths[0]
         self.fuse: nn.Linear | None = None
+        # Head and fusion layer start alike on every client of a kind (seeded from the
+        # federation seed, as FFA-LoRA's A): averaged among same-kind clients, hidden units
+        # of independently drawn layers would not correspond.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_ffa_seed(c.federation_seed, f"head:{c.kind}"))
+            last = self._build_head(h)
+        with torch.no_grad():  # every answer starts with the same reward: no accidental preference
+            last.weight.zero_()
+            last.bias.zero_()
+        self._add_adapters()
+
+    def _build_head(self, h: int) -> nn.Linear:
+        """Create the head (and the fusion layer of a model that reads an image and text);
+        returns the head's last layer."""
+        c = self.config
         if self.classifies:
             self.head = nn.Linear(h, len(self.answer_vocab))
             last = self.head
@@ -171,10 +186,7 @@ class RewardModel(nn.Module):
                 self.fuse = nn.Linear(h, h)
             self.head = nn.Sequential(nn.Linear(width, h), nn.GELU(), nn.Linear(h, 1))
             last = self.head[2]
-        with torch.no_grad():  # every answer starts with the same reward: no accidental preference
-            last.weight.zero_()
-            last.bias.zero_()
-        self._add_adapters()
+        return last
 
     def _add_adapters(self) -> None:
         c = self.config
@@ -224,6 +236,11 @@ class RewardModel(nn.Module):
     def mlp_adapter_names(self) -> list[str]:
         """MLP adapters (LoRA A and B), shared only among clients of the same kind."""
         return [n for n, _ in self.named_parameters() if f".{LOCAL_ADAPTER}." in n]
+
+    def head_names(self) -> list[str]:
+        """The score head and fusion layer: shared, if the server asks, only among clients
+        of the same kind (the ``head_<kind>`` family)."""
+        return [n for n, _ in self.named_parameters() if n.startswith(("head.", "fuse."))]
 
     def trainable_names(self) -> list[str]:
         """Every parameter DP training updates."""
