@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's privacy budget")
     p.add_argument("--client-trainable", default="all", choices=TRAINABLE_SETS,
                    help="what the clients' DP training updates (their [privacy] trainable setting)")
+    p.add_argument("--share-heads", action="store_true",
+                   help="the server also averages the reward models' heads and fusion layers among clients of one "
+                        "kind (its [training] share_heads setting)")
     p.add_argument("--max-pairs", type=int, default=4000, help="pairs per client (keeps the demo short)")
     p.add_argument("--align-steps", type=int, default=ALIGN_STEPS,
                    help="GRPO steps per round of the ALIGN stage, on the clients' fused scores (0: no ALIGN phase)")
@@ -174,7 +177,8 @@ def _main(args: argparse.Namespace) -> int:
             "server": {"kit": str(kits.server), "task": task.name},
             "run": {"rounds": args.rounds, "quorum": 2, "min_clients": len(names), "phases": phases.split(","),
                     "phase_deadline_s": args.phase_deadline},
-            "training": {"local_steps": args.local_steps, "prompts_per_round": args.questions_per_round,
+            "training": {"local_steps": args.local_steps, "share_heads": args.share_heads,
+                         "prompts_per_round": args.questions_per_round,
                          "data_seed": args.seed},
             "personalise": {"distill_steps": args.distill_steps},
             "align": {"steps": args.align_steps, "first_round": align_first, "prompts": args.align_prompts,

@@ -16,7 +16,7 @@ One exchange is what a TRAIN round does to the clients' adapters:
 - each client applies what it downloads with its own code
   (:func:`client_sdk.adapter_exchange.apply_aggregate`): attention means replace its
   own; its kind's MLP mean moves it by FedCola's coefficient, computed by the server's rule
-  (:func:`server.planners.compensation.mlp_group_coefficient`); a uni-modal client's gate reads the
+  (:func:`server.planners.compensation.same_kind_group_coefficient`); a uni-modal client's gate reads the
   other stack's attention mean through :func:`client_sdk.adapter_exchange.aux_adapters`.
 
 Heads, the fusion layer and gates never leave a client, as in the federation.
@@ -35,7 +35,7 @@ from client_sdk.adapter_exchange import adapter_groups, apply_aggregate, aux_ada
 from client_sdk.outcomes import Aggregate
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
 from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, mlp_family, mlp_kind
-from server.planners.compensation import Member, mlp_group_coefficient
+from server.planners.compensation import Member, same_kind_group_coefficient
 
 QUORUM = 2  # the key holder's default: one client's update is never an aggregate
 
@@ -86,7 +86,7 @@ def compensation(published: Mapping[str, Aggregate], participants: Sequence[Part
     for group in published:
         key = GroupKey.parse(group)
         if mlp_kind(key.family) is not None:
-            out[group] = mlp_group_coefficient(group=key, members=members, stacks_of=stacks_of)  # the TRAIN planner's
+            out[group] = same_kind_group_coefficient(group=key, members=members, stacks_of=stacks_of)  # the TRAIN planner's
     return out
 
 

@@ -10,9 +10,12 @@ Families (FedCola's rule):
   kind; the client moves towards the mean by the server's compensation coefficient c
   (``w ← w + c·(mean − w)``), so collaborated and non-collaborated layers move
   consistently;
+- ``head_<kind>`` (only where the server asks, ``[training] share_heads``): the score
+  head and fusion layer, among clients of the same kind, applied like the MLP family with
+  the server's coefficient (their models start from the same head: the federation seed);
 - a uni-modal client also downloads the *other* stack's attention mean as aux adapters
   for its gate (:mod:`fedsecure.models.gate`).
-Heads, the fusion layer and gates never leave the client.
+Gates never leave the client, nor do heads unless the server asks for them.
 """
 
 from __future__ import annotations
@@ -23,21 +26,25 @@ import torch
 from fedsecure.crypto.ckks_encryptor import Encryptor
 from fedsecure.crypto.packing import TensorLayout, encoding_for, parse_plain_encoding
 from fedsecure.errors import CkksError, InvalidTaskSpec
-from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, mlp_family
+from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, head_family, mlp_family
 from fedsecure.models.reward import SHARED_ADAPTER, RewardModel
 from fedsecure.models.slots import attention_module, slot_of
 
 MLP = "mlp"  # in an upload request ("attn+mlp"): "this client's own kind's MLP family"
+HEAD = "head"  # in an upload request ("attn+mlp+head"): "this client's own kind's head family"
 
 
 def upload_families(model: RewardModel, upload_group: str) -> list[str]:
-    """The families a TrainSpec's ``upload_group`` asks for ("attn" or "attn+mlp")."""
+    """The families a TrainSpec's ``upload_group`` asks for ("attn", "attn+mlp",
+    "attn+mlp+head")."""
     families = []
     for token in upload_group.split("+"):
         if token == ATTENTION_FAMILY:
             families.append(ATTENTION_FAMILY)
         elif token == MLP:
             families.append(mlp_family(model.config.kind))
+        elif token == HEAD:
+            families.append(head_family(model.config.kind))
         else:
             raise InvalidTaskSpec(f"upload group {upload_group!r}: unknown family {token!r}")
     if len(set(families)) != len(families):
@@ -46,11 +53,13 @@ def upload_families(model: RewardModel, upload_group: str) -> list[str]:
 
 
 def family_parameters(model: RewardModel, family: str) -> list[str]:
-    """The parameters a family shares ([] for another kind's MLP family)."""
+    """The parameters a family shares ([] for another kind's MLP or head family)."""
     if family == ATTENTION_FAMILY:
         return model.attention_adapter_names()
     if family == mlp_family(model.config.kind):
         return model.mlp_adapter_names()
+    if family == head_family(model.config.kind):
+        return model.head_names()
     return []
 
 from client_sdk.outcomes import Aggregate, Update

@@ -22,6 +22,7 @@ from client_sdk.adapter_exchange import (
     aux_adapters,
     clip_shared_adapters,
     encrypt_adapters,
+    head_family,
     mlp_family,
     upload_families,
 )
@@ -176,7 +177,8 @@ class RewardParticipant:
     def _apply_aggregates(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int,
                           compensation: Mapping[str, float] | None = None) -> None:
         """Take the federation's published means: attention groups replace the local
-        adapters; MLP groups (same kind only) move them by their compensation coefficient.
+        adapters; MLP and head groups (same kind only) move them by their compensation
+        coefficient.
         ``compensation`` None: a SCORE task, which applies attention groups only (an MLP
         step is applied once, at the next TRAIN)."""
         changed = 0
@@ -203,17 +205,17 @@ class RewardParticipant:
         others' sample counts, which a client does not know; the server computes it by
         the rule in server/planners/compensation.py.)"""
         coefficients = dict(spec.compensation)
-        own = mlp_family(self.kind)
+        own = (mlp_family(self.kind), head_family(self.kind))
         for group, c in coefficients.items():
             if not (math.isfinite(c) and 0.0 <= c <= 1.0):
                 raise InvalidTaskSpec(f"compensation coefficient {c} for {group} is outside [0, 1]")
-            if group not in spec.download_groups or GroupKey.parse(group).family != own:
-                raise InvalidTaskSpec(f"compensation for {group}, which is not an MLP group of this "
+            if group not in spec.download_groups or GroupKey.parse(group).family not in own:
+                raise InvalidTaskSpec(f"compensation for {group}, which is not an MLP or head group of this "
                                       f"{self.kind} client's downloads")
-        mine = adapter_groups(self.model, own)
+        mine = {g for family in own for g in adapter_groups(self.model, family)}
         for group in spec.download_groups:
             if group in mine and group not in coefficients:
-                raise InvalidTaskSpec(f"no compensation coefficient for the MLP group {group}")
+                raise InvalidTaskSpec(f"no compensation coefficient for the same-kind group {group}")
         return coefficients
 
     def _aux(self, task: Task, ctx: TaskContext, groups: Sequence[str], round_: int) -> dict[str, object]:

@@ -195,6 +195,7 @@ def build_planners(settings: ServerSettings, *, state_dir: Path, aggregator: Sec
     return planners | {
         TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=settings.local_steps,
                                      learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+                                     head_sharing=settings.share_heads,
                                      stacks_of=stacks_of_kinds(closed_answer_set=task.answer_set is not None)),
         TaskKind.SCORE: ScorePlanner(task=task, questions=task.server_part("reward_eval", seed=settings.data_seed),
                                      metrics=metrics, prompts_per_round=settings.prompts_per_round,

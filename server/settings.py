@@ -51,6 +51,9 @@ class ServerSettings:
     learning_rate: float = option(0.01, help="for DP training (listwise, with a 0.1 clip; chosen by "
                                              "`fedsecure bench reward-sweep`)", section="training")
     batch_size: int = option(128, help="expected DP batch size (records)", section="training")
+    share_heads: bool = option(False, help="also average the reward models' heads and fusion layers among clients "
+                                           "of one kind, under CKKS with FedCola's coefficient (as their MLP "
+                                           "adapters)", section="training")
     prompts_per_round: int = option(32, help="public questions scored per round (every answer of each)",
                                     section="training")
     data_seed: int = option(0, help="seed of the task's split (the server's public parts)", section="training")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedsecure.models.groups import GroupKey
-from server.planners.compensation import Member, check_coefficients, coefficients, mlp_group_coefficient
+from server.planners.compensation import Member, check_coefficients, coefficients, same_kind_group_coefficient
 
 A, B, C = Member("a", "image_text", 100), Member("b", "image", 300), Member("c", "text", 600)
 ALL = (A, B, C)
@@ -53,8 +53,13 @@ def test_an_mlp_groups_coefficient_is_the_sum_of_its_members_c() -> None:
     MLP group, the summed c_i (image kind: B's 300 of the 400 sharing the image stack)."""
     group = GroupKey.parse(GroupKey.of(family="mlp_image", stack="image", backbone_sha256="0" * 64,
                                        shape="h64l2a4m128").name)
-    assert mlp_group_coefficient(group=group, members=ALL) == pytest.approx(0.75)
+    assert same_kind_group_coefficient(group=group, members=ALL) == pytest.approx(0.75)
     attention = GroupKey.parse(GroupKey.of(family="attn", stack="image", backbone_sha256="0" * 64,
                                            shape="h64l2a4m128").name)
-    with pytest.raises(ValueError, match="not an MLP group"):
-        mlp_group_coefficient(group=attention, members=ALL)
+    with pytest.raises(ValueError, match="not an MLP or head group"):
+        same_kind_group_coefficient(group=attention, members=ALL)
+    # the head and fusion layer sit above the stacks: the same same-kind share, any stack name
+    for stack in ("head", "fuse"):
+        head = GroupKey.parse(GroupKey.of(family="head_image", stack=stack, backbone_sha256="0" * 64,
+                                          shape="h64l2a4m128").name)
+        assert same_kind_group_coefficient(group=head, members=ALL) == pytest.approx(0.75)

@@ -101,7 +101,12 @@ def test_bad_aux_adapters_and_coefficients_are_refused_before_any_budget_is_spen
                              compensation=((_group("mlp_image", "image"), float("nan")),)), {}, r"outside \[0, 1\]"),
         (dataclasses.replace(SPEC, download_groups=(_group("mlp_image", "image"),)), {},
          "no compensation coefficient"),
-        (dataclasses.replace(SPEC, compensation=((_group("mlp_text", "text"), 0.5),)), {}, "not an MLP group"),
+        (dataclasses.replace(SPEC, compensation=((_group("mlp_text", "text"), 0.5),)), {}, "not an MLP or head group"),
+        (dataclasses.replace(SPEC, download_groups=(_group("head_text", "head"),),
+                             compensation=((_group("head_text", "head"), 0.5),)), {}, "not an MLP or head group"),
+        (dataclasses.replace(SPEC, download_groups=(_group("head_image", "head"),)), {},
+         "no compensation coefficient"),
+        (dataclasses.replace(SPEC, upload_group="attn+mlp+head+head"), {}, "names a family twice"),
         (dataclasses.replace(SPEC, upload_group="attn+bogus"), {}, "unknown family"),
     ]
     for spec, aggregates, text in cases:

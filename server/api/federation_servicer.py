@@ -14,7 +14,7 @@ from fedsecure.transport import chunking
 from fedsecure.transport.auth import current_peer
 from fedsecure.transport.limits import Limits
 from fedsecure.crypto.packing import parse_encoding
-from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, mlp_kind
+from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, kind_of, same_kind_family_kind
 from fedsecure.types import Capabilities, PayloadKind, SignedContribution, TaskKind, TensorChunk, UpdateManifest
 
 from server.align.sessions import ScoreSessions
@@ -207,12 +207,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
                 key = GroupKey.parse(section.name)
             except ValueError as exc:
                 raise InvalidSubmission(str(exc)) from exc
-            kind = mlp_kind(key.family)
+            kind = same_kind_family_kind(key.family)
             if key.family != ATTENTION_FAMILY and (kind is None or kind != kind_of(declared.modalities)):
-                # MLP adapters are averaged only among clients of one kind (FedCola): a client
-                # of another kind must not reach into that kind's mean.
+                # MLP adapters and heads are averaged only among clients of one kind (FedCola):
+                # a client of another kind must not reach into that kind's mean.
                 raise InvalidSubmission(f"group {section.name}: {client} may upload attention adapters and its "
-                                        f"own kind's MLP adapters only")
+                                        f"own kind's MLP adapters and head only")
             if not key.declared_by(declared.backbone_sha256, declared.block_shape):
                 raise InvalidSubmission(
                     f"group {section.name} is for backbone {key.backbone}, shape {key.shape}; {client} declared "

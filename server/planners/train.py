@@ -11,9 +11,10 @@ from fedsecure import serde
 from fedsecure.models.groups import (
     ATTENTION_FAMILY,
     GroupKey,
+    head_family,
     kind_of,
     mlp_family,
-    mlp_kind,
+    same_kind_family_kind,
 )
 from fedsecure.types import (
     PayloadKind,
@@ -24,7 +25,7 @@ from fedsecure.types import (
 from server.planners.compensation import (
     STACKS_OF,
     Member,
-    mlp_group_coefficient,
+    same_kind_group_coefficient,
 )
 from server.planners.metrics import MetricsLog, client_metrics
 from server.rounds.phases import PhaseContext, published_groups
@@ -32,6 +33,7 @@ from server.rounds.store import SubmissionRow
 from server.secagg.aggregator import SecureAggregator
 
 MLP_REQUEST = "mlp"      # upload_group "attn+mlp": also the client's own kind's MLP adapters
+HEAD_REQUEST = "head"    # upload_group "attn+mlp+head": also its kind's head and fusion layer
 OTHER_STACK = {"image": "text", "text": "image"}
 
 
@@ -51,16 +53,19 @@ class TrainPlanner:
     stack; a uni-modal client also gets the other stack's attention mean as aux adapters
     for its gate (``gates``); MLP adapters are uploaded only where a kind has a peer of the
     same architecture in the round, and come back with FedCola's compensation coefficient
-    (``mlp_sharing``)."""
+    (``mlp_sharing``); with ``head_sharing`` the heads and fusion layers go the same way."""
 
     def __init__(self, *, metrics: MetricsLog, aggregator: SecureAggregator | None = None, local_steps: int = 100,
                  learning_rate: float = 0.01, batch_size: int = 128, gates: bool = True,
-                 mlp_sharing: bool = True, stacks_of: Mapping[str, frozenset[str]] = STACKS_OF) -> None:
+                 mlp_sharing: bool = True, head_sharing: bool = False,
+                 stacks_of: Mapping[str, frozenset[str]] = STACKS_OF) -> None:
         if local_steps < 1 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("local_steps, learning_rate and batch_size must be positive")
+        if head_sharing and not mlp_sharing:
+            raise ValueError("head_sharing rides on mlp_sharing (the same peers, the same coefficient)")
         self.metrics, self.local_steps, self.learning_rate, self.batch_size = metrics, local_steps, learning_rate, batch_size
         self.aggregator = aggregator  # None: no key holder, clients upload nothing
-        self.gates, self.mlp_sharing = gates, mlp_sharing
+        self.gates, self.mlp_sharing, self.head_sharing = gates, mlp_sharing, head_sharing
         self.stacks_of = stacks_of  # the stacks each kind's model holds on this task (compensation.stacks_of_kinds)
 
     @staticmethod
@@ -75,17 +80,17 @@ class TrainPlanner:
 
     def _compensation(self, ctx: PhaseContext, declared: Mapping[str, _Declared],
                       groups: Sequence[str]) -> dict[str, float]:
-        """FedCola's coefficient for each MLP group published last round: the summed c_i
-        of its members over the clients that uploaded then (same backbone and shape)."""
+        """FedCola's coefficient for each MLP or head group published last round: the
+        summed c_i of its members over the clients that uploaded then (same backbone and shape)."""
         uploaders = ctx.store.submissions.uploaders(ctx.run_id, ctx.round - 1, int(PayloadKind.UPDATE))
         out = {}
         for group in groups:
             key = GroupKey.parse(group)
-            if mlp_kind(key.family) is None:
+            if same_kind_family_kind(key.family) is None:
                 continue
             members = [Member(n, declared[n].kind, declared[n].pairs) for n in uploaders
                        if n in declared and key.declared_by(declared[n].backbone_sha256, declared[n].shape)]
-            out[group] = mlp_group_coefficient(group=key, members=members, stacks_of=self.stacks_of)
+            out[group] = same_kind_group_coefficient(group=key, members=members, stacks_of=self.stacks_of)
         return out
 
     def plan(self, ctx: PhaseContext, participants: Sequence[str]) -> Mapping[str, TaskSpec]:
@@ -109,13 +114,14 @@ class TrainPlanner:
             if self.aggregator is not None:
                 upload = ATTENTION_FAMILY
                 if self.mlp_sharing and d is not None and peers[d.kind, d.backbone_sha256, d.shape] >= 2:
-                    upload += f"+{MLP_REQUEST}"
+                    upload += f"+{MLP_REQUEST}" + (f"+{HEAD_REQUEST}" if self.head_sharing else "")
             downloads = previous if self.mlp_sharing else tuple(g for g in previous
                                                                 if GroupKey.parse(g).family == ATTENTION_FAMILY)
+            own = (mlp_family(d.kind), head_family(d.kind)) if d is not None else ()
             mine = {g: c for g, c in compensation.items()
-                    if d is not None and GroupKey.parse(g).family == mlp_family(d.kind)
-                    and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape)}
-            downloads = tuple(g for g in downloads if mlp_kind(GroupKey.parse(g).family) is None or g in mine)
+                    if GroupKey.parse(g).family in own and GroupKey.parse(g).declared_by(d.backbone_sha256, d.shape)}
+            downloads = tuple(g for g in downloads
+                              if same_kind_family_kind(GroupKey.parse(g).family) is None or g in mine)
             aux: tuple[str, ...] = ()
             if self.gates and d is not None and d.kind in OTHER_STACK and len(self.stacks_of[d.kind]) == 1:
                 aux = tuple(g for g in previous if GroupKey.parse(g).family == ATTENTION_FAMILY

@@ -33,13 +33,14 @@ SHAPE = "h64l2a4m128"      # the default reward model
 OTHER = "h64l1a4m128"      # d: one block instead of two
 
 
+@pytest.mark.parametrize("share_heads", [False, True], ids=["fedcola", "fedcola+heads"])
 def test_fedcola_round_with_heterogeneous_architectures(start_federation: Callable[..., Federation],
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, share_heads: bool) -> None:
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
 
     def planners(aggregator):  # type: ignore[no-untyped-def]
         return {TaskKind.TRAIN: TrainPlanner(metrics=metrics, aggregator=aggregator, local_steps=6,
-                                             learning_rate=3e-3, batch_size=32),
+                                             learning_rate=3e-3, batch_size=32, head_sharing=share_heads),
                 TaskKind.SCORE: ScorePlanner(task=EASYVQA, questions=server_part("reward_eval", seed=0), metrics=metrics,
                                              prompts_per_round=3)}
     cfg = RunConfig(rounds=2, quorum=2, min_clients=4, phases=(PhaseConfig(TaskKind.TRAIN, 240),
@@ -70,8 +71,10 @@ def test_fedcola_round_with_heterogeneous_architectures(start_federation: Callab
     # MLPs between a and b; nothing of d's shape (alone in its groups: below the quorum).
     published = fed.store(lambda s: {g: s.submissions.aggregate(fed.server.engine.status().run_id, 1, g)[2]
                                      for g in s.submissions.aggregate_groups(fed.server.engine.status().run_id, 1)})
+    # with share_heads, a and b's heads and fusion layers too (c and d have no same-kind peer)
+    heads = {group("head_image_text", "head"): 2, group("head_image_text", "fuse"): 2} if share_heads else {}
     assert published == {group("attn", "image"): 3, group("attn", "text"): 2,
-                         group("mlp_image_text", "image"): 2, group("mlp_image_text", "text"): 2}
+                         group("mlp_image_text", "image"): 2, group("mlp_image_text", "text"): 2, **heads}
     assert not any(OTHER in g for g in published)
     assert not parts["d"].applied  # d trained and scored alone
     assert {g for _, g, _ in parts["c"].applied} == {group("attn", "image")}
@@ -81,10 +84,13 @@ def test_fedcola_round_with_heterogeneous_architectures(start_federation: Callab
     plan2 = next(r for r in records if r["phase"] == "train_plan" and r["round"] == 2)
     n = {name: len(parts[name].train_data) for name in NAMES}
     expected = (n["a"] + n["b"]) / (n["a"] + n["b"] + n["c"])  # S_m: a, b, c (d has another shape)
-    for stack in ("image", "text"):
-        assert plan2[f"compensation.{group('mlp_image_text', stack)}"] == pytest.approx(expected)
+    for family, stack in [*(("mlp_image_text", s) for s in ("image", "text")),
+                          *(("head_image_text", s) for s in ("head", "fuse") if share_heads)]:
+        assert plan2[f"compensation.{group(family, stack)}"] == pytest.approx(expected)
+    assert share_heads or not any("head_" in k for k in plan2)
     assert plan2["aux.c"] == [group("attn", "text")] and "aux.d" not in plan2 and "aux.a" not in plan2
-    assert plan2["upload.a"] == plan2["upload.b"] == "attn+mlp" and plan2["upload.c"] == plan2["upload.d"] == "attn"
+    assert plan2["upload.a"] == plan2["upload.b"] == ("attn+mlp+head" if share_heads else "attn+mlp")
+    assert plan2["upload.c"] == plan2["upload.d"] == "attn"
     # c's gate started at 0 in round 2 and moved under DP-SGD; round 1 had nothing to borrow.
     first, second = (dict(r.metrics) for r in parts["c"].reports)
     assert "gate_mean" not in first and second["gate_max_abs"] > 0.0

@@ -277,8 +277,11 @@ def test_an_upload_outside_the_clients_declared_groups_is_refused(start_federati
                                  shape=GroupKey.parse(TEXT).shape).name
     # MLP adapters are averaged only within one kind: "a" declared no image+text modality.
     other_kind = GroupKey.parse(TEXT).name.replace("attn.", "mlp_image_text.")
+    other_head = GroupKey.parse(TEXT).name.replace("attn.text", "head_image_text.head")  # heads likewise
     for name, text in ((other_shape, "shape h32l1a2m64"), (other_backbone, "backbone abababababab"),
-                       ("attn.text", "not FAMILY.STACK@BACKBONE-SHAPE"), (other_kind, "own kind's MLP adapters only")):
+                       ("attn.text", "not FAMILY.STACK@BACKBONE-SHAPE"),
+                       (other_kind, "own kind's MLP adapters and head only"),
+                       (other_head, "own kind's MLP adapters and head only")):
         update = encrypted_update(fed.kit("a"), {name: np.full(2048, 0.1)}, 1 / 3)
         assert_refused(lambda u=update: client._stub.UploadUpdate(_stream(client, task, u), timeout=10),
                        grpc.StatusCode.INVALID_ARGUMENT, text)
