@@ -16,6 +16,8 @@ and rounds. Rows (``ROWS``):
   FedCola's coefficient c (``w ← w + c·(mean − w)``, :mod:`server.planners.compensation`);
 - ``fedcola``: + the gate: uni-modal clients train a zero-initialised gate on the other
   stack's previous attention mean and merge it (:mod:`fedsecure.models.gate`);
+- ``fedcola_heads``: + heads and fusion layers among same-kind clients, with the MLPs'
+  coefficient (the server's ``[training] share_heads``);
 - ``central``: a reference never deployed — one non-private model per kind trained on the
   union of every client's records;
 - ``central_dp``: the same union trained under DP-SGD at the clients' ε, batch, clip and
@@ -55,7 +57,8 @@ from server.settings import ServerSettings
 
 log = logging.getLogger("fedsecure.bench.collaboration")
 
-ROWS = ("random_backbone", "local_only", "fedavg", "attention", "compensation", "fedcola", "central", "central_dp")
+ROWS = ("random_backbone", "local_only", "fedavg", "attention", "compensation", "fedcola", "fedcola_heads", "central",
+        "central_dp")
 KINDS = ("image_text", "image", "text")
 CLIENTS = ("it-1", "it-2", "img-1", "img-2", "txt-1", "txt-2")
 KIND_OF = {"it-1": "image_text", "it-2": "image_text", "img-1": "image", "img-2": "image", "txt-1": "text",
@@ -187,7 +190,8 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
         for c, p in zip(clients, participants, strict=True):
             # a gate only on a uni-modal model (on a free-text task the image kind reads text too)
             other = {"image": "text", "text": "image"}.get(c.kind) if len(stacks[c.kind]) == 1 else None
-            aux = aux_for(p, published, other_stack=other) if row == "fedcola" and other else None  # type: ignore[arg-type]
+            gated = row in ("fedcola", "fedcola_heads")
+            aux = aux_for(p, published, other_stack=other) if gated and other else None  # type: ignore[arg-type]
             if aux is not None:
                 attach_gates(c.model, stack=c.kind, adapter=SHARED_ADAPTER, aux=aux)
             _dp_round(c, cfg, round_)
@@ -195,8 +199,9 @@ def _federated(row: str, clients: list[_Client], cfg: CollaborationConfig,
                 gates += merge_gates(c.model).values()
         if on_trained is not None:  # each client's own model, before this round's aggregation
             on_trained(round_, clients)
-        if row in ("attention", "compensation", "fedcola", "random_backbone"):
-            published = publish(participants, mlp=row != "attention" and row != "random_backbone", round_=round_)
+        if row in ("attention", "compensation", "fedcola", "fedcola_heads", "random_backbone"):
+            published = publish(participants, mlp=row != "attention" and row != "random_backbone",
+                                heads=row == "fedcola_heads", round_=round_)
             apply(published, participants, stacks_of=stacks)  # type: ignore[arg-type]
         if row == "fedavg":
             _average(clients, lambda c, n, p: p.requires_grad)

@@ -19,7 +19,9 @@ One exchange is what a TRAIN round does to the clients' adapters:
   (:func:`server.planners.compensation.same_kind_group_coefficient`); a uni-modal client's gate reads the
   other stack's attention mean through :func:`client_sdk.adapter_exchange.aux_adapters`.
 
-Heads, the fusion layer and gates never leave a client, as in the federation.
+With ``heads`` (the server's ``share_heads``), each kind's heads and fusion layers go with
+its MLP adapters and come back with the same coefficient. Gates never leave a client, as in
+the federation.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from client_sdk.adapter_exchange import adapter_groups, apply_aggregate, aux_adapters
 from client_sdk.outcomes import Aggregate
 from fedsecure.crypto.packing import TensorLayout, plain_encoding
-from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, mlp_family, mlp_kind
+from fedsecure.models.groups import ATTENTION_FAMILY, GroupKey, head_family, mlp_family, same_kind_family_kind
 from server.planners.compensation import Member, same_kind_group_coefficient
 
 QUORUM = 2  # the key holder's default: one client's update is never an aggregate
@@ -51,19 +53,23 @@ class Participant:
     pairs: int
 
 
-def _families(p: Participant, participants: Sequence[Participant], *, mlp: bool) -> list[str]:
+def _families(p: Participant, participants: Sequence[Participant], *, mlp: bool, heads: bool) -> list[str]:
     peers = sum(1 for o in participants if o.kind == p.kind)
-    return [ATTENTION_FAMILY, *([mlp_family(p.kind)] if mlp and peers >= 2 else [])]
+    same_kind = [mlp_family(p.kind), *([head_family(p.kind)] if heads else [])] if mlp and peers >= 2 else []
+    return [ATTENTION_FAMILY, *same_kind]
 
 
-def publish(participants: Sequence[Participant], *, mlp: bool, round_: int = 0,
+def publish(participants: Sequence[Participant], *, mlp: bool, heads: bool = False, round_: int = 0,
             quorum: int = QUORUM) -> dict[str, Aggregate]:
-    """The groups the key holder would decrypt this round, as clients download them."""
+    """The groups the key holder would decrypt this round, as clients download them
+    (``heads``: the server's ``share_heads``, which rides on MLP sharing)."""
+    if heads and not mlp:
+        raise ValueError("heads are shared only with MLP adapters (the TRAIN planner's rule)")
     total = float(sum(p.pairs for p in participants))
     uploads: dict[str, list[tuple[float, dict[str, np.ndarray]]]] = {}
     for p in participants:
         weight = p.pairs / total
-        for family in _families(p, participants, mlp=mlp):
+        for family in _families(p, participants, mlp=mlp, heads=heads):
             for group, tensors in adapter_groups(p.model, family).items():  # type: ignore[arg-type]
                 uploads.setdefault(group, []).append((weight, tensors))
     published: dict[str, Aggregate] = {}
@@ -80,12 +86,12 @@ def publish(participants: Sequence[Participant], *, mlp: bool, round_: int = 0,
 
 def compensation(published: Mapping[str, Aggregate], participants: Sequence[Participant], *,
                  stacks_of: Mapping[str, frozenset[str]]) -> dict[str, float]:
-    """FedCola's coefficient of each published MLP group (every participant uploaded)."""
+    """FedCola's coefficient of each published MLP or head group (every participant uploaded)."""
     members = [Member(p.name, p.kind, p.pairs) for p in participants]
     out = {}
     for group in published:
         key = GroupKey.parse(group)
-        if mlp_kind(key.family) is not None:
+        if same_kind_family_kind(key.family) is not None:
             out[group] = same_kind_group_coefficient(group=key, members=members, stacks_of=stacks_of)  # the TRAIN planner's
     return out
 
@@ -100,7 +106,7 @@ def apply(published: Mapping[str, Aggregate], participants: Sequence[Participant
             family = GroupKey.parse(group).family
             if family == ATTENTION_FAMILY:
                 changed += apply_aggregate(p.model, aggregate, family=family)  # type: ignore[arg-type]
-            elif family == mlp_family(p.kind):
+            elif family in (mlp_family(p.kind), head_family(p.kind)):
                 changed += apply_aggregate(p.model, aggregate, family=family,  # type: ignore[arg-type]
                                            coefficient=coefficient[group])
     return changed

@@ -73,3 +73,33 @@ def test_attention_only_rows_publish_no_mlp_group() -> None:
     a, b = Participant("a", "image", _model("image", 0), 10), Participant("b", "image", _model("image", 1), 10)
     published = publish([a, b], mlp=False)
     assert published and all(g.startswith("attn.") for g in published)
+
+
+def test_shared_heads_move_by_the_same_kinds_coefficient_and_other_kinds_keep_theirs() -> None:
+    """``share_heads``: the two image+text clients' heads and fusion layers are averaged
+    (pairs-weighted) and each moves by FedCola's same-kind coefficient, as its MLPs do; the
+    lone text client's head is neither published nor touched."""
+    x, y = (Participant(n, "image_text", _model("image_text", s), w) for n, s, w in (("x", 0, 100), ("y", 1, 300)))
+    t = Participant("t", "text", _model("text", 2), 400)
+    for p, shift in ((x, 0.1), (y, -0.2)):  # heads trained apart (they start alike: the federation seed)
+        with torch.no_grad():
+            for name in p.model.head_names():
+                dict(p.model.named_parameters())[name].add_(shift)
+    before = {p.name: {g: {n: v.copy() for n, v in ts.items()} for g, ts in adapter_groups(p.model, f"head_{p.kind}").items()}
+              for p in (x, y, t)}
+    published = publish([x, y, t], mlp=True, heads=True)
+    heads = sorted(g for g in published if g.startswith("head_"))
+    assert [g.split("@")[0] for g in heads] == ["head_image_text.fuse", "head_image_text.head"]
+    c = compensation(published, [x, y, t], stacks_of=STACKS)
+    assert abs(c[heads[0]] - 400 / 800) < 1e-12 and c[heads[0]] == c[heads[1]]  # same-kind pairs over S_m's
+    apply(published, [x, y, t], stacks_of=STACKS)
+    for g in heads:
+        for p in (x, y):
+            after = adapter_groups(p.model, "head_image_text")[g]
+            for n, w in before[p.name][g].items():
+                mean = (100 * before["x"][g][n] + 300 * before["y"][g][n]) / 400
+                np.testing.assert_allclose(after[n], w + c[g] * (mean - w), rtol=1e-5, atol=1e-6)
+    for g, ts in adapter_groups(t.model, "head_text").items():
+        for n, v in ts.items():
+            np.testing.assert_array_equal(v, before["t"][g][n])
+    assert not any(g.startswith("head_") for g in publish([x, y, t], mlp=True))  # off by default
