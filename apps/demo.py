@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,10 +109,20 @@ class DemoStopped(RuntimeError):
     one sentence the user sees, every party already shut down."""
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a job's time limit) ends Python without running ``finally``: the
+    server, key holder and clients the demo started would be left running. Raising here
+    runs the demo's shutdown of every party; later signals are ignored so that the
+    shutdown, itself bounded, is not cut short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise DemoStopped(f"terminated by signal {signum}; every party was shut down")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 only if the run finished with every round closed. A demo that
-    cannot finish stops with one clear sentence and every party shut down, never a
-    traceback (issue 23 item 13)."""
+    cannot finish (out of time, terminated) stops with one clear sentence and every party
+    shut down, never a traceback (issue 23 item 13)."""
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return _main(args)
     except DemoStopped as exc:
@@ -120,6 +131,8 @@ def main(args: argparse.Namespace) -> int:
     except (subprocess.TimeoutExpired, TimeoutError) as exc:  # a step with its own bound (keygen, a port file)
         print(f"[demo] stopped: a step ran past its time limit ({exc}); every party was shut down", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(args: argparse.Namespace) -> int:

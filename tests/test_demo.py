@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,11 +137,40 @@ def test_a_demo_that_cannot_finish_stops_with_one_sentence_and_no_party_left(tmp
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "[demo] stopped: " in proc.stderr, proc.stderr
     assert "--timeout" in proc.stderr
-    left = []  # no server, key holder or client still running
+    assert not _parties_of(out)
+
+
+def _parties_of(out: Path) -> list[str]:
+    """Processes (server, key holder, clients) whose command line names the demo's folder."""
+    left = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if str(out).encode() in cmdline.read_bytes():
                 left.append(cmdline.parent.name)
         except OSError:
             continue
-    assert not left, left
+    return left
+
+
+@pytest.mark.timeout(300)
+def test_a_terminated_demo_shuts_every_party_down(tmp_path: Path) -> None:
+    """A demo killed with SIGTERM (a job's time limit) left its server, key holder and
+    clients running: Python ran no ``finally``. It now stops in one sentence with every
+    party shut down."""
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--rounds", "1", "--out", str(out),
+                             "--backbone-steps", "0", "--align-steps", "0", "--max-pairs", "200"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FEDSECURE_CACHE": str(tmp_path / "cache")})
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "server.port").exists():  # the parties are up
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stdout + stderr
+    assert "Traceback" not in stderr and "[demo] stopped: terminated by signal" in stderr, stderr
+    assert not _parties_of(out)
