@@ -22,31 +22,36 @@ _HEAD_PREFIX = "head_"      # head and fusion layer: among clients of one kind (
 KIND_MODALITY = {"image_text": Modality.IMAGE_TEXT, "image": Modality.IMAGE, "text": Modality.TEXT}
 
 
-def mlp_family(kind: str) -> str:
-    """The MLP family of a client kind (FedCola: MLPs are averaged only within a kind)."""
+def _family(prefix: str, kind: str) -> str:
     if kind not in KIND_MODALITY:
         raise ValueError(f"unknown client kind {kind!r}")
-    return f"{_MLP_PREFIX}{kind}"
+    return f"{prefix}{kind}"
+
+
+def _kind(prefix: str, family: str) -> str | None:
+    kind = family[len(prefix):] if family.startswith(prefix) else ""
+    return kind if kind in KIND_MODALITY else None
+
+
+def mlp_family(kind: str) -> str:
+    """The MLP family of a client kind (FedCola: MLPs are averaged only within a kind)."""
+    return _family(_MLP_PREFIX, kind)
 
 
 def mlp_kind(family: str) -> str | None:
     """The client kind of an MLP family, or None for any other family."""
-    kind = family[len(_MLP_PREFIX):] if family.startswith(_MLP_PREFIX) else ""
-    return kind if kind in KIND_MODALITY else None
+    return _kind(_MLP_PREFIX, family)
 
 
 def head_family(kind: str) -> str:
     """The head family of a client kind: its score head and fusion layer, averaged only
     within the kind (their inputs mean the same thing only in models of one kind)."""
-    if kind not in KIND_MODALITY:
-        raise ValueError(f"unknown client kind {kind!r}")
-    return f"{_HEAD_PREFIX}{kind}"
+    return _family(_HEAD_PREFIX, kind)
 
 
 def head_kind(family: str) -> str | None:
     """The client kind of a head family, or None for any other family."""
-    kind = family[len(_HEAD_PREFIX):] if family.startswith(_HEAD_PREFIX) else ""
-    return kind if kind in KIND_MODALITY else None
+    return _kind(_HEAD_PREFIX, family)
 
 
 def same_kind_family_kind(family: str) -> str | None:
