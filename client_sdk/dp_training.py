@@ -45,7 +45,7 @@ from fedsecure.progress import progress
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.models.encoding import EncodedPairs, EncodedRecords
 from fedsecure.models.modes import evaluation_mode
-from fedsecure.models.reward import LOCAL_ADAPTER, PAIRED_ROWS, RewardModel
+from fedsecure.models.reward import HEAD_PREFIXES, LOCAL_ADAPTER, PAIRED_ROWS, RewardModel
 from fedsecure.privacy.accountant import calibrate_noise, epsilon
 from fedsecure.privacy.ledger import Ledger
 from fedsecure.privacy.noise import poisson_batch, secure_gaussian_like
@@ -66,7 +66,7 @@ def in_trainable_set(name: str, trainable: str) -> bool:
     if trainable == "no_mlp":
         return f".{LOCAL_ADAPTER}." not in name
     if trainable == "head":
-        return name.startswith(("head.", "fuse."))
+        return name.startswith(HEAD_PREFIXES)
     return True
 
 

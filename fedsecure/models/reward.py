@@ -111,6 +111,10 @@ class RewardModelConfig:
             raise ValueError(f"patch must divide the image size {DEFAULT_IMAGE_SIZE}")
 
 
+HEAD_PREFIXES = ("head.", "fuse.")
+"""Parameter-name prefixes of a reward model's score head and fusion layer."""
+
+
 def _ffa_seed(federation_seed: int, key: str) -> int:
     # Same seed + same slot key -> same A on every client (FFA-LoRA's shared frozen A).
     digest = hashlib.sha256(f"{federation_seed}:{key}".encode()).digest()
@@ -221,7 +225,7 @@ class RewardModel(nn.Module):
                     module.weight.copy_(torch.empty_like(module.weight).uniform_(-bound, bound, generator=gen))
         for name, p in self.named_parameters():
             p.requires_grad_(f"lora_B.{SHARED_ADAPTER}" in name or f".{LOCAL_ADAPTER}." in name
-                             or name.startswith(("head.", "fuse.")))
+                             or name.startswith(HEAD_PREFIXES))
 
     @property
     def block_shape(self) -> str:
@@ -240,7 +244,7 @@ class RewardModel(nn.Module):
     def head_names(self) -> list[str]:
         """The score head and fusion layer: shared, if the server asks, only among clients
         of the same kind (the ``head_<kind>`` family)."""
-        return [n for n, _ in self.named_parameters() if n.startswith(("head.", "fuse."))]
+        return [n for n, _ in self.named_parameters() if n.startswith(HEAD_PREFIXES)]
 
     def trainable_names(self) -> list[str]:
         """Every parameter DP training updates."""
