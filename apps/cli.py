@@ -411,6 +411,9 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--backbone", type=Path, default=None, help="the federation's backbone (default: pretrain one)")
     p.add_argument("--backbone-steps", type=int, default=2000, help="pretraining steps if no --backbone")
     p.add_argument("--out", type=Path, default=Path("experiment-mor"), help="folder for mor.json, .md and .svg")
+    p.add_argument("--merge", default=None, metavar="FILES",
+                   help="comma-separated mor.json files of runs on other seeds (one process per seed): merge them "
+                        "into one result under --out instead of running")
     p.set_defaults(func=_delegate("experiment"))
 
     for name in ("align", "eval", "demo"):

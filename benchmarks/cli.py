@@ -59,11 +59,14 @@ def experiment(args: argparse.Namespace) -> int:
     """``fedsecure experiment mor``: run the comparison, write JSON/Markdown/SVG, print the summary."""
     import logging
 
-    from benchmarks.experiment_mor import run_experiment, write_outputs
+    from benchmarks.experiment_mor import merge_seeds, run_experiment, write_outputs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     warnings.filterwarnings("ignore")
-    result = run_experiment(experiment_config(args, backbone=_backbone(args)))
+    if args.merge:
+        result = merge_seeds([json.loads(Path(f).read_text()) for f in args.merge.split(",")])
+    else:
+        result = run_experiment(experiment_config(args, backbone=_backbone(args)))
     paths = write_outputs(result, args.out)
     print(json.dumps({"summary": result["summary"], "gains": result["gains"], "outputs": [str(p) for p in paths],
                       "wall_s": result["wall_s"]}))

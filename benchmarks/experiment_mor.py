@@ -402,7 +402,41 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
         per_seed[s] = _one_seed(cfg, s)
         cfg.out.mkdir(parents=True, exist_ok=True)  # a long run leaves each finished seed behind
         (cfg.out / f"seed-{s}.json").write_text(json.dumps(per_seed[s], indent=1, sort_keys=True))
-    methods = list(next(iter(per_seed.values()))["methods"])  # type: ignore[call-overload]
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    return summarise(config, per_seed, wall_s=round(time.monotonic() - started, 1))
+
+
+def merge_seeds(results: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One result from runs of the same configuration on different seeds — one process
+    per seed, so that the seeds of a long experiment run side by side on the cores, each
+    with one thread, and a run keeps what it finished. Refused if anything but the seeds,
+    the threads and the output folder differs, or if a seed repeats. ``wall_s`` is the
+    longest run's (they are meant to run at once); ``runs_wall_s`` lists each."""
+    if not results:
+        raise ValueError("nothing to merge")
+
+    def same(r: dict[str, object]) -> dict[str, object]:
+        # threads change a run's speed and out its folder, never its figures
+        return {k: v for k, v in r["config"].items() if k not in ("seeds", "threads", "out")}  # type: ignore[attr-defined]
+    if any(same(r) != same(results[0]) for r in results):
+        raise ValueError("the runs differ in more than their seeds")
+    per_seed = {int(s): r for res in results for s, r in res["per_seed"].items()}  # type: ignore[attr-defined]
+    if len(per_seed) != sum(len(res["per_seed"]) for res in results):  # type: ignore[arg-type]
+        raise ValueError("a seed was run twice")
+    if len({tuple(r["methods"]) for r in per_seed.values()}) != 1:  # type: ignore[index]
+        raise ValueError("the runs differ in their methods")
+    walls = [float(r["wall_s"]) for r in results]  # type: ignore[arg-type]
+    merged = summarise({**results[0]["config"], "seeds": sorted(per_seed)},  # type: ignore[dict-item]
+                       {s: per_seed[s] for s in sorted(per_seed)}, wall_s=max(walls))
+    return {**merged, "runs_wall_s": walls}
+
+
+def summarise(config: dict[str, object], per_seed: dict[int, dict[str, object]], *,
+              wall_s: float) -> dict[str, object]:
+    """Means ± std over ``per_seed`` (seed → that seed's methods), paired differences
+    against ``routed`` with a verdict, and the oracle's and routed's gains over the start."""
+    seeds = list(per_seed)
+    methods = list(per_seed[seeds[0]]["methods"])  # type: ignore[call-overload]
 
     def stat(values: list[float]) -> list[float]:
         return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
@@ -412,7 +446,7 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
 
     summary: dict[str, dict[str, object]] = {}
     for m in methods:
-        rows = [per_seed[s]["methods"][m] for s in cfg.seeds]  # type: ignore[index]
+        rows = [per_seed[s]["methods"][m] for s in seeds]  # type: ignore[index]
         entry: dict[str, object] = {"accuracy": stat([r["accuracy"] for r in rows]),
                                     "type_mean": stat([tmean(r) for r in rows])}
         for t in TYPES:
@@ -424,11 +458,11 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
         if "routed" in methods and m != "routed":
             # Paired over seeds on the same test questions; the headline is type-averaged.
             diffs = [tmean(per_seed[s]["methods"]["routed"]) - tmean(per_seed[s]["methods"][m])  # type: ignore[index]
-                     for s in cfg.seeds]
+                     for s in seeds]
             mean, std = stat(diffs)
             entry["routed_minus"] = [mean, std]
             # One seed gives one difference and no spread: no verdict can be drawn from it.
-            entry["verdict"] = ("one seed" if len(cfg.seeds) < 2 else
+            entry["verdict"] = ("one seed" if len(seeds) < 2 else
                                 "routed beats" if mean > std and mean > 0 else
                                 "routed loses" if -mean > std and mean < 0 else "tie")
         summary[m] = entry
@@ -439,14 +473,13 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
             gains[key] = {m: round(summary[m][key][0] - start, 4) for m in ("oracle", "routed")}  # type: ignore[index]
         per_seed_oracle = {s: {t: per_seed[s]["methods"]["oracle"]["by_type"][t]  # type: ignore[index]
                                - per_seed[s]["methods"]["start"]["by_type"][t] for t in TYPES}  # type: ignore[index]
-                           for s in cfg.seeds}
+                           for s in seeds}
         gains["oracle_per_seed"] = {str(s): {t: round(v, 4) for t, v in g.items()} for s, g in per_seed_oracle.items()}
         oracle_gain = gains["type_mean"]["oracle"]  # type: ignore[index]
         gains["routed_share_of_oracle_gain"] = (round(gains["type_mean"]["routed"] / oracle_gain, 3)  # type: ignore[index]
                                                 if oracle_gain > 0 else None)
-    return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
-            "summary": summary, "gains": gains,
-            "per_seed": {str(s): r for s, r in per_seed.items()}, "wall_s": round(time.monotonic() - started, 1)}
+    return {"config": config, "summary": summary, "gains": gains,
+            "per_seed": {str(s): r for s, r in per_seed.items()}, "wall_s": wall_s}
 
 
 def markdown_table(result: dict[str, object]) -> str:

@@ -93,3 +93,49 @@ def test_the_experiments_command_line_keeps_the_configs_defaults_unless_given(tm
     given = experiment_config(build_parser().parse_args(["experiment", "mor", "--steps", "5", "--rounds", "2"]),
                               backbone=tmp_path)
     assert (given.steps, given.rounds, given.local_steps) == (5, 2, defaults.local_steps)
+
+
+def _seed_run(seed: int, routed: float, start: float, *, steps: int = 80, threads: int = 1) -> dict[str, object]:
+    """A one-seed experiment result as ``run_experiment`` writes it (figures made up)."""
+    by_type = lambda v: {"color": v, "shape": v, "yesno": v}  # noqa: E731
+    methods = {"start": {"accuracy": start, "by_type": by_type(start), "seconds": 1.0},
+               "oracle": {"accuracy": start + 0.2, "by_type": by_type(start + 0.2), "seconds": 1.0},
+               "routed": {"accuracy": routed, "by_type": by_type(routed), "seconds": 1.0}}
+    config = {"seeds": [seed], "threads": threads, "out": f"/runs/seed{seed}", "steps": steps, "eval_questions": 2000,
+              "prompts_per_step": 64, "group_size": 8, "quality_per_type": 300}
+    return {"config": config, "per_seed": {str(seed): {"methods": methods, "seconds": 10.0 * (seed + 1)}},
+            "wall_s": 10.0 * (seed + 1)}
+
+
+def test_seeds_run_as_separate_processes_merge_into_one_table(tmp_path: Path) -> None:
+    """Known answers: the merged summary is the mean ± std over the seeds' runs, routed −
+    start is paired per seed, the wall time is the longest run's; a run of another
+    configuration or a repeated seed is refused; the command line merges files into the
+    three outputs."""
+    from apps.cli import build_parser
+    from benchmarks.cli import experiment
+    from benchmarks.experiment_mor import merge_seeds
+
+    runs = [_seed_run(0, 0.70, 0.60), _seed_run(1, 0.80, 0.60, threads=2), _seed_run(2, 0.75, 0.70)]
+    merged = merge_seeds(runs)
+    assert merged["config"]["seeds"] == [0, 1, 2] and merged["wall_s"] == 30.0
+    assert merged["runs_wall_s"] == [10.0, 20.0, 30.0]
+    routed = merged["summary"]["routed"]
+    assert routed["type_mean"] == [pytest.approx(0.75), pytest.approx(0.05)]
+    assert merged["summary"]["start"]["routed_minus"] == [pytest.approx(0.1167, abs=1e-4),
+                                                          pytest.approx(0.0764, abs=1e-4)]
+    assert merged["summary"]["start"]["verdict"] == "routed beats"
+    assert merged["gains"]["type_mean"] == {"oracle": pytest.approx(0.2), "routed": pytest.approx(0.1167, abs=1e-4)}
+    with pytest.raises(ValueError, match="more than their seeds"):
+        merge_seeds([runs[0], _seed_run(1, 0.8, 0.6, steps=40)])
+    with pytest.raises(ValueError, match="twice"):
+        merge_seeds([runs[0], _seed_run(0, 0.8, 0.6)])
+    files = []
+    for i, run in enumerate(runs):
+        files.append(tmp_path / f"mor-{i}.json")
+        files[-1].write_text(json.dumps(run))
+    out = tmp_path / "merged"
+    args = build_parser().parse_args(["experiment", "mor", "--merge", ",".join(map(str, files)), "--out", str(out)])
+    assert experiment(args) == 0
+    assert json.loads((out / "mor.json").read_text())["config"]["seeds"] == [0, 1, 2]
+    assert "| routed |" in (out / "mor.md").read_text() and (out / "mor.svg").read_text().startswith("<svg")
