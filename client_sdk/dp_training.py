@@ -5,8 +5,9 @@ budget over the planned rounds, one accountant per client spanning all rounds (i
 ledger), and a loud failure if training leaves the trainable parameters unchanged.
 
 The privacy unit is the record (or the pair): its K candidate answers run through the text
-layers as K rows of one stacked batch whose per-row gradients are summed back into one
-gradient per record before clipping, so a record is clipped as a whole.
+layers as K rows of one stacked batch whose gradients are summed into one gradient per
+record before clipping (:mod:`client_sdk.record_grad_sample`, then :func:`fold_rows`), so a
+record is clipped as a whole.
 
 Deliberate choices (issue 24, measured with ``fedsecure bench reward-sweep``):
 - dropout is off during training: only modules that own trainable parameters are in
@@ -41,6 +42,7 @@ from opacus.grad_sample.utils import get_gsm_class
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from client_sdk.record_grad_sample import RecordGradSampleModule
 from fedsecure.progress import progress
 from fedsecure.errors import PrivacyBudgetExceeded
 from fedsecure.models.encoding import EncodedPairs, EncodedRecords
@@ -265,7 +267,11 @@ class DPStepper:
         self.model = model
         self.params = trainable_parameters(model)
         training_mode(model)
-        self.gsm = get_gsm_class(settings.grad_sample_mode)(model, batch_first=True, loss_reduction="mean")
+        # The hooks engine computes one gradient per record where a record is several rows
+        # (client_sdk.record_grad_sample); the other engines give one per row, folded below.
+        gsm_class = RecordGradSampleModule if settings.grad_sample_mode == "hooks" else get_gsm_class(
+            settings.grad_sample_mode)
+        self.gsm = gsm_class(model, batch_first=True, loss_reduction="mean")
         inner = torch.optim.AdamW([p for _, p in self.params], lr=learning_rate, weight_decay=0.0)
         opt_cls = _SecureNoiseDPOptimizer if settings.secure_mode else DPOptimizer
         self.optimizer = opt_cls(inner, noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
@@ -286,6 +292,8 @@ class DPStepper:
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             indices = torch.from_numpy(idx)
             batch = data.batch(indices)
+            if isinstance(self.gsm, RecordGradSampleModule):
+                self.gsm.expect(units=len(idx), rows=rows_per_unit(data))
             out = self.gsm(batch)
             loss = data_loss(data, out, batch) if loss_fn is None else loss_fn(out, indices)
             loss.backward()

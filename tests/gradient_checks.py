@@ -1,5 +1,7 @@
 """One check shared by the per-unit gradient tests: Opacus's per-sample gradients, folded
-from rows to privacy units, equal a brute-force loop that back-propagates each unit alone."""
+from rows to privacy units, equal a brute-force loop that back-propagates each unit alone —
+and so do the per-record gradients that the clients' engine computes directly
+(:class:`client_sdk.record_grad_sample.RecordGradSampleModule`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from opacus.grad_sample import GradSampleModule
 
 from client_sdk.dp_training import fold_rows
+from client_sdk.record_grad_sample import RecordGradSampleModule
 
 
 def assert_per_unit_gradients_match(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module, torch.Tensor],
@@ -24,13 +27,20 @@ def assert_per_unit_gradients_match(model: torch.nn.Module, loss_of: Callable[[t
         model.zero_grad(set_to_none=True)
         loss_of(model, torch.tensor([i])).backward()
         expected.append({n: p.grad.detach().clone() for n, p in checked})  # type: ignore[union-attr]
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    try:
-        loss_of(gsm, torch.arange(units)).backward()
-        fold_rows(params, units, rows)
-        for n, p in checked:
-            for i in range(units):
-                torch.testing.assert_close(p.grad_sample[i], expected[i][n], rtol=1e-4, atol=atol)
-    finally:
-        gsm._close()
+    for engine in (GradSampleModule, RecordGradSampleModule):
+        gsm = engine(model, batch_first=True, loss_reduction="mean")
+        try:
+            if isinstance(gsm, RecordGradSampleModule):
+                gsm.expect(units=units, rows=rows)
+            loss_of(gsm, torch.arange(units)).backward()
+            fold_rows(params, units, rows)
+            for n, p in checked:
+                for i in range(units):
+                    torch.testing.assert_close(p.grad_sample[i], expected[i][n], rtol=1e-4, atol=atol,
+                                               msg=lambda m: f"{engine.__name__}, {n}, unit {i}: {m}")
+        finally:
+            gsm._close()
+            for _, p in params:
+                p.grad_sample = None
+                p.grad = None
     return expected
