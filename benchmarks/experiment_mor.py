@@ -97,6 +97,16 @@ class MorExperimentConfig:
     threads: int = 2
 
 
+def _method_rank(method: str) -> tuple[int, str]:
+    """Where ``method`` stands in :func:`all_methods`' order (single clients by name)."""
+    fixed = (*BASE_METHODS, *GATED, *UNSCALED)
+    if method in fixed:
+        return fixed.index(method), ""
+    if method.startswith("single:"):
+        return len(fixed), method
+    return len(fixed) + 1 + (ROBUSTNESS.index(method) if method in ROBUSTNESS else len(ROBUSTNESS)), method
+
+
 def all_methods(clients: Sequence[str]) -> tuple[str, ...]:
     """Every method of the comparison, single clients included."""
     return (*BASE_METHODS, *GATED, *UNSCALED, *(f"single:{c}" for c in clients), *ROBUSTNESS)
@@ -436,7 +446,8 @@ def summarise(config: dict[str, object], per_seed: dict[int, dict[str, object]],
     """Means ± std over ``per_seed`` (seed → that seed's methods), paired differences
     against ``routed`` with a verdict, and the oracle's and routed's gains over the start."""
     seeds = list(per_seed)
-    methods = list(per_seed[seeds[0]]["methods"])  # type: ignore[call-overload]
+    # the comparison's own order (a result read back from JSON has its keys sorted)
+    methods = sorted(per_seed[seeds[0]]["methods"], key=_method_rank)  # type: ignore[call-overload]
 
     def stat(values: list[float]) -> list[float]:
         return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]

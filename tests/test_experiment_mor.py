@@ -120,6 +120,7 @@ def test_seeds_run_as_separate_processes_merge_into_one_table(tmp_path: Path) ->
     merged = merge_seeds(runs)
     assert merged["config"]["seeds"] == [0, 1, 2] and merged["wall_s"] == 30.0
     assert merged["runs_wall_s"] == [10.0, 20.0, 30.0]
+    assert list(merged["summary"]) == ["start", "oracle", "routed"]  # the comparison's order, not the JSON's
     routed = merged["summary"]["routed"]
     assert routed["type_mean"] == [pytest.approx(0.75), pytest.approx(0.05)]
     assert merged["summary"]["start"]["routed_minus"] == [pytest.approx(0.1167, abs=1e-4),
@@ -133,9 +134,11 @@ def test_seeds_run_as_separate_processes_merge_into_one_table(tmp_path: Path) ->
     files = []
     for i, run in enumerate(runs):
         files.append(tmp_path / f"mor-{i}.json")
-        files[-1].write_text(json.dumps(run))
+        files[-1].write_text(json.dumps(run, sort_keys=True))  # as the experiment writes it
     out = tmp_path / "merged"
     args = build_parser().parse_args(["experiment", "mor", "--merge", ",".join(map(str, files)), "--out", str(out)])
     assert experiment(args) == 0
-    assert json.loads((out / "mor.json").read_text())["config"]["seeds"] == [0, 1, 2]
+    written = json.loads((out / "mor.json").read_text())
+    assert written["config"]["seeds"] == [0, 1, 2]
+    assert (out / "mor.md").read_text().index("| start |") < (out / "mor.md").read_text().index("| oracle |")
     assert "| routed |" in (out / "mor.md").read_text() and (out / "mor.svg").read_text().startswith("<svg")
