@@ -446,8 +446,11 @@ def summarise(config: dict[str, object], per_seed: dict[int, dict[str, object]],
     """Means ± std over ``per_seed`` (seed → that seed's methods), paired differences
     against ``routed`` with a verdict, and the oracle's and routed's gains over the start."""
     seeds = list(per_seed)
-    # the comparison's own order (a result read back from JSON has its keys sorted)
-    methods = sorted(per_seed[seeds[0]]["methods"], key=_method_rank)  # type: ignore[call-overload]
+    # The order the methods were asked for, else the comparison's own (a result read back
+    # from JSON has its keys sorted).
+    present = list(per_seed[seeds[0]]["methods"])  # type: ignore[call-overload]
+    asked = list(config.get("methods") or ())  # type: ignore[call-overload]
+    methods = asked if sorted(asked) == sorted(present) else sorted(present, key=_method_rank)
 
     def stat(values: list[float]) -> list[float]:
         return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]

@@ -101,7 +101,8 @@ def _seed_run(seed: int, routed: float, start: float, *, steps: int = 80, thread
     methods = {"start": {"accuracy": start, "by_type": by_type(start), "seconds": 1.0},
                "oracle": {"accuracy": start + 0.2, "by_type": by_type(start + 0.2), "seconds": 1.0},
                "routed": {"accuracy": routed, "by_type": by_type(routed), "seconds": 1.0}}
-    config = {"seeds": [seed], "threads": threads, "out": f"/runs/seed{seed}", "steps": steps, "eval_questions": 2000,
+    config = {"seeds": [seed], "threads": threads, "out": f"/runs/seed{seed}", "steps": steps, "methods": [],
+              "eval_questions": 2000,
               "prompts_per_step": 64, "group_size": 8, "quality_per_type": 300}
     return {"config": config, "per_seed": {str(seed): {"methods": methods, "seconds": 10.0 * (seed + 1)}},
             "wall_s": 10.0 * (seed + 1)}
