@@ -55,3 +55,24 @@ def test_opacus_per_record_gradients_match_brute_force(kind: str) -> None:
         batch = data.batch(idx)
         return listwise_loss(module(batch), batch["candidate_mask"])
     assert_per_unit_gradients_match(model, loss_of, units=len(data), rows=data.candidates, checked=params)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 7, 3), (5, 4, 7, 3), (5, 4, 2, 7, 3)])
+@pytest.mark.parametrize("features", [(8, 64), (64, 8)])
+def test_record_linear_rule_equals_opacus_rule(shape: tuple[int, ...], features: tuple[int, int]) -> None:
+    """The clients' linear rule (batched products, narrow side transposed) computes what
+    Opacus's einsum rule computes, for every input rank and both orientations."""
+    from opacus.grad_sample import GradSampleModule
+
+    from client_sdk.record_grad_sample import RecordGradSampleModule
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(*features)
+    x = torch.randn(*shape[:-1], features[0])
+    g = torch.randn(*shape[:-1], features[1])
+    ours = RecordGradSampleModule.GRAD_SAMPLERS[torch.nn.Linear](layer, [x], g)
+    theirs = GradSampleModule.GRAD_SAMPLERS[torch.nn.Linear](layer, [x], g)
+    assert set(ours) == {layer.weight, layer.bias}
+    for p in (layer.weight, layer.bias):
+        assert ours[p].shape == (shape[0], *p.shape)
+        torch.testing.assert_close(ours[p], theirs[p], rtol=1e-4, atol=1e-5)
