@@ -66,7 +66,11 @@ def experiment(args: argparse.Namespace) -> int:
     if args.merge:
         result = merge_seeds([json.loads(Path(f).read_text()) for f in args.merge.split(",")])
     else:
-        result = run_experiment(experiment_config(args, backbone=_backbone(args)))
+        from benchmarks.experiment_mor import needs_federation
+
+        # no client reward model (--methods start,oracle: the policy's ceiling): no backbone either
+        federated = not args.methods or any(needs_federation(m) for m in args.methods.split(","))
+        result = run_experiment(experiment_config(args, backbone=_backbone(args) if federated else args.out / "backbone"))
     paths = write_outputs(result, args.out)
     print(json.dumps({"summary": result["summary"], "gains": result["gains"], "outputs": [str(p) for p in paths],
                       "wall_s": result["wall_s"]}))

@@ -26,6 +26,9 @@ stage does, the task's label-free answer-form check: a completion out of form ra
 - robustness: ``routed+random``, ``uniform+random``, ``routed+inverted``,
   ``uniform+inverted`` — the six clients plus one that returns random (inverted) scores.
 
+Methods that use no client reward model (``start``, ``text_only``, ``oracle``) run without
+the federations: ``--methods start,oracle`` measures the policy's ceiling alone, in minutes.
+
 Labels: the pool's answers are used only by the oracle and for evaluation; the router,
 expert selection and table learn only from client scores on the public preference set.
 Simplification (stated in the results): the clients' final reward models are used for the
@@ -70,6 +73,7 @@ GATED = ("routed/gated", "uniform/gated")
 UNSCALED = ("oracle/unscaled", "routed/unscaled", "uniform/unscaled")
 ROBUSTNESS = ("routed+random", "uniform+random", "routed+inverted", "uniform+inverted")
 TYPES = ("color", "shape", "yesno")
+NO_FEDERATION = ("start", "text_only", "oracle")  # methods that need no client reward model
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,13 @@ def _method_rank(method: str) -> tuple[int, str]:
 def all_methods(clients: Sequence[str]) -> tuple[str, ...]:
     """Every method of the comparison, single clients included."""
     return (*BASE_METHODS, *GATED, *UNSCALED, *(f"single:{c}" for c in clients), *ROBUSTNESS)
+
+
+def needs_federation(method: str) -> bool:
+    """Whether ``method`` uses the clients' reward models: the start, the text-only prior
+    and the exact-match oracle (the policy's ceiling, measured alone with ``--methods
+    start,oracle``) do not, and then neither federation is run."""
+    return method.split("/")[0] not in NO_FEDERATION
 
 
 def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
@@ -358,16 +369,18 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
     started = time.monotonic()
     collab = CollaborationConfig(backbone=cfg.backbone, seeds=(seed,), rounds=cfg.rounds, local_steps=cfg.local_steps,
                                  pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
-    # the backbone's own tokenizer: the models below are built on it (ids are its)
-    tok = tokenizer_for(reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
-    encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
-                                                                 alpha=collab.alpha, seed=seed,
-                                                                 limit=cfg.pairs_per_client), answer_set=answers()),
-                                 tok, answers=answers()) for c in CLIENTS}
     methods = cfg.methods or all_methods(CLIENTS)
-    clients, _ = federated_clients(collab, "fedcola", seed, encoded)
-    eps = {c.name: round(epsilon(c.history, delta=collab.delta), 4) for c in clients}
-    log.info("seed %d: FedCola federation done in %.0f s, ε %s", seed, time.monotonic() - started, eps)
+    clients, eps, tok = [], {}, None
+    if any(needs_federation(m) for m in methods):
+        # the backbone's own tokenizer: the models below are built on it (ids are its)
+        tok = tokenizer_for(reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
+        encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
+                                                                     alpha=collab.alpha, seed=seed,
+                                                                     limit=cfg.pairs_per_client), answer_set=answers()),
+                                     tok, answers=answers()) for c in CLIENTS}
+        clients, _ = federated_clients(collab, "fedcola", seed, encoded)
+        eps = {c.name: round(epsilon(c.history, delta=collab.delta), 4) for c in clients}
+        log.info("seed %d: FedCola federation done in %.0f s, ε %s", seed, time.monotonic() - started, eps)
     fedavg_model = None
     if "fedavg" in methods:
         fedavg_model = next(c.model for c in federated_clients(collab, "fedavg", seed, encoded)[0]

@@ -52,6 +52,28 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
     assert "| routed |" in paths[1].read_text() and paths[2].read_text().startswith("<svg")
 
 
+
+@pytest.mark.timeout(600)
+def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--methods start,oracle`` measures the policy and its exact-match ceiling without
+    training a single client reward model (no federation, no ε)."""
+    import benchmarks.bench_collaboration
+    from benchmarks.experiment_mor import MorExperimentConfig, needs_federation, run_experiment
+
+    def no_federation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a federation ran for methods that use no client reward model")
+
+    monkeypatch.setattr(benchmarks.bench_collaboration, "federated_clients", no_federation)
+    assert not any(needs_federation(m) for m in ("start", "text_only", "oracle", "oracle/unscaled"))
+    assert all(needs_federation(m) for m in ("routed", "uniform/gated", "single:txt-1", "fedavg", "server_only"))
+    cfg = MorExperimentConfig(backbone=tmp_path / "unused", out=tmp_path / "out", seeds=(0,),
+                              methods=("start", "oracle"), steps=3, prompts_per_step=4, eval_questions=24)
+    result = run_experiment(cfg)
+    seed = result["per_seed"]["0"]
+    assert seed["epsilon"] == {} and list(result["summary"]) == ["start", "oracle"]
+    assert set(seed["methods"]["oracle"]["by_type"]) == {"color", "shape", "yesno"}
+
+
 def test_a_scoring_client_scores_each_triple_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The experiment memoises a frozen model's scores: a repeated (image, question,
     completion) is answered from memory with the same value, under new item ids."""
