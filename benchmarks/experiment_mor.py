@@ -426,6 +426,8 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
         cfg.out.mkdir(parents=True, exist_ok=True)  # a long run leaves each finished seed behind
         (cfg.out / f"seed-{s}.json").write_text(json.dumps(per_seed[s], indent=1, sort_keys=True))
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    if cfg.methods and not any(needs_federation(m) for m in cfg.methods):
+        config["backbone"] = None  # unused: no client reward model was trained (runs in any folder merge)
     return summarise(config, per_seed, wall_s=round(time.monotonic() - started, 1))
 
 

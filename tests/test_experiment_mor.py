@@ -71,6 +71,7 @@ def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatc
     result = run_experiment(cfg)
     seed = result["per_seed"]["0"]
     assert seed["epsilon"] == {} and list(result["summary"]) == ["start", "oracle"]
+    assert result["config"]["backbone"] is None  # so runs of the ceiling from any folder merge
     assert set(seed["methods"]["oracle"]["by_type"]) == {"color", "shape", "yesno"}
 
 
