@@ -406,6 +406,8 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
                    help="held-out public questions per type for the reward quality")
     p.add_argument("--rounds", type=int, default=None, help="federated rounds of the reward models")
     p.add_argument("--local-steps", type=int, default=None, help="DP steps per client per round")
+    p.add_argument("--seed-per-group", default=None, metavar="GROUP=N,...",
+                   help="the warm start's questions for these groups instead of the default per type, e.g. yesno=400")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backbone", type=Path, default=None, help="the federation's backbone (default: pretrain one)")

@@ -84,9 +84,23 @@ def experiment_config(args: argparse.Namespace, *, backbone: Path):  # type: ign
 
     scale = {key: getattr(args, key) for key in ("steps", "prompts_per_step", "eval_questions", "quality_per_type",
                                                   "rounds", "local_steps") if getattr(args, key) is not None}
+    if getattr(args, "seed_per_group", None):
+        scale["seed_per_group"] = parse_group_counts(args.seed_per_group)
     return MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),
                                methods=tuple(args.methods.split(",")) if args.methods else (), device=args.device,
                                threads=args.threads, **scale)
+
+
+def parse_group_counts(text: str) -> tuple[tuple[str, int], ...]:
+    """``"yesno=400,shape=100"`` → ``(("yesno", 400), ("shape", 100))``; a clear error
+    for anything else (a group named twice, a count that is not a whole number >= 0)."""
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        group, sep, count = item.partition("=")
+        if not sep or not group.strip() or not count.strip().isdigit() or group.strip() in out:
+            raise ValueError(f"expected GROUP=N,... with distinct groups and whole N >= 0, got {text!r}")
+        out[group.strip()] = int(count)
+    return tuple(out.items())
 
 
 def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -97,6 +97,9 @@ class MorExperimentConfig:
     pairs_per_client: int = 1500
     epsilon: float = 8.0
     server_steps: int = 300
+    # the warm start's questions for these groups instead of the alignment job's per-type
+    # default (server.align.engine.job.AlignmentSettings.seed_per_group)
+    seed_per_group: tuple[tuple[str, int], ...] = ()
     device: str = "cpu"
     threads: int = 2
 
@@ -386,7 +389,8 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
         fedavg_model = next(c.model for c in federated_clients(collab, "fedavg", seed, encoded)[0]
                             if c.kind == "image_text")
     server_model = _server_model(cfg, seed, tok) if "server_only" in methods else None
-    base = prepare_base(AlignmentSettings(out=cfg.out / f"seed-{seed}", seed=seed, device=cfg.device), task=EASYVQA)
+    base = prepare_base(AlignmentSettings(out=cfg.out / f"seed-{seed}", seed=seed, device=cfg.device,
+                                          seed_per_group=cfg.seed_per_group), task=EASYVQA)
     roster_models = {c.name: (c.kind, c.model, tok) for c in clients}
 
     cache: dict[str, list[object]] = {}  # every method loads the same base: one encoding per seed

@@ -150,16 +150,19 @@ def public_labelled(task: Task, *, seed: int = 0) -> list[Example]:
     return [e for part in ("pretrain", "router", "pool", "seed") for e in task.server_part(part, seed=seed)]  # type: ignore[arg-type]
 
 
-def balanced_by_group(examples: Sequence[Example], per_group: int) -> list[Example]:
+def balanced_by_group(examples: Sequence[Example], per_group: int, *,
+                      counts: Mapping[str, int] | None = None) -> list[Example]:
     """The first ``per_group`` examples of each group, in their order: a common group
     (three-quarters of the built-in task's questions are yes/no, answered without looking
-    at the image) would hide the rare ones in any overall figure (issue 24)."""
-    if per_group < 1:
-        raise ValueError("per_group must be >= 1")
+    at the image) would hide the rare ones in any overall figure (issue 24). ``counts``:
+    groups that take another number than ``per_group`` (0: none)."""
+    counts = dict(counts or {})
+    if per_group < 1 or any(n < 0 for n in counts.values()):
+        raise ValueError("per_group must be >= 1 and every count >= 0")
     taken: dict[str, int] = {}
     out = []
     for e in examples:
-        if taken.get(e.group, 0) < per_group:
+        if taken.get(e.group, 0) < counts.get(e.group, per_group):
             taken[e.group] = taken.get(e.group, 0) + 1
             out.append(e)
     return out

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.timeout(900)
@@ -116,6 +118,25 @@ def test_the_experiments_command_line_keeps_the_configs_defaults_unless_given(tm
     given = experiment_config(build_parser().parse_args(["experiment", "mor", "--steps", "5", "--rounds", "2"]),
                               backbone=tmp_path)
     assert (given.steps, given.rounds, given.local_steps) == (5, 2, defaults.local_steps)
+    assert defaults.seed_per_group == ()
+    warm = experiment_config(build_parser().parse_args(["experiment", "mor", "--seed-per-group", "yesno=400"]),
+                             backbone=tmp_path)
+    assert warm.seed_per_group == (("yesno", 400),)
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), st.integers(0, 10_000), min_size=1))
+def test_group_counts_parse_back_what_was_written(counts: dict[str, int]) -> None:
+    from benchmarks.cli import parse_group_counts
+
+    assert parse_group_counts(",".join(f"{g}={n}" for g, n in counts.items())) == tuple(counts.items())
+
+
+@pytest.mark.parametrize("bad", ["", "yesno", "yesno=", "=4", "yesno=-1", "yesno=1.5", "yesno=2,yesno=3", "a=1,,b=2"])
+def test_malformed_group_counts_are_refused(bad: str) -> None:
+    from benchmarks.cli import parse_group_counts
+
+    with pytest.raises(ValueError, match="GROUP=N"):
+        parse_group_counts(bad)
 
 
 def _seed_run(seed: int, routed: float, start: float, *, steps: int = 80, threads: int = 1) -> dict[str, object]:

@@ -24,6 +24,8 @@ from tasks.easyvqa.shares import server_part
 def test_warm_start_and_pool_are_balanced_by_type() -> None:
     seed = Counter(answer_type(r.answer) for r in seed_questions(EASYVQA, 67))
     assert seed == {"yesno": 67, "color": 67, "shape": 67}
+    more = Counter(answer_type(r.answer) for r in seed_questions(EASYVQA, 67, counts={"yesno": 400}))
+    assert more == {"yesno": 400, "color": 67, "shape": 67}
     pool = prompt_pool(EASYVQA, 1500)
     counts = Counter(answer_type(r.answer) for r in pool)
     assert len(set(counts.values())) == 1 and len(pool) <= 1500 and len(counts) == 3
@@ -65,3 +67,11 @@ def test_grpo_can_keep_the_vision_tower_frozen() -> None:
     model2, _ = build_tiny_vlm(words=vocabulary(), seed=0)
     full = Policy.for_vlm(model2, processor, setup=PolicySetup(adapter="full"), placement=select_placement("cpu"))
     assert len(full.trainable()) > len(trainable)
+
+
+@pytest.mark.parametrize("bad", [{"seed_per_type": 0}, {"seed_per_group": (("yesno", -1),)}])
+def test_warm_start_counts_are_checked_up_front(tmp_path, bad) -> None:  # type: ignore[no-untyped-def]
+    from server.align.engine.job import AlignmentSettings
+
+    with pytest.raises(ValueError, match="seed_per"):
+        AlignmentSettings(out=tmp_path, **bad)

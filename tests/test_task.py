@@ -60,6 +60,11 @@ def test_balanced_by_group_known_answers() -> None:
     assert [e.record_id for e in balanced_by_group(ex, 2)] == ["r0", "r1", "r2", "r4"]
     with pytest.raises(ValueError):
         balanced_by_group(ex, 0)
+    # a group may take another number than the rest, none at all included
+    assert [e.record_id for e in balanced_by_group(ex, 1, counts={"yesno": 3})] == ["r0", "r1", "r2", "r3", "r4"]
+    assert [e.record_id for e in balanced_by_group(ex, 2, counts={"yesno": 0})] == ["r2", "r4"]
+    with pytest.raises(ValueError):
+        balanced_by_group(ex, 1, counts={"yesno": -1})
 
 
 def test_an_unknown_task_is_refused_at_start_naming_the_known_ones(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

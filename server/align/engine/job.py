@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +73,10 @@ class AlignmentSettings:
     # every type (the seed set alone is three-quarters yes/no; colour then started anywhere
     # between 0.10 and 0.72 by seed), small, so that GRPO has room to learn (issue 24)
     seed_per_type: int = 67
+    # groups whose warm-start count differs, e.g. (("yesno", 400),): a group whose answer
+    # turns on the question's wording (negation) is learnt by the warm start from a few
+    # hundred examples, and GRPO alone did not learn it (issue 24: the policy's ceiling)
+    seed_per_group: tuple[tuple[str, int], ...] = ()
     # public pretraining of the built-in policy's vision tower (0: none; a loaded checkpoint
     # brings its own): without it the policy cannot see colour or shape at all
     vision_pretrain_steps: int = 600
@@ -92,9 +96,9 @@ class AlignmentSettings:
 
     def __post_init__(self) -> None:
         if (self.steps < 0 or self.sft_epochs < 0 or self.vision_pretrain_steps < 0 or self.eval_limit < 1
-                or self.checkpoint_every < 1):
-            raise ValueError("steps, sft_epochs and vision_pretrain_steps must be >= 0, eval_limit and "
-                             "checkpoint_every >= 1")
+                or self.checkpoint_every < 1 or self.seed_per_type < 1 or any(n < 0 for _, n in self.seed_per_group)):
+            raise ValueError("steps, sft_epochs, vision_pretrain_steps and seed_per_group counts must be >= 0, "
+                             "eval_limit, checkpoint_every and seed_per_type >= 1")
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,8 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
             (settings.out / "vision_pretrain.json").write_text(json.dumps(dataclasses.asdict(seen), indent=1))
             tower = vision_tower(model)
     if settings.sft_epochs:
-        prompts = vqa_prompts(seed_questions(task, settings.seed_per_type), processor=processor)
+        prompts = vqa_prompts(seed_questions(task, settings.seed_per_type, counts=dict(settings.seed_per_group)),
+                              processor=processor)
         targets = [encode_answer(processor, p.answer or "") for p in prompts]
         # The seed set is small (200 questions): training the pretrained tower on it too
         # overwrites what it learnt (measured: colour accuracy 0.52 with it frozen, 0.06 without).
@@ -153,10 +158,11 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
     return base
 
 
-def seed_questions(task: Task, per_type: int) -> list[Example]:
-    """The warm start's questions: ``per_type`` of each group from the seed set, then the
-    public prompt pool (the built-in task's seed set alone has too few colour and shape questions)."""
-    return balanced_by_group([*task.server_part("seed"), *task.server_part("pool")], per_type)
+def seed_questions(task: Task, per_type: int, *, counts: Mapping[str, int] | None = None) -> list[Example]:
+    """The warm start's questions: ``per_type`` of each group (``counts``: groups that take
+    another number) from the seed set, then the public prompt pool (the built-in task's
+    seed set alone has too few colour and shape questions)."""
+    return balanced_by_group([*task.server_part("seed"), *task.server_part("pool")], per_type, counts=counts)
 
 
 def prompt_pool(task: Task, size: int) -> list[Example]:
