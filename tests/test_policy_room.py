@@ -75,3 +75,25 @@ def test_warm_start_counts_are_checked_up_front(tmp_path, bad) -> None:  # type:
 
     with pytest.raises(ValueError, match="seed_per"):
         AlignmentSettings(out=tmp_path, **bad)
+
+
+def test_a_base_built_by_other_warm_start_settings_is_refused_not_reused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Rerunning into the same folder with another warm start must not silently reuse the
+    old start (the experiment's `--seed-per-group` would otherwise change nothing)."""
+    import dataclasses
+    import json
+
+    from fedsecure.errors import PolicyLoadError
+    from server.align.engine.job import WARM_START_FILE, AlignmentSettings, prepare_base
+
+    small = AlignmentSettings(out=tmp_path, sft_epochs=1, vision_pretrain_steps=2, seed_per_type=2)
+    base = prepare_base(small, task=EASYVQA)
+    recorded = json.loads((base / WARM_START_FILE).read_text())
+    assert recorded["seed_per_type"] == 2 and recorded["seed_per_group"] == []
+    weights = {p.name: p.stat().st_mtime_ns for p in base.iterdir()}
+    assert prepare_base(small, task=EASYVQA) == base  # the same settings: reused, not rebuilt
+    assert {p.name: p.stat().st_mtime_ns for p in base.iterdir()} == weights
+    with pytest.raises(PolicyLoadError, match="seed_per_group"):
+        prepare_base(dataclasses.replace(small, seed_per_group=(("yesno", 3),)), task=EASYVQA)
+    with pytest.raises(PolicyLoadError, match="sft_epochs"):
+        prepare_base(dataclasses.replace(small, sft_epochs=2), task=EASYVQA)

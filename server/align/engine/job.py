@@ -6,6 +6,8 @@ Everything lives under one output directory, so an interrupted job rerun with th
 settings picks up where it stopped:
 
 - ``base/``: the initial policy (after SFT), a loadable checkpoint; it is the reference;
+  ``base/warm_start.json`` records the settings that built it, and a rerun with other
+  warm-start settings is refused rather than handed the old base;
 - ``checkpoints/``: GRPO training checkpoints (weights + optimiser state);
 - ``policy/``: the aligned policy, a loadable checkpoint (``fedsecure eval --checkpoint``);
 - ``summary.json``: settings, accuracies, per-step rewards.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fedsecure.errors import PolicyLoadError
 from fedsecure.models.policy_vlm import (
     build_tiny_vlm,
     encode_answer,
@@ -120,7 +123,17 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
     (atomically) as ``base/``."""
     base = settings.out / "base"
     settings.out.mkdir(parents=True, exist_ok=True)
+    recipe = json.loads(json.dumps(warm_start_recipe(settings)))  # as it reads back from disk
     if (base / "config.json").is_file():
+        # A base built by other settings would silently stand in for the one asked for (a
+        # rerun into the same folder with another warm start): refuse, naming what differs.
+        built = base / WARM_START_FILE
+        if built.is_file():
+            was = json.loads(built.read_text(encoding="utf-8"))
+            if was != recipe:
+                differ = {k: (was.get(k), recipe[k]) for k in recipe if was.get(k) != recipe[k]}
+                raise PolicyLoadError(f"{base} was built by other warm-start settings (built, asked): {differ}; "
+                                      "use another output folder or remove it")
         log.info("reusing base policy %s", base)
         return base
     tower = None
@@ -154,8 +167,20 @@ def prepare_base(settings: AlignmentSettings, *, task: Task) -> Path:
     tmp = settings.out / ".base.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_policy(model, processor, tmp)
+    (tmp / WARM_START_FILE).write_text(json.dumps(recipe, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, base)
     return base
+
+
+WARM_START_FILE = "warm_start.json"
+"""Beside the base's weights: the settings that built it (:func:`warm_start_recipe`)."""
+
+
+def warm_start_recipe(settings: AlignmentSettings) -> dict[str, object]:
+    """The settings that decide what ``base/`` holds: a base is reused only for the same."""
+    return {"policy_path": str(settings.policy_path) if settings.policy_path else None, "seed": settings.seed,
+            "vision_pretrain_steps": settings.vision_pretrain_steps, "sft_epochs": settings.sft_epochs,
+            "seed_per_type": settings.seed_per_type, "seed_per_group": [list(g) for g in settings.seed_per_group]}
 
 
 def seed_questions(task: Task, per_type: int, *, counts: Mapping[str, int] | None = None) -> list[Example]:
