@@ -66,10 +66,10 @@ def experiment(args: argparse.Namespace) -> int:
     if args.merge:
         result = merge_seeds([json.loads(Path(f).read_text()) for f in args.merge.split(",")])
     else:
-        from benchmarks.experiment_mor import needs_federation
+        from benchmarks.experiment_mor import uses_clients
 
         # no client reward model (--methods start,oracle: the policy's ceiling): no backbone either
-        federated = not args.methods or any(needs_federation(m) for m in args.methods.split(","))
+        federated = uses_clients(args.methods.split(",") if args.methods else ())
         result = run_experiment(experiment_config(args, backbone=_backbone(args) if federated else args.out / "backbone"))
     paths = write_outputs(result, args.out)
     print(json.dumps({"summary": result["summary"], "gains": result["gains"], "outputs": [str(p) for p in paths],

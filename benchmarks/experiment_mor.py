@@ -126,6 +126,12 @@ def needs_federation(method: str) -> bool:
     return method.split("/")[0] not in NO_FEDERATION
 
 
+def uses_clients(methods: Sequence[str]) -> bool:
+    """Whether a run of ``methods`` (empty: every method) trains the client reward models,
+    and so needs a backbone."""
+    return not methods or any(needs_federation(m) for m in methods)
+
+
 def _modalities(kind: str) -> tuple:  # type: ignore[type-arg]
     from fedsecure.types import Modality
 
@@ -374,7 +380,7 @@ def _one_seed(cfg: MorExperimentConfig, seed: int) -> dict[str, object]:
                                  pairs_per_client=cfg.pairs_per_client, epsilon=cfg.epsilon, threads=cfg.threads)
     methods = cfg.methods or all_methods(CLIENTS)
     clients, eps, tok = [], {}, None
-    if any(needs_federation(m) for m in methods):
+    if uses_clients(methods):
         # the backbone's own tokenizer: the models below are built on it (ids are its)
         tok = tokenizer_for(reward_config(EASYVQA, "image_text", cfg.backbone))  # type: ignore[arg-type]
         encoded = {c: encode_records(records_from_pairs(client_pairs(name=c, clients=list(CLIENTS), kind=KIND_OF[c],
@@ -430,7 +436,7 @@ def run_experiment(cfg: MorExperimentConfig) -> dict[str, object]:
         cfg.out.mkdir(parents=True, exist_ok=True)  # a long run leaves each finished seed behind
         (cfg.out / f"seed-{s}.json").write_text(json.dumps(per_seed[s], indent=1, sort_keys=True))
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
-    if cfg.methods and not any(needs_federation(m) for m in cfg.methods):
+    if not uses_clients(cfg.methods):
         config["backbone"] = None  # unused: no client reward model was trained (runs in any folder merge)
     return summarise(config, per_seed, wall_s=round(time.monotonic() - started, 1))
 

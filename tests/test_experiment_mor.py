@@ -60,7 +60,7 @@ def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatc
     """``--methods start,oracle`` measures the policy and its exact-match ceiling without
     training a single client reward model (no federation, no ε)."""
     import benchmarks.bench_collaboration
-    from benchmarks.experiment_mor import MorExperimentConfig, needs_federation, run_experiment
+    from benchmarks.experiment_mor import MorExperimentConfig, needs_federation, run_experiment, uses_clients
 
     def no_federation(*args: object, **kwargs: object) -> None:
         raise AssertionError("a federation ran for methods that use no client reward model")
@@ -68,6 +68,7 @@ def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatc
     monkeypatch.setattr(benchmarks.bench_collaboration, "federated_clients", no_federation)
     assert not any(needs_federation(m) for m in ("start", "text_only", "oracle", "oracle/unscaled"))
     assert all(needs_federation(m) for m in ("routed", "uniform/gated", "single:txt-1", "fedavg", "server_only"))
+    assert uses_clients(()) and uses_clients(("start", "routed")) and not uses_clients(("start", "oracle"))
     cfg = MorExperimentConfig(backbone=tmp_path / "unused", out=tmp_path / "out", seeds=(0,),
                               methods=("start", "oracle"), steps=3, prompts_per_step=4, eval_questions=24)
     result = run_experiment(cfg)
