@@ -57,8 +57,9 @@ def test_experiment_compares_methods_and_writes_outputs(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--methods start,oracle`` measures the policy and its exact-match ceiling without
-    training a single client reward model (no federation, no ε)."""
+    """``--methods start,oracle,supervised`` measures the policy, its exact-match ceiling
+    and what the same labels teach it directly, without training a single client reward
+    model (no federation, no ε)."""
     import benchmarks.bench_collaboration
     from benchmarks.experiment_mor import MorExperimentConfig, needs_federation, run_experiment, uses_clients
 
@@ -66,16 +67,34 @@ def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatc
         raise AssertionError("a federation ran for methods that use no client reward model")
 
     monkeypatch.setattr(benchmarks.bench_collaboration, "federated_clients", no_federation)
-    assert not any(needs_federation(m) for m in ("start", "text_only", "oracle", "oracle/unscaled"))
+    assert not any(needs_federation(m) for m in ("start", "text_only", "oracle", "oracle/unscaled", "supervised"))
     assert all(needs_federation(m) for m in ("routed", "uniform/gated", "single:txt-1", "fedavg", "server_only"))
-    assert uses_clients(()) and uses_clients(("start", "routed")) and not uses_clients(("start", "oracle"))
+    assert uses_clients(()) and uses_clients(("start", "routed")) and not uses_clients(("start", "oracle", "supervised"))
     cfg = MorExperimentConfig(backbone=tmp_path / "unused", out=tmp_path / "out", seeds=(0,),
-                              methods=("start", "oracle"), steps=3, prompts_per_step=4, eval_questions=24)
+                              methods=("start", "oracle", "supervised"), steps=3, prompts_per_step=4, eval_questions=24,
+                              pool_size=48, supervised_epochs=3)
     result = run_experiment(cfg)
     seed = result["per_seed"]["0"]
-    assert seed["epsilon"] == {} and list(result["summary"]) == ["start", "oracle"]
+    assert seed["epsilon"] == {} and list(result["summary"]) == ["start", "oracle", "supervised"]
     assert result["config"]["backbone"] is None  # so runs of the ceiling from any folder merge
     assert set(seed["methods"]["oracle"]["by_type"]) == {"color", "shape", "yesno"}
+    supervised = seed["methods"]["supervised"]
+    assert supervised["sft_loss"][-1] < supervised["sft_loss"][0]  # the labels were learnt
+    assert supervised["by_type"] != seed["methods"]["start"]["by_type"]  # and moved the policy's answers
+    gains = result["gains"]
+    assert set(gains["type_mean"]) == {"oracle", "supervised"}  # no routed row, no routed gain
+    assert gains["type_mean"]["supervised"] == pytest.approx(
+        result["summary"]["supervised"]["type_mean"][0] - result["summary"]["start"]["type_mean"][0], abs=1e-3)
+    assert "routed_share_of_oracle_gain" not in gains and "oracle_share_of_supervised_gain" in gains
+
+
+def test_the_experiments_scale_is_checked_up_front(tmp_path: Path) -> None:
+    """A scale that cannot run is refused when the config is made, not after a federation."""
+    from benchmarks.experiment_mor import MorExperimentConfig
+
+    for bad in ({"supervised_epochs": 0}, {"pool_size": 2}, {"steps": -1}, {"supervised_learning_rate": 0.0}):
+        with pytest.raises(ValueError):
+            MorExperimentConfig(backbone=tmp_path, out=tmp_path, **bad)  # type: ignore[arg-type]
 
 
 def test_a_scoring_client_scores_each_triple_once(monkeypatch: pytest.MonkeyPatch) -> None:
