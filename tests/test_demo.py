@@ -79,6 +79,7 @@ def test_demo_runs_a_federation_end_to_end(tmp_path: Path) -> None:
     assert all(r["router_fit"]["accuracy_after"] >= 0.0 and set(r["router_weights"]) == {"color", "shape", "yesno"}
                for r in rounds)
     assert "policy test accuracy" in proc.stdout and "router weights per question type" in proc.stdout
+    assert "(n=" in proc.stdout.split("policy test accuracy", 1)[1]  # each type's figure with its question count
     assert "no policy at all" in proc.stdout and set(alignment["text_only_by_type"]) <= {"color", "shape", "yesno"}
     assert "personalisation (TAP" in proc.stdout and "not personalised" not in proc.stdout
     for name in ("server", "keyholder", "admin"):

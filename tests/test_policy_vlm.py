@@ -157,6 +157,7 @@ def test_sft_warm_start_teaches_the_answer_format_and_grpo_updates_the_vlm() -> 
     evaluation = evaluate_policy(policy, eval_prompts(processor, task=EASYVQA, limit=64, seed=0))
     assert evaluation.count == 64 and 0.0 <= evaluation.accuracy <= 1.0
     assert set(evaluation.by_type) <= {"yesno", "shape", "color"}
+    assert set(evaluation.by_type_count) == set(evaluation.by_type) and sum(evaluation.by_type_count.values()) == 64
     engine = GRPOEngine(policy=policy, config=GRPOConfig(prompts_per_step=8, learning_rate=1e-2,
                                                          sampling=SamplingConfig(max_new_tokens=4)))
     adapters = {n: p.detach().clone() for n, p in policy.trainable()}

@@ -24,3 +24,4 @@ def test_text_only_known_answers() -> None:
     result = evaluate_text_only(prompts, table)
     assert result.count == 4 and result.accuracy == 0.5
     assert result.by_type == {"color": 0.5, "yesno": 0.5}  # an unseen question text is a miss
+    assert result.by_type_count == {"color": 2, "yesno": 2}  # each type's figure with the questions behind it

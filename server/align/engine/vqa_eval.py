@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,9 @@ class EvalResult:
     accuracy: float
     count: int
     by_type: dict[str, float]
+    # how many prompts of each group: a per-type figure is read with its noise (a result
+    # saved before this field existed reads back with none)
+    by_type_count: dict[str, int] = field(default_factory=dict)
 
 
 def eval_prompts(processor: Any, *, task: Task, limit: int | None = None, seed: int = 0) -> list[Prompt]:
@@ -125,9 +128,14 @@ def evaluate_text_only(prompts: Sequence[Prompt], answers_by_question: dict[str,
         totals[kind] += 1
         answer = answers_by_question.get(normalise_answer(p.question))
         hits[kind] += int(answer is not None and judge(p, answer))
+    return _result(hits, totals)
+
+
+def _result(hits: Counter[str], totals: Counter[str]) -> EvalResult:
     count = sum(totals.values())
     return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
-                      by_type={k: hits[k] / totals[k] for k in sorted(totals)})
+                      by_type={k: hits[k] / totals[k] for k in sorted(totals)},
+                      by_type_count={k: totals[k] for k in sorted(totals)})
 
 
 def evaluate_policy(policy: Policy, prompts: Sequence[Prompt], **kwargs: Any) -> EvalResult:
@@ -153,9 +161,7 @@ def evaluate(model: torch.nn.Module, *, prompts: Sequence[Prompt], decode: Any, 
             kind = p.group or "other"
             totals[kind] += 1
             hits[kind] += int(judge(p, text))
-    count = sum(totals.values())
-    return EvalResult(accuracy=sum(hits.values()) / max(count, 1), count=count,
-                      by_type={k: hits[k] / totals[k] for k in sorted(totals)})
+    return _result(hits, totals)
 
 
 def evaluate_checkpoint(path: Path, *, task: Task, limit: int | None = None, seed: int = 0,
