@@ -401,6 +401,9 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     # MorExperimentConfig, whose GRPO schedule is the shipped recipe's), written once there.
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per method")
     p.add_argument("--prompts-per-step", type=int, default=None, help="prompts per GRPO step (default: GRPO's recipe)")
+    p.add_argument("--learning-rate", type=float, default=None, help="GRPO's learning rate (default: GRPO's recipe)")
+    p.add_argument("--best-nll", type=float, default=None,
+                   help="weight of the best completion's likelihood in GRPO's loss (0: plain GRPO; default: the recipe)")
     p.add_argument("--eval-questions", type=int, default=None, help="fixed test questions (paired)")
     p.add_argument("--quality-per-type", type=int, default=None,
                    help="held-out public questions per type for the reward quality")

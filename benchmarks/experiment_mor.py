@@ -25,6 +25,9 @@ stage does, the task's label-free answer-form check: a completion out of form ra
   them — a judge worse than the student on a type is not learned from;
 - ``…/unscaled``: the same reward, GRPO advantages not divided by the group's reward std
   (Dr. GRPO): a judge unsure between two answers makes a small update, not a full one;
+- ``…/plain``: the same reward, plain GRPO — without the likelihood of each group's best
+  completion in the loss (``best_nll`` 0; :class:`~server.align.engine.grpo_loss.GRPOLossConfig`):
+  what the term adds, on the same base;
 - robustness: ``routed+random``, ``uniform+random``, ``routed+inverted``,
   ``uniform+inverted`` — the six clients plus one that returns random (inverted) scores.
 
@@ -74,6 +77,7 @@ log = logging.getLogger("fedsecure.experiment.mor")
 BASE_METHODS = ("start", "text_only", "oracle", "supervised", "routed", "uniform", "min", "max", "expert", "table", "fedavg", "server_only")
 GATED = ("routed/gated", "uniform/gated")
 UNSCALED = ("oracle/unscaled", "routed/unscaled", "uniform/unscaled")
+PLAIN = ("oracle/plain", "routed/plain")
 ROBUSTNESS = ("routed+random", "uniform+random", "routed+inverted", "uniform+inverted")
 TYPES = ("color", "shape", "yesno")
 NO_FEDERATION = ("start", "text_only", "oracle", "supervised")  # methods that need no client reward model
@@ -92,6 +96,7 @@ class MorExperimentConfig:
     prompts_per_step: int = GRPO_RECIPE.prompts_per_step
     group_size: int = GRPO_RECIPE.group_size
     learning_rate: float = GRPO_RECIPE.learning_rate
+    best_nll: float = GRPO_RECIPE.best_nll  # GRPOLossConfig.best_nll (0: plain GRPO)
     eval_questions: int = 2000
     pool_size: int = 1500  # GRPO's public prompts (and the supervised reference's), balanced by type
     quality_per_type: int = 300
@@ -120,7 +125,7 @@ class MorExperimentConfig:
 
 def _method_rank(method: str) -> tuple[int, str]:
     """Where ``method`` stands in :func:`all_methods`' order (single clients by name)."""
-    fixed = (*BASE_METHODS, *GATED, *UNSCALED)
+    fixed = (*BASE_METHODS, *GATED, *UNSCALED, *PLAIN)
     if method in fixed:
         return fixed.index(method), ""
     if method.startswith("single:"):
@@ -130,7 +135,7 @@ def _method_rank(method: str) -> tuple[int, str]:
 
 def all_methods(clients: Sequence[str]) -> tuple[str, ...]:
     """Every method of the comparison, single clients included."""
-    return (*BASE_METHODS, *GATED, *UNSCALED, *(f"single:{c}" for c in clients), *ROBUSTNESS)
+    return (*BASE_METHODS, *GATED, *UNSCALED, *PLAIN, *(f"single:{c}" for c in clients), *ROBUSTNESS)
 
 
 def needs_federation(method: str) -> bool:
@@ -299,8 +304,8 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     started = time.monotonic()
     model, processor = load_policy(base)
     name, *flags = method.split("/")
-    if set(flags) - {"gated", "unscaled"}:
-        raise ValueError(f"unknown variant in {method!r}: /gated and /unscaled exist")
+    if set(flags) - {"gated", "unscaled", "plain"}:
+        raise ValueError(f"unknown variant in {method!r}: /gated, /unscaled and /plain exist")
     if method == "text_only":
         ev = evaluate_text_only(test(processor), text_only)
         return {"accuracy": ev.accuracy, "by_type": ev.by_type, "seconds": round(time.monotonic() - started, 1)}
@@ -323,7 +328,8 @@ def _run_method(method: str, *, cfg: MorExperimentConfig, seed: int, base: Path,
     shutil.rmtree(work, ignore_errors=True)
     engine = GRPOEngine(policy=policy, config=GRPOConfig(
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, learning_rate=cfg.learning_rate, seed=seed,
-        loss=GRPOLossConfig(beta=0.0, scale_rewards="unscaled" not in flags), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
+        loss=GRPOLossConfig(beta=0.0, scale_rewards="unscaled" not in flags,
+                            best_nll=0.0 if "plain" in flags else cfg.best_nll), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4)),
         # every method with the task's label-free format check, as the demo's ALIGN stage has it
         checkpoint_dir=work, checkpoint_every=1, answer_form=task_answer_form(EASYVQA))
     out: dict[str, object] = {}

@@ -185,6 +185,7 @@ def build_planners(settings: ServerSettings, *, state_dir: Path, aggregator: Sec
                                  hacking_rounds=settings.align_hacking_rounds, seed=settings.data_seed,
                                  min_fused_lift=settings.align_min_fused_lift,
                                  learning_rate=settings.align_learning_rate, beta=settings.align_beta,
+                                 best_nll=settings.align_best_nll,
                                  policy_lists_per_group=settings.align_policy_lists,
                                  monitor_every=settings.align_monitor_every)
         planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics, roster_file=stage.out / "roster.json",

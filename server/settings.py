@@ -86,6 +86,11 @@ class ServerSettings:
     align_beta: float = option(
         GRPO_RECIPE.beta, help="β of GRPO's KL penalty to the starting policy: it holds every type near where it "
                                "started, the types with a flat reward included", section="align", key="beta")
+    align_best_nll: float = option(
+        GRPO_RECIPE.best_nll, help="weight of the likelihood of each group's best-rewarded completion in GRPO's loss "
+                                   "(reward-ranked fine-tuning): it keeps a rare right answer from being trained "
+                                   "away on a type the start cannot yet tell apart (0: plain GRPO)",
+        section="align", key="best_nll")
     align_policy_lists: int = option(
         16, help="public router questions per type the policy answers itself at each refresh; the fused reward's "
                  "lift is measured on its samples, judged by the task's metric (0: on the curated wrong answers)",
@@ -110,8 +115,9 @@ class ServerSettings:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.learning_rate <= 0 or self.align_learning_rate <= 0:
             raise ValueError(f"learning rates must be positive, got {self.learning_rate}, {self.align_learning_rate}")
-        if self.align_beta < 0:
-            raise ValueError(f"align_beta cannot be negative, got {self.align_beta}")
+        if self.align_beta < 0 or self.align_best_nll < 0:
+            raise ValueError(f"align_beta and align_best_nll cannot be negative, got {self.align_beta}, "
+                             f"{self.align_best_nll}")
         if min(self.align_steps, self.distill_steps, self.align_policy_lists, self.align_monitor_every) < 0:
             raise ValueError("align_steps, distill_steps, align_policy_lists and align_monitor_every cannot be negative")
         self.phase_kinds()  # an unknown phase name is refused here

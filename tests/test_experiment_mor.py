@@ -67,15 +67,16 @@ def test_the_policys_ceiling_alone_runs_no_federation(tmp_path: Path, monkeypatc
         raise AssertionError("a federation ran for methods that use no client reward model")
 
     monkeypatch.setattr(benchmarks.bench_collaboration, "federated_clients", no_federation)
-    assert not any(needs_federation(m) for m in ("start", "text_only", "oracle", "oracle/unscaled", "supervised"))
+    assert not any(needs_federation(m) for m in ("start", "text_only", "oracle", "oracle/unscaled", "oracle/plain",
+                                                 "supervised"))
     assert all(needs_federation(m) for m in ("routed", "uniform/gated", "single:txt-1", "fedavg", "server_only"))
     assert uses_clients(()) and uses_clients(("start", "routed")) and not uses_clients(("start", "oracle", "supervised"))
     cfg = MorExperimentConfig(backbone=tmp_path / "unused", out=tmp_path / "out", seeds=(0,),
-                              methods=("start", "oracle", "supervised"), steps=3, prompts_per_step=4, eval_questions=24,
+                              methods=("start", "oracle", "oracle/plain", "supervised"), steps=3, prompts_per_step=4, eval_questions=24,
                               pool_size=48, supervised_epochs=3)
     result = run_experiment(cfg)
     seed = result["per_seed"]["0"]
-    assert seed["epsilon"] == {} and list(result["summary"]) == ["start", "oracle", "supervised"]
+    assert seed["epsilon"] == {} and list(result["summary"]) == ["start", "oracle", "oracle/plain", "supervised"]
     assert result["config"]["backbone"] is None  # so runs of the ceiling from any folder merge
     assert set(seed["methods"]["oracle"]["by_type"]) == {"color", "shape", "yesno"}
     supervised = seed["methods"]["supervised"]
@@ -138,6 +139,9 @@ def test_the_experiments_command_line_keeps_the_configs_defaults_unless_given(tm
     given = experiment_config(build_parser().parse_args(["experiment", "mor", "--steps", "5", "--rounds", "2"]),
                               backbone=tmp_path)
     assert (given.steps, given.rounds, given.local_steps) == (5, 2, defaults.local_steps)
+    old_recipe = experiment_config(build_parser().parse_args(["experiment", "mor", "--best-nll", "0",
+                                                              "--learning-rate", "3e-4"]), backbone=tmp_path)
+    assert (old_recipe.best_nll, old_recipe.learning_rate) == (0.0, 3e-4) and defaults.best_nll == GRPO_RECIPE.best_nll
     assert defaults.seed_per_group == ()
     warm = experiment_config(build_parser().parse_args(["experiment", "mor", "--seed-per-group", "yesno=400"]),
                              backbone=tmp_path)

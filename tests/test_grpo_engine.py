@@ -182,11 +182,11 @@ def test_configuration_is_checked_up_front() -> None:
         PolicySetup(adapter="qlora")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("averaging", ["sequence", "token"])
-def test_micro_batches_and_single_pass_give_the_whole_batch_update(averaging: str) -> None:
+@pytest.mark.parametrize(("averaging", "best_nll"), [("sequence", 0.0), ("token", 0.0), ("sequence", 1.0)])
+def test_micro_batches_and_single_pass_give_the_whole_batch_update(averaging: str, best_nll: float) -> None:
     def run(**kwargs: object) -> list[torch.Tensor]:
         cfg = GRPOConfig(group_size=8, prompts_per_step=4, learning_rate=3e-3, seed=0,
-                         loss=GRPOLossConfig(beta=0.04, averaging=averaging),  # type: ignore[arg-type]
+                         loss=GRPOLossConfig(beta=0.04, averaging=averaging, best_nll=best_nll),  # type: ignore[arg-type]
                          sampling=SamplingConfig(max_new_tokens=8), **kwargs)  # type: ignore[arg-type]
         engine = GRPOEngine(policy=tiny_policy(), config=cfg)
         engine.train(pool(), per_completion(low_tokens), steps=3)
@@ -196,6 +196,23 @@ def test_micro_batches_and_single_pass_give_the_whole_batch_update(averaging: st
     for other in (run(micro_batch_prompts=1), run(micro_batch_prompts=3), run(single_pass=True)):
         for a, b in zip(whole, other, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float reassociation only
+
+
+def test_the_best_completions_likelihood_term_takes_part_in_the_update() -> None:
+    # Same seed, prompts and samples: only the added term (the NLL of each group's best
+    # completion, grpo_loss.best_nll_term) can make the two updates differ.
+    def run(best_nll: float) -> tuple[list[torch.Tensor], float]:
+        cfg = GRPOConfig(group_size=8, prompts_per_step=4, learning_rate=3e-3, seed=0,
+                         loss=GRPOLossConfig(beta=0.0, best_nll=best_nll), sampling=SamplingConfig(max_new_tokens=8),
+                         unfinished_last=False)
+        engine = GRPOEngine(policy=tiny_policy(), config=cfg)
+        report = engine.step(pool()[:4], per_completion(low_tokens))
+        return _state(engine), report.loss
+
+    plain, plain_loss = run(0.0)
+    with_term, term_loss = run(1.0)
+    assert term_loss > plain_loss  # the NLL is positive
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, with_term, strict=True))
 
 
 def test_completions_that_never_end_are_trained_away_whatever_the_reward_says() -> None:

@@ -82,3 +82,38 @@ def test_unfinished_completions_rank_below_every_finished_one_of_their_group() -
     assert rewards[2] == 9.0  # the input is not changed
     with pytest.raises(ValueError, match="whole groups"):
         rank_unfinished_last(rewards[:5], finished[:5], 4)
+
+
+def test_best_of_groups_picks_the_first_top_reward_of_groups_that_differ() -> None:
+    from server.align.engine.grpo_loss import best_of_groups
+
+    rewards = torch.tensor([0.0, 1.0, 1.0,   2.0, 2.0, 2.0,   -1.0, 0.5, -3.0])
+    # group 1: the first of the two 1.0s; group 2: all equal -> no best; group 3: 0.5
+    assert best_of_groups(rewards, 3).tolist() == [False, True, False, False, False, False, False, True, False]
+    with pytest.raises(ValueError, match="whole groups"):
+        best_of_groups(rewards[:4], 3)
+
+
+def test_best_nll_term_by_hand_and_its_gradient_raises_a_rare_right_answer() -> None:
+    from server.align.engine.grpo_loss import best_nll_term
+
+    # two groups of two; completion 0 (tokens 0.5, 0.25) and completion 3 (one real token 0.8) are best
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.9, 0.9], [0.1, 0.1], [0.8, 1.0]]))
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    best = torch.tensor([True, False, False, True])
+    expected = ((-math.log(0.5) - math.log(0.25)) / 2 + -math.log(0.8)) / 2  # per group
+    assert math.isclose(float(best_nll_term(logp, mask, best, 2)), expected, rel_tol=1e-6)
+    cfg = GRPOLossConfig(beta=0.0, best_nll=2.0)
+    adv = torch.zeros(4)  # no GRPO term: the loss is the weighted NLL alone
+    loss, stats = grpo_loss(logp=logp, old_logp=logp, ref_logp=None, advantages=adv, mask=mask, config=cfg,
+                            best=best, group_size=2)
+    assert math.isclose(float(loss), 2.0 * expected, rel_tol=1e-6) and math.isclose(stats["best_nll"], expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="best completion"):
+        grpo_loss(logp=logp, old_logp=logp, ref_logp=None, advantages=adv, mask=mask, config=cfg)
+    with pytest.raises(ValueError):
+        GRPOLossConfig(best_nll=-1.0)
+    # the gradient reaches the best completions only, toward higher likelihood
+    leaf = logp.clone().requires_grad_(True)
+    best_nll_term(leaf, mask, best, 2).backward()
+    assert leaf.grad is not None and (leaf.grad[[1, 2]] == 0).all() and (leaf.grad[0] < 0).all()
+    assert leaf.grad[3, 0] < 0 and leaf.grad[3, 1] == 0  # padding takes none

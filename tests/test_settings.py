@@ -112,10 +112,12 @@ def test_grpos_schedule_is_written_once() -> None:
     def default(cls: type, name: str) -> object:
         return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
-    for name in ("prompts_per_step", "group_size", "learning_rate", "beta"):
+    for name in ("prompts_per_step", "group_size", "learning_rate", "beta", "best_nll"):
         assert default(AlignmentSettings, name) == getattr(GRPO_RECIPE, name)
-    for name in ("prompts_per_step", "group_size", "learning_rate"):
+    for name in ("prompts_per_step", "group_size", "learning_rate", "best_nll"):
         assert default(MorExperimentConfig, name) == getattr(GRPO_RECIPE, name)
-    assert default(VQAStageSettings, "group_size") == GRPO_RECIPE.group_size
+    for name in ("group_size", "best_nll"):
+        assert default(VQAStageSettings, name) == getattr(GRPO_RECIPE, name)
     assert ServerSettings.align_learning_rate == GRPO_RECIPE.learning_rate
     assert ServerSettings.align_beta == GRPO_RECIPE.beta
+    assert ServerSettings.align_best_nll == GRPO_RECIPE.best_nll

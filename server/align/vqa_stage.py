@@ -84,6 +84,7 @@ class VQAStageSettings:
     hacking_rounds: int
     seed: int
     group_size: int = GRPO_RECIPE.group_size
+    best_nll: float = GRPO_RECIPE.best_nll  # GRPOLossConfig.best_nll
     pool_size: int = 1500  # balanced by type
     router_per_type: int = 100  # public router questions of each type (the part is three-quarters yes/no)
     monitor_per_type: int = 100  # held-out questions of each type, its answers evenly (monitor and promotion gate)
@@ -98,7 +99,7 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
     pool = vqa_prompts(prompt_pool(task, settings.pool_size), processor=processor)
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
-                        loss=GRPOLossConfig(beta=settings.beta),
+                        loss=GRPOLossConfig(beta=settings.beta, best_nll=settings.best_nll),
                         sampling=SamplingConfig(temperature=GRPO_RECIPE.temperature,
                                                 max_new_tokens=answer_budget(processor, task)))
     # The task's label-free format check: the clients' reward models never saw an answer

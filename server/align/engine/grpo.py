@@ -27,7 +27,7 @@ from fedsecure.progress import progress
 from fedsecure.errors import CheckpointError, RewardRejected
 from server.align.engine.sharding import PARALLEL_MODES, full_tensor, load_full, load_optimizer_state, optimizer_state, shard
 from server.align.engine.grpo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from server.align.engine.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss, rank_unfinished_last
+from server.align.engine.grpo_loss import GRPOLossConfig, best_of_groups, group_advantages, grpo_loss, rank_unfinished_last
 from server.align.engine.policy import Policy
 from server.align.engine.prompts import Prompt, check_prompts, collate_images, collate_prompts
 from server.align.engine.rollouts import CompletionScorer, Rollouts, SamplingConfig, generate, generate_graded
@@ -210,11 +210,12 @@ class GRPOEngine:
                 finished &= torch.tensor([self.answer_form(p, t) for p, t in zip(expanded, texts, strict=True)])
             rewards = rank_unfinished_last(rewards, finished, cfg.group_size)
         advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps, scale=cfg.loss.scale_rewards)
+        best = best_of_groups(rewards, cfg.group_size) if cfg.loss.best_nll > 0 else None
         if not self._any_rank(bool(advantages.any())):
             return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,
                                            skipped="no group had reward variance: nothing to learn from"))
         started = time.perf_counter()
-        stats = self._update(rollouts, advantages, prompts, graded)
+        stats = self._update(rollouts, advantages, prompts, graded, best)
         return self._finish(StepReport(self.step_count, mean, std, stats["loss"], stats["kl"],
                                        stats["clipped_fraction"], stats["grad_norm"], tokens, rollout_s,
                                        time.perf_counter() - started))
@@ -255,7 +256,7 @@ class GRPOEngine:
         return [slice(i, min(i + size, prompts)) for i in range(0, prompts, size)]
 
     def _update(self, rollouts: Rollouts, advantages: torch.Tensor, prompts: Sequence[Prompt],
-                graded: torch.Tensor | None) -> dict[str, float]:
+                graded: torch.Tensor | None, best: torch.Tensor | None = None) -> dict[str, float]:
         cfg, policy = self.config, self.policy
         device, g = policy.placement.device, cfg.group_size
         advantages = advantages.to(device)
@@ -304,7 +305,8 @@ class GRPOEngine:
                     loss, stats = grpo_loss(logp=logp,
                                             old_logp=logp.detach() if old_logp is None else old_logp[rows],
                                             ref_logp=None if ref_logp is None else ref_logp[rows],
-                                            advantages=advantages[rows], mask=mask[rows], config=cfg.loss)
+                                            advantages=advantages[rows], mask=mask[rows], config=cfg.loss,
+                                            best=None if best is None else best[rows].to(device), group_size=g)
                     (loss * w).backward()
                 totals["loss"] += loss.item() * w / cfg.updates_per_batch
                 for key in ("kl", "clipped_fraction"):

@@ -28,6 +28,15 @@ updates), and how token losses are averaged:
       completions weigh more; the DAPO / TRL-"dapo" choice);
     - ``"sequence"``: mean over each completion's tokens, then mean over completions (the
       original GRPO paper's choice; every completion weighs the same).
+
+    ``best_nll`` weighs a second term: the negative log-likelihood of the best completion of
+    every group whose rewards differ (:func:`best_of_groups`), per group — reward-ranked
+    fine-tuning on the policy's own samples (RAFT, Dong et al. 2023; expert iteration).
+    Why: GRPO's gradient on an answer vanishes as its probability does (it is mode-seeking),
+    so on a question type whose start cannot yet tell its answers apart it collapses onto
+    the commonest one and stops sampling the others (issue 24: on a question type of two
+    answers, 96% of samples became the commoner one); the likelihood of the best sample keeps a full-size gradient toward a rare
+    right answer. 0: plain GRPO.
     """
 
     epsilon: float = 0.2
@@ -36,12 +45,13 @@ updates), and how token losses are averaged:
     std_eps: float = 1e-4
     scale_rewards: bool = True
     averaging: Averaging = "sequence"
+    best_nll: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and not 0 < self.epsilon_high < 10):
             raise ValueError("clip ranges must be positive (epsilon < 1)")
-        if self.beta < 0 or self.std_eps <= 0:
-            raise ValueError("beta must be >= 0 and std_eps > 0")
+        if self.beta < 0 or self.std_eps <= 0 or self.best_nll < 0:
+            raise ValueError("beta and best_nll must be >= 0 and std_eps > 0")
         if self.averaging not in ("token", "sequence"):
             raise ValueError("averaging is 'token' or 'sequence'")
 
@@ -91,9 +101,37 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(r) - r - 1.0
 
 
+def best_of_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) bool: the first completion with the highest reward of each group whose rewards
+    differ (a group of equal rewards has no best: it says nothing of which answer is right).
+    Give it the rewards after :func:`rank_unfinished_last`, so an unfinished completion is
+    never chosen over a finished one."""
+    if rewards.ndim != 1 or rewards.numel() % group_size or group_size < 2:
+        raise ValueError(f"expected a flat reward vector of whole groups of {group_size} (>= 2)")
+    grouped = rewards.view(-1, group_size)
+    differ = grouped.max(dim=1).values > grouped.min(dim=1).values
+    best = torch.zeros_like(grouped, dtype=torch.bool)
+    best[torch.arange(grouped.shape[0]), grouped.argmax(dim=1)] = differ
+    return best.view(-1)
+
+
+def best_nll_term(logp: torch.Tensor, mask: torch.Tensor, best: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Mean token negative log-likelihood of each ``best`` completion, summed and divided by
+    the number of groups in the batch (a group without a best adds 0), so the term of a
+    batch split into whole-group chunks is the chunks' completion-weighted sum."""
+    if best.shape != logp.shape[:1] or logp.shape[0] % group_size:
+        raise ValueError("best must be (B,) over whole groups")
+    lengths = mask.sum(dim=1).clamp(min=1.0)
+    per_completion = -(logp * mask).sum(dim=1) / lengths
+    return (per_completion * best.to(logp.dtype)).sum() / (logp.shape[0] // group_size)
+
+
 def grpo_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, config: GRPOLossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss to minimise and diagnostics (mean KL, clipped fraction)."""
+              advantages: torch.Tensor, mask: torch.Tensor, config: GRPOLossConfig,
+              best: torch.Tensor | None = None, group_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to minimise and diagnostics (mean KL, clipped fraction, the best
+    completions' NLL). ``best`` and ``group_size`` are needed when ``config.best_nll`` > 0
+    (:func:`best_of_groups`)."""
     if logp.shape != old_logp.shape or logp.shape != mask.shape or advantages.shape != logp.shape[:1]:
         raise ValueError("logp, old_logp and mask must be (B, T) and advantages (B,)")
     mask = mask.to(logp.dtype)
@@ -114,8 +152,14 @@ def grpo_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Ten
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
     else:
         loss = ((per_token * mask).sum(dim=1) / lengths).mean()
+    nll = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    if config.best_nll > 0:
+        if best is None or group_size is None:
+            raise ValueError("best_nll > 0 needs each group's best completion and the group size")
+        nll = best_nll_term(logp, mask, best, group_size)
+        loss = loss + config.best_nll * nll
     with torch.no_grad():
-        stats = {"kl": float(((kl * mask).sum(dim=1) / lengths).mean()),
+        stats = {"kl": float(((kl * mask).sum(dim=1) / lengths).mean()), "best_nll": float(nll),
                  "clipped_fraction": float((((unclipped - clipped).abs() > 0).to(mask.dtype) * mask).sum()
                                            / mask.sum().clamp(min=1.0))}
     return loss, stats

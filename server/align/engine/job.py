@@ -88,6 +88,7 @@ class AlignmentSettings:
     group_size: int = GRPO_RECIPE.group_size
     learning_rate: float = GRPO_RECIPE.learning_rate
     beta: float = GRPO_RECIPE.beta
+    best_nll: float = GRPO_RECIPE.best_nll  # GRPOLossConfig.best_nll
     max_new_tokens: int | None = None  # None: the task's longest public answer plus 2 tokens
     pool_size: int = 3000  # GRPO's public prompts, balanced by type
     eval_limit: int = 500
@@ -220,7 +221,7 @@ def run_alignment(settings: AlignmentSettings, *, task: Task, reward: RewardFn |
     judge = task_judge(task)
     config = GRPOConfig(group_size=settings.group_size, prompts_per_step=settings.prompts_per_step,
                         learning_rate=settings.learning_rate, seed=settings.seed,
-                        loss=GRPOLossConfig(beta=settings.beta),
+                        loss=GRPOLossConfig(beta=settings.beta, best_nll=settings.best_nll),
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=budget))
     engine = GRPOEngine(policy=policy, config=config, checkpoint_dir=settings.out / "checkpoints",
                         checkpoint_every=settings.checkpoint_every, parallel=settings.parallel)
