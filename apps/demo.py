@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align-prompts", type=int, default=ALIGN_PROMPTS, help="prompts per GRPO step")
     p.add_argument("--align-lr", type=float, default=None, help="GRPO's learning rate (default: the server's)")
     p.add_argument("--align-beta", type=float, default=None, help="GRPO's KL β (default: the server's)")
+    p.add_argument("--align-best-nll", type=float, default=None,
+                   help="weight of each group's best completion's likelihood in GRPO's loss (0: plain GRPO; "
+                        "default: the server's)")
     # 2,000, the experiment's number: with 500 a type had about 60 questions, and a start → end
     # difference on them (±0.08) decided whether the printed result was a rise (issue 24)
     p.add_argument("--grpo-eval", type=int, default=2000, help="test questions the alignment is measured on")
@@ -198,7 +201,8 @@ def _main(args: argparse.Namespace) -> int:
             "personalise": {"distill_steps": args.distill_steps},
             "align": {"steps": args.align_steps, "first_round": align_first, "prompts": args.align_prompts,
                       **({"learning_rate": args.align_lr} if args.align_lr is not None else {}),
-                      **({"beta": args.align_beta} if args.align_beta is not None else {})}})
+                      **({"beta": args.align_beta} if args.align_beta is not None else {}),
+                      **({"best_nll": args.align_best_nll} if args.align_best_nll is not None else {})}})
         server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
                                    "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs)
         procs.append(server)
