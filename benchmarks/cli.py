@@ -82,8 +82,9 @@ def experiment_config(args: argparse.Namespace, *, backbone: Path):  # type: ign
     keeps ``MorExperimentConfig``'s default, the one place it is written."""
     from benchmarks.experiment_mor import MorExperimentConfig
 
-    scale = {key: getattr(args, key) for key in ("steps", "prompts_per_step", "learning_rate", "best_nll",
-                                                  "eval_questions", "quality_per_type", "rounds", "local_steps") if getattr(args, key) is not None}
+    keys = ("steps", "prompts_per_step", "learning_rate", "best_nll", "eval_questions", "quality_per_type",
+            "rounds", "local_steps")
+    scale = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     if getattr(args, "seed_per_group", None):
         scale["seed_per_group"] = parse_group_counts(args.seed_per_group)
     return MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),

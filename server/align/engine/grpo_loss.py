@@ -35,8 +35,9 @@ updates), and how token losses are averaged:
     Why: GRPO's gradient on an answer vanishes as its probability does (it is mode-seeking),
     so on a question type whose start cannot yet tell its answers apart it collapses onto
     the commonest one and stops sampling the others (issue 24: on a question type of two
-    answers, 96% of samples became the commoner one); the likelihood of the best sample keeps a full-size gradient toward a rare
-    right answer. 0: plain GRPO.
+    answers, 96% of samples became the commoner one); the likelihood of the best sample
+    keeps a full-size gradient toward a rare right answer. It reads only the rewards, so it
+    serves a fused reward as it serves an exact-match one. 0: plain GRPO.
     """
 
     epsilon: float = 0.2
