@@ -90,7 +90,7 @@ class VQAStageSettings:
     # held-out questions of each type, its answers evenly (monitor and promotion gate). 250,
     # not 100: with 100 the gate promoted a step whose held-out type mean rose +0.023 while
     # 2,000 test questions said it fell (0.677 -> 0.668; issue 24's demo); the noise of a
-    # type mean shrinks as 1/sqrt(n). easy-VQA's held-out part has 243 colour questions.
+    # type mean shrinks as 1/sqrt(n). A group with fewer held-out questions gives all it has.
     monitor_per_type: int = 250
     device: str = "auto"
 
