@@ -98,15 +98,38 @@ class _Proc:
     log_path: Path
 
 
-def _spawn(name: str, argv: list[str], logs: Path, *, threads: int | None = None) -> _Proc:
+class _SigtermDeferral:
+    """While a party is being started and recorded, SIGTERM is held back: raised between
+    ``Popen`` returning and the process being recorded (or inside ``Popen``, after the
+    fork), it left a party the shutdown did not know of, running (seen: the
+    terminated-demo test found one left)."""
+
+    active: bool = False
+    pending: int | None = None
+
+
+_DEFERRAL = _SigtermDeferral()
+
+
+def _spawn(name: str, argv: list[str], logs: Path, *, into: list[_Proc], threads: int | None = None) -> _Proc:
+    """Start ``fedsecure <argv>`` as party ``name`` and record it in ``into`` (the parties
+    the demo's shutdown stops) before a SIGTERM can interrupt."""
     log_path = logs / f"{name}.log"
     fh = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads is not None:  # several trainers share this machine's cores: no oversubscription
         env["OMP_NUM_THREADS"] = str(threads)
-    popen = subprocess.Popen([sys.executable, "-m", "apps.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                             env=env)
-    return _Proc(name, popen, log_path)
+    _DEFERRAL.active = True
+    try:
+        proc = _Proc(name, subprocess.Popen([sys.executable, "-m", "apps.cli", *argv], stdout=fh,
+                                            stderr=subprocess.STDOUT, env=env), log_path)
+        into.append(proc)
+    finally:
+        _DEFERRAL.active = False
+    if _DEFERRAL.pending is not None:
+        signum, _DEFERRAL.pending = _DEFERRAL.pending, None
+        raise DemoStopped(f"terminated by signal {signum}; every party was shut down")
+    return proc
 
 
 class DemoStopped(RuntimeError):
@@ -120,6 +143,9 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     runs the demo's shutdown of every party; later signals are ignored so that the
     shutdown, itself bounded, is not cut short."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _DEFERRAL.active:  # a party is being started: _spawn raises once it is recorded
+        _DEFERRAL.pending = signum
+        return
     raise DemoStopped(f"terminated by signal {signum}; every party was shut down")
 
 
@@ -183,8 +209,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         keyholder = _spawn("keyholder", ["keyholder", "--kit", str(kits.keyholder), "--keys", str(keys_dir),
                                          "--address", "127.0.0.1:0",
-                                         "--port-file", str(keyholder_port_file), "--quorum", "2"], logs)
-        procs.append(keyholder)
+                                         "--port-file", str(keyholder_port_file), "--quorum", "2"], logs,
+                           into=procs)
         kh_port = wait_for_port_file(keyholder_port_file, keyholder.popen, what=keyholder.name, timeout_s=60,
                                      log=keyholder.log_path)
         keyholder_address = f"127.0.0.1:{kh_port}"
@@ -204,8 +230,8 @@ def _main(args: argparse.Namespace) -> int:
                       **({"beta": args.align_beta} if args.align_beta is not None else {}),
                       **({"best_nll": args.align_best_nll} if args.align_best_nll is not None else {})}})
         server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
-                                   "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs)
-        procs.append(server)
+                                   "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs,
+                        into=procs)
         port = wait_for_port_file(port_file, server.popen, what=server.name, timeout_s=60, log=server.log_path)
         address = f"127.0.0.1:{port}"
         print(f"[demo] server listening on {address} (mTLS)")
@@ -217,8 +243,8 @@ def _main(args: argparse.Namespace) -> int:
                          "data_seed": args.seed,
                          **({"backbone": str(mine)} if mine else {})},
                 "privacy": {"epsilon": args.epsilon, "trainable": args.client_trainable}})
-            procs.append(_spawn(name, ["client", "--config", str(client_toml), "--address", address], logs,
-                                threads=max(1, (os.cpu_count() or 1) // len(names))))
+            _spawn(name, ["client", "--config", str(client_toml), "--address", address], logs, into=procs,
+                   threads=max(1, (os.cpu_count() or 1) // len(names)))
         print(f"[demo] started clients {', '.join(names)} (configuration files: {configs})")
         federation_started = time.monotonic()
         status = _watch(kits.admin, address, procs[2:], started + args.timeout)
@@ -245,7 +271,10 @@ def _main(args: argparse.Namespace) -> int:
             try:
                 p.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                # SIGKILL, then reap it: without the wait a party still dying outlived the
+                # demo (seen under load: the terminated-demo test found a client left)
                 p.popen.kill()
+                p.popen.wait(timeout=10)
     audits = _audit(kits.root / "ca" / "ca.pem", heads_file,
                     [kits.clients[n] / "state" / "ledger.jsonl" for n in names], work / "audit.html")
     quality = _public_quality(kits.server / "state" / "metrics.jsonl")
