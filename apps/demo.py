@@ -128,7 +128,7 @@ def _spawn(name: str, argv: list[str], logs: Path, *, into: list[_Proc], threads
         _DEFERRAL.active = False
     if _DEFERRAL.pending is not None:
         signum, _DEFERRAL.pending = _DEFERRAL.pending, None
-        raise DemoStopped(f"terminated by signal {signum}; every party was shut down")
+        raise _terminated(signum)
     return proc
 
 
@@ -146,7 +146,12 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     if _DEFERRAL.active:  # a party is being started: _spawn raises once it is recorded
         _DEFERRAL.pending = signum
         return
-    raise DemoStopped(f"terminated by signal {signum}; every party was shut down")
+    raise _terminated(signum)
+
+
+def _terminated(signum: int) -> DemoStopped:
+    """The one sentence a demo stopped by a signal ends with."""
+    return DemoStopped(f"terminated by signal {signum}; every party was shut down")
 
 
 def main(args: argparse.Namespace) -> int:

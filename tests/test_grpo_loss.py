@@ -92,6 +92,8 @@ def test_best_of_groups_picks_the_first_top_reward_of_groups_that_differ() -> No
     assert best_of_groups(rewards, 3).tolist() == [False, True, False, False, False, False, False, True, False]
     with pytest.raises(ValueError, match="whole groups"):
         best_of_groups(rewards[:4], 3)
+    with pytest.raises(ValueError, match="finite"):  # a NaN must not be argmax'd into a "best"
+        best_of_groups(torch.tensor([0.0, float("nan"), 1.0]), 3)
 
 
 def test_best_nll_term_by_hand_and_its_gradient_raises_a_rare_right_answer() -> None:

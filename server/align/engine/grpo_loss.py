@@ -57,16 +57,21 @@ updates), and how token losses are averaged:
             raise ValueError("averaging is 'token' or 'sequence'")
 
 
+def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) rewards viewed as (B / G, G), refused unless they are finite whole groups."""
+    if rewards.ndim != 1 or rewards.numel() % group_size or group_size < 2:
+        raise ValueError(f"expected a flat reward vector of whole groups of {group_size} (>= 2)")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards must be finite")
+    return rewards.view(-1, group_size)
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, std_eps: float = 1e-4, *,
                      scale: bool = True) -> torch.Tensor:
     """(r - mean_group) / (std_group + eps) per completion, or r - mean_group when not
     ``scale`` (Dr. GRPO). A group whose rewards are all equal gets advantage 0 for every
     member: it carries no preference, hence no gradient."""
-    if rewards.ndim != 1 or rewards.numel() % group_size or group_size < 2:
-        raise ValueError(f"expected a flat reward vector of whole groups of {group_size} (>= 2)")
-    if not torch.isfinite(rewards).all():
-        raise ValueError("rewards must be finite")
-    grouped = rewards.view(-1, group_size)
+    grouped = _grouped(rewards, group_size)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True)  # unbiased, as in the paper's implementations
     adv = (grouped - mean) / (std + std_eps) if scale else grouped - mean
@@ -107,22 +112,23 @@ def best_of_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     differ (a group of equal rewards has no best: it says nothing of which answer is right).
     Give it the rewards after :func:`rank_unfinished_last`, so an unfinished completion is
     never chosen over a finished one."""
-    if rewards.ndim != 1 or rewards.numel() % group_size or group_size < 2:
-        raise ValueError(f"expected a flat reward vector of whole groups of {group_size} (>= 2)")
-    grouped = rewards.view(-1, group_size)
+    grouped = _grouped(rewards, group_size)
     differ = grouped.max(dim=1).values > grouped.min(dim=1).values
     best = torch.zeros_like(grouped, dtype=torch.bool)
     best[torch.arange(grouped.shape[0]), grouped.argmax(dim=1)] = differ
     return best.view(-1)
 
 
-def best_nll_term(logp: torch.Tensor, mask: torch.Tensor, best: torch.Tensor, group_size: int) -> torch.Tensor:
+def best_nll_term(logp: torch.Tensor, mask: torch.Tensor, best: torch.Tensor, group_size: int,
+                  lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Mean token negative log-likelihood of each ``best`` completion, summed and divided by
     the number of groups in the batch (a group without a best adds 0), so the term of a
-    batch split into whole-group chunks is the chunks' completion-weighted sum."""
+    batch split into whole-group chunks is the chunks' completion-weighted sum. ``lengths``
+    (B,), each completion's token count clamped to >= 1, saves recounting the mask."""
     if best.shape != logp.shape[:1] or logp.shape[0] % group_size:
         raise ValueError("best must be (B,) over whole groups")
-    lengths = mask.sum(dim=1).clamp(min=1.0)
+    if lengths is None:
+        lengths = mask.sum(dim=1).clamp(min=1.0)
     per_completion = -(logp * mask).sum(dim=1) / lengths
     return (per_completion * best.to(logp.dtype)).sum() / (logp.shape[0] // group_size)
 
@@ -157,7 +163,7 @@ def grpo_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Ten
     if config.best_nll > 0:
         if best is None or group_size is None:
             raise ValueError("best_nll > 0 needs each group's best completion and the group size")
-        nll = best_nll_term(logp, mask, best, group_size)
+        nll = best_nll_term(logp, mask, best, group_size, lengths)
         loss = loss + config.best_nll * nll
     with torch.no_grad():
         stats = {"kl": float(((kl * mask).sum(dim=1) / lengths).mean()), "best_nll": float(nll),
