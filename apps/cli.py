@@ -412,7 +412,10 @@ def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed-per-group", default=None, metavar="GROUP=N,...",
                    help="the warm start's questions for these groups instead of the default per type, e.g. yesno=400")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads in all (split among the seeds' processes)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="seeds run side by side, one process each, then merged (default: one process per seed; "
+                        "1: the seeds in turn in this process)")
     p.add_argument("--backbone", type=Path, default=None, help="the federation's backbone (default: pretrain one)")
     p.add_argument("--backbone-steps", type=int, default=2000, help="pretraining steps if no --backbone")
     p.add_argument("--out", type=Path, default=Path("experiment-mor"), help="folder for mor.json, .md and .svg")

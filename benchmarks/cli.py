@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.seed_processes import SeedProcess
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,13 +74,32 @@ def experiment(args: argparse.Namespace) -> int:
     else:
         from benchmarks.experiment_mor import uses_clients
 
+        started = time.monotonic()
+        seeds = [int(s) for s in args.seeds.split(",")]
+        jobs = len(seeds) if args.jobs is None else args.jobs
+        if jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {jobs}")
         # no client reward model (--methods start,oracle: the policy's ceiling): no backbone either
         federated = uses_clients(args.methods.split(",") if args.methods else ())
-        result = run_experiment(experiment_config(args, backbone=_backbone(args) if federated else args.out / "backbone"))
+        backbone = _backbone(args) if federated else None
+        if jobs > 1 and len(seeds) > 1:
+            from benchmarks.seed_processes import run_side_by_side
+
+            files = run_side_by_side(seed_processes(args, backbone=backbone, seeds=seeds, jobs=jobs), jobs=jobs)
+            result = merge_seeds([json.loads(f.read_text()) for f in files])
+            # the user waited from the start (the backbone's pretraining too), not the longest seed
+            result["wall_s"] = round(time.monotonic() - started, 1)
+        else:
+            result = run_experiment(experiment_config(args, backbone=backbone or args.out / "backbone"))
     paths = write_outputs(result, args.out)
     print(json.dumps({"summary": result["summary"], "gains": result["gains"], "outputs": [str(p) for p in paths],
                       "wall_s": result["wall_s"]}))
     return 0
+
+
+# the experiment's scale options, each a MorExperimentConfig field of the same name
+_SCALE_KEYS = ("steps", "prompts_per_step", "learning_rate", "best_nll", "eval_questions", "quality_per_type",
+               "rounds", "local_steps")
 
 
 def experiment_config(args: argparse.Namespace, *, backbone: Path):  # type: ignore[no-untyped-def]
@@ -82,14 +107,35 @@ def experiment_config(args: argparse.Namespace, *, backbone: Path):  # type: ign
     keeps ``MorExperimentConfig``'s default, the one place it is written."""
     from benchmarks.experiment_mor import MorExperimentConfig
 
-    keys = ("steps", "prompts_per_step", "learning_rate", "best_nll", "eval_questions", "quality_per_type",
-            "rounds", "local_steps")
-    scale = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    scale = {key: getattr(args, key) for key in _SCALE_KEYS if getattr(args, key) is not None}
     if getattr(args, "seed_per_group", None):
         scale["seed_per_group"] = parse_group_counts(args.seed_per_group)
     return MorExperimentConfig(backbone=backbone, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")),
                                methods=tuple(args.methods.split(",")) if args.methods else (), device=args.device,
                                threads=args.threads, **scale)
+
+
+def seed_processes(args: argparse.Namespace, *, backbone: Path | None, seeds: Sequence[int],
+                   jobs: int) -> list[SeedProcess]:
+    """One ``fedsecure experiment mor`` child per seed, with the parent's options, the
+    shared backbone, ``--threads`` split among the ``jobs`` running at once, and a folder
+    of its own under ``--out``."""
+    from benchmarks.seed_processes import SeedProcess
+
+    threads = max(1, args.threads // min(jobs, len(seeds)))
+    common = ["--threads", str(threads), "--jobs", "1", "--device", args.device]
+    if backbone is not None:
+        common += ["--backbone", str(backbone)]
+    for key in (*_SCALE_KEYS, "methods", "seed_per_group"):
+        if getattr(args, key, None) is not None:
+            common += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    runs = []
+    for seed in seeds:
+        folder = args.out / "seeds" / f"seed-{seed}"
+        command = (sys.executable, "-m", "apps.cli", "experiment", "mor", "--seeds", str(seed), *common,
+                   "--out", str(folder))
+        runs.append(SeedProcess(seed=seed, command=command, folder=folder, threads=threads))
+    return runs
 
 
 def parse_group_counts(text: str) -> tuple[tuple[str, int], ...]:
