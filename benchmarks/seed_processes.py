@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -47,10 +48,12 @@ class SeedProcessFailed(RuntimeError):
     """A seed's process exited without its result (or was stopped); the others were stopped."""
 
 
-def run_side_by_side(runs: Sequence[SeedProcess], *, jobs: int, poll_s: float = 2.0,
+def run_side_by_side(runs: Sequence[SeedProcess], *, jobs: int, poll_s: float = 2.0, progress_s: float = 120.0,
                      on_done: Callable[[SeedProcess, float], None] | None = None) -> list[Path]:
     """Run ``runs`` with at most ``jobs`` alive at once, in the given order, and return
-    their result files in that order. Raises :class:`SeedProcessFailed` if one fails."""
+    their result files in that order. Every ``progress_s`` the newest log record of each
+    running child is logged, so an hour-long run shows where each seed is. Raises
+    :class:`SeedProcessFailed` if one fails."""
     if jobs < 1:
         raise ValueError("jobs must be >= 1")
     if len({r.seed for r in runs}) != len(runs) or len({r.folder for r in runs}) != len(runs):
@@ -58,6 +61,8 @@ def run_side_by_side(runs: Sequence[SeedProcess], *, jobs: int, poll_s: float = 
     waiting: list[SeedProcess] = list(runs)
     alive: dict[int, tuple[SeedProcess, subprocess.Popen[bytes], float]] = {}
     stop = _StopOnSigterm()
+    shown: dict[int, str] = {}
+    next_progress = time.monotonic() + progress_s
     try:
         with stop:
             while waiting or alive:
@@ -77,6 +82,13 @@ def run_side_by_side(runs: Sequence[SeedProcess], *, jobs: int, poll_s: float = 
                     if on_done is not None:
                         on_done(run, time.monotonic() - started)
                 stop.check()
+                if alive and time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + progress_s
+                    for seed, (run, _, _) in alive.items():
+                        record = last_record(run.log_path)
+                        if record and record != shown.get(seed):
+                            shown[seed] = record
+                            log.info("seed %d: %s", seed, record)
                 if alive:
                     time.sleep(poll_s)
     finally:
@@ -84,9 +96,31 @@ def run_side_by_side(runs: Sequence[SeedProcess], *, jobs: int, poll_s: float = 
     return [r.folder / r.result for r in runs]
 
 
+# a logging record (not a progress bar): its date, its time, the rest
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d)(?:[,.]\d+)?\s+(.*)$")
+
+
+def last_record(log_path: Path, *, tail_bytes: int = 16384) -> str | None:
+    """The newest logging record (a line that starts with its date and time) in the last
+    ``tail_bytes`` of ``log_path``, as "HH:MM:SS message"; None if there is none yet."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - tail_bytes))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(re.split(r"[\r\n]+", text)):
+        record = _RECORD.match(line)
+        if record:
+            return f"{record.group(1)} {record.group(2).strip()}"[:300]
+    return None
+
+
 def _start(run: SeedProcess) -> subprocess.Popen[bytes]:
     """Start one child with its own thread count (no oversubscription of the cores)."""
     run.folder.mkdir(parents=True, exist_ok=True)
+    # a result left by an earlier run in this folder must not pass for this run's
+    (run.folder / run.result).unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "PYTHONUNBUFFERED": "1"}
     with open(run.log_path, "wb") as fh:  # the child holds its own copy of the descriptor
         return subprocess.Popen(list(run.command), stdout=fh, stderr=subprocess.STDOUT, env=env)

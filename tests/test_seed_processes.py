@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.seed_processes import SeedProcess, SeedProcessFailed, run_side_by_side
+from benchmarks.seed_processes import SeedProcess, SeedProcessFailed, last_record, run_side_by_side
 
 
 def _child(tmp_path: Path, seed: int, script: str) -> SeedProcess:
@@ -37,6 +37,29 @@ def test_every_seeds_result_is_collected_in_order_with_at_most_jobs_at_once(tmp_
         run_side_by_side(runs, jobs=0)
     with pytest.raises(ValueError, match="once"):
         run_side_by_side([runs[0], runs[0]], jobs=2)
+
+
+def test_a_long_run_shows_each_seeds_newest_log_record(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "seed-0"
+    script = ("import sys, time; print('Loading: 10%\\rLoading: 100%'); "
+              "print('2026-12-07 21:39:28,432 fedsecure.experiment.mor INFO seed 0: federation done', flush=True); "
+              "print('Writing shards: 0%\\rWriting shards: 100%', flush=True); time.sleep(1.0); "
+              + _writes({"seed": 0}, folder))
+    with caplog.at_level("INFO", logger="benchmarks.seed_processes"):
+        run_side_by_side([_child(tmp_path, 0, script)], jobs=1, poll_s=0.05, progress_s=0.2)
+    shown = [r.getMessage() for r in caplog.records if "federation done" in r.getMessage()]
+    assert shown == ["seed 0: 21:39:28 fedsecure.experiment.mor INFO seed 0: federation done"]  # once, not per poll
+    assert last_record(tmp_path / "no-such.log") is None
+    (tmp_path / "bars.log").write_text("Loading: 10%\rLoading: 100%\n")
+    assert last_record(tmp_path / "bars.log") is None  # progress bars are not records
+
+
+def test_a_result_left_by_an_earlier_run_does_not_pass_for_this_one(tmp_path: Path) -> None:
+    stale = _child(tmp_path, 0, "pass")  # exits 0 and writes nothing
+    stale.folder.mkdir(parents=True)
+    (stale.folder / "mor.json").write_text("{}")
+    with pytest.raises(SeedProcessFailed, match="no mor.json"):
+        run_side_by_side([stale], jobs=1, poll_s=0.05)
 
 
 def _alive(pid: int) -> bool:
