@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import tomli_w
 
 from apps.demo_backbones import Pretraining, pretrain
 from fedsecure.admin_client import AdminClient
+from fedsecure.child_processes import ChildProcesses
 from fedsecure.kit import load_kit
 from tasks import KNOWN, get_task
 from fedsecure.provision import provision
@@ -98,55 +98,20 @@ class _Proc:
     log_path: Path
 
 
-class _SigtermDeferral:
-    """While a party is being started and recorded, SIGTERM is held back: raised between
-    ``Popen`` returning and the process being recorded (or inside ``Popen``, after the
-    fork), it left a party the shutdown did not know of, running (seen: the
-    terminated-demo test found one left)."""
-
-    active: bool = False
-    pending: int | None = None
-
-
-_DEFERRAL = _SigtermDeferral()
-
-
-def _spawn(name: str, argv: list[str], logs: Path, *, into: list[_Proc], threads: int | None = None) -> _Proc:
-    """Start ``fedsecure <argv>`` as party ``name`` and record it in ``into`` (the parties
-    the demo's shutdown stops) before a SIGTERM can interrupt."""
+def _spawn(parties: ChildProcesses, name: str, argv: list[str], logs: Path, *, into: list[_Proc],
+           threads: int | None = None) -> _Proc:
+    """Start ``fedsecure <argv>`` as party ``name``, one of the ``parties`` the demo stops
+    however it ends, and list it in ``into`` (the parties it watches)."""
     log_path = logs / f"{name}.log"
-    fh = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads is not None:  # several trainers share this machine's cores: no oversubscription
-        env["OMP_NUM_THREADS"] = str(threads)
-    _DEFERRAL.active = True
-    try:
-        proc = _Proc(name, subprocess.Popen([sys.executable, "-m", "apps.cli", *argv], stdout=fh,
-                                            stderr=subprocess.STDOUT, env=env), log_path)
-        into.append(proc)
-    finally:
-        _DEFERRAL.active = False
-    if _DEFERRAL.pending is not None:
-        signum, _DEFERRAL.pending = _DEFERRAL.pending, None
-        raise _terminated(signum)
+    proc = _Proc(name, parties.start([sys.executable, "-m", "apps.cli", *argv], log=log_path, threads=threads),
+                 log_path)
+    into.append(proc)
     return proc
 
 
 class DemoStopped(RuntimeError):
     """The demo could not finish (its time limit, a party that died); the message is the
     one sentence the user sees, every party already shut down."""
-
-
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (``kill``, a job's time limit) ends Python without running ``finally``: the
-    server, key holder and clients the demo started would be left running. Raising here
-    runs the demo's shutdown of every party; later signals are ignored so that the
-    shutdown, itself bounded, is not cut short."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if _DEFERRAL.active:  # a party is being started: _spawn raises once it is recorded
-        _DEFERRAL.pending = signum
-        return
-    raise _terminated(signum)
 
 
 def _terminated(signum: int) -> DemoStopped:
@@ -158,20 +123,20 @@ def main(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 only if the run finished with every round closed. A demo that
     cannot finish (out of time, terminated) stops with one clear sentence and every party
     shut down, never a traceback (issue 23 item 13)."""
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        return _main(args)
+        # SIGTERM (``kill``, a job's time limit) becomes DemoStopped, and leaving this block
+        # for any reason stops the key holder, the server and the clients (and a pretraining)
+        with ChildProcesses(on_sigterm=_terminated) as parties:
+            return _main(args, parties)
     except DemoStopped as exc:
         print(f"[demo] stopped: {exc}", file=sys.stderr)
         return 1
     except (subprocess.TimeoutExpired, TimeoutError) as exc:  # a step with its own bound (keygen, a port file)
         print(f"[demo] stopped: a step ran past its time limit ({exc}); every party was shut down", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, parties: ChildProcesses) -> int:
     if args.rounds < 1:
         raise ValueError("--rounds must be >= 1")
     align_first = args.rounds if args.align_first_round is None else args.align_first_round
@@ -212,9 +177,9 @@ def _main(args: argparse.Namespace) -> int:
     configs.mkdir(exist_ok=True)
     procs: list[_Proc] = []
     try:
-        keyholder = _spawn("keyholder", ["keyholder", "--kit", str(kits.keyholder), "--keys", str(keys_dir),
-                                         "--address", "127.0.0.1:0",
-                                         "--port-file", str(keyholder_port_file), "--quorum", "2"], logs,
+        keyholder = _spawn(parties, "keyholder", ["keyholder", "--kit", str(kits.keyholder), "--keys",
+                                                  str(keys_dir), "--address", "127.0.0.1:0",
+                                                  "--port-file", str(keyholder_port_file), "--quorum", "2"], logs,
                            into=procs)
         kh_port = wait_for_port_file(keyholder_port_file, keyholder.popen, what=keyholder.name, timeout_s=60,
                                      log=keyholder.log_path)
@@ -234,9 +199,9 @@ def _main(args: argparse.Namespace) -> int:
                       **({"learning_rate": args.align_lr} if args.align_lr is not None else {}),
                       **({"beta": args.align_beta} if args.align_beta is not None else {}),
                       **({"best_nll": args.align_best_nll} if args.align_best_nll is not None else {})}})
-        server = _spawn("server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
-                                   "--keyholder-address", keyholder_address, "--port-file", str(port_file)], logs,
-                        into=procs)
+        server = _spawn(parties, "server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
+                                            "--keyholder-address", keyholder_address, "--port-file", str(port_file)],
+                        logs, into=procs)
         port = wait_for_port_file(port_file, server.popen, what=server.name, timeout_s=60, log=server.log_path)
         address = f"127.0.0.1:{port}"
         print(f"[demo] server listening on {address} (mTLS)")
@@ -248,7 +213,7 @@ def _main(args: argparse.Namespace) -> int:
                          "data_seed": args.seed,
                          **({"backbone": str(mine)} if mine else {})},
                 "privacy": {"epsilon": args.epsilon, "trainable": args.client_trainable}})
-            _spawn(name, ["client", "--config", str(client_toml), "--address", address], logs, into=procs,
+            _spawn(parties, name, ["client", "--config", str(client_toml), "--address", address], logs, into=procs,
                    threads=max(1, (os.cpu_count() or 1) // len(names)))
         print(f"[demo] started clients {', '.join(names)} (configuration files: {configs})")
         federation_started = time.monotonic()
@@ -269,17 +234,7 @@ def _main(args: argparse.Namespace) -> int:
                                   f"every party was shut down; logs in {logs} (rerun with a larger --timeout)") from None
         heads_file = _export_heads(kits.admin, address, work / "ledger_heads.json")
     finally:
-        for p in procs:
-            if p.popen.poll() is None:
-                p.popen.terminate()
-        for p in procs:
-            try:
-                p.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                # SIGKILL, then reap it: without the wait a party still dying outlived the
-                # demo (seen under load: the terminated-demo test found a client left)
-                p.popen.kill()
-                p.popen.wait(timeout=10)
+        parties.stop_all()
     audits = _audit(kits.root / "ca" / "ca.pem", heads_file,
                     [kits.clients[n] / "state" / "ledger.jsonl" for n in names], work / "audit.html")
     quality = _public_quality(kits.server / "state" / "metrics.jsonl")

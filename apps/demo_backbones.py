@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsecure.child_processes import ChildProcesses
+
 
 def cache_root() -> Path:
     """Where the demo keeps pretrained artefacts between runs (``FEDSECURE_CACHE``)."""
@@ -62,16 +64,16 @@ def pretrain(jobs: list[Pretraining], steps: int) -> list[dict[str, object]]:
                 continue
         todo.append((i, entry))
     threads = max(1, (os.cpu_count() or 1) // max(1, len(todo)))
-    try:
+    # leaving the block (a failure, the demo's SIGTERM) leaves no pretraining running
+    with ChildProcesses(handle_sigterm=False) as children:
         for i, entry in todo:
             job = jobs[i]
             print(f"[demo] operator pretrains a reward-model backbone{job.label} on public data ({steps} steps)",
                   flush=True)
-            with open(job.log_stem.with_suffix(".json"), "wb") as out, \
-                    open(job.log_stem.with_suffix(".log"), "wb") as err:
-                popen = subprocess.Popen([sys.executable, "-m", "apps.cli", "backbone", "pretrain",
-                                          "--out", str(job.folder), "--steps", str(steps),
-                                          "--threads", str(threads), *job.extra], stdout=out, stderr=err)
+            popen = children.start([sys.executable, "-m", "apps.cli", "backbone", "pretrain", "--out", str(job.folder),
+                                    "--steps", str(steps), "--threads", str(threads), *job.extra],
+                                   log=job.log_stem.with_suffix(".log"), stdout=job.log_stem.with_suffix(".json"),
+                                   threads=threads)
             running.append((i, entry, popen))
         for i, entry, popen in running:
             job = jobs[i]
@@ -86,11 +88,6 @@ def pretrain(jobs: list[Pretraining], steps: int) -> list[dict[str, object]]:
                   f"({time.monotonic() - started:.0f} s)", flush=True)
             _cache(job.folder, probe, entry)
             manifests[i] = probe
-    finally:  # a failure or an interrupt leaves no pretraining running
-        for _, _, popen in running:
-            if popen.poll() is None:
-                popen.kill()
-                popen.wait()
     return [manifests[i] for i in range(len(jobs))]
 
 

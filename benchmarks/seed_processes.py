@@ -6,7 +6,7 @@ one-thread processes finish far sooner than one process running the seeds in tur
 24: the 26-method comparison took 89 minutes that way). Each child writes its own result
 file under its own folder, so a seed that finished is kept whatever happens to the others.
 A child that fails stops the rest and the error names its log; the parent's SIGTERM does
-too, so no child is left running.
+too, so no child is left running (``fedsecure.child_processes``).
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from fedsecure.child_processes import ChildProcesses
 
-_GRACE_S = 10.0  # a stopped child's time to exit before it is killed
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,39 +58,39 @@ def run_side_by_side(runs: Sequence[SeedProcess], *, jobs: int, poll_s: float = 
         raise ValueError("every seed runs once, in a folder of its own")
     waiting: list[SeedProcess] = list(runs)
     alive: dict[int, tuple[SeedProcess, subprocess.Popen[bytes], float]] = {}
-    stop = _StopOnSigterm()
     shown: dict[int, str] = {}
     next_progress = time.monotonic() + progress_s
-    try:
-        with stop:
-            while waiting or alive:
-                while waiting and len(alive) < jobs:
-                    run = waiting.pop(0)
-                    alive[run.seed] = (run, _start(run), time.monotonic())
-                    log.info("seed %d: started (log %s)", run.seed, run.log_path)
-                for seed, (run, proc, started) in list(alive.items()):
-                    code = proc.poll()
-                    if code is None:
-                        continue
-                    del alive[seed]
-                    if code != 0 or not (run.folder / run.result).exists():
-                        raise SeedProcessFailed(f"seed {seed} exited with {code} and no {run.result}; "
-                                                f"its log: {run.log_path}")
-                    log.info("seed %d: done in %.0f s", seed, time.monotonic() - started)
-                    if on_done is not None:
-                        on_done(run, time.monotonic() - started)
-                stop.check()
-                if alive and time.monotonic() >= next_progress:
-                    next_progress = time.monotonic() + progress_s
-                    for seed, (run, _, _) in alive.items():
-                        record = last_record(run.log_path)
-                        if record and record != shown.get(seed):
-                            shown[seed] = record
-                            log.info("seed %d: %s", seed, record)
-                if alive:
-                    time.sleep(poll_s)
-    finally:
-        _stop_all([proc for _, proc, _ in alive.values()])
+    # leaving the block for any reason (a failed seed, SIGTERM, an error here) stops every child
+    with ChildProcesses(on_sigterm=_terminated) as children:
+        while waiting or alive:
+            while waiting and len(alive) < jobs:
+                run = waiting.pop(0)
+                run.folder.mkdir(parents=True, exist_ok=True)
+                # a result left by an earlier run in this folder must not pass for this run's
+                (run.folder / run.result).unlink(missing_ok=True)
+                alive[run.seed] = (run, children.start(run.command, log=run.log_path, threads=run.threads),
+                                   time.monotonic())
+                log.info("seed %d: started (log %s)", run.seed, run.log_path)
+            for seed, (run, proc, started) in list(alive.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del alive[seed]
+                if code != 0 or not (run.folder / run.result).exists():
+                    raise SeedProcessFailed(f"seed {seed} exited with {code} and no {run.result}; "
+                                            f"its log: {run.log_path}")
+                log.info("seed %d: done in %.0f s", seed, time.monotonic() - started)
+                if on_done is not None:
+                    on_done(run, time.monotonic() - started)
+            if alive and time.monotonic() >= next_progress:
+                next_progress = time.monotonic() + progress_s
+                for seed, (run, _, _) in alive.items():
+                    record = last_record(run.log_path)
+                    if record and record != shown.get(seed):
+                        shown[seed] = record
+                        log.info("seed %d: %s", seed, record)
+            if alive:
+                time.sleep(poll_s)
     return [r.folder / r.result for r in runs]
 
 
@@ -116,55 +114,6 @@ def last_record(log_path: Path, *, tail_bytes: int = 16384) -> str | None:
     return None
 
 
-def _start(run: SeedProcess) -> subprocess.Popen[bytes]:
-    """Start one child with its own thread count (no oversubscription of the cores)."""
-    run.folder.mkdir(parents=True, exist_ok=True)
-    # a result left by an earlier run in this folder must not pass for this run's
-    (run.folder / run.result).unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "PYTHONUNBUFFERED": "1"}
-    with open(run.log_path, "wb") as fh:  # the child holds its own copy of the descriptor
-        return subprocess.Popen(list(run.command), stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-
-def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Terminate every child still running, kill those that outlive the grace, reap all."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + _GRACE_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class _StopOnSigterm:
-    """While active, SIGTERM (``kill``, a job's time limit) is turned into
-    :class:`SeedProcessFailed` at the next poll, so that the children are stopped by the
-    ``finally`` above instead of being left running when Python exits without unwinding.
-    Only the main thread may set a handler; elsewhere this does nothing."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: object = None
-        self._installed = False
-
-    def __enter__(self) -> _StopOnSigterm:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._note)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.signum = signum
-
-    def check(self) -> None:
-        """Raise if a SIGTERM arrived since the last check."""
-        if self.signum is not None:
-            raise SeedProcessFailed(f"terminated by signal {self.signum}; every seed's process was stopped")
+def _terminated(signum: int) -> SeedProcessFailed:
+    """What a SIGTERM to the parent becomes (the children are stopped as it unwinds)."""
+    return SeedProcessFailed(f"terminated by signal {signum}; every seed's process was stopped")
