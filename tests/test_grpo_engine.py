@@ -257,3 +257,29 @@ def test_completions_out_of_the_answer_form_are_trained_away_whatever_the_reward
     checked = share_out_of_form(lambda prompt, completion: "3" not in completion.split())
     assert sum(unchecked[-5:]) > sum(unchecked[:5]) + 0.5, unchecked  # the reward alone spreads it
     assert sum(checked[-5:]) < sum(checked[:5]) / 2, checked
+
+
+def test_a_group_the_judge_scored_flat_has_no_best_completion_to_learn() -> None:
+    # The answer-form check alone separates answers from non-answers, not a right answer from
+    # a wrong one: under a flat reward, the best-completion term must add nothing (it would
+    # train the policy on whichever of its answers came first), while under a reward that
+    # tells answers apart it does.
+    def run(best_nll: float, reward) -> list[torch.Tensor]:  # noqa: ANN001
+        cfg = GRPOConfig(group_size=8, prompts_per_step=4, learning_rate=3e-3, seed=0,
+                         loss=GRPOLossConfig(beta=0.0, best_nll=best_nll), sampling=SamplingConfig(max_new_tokens=8),
+                         unfinished_last=True)
+        engine = GRPOEngine(policy=tiny_policy(), config=cfg,
+                            answer_form=lambda prompt, completion: "3" not in completion.split())
+        before = snapshot(engine.policy)
+        report = engine.step(pool()[:4], reward)
+        assert report.skipped is None  # the form check gives the groups variance: an update ran
+        assert any(not torch.equal(before[n], p) for n, p in snapshot(engine.policy).items())
+        return _state(engine)
+
+    def flat(prompts, completions):  # noqa: ANN001, ANN202
+        return [0.0] * len(completions)
+
+    for a, b in zip(run(0.0, flat), run(1.0, flat), strict=True):
+        torch.testing.assert_close(a, b)
+    judged = per_completion(low_tokens)
+    assert any(not torch.allclose(a, b) for a, b in zip(run(0.0, judged), run(1.0, judged), strict=True))

@@ -94,6 +94,15 @@ def test_best_of_groups_picks_the_first_top_reward_of_groups_that_differ() -> No
         best_of_groups(rewards[:4], 3)
     with pytest.raises(ValueError, match="finite"):  # a NaN must not be argmax'd into a "best"
         best_of_groups(torch.tensor([0.0, float("nan"), 1.0]), 3)
+    # after the answer-form ranking: a group the judge scored flat has no best (its
+    # "best" would be an arbitrary answer), one the judge told apart keeps the ranked best
+    judged = torch.tensor([0.0, 0.0, 0.0,   1.0, 0.0, 0.0,   0.0, 0.0, 0.0])
+    ranked = torch.tensor([0.0, 0.0, -1.0,  1.0, 0.0, -1.0,  -1.0, -1.0, -1.0])  # a non-answer in each
+    assert best_of_groups(ranked, 3).tolist() == [True, False, False, True, False, False, False, False, False]
+    assert best_of_groups(ranked, 3, judged=judged).tolist() == [False, False, False, True, False, False,
+                                                                 False, False, False]
+    with pytest.raises(ValueError, match="judged"):
+        best_of_groups(ranked, 3, judged=judged[:6])
 
 
 def test_best_nll_term_by_hand_and_its_gradient_raises_a_rare_right_answer() -> None:

@@ -204,13 +204,15 @@ class GRPOEngine:
             return self._finish(StepReport(self.step_count, math.nan, math.nan, math.nan, math.nan, math.nan,
                                            math.nan, tokens, rollout_s, 0.0, skipped=f"reward rejected: {rejected or 'on another rank'}"))
         mean, std = float(rewards.mean()), float(rewards.std()) if rewards.numel() > 1 else 0.0  # as judged
+        judged = rewards
         if cfg.unfinished_last:
             finished = (rollouts.completion_ids == policy.eos_id).any(dim=1).cpu()
             if self.answer_form is not None:
                 finished &= torch.tensor([self.answer_form(p, t) for p, t in zip(expanded, texts, strict=True)])
             rewards = rank_unfinished_last(rewards, finished, cfg.group_size)
         advantages = group_advantages(rewards, cfg.group_size, cfg.loss.std_eps, scale=cfg.loss.scale_rewards)
-        best = best_of_groups(rewards, cfg.group_size) if cfg.loss.best_nll > 0 else None
+        # a best completion only where the judge itself told the group's answers apart
+        best = best_of_groups(rewards, cfg.group_size, judged=judged) if cfg.loss.best_nll > 0 else None
         if not self._any_rank(bool(advantages.any())):
             return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,
                                            skipped="no group had reward variance: nothing to learn from"))

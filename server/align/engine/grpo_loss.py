@@ -107,13 +107,24 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(r) - r - 1.0
 
 
-def best_of_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def best_of_groups(rewards: torch.Tensor, group_size: int, *, judged: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) bool: the first completion with the highest reward of each group whose rewards
     differ (a group of equal rewards has no best: it says nothing of which answer is right).
     Give it the rewards after :func:`rank_unfinished_last`, so an unfinished completion is
-    never chosen over a finished one."""
+    never chosen over a finished one, and the judge's own rewards as ``judged`` (before
+    that ranking): only a group whose *judged* rewards differ has a best.
+
+    Why ``judged``: the ranking separates answers from non-answers, never a right answer
+    from a wrong one. A group the judge scored flat (a question type whose reward is not
+    trusted, or an exact-match group with no right sample) would otherwise get as "best"
+    whichever answer came first, and its likelihood term would train the policy on an
+    arbitrary — for exact match, a wrong — answer of its own (issue 24: in the demo, shape
+    left to a flat reward fell 0.57 -> 0.37 on the test in 80 steps)."""
     grouped = _grouped(rewards, group_size)
-    differ = grouped.max(dim=1).values > grouped.min(dim=1).values
+    said = grouped if judged is None else _grouped(judged, group_size)
+    if said.shape != grouped.shape:
+        raise ValueError("judged must be (B,) like rewards")
+    differ = said.max(dim=1).values > said.min(dim=1).values
     best = torch.zeros_like(grouped, dtype=torch.bool)
     best[torch.arange(grouped.shape[0]), grouped.argmax(dim=1)] = differ
     return best.view(-1)
