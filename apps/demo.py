@@ -80,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align-prompts", type=int, default=ALIGN_PROMPTS, help="prompts per GRPO step")
     p.add_argument("--align-lr", type=float, default=None, help="GRPO's learning rate (default: the server's)")
     p.add_argument("--align-beta", type=float, default=None, help="GRPO's KL β (default: the server's)")
+    p.add_argument("--align-min-fused-lift", type=float, default=None,
+                   help="GRPO's reward only on the question types the fused reward judges this far above chance "
+                        "(default: the server's)")
+    p.add_argument("--align-left-out-beta", type=float, default=None,
+                   help="KL weight to the start on the question types left out (default: the server's)")
     p.add_argument("--align-best-nll", type=float, default=None,
                    help="weight of each group's best completion's likelihood in GRPO's loss (0: plain GRPO; "
                         "default: the server's)")
@@ -201,7 +206,11 @@ def _main(args: argparse.Namespace, parties: ChildProcesses) -> int:
             "align": {"steps": args.align_steps, "first_round": align_first, "prompts": args.align_prompts,
                       **({"learning_rate": args.align_lr} if args.align_lr is not None else {}),
                       **({"beta": args.align_beta} if args.align_beta is not None else {}),
-                      **({"best_nll": args.align_best_nll} if args.align_best_nll is not None else {})}})
+                      **({"best_nll": args.align_best_nll} if args.align_best_nll is not None else {}),
+                      **({"min_fused_lift": args.align_min_fused_lift}
+                         if args.align_min_fused_lift is not None else {}),
+                      **({"left_out_beta": args.align_left_out_beta}
+                         if args.align_left_out_beta is not None else {})}})
         server = _spawn(parties, "server", ["server", "--config", str(server_toml), "--address", "127.0.0.1:0",
                                             "--keyholder-address", keyholder_address, "--port-file", str(port_file)],
                         logs, into=procs)

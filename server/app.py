@@ -187,7 +187,8 @@ def build_planners(settings: ServerSettings, *, state_dir: Path, aggregator: Sec
                                  learning_rate=settings.align_learning_rate, beta=settings.align_beta,
                                  best_nll=settings.align_best_nll,
                                  policy_lists_per_group=settings.align_policy_lists,
-                                 monitor_every=settings.align_monitor_every)
+                                 monitor_every=settings.align_monitor_every,
+                                 left_out_beta=settings.align_left_out_beta)
         planners[TaskKind.ALIGN] = AlignPlanner(sessions=sessions, metrics=metrics, roster_file=stage.out / "roster.json",
                                                 build_stage=lambda roster: build_vqa_stage(roster, stage, task=task),
                                                 steps_per_round=settings.align_steps,

@@ -91,6 +91,10 @@ class ServerSettings:
                                    "(reward-ranked fine-tuning): it keeps a rare right answer from being trained "
                                    "away on a type the start cannot yet tell apart (0: plain GRPO)",
         section="align", key="best_nll")
+    align_left_out_beta: float = option(
+        1.0, help="KL weight to the starting policy on the question types min_fused_lift leaves out (their reward "
+                  "is flat): it holds them where they started while the trusted types train the shared weights "
+                  "(0: no anchor)", section="align", key="left_out_beta")
     align_policy_lists: int = option(
         16, help="public router questions per type the policy answers itself at each refresh; the fused reward's "
                  "lift is measured on its samples, judged by the task's metric (0: on the curated wrong answers)",
@@ -115,9 +119,9 @@ class ServerSettings:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.learning_rate <= 0 or self.align_learning_rate <= 0:
             raise ValueError(f"learning rates must be positive, got {self.learning_rate}, {self.align_learning_rate}")
-        if self.align_beta < 0 or self.align_best_nll < 0:
-            raise ValueError(f"align_beta and align_best_nll cannot be negative, got {self.align_beta}, "
-                             f"{self.align_best_nll}")
+        if self.align_beta < 0 or self.align_best_nll < 0 or self.align_left_out_beta < 0:
+            raise ValueError(f"align_beta, align_best_nll and align_left_out_beta cannot be negative, got "
+                             f"{self.align_beta}, {self.align_best_nll}, {self.align_left_out_beta}")
         if min(self.align_steps, self.distill_steps, self.align_policy_lists, self.align_monitor_every) < 0:
             raise ValueError("align_steps, distill_steps, align_policy_lists and align_monitor_every cannot be negative")
         self.phase_kinds()  # an unknown phase name is refused here

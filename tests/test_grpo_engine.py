@@ -283,3 +283,28 @@ def test_a_group_the_judge_scored_flat_has_no_best_completion_to_learn() -> None
         torch.testing.assert_close(a, b)
     judged = per_completion(low_tokens)
     assert any(not torch.allclose(a, b) for a, b in zip(run(0.0, judged), run(1.0, judged), strict=True))
+
+
+def test_a_kl_anchor_per_prompt_acts_as_beta_on_those_prompts() -> None:
+    # The same anchor on every prompt is β itself; an anchor of 0 is none; the KL term is
+    # zero at the first step, so two steps are run.
+    def run(beta: float, anchor: float | None) -> list[torch.Tensor]:
+        cfg = GRPOConfig(group_size=8, prompts_per_step=4, learning_rate=1e-2, seed=0,
+                         loss=GRPOLossConfig(beta=beta), sampling=SamplingConfig(max_new_tokens=8))
+        engine = GRPOEngine(policy=tiny_policy(), config=cfg)
+        if anchor is not None:
+            engine.kl_anchor = lambda prompt: anchor
+        for _ in range(2):
+            engine.step(pool()[:4], per_completion(low_tokens))
+        return _state(engine)
+
+    as_beta, anchored, free, zero = run(0.5, None), run(0.0, 0.5), run(0.0, None), run(0.0, 0.0)
+    for a, b in zip(as_beta, anchored, strict=True):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(free, zero, strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, b) for a, b in zip(free, anchored, strict=True))
+    engine = GRPOEngine(policy=tiny_policy(), config=config(beta=0.0))
+    engine.kl_anchor = lambda prompt: -1.0
+    with pytest.raises(ValueError, match="kl_anchor"):
+        engine.step(pool()[:4], per_completion(low_tokens))

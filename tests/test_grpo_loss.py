@@ -57,6 +57,30 @@ def test_loss_on_a_tiny_fixed_example_by_hand() -> None:
     assert 0 < stats["clipped_fraction"] < 1
 
 
+def test_a_kl_weight_per_completion_replaces_beta_by_hand() -> None:
+    # The tiny example above with β per completion: 0.3 on the first, 0 on the second (an
+    # anchor on one prompt, none on the other), beta in the config ignored.
+    old = torch.tensor([[math.log(0.5), math.log(0.5)], [math.log(0.5), math.log(0.5)]])
+    new = torch.tensor([[math.log(0.8), math.log(0.5)], [math.log(0.25), math.log(0.9)]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    kl = lambda lp, rp: math.exp(rp - lp) - (rp - lp) - 1  # noqa: E731
+    expected = ((-1.2 + 0.3 * kl(math.log(0.8), math.log(0.5)) - 1.0) / 2 + 0.8) / 2
+    for beta in (0.0, 0.1):
+        loss, _ = grpo_loss(logp=new, old_logp=old, ref_logp=old, advantages=adv, mask=mask,
+                            config=GRPOLossConfig(beta=beta), kl_weight=torch.tensor([0.3, 0.0]))
+        assert math.isclose(float(loss), expected, rel_tol=1e-6)
+    zero, _ = grpo_loss(logp=new, old_logp=old, ref_logp=None, advantages=adv, mask=mask,
+                        config=GRPOLossConfig(beta=0.1), kl_weight=torch.zeros(2))  # no anchor: no reference needed
+    assert math.isclose(float(zero), ((-1.2 - 1.0) / 2 + 0.8) / 2, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="reference"):
+        grpo_loss(logp=new, old_logp=old, ref_logp=None, advantages=adv, mask=mask, config=GRPOLossConfig(beta=0.0),
+                  kl_weight=torch.tensor([0.3, 0.0]))
+    with pytest.raises(ValueError, match="kl_weight"):
+        grpo_loss(logp=new, old_logp=old, ref_logp=old, advantages=adv, mask=mask, config=GRPOLossConfig(),
+                  kl_weight=torch.tensor([-0.1, 0.0]))
+
+
 def test_kl_term_is_zero_at_step_zero_and_gradient_flows() -> None:
     logits = torch.randn(4, 3, requires_grad=True)
     logp = torch.log_softmax(logits, dim=-1)

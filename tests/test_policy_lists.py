@@ -159,3 +159,25 @@ def test_with_the_tasks_answer_form_check_every_type_stays_in_the_steps(tmp_path
     stage.trusted = set()
     assert stage._pool() == prompts
     stage.reward.close()
+
+
+def test_the_types_left_out_are_held_near_the_start_by_their_own_kl_weight(tmp_path: Path) -> None:
+    # β 0 for the trusted types, left_out_beta on the others: they stay in the steps, and
+    # the engine adds the anchor on their prompts alone.
+    stage, prompts = _stage(tmp_path, ["judged" if i % 2 else "misjudged" for i in range(16)])
+    stage.config = dataclasses.replace(stage.config, left_out_beta=2.0)
+    anchored = AlignStage(engine=stage.engine, reward=stage.reward, pool=prompts, monitor=[],
+                          preferences=stage.preferences, router=stage.router, config=stage.config,
+                          pool_groups=[p.group for p in prompts], judge=_judge)  # type: ignore[misc]
+    assert stage.engine.kl_anchor is not None
+    assert [stage.engine.kl_anchor(p) for p in prompts[:2]] == [0.0, 0.0]  # no verdict yet
+    anchored.trusted = {"judged"}
+    assert anchored._pool() == prompts  # anchored: the whole pool
+    assert [stage.engine.kl_anchor(p) for p in prompts[:4]] == [2.0, 0.0, 2.0, 0.0]
+    result = anchored.run_round(0)  # refit: only "judged" is trusted on the policy's samples
+    assert result.groups_left_out == ["misjudged"] and result.steps == 3
+    weights = {p.group: stage.engine.kl_anchor(p) for p in prompts}
+    assert weights == {"judged": 0.0, "misjudged": 2.0}
+    with pytest.raises(ValueError, match="left_out_beta"):
+        AlignStageConfig(left_out_beta=-1.0)
+    stage.reward.close()

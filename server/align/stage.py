@@ -79,10 +79,15 @@ class AlignStageConfig:
     # 0.95) while the others fell within the round (colour 0.64 -> 0.15), so the round's
     # end had nothing to promote; earlier in the round the gain came first.
     monitor_every: int = 0
+    # KL weight to the start on the prompts of the types left out by min_fused_lift (added
+    # to GRPO's β there only): with β 0, nothing held them while the trusted types trained
+    # the shared weights (measured in the demo: shape, left to a flat reward, fell 0.57 ->
+    # 0.36 on the test in 60 steps while the other types learnt). 0: no anchor.
+    left_out_beta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.policy_lists_per_group < 0 or self.monitor_every < 0:
-            raise ValueError("policy_lists_per_group and monitor_every cannot be negative")
+        if self.policy_lists_per_group < 0 or self.monitor_every < 0 or self.left_out_beta < 0:
+            raise ValueError("policy_lists_per_group, monitor_every and left_out_beta cannot be negative")
         if self.steps_per_round < 1 or self.max_skipped_steps < 1 or self.hacking_rounds < 1 or self.router_steps < 0:
             raise ValueError("steps_per_round, max_skipped_steps and hacking_rounds must be >= 1, router_steps >= 0")
         if self.min_fused_lift is not None and not -1.0 <= self.min_fused_lift < 1.0:
@@ -168,6 +173,8 @@ class AlignStage:
         self.skipped_in_a_row = 0
         engine.extra_state = self._extra_state
         engine.restore_extra = self._restore_extra
+        if config.left_out_beta > 0:
+            engine.kl_anchor = self._left_out_anchor
 
     # -- checkpointed with every step ---------------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
@@ -291,15 +298,25 @@ class AlignStage:
             return self.pool
         return [p for p, g in zip(self.pool, self.pool_groups, strict=True) if g in self.trusted]
 
+    def _left_out_anchor(self, prompt: Prompt) -> float:
+        """The KL weight a prompt adds to GRPO's β: ``left_out_beta`` on a prompt of a group
+        the refresh does not trust, none elsewhere (or before any verdict)."""
+        if self.trusted is None:
+            return 0.0
+        group = self._group_of.get(prompt.prompt_id)
+        return self.config.left_out_beta if group is not None and group not in self.trusted else 0.0
+
     def _anchored(self) -> bool:
         """Whether the types left out stay in the steps with a flat reward, so that only an
-        anchor acts on them: the KL to the start (β > 0, once some type is trusted), or the
+        anchor acts on them: the KL to the start (β > 0, or ``left_out_beta`` > 0 on them
+        alone, once some type is trusted), or the
         task's answer-form check (the engine's ``answer_form``), which ranks their completions
         out of form last without any label. Measured on scenes: trained on colour and count
         alone, the policy lost position 0.26 -> 0.09 within ten steps; trained on count and
         describe alone, it answered "the triangle is yellow triangle ." to colour questions
         (colour 0.56 -> 0.10 in 40 steps)."""
-        return (bool(self.trusted) and self.engine.config.loss.beta > 0) or self.engine.answer_form is not None
+        kl = self.engine.config.loss.beta > 0 or self.config.left_out_beta > 0
+        return (bool(self.trusted) and kl) or self.engine.answer_form is not None
 
     def router_weights(self) -> dict[str, dict[str, float]]:
         """Mean routing weight per client and question type on the preference prompts."""

@@ -80,6 +80,8 @@ class VQAStageSettings:
     policy_lists_per_group: int
     # held-out measurement (and promotion) every this many steps inside a round (0: at its end)
     monitor_every: int
+    # KL weight to the start on the types left out (AlignStageConfig.left_out_beta)
+    left_out_beta: float
     step_deadline_s: float
     hacking_rounds: int
     seed: int
@@ -135,7 +137,8 @@ def build_vqa_stage(roster: Sequence[ScoringClient], settings: VQAStageSettings,
                                                              hacking_rounds=settings.hacking_rounds,
                                                              min_fused_lift=settings.min_fused_lift,
                                                              policy_lists_per_group=settings.policy_lists_per_group,
-                                                             monitor_every=settings.monitor_every),
+                                                             monitor_every=settings.monitor_every,
+                                                             left_out_beta=settings.left_out_beta),
                       log_path=settings.out / "align.jsonl", on_promote=export,
                       pool_groups=[str(p.group) for p in pool], judge=task_judge(task),
                       answer_tokens=config.sampling.max_new_tokens)

@@ -41,6 +41,9 @@ AnswerForm = Callable[[Prompt, str], bool]
 """Whether a completion has the form of an answer to its prompt, judged without the answer
 (e.g. a task's ``answers_in_form``); one out of form ranks like one that never ends."""
 
+KLAnchor = Callable[[Prompt], float]
+"""A prompt's extra KL weight to the reference policy (0: none), added to β."""
+
 
 def per_completion(score: Callable[[Prompt, str], float]) -> RewardFn:
     """Lift a reward of one (prompt, completion) into the batch form the engine calls."""
@@ -123,7 +126,9 @@ class GRPOEngine:
     """Trains a :class:`Policy` with GRPO. ``checkpoint_dir`` (optional) receives a
     checkpoint every ``checkpoint_every`` steps; :meth:`resume` continues from the last.
     ``answer_form`` (optional): a completion out of form ranks last in its group, as one
-    that never ends does (with ``config.unfinished_last``)."""
+    that never ends does (with ``config.unfinished_last``). ``kl_anchor`` (optional, may be
+    set between steps): an extra KL weight to the reference per prompt, added to β — a
+    caller holds some prompts near where the policy started while the others learn."""
 
     def __init__(self, *, policy: Policy, config: GRPOConfig, checkpoint_dir: Path | None = None,
                  checkpoint_every: int = 0, parallel: str = "ddp", answer_form: AnswerForm | None = None) -> None:
@@ -135,6 +140,7 @@ class GRPOEngine:
             raise ValueError("parallel='fsdp' shards over ranks: run under torchrun with 2 or more processes")
         self.policy, self.config, self.parallel = policy, config, parallel
         self.answer_form = answer_form
+        self.kl_anchor: KLAnchor | None = None
         self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
         if parallel == "fsdp":
             policy.fingerprint()  # of the whole weights, before they are split over the ranks
@@ -217,7 +223,14 @@ class GRPOEngine:
             return self._finish(StepReport(self.step_count, mean, std, 0.0, 0.0, 0.0, 0.0, tokens, rollout_s, 0.0,
                                            skipped="no group had reward variance: nothing to learn from"))
         started = time.perf_counter()
-        stats = self._update(rollouts, advantages, prompts, graded, best)
+        kl_weight = None
+        if self.kl_anchor is not None:
+            extra = [float(self.kl_anchor(p)) for p in prompts]
+            if any(not math.isfinite(x) or x < 0 for x in extra):
+                raise ValueError("kl_anchor must give a finite weight >= 0 per prompt")
+            if any(extra):
+                kl_weight = cfg.loss.beta + torch.tensor(extra, dtype=torch.float32).repeat_interleave(cfg.group_size)
+        stats = self._update(rollouts, advantages, prompts, graded, best, kl_weight)
         return self._finish(StepReport(self.step_count, mean, std, stats["loss"], stats["kl"],
                                        stats["clipped_fraction"], stats["grad_norm"], tokens, rollout_s,
                                        time.perf_counter() - started))
@@ -258,7 +271,8 @@ class GRPOEngine:
         return [slice(i, min(i + size, prompts)) for i in range(0, prompts, size)]
 
     def _update(self, rollouts: Rollouts, advantages: torch.Tensor, prompts: Sequence[Prompt],
-                graded: torch.Tensor | None, best: torch.Tensor | None = None) -> dict[str, float]:
+                graded: torch.Tensor | None, best: torch.Tensor | None = None,
+                kl_weight: torch.Tensor | None = None) -> dict[str, float]:
         cfg, policy = self.config, self.policy
         device, g = policy.placement.device, cfg.group_size
         advantages = advantages.to(device)
@@ -282,7 +296,7 @@ class GRPOEngine:
 
         ref_logp = old_logp = None
         with torch.no_grad():
-            if cfg.loss.beta > 0:
+            if cfg.loss.beta > 0 or kl_weight is not None:
                 with policy.reference() as reference:
                     ref_logp = score(reference)
             if cfg.updates_per_batch > 1:
@@ -308,7 +322,8 @@ class GRPOEngine:
                                             old_logp=logp.detach() if old_logp is None else old_logp[rows],
                                             ref_logp=None if ref_logp is None else ref_logp[rows],
                                             advantages=advantages[rows], mask=mask[rows], config=cfg.loss,
-                                            best=None if best is None else best[rows].to(device), group_size=g)
+                                            best=None if best is None else best[rows].to(device), group_size=g,
+                                            kl_weight=None if kl_weight is None else kl_weight[rows].to(device))
                     (loss * w).backward()
                 totals["loss"] += loss.item() * w / cfg.updates_per_batch
                 for key in ("kl", "clipped_fraction"):

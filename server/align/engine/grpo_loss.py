@@ -146,12 +146,17 @@ def best_nll_term(logp: torch.Tensor, mask: torch.Tensor, best: torch.Tensor, gr
 
 def grpo_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, config: GRPOLossConfig,
-              best: torch.Tensor | None = None, group_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              best: torch.Tensor | None = None, group_size: int | None = None,
+              kl_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss to minimise and diagnostics (mean KL, clipped fraction, the best
     completions' NLL). ``best`` and ``group_size`` are needed when ``config.best_nll`` > 0
-    (:func:`best_of_groups`)."""
+    (:func:`best_of_groups`). ``kl_weight`` (B,), when given, is each completion's KL
+    weight in place of ``config.beta``: a caller can hold some prompts near the reference
+    (an anchor) while the others learn freely."""
     if logp.shape != old_logp.shape or logp.shape != mask.shape or advantages.shape != logp.shape[:1]:
         raise ValueError("logp, old_logp and mask must be (B, T) and advantages (B,)")
+    if kl_weight is not None and (kl_weight.shape != advantages.shape or bool((kl_weight < 0).any())):
+        raise ValueError("kl_weight must be (B,) and >= 0")
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     high = config.epsilon_high if config.epsilon_high is not None else config.epsilon
@@ -160,11 +165,12 @@ def grpo_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Ten
     clipped = torch.clamp(ratio, 1.0 - config.epsilon, 1.0 + high) * adv
     per_token = -torch.minimum(unclipped, clipped)
     kl = torch.zeros_like(logp)
-    if config.beta > 0:
+    weight = config.beta if kl_weight is None else kl_weight.to(logp.dtype).unsqueeze(1)
+    if (config.beta > 0) if kl_weight is None else bool((kl_weight > 0).any()):
         if ref_logp is None:
-            raise ValueError("beta > 0 needs the reference log-probabilities")
+            raise ValueError("a KL weight > 0 needs the reference log-probabilities")
         kl = k3_kl(logp, ref_logp)
-        per_token = per_token + config.beta * kl
+        per_token = per_token + weight * kl
     lengths = mask.sum(dim=1).clamp(min=1.0)
     if config.averaging == "token":
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
